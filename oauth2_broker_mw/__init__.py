@@ -1,0 +1,1 @@
+"""oauth2-broker-mw: a multi-tenant OAuth 2.0 token broker."""

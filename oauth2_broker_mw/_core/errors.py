@@ -1,0 +1,206 @@
+"""The exception tree. Owns every error type the library raises; imports nothing but the model.
+
+No exception message ever contains a token, a client secret, a code, a verifier or a state:
+constructors take only non-secret fields, and provider error bodies are truncated and redacted.
+
+::
+
+    BrokerError
+    ├── ConfigurationError (also ValueError)  our caller's mistake, found at build or call time
+    │   └── InvalidIdentifier                  a tenant / principal / provider id or scope is bad
+    ├── AuthorizationRequired                  nobody has granted access for this key (yet/anymore)
+    ├── AuthorizationFlowError                 a login transaction failed; ``.code`` says why
+    ├── InsufficientScope                      required scopes were not granted
+    ├── UnsupportedTokenType                   the provider issued a token type we cannot use
+    ├── StorageError                           the store failed; ``.retryable`` tells if it may pass
+    │   ├── StoreUnavailable                   down, slow, connection lost (retryable)
+    │   └── CorruptRecord                      a row that cannot be decoded (treated as absent)
+    ├── RefreshTimeout                         waited too long for another refresher's result
+    ├── TransportError                         could not talk to the provider (retryable)
+    └── ProviderError                          the provider said no (RFC 6749 §5.2 fields)
+        ├── InvalidGrant                       code / refresh token invalid, expired or reused
+        ├── InvalidClient                      client authentication failed
+        ├── InvalidScopeError                  the provider rejected the requested scope
+        ├── UnauthorizedClient                 this client may not use this grant
+        ├── TransientProviderError             5xx, 429, HTML pages, temporarily_unavailable
+        └── MalformedResponse                  a success status with a body we cannot use
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+__all__ = [
+    "AuthorizationFlowError",
+    "AuthorizationRequired",
+    "BrokerError",
+    "ConfigurationError",
+    "CorruptRecord",
+    "InsufficientScope",
+    "InvalidClient",
+    "InvalidGrant",
+    "InvalidIdentifier",
+    "InvalidScopeError",
+    "MalformedResponse",
+    "ProviderError",
+    "RefreshTimeout",
+    "StorageError",
+    "StoreUnavailable",
+    "TransientProviderError",
+    "TransportError",
+    "UnauthorizedClient",
+    "UnsupportedTokenType",
+]
+
+
+class BrokerError(Exception):
+    """Root of every error raised by oauth2-broker-mw."""
+
+    retryable: bool = False
+
+
+class ConfigurationError(BrokerError, ValueError):
+    """The caller configured or called the broker wrongly (not the provider's fault)."""
+
+
+class InvalidIdentifier(ConfigurationError):
+    """A tenant, principal or provider id, or a scope token, is not acceptable."""
+
+
+class AuthorizationRequired(BrokerError):
+    """No usable grant exists for this key: a user must log in (or log in again)."""
+
+    def __init__(
+        self,
+        *,
+        tenant: str,
+        principal: str,
+        provider: str,
+        scopes: Iterable[str],
+        reason: str = "no stored token and no grant the broker can run on its own",
+    ) -> None:
+        self.tenant = tenant
+        self.principal = principal
+        self.provider = provider
+        self.scopes = tuple(scopes)
+        self.reason = reason
+        super().__init__(
+            f"authorization required for tenant={tenant!r} principal={principal!r} "
+            f"provider={provider!r} scopes={' '.join(self.scopes)!r}: {reason}"
+        )
+
+
+class AuthorizationFlowError(BrokerError):
+    """A login (authorization-code) transaction failed.
+
+    ``code`` is machine-readable: ``state_missing``, ``state_unknown``, ``state_expired``,
+    ``state_mismatch``, ``issuer_mismatch``, ``issuer_missing``, ``duplicate_parameter``,
+    ``authorization_denied`` (the provider sent ``error=...``), ``nonce_mismatch``,
+    ``id_token_invalid``, ``invalid_request``.
+    """
+
+    def __init__(self, code: str, message: str, *, provider_error: str | None = None) -> None:
+        self.code = code
+        self.provider_error = provider_error
+        super().__init__(f"{code}: {message}")
+
+
+class InsufficientScope(BrokerError):
+    """The provider granted fewer scopes than the caller marked as required."""
+
+    def __init__(self, *, missing: Iterable[str], granted: Iterable[str]) -> None:
+        self.missing = tuple(sorted(missing))
+        self.granted = tuple(sorted(granted))
+        super().__init__(
+            f"required scopes not granted: {' '.join(self.missing)!r} "
+            f"(granted: {' '.join(self.granted)!r})"
+        )
+
+
+class UnsupportedTokenType(BrokerError):
+    """RFC 6749 §7.1: the client must not use a token whose type it does not understand."""
+
+    def __init__(self, token_type: str) -> None:
+        self.token_type = token_type[:40]
+        super().__init__(f"unsupported token type {self.token_type!r}")
+
+
+class StorageError(BrokerError):
+    """The token store failed."""
+
+
+class StoreUnavailable(StorageError):
+    """The store is down, slow or dropped its connection; the operation may succeed later."""
+
+    retryable = True
+
+
+class CorruptRecord(StorageError):
+    """A stored row could not be decoded or decrypted; it is treated as absent."""
+
+
+class RefreshTimeout(BrokerError):
+    """Another process holds the refresh lock and its result did not arrive in time."""
+
+    retryable = True
+
+
+class TransportError(BrokerError):
+    """The provider could not be reached (connect, read, TLS, timeout)."""
+
+    retryable = True
+
+
+class ProviderError(BrokerError):
+    """The provider answered with an error (RFC 6749 §5.2)."""
+
+    def __init__(
+        self,
+        error: str,
+        *,
+        error_description: str | None = None,
+        error_uri: str | None = None,
+        status_code: int | None = None,
+        retry_after: float | None = None,
+        body_preview: str | None = None,
+    ) -> None:
+        self.error = error
+        self.error_description = error_description
+        self.error_uri = error_uri
+        self.status_code = status_code
+        self.retry_after = retry_after
+        self.body_preview = body_preview
+        parts = [f"provider error {error!r}"]
+        if status_code is not None:
+            parts.append(f"(HTTP {status_code})")
+        if error_description:
+            parts.append(f": {error_description[:200]}")
+        if retry_after is not None:
+            parts.append(f"; retry after {retry_after:g}s")
+        super().__init__(" ".join(parts))
+
+
+class InvalidGrant(ProviderError):
+    """The code or refresh token is invalid, expired, revoked or was already used."""
+
+
+class InvalidClient(ProviderError):
+    """Client authentication failed."""
+
+
+class InvalidScopeError(ProviderError):
+    """The provider rejected the requested scope."""
+
+
+class UnauthorizedClient(ProviderError):
+    """The client is not allowed to use this grant type."""
+
+
+class TransientProviderError(ProviderError):
+    """5xx, 429, ``temporarily_unavailable``, or a non-OAuth (HTML) error page; may pass."""
+
+    retryable = True
+
+
+class MalformedResponse(ProviderError):
+    """A success status with a body we cannot use (no ``access_token``, not JSON or form)."""

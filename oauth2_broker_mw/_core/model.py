@@ -1,0 +1,523 @@
+"""Value objects of the broker: identifiers, secrets, scope sets, store keys, records, leases.
+
+Owns: validation of identifiers and scopes, the unambiguous store key, the JSON-able
+serialisation of records and pending authorizations that every store uses.
+Must not import: httpx/httpx2, asyncio, threading, any store driver (sans-IO core).
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import hmac
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Final, TypeAlias
+
+from .errors import CorruptRecord, InvalidIdentifier
+
+__all__ = [
+    "JSONValue",
+    "Lease",
+    "PendingAuthorization",
+    "PrincipalId",
+    "ProviderId",
+    "ScopeSet",
+    "Secret",
+    "StoreKey",
+    "TenantId",
+    "TokenRecord",
+    "TokenStatus",
+]
+
+JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
+
+_REDACTED: Final = "**********"
+_MAX_ID_LEN: Final = 128
+RECORD_FORMAT: Final = 1
+
+
+class Secret:
+    """A string whose ``repr`` and ``str`` never show it. Read it with ``get_secret_value()``."""
+
+    __slots__ = ("_value",)
+    _value: str
+
+    def __init__(self, value: str | Secret) -> None:
+        if isinstance(value, Secret):
+            value = value.get_secret_value()
+        if not isinstance(value, str):
+            raise TypeError("Secret wraps a str")
+        object.__setattr__(self, "_value", value)
+
+    def get_secret_value(self) -> str:
+        return self._value
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError("Secret is immutable")
+
+    def __repr__(self) -> str:
+        return f"Secret('{_REDACTED}')"
+
+    def __str__(self) -> str:
+        return _REDACTED
+
+    def __format__(self, format_spec: str) -> str:
+        return _REDACTED
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Secret):
+            return NotImplemented
+        return hmac.compare_digest(self._value.encode(), other._value.encode())
+
+    def __hash__(self) -> int:
+        return hash(hashlib.sha256(self._value.encode()).digest())
+
+    def __bool__(self) -> bool:
+        return bool(self._value)
+
+    def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
+        return (Secret, (self._value,))
+
+
+def _validate_identifier(kind: str, value: object) -> str:
+    if not isinstance(value, str):
+        raise InvalidIdentifier(f"{kind} id must be a str, not {type(value).__name__}")
+    if not value:
+        raise InvalidIdentifier(f"{kind} id must not be empty")
+    if len(value) > _MAX_ID_LEN:
+        raise InvalidIdentifier(f"{kind} id is longer than {_MAX_ID_LEN} characters")
+    for ch in value:
+        if ch.isspace() or ord(ch) < 0x20 or ord(ch) == 0x7F or not ch.isprintable():
+            raise InvalidIdentifier(
+                f"{kind} id must not contain whitespace or control characters: {value[:40]!r}"
+            )
+    return value
+
+
+class TenantId(str):
+    """A validated tenant identifier (non-empty, ≤ 128 characters, no whitespace/control)."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> TenantId:
+        if type(value) is cls:
+            return value
+        return super().__new__(cls, _validate_identifier("tenant", value))
+
+
+class PrincipalId(str):
+    """A validated principal identifier (a user, a service account, a browser session)."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> PrincipalId:
+        if type(value) is cls:
+            return value
+        return super().__new__(cls, _validate_identifier("principal", value))
+
+
+class ProviderId(str):
+    """A validated provider identifier."""
+
+    __slots__ = ()
+
+    def __new__(cls, value: str) -> ProviderId:
+        if type(value) is cls:
+            return value
+        return super().__new__(cls, _validate_identifier("provider", value))
+
+
+def _valid_scope_token(scope: str) -> bool:
+    # RFC 6749 §3.3: scope-token = 1*( %x21 / %x23-5B / %x5D-7E )
+    return bool(scope) and all(
+        ch == "\x21" or "\x23" <= ch <= "\x5b" or "\x5d" <= ch <= "\x7e" for ch in scope
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class ScopeSet:
+    """A deduplicated, sorted set of scope tokens with a stable SHA-256 fingerprint."""
+
+    scopes: tuple[str, ...] = ()
+    fingerprint: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        cleaned = tuple(sorted(set(self.scopes)))
+        for scope in cleaned:
+            if not isinstance(scope, str) or not _valid_scope_token(scope):
+                raise InvalidIdentifier(f"invalid scope token {str(scope)[:40]!r}")
+        object.__setattr__(self, "scopes", cleaned)
+        digest = hashlib.sha256(" ".join(cleaned).encode()).hexdigest()
+        object.__setattr__(self, "fingerprint", digest)
+
+    @classmethod
+    def of(cls, scopes: ScopeSet | str | Iterable[str] | None, delimiter: str = " ") -> ScopeSet:
+        """Build from a set, a delimited string (``delimiter``), an iterable, or ``None``."""
+        if isinstance(scopes, ScopeSet):
+            return scopes
+        if scopes is None:
+            return cls(())
+        if isinstance(scopes, str):
+            parts: Iterable[str] = scopes.split(delimiter) if delimiter != " " else scopes.split()
+            return cls(tuple(p.strip() for p in parts if p.strip()))
+        return cls(tuple(scopes))
+
+    def join(self, delimiter: str = " ") -> str:
+        return delimiter.join(self.scopes)
+
+    def missing(self, required: Iterable[str]) -> frozenset[str]:
+        return frozenset(required) - frozenset(self.scopes)
+
+    def __iter__(self) -> Any:
+        return iter(self.scopes)
+
+    def __len__(self) -> int:
+        return len(self.scopes)
+
+    def __contains__(self, scope: object) -> bool:
+        return scope in self.scopes
+
+
+@dataclass(frozen=True, slots=True)
+class StoreKey:
+    """(tenant, principal, provider, scope fingerprint), with an unambiguous string form ``id``."""
+
+    tenant: TenantId
+    principal: PrincipalId
+    provider: ProviderId
+    scope_fingerprint: str
+    id: str = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "tenant", TenantId(self.tenant))
+        object.__setattr__(self, "principal", PrincipalId(self.principal))
+        object.__setattr__(self, "provider", ProviderId(self.provider))
+        fp = self.scope_fingerprint
+        if len(fp) != 64 or any(c not in "0123456789abcdef" for c in fp):
+            raise InvalidIdentifier("scope fingerprint must be a SHA-256 hex digest")
+        # Length-prefixed parts: tenant "a:b" + principal "c" never equals "a" + "b:c".
+        object.__setattr__(
+            self,
+            "id",
+            f"{len(self.tenant)}:{self.tenant}|{len(self.principal)}:{self.principal}"
+            f"|{len(self.provider)}:{self.provider}|{fp}",
+        )
+
+    @classmethod
+    def build(
+        cls,
+        tenant: str,
+        principal: str,
+        provider: str,
+        scopes: ScopeSet | str | Iterable[str] | None,
+    ) -> StoreKey:
+        return cls(
+            TenantId(tenant),
+            PrincipalId(principal),
+            ProviderId(provider),
+            ScopeSet.of(scopes).fingerprint,
+        )
+
+    @property
+    def lock_name(self) -> str:
+        """The name of this key's refresh lease lock (no secrets, bounded length)."""
+        return "refresh:" + hashlib.sha256(self.id.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, str]:
+        return {
+            "tenant": self.tenant,
+            "principal": self.principal,
+            "provider": self.provider,
+            "scope_fingerprint": self.scope_fingerprint,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> StoreKey:
+        return cls(
+            TenantId(data["tenant"]),
+            PrincipalId(data["principal"]),
+            ProviderId(data["provider"]),
+            str(data["scope_fingerprint"]),
+        )
+
+
+class TokenStatus(enum.Enum):
+    PENDING = "pending"
+    ACTIVE = "active"
+    EXPIRED = "expired"
+    REVOKED = "revoked"
+
+
+def _secret_or_none(value: object) -> Secret | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise TypeError("secret field must be a string")
+    return Secret(value)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class TokenRecord:
+    """A stored grant. Secrets are :class:`Secret`; ``metadata`` keeps extra response fields.
+
+    ``expires_at`` is ``None`` when the provider did not say (expiry unknown).
+    ``version`` is the compare-and-swap fence; stores set it, starting at 1.
+    """
+
+    key: StoreKey
+    access_token: Secret
+    token_type: str = "Bearer"
+    refresh_token: Secret | None = None
+    id_token: Secret | None = None
+    issued_at: float = 0.0
+    expires_at: float | None = None
+    refresh_token_expires_at: float | None = None
+    scopes: ScopeSet = field(default_factory=ScopeSet)
+    requested_scopes: ScopeSet = field(default_factory=ScopeSet)
+    grant: str = "authorization_code"
+    metadata: Mapping[str, JSONValue] = field(default_factory=dict)
+    version: int = 0
+    revoked_at: float | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenRecord(key={self.key!r}, access_token={self.access_token!r}, "
+            f"token_type={self.token_type!r}, refresh_token="
+            f"{None if self.refresh_token is None else self.refresh_token!r}, "
+            f"issued_at={self.issued_at!r}, expires_at={self.expires_at!r}, "
+            f"scopes={self.scopes.scopes!r}, grant={self.grant!r}, "
+            f"metadata_keys={sorted(self.metadata)!r}, version={self.version!r}, "
+            f"revoked_at={self.revoked_at!r})"
+        )
+
+    def status(self, now: float) -> TokenStatus:
+        if self.revoked_at is not None:
+            return TokenStatus.REVOKED
+        if self.expires_at is not None and now >= self.expires_at:
+            return TokenStatus.EXPIRED
+        return TokenStatus.ACTIVE
+
+    def with_version(self, version: int) -> TokenRecord:
+        return replace(self, version=version)
+
+    # -- serialisation shared by every store ------------------------------------------------
+    def secrets_dict(self) -> dict[str, str | None]:
+        """The secret fields, plaintext, for a store (or an encryption wrapper) to persist."""
+        return {
+            "access_token": self.access_token.get_secret_value(),
+            "refresh_token": None
+            if self.refresh_token is None
+            else self.refresh_token.get_secret_value(),
+            "id_token": None if self.id_token is None else self.id_token.get_secret_value(),
+        }
+
+    def public_dict(self) -> dict[str, JSONValue]:
+        """Everything but the secrets (safe to index, list and log)."""
+        return {
+            "format": RECORD_FORMAT,
+            "key": dict(self.key.to_dict()),
+            "token_type": self.token_type,
+            "issued_at": self.issued_at,
+            "expires_at": self.expires_at,
+            "refresh_token_expires_at": self.refresh_token_expires_at,
+            "scopes": list(self.scopes.scopes),
+            "requested_scopes": list(self.requested_scopes.scopes),
+            "grant": self.grant,
+            "metadata": dict(self.metadata),
+            "version": self.version,
+            "revoked_at": self.revoked_at,
+        }
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        data = self.public_dict()
+        data["secrets"] = dict(self.secrets_dict())
+        return data
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> TokenRecord:
+        """Inverse of :meth:`to_dict`. Any defect raises :class:`CorruptRecord`."""
+        try:
+            if data.get("format") != RECORD_FORMAT:
+                raise ValueError("unknown record format")
+            secrets = data["secrets"]
+            access = secrets["access_token"]
+            if not isinstance(access, str) or not access:
+                raise ValueError("access token missing")
+
+            def opt_float(name: str) -> float | None:
+                value = data.get(name)
+                return None if value is None else float(value)
+
+            metadata = data.get("metadata") or {}
+            if not isinstance(metadata, dict):
+                raise ValueError("metadata is not an object")
+            return cls(
+                key=StoreKey.from_dict(data["key"]),
+                access_token=Secret(access),
+                token_type=str(data["token_type"]),
+                refresh_token=_secret_or_none(secrets.get("refresh_token")),
+                id_token=_secret_or_none(secrets.get("id_token")),
+                issued_at=float(data["issued_at"]),
+                expires_at=opt_float("expires_at"),
+                refresh_token_expires_at=opt_float("refresh_token_expires_at"),
+                scopes=ScopeSet(tuple(data.get("scopes") or ())),
+                requested_scopes=ScopeSet(tuple(data.get("requested_scopes") or ())),
+                grant=str(data.get("grant", "authorization_code")),
+                metadata=metadata,
+                version=int(data["version"]),
+                revoked_at=opt_float("revoked_at"),
+            )
+        except CorruptRecord:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptRecord(f"stored token record cannot be decoded: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> TokenRecord:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            raise CorruptRecord("stored token record is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise CorruptRecord("stored token record is not a JSON object")
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class PendingAuthorization:
+    """A started login: what the callback needs to finish it. Keyed by ``state_key``.
+
+    ``state_key`` is SHA-256(state): stores never hold the raw state as a key.
+    """
+
+    state: Secret
+    tenant: TenantId
+    principal: PrincipalId
+    provider: ProviderId
+    scopes: ScopeSet
+    redirect_uri: str
+    code_verifier: Secret | None
+    nonce: Secret | None
+    created_at: float
+    expires_at: float
+    issuer: str | None = None
+    extra: Mapping[str, JSONValue] = field(default_factory=dict)
+
+    @staticmethod
+    def key_for(state: str) -> str:
+        return hashlib.sha256(state.encode()).hexdigest()
+
+    @property
+    def state_key(self) -> str:
+        return self.key_for(self.state.get_secret_value())
+
+    def __repr__(self) -> str:
+        return (
+            f"PendingAuthorization(tenant={self.tenant!r}, principal={self.principal!r}, "
+            f"provider={self.provider!r}, scopes={self.scopes.scopes!r}, "
+            f"redirect_uri={self.redirect_uri!r}, expires_at={self.expires_at!r})"
+        )
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        return {
+            "format": RECORD_FORMAT,
+            "tenant": self.tenant,
+            "principal": self.principal,
+            "provider": self.provider,
+            "scopes": list(self.scopes.scopes),
+            "redirect_uri": self.redirect_uri,
+            "created_at": self.created_at,
+            "expires_at": self.expires_at,
+            "issuer": self.issuer,
+            "extra": dict(self.extra),
+            "secrets": {
+                "state": self.state.get_secret_value(),
+                "code_verifier": None
+                if self.code_verifier is None
+                else self.code_verifier.get_secret_value(),
+                "nonce": None if self.nonce is None else self.nonce.get_secret_value(),
+            },
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> PendingAuthorization:
+        try:
+            if data.get("format") != RECORD_FORMAT:
+                raise ValueError("unknown format")
+            secrets = data["secrets"]
+            extra = data.get("extra") or {}
+            if not isinstance(extra, dict):
+                raise ValueError("extra is not an object")
+            return cls(
+                state=Secret(secrets["state"]),
+                tenant=TenantId(data["tenant"]),
+                principal=PrincipalId(data["principal"]),
+                provider=ProviderId(data["provider"]),
+                scopes=ScopeSet(tuple(data.get("scopes") or ())),
+                redirect_uri=str(data["redirect_uri"]),
+                code_verifier=_secret_or_none(secrets.get("code_verifier")),
+                nonce=_secret_or_none(secrets.get("nonce")),
+                created_at=float(data["created_at"]),
+                expires_at=float(data["expires_at"]),
+                issuer=None if data.get("issuer") is None else str(data["issuer"]),
+                extra=extra,
+            )
+        except CorruptRecord:
+            raise
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise CorruptRecord(f"pending authorization cannot be decoded: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> PendingAuthorization:
+        try:
+            data = json.loads(text)
+        except (ValueError, UnicodeDecodeError):
+            raise CorruptRecord("pending authorization is not valid JSON") from None
+        if not isinstance(data, dict):
+            raise CorruptRecord("pending authorization is not a JSON object")
+        return cls.from_dict(data)
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Lease:
+    """What a caller gets: a usable access token and what it is good for."""
+
+    access_token: Secret
+    token_type: str
+    expires_at: float | None
+    scopes: ScopeSet
+    metadata: Mapping[str, JSONValue]
+    key: StoreKey
+    version: int
+
+    @classmethod
+    def from_record(cls, record: TokenRecord) -> Lease:
+        return cls(
+            access_token=record.access_token,
+            token_type=record.token_type,
+            expires_at=record.expires_at,
+            scopes=record.scopes,
+            metadata=record.metadata,
+            key=record.key,
+            version=record.version,
+        )
+
+    @property
+    def authorization_header(self) -> str:
+        """``"<Type> <token>"`` for the ``Authorization`` header (contains the secret)."""
+        return f"{self.token_type} {self.access_token.get_secret_value()}"
+
+    def __repr__(self) -> str:
+        return (
+            f"Lease(access_token={self.access_token!r}, token_type={self.token_type!r}, "
+            f"expires_at={self.expires_at!r}, scopes={self.scopes.scopes!r}, "
+            f"key={self.key!r}, version={self.version!r})"
+        )

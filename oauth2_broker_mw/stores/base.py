@@ -1,0 +1,182 @@
+"""The store contract: what the broker needs from any place that keeps tokens.
+
+Owns: the ``TokenStore`` protocol (sync methods plus ``a``-prefixed async twins), and
+``ThreadedAsyncMixin``, which gives a store with blocking I/O its async twins by running
+the sync method in a worker thread (one source of behaviour for both).
+Must not import: httpx/httpx2 or any store driver.
+
+Semantics every store must provide (checked by ``oauth2_broker_mw.testing.conformance``):
+
+* ``get(key)`` returns the record or ``None``. A row that cannot be decoded raises
+  :class:`~oauth2_broker_mw.CorruptRecord` (the broker treats it as absent).
+* ``compare_and_swap(record, expected_version=v)`` writes ``record`` with version ``v + 1``
+  only if the stored version is ``v`` (``None``: only if no record exists), atomically across
+  threads and processes, and returns the stored record; on conflict it returns ``None``.
+* ``put(record)`` writes unconditionally (version = old version + 1, or 1) and returns it.
+* ``delete(key, expected_version=None)`` removes the record (only at that version, if given);
+  returns whether something was removed.
+* ``list_keys(tenant, principal=None)`` lists the keys stored for a tenant (no secrets read).
+* Lease locks: ``acquire_lock(name, owner, ttl)`` succeeds only if nobody else holds an
+  unexpired lock; ``renew_lock`` and ``release_lock`` succeed only for the owner.
+* Pending authorizations: ``put_pending`` keeps one until its ``expires_at``;
+  ``take_pending(state_key)`` atomically returns and removes it (``None`` if absent or
+  expired), so a state can be redeemed once.
+* Failures of the backing service raise :class:`~oauth2_broker_mw.StoreUnavailable`.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+from collections.abc import Callable
+from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
+
+from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
+
+__all__ = ["ThreadedAsyncMixin", "TokenStore"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+
+
+@runtime_checkable
+class TokenStore(Protocol):
+    """Sync and async access to tokens, lease locks and pending authorizations."""
+
+    # -- sync -------------------------------------------------------------------------------
+    def get(self, key: StoreKey) -> TokenRecord | None: ...
+
+    def put(self, record: TokenRecord) -> TokenRecord: ...
+
+    def compare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None: ...
+
+    def delete(self, key: StoreKey, *, expected_version: int | None = None) -> bool: ...
+
+    def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]: ...
+
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool: ...
+
+    def renew_lock(self, name: str, owner: str, ttl: float) -> bool: ...
+
+    def release_lock(self, name: str, owner: str) -> bool: ...
+
+    def put_pending(self, pending: PendingAuthorization) -> None: ...
+
+    def take_pending(self, state_key: str) -> PendingAuthorization | None: ...
+
+    def close(self) -> None: ...
+
+    # -- async ------------------------------------------------------------------------------
+    async def aget(self, key: StoreKey) -> TokenRecord | None: ...
+
+    async def aput(self, record: TokenRecord) -> TokenRecord: ...
+
+    async def acompare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None: ...
+
+    async def adelete(self, key: StoreKey, *, expected_version: int | None = None) -> bool: ...
+
+    async def alist_keys(
+        self, tenant: TenantId, principal: str | None = None
+    ) -> list[StoreKey]: ...
+
+    async def aacquire_lock(self, name: str, owner: str, ttl: float) -> bool: ...
+
+    async def arenew_lock(self, name: str, owner: str, ttl: float) -> bool: ...
+
+    async def arelease_lock(self, name: str, owner: str) -> bool: ...
+
+    async def aput_pending(self, pending: PendingAuthorization) -> None: ...
+
+    async def atake_pending(self, state_key: str) -> PendingAuthorization | None: ...
+
+    async def aclose(self) -> None: ...
+
+
+class ThreadedAsyncMixin(abc.ABC):
+    """Base for stores with blocking sync methods: the async twins run them in a thread.
+
+    One source of behaviour for both: subclasses implement only the sync methods.
+    A store that never blocks (memory) sets ``_async_inline = True`` and the twins call the
+    sync method directly on the event loop.
+    """
+
+    _async_inline: bool = False
+
+    async def _call(self, fn: Callable[P, R], /, *args: P.args, **kwargs: P.kwargs) -> R:
+        if self._async_inline:
+            return fn(*args, **kwargs)
+        return await asyncio.to_thread(fn, *args, **kwargs)
+
+    @abc.abstractmethod
+    def get(self, key: StoreKey) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    def put(self, record: TokenRecord) -> TokenRecord: ...
+
+    @abc.abstractmethod
+    def compare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None: ...
+
+    @abc.abstractmethod
+    def delete(self, key: StoreKey, *, expected_version: int | None = None) -> bool: ...
+
+    @abc.abstractmethod
+    def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]: ...
+
+    @abc.abstractmethod
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool: ...
+
+    @abc.abstractmethod
+    def renew_lock(self, name: str, owner: str, ttl: float) -> bool: ...
+
+    @abc.abstractmethod
+    def release_lock(self, name: str, owner: str) -> bool: ...
+
+    @abc.abstractmethod
+    def put_pending(self, pending: PendingAuthorization) -> None: ...
+
+    @abc.abstractmethod
+    def take_pending(self, state_key: str) -> PendingAuthorization | None: ...
+
+    def close(self) -> None:
+        return None
+
+    async def aget(self, key: StoreKey) -> TokenRecord | None:
+        return await self._call(self.get, key)
+
+    async def aput(self, record: TokenRecord) -> TokenRecord:
+        return await self._call(self.put, record)
+
+    async def acompare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None:
+        return await self._call(self.compare_and_swap, record, expected_version=expected_version)
+
+    async def adelete(self, key: StoreKey, *, expected_version: int | None = None) -> bool:
+        return await self._call(self.delete, key, expected_version=expected_version)
+
+    async def alist_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
+        return await self._call(self.list_keys, tenant, principal)
+
+    async def aacquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._call(self.acquire_lock, name, owner, ttl)
+
+    async def arenew_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return await self._call(self.renew_lock, name, owner, ttl)
+
+    async def arelease_lock(self, name: str, owner: str) -> bool:
+        return await self._call(self.release_lock, name, owner)
+
+    async def aput_pending(self, pending: PendingAuthorization) -> None:
+        await self._call(self.put_pending, pending)
+
+    async def atake_pending(self, state_key: str) -> PendingAuthorization | None:
+        return await self._call(self.take_pending, state_key)
+
+    async def aclose(self) -> None:
+        await self._call(self.close)
