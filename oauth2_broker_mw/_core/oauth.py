@@ -1,0 +1,1009 @@
+"""The OAuth 2.0 protocol, sans-IO: build requests, parse responses, classify errors.
+
+Owns: state / nonce / PKCE generation, authorization URLs, token and revocation requests
+(client authentication: basic, post, none, client_secret_jwt, private_key_jwt), token-response
+parsing with the provider quirks of :class:`ProviderDescriptor`, error classification
+(RFC 6749 §5.2 code, then body, then HTTP status; Retry-After), ``WWW-Authenticate`` parsing
+(RFC 6750 §3) and ID-token verification (OIDC Core §3.1.3.7, with joserfc).
+Must not import: httpx/httpx2, asyncio, threading, any store driver. It never performs I/O:
+requests are :class:`HttpRequest` values, responses come in as :class:`HttpResponse`, and the
+current time is an argument.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import email.utils
+import hashlib
+import hmac
+import json
+import math
+import re
+import secrets
+import string
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
+from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
+
+from .effects import HttpRequest, HttpResponse
+from .errors import (
+    AuthorizationFlowError,
+    ConfigurationError,
+    InvalidClient,
+    InvalidGrant,
+    InvalidIdentifier,
+    InvalidScopeError,
+    MalformedResponse,
+    ProviderError,
+    TransientProviderError,
+    UnauthorizedClient,
+    UnsupportedTokenType,
+)
+from .model import JSONValue, ScopeSet, Secret
+from .provider import (
+    BodyFormat,
+    ClientAuthMethod,
+    ClientConfig,
+    ExpiryPolicy,
+    GrantType,
+    PkceMode,
+    ProviderDescriptor,
+    is_allowed_endpoint,
+    parse_metadata,
+)
+
+__all__ = [
+    "TokenResponse",
+    "authorization_code_params",
+    "authorization_url",
+    "callback_metadata",
+    "classify_error",
+    "client_assertion",
+    "client_credentials_params",
+    "effective_scopes",
+    "is_allowed_endpoint",
+    "new_nonce",
+    "new_pkce_pair",
+    "new_state",
+    "parse_metadata",
+    "parse_retry_after",
+    "parse_token_response",
+    "parse_www_authenticate",
+    "redact_preview",
+    "refresh_params",
+    "revocation_request",
+    "s256_challenge",
+    "token_request",
+    "verify_id_token",
+]
+
+CLIENT_ASSERTION_TYPE: Final = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+MAX_TTL: Final = 10 * 365 * 24 * 3600.0
+"""Expiry values further out than this (ten years) are clamped to it."""
+ASSERTION_LIFETIME: Final = 300
+_PREVIEW_LEN: Final = 200
+_DESCRIPTION_LEN: Final = 300
+_VERIFIER_RE: Final = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+# Long runs of token alphabet characters (opaque tokens, JWT segments, secrets) in a preview.
+_TOKENISH_RE: Final = re.compile(r"[A-Za-z0-9\-._~+/=]{24,}")
+_SECRET_PARAM_RE: Final = re.compile(
+    r"(?i)((?:access|refresh|id)_token|client_secret|code_verifier|code|password|assertion)"
+    r"([\"']?\s*[:=]\s*[\"']?)[^\s\"'&,;<>]+"
+)
+
+_STANDARD_FIELDS: Final = frozenset(
+    {
+        "access_token",
+        "token_type",
+        "refresh_token",
+        "id_token",
+        "expires_in",
+        "scope",
+        "refresh_token_expires_in",
+        "x_refresh_token_expires_in",
+        "refresh_expires_in",
+        "ok",
+        "client_secret",
+        "code",
+    }
+)
+_SECRET_FIELDS: Final = frozenset(
+    {"access_token", "refresh_token", "id_token", "client_secret", "code"}
+)
+_REFRESH_EXPIRY_FIELDS: Final = (
+    "refresh_token_expires_in",
+    "x_refresh_token_expires_in",
+    "refresh_expires_in",
+)
+
+# RFC 6749 §5.2 codes, plus well-known provider-specific spellings of the same thing.
+_ERROR_CLASSES: Final[Mapping[str, type[ProviderError]]] = {
+    "invalid_grant": InvalidGrant,
+    "invalid_client": InvalidClient,
+    "invalid_scope": InvalidScopeError,
+    "unauthorized_client": UnauthorizedClient,
+    "temporarily_unavailable": TransientProviderError,
+    "server_error": TransientProviderError,
+    "slow_down": TransientProviderError,
+    # GitHub
+    "bad_verification_code": InvalidGrant,
+    "bad_refresh_token": InvalidGrant,
+    "incorrect_client_credentials": InvalidClient,
+    # Slack
+    "invalid_code": InvalidGrant,
+    "code_already_used": InvalidGrant,
+    "invalid_refresh_token": InvalidGrant,
+    "token_revoked": InvalidGrant,
+    "token_expired": InvalidGrant,
+    "invalid_client_id": InvalidClient,
+    "bad_client_secret": InvalidClient,
+    "ratelimited": TransientProviderError,
+    "rate_limited": TransientProviderError,
+    "service_unavailable": TransientProviderError,
+    "internal_error": TransientProviderError,
+    "fatal_error": TransientProviderError,
+}
+
+
+# -- random values ---------------------------------------------------------------------------
+def new_state() -> str:
+    """A one-time ``state`` value: 256 random bits, URL-safe (SECURITY A5, A6)."""
+    return secrets.token_urlsafe(32)
+
+
+def new_nonce() -> str:
+    """An OIDC ``nonce``: 256 random bits, URL-safe (SECURITY A7)."""
+    return secrets.token_urlsafe(32)
+
+
+def s256_challenge(verifier: str) -> str:
+    """``BASE64URL(SHA256(ASCII(verifier)))`` without padding (RFC 7636 §4.2)."""
+    digest = hashlib.sha256(verifier.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+def new_pkce_pair() -> tuple[str, str]:
+    """A fresh ``(code_verifier, S256 code_challenge)`` pair (RFC 7636 §4.1, SECURITY A4).
+
+    The verifier is 32 random octets, base64url-encoded: 43 characters of ``[A-Za-z0-9-_]``.
+    """
+    verifier = secrets.token_urlsafe(32)
+    assert _VERIFIER_RE.match(verifier)
+    return verifier, s256_challenge(verifier)
+
+
+# -- authorization request -------------------------------------------------------------------
+def _renamed(desc: ProviderDescriptor, params: Mapping[str, str]) -> dict[str, str]:
+    renames = desc.param_renames
+    if not renames:
+        return dict(params)
+    return {renames.get(key, key): value for key, value in params.items()}
+
+
+def _require_ready(desc: ProviderDescriptor, url: str, name: str) -> None:
+    if "{" in url or "}" in url:
+        raise ConfigurationError(
+            f"provider {desc.id!r}: {name} still has template placeholders; call "
+            "with_template() first"
+        )
+    if not is_allowed_endpoint(url):
+        raise ConfigurationError(f"provider {desc.id!r}: {name} is not an https URL")
+
+
+def effective_scopes(desc: ProviderDescriptor, requested: ScopeSet | None) -> ScopeSet:
+    """The requested scopes plus the descriptor's ``default_scopes`` (e.g. ``offline_access``)."""
+    base = () if requested is None else requested.scopes
+    return ScopeSet((*base, *desc.default_scopes))
+
+
+def authorization_url(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    *,
+    redirect_uri: str,
+    scopes: ScopeSet,
+    state: str,
+    code_challenge: str | None,
+    nonce: str | None,
+    extra_params: Mapping[str, str] | None = None,
+) -> str:
+    """The URL to send the user agent to (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC nonce).
+
+    Query parameters already in the authorization endpoint are kept (unless we set the same
+    name). ``code_challenge`` is sent with ``code_challenge_method=S256`` unless the provider's
+    PKCE mode is ``unsupported``; a provider that requires PKCE refuses a missing challenge.
+    """
+    if desc.authorization_endpoint is None:
+        raise ConfigurationError(f"provider {desc.id!r} has no authorization_endpoint")
+    endpoint = desc.authorization_endpoint
+    _require_ready(desc, endpoint, "authorization_endpoint")
+    if not redirect_uri or "#" in redirect_uri:
+        raise ConfigurationError("redirect_uri must be an absolute URI without a fragment")
+    if not state:
+        raise ConfigurationError("state must not be empty")
+    params: dict[str, str] = {
+        "response_type": "code",
+        "client_id": client.client_id,
+        "redirect_uri": redirect_uri,
+    }
+    if len(scopes):
+        params["scope"] = scopes.join(desc.scope_delimiter)
+    params["state"] = state
+    if desc.pkce is not PkceMode.UNSUPPORTED:
+        if code_challenge:
+            params["code_challenge"] = code_challenge
+            params["code_challenge_method"] = "S256"
+        elif desc.pkce is PkceMode.REQUIRED:
+            raise ConfigurationError(f"provider {desc.id!r} requires PKCE: pass code_challenge")
+    if nonce:
+        params["nonce"] = nonce
+    params.update(desc.authorize_params)
+    if extra_params:
+        params.update(extra_params)
+    params = _renamed(desc, params)
+
+    parts = urlsplit(endpoint)
+    existing = [
+        (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params
+    ]
+    query = urlencode([*existing, *params.items()], quote_via=quote, safe="")
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def callback_metadata(desc: ProviderDescriptor, query: Mapping[str, str]) -> dict[str, JSONValue]:
+    """The callback query parameters the provider asks us to keep (quirk 12: ``realmId``)."""
+    return {name: query[name] for name in desc.callback_params if name in query}
+
+
+# -- token endpoint --------------------------------------------------------------------------
+def authorization_code_params(
+    *, code: str, redirect_uri: str, code_verifier: str | None
+) -> dict[str, str]:
+    """Grant parameters for the code exchange (RFC 6749 §4.1.3, RFC 7636 §4.5)."""
+    params = {"code": code, "redirect_uri": redirect_uri}
+    if code_verifier:
+        params["code_verifier"] = code_verifier
+    return params
+
+
+def refresh_params(
+    desc: ProviderDescriptor, *, refresh_token: str, scopes: ScopeSet | None
+) -> dict[str, str]:
+    """Grant parameters for a refresh (RFC 6749 §6); scope only if ``scope_on_refresh``."""
+    params = {"refresh_token": refresh_token}
+    if desc.scope_on_refresh and scopes is not None and len(scopes):
+        params["scope"] = scopes.join(desc.scope_delimiter)
+    return params
+
+
+def client_credentials_params(desc: ProviderDescriptor, *, scopes: ScopeSet) -> dict[str, str]:
+    """Grant parameters for client credentials (RFC 6749 §4.4.2)."""
+    params: dict[str, str] = {}
+    if len(scopes):
+        params["scope"] = scopes.join(desc.scope_delimiter)
+    return params
+
+
+def _basic_authorization(client_id: str, client_secret: str) -> str:
+    # RFC 6749 §2.3.1: form-urlencode id and secret, then HTTP Basic (RFC 7617).
+    userpass = f"{quote_plus(client_id)}:{quote_plus(client_secret)}"
+    return "Basic " + base64.b64encode(userpass.encode("ascii")).decode("ascii")
+
+
+def _signing_key(
+    desc: ProviderDescriptor, client: ClientConfig
+) -> tuple[OctKey | RSAKey | ECKey, str]:
+    method = desc.client_auth_method
+    alg = desc.token_endpoint_auth_signing_alg
+    if method is ClientAuthMethod.CLIENT_SECRET_JWT:
+        if client.client_secret is None:
+            raise ConfigurationError("client_secret_jwt needs a client_secret")
+        alg = alg or "HS256"
+        if not alg.startswith("HS"):
+            raise ConfigurationError("client_secret_jwt signs with HS256, HS384 or HS512")
+        try:
+            key: OctKey | RSAKey | ECKey = OctKey.import_key(
+                client.client_secret.get_secret_value().encode("utf-8")
+            )
+        except (ValueError, JoseError):
+            raise ConfigurationError("client_secret cannot be used as an HMAC key") from None
+        return key, alg
+    raw = client.private_key
+    if raw is None:
+        raise ConfigurationError("private_key_jwt needs a private_key (JWK dict or PEM)")
+    try:
+        if isinstance(raw, Mapping):
+            kty = raw.get("kty")
+            if kty == "RSA":
+                key = RSAKey.import_key(dict(raw))  # type: ignore[arg-type]
+            elif kty == "EC":
+                key = ECKey.import_key(dict(raw))  # type: ignore[arg-type]
+            else:
+                raise ConfigurationError("private_key JWK must have kty RSA or EC")
+        else:
+            try:
+                key = RSAKey.import_key(raw)
+            except (ValueError, JoseError, TypeError):
+                key = ECKey.import_key(raw)
+    except ConfigurationError:
+        raise
+    except (ValueError, JoseError, TypeError):
+        raise ConfigurationError("private_key is not a usable RSA or EC private key") from None
+    if not key.is_private:
+        raise ConfigurationError("private_key must be a private key")
+    if alg is None:
+        if isinstance(key, RSAKey):
+            alg = "RS256"
+        else:
+            crv = key.get("crv")
+            alg = {"P-256": "ES256", "P-384": "ES384", "P-521": "ES512"}.get(str(crv), "ES256")
+    if isinstance(key, RSAKey) != (alg[:2] in ("RS", "PS")):
+        raise ConfigurationError(f"signing algorithm {alg} does not fit the private key type")
+    return key, alg
+
+
+def client_assertion(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    *,
+    now: float,
+    audience: str | None = None,
+) -> str:
+    """A signed JWT client assertion (RFC 7523 §3, OIDC Core §9).
+
+    ``iss`` = ``sub`` = client id, ``aud`` = the token endpoint (or ``audience``), a random
+    ``jti``, ``iat`` = now and ``exp`` = now + 5 minutes. HS* with the client secret for
+    ``client_secret_jwt``; RS*/PS*/ES* with the private key for ``private_key_jwt``.
+    """
+    key, alg = _signing_key(desc, client)
+    issued = int(now)
+    claims: dict[str, Any] = {
+        "iss": client.client_id,
+        "sub": client.client_id,
+        "aud": audience or desc.token_endpoint,
+        "jti": secrets.token_urlsafe(32),
+        "iat": issued,
+        "exp": issued + ASSERTION_LIFETIME,
+    }
+    header: dict[str, Any] = {"alg": alg}
+    kid = client.private_key_id or (key.kid if not isinstance(key, OctKey) else None)
+    if kid:
+        header["kid"] = kid
+    return jwt.encode(header, claims, key, algorithms=[alg])
+
+
+def _authenticated_request(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    body: dict[str, str],
+    *,
+    url: str,
+    now: float,
+    purpose: str,
+) -> HttpRequest:
+    headers: list[tuple[str, str]] = [("Accept", "application/json")]
+    method = desc.client_auth_method
+    secret = client.client_secret
+    if method is ClientAuthMethod.CLIENT_SECRET_BASIC:
+        if secret is None:
+            raise ConfigurationError(f"provider {desc.id!r} uses client_secret_basic: no secret")
+        headers.append(
+            ("Authorization", _basic_authorization(client.client_id, secret.get_secret_value()))
+        )
+    elif method is ClientAuthMethod.CLIENT_SECRET_POST:
+        if secret is None:
+            raise ConfigurationError(f"provider {desc.id!r} uses client_secret_post: no secret")
+        body["client_id"] = client.client_id
+        body["client_secret"] = secret.get_secret_value()
+    elif method is ClientAuthMethod.NONE:
+        body["client_id"] = client.client_id
+    else:
+        body["client_assertion_type"] = CLIENT_ASSERTION_TYPE
+        body["client_assertion"] = client_assertion(desc, client, now=now)
+    body = _renamed(desc, body)
+    if desc.body_format is BodyFormat.JSON:
+        payload = json.dumps(body, separators=(",", ":")).encode("utf-8")
+        headers.append(("Content-Type", "application/json"))
+    else:
+        payload = urlencode(body).encode("ascii")
+        headers.append(("Content-Type", "application/x-www-form-urlencoded"))
+    return HttpRequest(
+        method="POST", url=url, headers=tuple(headers), body=payload, purpose=purpose
+    )
+
+
+def token_request(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    grant: GrantType,
+    params: Mapping[str, str],
+    *,
+    now: float,
+    url: str | None = None,
+) -> HttpRequest:
+    """A POST to the token endpoint for ``grant`` with ``params``, client authenticated.
+
+    Always ``Accept: application/json`` (quirk 1); a form body, or JSON when the descriptor
+    says so (quirk 15); ``desc.token_params`` added; parameter renames applied (quirk 16).
+    Secrets go in the body or the ``Authorization`` header, never in the URL.
+    """
+    grant = GrantType(grant)
+    target = url or desc.token_endpoint
+    _require_ready(desc, target, "token endpoint")
+    body: dict[str, str] = {"grant_type": grant.value}
+    body.update(desc.token_params)
+    body.update(params)
+    body["grant_type"] = grant.value
+    return _authenticated_request(desc, client, body, url=target, now=now, purpose="token")
+
+
+def revocation_request(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    *,
+    token: str,
+    token_type_hint: str,
+    now: float | None = None,
+) -> HttpRequest:
+    """An RFC 7009 revocation request, authenticated like the token endpoint.
+
+    ``now`` is only used to sign JWT client assertions (it defaults to the wall clock).
+    """
+    if desc.revocation_endpoint is None:
+        raise ConfigurationError(f"provider {desc.id!r} has no revocation_endpoint")
+    _require_ready(desc, desc.revocation_endpoint, "revocation_endpoint")
+    body = {"token": token}
+    if token_type_hint:
+        body["token_type_hint"] = token_type_hint
+    return _authenticated_request(
+        desc,
+        client,
+        body,
+        url=desc.revocation_endpoint,
+        now=time.time() if now is None else now,
+        purpose="revocation",
+    )
+
+
+# -- responses -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, repr=False)
+class TokenResponse:
+    """A parsed, normalised token response. Secrets are :class:`Secret`; ``repr`` hides them."""
+
+    access_token: Secret
+    token_type: str
+    refresh_token: Secret | None
+    id_token: Secret | None
+    expires_at: float | None
+    refresh_token_expires_at: float | None
+    scopes: ScopeSet | None
+    metadata: dict[str, JSONValue] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        return (
+            f"TokenResponse(access_token={self.access_token!r}, token_type={self.token_type!r}, "
+            f"refresh_token={'<set>' if self.refresh_token is not None else None}, "
+            f"id_token={'<set>' if self.id_token is not None else None}, "
+            f"expires_at={self.expires_at!r}, "
+            f"refresh_token_expires_at={self.refresh_token_expires_at!r}, "
+            f"scopes={None if self.scopes is None else self.scopes.scopes!r}, "
+            f"metadata_keys={sorted(self.metadata)!r})"
+        )
+
+
+def _decode_body(response: HttpResponse) -> dict[str, Any] | None:
+    """A JSON object, or a form-encoded body (GitHub's default), or ``None``."""
+    raw = response.body or b""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
+    stripped = text.strip()
+    if not stripped:
+        return None
+    ctype = response.content_type
+    if stripped.startswith("{") or ctype.endswith("json"):
+        try:
+            data = json.loads(stripped)
+        except ValueError:
+            return None
+        return data if isinstance(data, dict) else None
+    if stripped.startswith("<") or ctype in ("text/html", "application/xhtml+xml"):
+        return None
+    if "=" not in stripped or any(ch.isspace() for ch in stripped):
+        return None
+    try:
+        pairs = parse_qsl(stripped, keep_blank_values=True, strict_parsing=True)
+    except ValueError:
+        return None
+    form: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in form:  # a repeated parameter is ambiguous (RFC 6749 §3.1)
+            return None
+        form[key] = value
+    return form
+
+
+def redact_preview(text: str, limit: int = _PREVIEW_LEN) -> str:
+    """Collapse whitespace, hide token-looking runs and ``secret=value`` pairs, truncate."""
+    text = " ".join(text.split())
+    text = _SECRET_PARAM_RE.sub(lambda m: f"{m.group(1)}{m.group(2)}[redacted]", text)
+    text = _TOKENISH_RE.sub("[redacted]", text)
+    if len(text) > limit:
+        text = text[: limit - 1] + "…"
+    return text
+
+
+def _clean_description(value: object) -> str | None:
+    if value is None:
+        return None
+    return redact_preview(str(value), _DESCRIPTION_LEN)
+
+
+def parse_retry_after(response: HttpResponse, *, now: float | None = None) -> float | None:
+    """Seconds to wait from ``Retry-After`` (delta-seconds or HTTP-date, RFC 9110 §10.2.3).
+
+    An HTTP-date is taken relative to the response's ``Date`` header when present, else to
+    ``now`` (default: the wall clock). Never negative; ``None`` when absent or unreadable.
+    """
+    value = response.headers.get("retry-after")
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(int(value))
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError, IndexError):
+        return None
+    reference: float | None = None
+    date_header = response.headers.get("date")
+    if date_header:
+        try:
+            reference = email.utils.parsedate_to_datetime(date_header).timestamp()
+        except (TypeError, ValueError, IndexError):
+            reference = None
+    if reference is None:
+        reference = time.time() if now is None else now
+    return max(0.0, when.timestamp() - reference)
+
+
+def _error_from_data(
+    data: Mapping[str, Any], response: HttpResponse, retry_after: float | None
+) -> ProviderError | None:
+    error = data.get("error")
+    if data.get("ok") is False and not error:
+        error = "unknown_error"
+    if isinstance(error, Mapping):  # {"error": {"code": ..., "message": ...}} (Google APIs)
+        desc = error.get("message")
+        status = error.get("status") or error.get("code") or "error"
+        error, data = str(status), {"error_description": desc}
+    if not error or not isinstance(error, str | int):
+        return None
+    code = str(error)[:100]
+    cls = _ERROR_CLASSES.get(code.lower(), ProviderError)
+    uri = data.get("error_uri")
+    return cls(
+        code,
+        error_description=_clean_description(data.get("error_description")),
+        error_uri=str(uri)[:300] if isinstance(uri, str) else None,
+        status_code=response.status_code,
+        retry_after=retry_after,
+    )
+
+
+def classify_error(response: HttpResponse, *, now: float | None = None) -> ProviderError:
+    """Map an error response to the exception tree (C5, quirk 24).
+
+    1. An RFC 6749 §5.2 ``error`` member (or Slack ``ok: false``) decides the class.
+    2. Otherwise a non-OAuth body (HTML, unparseable, empty) gives
+       ``error="non_oauth_response"`` with a truncated, redacted ``body_preview``.
+    3. The HTTP status decides the class: 429 / 408 / 5xx (and 2xx/3xx) →
+       :class:`TransientProviderError`; 401 → :class:`InvalidClient`; other 4xx →
+       :class:`ProviderError`.
+
+    ``retry_after`` comes from ``Retry-After``; ``status_code`` is always set.
+    """
+    retry_after = parse_retry_after(response, now=now)
+    data = _decode_body(response)
+    if data is not None:
+        classified = _error_from_data(data, response, retry_after)
+        if classified is not None:
+            return classified
+    status = response.status_code
+    if data is None:
+        error = "non_oauth_response"
+        preview: str | None = redact_preview(response.body.decode("utf-8", "replace"))
+    else:
+        error = "http_error"
+        preview = redact_preview(json.dumps(data)) if data else None
+    kwargs: dict[str, Any] = {
+        "status_code": status,
+        "retry_after": retry_after,
+        "body_preview": preview,
+    }
+    if status == 401:
+        return InvalidClient(error, **kwargs)
+    if 400 <= status < 500 and status not in (408, 429):
+        return ProviderError(error, **kwargs)
+    return TransientProviderError(error, **kwargs)
+
+
+def _coerce_seconds(value: object) -> float | None:
+    if isinstance(value, bool) or value is None:
+        return None
+    if isinstance(value, int | float):
+        number = float(value)
+    elif isinstance(value, str):
+        try:
+            number = float(value.strip())
+        except ValueError:
+            return None
+    else:
+        return None
+    if math.isnan(number) or math.isinf(number):
+        return None
+    return number
+
+
+def _expiry(seconds: float | None, unit: float, now: float) -> float | None:
+    if seconds is None or seconds <= 0:
+        return None
+    return now + min(seconds * unit, MAX_TTL)
+
+
+def _walk(data: Mapping[str, Any], path: Sequence[str]) -> object:
+    node: object = data
+    for part in path:
+        if not isinstance(node, Mapping) or part not in node:
+            return None
+        node = node[part]
+    return node
+
+
+def _parse_scope(value: object, delimiter: str) -> ScopeSet | None:
+    if value is None:
+        return None
+    if isinstance(value, str):
+        parts = value.split(delimiter) if delimiter != " " else [value]
+        items: list[str] = []
+        for part in parts:
+            items.extend(re.split(r"[\s,]+", part))
+        if delimiter != "+" and len(items) == 1 and "+" in items[0]:
+            items = items[0].split("+")
+    elif isinstance(value, list):
+        items = [v for v in value if isinstance(v, str)]
+    else:
+        return None
+    valid: list[str] = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        try:
+            ScopeSet((item,))
+        except InvalidIdentifier:
+            continue
+        valid.append(item)
+    return ScopeSet(tuple(valid))
+
+
+def _normalise_token_type(desc: ProviderDescriptor, value: object) -> str:
+    if value is None or value == "":
+        return "Bearer"
+    if not isinstance(value, str):
+        raise UnsupportedTokenType(str(value))
+    alias = desc.token_type_aliases.get(value) or desc.token_type_aliases.get(value.lower())
+    name = (alias or value).strip()
+    lowered = name.lower()
+    if lowered == "bearer":
+        return "Bearer"
+    if lowered == "dpop":
+        return "DPoP"
+    raise UnsupportedTokenType(name)
+
+
+def _secret_field(value: object) -> Secret | None:
+    if isinstance(value, str) and value:
+        return Secret(value)
+    return None
+
+
+def _public(data: Mapping[str, Any]) -> dict[str, JSONValue]:
+    return {
+        str(k): v
+        for k, v in data.items()
+        if k not in _STANDARD_FIELDS and not str(k).endswith("_token")
+    }
+
+
+def parse_token_response(
+    desc: ProviderDescriptor, response: HttpResponse, *, now: float
+) -> TokenResponse:
+    """Parse a token-endpoint response into a :class:`TokenResponse`, or raise.
+
+    Accepts JSON and form-encoded / ``text/plain`` bodies (quirk 1). An ``error`` member or
+    Slack's ``ok: false`` is an error even with HTTP 200 (quirks 1, 2). ``desc.token_path``
+    selects a nested token object (Slack ``authed_user``); if it is absent but the top level
+    holds an ``access_token``, the top level is used (Slack refresh responses). Non-2xx goes
+    through :func:`classify_error`. A 2xx body without ``access_token`` raises
+    :class:`MalformedResponse`; an unknown ``token_type`` raises
+    :class:`~oauth2_broker_mw.UnsupportedTokenType` (C4).
+    """
+    if not 200 <= response.status_code < 300:
+        raise classify_error(response, now=now)
+    data = _decode_body(response)
+    if data is None:
+        raise MalformedResponse(
+            "malformed_response",
+            error_description="token response is neither a JSON object nor a form body",
+            status_code=response.status_code,
+            body_preview=redact_preview(response.body.decode("utf-8", "replace")),
+        )
+    if desc.errors_with_200 or "access_token" not in data:
+        failure = _error_from_data(data, response, parse_retry_after(response, now=now))
+        if failure is not None:
+            raise failure
+
+    token_obj: Mapping[str, Any] = data
+    metadata: dict[str, JSONValue] = {}
+    if desc.token_path:
+        nested = _walk(data, desc.token_path)
+        if isinstance(nested, Mapping) and "access_token" in nested:
+            token_obj = nested
+            metadata = _public(data)
+            metadata.pop(desc.token_path[0], None)
+            metadata[desc.token_path[0]] = _strip_secrets(data[desc.token_path[0]])
+        elif "access_token" not in data:
+            raise MalformedResponse(
+                "malformed_response",
+                error_description=f"no token object at {'.'.join(desc.token_path)}",
+                status_code=response.status_code,
+            )
+        else:
+            metadata = _public(data)
+    else:
+        metadata = _public(data)
+
+    access_token = token_obj.get("access_token")
+    if not isinstance(access_token, str) or not access_token:
+        raise MalformedResponse(
+            "malformed_response",
+            error_description="token response has no access_token",
+            status_code=response.status_code,
+        )
+    token_type = _normalise_token_type(desc, token_obj.get("token_type"))
+
+    raw_expiry: object = None
+    if desc.expires_in_path:
+        raw_expiry = _walk(token_obj, desc.expires_in_path)
+        if raw_expiry is None:
+            raw_expiry = _walk(data, desc.expires_in_path)
+    if raw_expiry is None:
+        raw_expiry = token_obj.get("expires_in")
+    expires_at = _expiry(_coerce_seconds(raw_expiry), desc.expires_in_unit, now)
+    if expires_at is None and desc.expiry_policy is ExpiryPolicy.DEFAULT_TTL:
+        expires_at = now + min(desc.default_ttl, MAX_TTL)
+
+    refresh_expires_at: float | None = None
+    for name in _REFRESH_EXPIRY_FIELDS:
+        if name in token_obj:
+            refresh_expires_at = _expiry(
+                _coerce_seconds(token_obj[name]), desc.expires_in_unit, now
+            )
+            if refresh_expires_at is not None:
+                break
+
+    return TokenResponse(
+        access_token=Secret(access_token),
+        token_type=token_type,
+        refresh_token=_secret_field(token_obj.get("refresh_token")),
+        id_token=_secret_field(token_obj.get("id_token")),
+        expires_at=expires_at,
+        refresh_token_expires_at=refresh_expires_at,
+        scopes=_parse_scope(token_obj.get("scope"), desc.scope_delimiter),
+        metadata=metadata,
+    )
+
+
+def _strip_secrets(value: object) -> JSONValue:
+    if isinstance(value, Mapping):
+        return {
+            str(k): _strip_secrets(v)
+            for k, v in value.items()
+            if k not in _SECRET_FIELDS and not str(k).endswith("_token")
+        }
+    if isinstance(value, list):
+        return [_strip_secrets(v) for v in value]
+    if value is None or isinstance(value, str | int | float | bool):
+        return value
+    return str(value)
+
+
+# -- WWW-Authenticate ------------------------------------------------------------------------
+_TOKEN_CHARS: Final = frozenset("!#$%&'*+-.^_`|~" + string.ascii_letters + string.digits)
+
+
+def _parse_challenges(header: str) -> list[tuple[str, dict[str, str]]]:
+    """Split a ``WWW-Authenticate`` value into (scheme, params) challenges (RFC 9110 §11.6.1)."""
+    challenges: list[tuple[str, dict[str, str]]] = []
+    i, n = 0, len(header)
+
+    def skip_ws(j: int) -> int:
+        while j < n and header[j] in " \t":
+            j += 1
+        return j
+
+    def read_token(j: int) -> tuple[str, int]:
+        start = j
+        while j < n and header[j] in _TOKEN_CHARS:
+            j += 1
+        return header[start:j], j
+
+    while i < n:
+        i = skip_ws(i)
+        if i < n and header[i] == ",":
+            i += 1
+            continue
+        scheme, i = read_token(i)
+        if not scheme:
+            i += 1
+            continue
+        params: dict[str, str] = {}
+        challenges.append((scheme, params))
+        while i < n:
+            i = skip_ws(i)
+            name, j = read_token(i)
+            j = skip_ws(j)
+            if not name or j >= n or header[j] != "=":
+                break  # the next challenge's scheme, a token68, or the end
+            j = skip_ws(j + 1)
+            if j < n and header[j] == '"':
+                j += 1
+                chars: list[str] = []
+                while j < n and header[j] != '"':
+                    if header[j] == "\\" and j + 1 < n:
+                        j += 1
+                    chars.append(header[j])
+                    j += 1
+                value = "".join(chars)
+                j += 1
+            else:
+                value, j = read_token(j)
+            params.setdefault(name.lower(), value)
+            j = skip_ws(j)
+            if j < n and header[j] == ",":
+                j += 1
+            i = j
+    return challenges
+
+
+def parse_www_authenticate(header: str) -> dict[str, str]:
+    """Parameters of the ``Bearer`` or ``DPoP`` challenge in ``WWW-Authenticate`` (RFC 6750 §3).
+
+    Returns e.g. ``{"scheme": "Bearer", "realm": ..., "error": "invalid_token",
+    "error_description": ..., "scope": ...}``; a challenge that carries ``error`` is preferred
+    when several are present. Other schemes are ignored; an empty dict when none matches.
+    """
+    found: dict[str, str] | None = None
+    for scheme, params in _parse_challenges(header or ""):
+        if scheme.lower() not in ("bearer", "dpop"):
+            continue
+        result = dict(params)
+        result["scheme"] = "DPoP" if scheme.lower() == "dpop" else "Bearer"
+        if "error" in params:
+            return result
+        if found is None:
+            found = result
+    return found or {}
+
+
+# -- ID tokens -------------------------------------------------------------------------------
+def _id_token_error(message: str) -> AuthorizationFlowError:
+    return AuthorizationFlowError("id_token_invalid", message)
+
+
+def _b64json(segment: str) -> dict[str, Any]:
+    padded = segment + "=" * (-len(segment) % 4)
+    try:
+        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+    except (ValueError, binascii.Error, UnicodeEncodeError):
+        raise _id_token_error("ID token header is not valid base64url JSON") from None
+    if not isinstance(value, dict):
+        raise _id_token_error("ID token header is not a JSON object")
+    return value
+
+
+def verify_id_token(
+    id_token: str,
+    *,
+    jwks: Mapping[str, object],
+    issuer: str,
+    client_id: str,
+    nonce: str | None,
+    now: float,
+    algorithms: Sequence[str] = ("RS256", "ES256", "PS256"),
+    leeway: float = 60.0,
+) -> dict[str, JSONValue]:
+    """Verify an OIDC ID token and return its claims (OIDC Core §3.1.3.7, SECURITY E1-E4).
+
+    The signature must verify with a key from ``jwks`` (``jku``, ``jwk`` and ``x5u`` headers
+    are ignored), the ``alg`` must be one of ``algorithms`` (never ``none`` or an HMAC alg),
+    ``iss`` must equal ``issuer`` exactly, ``aud`` must contain ``client_id`` (``azp`` must
+    equal it when present or when there are several audiences), ``exp`` and ``iat`` are
+    checked with ``leeway``, and ``nonce`` must match when given. Failures raise
+    :class:`AuthorizationFlowError` with code ``id_token_invalid`` or ``nonce_mismatch``.
+    An unknown ``kid`` also fails: the caller may refresh the JWKS (rate-limited) and retry.
+    """
+    allowed = [a for a in algorithms if a != "none" and not a.upper().startswith("HS")]
+    if not allowed:
+        raise ConfigurationError("verify_id_token needs at least one asymmetric algorithm")
+    if not isinstance(id_token, str) or id_token.count(".") != 2:
+        raise _id_token_error("ID token is not a compact JWS")
+    header = _b64json(id_token.split(".", 1)[0])
+    alg = header.get("alg")
+    if not isinstance(alg, str) or alg not in allowed:
+        raise _id_token_error(f"ID token algorithm {str(alg)[:20]!r} is not allowed")
+    try:
+        keyset = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
+    except (ValueError, JoseError, TypeError, KeyError):
+        raise _id_token_error("the provider's JWKS cannot be read") from None
+    family = "RSA" if alg[:2] in ("RS", "PS") else "EC"
+    candidates = [
+        k
+        for k in keyset.keys
+        if k.key_type == family
+        and k.get("use") in (None, "sig")
+        and k.get("alg") in (None, alg)
+        and not isinstance(k, OctKey)
+    ]
+    kid = header.get("kid")
+    if kid is not None:
+        candidates = [k for k in candidates if k.kid == kid]
+        if not candidates:
+            raise _id_token_error("ID token key id is not in the provider's JWKS")
+    if len(candidates) != 1:
+        raise _id_token_error("no single key in the provider's JWKS matches the ID token")
+    try:
+        decoded = jwt.decode(id_token, candidates[0], algorithms=[alg])
+    except (JoseError, ValueError):
+        raise _id_token_error("ID token signature does not verify") from None
+    claims: dict[str, Any] = dict(decoded.claims)
+
+    if claims.get("iss") != issuer:
+        raise _id_token_error("ID token issuer does not match")
+    aud = claims.get("aud")
+    audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
+    if client_id not in audiences:
+        raise _id_token_error("ID token audience does not contain this client")
+    azp = claims.get("azp")
+    if (len(audiences) > 1 or azp is not None) and azp != client_id:
+        raise _id_token_error("ID token azp does not equal this client")
+    if not isinstance(claims.get("sub"), str) or not claims["sub"]:
+        raise _id_token_error("ID token has no subject")
+    exp = claims.get("exp")
+    if isinstance(exp, bool) or not isinstance(exp, int | float):
+        raise _id_token_error("ID token has no exp")
+    if exp <= now - leeway:
+        raise _id_token_error("ID token has expired")
+    iat = claims.get("iat")
+    if isinstance(iat, bool) or not isinstance(iat, int | float):
+        raise _id_token_error("ID token has no iat")
+    if iat > now + leeway:
+        raise _id_token_error("ID token was issued in the future")
+    nbf = claims.get("nbf")
+    if isinstance(nbf, int | float) and not isinstance(nbf, bool) and nbf > now + leeway:
+        raise _id_token_error("ID token is not valid yet")
+    if nonce is not None:
+        claimed = claims.get("nonce")
+        if not isinstance(claimed, str) or not hmac.compare_digest(
+            claimed.encode(), nonce.encode()
+        ):
+            raise AuthorizationFlowError("nonce_mismatch", "ID token nonce does not match")
+    return claims
