@@ -1,0 +1,15 @@
+"""Token stores: the contract, the in-process store and the embedded SQLite store.
+
+Owns: the public names of this package. Stores that need optional extras (``redis``,
+``postgres``, encryption) live in their own modules and are imported from there, never
+from here, so ``import oauth2_broker_mw.stores`` works with no extras installed.
+Must not import: redis, psycopg, cryptography.
+"""
+
+from __future__ import annotations
+
+from .base import ThreadedAsyncMixin, TokenStore
+from .memory import MemoryStore
+from .sqlite import SQLiteStore
+
+__all__ = ["MemoryStore", "SQLiteStore", "ThreadedAsyncMixin", "TokenStore"]

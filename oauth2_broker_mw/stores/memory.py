@@ -1,0 +1,185 @@
+"""The in-process store: tokens, lease locks and pending logins in dictionaries.
+
+Owns: ``MemoryStore``, the broker's default store. It is safe to share between threads
+and between sync and async callers of one process (one mutex, held for microseconds, so
+the async twins run inline on the event loop). It is not shared between processes.
+Records are kept in their JSON form, exactly as the persistent stores keep them, so a
+caller mutating a record's ``metadata`` after ``put`` cannot change what is stored, and a
+record that survives ``MemoryStore`` survives every store.
+Must not import: httpx/httpx2, asyncio, any store driver.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Final
+
+from .._core.errors import ConfigurationError, CorruptRecord
+from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
+from .base import ThreadedAsyncMixin
+
+__all__ = ["MemoryStore"]
+
+# Expired locks and pendings are purged when the tables have grown by this many entries
+# since the last purge (amortised O(1) per write; no background thread, no cron job).
+_PURGE_EVERY: Final = 256
+
+
+@dataclass(frozen=True, slots=True)
+class _Row:
+    key: StoreKey
+    version: int
+    data: str
+
+
+@dataclass(frozen=True, slots=True)
+class _LockRow:
+    owner: str
+    expires_at: float
+
+
+class MemoryStore(ThreadedAsyncMixin):
+    """A thread-safe, in-process :class:`~oauth2_broker_mw.stores.TokenStore`.
+
+    ``clock`` returns wall-clock seconds (``time.time``); lock and pending expiry use it.
+    Everything is lost when the process exits: use :class:`SQLiteStore` (one host) or a
+    Redis/PostgreSQL store (several hosts) to keep grants across restarts.
+    """
+
+    _async_inline = True
+
+    def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._mutex = threading.Lock()
+        self._tokens: dict[str, _Row] = {}
+        self._locks: dict[str, _LockRow] = {}
+        self._pending: dict[str, tuple[str, float]] = {}
+        self._writes_since_purge = 0
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+    # -- tokens -----------------------------------------------------------------------------
+    def get(self, key: StoreKey) -> TokenRecord | None:
+        with self._mutex:
+            row = self._tokens.get(key.id)
+        if row is None:
+            return None
+        return _decode(row, key)
+
+    def put(self, record: TokenRecord) -> TokenRecord:
+        with self._mutex:
+            row = self._tokens.get(record.key.id)
+            return self._write(record, 1 if row is None else row.version + 1)
+
+    def compare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None:
+        with self._mutex:
+            row = self._tokens.get(record.key.id)
+            current = None if row is None else row.version
+            if current != expected_version:
+                return None
+            return self._write(record, 1 if current is None else current + 1)
+
+    def delete(self, key: StoreKey, *, expected_version: int | None = None) -> bool:
+        with self._mutex:
+            row = self._tokens.get(key.id)
+            if row is None or (expected_version is not None and row.version != expected_version):
+                return False
+            del self._tokens[key.id]
+            return True
+
+    def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
+        with self._mutex:
+            rows = list(self._tokens.values())
+        keys = [
+            row.key
+            for row in rows
+            if row.key.tenant == tenant and (principal is None or row.key.principal == principal)
+        ]
+        return sorted(keys, key=lambda key: key.id)
+
+    def _write(self, record: TokenRecord, version: int) -> TokenRecord:
+        # Caller holds the mutex.
+        stored = record.with_version(version)
+        self._tokens[record.key.id] = _Row(record.key, version, stored.to_json())
+        return TokenRecord.from_json(self._tokens[record.key.id].data)
+
+    # -- lease locks ------------------------------------------------------------------------
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        _check_ttl(ttl)
+        now = self._clock()
+        with self._mutex:
+            held = self._locks.get(name)
+            if held is not None and held.expires_at > now and held.owner != owner:
+                return False
+            self._locks[name] = _LockRow(owner, now + ttl)
+            self._maybe_purge(now)
+            return True
+
+    def renew_lock(self, name: str, owner: str, ttl: float) -> bool:
+        _check_ttl(ttl)
+        now = self._clock()
+        with self._mutex:
+            held = self._locks.get(name)
+            if held is None or held.owner != owner or held.expires_at <= now:
+                return False
+            self._locks[name] = _LockRow(owner, now + ttl)
+            return True
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        now = self._clock()
+        with self._mutex:
+            held = self._locks.get(name)
+            if held is None or held.owner != owner:
+                return False
+            del self._locks[name]
+            return held.expires_at > now
+
+    # -- pending authorizations -------------------------------------------------------------
+    def put_pending(self, pending: PendingAuthorization) -> None:
+        data = pending.to_json()
+        now = self._clock()
+        with self._mutex:
+            self._pending[pending.state_key] = (data, pending.expires_at)
+            self._maybe_purge(now)
+
+    def take_pending(self, state_key: str) -> PendingAuthorization | None:
+        with self._mutex:
+            entry = self._pending.pop(state_key, None)
+        if entry is None:
+            return None
+        data, expires_at = entry
+        if expires_at <= self._clock():
+            return None
+        return PendingAuthorization.from_json(data)
+
+    def _maybe_purge(self, now: float) -> None:
+        # Caller holds the mutex.
+        self._writes_since_purge += 1
+        if self._writes_since_purge < _PURGE_EVERY:
+            return
+        self._writes_since_purge = 0
+        for name in [n for n, row in self._locks.items() if row.expires_at <= now]:
+            del self._locks[name]
+        for state_key in [k for k, (_, exp) in self._pending.items() if exp <= now]:
+            del self._pending[state_key]
+
+    def close(self) -> None:
+        """Nothing to release; the data stays until the store is garbage-collected."""
+
+
+def _check_ttl(ttl: float) -> None:
+    if not ttl > 0:
+        raise ConfigurationError("lock ttl must be a positive number of seconds")
+
+
+def _decode(row: _Row, key: StoreKey) -> TokenRecord:
+    record = TokenRecord.from_json(row.data)
+    if record.key != key:
+        raise CorruptRecord("stored token record belongs to another key")
+    return record.with_version(row.version)

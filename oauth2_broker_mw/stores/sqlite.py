@@ -1,0 +1,418 @@
+"""The embedded store: one SQLite file shared by the threads and processes of one host.
+
+Owns: ``SQLiteStore``: its schema and migrations, its connection pool, and the translation
+of ``sqlite3`` errors into :class:`StorageError` / :class:`StoreUnavailable`.
+Must not import: httpx/httpx2, asyncio (the async twins come from ``ThreadedAsyncMixin``),
+any other store driver.
+
+Concurrency design:
+
+* WAL journal, ``synchronous=NORMAL``, a ``busy_timeout``: readers never block the writer,
+  and writers queue for up to ``timeout`` seconds before ``StoreUnavailable``.
+* Every read-modify-write runs in ``BEGIN IMMEDIATE``: the write lock is taken before the
+  version is read, so two processes can never both see version ``v`` and both write
+  ``v + 1`` (and a WAL snapshot can never go stale between the read and the write).
+* Single-statement writes (delete, lock acquire/renew/release, take-pending) are atomic
+  by themselves.
+* Connections come from a small pool (opened lazily, ``check_same_thread=False``), so any
+  threading model works: a thread borrows a connection for one operation and returns it.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Final
+
+from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
+from .._core.model import (
+    PendingAuthorization,
+    PrincipalId,
+    ProviderId,
+    StoreKey,
+    TenantId,
+    TokenRecord,
+)
+from .base import ThreadedAsyncMixin
+
+__all__ = ["SQLiteStore"]
+
+SCHEMA_VERSION: Final = 1
+_POOL_SIZE: Final = 8
+
+# ``DELETE ... RETURNING`` exists since SQLite 3.35.0.
+_HAS_RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
+
+# Primary result codes that mean "try again later": busy/locked, I/O, disk full,
+# cannot open, locking protocol. Everything else is a plain StorageError.
+_RETRYABLE_CODES: Final = frozenset({5, 6, 10, 13, 14, 15})
+
+_SCHEMA_V1: Final = (
+    """
+    CREATE TABLE IF NOT EXISTS tokens (
+        key_id            TEXT PRIMARY KEY,
+        tenant            TEXT NOT NULL,
+        principal         TEXT NOT NULL,
+        provider          TEXT NOT NULL,
+        scope_fingerprint TEXT NOT NULL,
+        version           INTEGER NOT NULL,
+        data              TEXT NOT NULL,
+        updated_at        REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS tokens_tenant_principal ON tokens (tenant, principal)",
+    """
+    CREATE TABLE IF NOT EXISTS locks (
+        name       TEXT PRIMARY KEY,
+        owner      TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS locks_expires_at ON locks (expires_at)",
+    """
+    CREATE TABLE IF NOT EXISTS pending (
+        state_key  TEXT PRIMARY KEY,
+        data       TEXT NOT NULL,
+        expires_at REAL NOT NULL
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS pending_expires_at ON pending (expires_at)",
+)
+
+Migration = Callable[[sqlite3.Connection], None]
+
+
+def _create_v1(conn: sqlite3.Connection) -> None:
+    for statement in _SCHEMA_V1:
+        conn.execute(statement)
+
+
+# MIGRATIONS[n] brings a database from user_version n to n + 1, inside the caller's
+# IMMEDIATE transaction. Version 0 is "empty file". Add an entry and bump SCHEMA_VERSION
+# to change the schema; never edit a shipped step.
+MIGRATIONS: Final[dict[int, Migration]] = {0: _create_v1}
+
+_UPSERT_TOKEN: Final = """
+    INSERT INTO tokens (key_id, tenant, principal, provider, scope_fingerprint, version,
+                        data, updated_at)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+    ON CONFLICT (key_id) DO UPDATE SET
+        version = excluded.version, data = excluded.data, updated_at = excluded.updated_at
+"""
+
+_ACQUIRE_LOCK: Final = """
+    INSERT INTO locks (name, owner, expires_at) VALUES (?, ?, ?)
+    ON CONFLICT (name) DO UPDATE SET owner = excluded.owner, expires_at = excluded.expires_at
+    WHERE locks.expires_at <= ? OR locks.owner = excluded.owner
+"""
+
+
+class SQLiteStore(ThreadedAsyncMixin):
+    """A :class:`~oauth2_broker_mw.stores.TokenStore` in one SQLite file.
+
+    Safe for many threads and processes on one machine (not for a network file system:
+    SQLite's WAL needs shared memory). ``timeout`` is how long a writer waits for another
+    writer before :class:`~oauth2_broker_mw.StoreUnavailable`. ``clock`` returns wall-clock
+    seconds; lock and pending expiry use it, so every process on the host agrees.
+    The file and its tables are created on first use.
+    """
+
+    # Atomic ``DELETE ... RETURNING`` when SQLite has it, else a short IMMEDIATE transaction.
+    _use_returning: bool = _HAS_RETURNING
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        timeout: float = 5.0,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        path_str = os.fspath(path)
+        if not path_str or path_str == ":memory:" or path_str.startswith("file:"):
+            raise ConfigurationError(
+                "SQLiteStore needs a file path (use MemoryStore for an in-memory store)"
+            )
+        if not timeout > 0:
+            raise ConfigurationError("timeout must be a positive number of seconds")
+        self._path = path_str
+        self._timeout = float(timeout)
+        self._clock = clock
+        self._pool_lock = threading.Lock()
+        self._idle: list[sqlite3.Connection] = []
+        self._closed = False
+        self._schema_ready = False
+
+    @property
+    def path(self) -> str:
+        return self._path
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self._path!r})"
+
+    # -- connections ------------------------------------------------------------------------
+    def _open(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(
+            self._path,
+            timeout=self._timeout,
+            isolation_level=None,  # autocommit; we issue BEGIN IMMEDIATE ourselves
+            check_same_thread=False,  # borrowed by one thread at a time via the pool
+        )
+        try:
+            conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
+            if not self._schema_ready:
+                self._prepare(conn)
+            conn.execute("PRAGMA synchronous = NORMAL")
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _prepare(self, conn: sqlite3.Connection) -> None:
+        # WAL is a property of the file: set once, kept by every later connection.
+        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        if mode is None or str(mode[0]).lower() != "wal":
+            raise StorageError("SQLite refused WAL journal mode for this file")
+        (version,) = conn.execute("PRAGMA user_version").fetchone()
+        if version != SCHEMA_VERSION:
+            with _transaction(conn):
+                (version,) = conn.execute("PRAGMA user_version").fetchone()
+                if version > SCHEMA_VERSION:
+                    raise StorageError(
+                        f"the SQLite file has schema version {version}; this release "
+                        f"understands up to {SCHEMA_VERSION} (upgrade oauth2-broker-mw)"
+                    )
+                while version < SCHEMA_VERSION:
+                    MIGRATIONS[version](conn)
+                    version += 1
+                    conn.execute(f"PRAGMA user_version = {version}")
+        self._schema_ready = True
+
+    @contextmanager
+    def _connection(self) -> Iterator[sqlite3.Connection]:
+        """Borrow a connection for one operation; translate every sqlite3 error."""
+        conn: sqlite3.Connection | None = None
+        try:
+            with self._pool_lock:
+                if self._closed:
+                    raise StorageError("SQLiteStore is closed")
+                if self._idle:
+                    conn = self._idle.pop()
+            if conn is None:
+                conn = self._open()
+            yield conn
+        except sqlite3.Error as exc:
+            raise _translate(exc) from exc
+        finally:
+            if conn is not None:
+                self._give_back(conn)
+
+    def _give_back(self, conn: sqlite3.Connection) -> None:
+        try:
+            if conn.in_transaction:
+                conn.rollback()
+        except sqlite3.Error:
+            conn.close()
+            return
+        with self._pool_lock:
+            if not self._closed and len(self._idle) < _POOL_SIZE:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def close(self) -> None:
+        """Close the pooled connections. The store cannot be used afterwards."""
+        with self._pool_lock:
+            self._closed = True
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
+
+    # -- tokens -----------------------------------------------------------------------------
+    def get(self, key: StoreKey) -> TokenRecord | None:
+        with self._connection() as conn:
+            row = conn.execute(
+                "SELECT version, data FROM tokens WHERE key_id = ?", (key.id,)
+            ).fetchone()
+        if row is None:
+            return None
+        return _decode_record(key, row[0], row[1])
+
+    def put(self, record: TokenRecord) -> TokenRecord:
+        with self._connection() as conn, _transaction(conn):
+            current = _current_version(conn, record.key)
+            return self._write(conn, record, 1 if current is None else current + 1)
+
+    def compare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None:
+        with self._connection() as conn, _transaction(conn):
+            current = _current_version(conn, record.key)
+            if current != expected_version:
+                return None
+            return self._write(conn, record, 1 if current is None else current + 1)
+
+    def delete(self, key: StoreKey, *, expected_version: int | None = None) -> bool:
+        with self._connection() as conn:
+            if expected_version is None:
+                cursor = conn.execute("DELETE FROM tokens WHERE key_id = ?", (key.id,))
+            else:
+                cursor = conn.execute(
+                    "DELETE FROM tokens WHERE key_id = ? AND version = ?",
+                    (key.id, expected_version),
+                )
+            return cursor.rowcount > 0
+
+    def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
+        query = "SELECT tenant, principal, provider, scope_fingerprint FROM tokens WHERE tenant = ?"
+        params: tuple[str, ...] = (str(tenant),)
+        if principal is not None:
+            query += " AND principal = ?"
+            params += (str(principal),)
+        with self._connection() as conn:
+            rows = conn.execute(query + " ORDER BY key_id", params).fetchall()
+        keys: list[StoreKey] = []
+        for t, p, prov, fp in rows:
+            try:
+                keys.append(StoreKey(TenantId(t), PrincipalId(p), ProviderId(prov), fp))
+            except (ValueError, TypeError):
+                continue  # a damaged index row: get() on it reports CorruptRecord
+        return keys
+
+    def _write(self, conn: sqlite3.Connection, record: TokenRecord, version: int) -> TokenRecord:
+        stored = record.with_version(version)
+        key = record.key
+        conn.execute(
+            _UPSERT_TOKEN,
+            (
+                key.id,
+                key.tenant,
+                key.principal,
+                key.provider,
+                key.scope_fingerprint,
+                version,
+                stored.to_json(),
+                self._clock(),
+            ),
+        )
+        return stored
+
+    # -- lease locks ------------------------------------------------------------------------
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        _check_ttl(ttl)
+        now = self._clock()
+        with self._connection() as conn:
+            cursor = conn.execute(_ACQUIRE_LOCK, (name, owner, now + ttl, now))
+            return cursor.rowcount > 0
+
+    def renew_lock(self, name: str, owner: str, ttl: float) -> bool:
+        _check_ttl(ttl)
+        now = self._clock()
+        with self._connection() as conn:
+            cursor = conn.execute(
+                "UPDATE locks SET expires_at = ? WHERE name = ? AND owner = ? AND expires_at > ?",
+                (now + ttl, name, owner, now),
+            )
+            return cursor.rowcount > 0
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        now = self._clock()
+        with self._connection() as conn:
+            cursor = conn.execute(
+                "DELETE FROM locks WHERE name = ? AND owner = ? AND expires_at > ?",
+                (name, owner, now),
+            )
+            return cursor.rowcount > 0
+
+    # -- pending authorizations -------------------------------------------------------------
+    def put_pending(self, pending: PendingAuthorization) -> None:
+        data = pending.to_json()
+        now = self._clock()
+        with self._connection() as conn, _transaction(conn):
+            # Opportunistic purge (indexed), so abandoned logins and dead locks never pile up.
+            conn.execute("DELETE FROM pending WHERE expires_at <= ?", (now,))
+            conn.execute("DELETE FROM locks WHERE expires_at <= ?", (now,))
+            conn.execute(
+                "INSERT OR REPLACE INTO pending (state_key, data, expires_at) VALUES (?, ?, ?)",
+                (pending.state_key, data, pending.expires_at),
+            )
+
+    def take_pending(self, state_key: str) -> PendingAuthorization | None:
+        with self._connection() as conn:
+            if self._use_returning:
+                rows = conn.execute(
+                    "DELETE FROM pending WHERE state_key = ? RETURNING data, expires_at",
+                    (state_key,),
+                ).fetchall()
+            else:
+                with _transaction(conn):
+                    rows = conn.execute(
+                        "SELECT data, expires_at FROM pending WHERE state_key = ?", (state_key,)
+                    ).fetchall()
+                    conn.execute("DELETE FROM pending WHERE state_key = ?", (state_key,))
+        if not rows:
+            return None
+        data, expires_at = rows[0]
+        if not isinstance(expires_at, (int, float)) or expires_at <= self._clock():
+            return None
+        if not isinstance(data, (str, bytes)):
+            raise CorruptRecord("pending authorization is not stored as text")
+        pending = PendingAuthorization.from_json(data)
+        if pending.state_key != state_key:
+            raise CorruptRecord("pending authorization is stored under another state")
+        return pending
+
+
+@contextmanager
+def _transaction(conn: sqlite3.Connection) -> Iterator[None]:
+    """``BEGIN IMMEDIATE``: take the write lock first, so a read-modify-write cannot race."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield
+    except BaseException:
+        if conn.in_transaction:
+            conn.rollback()
+        raise
+    conn.execute("COMMIT")
+
+
+def _current_version(conn: sqlite3.Connection, key: StoreKey) -> int | None:
+    row = conn.execute("SELECT version FROM tokens WHERE key_id = ?", (key.id,)).fetchone()
+    if row is None:
+        return None
+    if not isinstance(row[0], int) or row[0] < 0:
+        return 0  # a damaged version: put() rewrites the row at version 1
+    return row[0]
+
+
+def _decode_record(key: StoreKey, version: object, data: object) -> TokenRecord:
+    if not isinstance(data, (str, bytes)):
+        raise CorruptRecord("stored token record is not stored as text")
+    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+        raise CorruptRecord("stored token record has no valid version")
+    record = TokenRecord.from_json(data)
+    if record.key != key:
+        raise CorruptRecord("stored token record belongs to another key")
+    return record.with_version(version)
+
+
+def _check_ttl(ttl: float) -> None:
+    if not ttl > 0:
+        raise ConfigurationError("lock ttl must be a positive number of seconds")
+
+
+def _translate(exc: sqlite3.Error) -> StorageError:
+    code = getattr(exc, "sqlite_errorcode", None)
+    name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
+    # sqlite3 messages carry SQL text and column names, never bound values.
+    message = f"SQLite error {name}: {str(exc)[:200]}"
+    if isinstance(code, int) and (code & 0xFF) in _RETRYABLE_CODES:
+        return StoreUnavailable(message)
+    if code is None and isinstance(exc, sqlite3.OperationalError):
+        text = str(exc).lower()
+        if "locked" in text or "busy" in text or "disk" in text or "unable to open" in text:
+            return StoreUnavailable(message)
+    return StorageError(message)

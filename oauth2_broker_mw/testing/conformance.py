@@ -1,0 +1,549 @@
+"""The store conformance suite: what every ``TokenStore`` must do, as pytest tests.
+
+Owns: ``StoreConformance`` (subclass it in a test module and provide a ``store`` fixture)
+and the record builders it uses. Every scenario runs twice, through the sync methods and
+through the async ``a*`` twins, from one body: the ``api`` fixture is a ``StoreRunner``
+that calls one or the other. Async twins run on an event loop the suite owns (one per
+test), so the suite needs neither pytest-asyncio nor its auto mode.
+Must not import: httpx/httpx2, any store driver, any concrete store.
+
+Usage::
+
+    import pytest
+    from oauth2_broker_mw.testing.conformance import StoreConformance
+
+    class TestMyStore(StoreConformance):
+        @pytest.fixture
+        def store(self, tmp_path):
+            store = MyStore(...)
+            yield store
+            store.close()
+
+The ``store`` fixture must be synchronous and return an empty store. The suite takes a few
+seconds per store (lock and pending expiry sleep for a fraction of a second).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+import uuid
+from collections.abc import Awaitable, Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Final, Literal, ParamSpec, TypeAlias, TypeVar
+
+import pytest
+
+from .._core.model import (
+    JSONValue,
+    PendingAuthorization,
+    PrincipalId,
+    ProviderId,
+    ScopeSet,
+    Secret,
+    StoreKey,
+    TenantId,
+    TokenRecord,
+)
+from ..stores.base import TokenStore
+
+__all__ = ["StoreConformance", "StoreRunner", "make_pending", "make_record"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+Call: TypeAlias = tuple[tuple[Any, ...], dict[str, Any]]
+
+RACERS: Final = 16
+LOCK_TTL: Final = 0.2
+PAST_TTL: Final = 0.35  # sleep long enough for a LOCK_TTL lock to have expired
+
+
+def make_record(
+    key: StoreKey,
+    access_token: str = "at-conformance",
+    **fields: Any,
+) -> TokenRecord:
+    """A record for ``key``; every other field can be overridden by keyword."""
+    values: dict[str, Any] = {"issued_at": 1_700_000_000.0}
+    values.update(fields)
+    return TokenRecord(key=key, access_token=Secret(access_token), **values)
+
+
+def make_pending(
+    state: str | None = None, *, expires_in: float = 600.0, **fields: Any
+) -> PendingAuthorization:
+    """A pending login whose ``expires_at`` is ``expires_in`` seconds from now."""
+    now = time.time()
+    values: dict[str, Any] = {
+        "state": Secret(state or f"state-{uuid.uuid4().hex}"),
+        "tenant": TenantId("tenant-a"),
+        "principal": PrincipalId("alice"),
+        "provider": ProviderId("example"),
+        "scopes": ScopeSet.of("openid email"),
+        "redirect_uri": "https://app.example/callback",
+        "code_verifier": Secret("verifier-" + "v" * 40),
+        "nonce": Secret("nonce-conformance"),
+        "created_at": now,
+        "expires_at": now + expires_in,
+    }
+    values.update(fields)
+    return PendingAuthorization(**values)
+
+
+class StoreRunner:
+    """Calls a store's sync methods, or its async twins on the suite's loop, with one API."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        mode: Literal["sync", "async"],
+        loop: asyncio.AbstractEventLoop | None = None,
+    ) -> None:
+        if mode == "async" and loop is None:
+            raise ValueError("async mode needs an event loop")
+        self.store = store
+        self.mode = mode
+        self._loop = loop
+
+    def __repr__(self) -> str:
+        return f"StoreRunner({self.mode})"
+
+    def _do(
+        self,
+        sync_fn: Callable[P, R],
+        async_fn: Callable[P, Awaitable[R]],
+        /,
+        *args: P.args,
+        **kwargs: P.kwargs,
+    ) -> R:
+        if self._loop is None:
+            return sync_fn(*args, **kwargs)
+        return self._loop.run_until_complete(_awaited(async_fn(*args, **kwargs)))
+
+    def get(self, key: StoreKey) -> TokenRecord | None:
+        return self._do(self.store.get, self.store.aget, key)
+
+    def put(self, record: TokenRecord) -> TokenRecord:
+        return self._do(self.store.put, self.store.aput, record)
+
+    def compare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None:
+        return self._do(
+            self.store.compare_and_swap,
+            self.store.acompare_and_swap,
+            record,
+            expected_version=expected_version,
+        )
+
+    def delete(self, key: StoreKey, *, expected_version: int | None = None) -> bool:
+        return self._do(
+            self.store.delete, self.store.adelete, key, expected_version=expected_version
+        )
+
+    def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
+        return self._do(self.store.list_keys, self.store.alist_keys, tenant, principal)
+
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return self._do(self.store.acquire_lock, self.store.aacquire_lock, name, owner, ttl)
+
+    def renew_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return self._do(self.store.renew_lock, self.store.arenew_lock, name, owner, ttl)
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        return self._do(self.store.release_lock, self.store.arelease_lock, name, owner)
+
+    def put_pending(self, pending: PendingAuthorization) -> None:
+        self._do(self.store.put_pending, self.store.aput_pending, pending)
+
+    def take_pending(self, state_key: str) -> PendingAuthorization | None:
+        return self._do(self.store.take_pending, self.store.atake_pending, state_key)
+
+    def concurrently(
+        self,
+        sync_fn: Callable[..., R],
+        async_fn: Callable[..., Awaitable[R]],
+        calls: Sequence[Call],
+    ) -> list[R]:
+        """Start every call at once: threads released by a barrier, or gathered tasks."""
+        if self._loop is None:
+            barrier = threading.Barrier(len(calls))
+
+            def run(call: Call) -> R:
+                barrier.wait(timeout=30)
+                return sync_fn(*call[0], **call[1])
+
+            with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+                return list(pool.map(run, calls))
+
+        async def gather() -> list[R]:
+            return list(await asyncio.gather(*(async_fn(*a, **kw) for a, kw in calls)))
+
+        return self._loop.run_until_complete(gather())
+
+
+async def _awaited(awaitable: Awaitable[R]) -> R:
+    return await awaitable
+
+
+def _key(tenant: str = "tenant-a", principal: str = "alice", scopes: str = "read") -> StoreKey:
+    return StoreKey.build(tenant, principal, "example", scopes)
+
+
+class StoreConformance:
+    """Subclass in a ``Test*`` class and define a ``store`` fixture returning an empty store."""
+
+    @pytest.fixture
+    def store(self) -> TokenStore:
+        raise NotImplementedError("subclass StoreConformance and define a `store` fixture")
+
+    @pytest.fixture(params=["sync", "async"])
+    def api(self, request: pytest.FixtureRequest, store: TokenStore) -> Iterator[StoreRunner]:
+        if request.param == "sync":
+            yield StoreRunner(store, "sync")
+            return
+        loop = asyncio.new_event_loop()
+        try:
+            yield StoreRunner(store, "async", loop)
+        finally:
+            loop.run_until_complete(loop.shutdown_asyncgens())
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+
+    # -- the contract itself ----------------------------------------------------------------
+    def test_store_implements_the_protocol(self, store: TokenStore) -> None:
+        assert isinstance(store, TokenStore)
+
+    # -- get / put --------------------------------------------------------------------------
+    def test_get_missing_returns_none(self, api: StoreRunner) -> None:
+        assert api.get(_key()) is None
+
+    def test_round_trip_preserves_every_field(self, api: StoreRunner) -> None:
+        key = _key(scopes="read write")
+        metadata: dict[str, JSONValue] = {
+            "tenant_region": "eu",
+            "nested": {"list": [1, 2.5, True, None], "text": "é ✓ 日本"},
+            "empty": {},
+        }
+        record = make_record(
+            key,
+            "at-" + "x" * 2000,
+            token_type="DPoP",
+            refresh_token=Secret("rt-round-trip"),
+            id_token=Secret("eyJhbGciOiJSUzI1NiJ9." + "y" * 4000 + ".sig"),
+            issued_at=1_700_000_000.125,
+            expires_at=1_700_003_600.5,
+            refresh_token_expires_at=1_702_592_000.0,
+            scopes=ScopeSet.of("read write"),
+            requested_scopes=ScopeSet.of("read write admin"),
+            grant="client_credentials",
+            metadata=metadata,
+            revoked_at=1_700_000_100.0,
+        )
+        stored = api.put(record)
+        assert stored == record.with_version(stored.version)
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded == stored
+        assert loaded.access_token.get_secret_value() == "at-" + "x" * 2000
+        assert loaded.refresh_token == Secret("rt-round-trip")
+        assert loaded.id_token == record.id_token
+        assert loaded.metadata == metadata
+        assert loaded.requested_scopes == ScopeSet.of("read write admin")
+
+    def test_round_trip_keeps_absent_fields_absent(self, api: StoreRunner) -> None:
+        key = _key()
+        record = make_record(key)  # no refresh/id token, unknown expiry, empty metadata
+        api.put(record)
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.refresh_token is None
+        assert loaded.id_token is None
+        assert loaded.expires_at is None
+        assert loaded.refresh_token_expires_at is None
+        assert loaded.revoked_at is None
+        assert dict(loaded.metadata) == {}
+        assert loaded.scopes == ScopeSet()
+
+    def test_put_sets_versions_from_one_and_increments(self, api: StoreRunner) -> None:
+        key = _key()
+        first = api.put(make_record(key, "at-1", version=42))  # the caller's version is ignored
+        second = api.put(make_record(key, "at-2"))
+        third = api.put(make_record(key, "at-3"))
+        assert (first.version, second.version, third.version) == (1, 2, 3)
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.version == 3
+        assert loaded.access_token == Secret("at-3")
+
+    def test_stored_record_is_a_copy(self, api: StoreRunner) -> None:
+        key = _key()
+        metadata: dict[str, JSONValue] = {"team": "blue"}
+        api.put(make_record(key, metadata=metadata))
+        metadata["team"] = "red"
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.metadata == {"team": "blue"}
+
+    def test_keys_differing_only_by_scope_are_separate(self, api: StoreRunner) -> None:
+        read, write = _key(scopes="read"), _key(scopes="write")
+        api.put(make_record(read, "at-read"))
+        api.put(make_record(write, "at-write"))
+        loaded_read, loaded_write = api.get(read), api.get(write)
+        assert loaded_read is not None
+        assert loaded_write is not None
+        assert loaded_read.access_token == Secret("at-read")
+        assert loaded_write.access_token == Secret("at-write")
+
+    # -- compare-and-swap -------------------------------------------------------------------
+    def test_cas_with_none_creates_only_when_absent(self, api: StoreRunner) -> None:
+        key = _key()
+        created = api.compare_and_swap(make_record(key, "at-1"), expected_version=None)
+        assert created is not None
+        assert created.version == 1
+        assert created.access_token == Secret("at-1")
+        assert api.compare_and_swap(make_record(key, "at-2"), expected_version=None) is None
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.access_token == Secret("at-1")
+        assert loaded.version == 1
+
+    def test_cas_at_current_version_writes_next_version(self, api: StoreRunner) -> None:
+        key = _key()
+        current = api.put(make_record(key, "at-1"))
+        swapped = api.compare_and_swap(
+            make_record(key, "at-2", refresh_token=Secret("rt-2")),
+            expected_version=current.version,
+        )
+        assert swapped is not None
+        assert swapped.version == current.version + 1
+        loaded = api.get(key)
+        assert loaded == swapped
+        assert loaded is not None
+        assert loaded.refresh_token == Secret("rt-2")
+
+    def test_cas_at_stale_version_conflicts_and_changes_nothing(self, api: StoreRunner) -> None:
+        key = _key()
+        stale = api.put(make_record(key, "at-1"))
+        api.put(make_record(key, "at-2"))
+        assert (
+            api.compare_and_swap(make_record(key, "at-3"), expected_version=stale.version) is None
+        )
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.access_token == Secret("at-2")
+        assert loaded.version == 2
+
+    def test_cas_with_version_on_absent_key_conflicts(self, api: StoreRunner) -> None:
+        key = _key()
+        assert api.compare_and_swap(make_record(key), expected_version=1) is None
+        assert api.get(key) is None
+
+    def test_cas_race_has_exactly_one_winner(self, api: StoreRunner) -> None:
+        key = _key()
+        base = api.put(make_record(key, "at-base"))
+        calls: list[Call] = [
+            ((make_record(key, f"at-racer-{i}"),), {"expected_version": base.version})
+            for i in range(RACERS)
+        ]
+        results = api.concurrently(api.store.compare_and_swap, api.store.acompare_and_swap, calls)
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1, f"{len(winners)} of {RACERS} racers won"
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.version == base.version + 1
+        assert loaded.access_token == winners[0].access_token
+
+    def test_cas_race_on_absent_key_has_exactly_one_creator(self, api: StoreRunner) -> None:
+        key = _key()
+        calls: list[Call] = [
+            ((make_record(key, f"at-racer-{i}"),), {"expected_version": None})
+            for i in range(RACERS)
+        ]
+        results = api.concurrently(api.store.compare_and_swap, api.store.acompare_and_swap, calls)
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1, f"{len(winners)} of {RACERS} racers created the record"
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.version == 1
+        assert loaded.access_token == winners[0].access_token
+
+    # -- delete -----------------------------------------------------------------------------
+    def test_delete_missing_returns_false(self, api: StoreRunner) -> None:
+        assert api.delete(_key()) is False
+        assert api.delete(_key(), expected_version=1) is False
+
+    def test_delete_removes_the_record(self, api: StoreRunner) -> None:
+        key, other = _key(), _key(principal="bob")
+        api.put(make_record(key))
+        api.put(make_record(other))
+        assert api.delete(key) is True
+        assert api.get(key) is None
+        assert api.get(other) is not None
+        assert api.delete(key) is False
+
+    def test_delete_with_expected_version(self, api: StoreRunner) -> None:
+        key = _key()
+        api.put(make_record(key, "at-1"))
+        current = api.put(make_record(key, "at-2"))
+        assert api.delete(key, expected_version=current.version - 1) is False
+        assert api.get(key) is not None
+        assert api.delete(key, expected_version=current.version) is True
+        assert api.get(key) is None
+
+    def test_put_after_delete_creates_again(self, api: StoreRunner) -> None:
+        key = _key()
+        api.put(make_record(key, "at-1"))
+        api.delete(key)
+        assert api.compare_and_swap(make_record(key, "at-2"), expected_version=None) is not None
+        loaded = api.get(key)
+        assert loaded is not None
+        assert loaded.access_token == Secret("at-2")
+
+    # -- list_keys --------------------------------------------------------------------------
+    def test_list_keys_by_tenant_and_principal(self, api: StoreRunner) -> None:
+        alice_read = _key("t1", "alice", "read")
+        alice_write = _key("t1", "alice", "write")
+        bob_read = _key("t1", "bob", "read")
+        other_tenant = _key("t2", "alice", "read")
+        for key in (alice_read, alice_write, bob_read, other_tenant):
+            api.put(make_record(key))
+        assert set(api.list_keys(TenantId("t1"))) == {alice_read, alice_write, bob_read}
+        assert set(api.list_keys(TenantId("t1"), "alice")) == {alice_read, alice_write}
+        assert api.list_keys(TenantId("t1"), "carol") == []
+        assert api.list_keys(TenantId("t3")) == []
+        api.delete(alice_write)
+        assert set(api.list_keys(TenantId("t1"), "alice")) == {alice_read}
+
+    def test_list_keys_does_not_confuse_separator_characters(self, api: StoreRunner) -> None:
+        # Naive "tenant:principal" or "tenant|principal" keys would make these collide.
+        keys = [
+            _key("a", "b:c"),
+            _key("a:b", "c"),
+            _key("a|b", "c"),
+            _key("a", "b|c"),
+            _key("a:", "b"),
+            _key("a*", "b"),
+            _key("a%", "b_"),
+            _key("1:a", "b"),
+        ]
+        for i, key in enumerate(keys):
+            api.put(make_record(key, f"at-{i}"))
+        assert len({key.id for key in keys}) == len(keys)
+        for key in keys:
+            assert set(api.list_keys(key.tenant)) == {k for k in keys if k.tenant == key.tenant}
+            assert set(api.list_keys(key.tenant, key.principal)) == {key}
+        for i, key in enumerate(keys):
+            loaded = api.get(key)
+            assert loaded is not None
+            assert loaded.access_token == Secret(f"at-{i}")
+
+    # -- lease locks ------------------------------------------------------------------------
+    def test_lock_is_exclusive_and_owned(self, api: StoreRunner) -> None:
+        name = f"refresh:{uuid.uuid4().hex}"
+        assert api.acquire_lock(name, "owner-a", 30) is True
+        assert api.acquire_lock(name, "owner-b", 30) is False
+        assert api.acquire_lock(name, "owner-a", 30) is True  # the holder may re-acquire
+        assert api.renew_lock(name, "owner-b", 30) is False
+        assert api.renew_lock(name, "owner-a", 30) is True
+        assert api.release_lock(name, "owner-b") is False
+        assert api.acquire_lock(name, "owner-c", 30) is False  # b's release did nothing
+        assert api.release_lock(name, "owner-a") is True
+        assert api.release_lock(name, "owner-a") is False
+        assert api.acquire_lock(name, "owner-b", 30) is True
+
+    def test_locks_are_independent_by_name(self, api: StoreRunner) -> None:
+        assert api.acquire_lock("lock-one", "owner-a", 30) is True
+        assert api.acquire_lock("lock-two", "owner-b", 30) is True
+        assert api.renew_lock("lock-one", "owner-b", 30) is False
+        assert api.release_lock("lock-two", "owner-b") is True
+        assert api.acquire_lock("lock-one", "owner-b", 30) is False
+
+    def test_renew_and_release_of_missing_lock_fail(self, api: StoreRunner) -> None:
+        assert api.renew_lock("never-taken", "owner-a", 30) is False
+        assert api.release_lock("never-taken", "owner-a") is False
+
+    def test_expired_lock_can_be_taken_and_old_owner_loses_it(self, api: StoreRunner) -> None:
+        name = f"refresh:{uuid.uuid4().hex}"
+        assert api.acquire_lock(name, "owner-a", LOCK_TTL) is True
+        assert api.acquire_lock(name, "owner-b", LOCK_TTL) is False
+        time.sleep(PAST_TTL)
+        assert api.renew_lock(name, "owner-a", 30) is False  # too late: it has expired
+        assert api.acquire_lock(name, "owner-b", 30) is True
+        assert api.renew_lock(name, "owner-a", 30) is False
+        assert api.release_lock(name, "owner-a") is False
+        assert api.acquire_lock(name, "owner-c", 30) is False  # b still holds it
+
+    def test_renewed_lock_outlives_its_first_ttl(self, api: StoreRunner) -> None:
+        name = f"refresh:{uuid.uuid4().hex}"
+        assert api.acquire_lock(name, "owner-a", LOCK_TTL) is True
+        assert api.renew_lock(name, "owner-a", 30) is True  # extends well past the sleep
+        time.sleep(PAST_TTL)
+        assert api.acquire_lock(name, "owner-b", 30) is False
+        assert api.release_lock(name, "owner-a") is True
+
+    def test_lock_race_has_exactly_one_holder(self, api: StoreRunner) -> None:
+        name = f"refresh:{uuid.uuid4().hex}"
+        calls: list[Call] = [((name, f"owner-{i}", 30), {}) for i in range(RACERS)]
+        results = api.concurrently(api.store.acquire_lock, api.store.aacquire_lock, calls)
+        assert results.count(True) == 1
+
+    # -- pending authorizations -------------------------------------------------------------
+    def test_pending_can_be_taken_exactly_once(self, api: StoreRunner) -> None:
+        pending = make_pending(issuer="https://issuer.example", extra={"return_to": "/home"})
+        api.put_pending(pending)
+        taken = api.take_pending(pending.state_key)
+        assert taken == pending
+        assert taken is not None
+        assert taken.code_verifier == pending.code_verifier
+        assert taken.nonce == pending.nonce
+        assert taken.state == pending.state
+        assert api.take_pending(pending.state_key) is None
+
+    def test_pending_without_optional_secrets_round_trips(self, api: StoreRunner) -> None:
+        pending = make_pending(code_verifier=None, nonce=None)
+        api.put_pending(pending)
+        assert api.take_pending(pending.state_key) == pending
+
+    def test_unknown_pending_is_none(self, api: StoreRunner) -> None:
+        assert api.take_pending(PendingAuthorization.key_for("never-issued")) is None
+
+    def test_pendings_are_independent(self, api: StoreRunner) -> None:
+        first, second = make_pending(), make_pending()
+        api.put_pending(first)
+        api.put_pending(second)
+        assert api.take_pending(second.state_key) == second
+        assert api.take_pending(first.state_key) == first
+
+    def test_expired_pending_is_none(self, api: StoreRunner) -> None:
+        expired = make_pending(expires_in=LOCK_TTL)
+        live = make_pending()
+        api.put_pending(expired)
+        api.put_pending(live)
+        time.sleep(PAST_TTL)
+        assert api.take_pending(expired.state_key) is None
+        assert api.take_pending(live.state_key) == live
+
+    def test_pending_race_redeems_once(self, api: StoreRunner) -> None:
+        pending = make_pending()
+        api.put_pending(pending)
+        calls: list[Call] = [((pending.state_key,), {}) for _ in range(RACERS)]
+        results = api.concurrently(api.store.take_pending, api.store.atake_pending, calls)
+        assert [r for r in results if r is not None] == [pending]
+
+    # -- secrets ----------------------------------------------------------------------------
+    def test_repr_never_shows_secrets(self, api: StoreRunner) -> None:
+        secrets = ["at-SECRET-7f3a", "rt-SECRET-91bc", "id-SECRET-44de", "state-SECRET-0a1b"]
+        key = _key()
+        record = api.put(
+            make_record(
+                key, secrets[0], refresh_token=Secret(secrets[1]), id_token=Secret(secrets[2])
+            )
+        )
+        api.put_pending(make_pending(secrets[3]))
+        shown = " ".join(
+            [repr(api.store), str(api.store), repr(record), repr(api.get(key)), str(record)]
+        )
+        for secret in secrets:
+            assert secret not in shown
