@@ -1,0 +1,314 @@
+"""Configuration value objects of the MockProvider: clients, quirks, one-shot faults, records.
+
+Owns: ``MockClient`` (a registered client), ``MockQuirks`` (how the server bends the RFCs the
+way real providers do), ``Fault`` / ``FaultQueue`` (one-shot or repeated injected failures) and
+``RecordedRequest`` (what the server saw, with secrets redacted from its repr).
+Must not import: starlette, uvicorn, httpx2 or anything from the broker core; these are plain data
+so that the pytest plugin and users' conftest files can build them cheaply.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal, TypeAlias
+
+__all__ = [
+    "AUTH_METHODS",
+    "ENDPOINTS",
+    "Fault",
+    "FaultKind",
+    "FaultQueue",
+    "MockClient",
+    "MockQuirks",
+    "RecordedRequest",
+]
+
+FaultKind: TypeAlias = Literal[
+    "error", "html", "malformed_json", "error_200", "slack_error", "raw", "latency"
+]
+ScopeEcho: TypeAlias = Literal["space", "comma", "plus", "array", "omit"]
+ExpiresInFormat: TypeAlias = Literal["int", "string", "omit"]
+
+ENDPOINTS: frozenset[str] = frozenset(
+    {"authorize", "token", "revoke", "introspect", "userinfo", "jwks", "discovery", "resource"}
+)
+AUTH_METHODS: frozenset[str] = frozenset({"client_secret_basic", "client_secret_post", "none"})
+_ALL_GRANTS = frozenset({"authorization_code", "refresh_token", "client_credentials"})
+_SECRET_FIELDS = frozenset(
+    {
+        "client_secret",
+        "code",
+        "code_verifier",
+        "refresh_token",
+        "access_token",
+        "token",
+        "password",
+        "assertion",
+        "client_assertion",
+        "authorization",
+        "cookie",
+    }
+)
+
+
+@dataclass(frozen=True, slots=True)
+class MockClient:
+    """A client registered at the MockProvider.
+
+    ``redirect_uris=None`` accepts any ``http``/``https`` redirect URI (handy in tests); a tuple
+    requires an exact match. A client without ``client_secret`` is public: it authenticates with
+    ``none`` (``client_id`` in the body) and may not use ``client_credentials``.
+    """
+
+    client_id: str = "test-client"
+    client_secret: str | None = field(default="test-secret", repr=False)
+    redirect_uris: tuple[str, ...] | None = None
+    auth_methods: frozenset[str] = frozenset({"client_secret_basic", "client_secret_post"})
+    grant_types: frozenset[str] = _ALL_GRANTS
+    allowed_scopes: frozenset[str] | None = None
+
+    def __post_init__(self) -> None:
+        if not self.client_id:
+            raise ValueError("client_id must not be empty")
+        if self.redirect_uris is not None:
+            object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
+        methods = frozenset(self.auth_methods)
+        if self.client_secret is None:
+            methods = frozenset({"none"})
+        unknown = methods - AUTH_METHODS
+        if unknown:
+            raise ValueError(f"unknown client auth methods: {sorted(unknown)}")
+        object.__setattr__(self, "auth_methods", methods)
+        grants = frozenset(self.grant_types)
+        if self.client_secret is None:
+            grants -= {"client_credentials"}
+        object.__setattr__(self, "grant_types", grants)
+        if self.allowed_scopes is not None:
+            object.__setattr__(self, "allowed_scopes", frozenset(self.allowed_scopes))
+
+    @property
+    def is_public(self) -> bool:
+        return self.client_secret is None
+
+
+@dataclass(slots=True)
+class MockQuirks:
+    """Ways the token endpoint (and the redirect) bend the RFCs, as real providers do.
+
+    Every field is independent and may be changed at run time (``provider.quirks.x = ...``).
+    Numbers refer to rows of the project's ``PROVIDER_QUIRKS.md``.
+    """
+
+    #: GitHub (1): the token response is form-encoded unless ``Accept: application/json``.
+    form_unless_accept_json: bool = False
+    #: GitHub (1) ``"github"``: token errors come with HTTP 200 and ``error`` in the body;
+    #: Slack (2) ``"slack"``: HTTP 200 with ``{"ok": false, "error": ...}``.
+    errors_with_200: Literal["github", "slack"] | None = None
+    #: Slack (2) ``"slack"``: ``{"ok": true, "team": ..., "authed_user": {<token fields>}}``.
+    response_shape: Literal["standard", "slack"] = "standard"
+    #: (5, 6) ``expires_in`` as a number, as a string (PayPal), or left out (GitHub, Salesforce).
+    expires_in: ExpiresInFormat = "int"
+    #: (1, 3, 22) how the granted scope is echoed: space string, comma string (GitHub),
+    #: plus string, JSON array (Twitch) or not at all.
+    scope_echo: ScopeEcho = "space"
+    #: (22) scopes the server silently drops from what was asked (granted = asked - these).
+    narrow_scopes: frozenset[str] = frozenset()
+    #: (22) scopes the server adds to what was asked (Google's incremental union).
+    widen_scopes: tuple[str, ...] = ()
+    #: (4) the delimiter the server splits ``scope`` request parameters on (" ", ",", "+").
+    scope_delimiter: str = " "
+    #: (7) ``False``: refresh responses carry no ``refresh_token`` (Google); the old one stays.
+    refresh_token_in_refresh_response: bool = True
+    #: (11) extra fields added to every token response, e.g. ``{"instance_url": ...}``.
+    extra_token_fields: dict[str, Any] = field(default_factory=dict)
+    #: (9) Entra ID: a refresh request without ``scope`` fails with ``invalid_request``.
+    require_scope_on_refresh: bool = False
+    #: (12) extra query parameters put on the authorization redirect (``realmId``...).
+    redirect_extra_params: dict[str, str] = field(default_factory=dict)
+    #: ``token_type`` in token responses (GitHub sends ``bearer``).
+    token_type: str = "Bearer"
+    #: (23) name of a field carrying the refresh token lifetime (``x_refresh_token_expires_in``
+    #: for QuickBooks, ``refresh_token_expires_in`` for others); needs ``refresh_ttl``.
+    refresh_expires_in_field: str | None = None
+
+    def __post_init__(self) -> None:
+        self.narrow_scopes = frozenset(self.narrow_scopes)
+        self.widen_scopes = tuple(self.widen_scopes)
+        if not self.scope_delimiter:
+            raise ValueError("scope_delimiter must not be empty")
+
+    @classmethod
+    def github(cls) -> MockQuirks:
+        """GitHub OAuth apps: form unless Accept JSON, errors with 200, comma scope, no expiry."""
+        return cls(
+            form_unless_accept_json=True,
+            errors_with_200="github",
+            scope_echo="comma",
+            scope_delimiter=",",
+            expires_in="omit",
+            token_type="bearer",
+        )
+
+    @classmethod
+    def slack(cls) -> MockQuirks:
+        """Slack v2: ``ok`` envelope, token under ``authed_user``, comma scopes, errors 200."""
+        return cls(
+            errors_with_200="slack",
+            response_shape="slack",
+            scope_echo="comma",
+            scope_delimiter=",",
+        )
+
+    @classmethod
+    def google(cls) -> MockQuirks:
+        """Google: no refresh token in refresh responses."""
+        return cls(refresh_token_in_refresh_response=False)
+
+    @classmethod
+    def entra(cls) -> MockQuirks:
+        """Microsoft Entra ID: ``scope`` required on refresh."""
+        return cls(require_scope_on_refresh=True)
+
+    @classmethod
+    def salesforce(cls) -> MockQuirks:
+        """Salesforce: no ``expires_in``, ``instance_url`` metadata, no scope echo."""
+        return cls(
+            expires_in="omit",
+            scope_echo="omit",
+            refresh_token_in_refresh_response=False,
+            extra_token_fields={"instance_url": "https://na1.salesforce.test"},
+        )
+
+
+@dataclass(slots=True)
+class Fault:
+    """An injected failure for one endpoint, used ``times`` times (``None``: until cleared).
+
+    Kinds: ``error`` (JSON OAuth error, default status 503 or, at ``authorize``, an error
+    redirect), ``html`` (an HTML error page, default 502), ``malformed_json`` (a cut-off JSON
+    body, default 200), ``error_200`` (GitHub style error with HTTP 200), ``slack_error``
+    (``{"ok": false}`` with HTTP 200), ``raw`` (``body`` / ``content_type`` / ``status`` as given)
+    and ``latency`` (only waits ``latency`` seconds, then the request is served normally).
+    Every kind honours ``latency`` and ``retry_after`` (sent as ``Retry-After``).
+    """
+
+    endpoint: str
+    kind: FaultKind = "error"
+    status: int | None = None
+    error: str | None = None
+    error_description: str | None = None
+    retry_after: int | str | None = None
+    latency: float = 0.0
+    times: int | None = 1
+    grant_type: str | None = None
+    body: str | None = field(default=None, repr=False)
+    content_type: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.endpoint not in ENDPOINTS and self.endpoint != "*":
+            raise ValueError(f"unknown endpoint {self.endpoint!r}; one of {sorted(ENDPOINTS)}")
+        if self.times is not None and self.times < 1:
+            raise ValueError("times must be >= 1 or None")
+
+    def matches(self, endpoint: str, grant_type: str | None) -> bool:
+        if self.endpoint not in (endpoint, "*"):
+            return False
+        return self.grant_type is None or self.grant_type == grant_type
+
+
+class FaultQueue:
+    """Thread-safe list of pending faults; the first match for a request is used."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._faults: list[Fault] = []
+
+    def add(
+        self,
+        endpoint: str,
+        kind: FaultKind = "error",
+        *,
+        status: int | None = None,
+        error: str | None = None,
+        error_description: str | None = None,
+        retry_after: int | str | None = None,
+        latency: float = 0.0,
+        times: int | None = 1,
+        grant_type: str | None = None,
+        body: str | None = None,
+        content_type: str | None = None,
+    ) -> Fault:
+        fault = Fault(
+            endpoint=endpoint,
+            kind=kind,
+            status=status,
+            error=error,
+            error_description=error_description,
+            retry_after=retry_after,
+            latency=latency,
+            times=times,
+            grant_type=grant_type,
+            body=body,
+            content_type=content_type,
+        )
+        with self._lock:
+            self._faults.append(fault)
+        return fault
+
+    def take(self, endpoint: str, grant_type: str | None = None) -> Fault | None:
+        """Return (and use up one use of) the first fault matching this request."""
+        with self._lock:
+            for index, fault in enumerate(self._faults):
+                if fault.matches(endpoint, grant_type):
+                    if fault.times is not None:
+                        fault.times -= 1
+                        if fault.times == 0:
+                            del self._faults[index]
+                    return fault
+        return None
+
+    def clear(self) -> None:
+        with self._lock:
+            self._faults.clear()
+
+    @property
+    def pending(self) -> list[Fault]:
+        with self._lock:
+            return list(self._faults)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._faults)
+
+
+@dataclass(frozen=True, slots=True)
+class RecordedRequest:
+    """One request as the MockProvider saw it. ``repr`` shows parameter names, never values."""
+
+    endpoint: str
+    method: str
+    path: str
+    query: Mapping[str, str]
+    form: Mapping[str, str]
+    headers: Mapping[str, str]
+    grant_type: str | None = None
+    client_id: str | None = None
+    auth_method: str | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"RecordedRequest(endpoint={self.endpoint!r}, method={self.method!r}, "
+            f"grant_type={self.grant_type!r}, client_id={self.client_id!r}, "
+            f"auth_method={self.auth_method!r}, form_keys={sorted(self.form)!r}, "
+            f"query_keys={sorted(self.query)!r})"
+        )
+
+    @property
+    def scope(self) -> str | None:
+        """The raw ``scope`` parameter of the request (form or query), if any."""
+        return self.form.get("scope", self.query.get("scope"))
+
+    def redacted_form(self) -> dict[str, str]:
+        return {k: ("<redacted>" if k in _SECRET_FIELDS else v) for k, v in self.form.items()}

@@ -1,0 +1,155 @@
+"""How MockProvider's ASGI app is reached: an in-process sync transport and loopback serving.
+
+Owns: ``LoopThread`` (one background asyncio loop per provider that runs the app for sync
+callers, safe to share between any number of threads), ``SyncASGITransport`` (an
+``httpx2.BaseTransport`` that hands each request to that loop) and ``serve_app`` (uvicorn on an
+ephemeral loopback port in a background thread).
+Must not import: the broker core or any store; uvicorn is imported only inside ``serve_app``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import threading
+import time
+from collections.abc import Coroutine, Iterator
+from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import httpx2
+
+__all__ = ["LoopThread", "SyncASGITransport", "serve_app"]
+
+_T = TypeVar("_T")
+_HOP_BY_HOP = frozenset({"transfer-encoding", "connection", "keep-alive"})
+
+
+class LoopThread:
+    """A daemon thread running one asyncio loop, started on first use, stopped by ``close``."""
+
+    def __init__(self, name: str = "mock-provider-loop") -> None:
+        self._name = name
+        self._lock = threading.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: threading.Thread | None = None
+
+    def _ensure(self) -> asyncio.AbstractEventLoop:
+        with self._lock:
+            if self._loop is None:
+                loop = asyncio.new_event_loop()
+                ready = threading.Event()
+
+                def run() -> None:
+                    asyncio.set_event_loop(loop)
+                    loop.call_soon(ready.set)
+                    loop.run_forever()
+
+                thread = threading.Thread(target=run, name=self._name, daemon=True)
+                thread.start()
+                ready.wait()
+                self._loop, self._thread = loop, thread
+            return self._loop
+
+    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+        loop = self._ensure()
+        if threading.current_thread() is self._thread:
+            coro.close()
+            raise RuntimeError("a sync MockProvider client was used inside the provider's loop")
+        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+
+    def close(self) -> None:
+        with self._lock:
+            loop, thread = self._loop, self._thread
+            self._loop = self._thread = None
+        if loop is None or thread is None:
+            return
+
+        async def shutdown() -> None:
+            current = asyncio.current_task()
+            tasks = [t for t in asyncio.all_tasks() if t is not current]
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await loop.shutdown_asyncgens()
+
+        asyncio.run_coroutine_threadsafe(shutdown(), loop).result()
+        loop.call_soon_threadsafe(loop.stop)
+        thread.join()
+        loop.close()
+
+
+class SyncASGITransport(httpx2.BaseTransport):
+    """Send sync requests to an ASGI app running on a shared background loop (thread-safe)."""
+
+    def __init__(self, app: Any, loop: LoopThread) -> None:
+        self._asgi = httpx2.ASGITransport(app=app)
+        self._loop = loop
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        body = request.read()
+        headers = [(k, v) for k, v in request.headers.multi_items() if k.lower() not in _HOP_BY_HOP]
+        forwarded = httpx2.Request(
+            request.method, request.url, headers=headers, content=body, extensions={}
+        )
+
+        async def call() -> tuple[int, list[tuple[bytes, bytes]], bytes]:
+            response = await self._asgi.handle_async_request(forwarded)
+            content = await response.aread()
+            await response.aclose()
+            return response.status_code, response.headers.raw, content
+
+        status, raw_headers, content = self._loop.run(call())
+        return httpx2.Response(status, headers=raw_headers, content=content, request=request)
+
+
+@contextmanager
+def serve_app(
+    app: Any, *, on_port: Any = None, startup_timeout: float = 10.0
+) -> Iterator[tuple[str, int]]:
+    """Run ``app`` with uvicorn on ``127.0.0.1:<ephemeral>`` in a thread; yield (host, port).
+
+    ``on_port(port)`` is called before the server accepts requests (to set the issuer).
+    """
+    try:
+        import uvicorn
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError(
+            "MockProvider.serve() needs uvicorn: pip install 'oauth2-broker-mw[testing]' "
+            "(or pip install uvicorn)"
+        ) from exc
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    if on_port is not None:
+        on_port(port)
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        ws="none",
+        loop="asyncio",
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name=f"mock-provider-{port}", daemon=True
+    )
+    thread.start()
+    deadline = time.monotonic() + startup_timeout
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError("MockProvider server did not start")
+        time.sleep(0.005)
+    try:
+        yield "127.0.0.1", port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()

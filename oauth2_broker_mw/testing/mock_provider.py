@@ -1,0 +1,1413 @@
+"""MockProvider: a real OAuth 2.0 / OpenID Connect authorization server for tests and demos.
+
+Owns: the in-memory authorization server (codes, token families, rotation and reuse detection,
+revocation, introspection, discovery, JWKS, userinfo, a protected resource), its counters and
+request log, fault injection and provider quirks, and the clients that reach it in-process or
+over loopback.
+Must not import: the broker core at module level (``descriptor()`` imports it lazily), store
+drivers, or uvicorn (imported by ``serve()`` only). Needs the ``starlette`` extra.
+
+Tokens are random (``secrets.token_urlsafe``), never logged, and never put in an exception
+message or a repr.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import html
+import json
+import re
+import secrets
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Literal
+from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
+
+try:
+    import httpx2
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
+        "pip install 'oauth2-broker-mw[starlette]'"
+    ) from exc
+
+from joserfc import jwt
+from joserfc.jwk import RSAKey
+
+from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
+from ._mock_transport import LoopThread, SyncASGITransport, serve_app
+
+__all__ = ["MockProvider"]
+
+_GRANTS = ("authorization_code", "refresh_token", "client_credentials")
+_VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+_CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
+_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+
+
+def _scope_token_ok(scope: str) -> bool:
+    return bool(scope) and all(
+        ch == "\x21" or "\x23" <= ch <= "\x5b" or "\x5d" <= ch <= "\x7e" for ch in scope
+    )
+
+
+def _b64url_sha256(value: str) -> str:
+    digest = hashlib.sha256(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class _OAuthError(Exception):
+    """An RFC 6749 §5.2 error to render; carries no secret."""
+
+    def __init__(
+        self,
+        error: str,
+        description: str | None = None,
+        status: int = 400,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"error": self.error}
+        if self.description:
+            payload["error_description"] = self.description
+        return payload
+
+
+@dataclass(slots=True, eq=False)
+class _Family:
+    """Every token issued from one authorization (one code, or one ``issue_tokens`` call)."""
+
+    id: str
+    client_id: str
+    subject: str
+    scopes: tuple[str, ...]
+    nonce: str | None
+    auth_time: int
+    revoked: bool = False
+    tokens: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
+class _Token:
+    kind: Literal["access", "refresh"]
+    family: _Family
+    scopes: tuple[str, ...]
+    issued_at: float
+    expires_at: float | None
+    status: Literal["active", "rotated", "revoked"] = "active"
+
+    def alive(self, now: float) -> bool:
+        if self.status != "active" or self.family.revoked:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(slots=True, eq=False)
+class _Code:
+    client_id: str
+    redirect_uri: str | None
+    scopes: tuple[str, ...]
+    challenge: str | None
+    subject: str
+    nonce: str | None
+    expires_at: float
+    used: bool = False
+    family: _Family | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _AuthorizeParams:
+    client: MockClient
+    redirect_uri: str
+    redirect_uri_sent: bool
+    state: str | None
+    scopes: tuple[str, ...]
+    challenge: str | None
+    nonce: str | None
+    raw: Mapping[str, str]
+
+
+class _RedirectError(Exception):
+    def __init__(self, params: _AuthorizeParams, error: str, description: str) -> None:
+        super().__init__(error)
+        self.params = params
+        self.error = error
+        self.description = description
+
+
+class MockProvider:
+    """An OAuth 2.0 / OIDC authorization server with in-memory state, as a Starlette app.
+
+    ``provider.app`` is the ASGI app; ``client()`` / ``async_client()`` reach it in-process;
+    ``serve()`` runs it on a loopback port. All state is guarded by one lock, so the app may be
+    driven from many threads, tasks and (when served) processes at once.
+    """
+
+    def __init__(
+        self,
+        issuer: str = "https://mock-idp.test",
+        clients: Iterable[MockClient] | None = None,
+        *,
+        rotation: bool = True,
+        reuse_detection: bool = True,
+        access_ttl: int | None = 3600,
+        refresh_ttl: int | None = None,
+        code_ttl: int = 60,
+        issue_refresh_tokens: bool = True,
+        oidc: bool = True,
+        pkce: Literal["required", "optional", "unsupported"] = "optional",
+        send_iss: bool = False,
+        auto_approve: bool = True,
+        default_subject: str = "user-1",
+        users: Mapping[str, str] | None = None,
+        user_claims: Mapping[str, Mapping[str, Any]] | None = None,
+        scopes_supported: Iterable[str] | None = None,
+        quirks: MockQuirks | None = None,
+        latency: Mapping[str, float] | None = None,
+        clock: Callable[[], float] | None = None,
+    ) -> None:
+        self.issuer = issuer
+        self.rotation = rotation
+        self.reuse_detection = reuse_detection
+        self.access_ttl = access_ttl
+        self.refresh_ttl = refresh_ttl
+        self.code_ttl = code_ttl
+        self.issue_refresh_tokens = issue_refresh_tokens
+        self.oidc = oidc
+        self.pkce = pkce
+        self.send_iss = send_iss
+        self.auto_approve = auto_approve
+        self.default_subject = default_subject
+        self.users = dict(users) if users is not None else None
+        self.user_claims = {k: dict(v) for k, v in (user_claims or {}).items()}
+        self.scopes_supported = tuple(scopes_supported) if scopes_supported is not None else None
+        self.quirks = quirks if quirks is not None else MockQuirks()
+        self.latency: dict[str, float] = dict(latency or {})
+        self.faults = FaultQueue()
+        self._clock = clock or time.time
+        self._offset = 0.0
+        self._lock = threading.RLock()
+        self._clients: dict[str, MockClient] = {}
+        for client in clients if clients is not None else (MockClient(),):
+            self._clients[client.client_id] = client
+        self._codes: dict[str, _Code] = {}
+        self._tokens: dict[str, _Token] = {}
+        self._counters: Counter[str] = Counter()
+        self._requests: list[RecordedRequest] = []
+        self._closing = False
+        self._loop = LoopThread()
+        self._signing_key = RSAKey.generate_key(
+            2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True
+        )
+        self.app = self._build_app()
+
+    # ------------------------------------------------------------------ configuration
+
+    def __repr__(self) -> str:
+        return f"MockProvider(issuer={self.issuer!r}, clients={sorted(self._clients)!r})"
+
+    def register_client(
+        self,
+        client_id: str,
+        client_secret: str | None = None,
+        *,
+        redirect_uris: Iterable[str] | None = None,
+        auth_methods: Iterable[str] | None = None,
+        grant_types: Iterable[str] | None = None,
+        allowed_scopes: Iterable[str] | None = None,
+    ) -> MockClient:
+        """Register (or replace) a client; ``client_secret=None`` makes it public."""
+        kwargs: dict[str, Any] = {"client_id": client_id, "client_secret": client_secret}
+        if redirect_uris is not None:
+            kwargs["redirect_uris"] = tuple(redirect_uris)
+        if auth_methods is not None:
+            kwargs["auth_methods"] = frozenset(auth_methods)
+        if grant_types is not None:
+            kwargs["grant_types"] = frozenset(grant_types)
+        if allowed_scopes is not None:
+            kwargs["allowed_scopes"] = frozenset(allowed_scopes)
+        client = MockClient(**kwargs)
+        with self._lock:
+            self._clients[client.client_id] = client
+        return client
+
+    @property
+    def clients(self) -> dict[str, MockClient]:
+        with self._lock:
+            return dict(self._clients)
+
+    @property
+    def default_client(self) -> MockClient:
+        """The first registered client (``test-client`` / ``test-secret`` by default)."""
+        with self._lock:
+            return next(iter(self._clients.values()))
+
+    def now(self) -> float:
+        """The provider's clock: ``clock()`` plus everything passed to ``advance_time``."""
+        return self._clock() + self._offset
+
+    def advance_time(self, seconds: float) -> None:
+        """Move the provider's clock forward, e.g. to expire access tokens server-side."""
+        with self._lock:
+            self._offset += seconds
+
+    def url(self, path: str) -> str:
+        return self.issuer.rstrip("/") + path
+
+    @property
+    def token_endpoint(self) -> str:
+        return self.url("/token")
+
+    @property
+    def authorization_endpoint(self) -> str:
+        return self.url("/authorize")
+
+    @property
+    def revocation_endpoint(self) -> str:
+        return self.url("/revoke")
+
+    @property
+    def introspection_endpoint(self) -> str:
+        return self.url("/introspect")
+
+    @property
+    def userinfo_endpoint(self) -> str:
+        return self.url("/userinfo")
+
+    @property
+    def jwks_uri(self) -> str:
+        return self.url("/jwks")
+
+    @property
+    def resource_url(self) -> str:
+        return self.url("/resource")
+
+    @property
+    def public_jwks(self) -> dict[str, Any]:
+        return {"keys": [self._signing_key.as_dict(private=False)]}
+
+    @property
+    def signing_key(self) -> RSAKey:
+        return self._signing_key
+
+    # ------------------------------------------------------------------ observation
+
+    @property
+    def counters(self) -> Counter[str]:
+        """A snapshot of call counts: ``token``, ``token:<grant>``, ``resource``, ``revoke``,
+        ``family_revoked``, ``refresh_reuse``, ``code_reuse``, ``refresh_redeemed``, ...
+        Missing keys read as 0."""
+        with self._lock:
+            return Counter(self._counters)
+
+    def reset_counters(self) -> None:
+        with self._lock:
+            self._counters.clear()
+            self._requests.clear()
+
+    @property
+    def refresh_tokens_redeemed(self) -> int:
+        """How many refresh tokens were successfully exchanged."""
+        with self._lock:
+            return self._counters["refresh_redeemed"]
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """Every request seen since construction or ``reset_counters()``, oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def requests_to(self, endpoint: str, grant_type: str | None = None) -> list[RecordedRequest]:
+        return [
+            r
+            for r in self.requests
+            if r.endpoint == endpoint and (grant_type is None or r.grant_type == grant_type)
+        ]
+
+    def live_tokens(
+        self, *, kind: Literal["access", "refresh"] | None = None, subject: str | None = None
+    ) -> list[dict[str, Any]]:
+        """Summaries of tokens that are currently valid (no token values)."""
+        now = self.now()
+        with self._lock:
+            return [
+                {
+                    "kind": t.kind,
+                    "client_id": t.family.client_id,
+                    "subject": t.family.subject,
+                    "scopes": t.scopes,
+                    "family": t.family.id,
+                    "expires_at": t.expires_at,
+                }
+                for t in self._tokens.values()
+                if t.alive(now)
+                and (kind is None or t.kind == kind)
+                and (subject is None or t.family.subject == subject)
+            ]
+
+    def token_info(self, token_value: str) -> dict[str, Any] | None:
+        """What the server knows about one token (no token values), or ``None`` if unknown."""
+        now = self.now()
+        with self._lock:
+            rec = self._tokens.get(token_value)
+            if rec is None:
+                return None
+            return {
+                "kind": rec.kind,
+                "active": rec.alive(now),
+                "status": "revoked" if rec.family.revoked else rec.status,
+                "client_id": rec.family.client_id,
+                "subject": rec.family.subject,
+                "scopes": rec.scopes,
+                "family": rec.family.id,
+                "expires_at": rec.expires_at,
+            }
+
+    # ------------------------------------------------------------------ server-side actions
+
+    def issue_tokens(
+        self,
+        client_id: str | None = None,
+        subject: str | None = None,
+        scopes: Iterable[str] = (),
+        *,
+        refresh: bool = True,
+        access_ttl: int | Literal["default"] | None = "default",
+        nonce: str | None = None,
+    ) -> dict[str, Any]:
+        """Mint a token pair directly, as if an authorization had just completed.
+
+        Returns a standard JSON token response (``access_token``, ``token_type``,
+        ``expires_in``, ``refresh_token``, ``scope``, ``id_token`` for ``openid``).
+        """
+        cid = client_id if client_id is not None else self.default_client.client_id
+        if cid not in self.clients:
+            raise ValueError(f"unknown client {cid!r}")
+        scope_tuple = tuple(dict.fromkeys(scopes))
+        with self._lock:
+            family = self._new_family(cid, subject or self.default_subject, scope_tuple, nonce)
+            access, refresh_token, ttl = self._mint_pair(
+                family, scope_tuple, with_refresh=refresh, access_ttl=access_ttl
+            )
+        payload: dict[str, Any] = {"access_token": access, "token_type": "Bearer"}
+        if ttl is not None:
+            payload["expires_in"] = ttl
+        if refresh_token is not None:
+            payload["refresh_token"] = refresh_token
+        payload["scope"] = " ".join(scope_tuple)
+        if self.oidc and "openid" in scope_tuple:
+            payload["id_token"] = self._id_token(family, access)
+        return payload
+
+    def invalidate_access_token(self, access_token: str) -> bool:
+        """Kill one access token before it expires (quirk 21). True if it was alive."""
+        with self._lock:
+            rec = self._tokens.get(access_token)
+            if rec is None or rec.kind != "access" or not rec.alive(self.now()):
+                return False
+            rec.status = "revoked"
+            self._counters["access_invalidated"] += 1
+            return True
+
+    def revoke_all(self, *, subject: str | None = None, client_id: str | None = None) -> int:
+        """Revoke every token family of a subject and/or client; returns how many."""
+        with self._lock:
+            families = {
+                t.family
+                for t in self._tokens.values()
+                if not t.family.revoked
+                and (subject is None or t.family.subject == subject)
+                and (client_id is None or t.family.client_id == client_id)
+            }
+            for family in families:
+                family.revoked = True
+            return len(families)
+
+    def expire_access_tokens(self) -> int:
+        """Make every live access token expired now; returns how many."""
+        now = self.now()
+        with self._lock:
+            count = 0
+            for rec in self._tokens.values():
+                if rec.kind == "access" and rec.alive(now):
+                    rec.expires_at = now - 1
+                    count += 1
+            return count
+
+    # ------------------------------------------------------------------ clients
+
+    def transport(self) -> httpx2.BaseTransport:
+        """A sync httpx2 transport into the app (shared background loop; thread-safe)."""
+        return SyncASGITransport(self.app, self._loop)
+
+    def async_transport(self) -> httpx2.AsyncBaseTransport:
+        return httpx2.ASGITransport(app=self.app)
+
+    def client(self, **kwargs: Any) -> httpx2.Client:
+        """An in-process sync ``httpx2.Client`` (base URL = issuer); usable from many threads."""
+        kwargs.setdefault("base_url", self.issuer)
+        return httpx2.Client(transport=self.transport(), **kwargs)
+
+    def async_client(self, **kwargs: Any) -> httpx2.AsyncClient:
+        """An in-process ``httpx2.AsyncClient`` (base URL = issuer)."""
+        kwargs.setdefault("base_url", self.issuer)
+        return httpx2.AsyncClient(transport=self.async_transport(), **kwargs)
+
+    @contextmanager
+    def serve(self) -> Iterator[str]:
+        """Serve on ``http://127.0.0.1:<ephemeral port>``; yields that base URL.
+
+        While serving, the issuer (and so every advertised endpoint) is that base URL; the
+        previous issuer comes back on exit.
+        """
+        previous = self.issuer
+
+        def set_issuer(port: int) -> None:
+            self.issuer = f"http://127.0.0.1:{port}"
+
+        self._closing = False
+        try:
+            with serve_app(self.app, on_port=set_issuer):
+                yield self.issuer
+                self._closing = True
+        finally:
+            self._closing = False
+            self.issuer = previous
+
+    def close(self) -> None:
+        """Stop the background loop used by sync clients (idempotent)."""
+        self._closing = True
+        self._loop.close()
+        self._closing = False
+
+    def __enter__(self) -> MockProvider:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+    def descriptor(self, **overrides: Any) -> Any:
+        """A ``ProviderDescriptor`` pointing at this server; keyword arguments override fields."""
+        import inspect
+
+        from oauth2_broker_mw._core.provider import ProviderDescriptor
+
+        fields: dict[str, Any] = {
+            "id": "mock",
+            "issuer": self.issuer,
+            "authorization_endpoint": self.authorization_endpoint,
+            "token_endpoint": self.token_endpoint,
+            "revocation_endpoint": self.revocation_endpoint,
+            "introspection_endpoint": self.introspection_endpoint,
+            "userinfo_endpoint": self.userinfo_endpoint,
+            "jwks_uri": self.jwks_uri,
+            "grants": list(_GRANTS),
+            "client_auth_method": "client_secret_basic",
+            "scope_delimiter": self.quirks.scope_delimiter,
+            "pkce": self.pkce,
+            "scope_on_refresh": self.quirks.require_scope_on_refresh,
+        }
+        if self.access_ttl is None or self.quirks.expires_in == "omit":
+            fields["expiry_policy"] = "unknown"
+        try:
+            params: Mapping[str, inspect.Parameter] = inspect.signature(
+                ProviderDescriptor
+            ).parameters
+        except (TypeError, ValueError):  # pragma: no cover
+            params = {}
+        takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+        if params and not takes_any:
+            fields = {k: v for k, v in fields.items() if k in params}
+        fields.update(overrides)
+        return ProviderDescriptor(**fields)
+
+    # ------------------------------------------------------------------ state helpers (locked)
+
+    def _new_family(
+        self, client_id: str, subject: str, scopes: tuple[str, ...], nonce: str | None
+    ) -> _Family:
+        return _Family(
+            id=secrets.token_hex(8),
+            client_id=client_id,
+            subject=subject,
+            scopes=scopes,
+            nonce=nonce,
+            auth_time=int(self.now()),
+        )
+
+    def _mint(
+        self,
+        kind: Literal["access", "refresh"],
+        family: _Family,
+        scopes: tuple[str, ...],
+        ttl: int | None,
+    ) -> str:
+        prefix = "mock-at-" if kind == "access" else "mock-rt-"
+        value = prefix + secrets.token_urlsafe(32)
+        now = self.now()
+        self._tokens[value] = _Token(
+            kind=kind,
+            family=family,
+            scopes=scopes,
+            issued_at=now,
+            expires_at=None if ttl is None else now + ttl,
+        )
+        family.tokens.add(value)
+        return value
+
+    def _mint_pair(
+        self,
+        family: _Family,
+        scopes: tuple[str, ...],
+        *,
+        with_refresh: bool,
+        access_ttl: int | Literal["default"] | None = "default",
+    ) -> tuple[str, str | None, int | None]:
+        ttl = self.access_ttl if access_ttl == "default" else access_ttl
+        access = self._mint("access", family, scopes, ttl)
+        refresh = self._mint("refresh", family, scopes, self.refresh_ttl) if with_refresh else None
+        return access, refresh, ttl
+
+    def _revoke_family(self, family: _Family) -> None:
+        if not family.revoked:
+            family.revoked = True
+            self._counters["family_revoked"] += 1
+
+    def _alive_access(self, value: str) -> _Token | None:
+        rec = self._tokens.get(value)
+        if rec is None or rec.kind != "access" or not rec.alive(self.now()):
+            return None
+        return rec
+
+    def _id_token(self, family: _Family, access_token: str | None) -> str:
+        now = int(self.now())
+        claims: dict[str, Any] = {
+            "iss": self.issuer,
+            "sub": family.subject,
+            "aud": family.client_id,
+            "iat": now,
+            "exp": now + (self.access_ttl or 3600),
+            "auth_time": family.auth_time,
+        }
+        if family.nonce is not None:
+            claims["nonce"] = family.nonce
+        if access_token is not None:
+            digest = hashlib.sha256(access_token.encode("ascii")).digest()
+            claims["at_hash"] = base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+        claims.update(self.user_claims.get(family.subject, {}))
+        header = {"alg": "RS256", "kid": self._signing_key.kid, "typ": "JWT"}
+        return jwt.encode(header, claims, self._signing_key)
+
+    # ------------------------------------------------------------------ request plumbing
+
+    def _build_app(self) -> Starlette:
+        routes = [
+            Route("/authorize", self._authorize, methods=["GET", "POST"]),
+            Route("/token", self._token, methods=["POST"]),
+            Route("/revoke", self._revoke, methods=["POST"]),
+            Route("/introspect", self._introspect, methods=["POST"]),
+            Route("/userinfo", self._userinfo, methods=["GET", "POST"]),
+            Route("/jwks", self._jwks, methods=["GET"]),
+            Route("/resource", self._resource, methods=["GET", "POST"]),
+            Route("/.well-known/openid-configuration", self._openid_configuration),
+            Route("/.well-known/oauth-authorization-server", self._as_metadata),
+        ]
+        return Starlette(routes=routes)
+
+    async def _sleep(self, seconds: float) -> None:
+        deadline = time.monotonic() + seconds
+        while not self._closing:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return
+            await asyncio.sleep(min(remaining, 0.05))
+
+    async def _read_form(self, request: Request) -> dict[str, str]:
+        if request.method != "POST":
+            return {}
+        body = await request.body()
+        ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
+        if not body:
+            return {}
+        if ctype != "application/x-www-form-urlencoded":
+            raise _OAuthError("invalid_request", "body must be application/x-www-form-urlencoded")
+        pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
+        form: dict[str, str] = {}
+        for key, value in pairs:
+            if key in form:
+                # RFC 6749 §3.2: parameters MUST NOT be included more than once.
+                raise _OAuthError("invalid_request", f"parameter {key!r} repeated")
+            form[key] = value
+        return form
+
+    async def _enter(
+        self,
+        endpoint: str,
+        request: Request,
+        form: Mapping[str, str],
+        *,
+        grant_type: str | None = None,
+        client_id: str | None = None,
+        auth_method: str | None = None,
+    ) -> Fault | None:
+        """Count and record the request, apply configured latency; return a matching fault."""
+        record = RecordedRequest(
+            endpoint=endpoint,
+            method=request.method,
+            path=request.url.path,
+            query=dict(request.query_params),
+            form=dict(form),
+            headers={k.lower(): v for k, v in request.headers.items()},
+            grant_type=grant_type,
+            client_id=client_id,
+            auth_method=auth_method,
+        )
+        with self._lock:
+            self._counters[endpoint] += 1
+            if grant_type:
+                self._counters[f"{endpoint}:{grant_type}"] += 1
+            self._requests.append(record)
+        delay = self.latency.get(endpoint, 0.0)
+        fault = self.faults.take(endpoint, grant_type)
+        if fault is not None:
+            with self._lock:
+                self._counters[f"fault:{endpoint}"] += 1
+            delay += fault.latency
+        if delay > 0:
+            await self._sleep(delay)
+        if fault is not None and fault.kind == "latency":
+            return None
+        return fault
+
+    def _fault_response(self, fault: Fault, endpoint: str) -> Response:
+        headers: dict[str, str] = {}
+        if fault.retry_after is not None:
+            headers["Retry-After"] = str(fault.retry_after)
+        if fault.kind == "html":
+            status = fault.status or 502
+            page = (
+                f"<!DOCTYPE html><html><head><title>{status} Error</title></head>"
+                f"<body><h1>{status} Server Error</h1><p>The server encountered a temporary "
+                "error and could not complete your request.</p></body></html>"
+            )
+            return HTMLResponse(page, status_code=status, headers=headers)
+        if fault.kind == "malformed_json":
+            return Response(
+                '{"access_token": "mock-at-trunc',
+                status_code=fault.status or 200,
+                media_type="application/json",
+                headers=headers,
+            )
+        if fault.kind == "raw":
+            return Response(
+                fault.body or "",
+                status_code=fault.status or 200,
+                media_type=fault.content_type or "text/plain",
+                headers=headers,
+            )
+        if fault.kind == "slack_error":
+            return JSONResponse(
+                {"ok": False, "error": fault.error or "invalid_refresh_token"},
+                status_code=fault.status or 200,
+                headers=headers,
+            )
+        if fault.kind == "error_200":
+            err = _OAuthError(fault.error or "bad_verification_code", fault.error_description)
+            return JSONResponse(err.body(), status_code=fault.status or 200, headers=headers)
+        status = fault.status or 503
+        default_error = "temporarily_unavailable" if status >= 429 else "invalid_request"
+        if endpoint in ("resource", "userinfo") and status == 401:
+            headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
+            default_error = "invalid_token"
+        err = _OAuthError(fault.error or default_error, fault.error_description)
+        return JSONResponse(err.body(), status_code=status, headers={**headers, **_NO_STORE})
+
+    def _authenticate_client(
+        self, request: Request, form: Mapping[str, str]
+    ) -> tuple[MockClient, str]:
+        """RFC 6749 §2.3.1 (basic with form-decoding, or post) and public clients (none)."""
+        header = request.headers.get("authorization")
+        basic: tuple[str, str] | None = None
+        if header is not None:
+            scheme, _, param = header.partition(" ")
+            if scheme.lower() != "basic":
+                raise _OAuthError("invalid_client", "unsupported authorization scheme", 401)
+            try:
+                decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8")
+            except (ValueError, UnicodeDecodeError):
+                raise _OAuthError(
+                    "invalid_client", "malformed basic credentials", 401, _basic_challenge()
+                ) from None
+            user, sep, password = decoded.partition(":")
+            if not sep:
+                raise _OAuthError(
+                    "invalid_client", "malformed basic credentials", 401, _basic_challenge()
+                )
+            basic = (unquote_plus(user), unquote_plus(password))
+        if basic is not None and "client_secret" in form:
+            raise _OAuthError("invalid_request", "more than one client authentication method")
+        if basic is not None:
+            client_id, secret = basic
+            method = "client_secret_basic"
+            if "client_id" in form and form["client_id"] != client_id:
+                raise _OAuthError("invalid_request", "client_id does not match credentials")
+        elif "client_secret" in form:
+            client_id, secret, method = (
+                form.get("client_id", ""),
+                form["client_secret"],
+                ("client_secret_post"),
+            )
+        else:
+            client_id, secret, method = form.get("client_id", ""), "", "none"
+        with self._lock:
+            client = self._clients.get(client_id)
+        challenge = _basic_challenge() if basic is not None else {}
+        if client is None:
+            raise _OAuthError("invalid_client", "unknown client", 401, challenge)
+        if method not in client.auth_methods:
+            raise _OAuthError(
+                "invalid_client", f"client may not authenticate with {method}", 401, challenge
+            )
+        if method != "none":
+            expected = client.client_secret or ""
+            if not hmac.compare_digest(secret.encode(), expected.encode()):
+                raise _OAuthError("invalid_client", "client authentication failed", 401, challenge)
+        return client, method
+
+    def _parse_scopes(self, raw: str | None, client: MockClient) -> tuple[str, ...]:
+        if raw is None:
+            return ()
+        delimiter = self.quirks.scope_delimiter
+        parts = raw.split() if delimiter == " " else raw.split(delimiter)
+        scopes = tuple(dict.fromkeys(p for p in parts if p != ""))
+        for scope in scopes:
+            if not _scope_token_ok(scope):
+                raise _OAuthError("invalid_scope", "malformed scope")
+        allowed: set[str] | None = None
+        if self.scopes_supported is not None:
+            allowed = set(self.scopes_supported)
+        if client.allowed_scopes is not None:
+            own = set(client.allowed_scopes)
+            allowed = own if allowed is None else own & allowed
+        if allowed is not None:
+            unknown = [s for s in scopes if s not in allowed]
+            if unknown:
+                raise _OAuthError("invalid_scope", f"scope not allowed: {' '.join(unknown)}")
+        return scopes
+
+    def _grant_scopes(self, requested: tuple[str, ...]) -> tuple[str, ...]:
+        granted = [s for s in requested if s not in self.quirks.narrow_scopes]
+        granted.extend(s for s in self.quirks.widen_scopes if s not in granted)
+        return tuple(granted)
+
+    # ------------------------------------------------------------------ token responses
+
+    def _token_payload(
+        self,
+        access: str,
+        refresh: str | None,
+        ttl: int | None,
+        scopes: tuple[str, ...],
+        id_token: str | None,
+    ) -> dict[str, Any]:
+        q = self.quirks
+        payload: dict[str, Any] = {"access_token": access, "token_type": q.token_type}
+        if ttl is not None and q.expires_in != "omit":
+            payload["expires_in"] = str(ttl) if q.expires_in == "string" else ttl
+        if refresh is not None:
+            payload["refresh_token"] = refresh
+            if q.refresh_expires_in_field and self.refresh_ttl is not None:
+                payload[q.refresh_expires_in_field] = self.refresh_ttl
+        if q.scope_echo == "array":
+            payload["scope"] = list(scopes)
+        elif q.scope_echo != "omit":
+            delimiter = {"space": " ", "comma": ",", "plus": "+"}[q.scope_echo]
+            payload["scope"] = delimiter.join(scopes)
+        if id_token is not None:
+            payload["id_token"] = id_token
+        payload.update(q.extra_token_fields)
+        return payload
+
+    def _render_token(self, request: Request, payload: dict[str, Any], subject: str) -> Response:
+        if self.quirks.response_shape == "slack":
+            payload = {
+                "ok": True,
+                "app_id": "A0MOCK",
+                "team": {"id": "T0MOCK", "name": "Mock Team"},
+                "authed_user": {"id": subject, **payload},
+            }
+        return self._render_body(request, payload, 200)
+
+    def _render_body(
+        self,
+        request: Request,
+        payload: dict[str, Any],
+        status: int,
+        headers: Mapping[str, str] | None = None,
+    ) -> Response:
+        all_headers = {**_NO_STORE, **(headers or {})}
+        accept = request.headers.get("accept", "")
+        if self.quirks.form_unless_accept_json and "application/json" not in accept.lower():
+            flat = {
+                k: json.dumps(v) if isinstance(v, dict | list) else str(v)
+                for k, v in payload.items()
+            }
+            return Response(
+                urlencode(flat),
+                status_code=status,
+                media_type="application/x-www-form-urlencoded",
+                headers=all_headers,
+            )
+        return JSONResponse(payload, status_code=status, headers=all_headers)
+
+    def _render_token_error(self, request: Request, err: _OAuthError) -> Response:
+        with self._lock:
+            self._counters["token:error"] += 1
+            self._counters[f"token:error:{err.error}"] += 1
+        mode = self.quirks.errors_with_200
+        if mode == "slack":
+            return JSONResponse({"ok": False, "error": err.error}, headers=_NO_STORE)
+        if mode == "github":
+            return self._render_body(request, err.body(), 200)
+        return self._render_body(request, err.body(), err.status, err.headers)
+
+    # ------------------------------------------------------------------ /token
+
+    async def _token(self, request: Request) -> Response:
+        try:
+            form = await self._read_form(request)
+        except _OAuthError as err:
+            await self._enter("token", request, {})
+            return self._render_token_error(request, err)
+        grant_type = form.get("grant_type", "")
+        client_id: str | None = None
+        method: str | None = None
+        try:
+            client, method = self._authenticate_client(request, form)
+            client_id = client.client_id
+        except _OAuthError as err:
+            fault = await self._enter("token", request, form, grant_type=grant_type or None)
+            if fault is not None:
+                return self._fault_response(fault, "token")
+            return self._render_token_error(request, err)
+        fault = await self._enter(
+            "token",
+            request,
+            form,
+            grant_type=grant_type or None,
+            client_id=client_id,
+            auth_method=method,
+        )
+        if fault is not None:
+            return self._fault_response(fault, "token")
+        try:
+            if not grant_type:
+                raise _OAuthError("invalid_request", "missing grant_type")
+            if grant_type not in _GRANTS:
+                raise _OAuthError("unsupported_grant_type", "unsupported grant_type")
+            if grant_type not in client.grant_types:
+                raise _OAuthError("unauthorized_client", f"client may not use {grant_type}")
+            if grant_type == "authorization_code":
+                return self._grant_code(request, client, form)
+            if grant_type == "refresh_token":
+                return self._grant_refresh(request, client, form)
+            return self._grant_client_credentials(request, client, form)
+        except _OAuthError as err:
+            return self._render_token_error(request, err)
+
+    def _grant_code(
+        self, request: Request, client: MockClient, form: Mapping[str, str]
+    ) -> Response:
+        code_value = form.get("code")
+        if not code_value:
+            raise _OAuthError("invalid_request", "missing code")
+        verifier = form.get("code_verifier")
+        with self._lock:
+            code = self._codes.get(code_value)
+            if code is None or code.client_id != client.client_id:
+                raise _OAuthError("invalid_grant", "unknown authorization code")
+            if code.used:
+                # RFC 6749 §4.1.2: a reused code revokes what was issued from it.
+                self._counters["code_reuse"] += 1
+                if code.family is not None:
+                    self._revoke_family(code.family)
+                raise _OAuthError("invalid_grant", "authorization code already used")
+            if self.now() >= code.expires_at:
+                raise _OAuthError("invalid_grant", "authorization code expired")
+            if code.redirect_uri is not None and form.get("redirect_uri") != code.redirect_uri:
+                raise _OAuthError("invalid_grant", "redirect_uri does not match")
+            if self.pkce != "unsupported":
+                if code.challenge is not None:
+                    if verifier is None:
+                        raise _OAuthError("invalid_grant", "missing code_verifier")
+                    if not _VERIFIER_RE.match(verifier) or not hmac.compare_digest(
+                        _b64url_sha256(verifier), code.challenge
+                    ):
+                        raise _OAuthError("invalid_grant", "PKCE verification failed")
+                elif verifier is not None:
+                    raise _OAuthError("invalid_grant", "code_verifier sent but no code_challenge")
+            code.used = True
+            granted = self._grant_scopes(code.scopes)
+            family = self._new_family(client.client_id, code.subject, granted, code.nonce)
+            code.family = family
+            with_refresh = self.issue_refresh_tokens and "refresh_token" in client.grant_types
+            access, refresh, ttl = self._mint_pair(family, granted, with_refresh=with_refresh)
+            id_token = self._id_token(family, access) if self.oidc and "openid" in granted else None
+            self._counters["code_redeemed"] += 1
+        payload = self._token_payload(access, refresh, ttl, granted, id_token)
+        return self._render_token(request, payload, family.subject)
+
+    def _grant_refresh(
+        self, request: Request, client: MockClient, form: Mapping[str, str]
+    ) -> Response:
+        presented = form.get("refresh_token")
+        if not presented:
+            raise _OAuthError("invalid_request", "missing refresh_token")
+        if self.quirks.require_scope_on_refresh and not form.get("scope"):
+            raise _OAuthError(
+                "invalid_request",
+                "AADSTS90014: The required field 'scope' is missing from the credential.",
+            )
+        requested = self._parse_scopes(form.get("scope"), client) if "scope" in form else None
+        with self._lock:
+            rec = self._tokens.get(presented)
+            if rec is None or rec.kind != "refresh" or rec.family.client_id != client.client_id:
+                raise _OAuthError("invalid_grant", "unknown refresh token")
+            family = rec.family
+            if rec.status == "rotated":
+                self._counters["refresh_reuse"] += 1
+                if self.reuse_detection:
+                    self._revoke_family(family)
+                raise _OAuthError("invalid_grant", "refresh token already used")
+            if family.revoked or rec.status == "revoked":
+                raise _OAuthError("invalid_grant", "refresh token revoked")
+            if rec.expires_at is not None and self.now() >= rec.expires_at:
+                raise _OAuthError("invalid_grant", "refresh token expired")
+            scopes = family.scopes
+            if requested:
+                extra = [s for s in requested if s not in family.scopes]
+                if extra:
+                    raise _OAuthError(
+                        "invalid_scope", f"scope exceeds the grant: {' '.join(extra)}"
+                    )
+                scopes = requested
+            access = self._mint("access", family, scopes, self.access_ttl)
+            new_refresh: str | None = None
+            if not self.quirks.refresh_token_in_refresh_response:
+                pass  # Google style: nothing rotates, the presented token stays valid
+            elif self.rotation:
+                rec.status = "rotated"
+                new_refresh = self._mint("refresh", family, family.scopes, self.refresh_ttl)
+            else:
+                new_refresh = presented
+            id_token = self._id_token(family, access) if self.oidc and "openid" in scopes else None
+            self._counters["refresh_redeemed"] += 1
+        payload = self._token_payload(access, new_refresh, self.access_ttl, scopes, id_token)
+        return self._render_token(request, payload, family.subject)
+
+    def _grant_client_credentials(
+        self, request: Request, client: MockClient, form: Mapping[str, str]
+    ) -> Response:
+        if client.is_public:
+            raise _OAuthError("unauthorized_client", "public clients may not use this grant")
+        scopes = self._grant_scopes(self._parse_scopes(form.get("scope"), client))
+        with self._lock:
+            family = self._new_family(client.client_id, client.client_id, scopes, None)
+            access = self._mint("access", family, scopes, self.access_ttl)
+        payload = self._token_payload(access, None, self.access_ttl, scopes, None)
+        return self._render_token(request, payload, client.client_id)
+
+    # ------------------------------------------------------------------ /authorize
+
+    def _check_authorize(self, params: Mapping[str, str]) -> _AuthorizeParams:
+        """Validate an authorization request; raises _OAuthError (no redirect possible) or
+        _RedirectError (send the error back to the client's redirect URI)."""
+        client_id = params.get("client_id", "")
+        with self._lock:
+            client = self._clients.get(client_id)
+        if client is None:
+            raise _OAuthError("invalid_client", "unknown client_id")
+        sent = params.get("redirect_uri")
+        if sent is None:
+            if client.redirect_uris is None or len(client.redirect_uris) != 1:
+                raise _OAuthError("invalid_request", "missing redirect_uri")
+            redirect_uri = client.redirect_uris[0]
+        else:
+            if client.redirect_uris is None:
+                parts = urlsplit(sent)
+                if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
+                    raise _OAuthError("invalid_request", "redirect_uri is not an http(s) URL")
+            elif sent not in client.redirect_uris:
+                raise _OAuthError("invalid_request", "redirect_uri is not registered")
+            redirect_uri = sent
+        partial = _AuthorizeParams(
+            client=client,
+            redirect_uri=redirect_uri,
+            redirect_uri_sent=sent is not None,
+            state=params.get("state"),
+            scopes=(),
+            challenge=None,
+            nonce=params.get("nonce"),
+            raw=dict(params),
+        )
+        if params.get("response_type") != "code":
+            raise _RedirectError(partial, "unsupported_response_type", "only code is supported")
+        if "authorization_code" not in client.grant_types:
+            raise _RedirectError(partial, "unauthorized_client", "client may not use code")
+        try:
+            scopes = self._parse_scopes(params.get("scope"), client)
+        except _OAuthError as err:
+            raise _RedirectError(partial, err.error, err.description or "") from None
+        challenge = params.get("code_challenge")
+        if self.pkce == "unsupported":
+            challenge = None
+        elif challenge is not None:
+            method = params.get("code_challenge_method", "plain")
+            if method != "S256":
+                raise _RedirectError(partial, "invalid_request", "code_challenge_method not S256")
+            if not _CHALLENGE_RE.match(challenge):
+                raise _RedirectError(partial, "invalid_request", "malformed code_challenge")
+        elif self.pkce == "required":
+            raise _RedirectError(partial, "invalid_request", "code_challenge required")
+        return _AuthorizeParams(
+            client=client,
+            redirect_uri=redirect_uri,
+            redirect_uri_sent=sent is not None,
+            state=partial.state,
+            scopes=scopes,
+            challenge=challenge,
+            nonce=partial.nonce,
+            raw=partial.raw,
+        )
+
+    def _redirect(self, params: _AuthorizeParams, values: Mapping[str, str]) -> Response:
+        query = dict(values)
+        if params.state is not None:
+            query["state"] = params.state
+        if self.send_iss:
+            query["iss"] = self.issuer
+        parts = urlsplit(params.redirect_uri)
+        merged = f"{parts.query}&{urlencode(query)}" if parts.query else urlencode(query)
+        location = urlunsplit((parts.scheme, parts.netloc, parts.path, merged, ""))
+        return RedirectResponse(location, status_code=302)
+
+    def _approve(self, params: _AuthorizeParams, subject: str) -> Response:
+        code_value = secrets.token_urlsafe(32)
+        with self._lock:
+            self._codes[code_value] = _Code(
+                client_id=params.client.client_id,
+                redirect_uri=params.redirect_uri if params.redirect_uri_sent else None,
+                scopes=params.scopes,
+                challenge=params.challenge,
+                subject=subject,
+                nonce=params.nonce,
+                expires_at=self.now() + self.code_ttl,
+            )
+            self._counters["authorize:approved"] += 1
+        return self._redirect(params, {"code": code_value, **self.quirks.redirect_extra_params})
+
+    async def _authorize(self, request: Request) -> Response:
+        params: dict[str, str] = dict(request.query_params)
+        form: dict[str, str] = {}
+        if request.method == "POST":
+            try:
+                form = await self._read_form(request)
+            except _OAuthError as err:
+                await self._enter("authorize", request, {})
+                return _error_page(err.error, err.description or "", 400)
+            params = {k: v for k, v in form.items() if k not in ("username", "password", "action")}
+        fault = await self._enter("authorize", request, form)
+        try:
+            checked = self._check_authorize(params)
+            if fault is not None and fault.kind == "error" and fault.status is None:
+                raise _RedirectError(
+                    checked, fault.error or "access_denied", fault.error_description or ""
+                )
+            if fault is not None:
+                return self._fault_response(fault, "authorize")
+            if request.method == "GET":
+                if self.auto_approve:
+                    return self._approve(checked, params.get("login_hint") or self.default_subject)
+                return _login_page(params, None)
+            if form.get("action") == "deny":
+                raise _RedirectError(checked, "access_denied", "the user denied access")
+            username = form.get("username", "")
+            password = form.get("password", "")
+            if not username or (
+                self.users is not None
+                and not hmac.compare_digest(
+                    self.users.get(username, "\x00").encode(), password.encode()
+                )
+            ):
+                with self._lock:
+                    self._counters["authorize:login_failed"] += 1
+                return _login_page(params, "Invalid username or password.", status=401)
+            return self._approve(checked, username)
+        except _RedirectError as err:
+            values = {"error": err.error}
+            if err.description:
+                values["error_description"] = err.description
+            return self._redirect(err.params, values)
+        except _OAuthError as err:
+            return _error_page(err.error, err.description or "", 400)
+
+    # ------------------------------------------------------------------ /revoke, /introspect
+
+    async def _revoke(self, request: Request) -> Response:
+        try:
+            form = await self._read_form(request)
+            client, method = self._authenticate_client(request, form)
+        except _OAuthError as err:
+            await self._enter("revoke", request, {})
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        fault = await self._enter(
+            "revoke", request, form, client_id=client.client_id, auth_method=method
+        )
+        if fault is not None:
+            return self._fault_response(fault, "revoke")
+        value = form.get("token")
+        if not value:
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        with self._lock:
+            rec = self._tokens.get(value)
+            if rec is not None and rec.family.client_id == client.client_id:
+                if rec.kind == "refresh":
+                    # RFC 7009 §2.1: revoking a refresh token revokes its whole grant.
+                    self._revoke_family(rec.family)
+                else:
+                    rec.status = "revoked"
+                self._counters["revoked"] += 1
+        return Response(status_code=200, headers=_NO_STORE)
+
+    async def _introspect(self, request: Request) -> Response:
+        try:
+            form = await self._read_form(request)
+            client, method = self._authenticate_client(request, form)
+        except _OAuthError as err:
+            await self._enter("introspect", request, {})
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        fault = await self._enter(
+            "introspect", request, form, client_id=client.client_id, auth_method=method
+        )
+        if fault is not None:
+            return self._fault_response(fault, "introspect")
+        value = form.get("token")
+        if not value:
+            return JSONResponse({"error": "invalid_request"}, status_code=400)
+        now = self.now()
+        with self._lock:
+            rec = self._tokens.get(value)
+            if rec is None or not rec.alive(now):
+                return JSONResponse({"active": False}, headers=_NO_STORE)
+            body: dict[str, Any] = {
+                "active": True,
+                "scope": " ".join(rec.scopes),
+                "client_id": rec.family.client_id,
+                "sub": rec.family.subject,
+                "username": rec.family.subject,
+                "token_type": "Bearer" if rec.kind == "access" else "refresh_token",
+                "iat": int(rec.issued_at),
+                "iss": self.issuer,
+            }
+            if rec.expires_at is not None:
+                body["exp"] = int(rec.expires_at)
+        return JSONResponse(body, headers=_NO_STORE)
+
+    # ------------------------------------------------------------------ resource, userinfo
+
+    def _bearer(self, request: Request) -> str | None:
+        header = request.headers.get("authorization")
+        if header is None:
+            return None
+        scheme, _, value = header.partition(" ")
+        if scheme.lower() != "bearer" or not value.strip():
+            return ""
+        return value.strip()
+
+    def _check_bearer(self, request: Request) -> _Token | Response:
+        value = self._bearer(request)
+        if value is None:
+            return JSONResponse(
+                {"error": "unauthorized"},
+                status_code=401,
+                headers={"WWW-Authenticate": "Bearer"},
+            )
+        with self._lock:
+            rec = self._alive_access(value) if value else None
+        if rec is None:
+            return JSONResponse(
+                {"error": "invalid_token"},
+                status_code=401,
+                headers={
+                    "WWW-Authenticate": 'Bearer error="invalid_token", '
+                    'error_description="The access token is invalid, expired or revoked"'
+                },
+            )
+        return rec
+
+    async def _resource(self, request: Request) -> Response:
+        body = await request.body()
+        fault = await self._enter("resource", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "resource")
+        rec = self._check_bearer(request)
+        if isinstance(rec, Response):
+            return rec
+        required: list[str] = []
+        for value in request.query_params.getlist("required_scope"):
+            required.extend(value.split())
+        missing = [s for s in required if s not in rec.scopes]
+        if missing:
+            return JSONResponse(
+                {"error": "insufficient_scope", "missing": missing},
+                status_code=403,
+                headers={
+                    "WWW-Authenticate": f'Bearer error="insufficient_scope", '
+                    f'scope="{" ".join(required)}"'
+                },
+            )
+        with self._lock:
+            self._counters["resource:ok"] += 1
+        return JSONResponse(
+            {
+                "sub": rec.family.subject,
+                "scope": " ".join(rec.scopes),
+                "client_id": rec.family.client_id,
+                "method": request.method,
+                "body_len": len(body),
+            }
+        )
+
+    async def _userinfo(self, request: Request) -> Response:
+        fault = await self._enter("userinfo", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "userinfo")
+        rec = self._check_bearer(request)
+        if isinstance(rec, Response):
+            return rec
+        if "openid" not in rec.scopes:
+            return JSONResponse(
+                {"error": "insufficient_scope"},
+                status_code=403,
+                headers={"WWW-Authenticate": 'Bearer error="insufficient_scope", scope="openid"'},
+            )
+        claims: dict[str, Any] = {"sub": rec.family.subject}
+        claims.update(self.user_claims.get(rec.family.subject, {}))
+        return JSONResponse(claims)
+
+    # ------------------------------------------------------------------ discovery, jwks
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 / OIDC Discovery metadata for the current issuer."""
+        doc: dict[str, Any] = {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.authorization_endpoint,
+            "token_endpoint": self.token_endpoint,
+            "revocation_endpoint": self.revocation_endpoint,
+            "introspection_endpoint": self.introspection_endpoint,
+            "jwks_uri": self.jwks_uri,
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": list(_GRANTS),
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
+            "introspection_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "authorization_response_iss_parameter_supported": self.send_iss,
+        }
+        if self.pkce != "unsupported":
+            doc["code_challenge_methods_supported"] = ["S256"]
+        if self.scopes_supported is not None:
+            doc["scopes_supported"] = list(self.scopes_supported)
+        if self.oidc:
+            doc.update(
+                {
+                    "userinfo_endpoint": self.userinfo_endpoint,
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce"],
+                }
+            )
+        return doc
+
+    async def _openid_configuration(self, request: Request) -> Response:
+        fault = await self._enter("discovery", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "discovery")
+        if not self.oidc:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return JSONResponse(self.metadata())
+
+    async def _as_metadata(self, request: Request) -> Response:
+        fault = await self._enter("discovery", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "discovery")
+        return JSONResponse(self.metadata())
+
+    async def _jwks(self, request: Request) -> Response:
+        fault = await self._enter("jwks", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "jwks")
+        return JSONResponse(self.public_jwks)
+
+
+def _basic_challenge() -> dict[str, str]:
+    return {"WWW-Authenticate": 'Basic realm="mock-provider"'}
+
+
+def _error_page(error: str, description: str, status: int) -> Response:
+    page = (
+        "<!DOCTYPE html><html><head><title>Authorization error</title></head><body>"
+        f'<h1>Authorization error</h1><p id="error">{html.escape(error)}</p>'
+        f"<p>{html.escape(description)}</p></body></html>"
+    )
+    return HTMLResponse(page, status_code=status)
+
+
+def _login_page(params: Mapping[str, str], message: str | None, status: int = 200) -> Response:
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in params.items()
+    )
+    notice = f'<p id="message" role="alert">{html.escape(message)}</p>' if message else ""
+    page = (
+        "<!DOCTYPE html><html><head><title>Mock IdP sign-in</title></head><body>"
+        f"<h1>Sign in to Mock IdP</h1>{notice}"
+        '<form method="post" action="/authorize">'
+        f"{hidden}"
+        '<label>Username <input type="text" name="username" id="username" '
+        'autocomplete="username"></label>'
+        '<label>Password <input type="password" name="password" id="password" '
+        'autocomplete="current-password"></label>'
+        '<button type="submit" name="action" value="approve" id="login">Sign in</button>'
+        '<button type="submit" name="action" value="deny" id="deny">Deny</button>'
+        "</form></body></html>"
+    )
+    return HTMLResponse(page, status_code=status)
