@@ -1,0 +1,398 @@
+"""``RedisStore``: tokens, lease locks and pending logins in Redis, for many hosts.
+
+Owns: the Redis key layout, the Lua scripts that make compare-and-swap, delete and the lock
+operations atomic, and the conversion of redis-py errors into ``StoreUnavailable`` /
+``StorageError``. Every operation is written once as a generator of :class:`RedisCall`
+commands (see ``_commands``) and driven by a ``redis.Redis`` or a ``redis.asyncio.Redis``.
+
+Key layout (``P`` is the prefix, ``oauth2broker:`` by default)::
+
+    P tok:<StoreKey.id>          hash  version -> int, data -> record JSON
+    P tidx:<tenant>              set   JSON store keys of the tenant (for list_keys)
+    P pidx:<len>:<tenant>|<principal>   set   the same, per tenant and principal
+    P lock:<name>                string owner, with a PX expiry (Redis's own clock)
+    P pend:<state_key>           string pending authorization JSON, with a PX expiry
+
+Expired locks and pending logins vanish by Redis expiry: no cron job. A single Redis (or a
+primary with replicas / Sentinel) is supported; Redis Cluster is not (the scripts touch the
+record and its index keys together).
+
+Must not import: psycopg, httpx/httpx2, the broker. redis-py is imported here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final, TypeVar
+
+try:
+    import redis
+    import redis.asyncio as aioredis
+    from redis.backoff import ExponentialBackoff
+    from redis.retry import Retry
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError("RedisStore needs redis-py: pip install 'oauth2-broker-mw[redis]'") from exc
+
+from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
+from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
+from ._commands import CommandStore, Op, PerLoop, adrive, drive, redact_url
+
+__all__ = ["RedisStore"]
+
+T = TypeVar("T")
+
+# KEYS: record, tenant index, principal index.
+# ARGV: mode ("put" | "cas"), expected version ("" = must be absent), data, index member.
+_WRITE: Final = """
+local cur = redis.call('HGET', KEYS[1], 'version')
+if ARGV[1] == 'cas' then
+  if ARGV[2] == '' then
+    if cur then return false end
+  elseif cur ~= ARGV[2] then
+    return false
+  end
+end
+local new = (tonumber(cur) or 0) + 1
+redis.call('HSET', KEYS[1], 'version', new, 'data', ARGV[3])
+redis.call('SADD', KEYS[2], ARGV[4])
+redis.call('SADD', KEYS[3], ARGV[4])
+return new
+"""
+
+# KEYS: record, tenant index, principal index. ARGV: expected version ("" = any), member.
+_DELETE: Final = """
+local cur = redis.call('HGET', KEYS[1], 'version')
+if not cur then return 0 end
+if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
+redis.call('DEL', KEYS[1])
+redis.call('SREM', KEYS[2], ARGV[2])
+redis.call('SREM', KEYS[3], ARGV[2])
+return 1
+"""
+
+# KEYS: lock. ARGV: owner, ttl in ms. The owner that holds it may take it again (extends).
+_ACQUIRE: Final = """
+local cur = redis.call('GET', KEYS[1])
+if cur == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+if cur then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return 1
+"""
+
+# KEYS: lock. ARGV: owner, ttl in ms. Compare-and-extend.
+_RENEW: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"""
+
+# KEYS: lock. ARGV: owner. Compare-and-delete.
+_RELEASE: Final = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('DEL', KEYS[1])
+end
+return 0
+"""
+
+_SCRIPTS: Final = {
+    "write": _WRITE,
+    "delete": _DELETE,
+    "acquire": _ACQUIRE,
+    "renew": _RENEW,
+    "release": _RELEASE,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class RedisCall:
+    """One command for a runner: a redis-py client method, or ``"script"`` (name, keys, args)."""
+
+    method: str
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+def _text(value: object) -> str | None:
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value.decode("utf-8")
+    return str(value)
+
+
+def _member(key: StoreKey) -> str:
+    return json.dumps(key.to_dict(), sort_keys=True, separators=(",", ":"))
+
+
+def _ms(seconds: float) -> int:
+    return max(1, math.ceil(seconds * 1000))
+
+
+def _convert(exc: BaseException) -> StorageError:
+    if isinstance(exc, redis.exceptions.ConnectionError | redis.exceptions.TimeoutError | OSError):
+        detail = str(exc).splitlines()[0][:200] if str(exc) else ""
+        return StoreUnavailable(f"Redis unavailable ({type(exc).__name__}): {detail}")
+    if isinstance(exc, redis.exceptions.NoScriptError):  # pragma: no cover - redis-py reloads
+        return StoreUnavailable("Redis lost its scripts; retry")
+    return StorageError(f"Redis error ({type(exc).__name__})")
+
+
+class RedisStore(CommandStore):
+    """A ``TokenStore`` in Redis (≥ 6.2), shared by every process on every host.
+
+    Build it from a URL (``redis://`` / ``rediss://``; socket timeouts and a single quick
+    retry are set for you) or from clients the application already has::
+
+        RedisStore("redis://cache:6379/0")
+        RedisStore(client=redis.Redis(...), async_client=redis.asyncio.Redis(...))
+
+    With only ``client``, the async methods run the sync client in a worker thread; with only
+    ``async_client``, the sync methods are unavailable. Clients passed in are not closed by
+    :meth:`close` / :meth:`aclose`; clients built from ``url`` are.
+    ``clock`` (seconds since the epoch) is what pending authorizations' ``expires_at`` is
+    measured against; lock expiry uses the Redis server's clock.
+    """
+
+    def __init__(
+        self,
+        url: str | None = None,
+        *,
+        client: redis.Redis | None = None,
+        async_client: aioredis.Redis | None = None,
+        prefix: str = "oauth2broker:",
+        socket_timeout: float = 2.0,
+        max_connections: int | None = 50,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if url is None and client is None and async_client is None:
+            raise ConfigurationError("RedisStore needs a url, a client or an async_client")
+        if not prefix:
+            raise ConfigurationError("RedisStore prefix must not be empty")
+        self._url = url
+        self._prefix = prefix
+        self._clock = clock
+        self._socket_timeout = socket_timeout
+        self._max_connections = max_connections
+        self._owns_client = client is None and url is not None
+        self._client = client
+        if self._owns_client:
+            self._client = redis.Redis.from_url(
+                url or "",
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+                max_connections=max_connections,
+            )
+        self._sync_scripts = (
+            {name: self._client.register_script(src) for name, src in _SCRIPTS.items()}
+            if self._client is not None
+            else {}
+        )
+        self._given_async = async_client
+        self._async: PerLoop[tuple[aioredis.Redis, dict[str, Any]]] = PerLoop(
+            self._new_async, self._close_async
+        )
+
+    def __repr__(self) -> str:
+        where = redact_url(self._url) if self._url is not None else "<client>"
+        return f"RedisStore({where!r}, prefix={self._prefix!r})"
+
+    # -- clients and drivers ----------------------------------------------------------------
+    async def _new_async(self) -> tuple[aioredis.Redis, dict[str, Any]]:
+        if self._given_async is not None:
+            client = self._given_async
+        else:
+            assert self._url is not None
+            client = aioredis.Redis.from_url(
+                self._url,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+                retry=aioredis.retry.Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+                max_connections=self._max_connections,
+            )
+        scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
+        return client, scripts
+
+    async def _close_async(self, item: tuple[aioredis.Redis, dict[str, Any]]) -> None:
+        if self._given_async is None:
+            await item[0].aclose()
+
+    def _run(self, op: Op[T]) -> T:
+        client = self._client
+        if client is None:
+            op.close()
+            raise ConfigurationError(
+                "this RedisStore was built with only an async_client: use the async methods"
+            )
+        scripts = self._sync_scripts
+
+        def execute(call: RedisCall) -> Any:
+            if call.method == "script":
+                name, keys, args = call.args
+                return scripts[name](keys=keys, args=args, client=client)
+            return getattr(client, call.method)(*call.args, **call.kwargs)
+
+        try:
+            return drive(op, execute)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise _convert(exc) from exc
+
+    async def _arun(self, op: Op[T]) -> T:
+        if self._url is None and self._given_async is None:
+            return await asyncio.to_thread(self._run, op)
+        try:
+            client, scripts = await self._async.get()
+
+            async def execute(call: RedisCall) -> Any:
+                if call.method == "script":
+                    name, keys, args = call.args
+                    return await scripts[name](keys=keys, args=args)
+                return await getattr(client, call.method)(*call.args, **call.kwargs)
+
+            return await adrive(op, execute)
+        except (redis.exceptions.RedisError, OSError) as exc:
+            raise _convert(exc) from exc
+
+    def close(self) -> None:
+        if self._owns_client and self._client is not None:
+            self._client.close()
+
+    async def aclose(self) -> None:
+        await self._async.aclose_current()
+        self.close()
+
+    # -- key layout -------------------------------------------------------------------------
+    def _record_key(self, key: StoreKey) -> str:
+        return f"{self._prefix}tok:{key.id}"
+
+    def _tenant_index(self, tenant: str) -> str:
+        return f"{self._prefix}tidx:{tenant}"
+
+    def _principal_index(self, tenant: str, principal: str) -> str:
+        return f"{self._prefix}pidx:{len(tenant)}:{tenant}|{principal}"
+
+    def _index_keys(self, key: StoreKey) -> list[str]:
+        return [
+            self._record_key(key),
+            self._tenant_index(key.tenant),
+            self._principal_index(key.tenant, key.principal),
+        ]
+
+    def _lock_key(self, name: str) -> str:
+        return f"{self._prefix}lock:{name}"
+
+    def _pending_key(self, state_key: str) -> str:
+        return f"{self._prefix}pend:{state_key}"
+
+    # -- operations (one source for sync and async) -----------------------------------------
+    def _op_get(self, key: StoreKey) -> Op[TokenRecord | None]:
+        version, data = yield RedisCall("hmget", (self._record_key(key), ["version", "data"]))
+        text = _text(data)
+        if text is None:
+            return None
+        record = TokenRecord.from_json(text)
+        if record.key != key:
+            raise CorruptRecord("stored token record belongs to another key")
+        try:
+            return record.with_version(int(_text(version) or ""))
+        except ValueError:
+            raise CorruptRecord("stored token record has no valid version") from None
+
+    def _op_write(
+        self, record: TokenRecord, expected_version: int | None, *, unconditional: bool
+    ) -> Op[TokenRecord | None]:
+        mode = "put" if unconditional else "cas"
+        expected = "" if expected_version is None else str(int(expected_version))
+        new_version = yield RedisCall(
+            "script",
+            (
+                "write",
+                self._index_keys(record.key),
+                [mode, expected, record.to_json(), _member(record.key)],
+            ),
+        )
+        if new_version is None:
+            return None
+        return record.with_version(int(new_version))
+
+    def _op_delete(self, key: StoreKey, expected_version: int | None) -> Op[bool]:
+        expected = "" if expected_version is None else str(int(expected_version))
+        removed = yield RedisCall(
+            "script", ("delete", self._index_keys(key), [expected, _member(key)])
+        )
+        return bool(removed)
+
+    def _op_list_keys(self, tenant: TenantId, principal: str | None) -> Op[list[StoreKey]]:
+        if principal is None:
+            index = self._tenant_index(tenant)
+        else:
+            index = self._principal_index(tenant, PrincipalId(principal))
+        members = yield RedisCall("smembers", (index,))
+        keys: list[StoreKey] = []
+        for member in members:
+            try:
+                keys.append(StoreKey.from_dict(json.loads(_text(member) or "")))
+            except (ValueError, KeyError, TypeError):
+                continue  # a damaged index entry is skipped; the record itself is untouched
+        return sorted(keys, key=lambda k: k.id)
+
+    def _op_list_tenants(self) -> Op[list[TenantId]]:
+        start = f"{self._prefix}tidx:"
+        pattern = _glob_escape(start) + "*"
+        tenants: set[str] = set()
+        cursor: int = 0
+        while True:
+            cursor, names = yield RedisCall("scan", (cursor,), {"match": pattern, "count": 1000})
+            for name in names:
+                text = _text(name) or ""
+                tenants.add(text[len(start) :])
+            if int(cursor) == 0:
+                break
+        return [TenantId(t) for t in sorted(tenants) if t]
+
+    def _op_acquire_lock(self, name: str, owner: str, ttl: float) -> Op[bool]:
+        got = yield RedisCall("script", ("acquire", [self._lock_key(name)], [owner, _ms(ttl)]))
+        return bool(got)
+
+    def _op_renew_lock(self, name: str, owner: str, ttl: float) -> Op[bool]:
+        got = yield RedisCall("script", ("renew", [self._lock_key(name)], [owner, _ms(ttl)]))
+        return bool(got)
+
+    def _op_release_lock(self, name: str, owner: str) -> Op[bool]:
+        got = yield RedisCall("script", ("release", [self._lock_key(name)], [owner]))
+        return bool(got)
+
+    def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
+        name = self._pending_key(pending.state_key)
+        remaining = pending.expires_at - self._clock()
+        if remaining <= 0:
+            yield RedisCall("delete", (name,))
+            return None
+        yield RedisCall("set", (name, pending.to_json()), {"px": _ms(remaining)})
+        return None
+
+    def _op_take_pending(self, state_key: str) -> Op[PendingAuthorization | None]:
+        data = yield RedisCall("getdel", (self._pending_key(state_key),))
+        text = _text(data)
+        if text is None:
+            return None
+        pending = PendingAuthorization.from_json(text)
+        if pending.state_key != state_key:
+            raise CorruptRecord("stored pending authorization belongs to another state")
+        if pending.expires_at <= self._clock():
+            return None
+        return pending
+
+
+def _glob_escape(text: str) -> str:
+    out: Sequence[str] = ["\\" + ch if ch in "*?[]\\" else ch for ch in text]
+    return "".join(out)

@@ -1,0 +1,103 @@
+"""Real Redis and PostgreSQL for the tests: where they are, and what to do when they are not.
+
+A missing service skips the tests that need it, with the reason, except under ``CI=true``
+where it fails them (CI must never go green by skipping the scale-out tests).
+Each test run uses its own Redis key prefix / PostgreSQL schema, so parallel runs (and
+several checkouts on one machine) never see each other's data; everything is removed after.
+
+Environment overrides: ``OAUTH2_BROKER_TEST_REDIS_URL`` (default ``redis://127.0.0.1:6379/0``),
+``OAUTH2_BROKER_TEST_POSTGRES_DSN`` (default ``host=127.0.0.1 port=5432 dbname=test
+user=postgres``).
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from typing import NoReturn
+
+import pytest
+
+REDIS_URL = os.environ.get("OAUTH2_BROKER_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_DSN = os.environ.get(
+    "OAUTH2_BROKER_TEST_POSTGRES_DSN",
+    "host=127.0.0.1 port=5432 dbname=test user=postgres connect_timeout=3",
+)
+
+_checked: dict[str, str | None] = {}
+
+
+def _unavailable(service: str, reason: str) -> NoReturn:
+    message = f"{service} is not available: {reason}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: a missing service is a failure, not a skip)")
+    pytest.skip(message)
+
+
+def unique_name(kind: str = "t") -> str:
+    """A name no other test run uses: pid plus random hex (valid as a schema name)."""
+    return f"o2bm_{kind}_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+
+
+def require_redis() -> str:
+    """The Redis URL, after checking once per session that Redis answers (else skip/fail)."""
+    if "redis" not in _checked:
+        try:
+            import redis
+        except ImportError:
+            _checked["redis"] = "redis-py is not installed (pip install '.[redis]')"
+        else:
+            try:
+                client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
+                try:
+                    client.ping()
+                finally:
+                    client.close()
+                _checked["redis"] = None
+            except (redis.RedisError, OSError) as exc:
+                _checked["redis"] = f"{REDIS_URL}: {type(exc).__name__}: {exc}"
+    reason = _checked["redis"]
+    if reason is not None:
+        _unavailable("Redis", reason)
+    return REDIS_URL
+
+
+def require_postgres() -> str:
+    """The PostgreSQL DSN, after checking once per session that it answers (else skip/fail)."""
+    if "postgres" not in _checked:
+        try:
+            import psycopg
+        except ImportError:
+            _checked["postgres"] = "psycopg is not installed (pip install '.[postgres]')"
+        else:
+            try:
+                with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+                    conn.execute("SELECT 1")
+                _checked["postgres"] = None
+            except psycopg.Error as exc:
+                _checked["postgres"] = f"{type(exc).__name__}: {str(exc).splitlines()[0]}"
+    reason = _checked["postgres"]
+    if reason is not None:
+        _unavailable("PostgreSQL", reason)
+    return POSTGRES_DSN
+
+
+def redis_cleanup(prefix: str) -> None:
+    """Delete every Redis key under ``prefix``."""
+    import redis
+
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        names = list(client.scan_iter(match=prefix.replace("*", r"\*") + "*", count=1000))
+        for start in range(0, len(names), 500):
+            client.delete(*names[start : start + 500])
+    finally:
+        client.close()
+
+
+def postgres_drop_schema(schema: str) -> None:
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
+        conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))

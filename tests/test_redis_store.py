@@ -1,0 +1,242 @@
+"""RedisStore against the real Redis at 127.0.0.1:6379 (skipped if absent, failed under CI)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+from _services import redis_cleanup, require_redis, unique_name
+
+from oauth2_broker_mw._core.errors import StoreUnavailable
+from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId
+from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
+
+redis = pytest.importorskip("redis")
+
+from oauth2_broker_mw.stores.redis import RedisStore  # noqa: E402
+
+pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+def redis_url() -> str:
+    return require_redis()
+
+
+@pytest.fixture
+def prefix(redis_url: str) -> Iterator[str]:
+    prefix = unique_name("redis") + ":"
+    yield prefix
+    redis_cleanup(prefix)
+
+
+@pytest.fixture
+def raw(redis_url: str) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(redis_url)
+    yield client
+    client.close()
+
+
+class TestRedisStoreFromURL(StoreConformance):
+    @pytest.fixture
+    def store(self, redis_url: str, prefix: str) -> Iterator[RedisStore]:
+        store = RedisStore(redis_url, prefix=prefix)
+        yield store
+        store.close()
+
+
+class TestRedisStoreFromClients(StoreConformance):
+    """Clients the application already has; the sync client serves the async twins too."""
+
+    @pytest.fixture
+    def store(self, redis_url: str, prefix: str) -> Iterator[RedisStore]:
+        client = redis.Redis.from_url(redis_url, decode_responses=True)
+        store = RedisStore(client=client, prefix=prefix)
+        yield store
+        store.close()
+        client.close()
+
+
+def _key(tenant: str = "acme", principal: str = "alice") -> StoreKey:
+    return StoreKey.build(tenant, principal, "example", "read")
+
+
+def test_repr_redacts_the_password(prefix: str) -> None:
+    store = RedisStore("redis://user:hunter2-secret@127.0.0.1:6379/0", prefix=prefix)
+    try:
+        assert "hunter2" not in repr(store)
+        assert "***" in repr(store)
+    finally:
+        store.close()
+
+
+def test_needs_a_url_or_client() -> None:
+    with pytest.raises(ValueError, match="url"):
+        RedisStore()
+
+
+async def test_async_client_given_by_the_app(redis_url: str, prefix: str) -> None:
+    client = redis.asyncio.Redis.from_url(redis_url)
+    store = RedisStore(async_client=client, prefix=prefix)
+    try:
+        stored = await store.aput(make_record(_key(), "at-async"))
+        assert stored.version == 1
+        loaded = await store.aget(_key())
+        assert loaded is not None
+        assert loaded.access_token == Secret("at-async")
+        with pytest.raises(ValueError, match="async"):
+            store.get(_key())
+    finally:
+        await store.aclose()
+        await client.aclose()
+
+
+def test_raw_keys_and_expiry_are_redis_native(
+    redis_url: str, prefix: str, raw: redis.Redis
+) -> None:
+    store = RedisStore(redis_url, prefix=prefix)
+    try:
+        key = _key()
+        store.put(make_record(key, "at-raw"))
+        assert raw.hget(f"{prefix}tok:{key.id}", "version") == b"1"
+        assert store.acquire_lock("refresh:x", "owner-a", 30)
+        ttl_ms = raw.pttl(f"{prefix}lock:refresh:x")
+        assert 0 < ttl_ms <= 30_000
+        pending = make_pending(expires_in=60)
+        store.put_pending(pending)
+        assert 0 < raw.pttl(f"{prefix}pend:{pending.state_key}") <= 60_000
+        # the state itself is never part of a key name
+        names = [n.decode() for n in raw.scan_iter(match=prefix + "*")]
+        assert not any(pending.state.get_secret_value() in n for n in names)
+        assert store.list_tenants() == [TenantId("acme")]
+    finally:
+        store.close()
+
+
+def test_unreachable_redis_is_store_unavailable(prefix: str) -> None:
+    store = RedisStore("redis://127.0.0.1:1/0", prefix=prefix, socket_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable) as info:
+            store.get(_key())
+        assert info.value.retryable
+    finally:
+        store.close()
+
+
+async def test_unreachable_redis_is_store_unavailable_async(prefix: str) -> None:
+    store = RedisStore("redis://127.0.0.1:1/0", prefix=prefix, socket_timeout=0.5)
+    try:
+        with pytest.raises(StoreUnavailable):
+            await store.aget(_key())
+    finally:
+        await store.aclose()
+
+
+def _kill_clients(raw: redis.Redis, name: str) -> int:
+    killed = 0
+    for info in raw.client_list():
+        if info.get("name") == name:
+            raw.client_kill_filter(_id=info["id"])
+            killed += 1
+    return killed
+
+
+@pytest.fixture
+def named_store(redis_url: str, prefix: str) -> Iterator[tuple[RedisStore, str]]:
+    name = unique_name("cli")
+    sep = "&" if "?" in redis_url else "?"
+    store = RedisStore(f"{redis_url}{sep}client_name={name}", prefix=prefix)
+    yield store, name
+    store.close()
+
+
+def test_client_kill_mid_run_recovers_without_loss(
+    named_store: tuple[RedisStore, str], raw: redis.Redis
+) -> None:
+    store, name = named_store
+    keys = [_key(principal=f"p{i}") for i in range(20)]
+    for i, key in enumerate(keys[:10]):
+        store.put(make_record(key, f"at-{i}"))
+    assert _kill_clients(raw, name) >= 1
+    outcomes: list[str] = []
+    for i, key in enumerate(keys[10:], start=10):
+        for _ in range(3):  # a caller retries a retryable error
+            try:
+                store.put(make_record(key, f"at-{i}"))
+                outcomes.append("ok")
+                break
+            except StoreUnavailable:
+                outcomes.append("unavailable")
+    assert outcomes.count("ok") == 10
+    for i, key in enumerate(keys):
+        loaded = store.get(key)
+        assert loaded is not None
+        assert loaded.access_token == Secret(f"at-{i}")
+
+
+async def test_client_kill_mid_run_recovers_async(
+    named_store: tuple[RedisStore, str], raw: redis.Redis
+) -> None:
+    store, name = named_store
+    key = _key()
+    await store.aput(make_record(key, "at-before"))
+    assert _kill_clients(raw, name) >= 1
+    try:
+        await store.aput(make_record(key, "at-after"))
+    except StoreUnavailable:
+        await store.aput(make_record(key, "at-after"))
+    loaded = await store.aget(key)
+    assert loaded is not None
+    assert loaded.access_token == Secret("at-after")
+    await store.aclose()
+
+
+def test_lock_renewal_keeps_others_out_past_the_first_ttl(redis_url: str, prefix: str) -> None:
+    holder = RedisStore(redis_url, prefix=prefix)
+    other = RedisStore(redis_url, prefix=prefix)  # another process, as far as Redis knows
+    try:
+        assert holder.acquire_lock("refresh:k", "holder", 0.3)
+        for _ in range(4):  # 0.6 s in total, twice the first ttl
+            time.sleep(0.15)
+            assert holder.renew_lock("refresh:k", "holder", 0.3)
+            assert not other.acquire_lock("refresh:k", "other", 30)
+        assert not other.release_lock("refresh:k", "other")
+        assert holder.release_lock("refresh:k", "holder")
+        assert other.acquire_lock("refresh:k", "other", 30)
+    finally:
+        holder.close()
+        other.close()
+
+
+async def test_lock_of_a_crashed_holder_expires(redis_url: str, prefix: str) -> None:
+    store = RedisStore(redis_url, prefix=prefix)
+    try:
+        assert await store.aacquire_lock("refresh:k", "crashed", 0.2)
+        assert not await store.aacquire_lock("refresh:k", "next", 30)
+        await asyncio.sleep(0.35)
+        assert await store.aacquire_lock("refresh:k", "next", 30)
+        assert not await store.arelease_lock("refresh:k", "crashed")
+    finally:
+        await store.aclose()
+
+
+@pytest.fixture
+async def astore(redis_url: str, prefix: str) -> AsyncIterator[RedisStore]:
+    store = RedisStore(redis_url, prefix=prefix)
+    yield store
+    await store.aclose()
+
+
+async def test_async_and_sync_share_one_store(astore: RedisStore) -> None:
+    key = _key()
+    created = await astore.acompare_and_swap(make_record(key, "at-1"), expected_version=None)
+    assert created is not None
+    swapped = await asyncio.to_thread(
+        astore.compare_and_swap, make_record(key, "at-2"), expected_version=created.version
+    )
+    assert swapped is not None
+    assert swapped.version == 2
+    assert await astore.alist_keys(TenantId("acme")) == [key]
+    assert await astore.alist_tenants() == [TenantId("acme")]
