@@ -1,0 +1,560 @@
+"""The grant flows as sans-IO generators: every OAuth decision the broker makes, no I/O.
+
+Owns: obtaining a token for a key (cached / refresh / client credentials), the refresh
+contract (lease lock, double-check, compare-and-swap, ``invalid_grant`` recovery), starting
+an authorization and exchanging its code, revocation.
+
+A flow yields :mod:`effects <oauth2_broker_mw._core.effects>` (HTTP requests, store
+operations, sleeps, clock reads) and receives their results; the sync and the async driver
+run the very same generators. Exceptions raised while executing an effect are thrown back
+into the flow at the ``yield``.
+Must not import: httpx/httpx2, asyncio, threading, store drivers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import logging
+import secrets
+from collections.abc import Callable, Generator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from . import oauth
+from .effects import Effect, HttpRequest, LockHold, Now, Sleep, StoreOp
+from .errors import (
+    AuthorizationFlowError,
+    AuthorizationRequired,
+    BrokerError,
+    ConfigurationError,
+    CorruptRecord,
+    InvalidGrant,
+    RefreshTimeout,
+    StorageError,
+    TransientProviderError,
+)
+from .model import (
+    JSONValue,
+    PendingAuthorization,
+    PrincipalId,
+    ScopeSet,
+    Secret,
+    StoreKey,
+    TenantId,
+    TokenRecord,
+)
+from .policy import RefreshPolicy
+from .provider import ClientConfig, GrantType, PkceMode, ProviderDescriptor
+
+__all__ = [
+    "AuthorizationRequest",
+    "FlowConfig",
+    "exchange_code_flow",
+    "obtain_flow",
+    "revoke_flow",
+    "start_authorization_flow",
+]
+
+log = logging.getLogger("oauth2_broker_mw")
+
+FlowGen = Generator[Effect, Any, Any]
+
+
+@dataclass(frozen=True, slots=True)
+class FlowConfig:
+    """Everything a flow needs to know besides its arguments."""
+
+    provider: ProviderDescriptor
+    client: ClientConfig
+    policy: RefreshPolicy = field(default_factory=RefreshPolicy)
+    lock_ttl: float = 15.0
+    lock_wait: float = 30.0
+    poll_interval: float = 0.05
+    pending_ttl: float = 600.0
+
+    @property
+    def can_client_credentials(self) -> bool:
+        return self.provider.supports(GrantType.CLIENT_CREDENTIALS) and (
+            self.client.client_secret is not None or self.client.private_key is not None
+        )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class AuthorizationRequest:
+    """A started login: send the user agent to ``url``; the broker keeps the rest."""
+
+    url: str
+    state: str
+    expires_at: float
+    tenant: TenantId
+    principal: PrincipalId | None
+    provider: str
+    issuer: str | None
+    scopes: ScopeSet
+
+    def __repr__(self) -> str:
+        return (
+            f"AuthorizationRequest(provider={self.provider!r}, tenant={self.tenant!r}, "
+            f"principal={self.principal!r}, scopes={self.scopes.scopes!r}, "
+            f"expires_at={self.expires_at!r})"
+        )
+
+
+# -- store helpers ----------------------------------------------------------------------------
+def _read(key: StoreKey) -> FlowGen:
+    """Load the record; a corrupt one is logged and treated as absent (fail closed)."""
+    try:
+        record: TokenRecord | None = yield StoreOp("get", (key,))
+    except CorruptRecord as exc:
+        log.warning("corrupt token record for provider=%s treated as absent: %s", key.provider, exc)
+        return None
+    return record
+
+
+def _release(name: str, owner: str) -> FlowGen:
+    try:
+        yield StoreOp("release_lock", (name, owner))
+    except StorageError as exc:  # the lock expires on its own; never mask the real outcome
+        log.warning("could not release refresh lock: %s", exc)
+
+
+# -- obtaining a token ------------------------------------------------------------------------
+def obtain_flow(
+    cfg: FlowConfig,
+    key: StoreKey,
+    requested: ScopeSet,
+    *,
+    force: bool = False,
+    stale: Secret | None = None,
+) -> FlowGen:
+    """Return a usable :class:`TokenRecord` for ``key``.
+
+    Order: a fresh stored token; else refresh when a refresh token is stored; else client
+    credentials when the provider and client allow it; else :class:`AuthorizationRequired`.
+    ``force``: the stored token is not good enough (refresh it once). ``stale``: the token a
+    resource server rejected; any other token already stored is accepted without a provider
+    call (another caller replaced it).
+    """
+    now: float = yield Now()
+    record = yield from _read(key)
+    seen_version = None if record is None else record.version
+
+    def acceptable(candidate: TokenRecord | None, at: float) -> bool:
+        if candidate is None or not cfg.policy.is_usable(candidate, at):
+            return False
+        if stale is not None:
+            return not _same_secret(candidate.access_token, stale) and cfg.policy.is_fresh(
+                candidate, at
+            )
+        if force:
+            return candidate.version != seen_version
+        return cfg.policy.is_fresh(candidate, at)
+
+    if acceptable(record, now):
+        return record
+    if (
+        record is not None
+        and record.refresh_token is not None
+        and (cfg.provider.supports(GrantType.REFRESH_TOKEN))
+    ):
+        return (
+            yield from _locked(cfg, key, acceptable, lambda r, hold: _refresh(cfg, key, r, hold))
+        )
+    if cfg.can_client_credentials:
+        return (
+            yield from _locked(
+                cfg, key, acceptable, lambda r, hold: _client_credentials(cfg, key, requested, hold)
+            )
+        )
+    if record is not None and not force and stale is None and cfg.policy.is_usable(record, now):
+        # Inside the refresh window but nothing can renew it: hand out what is still valid.
+        return record
+    raise AuthorizationRequired(
+        tenant=key.tenant,
+        principal=key.principal,
+        provider=key.provider,
+        scopes=requested.scopes,
+        reason="no stored token can be refreshed and the provider offers no client credentials"
+        if record is None or record.refresh_token is None
+        else "the stored token cannot be refreshed",
+    )
+
+
+def _same_secret(a: Secret, b: Secret) -> bool:
+    return hmac.compare_digest(a.get_secret_value().encode(), b.get_secret_value().encode())
+
+
+def _locked(
+    cfg: FlowConfig,
+    key: StoreKey,
+    acceptable: Callable[[TokenRecord | None, float], bool],
+    body: Callable[[TokenRecord | None, LockHold], FlowGen],
+) -> FlowGen:
+    """Run ``body`` under the key's lease lock, unless another holder delivers first.
+
+    Waiters poll the store; when the record changes into an acceptable one they use it and
+    never call the provider. The holder re-reads after acquiring (double-check) for the same
+    reason. The lock is renewed by the driver while the provider call is in flight.
+    """
+    owner = secrets.token_hex(16)
+    name = key.lock_name
+    now: float = yield Now()
+    deadline = now + cfg.lock_wait
+    while True:
+        acquired: bool = yield StoreOp("acquire_lock", (name, owner, cfg.lock_ttl))
+        if acquired:
+            break
+        now = yield Sleep(cfg.poll_interval)
+        current = yield from _read(key)
+        if acceptable(current, now):
+            return current
+        if now >= deadline:
+            raise RefreshTimeout(
+                f"another process kept the refresh lock for provider={key.provider!r} "
+                f"longer than {cfg.lock_wait:g}s"
+            )
+    try:
+        now = yield Now()
+        current = yield from _read(key)
+        if acceptable(current, now):
+            result = current
+        else:
+            result = yield from body(current, LockHold(name, owner, cfg.lock_ttl))
+    except BrokerError:
+        yield from _release(name, owner)
+        raise
+    yield from _release(name, owner)
+    return result
+
+
+def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: LockHold) -> FlowGen:
+    """Redeem the stored refresh token once; store the rotation with compare-and-swap."""
+    if record is None or record.refresh_token is None:
+        raise AuthorizationRequired(
+            tenant=key.tenant,
+            principal=key.principal,
+            provider=key.provider,
+            scopes=() if record is None else record.requested_scopes.scopes,
+            reason="the stored grant disappeared while waiting for the refresh lock",
+        )
+    now: float = yield Now()
+    request = oauth.token_request(
+        cfg.provider,
+        cfg.client,
+        GrantType.REFRESH_TOKEN,
+        oauth.refresh_params(
+            cfg.provider,
+            refresh_token=record.refresh_token.get_secret_value(),
+            scopes=record.requested_scopes,
+        ),
+        now=now,
+        url=cfg.provider.refresh_url,
+    )
+    try:
+        response = yield replace(request, hold=hold)
+        now = yield Now()
+        parsed = oauth.parse_token_response(cfg.provider, response, now=now)
+    except InvalidGrant:
+        # Someone else may have rotated it (another host whose lock we could not see, or
+        # the lock expired). Re-read before concluding anything: revoke nothing.
+        current = yield from _read(key)
+        if current is not None and current.version != record.version:
+            log.info("refresh lost a race for provider=%s; using the winner's token", key.provider)
+            return current
+        yield StoreOp("delete", (key,), (("expected_version", record.version),))
+        raise
+    merged = _merge(record, parsed, now)
+    stored: TokenRecord | None = yield StoreOp(
+        "compare_and_swap", (merged,), (("expected_version", record.version),)
+    )
+    if stored is not None:
+        return stored
+    # The fence moved: our lock expired and someone else wrote. Prefer what is stored.
+    current = yield from _read(key)
+    if current is not None and cfg.policy.is_usable(current, now):
+        return current
+    raise StorageError("the token record changed during refresh and the stored one is unusable")
+
+
+def _merge(record: TokenRecord, parsed: oauth.TokenResponse, now: float) -> TokenRecord:
+    """RFC 6749 §6: keep the stored refresh token when none is returned; keep metadata."""
+    metadata: dict[str, JSONValue] = dict(record.metadata)
+    metadata.update(parsed.metadata)
+    return replace(
+        record,
+        access_token=parsed.access_token,
+        token_type=parsed.token_type,
+        refresh_token=parsed.refresh_token or record.refresh_token,
+        id_token=parsed.id_token or record.id_token,
+        issued_at=now,
+        expires_at=parsed.expires_at,
+        refresh_token_expires_at=parsed.refresh_token_expires_at
+        if parsed.refresh_token is not None
+        else record.refresh_token_expires_at,
+        scopes=parsed.scopes if parsed.scopes is not None else record.scopes,
+        metadata=metadata,
+        revoked_at=None,
+    )
+
+
+def _client_credentials(
+    cfg: FlowConfig, key: StoreKey, requested: ScopeSet, hold: LockHold
+) -> FlowGen:
+    now: float = yield Now()
+    request = oauth.token_request(
+        cfg.provider,
+        cfg.client,
+        GrantType.CLIENT_CREDENTIALS,
+        oauth.client_credentials_params(cfg.provider, scopes=requested),
+        now=now,
+    )
+    response = yield replace(request, hold=hold)
+    now = yield Now()
+    parsed = oauth.parse_token_response(cfg.provider, response, now=now)
+    record = _new_record(key, parsed, requested, now, grant=GrantType.CLIENT_CREDENTIALS.value)
+    # We hold the lock; a client-credentials token has no rotation hazard: last write wins.
+    stored: TokenRecord = yield StoreOp("put", (record,))
+    return stored
+
+
+def _new_record(
+    key: StoreKey,
+    parsed: oauth.TokenResponse,
+    requested: ScopeSet,
+    now: float,
+    *,
+    grant: str,
+    extra_metadata: Mapping[str, JSONValue] | None = None,
+) -> TokenRecord:
+    metadata: dict[str, JSONValue] = dict(parsed.metadata)
+    if extra_metadata:
+        metadata.update(extra_metadata)
+    return TokenRecord(
+        key=key,
+        access_token=parsed.access_token,
+        token_type=parsed.token_type,
+        refresh_token=parsed.refresh_token,
+        id_token=parsed.id_token,
+        issued_at=now,
+        expires_at=parsed.expires_at,
+        refresh_token_expires_at=parsed.refresh_token_expires_at,
+        scopes=parsed.scopes if parsed.scopes is not None else requested,
+        requested_scopes=requested,
+        grant=grant,
+        metadata=metadata,
+    )
+
+
+# -- authorization code -----------------------------------------------------------------------
+def start_authorization_flow(
+    cfg: FlowConfig,
+    *,
+    tenant: TenantId,
+    principal: PrincipalId | None,
+    scopes: ScopeSet,
+    redirect_uri: str,
+    extra_params: Mapping[str, str] | None = None,
+) -> FlowGen:
+    if not cfg.provider.supports(GrantType.AUTHORIZATION_CODE):
+        raise ConfigurationError(
+            f"provider {cfg.provider.id!r} does not offer the authorization_code grant"
+        )
+    if not oauth.is_allowed_endpoint(redirect_uri):
+        raise ConfigurationError("redirect_uri must be https (or http on loopback)")
+    if principal is None and not cfg.provider.is_oidc:
+        raise ConfigurationError(
+            "principal=None (take it from the ID token) needs an OpenID Connect provider"
+        )
+    state = oauth.new_state()
+    verifier: str | None = None
+    challenge: str | None = None
+    if cfg.provider.pkce is not PkceMode.UNSUPPORTED:
+        verifier, challenge = oauth.new_pkce_pair()
+    nonce = oauth.new_nonce() if ("openid" in scopes or principal is None) else None
+    url = oauth.authorization_url(
+        cfg.provider,
+        cfg.client,
+        redirect_uri=redirect_uri,
+        scopes=scopes,
+        state=state,
+        code_challenge=challenge,
+        nonce=nonce,
+        extra_params=extra_params,
+    )
+    now: float = yield Now()
+    pending = PendingAuthorization(
+        state=Secret(state),
+        tenant=tenant,
+        principal=principal if principal is not None else PrincipalId("-"),
+        provider=cfg.provider.id,  # type: ignore[arg-type]
+        scopes=scopes,
+        redirect_uri=redirect_uri,
+        code_verifier=None if verifier is None else Secret(verifier),
+        nonce=None if nonce is None else Secret(nonce),
+        created_at=now,
+        expires_at=now + cfg.pending_ttl,
+        issuer=cfg.provider.issuer,
+        extra={"principal_from_id_token": principal is None},
+    )
+    yield StoreOp("put_pending", (pending,))
+    return AuthorizationRequest(
+        url=url,
+        state=state,
+        expires_at=pending.expires_at,
+        tenant=tenant,
+        principal=principal,
+        provider=cfg.provider.id,
+        issuer=cfg.provider.issuer,
+        scopes=scopes,
+    )
+
+
+def exchange_code_flow(
+    cfg: FlowConfig,
+    *,
+    state: str,
+    code: str,
+    iss: str | None = None,
+    callback_params: Mapping[str, str] | None = None,
+) -> FlowGen:
+    """Finish a login: redeem the single-use state, check ``iss``, redeem the code."""
+    if not state:
+        raise AuthorizationFlowError("state_missing", "the callback carries no state")
+    if not code:
+        raise AuthorizationFlowError("invalid_request", "the callback carries no code")
+    try:
+        pending: PendingAuthorization | None = yield StoreOp(
+            "take_pending", (PendingAuthorization.key_for(state),)
+        )
+    except CorruptRecord:
+        pending = None
+    if pending is None or not hmac.compare_digest(
+        pending.state.get_secret_value().encode(), state.encode()
+    ):
+        raise AuthorizationFlowError("state_unknown", "unknown, already used or expired state")
+    now: float = yield Now()
+    if now >= pending.expires_at:
+        raise AuthorizationFlowError("state_expired", "the login took too long; start again")
+    if pending.provider != cfg.provider.id:
+        raise AuthorizationFlowError("state_unknown", "the state belongs to another provider")
+    expected_issuer = pending.issuer
+    if iss is not None:
+        if expected_issuer is None or not hmac.compare_digest(
+            iss.encode(), expected_issuer.encode()
+        ):
+            raise AuthorizationFlowError(
+                "issuer_mismatch", "the authorization response came from another issuer"
+            )
+    elif cfg.provider.authorization_response_iss_parameter_supported:
+        raise AuthorizationFlowError(
+            "issuer_missing", "the provider always sends iss (RFC 9207) but this response has none"
+        )
+    request = oauth.token_request(
+        cfg.provider,
+        cfg.client,
+        GrantType.AUTHORIZATION_CODE,
+        oauth.authorization_code_params(
+            code=code,
+            redirect_uri=pending.redirect_uri,
+            code_verifier=None
+            if pending.code_verifier is None
+            else pending.code_verifier.get_secret_value(),
+        ),
+        now=now,
+    )
+    response = yield request
+    now = yield Now()
+    parsed = oauth.parse_token_response(cfg.provider, response, now=now)
+
+    extra: dict[str, JSONValue] = {}
+    claims: dict[str, JSONValue] | None = None
+    if parsed.id_token is not None and cfg.provider.jwks_uri and cfg.provider.issuer:
+        jwks_response = yield HttpRequest(
+            "GET", cfg.provider.jwks_uri, (("Accept", "application/json"),), purpose="jwks"
+        )
+        if jwks_response.status_code != 200:
+            raise TransientProviderError("jwks_unavailable", status_code=jwks_response.status_code)
+        try:
+            jwks = json.loads(jwks_response.body)
+        except ValueError:
+            raise TransientProviderError("jwks_unavailable", status_code=200) from None
+        claims = oauth.verify_id_token(
+            parsed.id_token.get_secret_value(),
+            jwks=jwks,
+            issuer=cfg.provider.issuer,
+            client_id=cfg.client.client_id,
+            nonce=None if pending.nonce is None else pending.nonce.get_secret_value(),
+            now=now,
+        )
+        extra["id_token_claims"] = claims
+    elif pending.nonce is not None and pending.extra.get("principal_from_id_token"):
+        raise AuthorizationFlowError(
+            "id_token_invalid", "an ID token was expected but the provider sent none"
+        )
+    if callback_params:
+        wanted = set(cfg.provider.callback_params)
+        captured = {k: v for k, v in callback_params.items() if k in wanted}
+        if captured:
+            extra["callback"] = dict(captured)
+
+    principal = pending.principal
+    if pending.extra.get("principal_from_id_token"):
+        if claims is None or not isinstance(claims.get("sub"), str):
+            raise AuthorizationFlowError("id_token_invalid", "the ID token has no subject")
+        principal = _principal_from_sub(str(claims["sub"]))
+    key = StoreKey.build(pending.tenant, principal, cfg.provider.id, pending.scopes)
+    record = _new_record(
+        key,
+        parsed,
+        pending.scopes,
+        now,
+        grant=GrantType.AUTHORIZATION_CODE.value,
+        extra_metadata=extra,
+    )
+    stored: TokenRecord = yield StoreOp("put", (record,))
+    return stored
+
+
+def _principal_from_sub(sub: str) -> PrincipalId:
+    try:
+        return PrincipalId(sub)
+    except BrokerError:
+        return PrincipalId("sub-" + hashlib.sha256(sub.encode()).hexdigest()[:40])
+
+
+# -- revocation -------------------------------------------------------------------------------
+def revoke_flow(cfg: FlowConfig, key: StoreKey) -> FlowGen:
+    """RFC 7009 at the provider (refresh token first), then remove the record locally.
+
+    A 503 means the token may still be valid (RFC 7009 §2.2.1): the record is kept and a
+    :class:`TransientProviderError` raised so the caller can retry.
+    """
+    record = yield from _read(key)
+    if record is None:
+        return False
+    if cfg.provider.revocation_endpoint:
+        targets: list[tuple[Secret, str]] = []
+        if record.refresh_token is not None:
+            targets.append((record.refresh_token, "refresh_token"))
+        targets.append((record.access_token, "access_token"))
+        for secret, hint in targets:
+            request = oauth.revocation_request(
+                cfg.provider, cfg.client, token=secret.get_secret_value(), token_type_hint=hint
+            )
+            response = yield request
+            if response.status_code == 503 or response.status_code == 429:
+                raise TransientProviderError(
+                    "temporarily_unavailable",
+                    status_code=response.status_code,
+                    retry_after=oauth.classify_error(response).retry_after,
+                )
+            if response.status_code >= 400:
+                log.warning(
+                    "revocation at provider=%s answered HTTP %s; removing locally anyway",
+                    key.provider,
+                    response.status_code,
+                )
+    yield StoreOp("delete", (key,))
+    return True

@@ -1,0 +1,238 @@
+"""The two drivers that run sans-IO flows: the only place where effects meet real I/O.
+
+Owns: executing effects (HTTP to the provider through an httpx or httpx2 client, store calls,
+sleeps, clock reads), converting client exceptions into :class:`TransportError`, and renewing
+a held lease lock while a provider call is in flight. The sync and the async driver differ
+only in ``await``; every decision lives in ``_core/flows.py``.
+Must not import: starlette, requests, any store driver module.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+
+from ._core.effects import Effect, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
+from ._core.errors import BrokerError, StorageError, TransportError
+from .stores.base import TokenStore
+
+__all__ = ["AsyncDriver", "SyncDriver"]
+
+log = logging.getLogger("oauth2_broker_mw")
+
+# Store operations a flow may ask for (anything else is a bug in a flow).
+_STORE_OPS = frozenset(
+    {
+        "get",
+        "put",
+        "compare_and_swap",
+        "delete",
+        "list_keys",
+        "acquire_lock",
+        "renew_lock",
+        "release_lock",
+        "put_pending",
+        "take_pending",
+    }
+)
+
+
+def _is_client_error(exc: BaseException) -> bool:
+    """An exception raised by httpx or httpx2 (connect, read, TLS, timeout, protocol)."""
+    module = type(exc).__module__
+    return module.startswith(("httpx.", "httpx2.", "httpcore", "httpcore2", "h11", "h2"))
+
+
+def _to_response(raw: Any) -> HttpResponse:
+    headers = {str(k).lower(): str(v) for k, v in raw.headers.items()}
+    return HttpResponse(int(raw.status_code), headers, bytes(raw.content))
+
+
+def _transport_error(request: HttpRequest, exc: BaseException) -> TransportError:
+    # Never include the exception text: some clients echo request bodies or URLs with queries.
+    return TransportError(
+        f"{request.purpose} request to {request.url.split('?', 1)[0]} failed: {type(exc).__name__}"
+    )
+
+
+def _store_call(op: StoreOp) -> str:
+    if op.op not in _STORE_OPS:
+        raise StorageError(f"unknown store operation {op.op!r}")
+    return op.op
+
+
+class SyncDriver:
+    """Runs a flow on the calling thread."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        client: Callable[[], Any],
+        *,
+        clock: Callable[[], float] = time.time,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._sleep = sleep
+
+    def run(self, flow: Any) -> Any:
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect: Effect = flow.send(send) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            send, error = None, None
+            try:
+                send = self._execute(effect)
+            except BrokerError as exc:
+                error = exc
+
+    def _execute(self, effect: Effect) -> Any:
+        if isinstance(effect, StoreOp):
+            method = getattr(self._store, _store_call(effect))
+            try:
+                return method(*effect.args, **dict(effect.kwargs))
+            except BrokerError:
+                raise
+            except Exception as exc:
+                raise StorageError(f"store {effect.op} failed: {type(exc).__name__}") from exc
+        if isinstance(effect, HttpRequest):
+            with self._renewing(effect.hold):
+                try:
+                    raw = self._client().request(
+                        effect.method,
+                        effect.url,
+                        headers=dict(effect.headers),
+                        content=effect.body,
+                        follow_redirects=False,
+                    )
+                except Exception as exc:
+                    if _is_client_error(exc):
+                        raise _transport_error(effect, exc) from exc
+                    raise
+            return _to_response(raw)
+        if isinstance(effect, Sleep):
+            self._sleep(effect.seconds)
+            return self._clock()
+        if isinstance(effect, Now):
+            return self._clock()
+        raise TypeError(f"unknown effect {effect!r}")
+
+    @contextlib.contextmanager
+    def _renewing(self, hold: LockHold | None) -> Iterator[None]:
+        if hold is None:
+            yield
+            return
+        stop = threading.Event()
+        store = self._store
+
+        def renew() -> None:
+            while not stop.wait(hold.ttl / 3):
+                try:
+                    if not store.renew_lock(hold.name, hold.owner, hold.ttl):
+                        log.warning("refresh lock lost while the provider call was in flight")
+                        return
+                except BrokerError as exc:
+                    log.warning("could not renew refresh lock: %s", exc)
+
+        thread = threading.Thread(target=renew, name="oauth2-broker-lock-renewal", daemon=True)
+        thread.start()
+        try:
+            yield
+        finally:
+            stop.set()
+            thread.join()
+
+
+class AsyncDriver:
+    """Runs a flow as a task on the running event loop; never blocks it."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        client: Callable[[], Any],
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+
+    async def run(self, flow: Any) -> Any:
+        send: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                effect: Effect = flow.send(send) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            send, error = None, None
+            try:
+                send = await self._execute(effect)
+            except BrokerError as exc:
+                error = exc
+
+    async def _execute(self, effect: Effect) -> Any:
+        if isinstance(effect, StoreOp):
+            method = getattr(self._store, "a" + _store_call(effect))
+            try:
+                return await method(*effect.args, **dict(effect.kwargs))
+            except BrokerError:
+                raise
+            except Exception as exc:
+                raise StorageError(f"store {effect.op} failed: {type(exc).__name__}") from exc
+        if isinstance(effect, HttpRequest):
+            async with self._renewing(effect.hold):
+                try:
+                    raw = await self._client().request(
+                        effect.method,
+                        effect.url,
+                        headers=dict(effect.headers),
+                        content=effect.body,
+                        follow_redirects=False,
+                    )
+                except Exception as exc:
+                    if _is_client_error(exc):
+                        raise _transport_error(effect, exc) from exc
+                    raise
+            return _to_response(raw)
+        if isinstance(effect, Sleep):
+            await asyncio.sleep(effect.seconds)
+            return self._clock()
+        if isinstance(effect, Now):
+            return self._clock()
+        raise TypeError(f"unknown effect {effect!r}")
+
+    @contextlib.asynccontextmanager
+    async def _renewing(self, hold: LockHold | None) -> AsyncIterator[None]:
+        if hold is None:
+            yield
+            return
+        store = self._store
+
+        async def renew() -> None:
+            while True:
+                await asyncio.sleep(hold.ttl / 3)
+                try:
+                    if not await store.arenew_lock(hold.name, hold.owner, hold.ttl):
+                        log.warning("refresh lock lost while the provider call was in flight")
+                        return
+                except BrokerError as exc:
+                    log.warning("could not renew refresh lock: %s", exc)
+
+        task = asyncio.create_task(renew(), name="oauth2-broker-lock-renewal")
+        try:
+            yield
+        finally:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task

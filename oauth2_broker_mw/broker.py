@@ -1,0 +1,512 @@
+"""The Broker: one object serving sync and async callers for one provider registration.
+
+Owns: configuration, the in-process lease cache (bounded), the in-process singleflight shared
+by threads and tasks, the provider HTTP clients, and the public ``lease`` / ``alease``,
+``start_authorization``, ``exchange_code``, ``refresh``, ``revoke`` operations. Every OAuth
+decision is delegated to the sans-IO flows in ``_core/flows.py``; ``_drivers.py`` runs them.
+Must not import: starlette, requests, store driver modules (redis, psycopg).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import hashlib
+import threading
+import time
+import weakref
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, Self
+
+import cachetools
+import httpx2
+
+from ._core.errors import AuthorizationRequired, InsufficientScope, InvalidGrant
+from ._core.flows import (
+    AuthorizationRequest,
+    FlowConfig,
+    exchange_code_flow,
+    obtain_flow,
+    revoke_flow,
+    start_authorization_flow,
+)
+from ._core.model import (
+    Lease,
+    PrincipalId,
+    ProviderId,
+    ScopeSet,
+    Secret,
+    StoreKey,
+    TenantId,
+    TokenRecord,
+)
+from ._core.policy import RefreshPolicy
+from ._core.provider import ClientConfig, ProviderDescriptor
+from ._drivers import AsyncDriver, SyncDriver
+from ._singleflight import SingleFlight
+from .stores.base import TokenStore
+
+if TYPE_CHECKING:
+    import httpx
+
+    SyncClient = httpx2.Client | httpx.Client
+    AsyncClient = httpx2.AsyncClient | httpx.AsyncClient
+
+__all__ = ["Broker"]
+
+ScopesArg = ScopeSet | str | Iterable[str] | None
+
+
+@dataclass(frozen=True, slots=True)
+class _Cached:
+    lease: Lease
+    refresh_at: float
+
+
+class Broker:
+    """Owns one client registration at one provider and every token issued to it.
+
+    ``lease()`` / ``alease()`` return a valid access token for (tenant, principal, scopes):
+    the cached one while it is fresh; else a refresh when a refresh token is stored; else
+    client credentials when the provider offers them; else :class:`AuthorizationRequired`.
+    Concurrent callers of one key, threads and tasks alike, share one provider call; across
+    processes and hosts the store's lease lock and compare-and-swap do the same.
+    """
+
+    def __init__(
+        self,
+        provider: ProviderDescriptor,
+        *,
+        client_id: str,
+        client_secret: str | Secret | None = None,
+        store: TokenStore | None = None,
+        http_client: SyncClient | None = None,
+        async_http_client: AsyncClient | None = None,
+        private_key: Mapping[str, object] | str | None = None,
+        private_key_id: str | None = None,
+        refresh_margin: float = 60.0,
+        refresh_jitter: float = 30.0,
+        lock_ttl: float = 15.0,
+        lock_wait: float = 30.0,
+        pending_ttl: float = 600.0,
+        timeout: float = 10.0,
+        cache_size: int = 10_000,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if store is None:
+            from .stores.memory import MemoryStore
+
+            store = MemoryStore()
+        self._provider = provider
+        self._client_config = ClientConfig.create(
+            client_id,
+            client_secret=client_secret,
+            private_key=private_key,
+            private_key_id=private_key_id,
+        )
+        margin = provider.refresh_margin if provider.refresh_margin is not None else refresh_margin
+        self._policy = RefreshPolicy(margin=margin, jitter=refresh_jitter)
+        self._config = FlowConfig(
+            provider=provider,
+            client=self._client_config,
+            policy=self._policy,
+            lock_ttl=lock_ttl,
+            lock_wait=lock_wait,
+            pending_ttl=pending_ttl,
+        )
+        self._store = store
+        self._clock = clock
+        self._timeout = timeout
+        self._user_client = http_client
+        self._user_async_client = async_http_client
+        self._owned_client: httpx2.Client | None = None
+        self._owned_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient]
+        self._owned_async = weakref.WeakKeyDictionary()
+        self._client_lock = threading.Lock()
+        self._cache: cachetools.FIFOCache[str, _Cached] = cachetools.FIFOCache(cache_size)
+        self._cache_lock = threading.Lock()
+        self._flights: SingleFlight[Lease] = SingleFlight(wait_timeout=lock_wait + 3 * timeout)
+        self._sync = SyncDriver(store, self._sync_client, clock=clock)
+        self._async = AsyncDriver(store, self._async_client, clock=clock)
+        self._key_for = functools.lru_cache(maxsize=4096)(self._build_key)
+
+    # -- properties ---------------------------------------------------------------------------
+    @property
+    def provider(self) -> ProviderDescriptor:
+        return self._provider
+
+    @property
+    def store(self) -> TokenStore:
+        return self._store
+
+    @property
+    def client_id(self) -> str:
+        return self._client_config.client_id
+
+    def __repr__(self) -> str:
+        return f"Broker(provider={self._provider.id!r}, client_id={self.client_id!r})"
+
+    # -- keys and the in-process cache --------------------------------------------------------
+    def _build_key(self, tenant: str, principal: str, scopes: tuple[str, ...] | str) -> StoreKey:
+        scope_set = ScopeSet.of(scopes, self._provider.scope_delimiter)
+        return StoreKey(
+            TenantId(tenant),
+            PrincipalId(principal),
+            ProviderId(self._provider.id),
+            scope_set.fingerprint,
+        )
+
+    def _scopes(self, scopes: ScopesArg) -> ScopeSet:
+        if scopes is None:
+            return ScopeSet(tuple(self._provider.default_scopes))
+        return ScopeSet.of(scopes, self._provider.scope_delimiter)
+
+    def key(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> StoreKey:
+        """The store key for (tenant, principal, this provider, scopes); validates the ids."""
+        if scopes is None or isinstance(scopes, ScopeSet):
+            return self._build_key(tenant, principal, self._scopes(scopes).scopes)
+        hashable = scopes if isinstance(scopes, str) else tuple(scopes)
+        return self._key_for(tenant, principal, hashable)
+
+    def cached_lease(self, key: StoreKey) -> Lease | None:
+        """The fresh in-process lease for ``key``, or ``None``. No I/O and no lock."""
+        try:
+            entry = self._cache[key.id]
+        except KeyError:
+            return None
+        if self._clock() < entry.refresh_at:
+            return entry.lease
+        return None
+
+    def _remember(self, record: TokenRecord) -> Lease:
+        lease = Lease.from_record(record)
+        entry = _Cached(lease, self._policy.refresh_at(record))
+        with self._cache_lock:
+            self._cache[record.key.id] = entry
+        return lease
+
+    def _forget(self, key: StoreKey) -> None:
+        with self._cache_lock:
+            self._cache.pop(key.id, None)
+
+    # -- HTTP clients -------------------------------------------------------------------------
+    def _sync_client(self) -> Any:
+        if self._user_client is not None:
+            return self._user_client
+        if self._owned_client is None:
+            with self._client_lock:
+                if self._owned_client is None:
+                    self._owned_client = httpx2.Client(
+                        timeout=httpx2.Timeout(self._timeout), follow_redirects=False
+                    )
+        return self._owned_client
+
+    def _async_client(self) -> Any:
+        if self._user_async_client is not None:
+            return self._user_async_client
+        loop = asyncio.get_running_loop()
+        client = self._owned_async.get(loop)
+        if client is None:
+            client = httpx2.AsyncClient(
+                timeout=httpx2.Timeout(self._timeout), follow_redirects=False
+            )
+            self._owned_async[loop] = client
+        return client
+
+    # -- leases -------------------------------------------------------------------------------
+    def _flight_key(self, key: StoreKey, force: bool, stale: Secret | None) -> str:
+        if stale is not None:
+            digest = hashlib.sha256(stale.get_secret_value().encode()).hexdigest()[:32]
+            return f"{key.id}#stale:{digest}"
+        return f"{key.id}#force" if force else key.id
+
+    def _auth_required(self, key: StoreKey, exc: InvalidGrant) -> AuthorizationRequired:
+        self._forget(key)
+        error = AuthorizationRequired(
+            tenant=key.tenant,
+            principal=key.principal,
+            provider=key.provider,
+            scopes=(),
+            reason="the provider rejected the stored grant (invalid_grant); log in again",
+        )
+        error.__cause__ = exc
+        return error
+
+    def lease_for_key(
+        self,
+        key: StoreKey,
+        *,
+        scopes: ScopesArg = None,
+        required_scopes: Iterable[str] | None = None,
+        force_refresh: bool = False,
+        _stale: Secret | None = None,
+    ) -> Lease:
+        """:meth:`lease` for a key built with :meth:`key` (sync)."""
+        if not force_refresh and _stale is None:
+            cached = self.cached_lease(key)
+            if cached is not None:
+                return _check_required(cached, required_scopes)
+        requested = self._scopes(scopes)
+        flow_key = self._flight_key(key, force_refresh, _stale)
+
+        def work() -> Lease:
+            return self._remember(
+                self._sync.run(
+                    obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
+                )
+            )
+
+        try:
+            lease = self._flights.do(flow_key, work)
+        except InvalidGrant as exc:
+            raise self._auth_required(key, exc) from exc
+        return _check_required(lease, required_scopes)
+
+    async def alease_for_key(
+        self,
+        key: StoreKey,
+        *,
+        scopes: ScopesArg = None,
+        required_scopes: Iterable[str] | None = None,
+        force_refresh: bool = False,
+        _stale: Secret | None = None,
+    ) -> Lease:
+        """:meth:`alease` for a key built with :meth:`key` (async)."""
+        if not force_refresh and _stale is None:
+            cached = self.cached_lease(key)
+            if cached is not None:
+                return _check_required(cached, required_scopes)
+        requested = self._scopes(scopes)
+        flow_key = self._flight_key(key, force_refresh, _stale)
+
+        async def work() -> Lease:
+            return self._remember(
+                await self._async.run(
+                    obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
+                )
+            )
+
+        try:
+            lease = await self._flights.ado(flow_key, work)
+        except InvalidGrant as exc:
+            raise self._auth_required(key, exc) from exc
+        return _check_required(lease, required_scopes)
+
+    def lease(
+        self,
+        *,
+        tenant: str,
+        principal: str,
+        scopes: ScopesArg = None,
+        required_scopes: Iterable[str] | None = None,
+        force_refresh: bool = False,
+    ) -> Lease:
+        """A valid access token for (tenant, principal, scopes). Thread-safe."""
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        return self.lease_for_key(
+            key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
+        )
+
+    async def alease(
+        self,
+        *,
+        tenant: str,
+        principal: str,
+        scopes: ScopesArg = None,
+        required_scopes: Iterable[str] | None = None,
+        force_refresh: bool = False,
+    ) -> Lease:
+        """A valid access token for (tenant, principal, scopes). Never blocks the loop."""
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        return await self.alease_for_key(
+            key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
+        )
+
+    def replace_lease(self, stale: Lease) -> Lease:
+        """The token in ``stale`` was rejected: return a newer one (at most one refresh)."""
+        return self.lease_for_key(stale.key, scopes=stale.scopes, _stale=stale.access_token)
+
+    async def areplace_lease(self, stale: Lease) -> Lease:
+        """Async :meth:`replace_lease`."""
+        return await self.alease_for_key(stale.key, scopes=stale.scopes, _stale=stale.access_token)
+
+    def refresh(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> TokenRecord:
+        """Force one refresh (shared with concurrent callers) and return the stored record."""
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        self.lease_for_key(key, scopes=scopes, force_refresh=True)
+        return self._sync.run(_read_flow(key)) or _missing(key)
+
+    async def arefresh(
+        self, *, tenant: str, principal: str, scopes: ScopesArg = None
+    ) -> TokenRecord:
+        """Async :meth:`refresh`."""
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        await self.alease_for_key(key, scopes=scopes, force_refresh=True)
+        return await self._async.run(_read_flow(key)) or _missing(key)
+
+    # -- authorization code -------------------------------------------------------------------
+    def start_authorization(
+        self,
+        *,
+        tenant: str,
+        principal: str | None,
+        scopes: ScopesArg = None,
+        redirect_uri: str,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> AuthorizationRequest:
+        """Begin a login: returns the provider URL; state, PKCE verifier and nonce are kept."""
+        flow = start_authorization_flow(
+            self._config,
+            tenant=TenantId(tenant),
+            principal=None if principal is None else PrincipalId(principal),
+            scopes=self._scopes(scopes),
+            redirect_uri=redirect_uri,
+            extra_params=extra_params,
+        )
+        result: AuthorizationRequest = self._sync.run(flow)
+        return result
+
+    async def astart_authorization(
+        self,
+        *,
+        tenant: str,
+        principal: str | None,
+        scopes: ScopesArg = None,
+        redirect_uri: str,
+        extra_params: Mapping[str, str] | None = None,
+    ) -> AuthorizationRequest:
+        """Async :meth:`start_authorization`."""
+        flow = start_authorization_flow(
+            self._config,
+            tenant=TenantId(tenant),
+            principal=None if principal is None else PrincipalId(principal),
+            scopes=self._scopes(scopes),
+            redirect_uri=redirect_uri,
+            extra_params=extra_params,
+        )
+        result: AuthorizationRequest = await self._async.run(flow)
+        return result
+
+    def exchange_code(
+        self,
+        *,
+        state: str,
+        code: str,
+        iss: str | None = None,
+        callback_params: Mapping[str, str] | None = None,
+    ) -> TokenRecord:
+        """Finish a login started with :meth:`start_authorization`; stores the tokens."""
+        record: TokenRecord = self._sync.run(
+            exchange_code_flow(
+                self._config, state=state, code=code, iss=iss, callback_params=callback_params
+            )
+        )
+        self._remember(record)
+        return record
+
+    async def aexchange_code(
+        self,
+        *,
+        state: str,
+        code: str,
+        iss: str | None = None,
+        callback_params: Mapping[str, str] | None = None,
+    ) -> TokenRecord:
+        """Async :meth:`exchange_code`."""
+        record: TokenRecord = await self._async.run(
+            exchange_code_flow(
+                self._config, state=state, code=code, iss=iss, callback_params=callback_params
+            )
+        )
+        self._remember(record)
+        return record
+
+    # -- revocation and listing ---------------------------------------------------------------
+    def revoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
+        """Revoke at the provider (RFC 7009) when it can, then forget locally."""
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        self._forget(key)
+        try:
+            revoked: bool = self._sync.run(revoke_flow(self._config, key))
+        finally:
+            self._forget(key)
+        return revoked
+
+    async def arevoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
+        """Async :meth:`revoke`."""
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        self._forget(key)
+        try:
+            revoked: bool = await self._async.run(revoke_flow(self._config, key))
+        finally:
+            self._forget(key)
+        return revoked
+
+    def connections(self, *, tenant: str, principal: str) -> list[StoreKey]:
+        """Keys stored for this principal with this provider."""
+        keys = self._store.list_keys(TenantId(tenant), PrincipalId(principal))
+        return [k for k in keys if k.provider == self._provider.id]
+
+    async def aconnections(self, *, tenant: str, principal: str) -> list[StoreKey]:
+        """Async :meth:`connections`."""
+        keys = await self._store.alist_keys(TenantId(tenant), PrincipalId(principal))
+        return [k for k in keys if k.provider == self._provider.id]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the HTTP clients the broker created (not the ones passed in, nor the store)."""
+        if self._owned_client is not None:
+            self._owned_client.close()
+            self._owned_client = None
+
+    async def aclose(self) -> None:
+        """Close the HTTP clients the broker created on this loop and the sync one."""
+        loop = asyncio.get_running_loop()
+        client = self._owned_async.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+        self.close()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+def _check_required(lease: Lease, required: Iterable[str] | None) -> Lease:
+    if required:
+        missing = lease.scopes.missing(required)
+        if missing:
+            raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
+    return lease
+
+
+def _read_flow(key: StoreKey) -> Any:
+    from ._core.flows import _read
+
+    return _read(key)
+
+
+def _missing(key: StoreKey) -> TokenRecord:
+    raise AuthorizationRequired(
+        tenant=key.tenant, principal=key.principal, provider=key.provider, scopes=()
+    )
