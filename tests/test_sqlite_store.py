@@ -162,6 +162,27 @@ def test_new_file_is_wal_with_current_schema_version(store: SQLiteStore, db_path
         conn.close()
 
 
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_new_file_is_private_to_its_owner(store: SQLiteStore, db_path: Path) -> None:
+    store.put(make_record(key_for(), ACCESS))
+    assert db_path.stat().st_mode & 0o777 == 0o600
+    wal = db_path.with_name(db_path.name + "-wal")
+    assert wal.exists()
+    assert wal.stat().st_mode & 0o777 == 0o600
+
+
+@pytest.mark.skipif(os.name != "posix", reason="POSIX file modes")
+def test_existing_file_keeps_its_mode(db_path: Path) -> None:
+    db_path.touch(mode=0o640)
+    db_path.chmod(0o640)
+    store = SQLiteStore(db_path)
+    try:
+        store.put(make_record(key_for()))
+    finally:
+        store.close()
+    assert db_path.stat().st_mode & 0o777 == 0o640
+
+
 def test_data_survives_reopening(db_path: Path) -> None:
     first = SQLiteStore(db_path)
     stored = first.put(make_record(key_for(), ACCESS, refresh_token=Secret("rt-1")))

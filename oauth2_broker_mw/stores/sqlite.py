@@ -155,6 +155,8 @@ class SQLiteStore(ThreadedAsyncMixin):
 
     # -- connections ------------------------------------------------------------------------
     def _open(self) -> sqlite3.Connection:
+        if not self._schema_ready:
+            self._create_private_file()
         conn = sqlite3.connect(
             self._path,
             timeout=self._timeout,
@@ -170,6 +172,19 @@ class SQLiteStore(ThreadedAsyncMixin):
             conn.close()
             raise
         return conn
+
+    def _create_private_file(self) -> None:
+        # The file holds bearer tokens: create it readable by its owner only. SQLite gives
+        # the -wal and -shm files the same permissions as the database file.
+        try:
+            fd = os.open(self._path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            return
+        except OSError as exc:
+            raise StoreUnavailable(
+                f"cannot create the SQLite file: {exc.strerror or type(exc).__name__}"
+            ) from exc
+        os.close(fd)
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # WAL is a property of the file: set once, kept by every later connection.
