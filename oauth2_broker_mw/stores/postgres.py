@@ -1,0 +1,509 @@
+"""``PostgresStore``: tokens, lease locks and pending logins in PostgreSQL, for many hosts.
+
+Owns: the SQL schema and its migrations (applied by the store itself under an advisory
+lock), the statements behind every store operation, connection pooling (psycopg_pool) and
+the conversion of psycopg errors into ``StoreUnavailable`` / ``StorageError``. Every
+operation is written once as a generator of :class:`Sql` statements (see ``_commands``);
+all statements of one operation run in one transaction on one connection, driven by a
+``psycopg.Connection`` or a ``psycopg.AsyncConnection``.
+
+Schema (``S`` is the schema, ``oauth2_broker`` by default)::
+
+    S.schema_migrations(version PK, applied_at, description)
+    S.tokens(key_id PK, tenant, principal, provider, scope_fingerprint, version, data jsonb,
+             updated_at)                       index (tenant, principal)
+    S.locks(name PK, owner, expires_at)        expiry against the database's clock
+    S.pending(state_key PK, data jsonb, expires_at)   index (expires_at)
+
+Expired locks and pending logins are purged opportunistically (every ``purge_every``-th
+lock/pending write of a store instance): no cron job.
+
+Must not import: redis, httpx/httpx2, the broker. psycopg is imported here only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import itertools
+import re
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Final, TypeVar
+
+try:
+    import psycopg
+    import psycopg.conninfo
+    import psycopg_pool
+except ImportError as exc:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "PostgresStore needs psycopg 3 and psycopg_pool: pip install 'oauth2-broker-mw[postgres]'"
+    ) from exc
+
+from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
+from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
+from ._commands import CommandStore, Op, PerLoop
+
+__all__ = ["SCHEMA_VERSION", "PostgresStore"]
+
+T = TypeVar("T")
+
+_SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+# (version, description, statements). Append only: never edit a released migration.
+# ``{s}`` is the quoted schema name.
+_MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
+    (
+        1,
+        "tokens, locks, pending authorizations",
+        (
+            """CREATE TABLE {s}.tokens (
+                key_id text PRIMARY KEY,
+                tenant text NOT NULL,
+                principal text NOT NULL,
+                provider text NOT NULL,
+                scope_fingerprint text NOT NULL,
+                version bigint NOT NULL CHECK (version > 0),
+                data jsonb NOT NULL,
+                updated_at timestamptz NOT NULL DEFAULT now()
+            )""",
+            "CREATE INDEX tokens_tenant_principal ON {s}.tokens (tenant, principal)",
+            """CREATE TABLE {s}.locks (
+                name text PRIMARY KEY,
+                owner text NOT NULL,
+                expires_at timestamptz NOT NULL
+            )""",
+            """CREATE TABLE {s}.pending (
+                state_key text PRIMARY KEY,
+                data jsonb NOT NULL,
+                expires_at timestamptz NOT NULL
+            )""",
+            "CREATE INDEX pending_expires_at ON {s}.pending (expires_at)",
+        ),
+    ),
+)
+
+#: The schema version this release creates and understands.
+SCHEMA_VERSION: Final = _MIGRATIONS[-1][0]
+
+
+@dataclass(frozen=True, slots=True)
+class Sql:
+    """One statement for a runner; its result is the list of returned rows."""
+
+    query: str
+    params: tuple[Any, ...] = ()
+
+
+def _advisory_key(schema: str) -> int:
+    digest = hashlib.sha256(f"oauth2_broker_mw:migrate:{schema}".encode()).digest()
+    return int.from_bytes(digest[:8], "big", signed=True)
+
+
+def redact_dsn(dsn: str) -> str:
+    """``dsn`` (URL or ``key=value`` form) with any password replaced by ``***``."""
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<unparseable dsn>"
+    if "password" in params:
+        params["password"] = "***"
+    return psycopg.conninfo.make_conninfo(**{k: str(v) for k, v in params.items()})
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc)
+    return text.splitlines()[0][:200] if text else ""
+
+
+def _convert(exc: BaseException) -> StorageError:
+    # Only the first line: DETAIL lines may echo row contents.
+    if isinstance(exc, psycopg.OperationalError | psycopg.InterfaceError | OSError):
+        return StoreUnavailable(
+            f"PostgreSQL unavailable ({type(exc).__name__}): {_first_line(exc)}"
+        )
+    if isinstance(exc, psycopg_pool.PoolClosed):
+        return StoreUnavailable("PostgreSQL pool is closed")
+    return StorageError(f"PostgreSQL error ({type(exc).__name__}): {_first_line(exc)}")
+
+
+class PostgresStore(CommandStore):
+    """A ``TokenStore`` in PostgreSQL (≥ 12), shared by every process on every host.
+
+    Build it from a DSN (``postgresql://...`` or ``host=... dbname=...``; pools with connect
+    and statement timeouts are made for you, opened on first use) or from pools the
+    application already has::
+
+        PostgresStore("postgresql://broker@db/app")
+        PostgresStore(pool=ConnectionPool(...), async_pool=AsyncConnectionPool(...))
+
+    With only ``pool``, the async methods run the sync pool in a worker thread; with only
+    ``async_pool``, the sync methods are unavailable. Pools passed in are neither opened nor
+    closed by the store; pools built from ``dsn`` are. The async pool is created inside the
+    running event loop (one per loop).
+
+    The schema (``schema``, default ``oauth2_broker``) is created and migrated on first use;
+    see ``docs/deployment.md``. ``clock`` is what pending authorizations' ``expires_at`` is
+    measured against; lock expiry uses the database server's clock.
+    """
+
+    def __init__(
+        self,
+        dsn: str | None = None,
+        *,
+        pool: psycopg_pool.ConnectionPool[Any] | None = None,
+        async_pool: psycopg_pool.AsyncConnectionPool[Any] | None = None,
+        schema: str = "oauth2_broker",
+        min_size: int = 1,
+        max_size: int = 10,
+        timeout: float = 5.0,
+        statement_timeout: float | None = 10.0,
+        purge_every: int = 100,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if dsn is None and pool is None and async_pool is None:
+            raise ConfigurationError("PostgresStore needs a dsn, a pool or an async_pool")
+        if not _SCHEMA_RE.match(schema):
+            raise ConfigurationError(
+                "PostgreSQL schema must be a lowercase identifier ([a-z_][a-z0-9_]*, ≤ 63)"
+            )
+        if purge_every < 1:
+            raise ConfigurationError("purge_every must be at least 1")
+        self._dsn = dsn
+        self._schema = schema
+        self._s = f'"{schema}"'
+        self._min_size = min_size
+        self._max_size = max_size
+        self._timeout = timeout
+        self._statement_timeout = statement_timeout
+        self._purge_every = purge_every
+        self._writes = itertools.count(1)
+        self._clock = clock
+        self._given_pool = pool
+        self._given_async_pool = async_pool
+        self._own_pool: psycopg_pool.ConnectionPool[Any] | None = None
+        self._pool_lock = threading.Lock()
+        self._migrated = False
+        self._async: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
+            self._new_async_pool, self._close_async_pool
+        )
+
+    def __repr__(self) -> str:
+        where = redact_dsn(self._dsn) if self._dsn is not None else "<pool>"
+        return f"PostgresStore({where!r}, schema={self._schema!r})"
+
+    # -- pools ------------------------------------------------------------------------------
+    def _kwargs(self) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {"connect_timeout": max(1, round(self._timeout))}
+        if self._statement_timeout is not None:
+            ms = max(1, round(self._statement_timeout * 1000))
+            given = psycopg.conninfo.conninfo_to_dict(self._dsn or "").get("options")
+            kwargs["options"] = f"{given or ''} -c statement_timeout={ms}".strip()
+        return kwargs
+
+    def _sync_pool(self) -> psycopg_pool.ConnectionPool[Any]:
+        if self._given_pool is not None:
+            return self._given_pool
+        if self._own_pool is None:
+            if self._dsn is None:
+                raise ConfigurationError(
+                    "this PostgresStore was built with only an async_pool: use the async methods"
+                )
+            pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+                self._dsn,
+                kwargs=self._kwargs(),
+                min_size=self._min_size,
+                max_size=self._max_size,
+                timeout=self._timeout,
+                open=False,
+                name=f"oauth2-broker-{self._schema}",
+            )
+            with self._pool_lock:
+                if self._own_pool is None:
+                    pool.open(wait=False)
+                    self._own_pool = pool
+        return self._own_pool
+
+    async def _new_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+        if self._given_async_pool is not None:
+            return self._given_async_pool
+        assert self._dsn is not None
+        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+            self._dsn,
+            kwargs=self._kwargs(),
+            min_size=self._min_size,
+            max_size=self._max_size,
+            timeout=self._timeout,
+            open=False,
+            name=f"oauth2-broker-{self._schema}-async",
+        )
+        await pool.open(wait=False)
+        return pool
+
+    async def _close_async_pool(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
+        if pool is not self._given_async_pool:
+            await pool.close()
+
+    def close(self) -> None:
+        if self._own_pool is not None:
+            self._own_pool.close()
+            self._own_pool = None
+
+    async def aclose(self) -> None:
+        await self._async.aclose_current()
+        if self._own_pool is not None:
+            await asyncio.to_thread(self.close)
+
+    # -- drivers ----------------------------------------------------------------------------
+    # One operation = one transaction on one connection. If the very first statement fails
+    # because the pooled connection was dead (server restarted, pg_terminate_backend, idle
+    # timeout), nothing was done yet, so it is sent once more on a fresh connection.
+
+    def _run(self, op: Op[T]) -> T:
+        try:
+            pool = self._sync_pool()
+            if not self._migrated:
+                self._run_on(pool, self._op_migrate())
+                self._migrated = True
+            return self._run_on(pool, op)
+        except (psycopg.Error, OSError) as exc:
+            raise _convert(exc) from exc
+        finally:
+            op.close()
+
+    def _run_on(self, pool: psycopg_pool.ConnectionPool[Any], op: Op[T]) -> T:
+        command: Sql = next(op)
+        for attempt in (1, 2):
+            started = False
+            conn: psycopg.Connection[Any] | None = None
+            try:
+                with pool.connection() as conn, conn.cursor() as cur:
+                    try:
+                        while True:
+                            cur.execute(command.query, command.params)
+                            started = True
+                            rows = cur.fetchall() if cur.description is not None else []
+                            command = op.send(rows)
+                    except StopIteration as stop:
+                        result: T = stop.value
+                return result
+            except psycopg.OperationalError:
+                if attempt == 1 and not started and conn is not None and conn.broken:
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _arun(self, op: Op[T]) -> T:
+        if self._dsn is None and self._given_async_pool is None:
+            return await asyncio.to_thread(self._run, op)
+        try:
+            pool = await self._async.get()
+            if not self._migrated:
+                await self._arun_on(pool, self._op_migrate())
+                self._migrated = True
+            return await self._arun_on(pool, op)
+        except (psycopg.Error, OSError) as exc:
+            raise _convert(exc) from exc
+        finally:
+            op.close()
+
+    async def _arun_on(self, pool: psycopg_pool.AsyncConnectionPool[Any], op: Op[T]) -> T:
+        command: Sql = next(op)
+        for attempt in (1, 2):
+            started = False
+            conn: psycopg.AsyncConnection[Any] | None = None
+            try:
+                async with pool.connection() as conn, conn.cursor() as cur:
+                    try:
+                        while True:
+                            await cur.execute(command.query, command.params)
+                            started = True
+                            rows = await cur.fetchall() if cur.description is not None else []
+                            command = op.send(rows)
+                    except StopIteration as stop:
+                        result: T = stop.value
+                return result
+            except psycopg.OperationalError:
+                if attempt == 1 and not started and conn is not None and conn.broken:
+                    continue
+                raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    # -- schema -----------------------------------------------------------------------------
+    def _op_migrate(self) -> Op[int]:
+        """Bring the schema to :data:`SCHEMA_VERSION`; safe when many processes start at once."""
+        s = self._s
+        rows = yield Sql("SELECT to_regclass(%s)", (f"{s}.schema_migrations",))
+        if rows[0][0] is not None:
+            rows = yield Sql(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")  # noqa: S608
+            if rows[0][0] == SCHEMA_VERSION:
+                return SCHEMA_VERSION  # the common case: one cheap read, no lock
+        yield Sql("SELECT pg_advisory_xact_lock(%s)", (_advisory_key(self._schema),))
+        yield Sql(f"CREATE SCHEMA IF NOT EXISTS {s}")
+        yield Sql(
+            f"CREATE TABLE IF NOT EXISTS {s}.schema_migrations ("
+            "version integer PRIMARY KEY, "
+            "applied_at timestamptz NOT NULL DEFAULT now(), "
+            "description text NOT NULL)"
+        )
+        rows = yield Sql(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")  # noqa: S608
+        current = int(rows[0][0])
+        if current > SCHEMA_VERSION:
+            raise StorageError(
+                f"PostgreSQL schema {self._schema!r} is at version {current}, newer than this "
+                f"release understands ({SCHEMA_VERSION}): upgrade oauth2-broker-mw"
+            )
+        for version, description, statements in _MIGRATIONS:
+            if version <= current:
+                continue
+            for statement in statements:
+                yield Sql(statement.format(s=s))
+            yield Sql(
+                f"INSERT INTO {s}.schema_migrations (version, description) VALUES (%s, %s)",  # noqa: S608
+                (version, description),
+            )
+        return SCHEMA_VERSION
+
+    def schema_version(self) -> int:
+        """Migrate if needed and return the schema version (for health checks and tools)."""
+        return self._run(self._op_current_version())
+
+    def _op_current_version(self) -> Op[int]:
+        rows = yield Sql(f"SELECT coalesce(max(version), 0) FROM {self._s}.schema_migrations")  # noqa: S608
+        return int(rows[0][0])
+
+    # -- operations (one source for sync and async) -----------------------------------------
+    def _op_get(self, key: StoreKey) -> Op[TokenRecord | None]:
+        rows = yield Sql(
+            f"SELECT version, data::text FROM {self._s}.tokens WHERE key_id = %s",  # noqa: S608
+            (key.id,),
+        )
+        if not rows:
+            return None
+        version, data = rows[0]
+        record = TokenRecord.from_json(data)
+        if record.key != key:
+            raise CorruptRecord("stored token record belongs to another key")
+        return record.with_version(int(version))
+
+    def _op_write(
+        self, record: TokenRecord, expected_version: int | None, *, unconditional: bool
+    ) -> Op[TokenRecord | None]:
+        s, key, data = self._s, record.key, record.to_json()
+        columns = (key.id, key.tenant, key.principal, key.provider, key.scope_fingerprint, data)
+        insert = (
+            f"INSERT INTO {s}.tokens AS t "  # noqa: S608
+            "(key_id, tenant, principal, provider, scope_fingerprint, version, data) "
+            "VALUES (%s, %s, %s, %s, %s, 1, %s::jsonb) "
+        )
+        if unconditional:
+            rows = yield Sql(
+                insert + "ON CONFLICT (key_id) DO UPDATE SET data = EXCLUDED.data, "
+                "version = t.version + 1, updated_at = now() RETURNING t.version",
+                columns,
+            )
+        elif expected_version is None:
+            rows = yield Sql(insert + "ON CONFLICT (key_id) DO NOTHING RETURNING version", columns)
+        else:
+            rows = yield Sql(
+                f"UPDATE {s}.tokens SET data = %s::jsonb, version = version + 1, "  # noqa: S608
+                "updated_at = now() WHERE key_id = %s AND version = %s RETURNING version",
+                (data, key.id, int(expected_version)),
+            )
+        if not rows:
+            return None
+        return record.with_version(int(rows[0][0]))
+
+    def _op_delete(self, key: StoreKey, expected_version: int | None) -> Op[bool]:
+        if expected_version is None:
+            rows = yield Sql(
+                f"DELETE FROM {self._s}.tokens WHERE key_id = %s RETURNING 1",  # noqa: S608
+                (key.id,),
+            )
+        else:
+            rows = yield Sql(
+                f"DELETE FROM {self._s}.tokens WHERE key_id = %s AND version = %s RETURNING 1",  # noqa: S608
+                (key.id, int(expected_version)),
+            )
+        return bool(rows)
+
+    def _op_list_keys(self, tenant: TenantId, principal: str | None) -> Op[list[StoreKey]]:
+        select = (
+            f"SELECT tenant, principal, provider, scope_fingerprint FROM {self._s}.tokens "  # noqa: S608
+            "WHERE tenant = %s"
+        )
+        if principal is None:
+            rows = yield Sql(select + " ORDER BY key_id", (tenant,))
+        else:
+            rows = yield Sql(
+                select + " AND principal = %s ORDER BY key_id", (tenant, PrincipalId(principal))
+            )
+        return [StoreKey(*row) for row in rows]
+
+    def _op_list_tenants(self) -> Op[list[TenantId]]:
+        rows = yield Sql(f"SELECT DISTINCT tenant FROM {self._s}.tokens ORDER BY tenant")  # noqa: S608
+        return [TenantId(row[0]) for row in rows]
+
+    def _op_purge(self) -> Op[None]:
+        """Drop long-expired locks and pendings, every ``purge_every``-th write (no cron)."""
+        if next(self._writes) % self._purge_every:
+            return
+        s = self._s
+        yield Sql(f"DELETE FROM {s}.locks WHERE expires_at < now() - interval '1 minute'")  # noqa: S608
+        yield Sql(f"DELETE FROM {s}.pending WHERE expires_at < now() - interval '1 minute'")  # noqa: S608
+
+    def _op_acquire_lock(self, name: str, owner: str, ttl: float) -> Op[bool]:
+        yield from self._op_purge()
+        rows = yield Sql(
+            f"INSERT INTO {self._s}.locks AS l (name, owner, expires_at) "  # noqa: S608
+            "VALUES (%s, %s, clock_timestamp() + make_interval(secs => %s)) "
+            "ON CONFLICT (name) DO UPDATE SET owner = EXCLUDED.owner, "
+            "expires_at = EXCLUDED.expires_at "
+            "WHERE l.expires_at <= clock_timestamp() OR l.owner = EXCLUDED.owner "
+            "RETURNING 1",
+            (name, owner, ttl),
+        )
+        return bool(rows)
+
+    def _op_renew_lock(self, name: str, owner: str, ttl: float) -> Op[bool]:
+        rows = yield Sql(
+            f"UPDATE {self._s}.locks SET expires_at = clock_timestamp() + "  # noqa: S608
+            "make_interval(secs => %s) "
+            "WHERE name = %s AND owner = %s AND expires_at > clock_timestamp() RETURNING 1",
+            (ttl, name, owner),
+        )
+        return bool(rows)
+
+    def _op_release_lock(self, name: str, owner: str) -> Op[bool]:
+        rows = yield Sql(
+            f"DELETE FROM {self._s}.locks WHERE name = %s AND owner = %s "  # noqa: S608
+            "RETURNING expires_at > clock_timestamp()",
+            (name, owner),
+        )
+        return bool(rows and rows[0][0])
+
+    def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
+        yield from self._op_purge()
+        yield Sql(
+            f"INSERT INTO {self._s}.pending (state_key, data, expires_at) "  # noqa: S608
+            "VALUES (%s, %s::jsonb, to_timestamp(%s)) "
+            "ON CONFLICT (state_key) DO UPDATE SET data = EXCLUDED.data, "
+            "expires_at = EXCLUDED.expires_at",
+            (pending.state_key, pending.to_json(), pending.expires_at),
+        )
+        return None
+
+    def _op_take_pending(self, state_key: str) -> Op[PendingAuthorization | None]:
+        rows = yield Sql(
+            f"DELETE FROM {self._s}.pending WHERE state_key = %s "  # noqa: S608
+            "RETURNING data::text, expires_at > to_timestamp(%s)",
+            (state_key, self._clock()),
+        )
+        if not rows or not rows[0][1]:
+            return None
+        pending = PendingAuthorization.from_json(rows[0][0])
+        if pending.state_key != state_key:
+            raise CorruptRecord("stored pending authorization belongs to another state")
+        return pending
