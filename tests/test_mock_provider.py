@@ -1,0 +1,1232 @@
+"""MockProvider behaves like a real OAuth 2.0 / OIDC authorization server.
+
+Driven with plain httpx2 requests, in-process (sync transport on a background loop, and
+``httpx2.ASGITransport``) and over a real loopback socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import json
+import secrets
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+from urllib.parse import parse_qs, quote_plus, urlsplit
+
+import httpx2
+import pytest
+from joserfc import jwt
+from joserfc.jwk import KeySet
+
+from oauth2_broker_mw.testing import MockClient, MockProvider, MockQuirks
+
+REDIRECT = "http://localhost:8000/callback"
+AUTH = ("test-client", "test-secret")
+
+
+def pkce_pair() -> tuple[str, str]:
+    verifier = secrets.token_urlsafe(48)
+    digest = hashlib.sha256(verifier.encode()).digest()
+    return verifier, base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+
+
+def authorize(client: httpx2.Client, **params: str) -> httpx2.Response:
+    query = {
+        "response_type": "code",
+        "client_id": "test-client",
+        "redirect_uri": REDIRECT,
+        "scope": "openid read",
+        "state": "st-1",
+    }
+    query.update(params)
+    return client.get("/authorize", params={k: v for k, v in query.items() if v != "<omit>"})
+
+
+def redirect_params(response: httpx2.Response) -> dict[str, str]:
+    assert response.status_code == 302, response.text
+    location = response.headers["location"]
+    assert location.startswith(REDIRECT)
+    return {k: v[0] for k, v in parse_qs(urlsplit(location).query).items()}
+
+
+def code_flow(client: httpx2.Client, scope: str = "openid read", **params: str) -> dict[str, Any]:
+    verifier, challenge = pkce_pair()
+    got = redirect_params(
+        authorize(
+            client, scope=scope, code_challenge=challenge, code_challenge_method="S256", **params
+        )
+    )
+    response = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": got["code"],
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+        auth=AUTH,
+        headers={"Accept": "application/json"},
+    )
+    assert response.status_code == 200, response.text
+    body: dict[str, Any] = response.json()
+    return body
+
+
+def refresh(client: httpx2.Client, refresh_token: str, **extra: str) -> httpx2.Response:
+    return client.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": refresh_token, **extra},
+        auth=AUTH,
+        headers={"Accept": "application/json"},
+    )
+
+
+def resource(client: httpx2.Client, access_token: str, **params: str) -> httpx2.Response:
+    return client.get(
+        "/resource", params=params, headers={"Authorization": f"Bearer {access_token}"}
+    )
+
+
+@pytest.fixture
+def client(mock_provider: MockProvider) -> Iterator[httpx2.Client]:
+    with mock_provider.client() as c:
+        yield c
+
+
+# ---------------------------------------------------------------- authorization code + PKCE
+
+
+def test_code_flow_with_pkce_issues_working_tokens(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    tokens = code_flow(client)
+    assert tokens["token_type"] == "Bearer"
+    assert tokens["expires_in"] == 3600
+    assert tokens["scope"] == "openid read"
+    assert tokens["access_token"] != tokens["refresh_token"]
+    assert len(tokens["access_token"]) > 40
+    got = resource(client, tokens["access_token"])
+    assert got.status_code == 200
+    assert got.json() == {
+        "sub": "user-1",
+        "scope": "openid read",
+        "client_id": "test-client",
+        "method": "GET",
+        "body_len": 0,
+    }
+    counters = mock_provider.counters
+    assert counters["authorize"] == 1
+    assert counters["token"] == 1
+    assert counters["token:authorization_code"] == 1
+    assert counters["resource"] == 1
+    assert counters["never-touched"] == 0
+
+
+def test_code_flow_over_loopback(mock_provider: MockProvider, mock_provider_url: str) -> None:
+    assert mock_provider.issuer == mock_provider_url
+    assert mock_provider_url.startswith("http://127.0.0.1:")
+    with httpx2.Client(base_url=mock_provider_url) as c:
+        meta = c.get("/.well-known/oauth-authorization-server").json()
+        assert meta["token_endpoint"] == f"{mock_provider_url}/token"
+        tokens = code_flow(c)
+        assert resource(c, tokens["access_token"]).json()["sub"] == "user-1"
+    assert mock_provider.counters["token:authorization_code"] == 1
+
+
+def test_serve_restores_issuer(mock_provider: MockProvider) -> None:
+    with mock_provider.serve() as url:
+        assert httpx2.get(f"{url}/.well-known/openid-configuration").json()["issuer"] == url
+    assert mock_provider.issuer == "https://mock-idp.test"
+
+
+async def test_code_flow_async_client(mock_provider: MockProvider) -> None:
+    verifier, challenge = pkce_pair()
+    async with mock_provider.async_client() as c:
+        response = await c.get(
+            "/authorize",
+            params={
+                "response_type": "code",
+                "client_id": "test-client",
+                "redirect_uri": REDIRECT,
+                "code_challenge": challenge,
+                "code_challenge_method": "S256",
+                "scope": "read",
+            },
+        )
+        code = redirect_params(response)["code"]
+        token = await c.post(
+            "/token",
+            data={
+                "grant_type": "authorization_code",
+                "code": code,
+                "redirect_uri": REDIRECT,
+                "code_verifier": verifier,
+            },
+            auth=AUTH,
+        )
+        assert token.status_code == 200
+        got = await c.post(
+            "/resource",
+            content=b"hello",
+            headers={"Authorization": f"Bearer {token.json()['access_token']}"},
+        )
+        assert got.json()["method"] == "POST"
+        assert got.json()["body_len"] == 5
+
+
+def test_rfc7636_appendix_b_vector_is_accepted(client: httpx2.Client) -> None:
+    got = redirect_params(
+        authorize(
+            client,
+            code_challenge="E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM",
+            code_challenge_method="S256",
+        )
+    )
+    response = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": got["code"],
+            "redirect_uri": REDIRECT,
+            "code_verifier": "dBjftJeZ4CVP-mB92K27uhbUJU1p1r_wW1gFWFOEjXk",
+        },
+        auth=AUTH,
+    )
+    assert response.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("verifier", "with_challenge"),
+    [
+        ("wrong-" + "x" * 50, True),  # does not match the challenge
+        (None, True),  # challenge sent, verifier missing
+        ("v" * 50, False),  # verifier without a challenge (PKCE downgrade)
+    ],
+)
+def test_pkce_mismatch_is_invalid_grant(
+    client: httpx2.Client, verifier: str | None, with_challenge: bool
+) -> None:
+    _, challenge = pkce_pair()
+    extra = {"code_challenge": challenge, "code_challenge_method": "S256"} if with_challenge else {}
+    code = redirect_params(authorize(client, **extra))["code"]
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+    if verifier is not None:
+        data["code_verifier"] = verifier
+    response = client.post("/token", data=data, auth=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"] == "invalid_grant"
+
+
+def test_code_is_single_use_and_reuse_revokes_its_tokens(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    code = redirect_params(authorize(client))["code"]
+    data = {"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT}
+    first = client.post("/token", data=data, auth=AUTH)
+    assert first.status_code == 200
+    access = first.json()["access_token"]
+    assert resource(client, access).status_code == 200
+    second = client.post("/token", data=data, auth=AUTH)
+    assert second.status_code == 400
+    assert second.json()["error"] == "invalid_grant"
+    assert resource(client, access).status_code == 401
+    assert refresh(client, first.json()["refresh_token"]).json()["error"] == "invalid_grant"
+    assert mock_provider.counters["code_reuse"] == 1
+
+
+def test_code_bound_to_redirect_uri_and_client(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.register_client("other", "other-secret")
+    code = redirect_params(authorize(client))["code"]
+    wrong_uri = client.post(
+        "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT + "x"},
+        auth=AUTH,
+    )
+    assert wrong_uri.json()["error"] == "invalid_grant"
+    other_client = client.post(
+        "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT},
+        auth=("other", "other-secret"),
+    )
+    assert other_client.json()["error"] == "invalid_grant"
+
+
+def test_code_expires(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    code = redirect_params(authorize(client))["code"]
+    mock_provider.advance_time(61)
+    response = client.post(
+        "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT},
+        auth=AUTH,
+    )
+    assert response.json()["error"] == "invalid_grant"
+
+
+# ---------------------------------------------------------------- /authorize validation
+
+
+def test_authorize_echoes_state_and_optionally_iss(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    got = redirect_params(authorize(client, state="abc 123"))
+    assert got["state"] == "abc 123"
+    assert "iss" not in got
+    mock_provider.send_iss = True
+    got = redirect_params(authorize(client))
+    assert got["iss"] == "https://mock-idp.test"
+    meta = client.get("/.well-known/oauth-authorization-server").json()
+    assert meta["authorization_response_iss_parameter_supported"] is True
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"client_id": "nobody"},
+        {"redirect_uri": "ftp://example.test/cb"},
+        {"redirect_uri": "<omit>"},
+    ],
+)
+def test_authorize_without_a_trusted_redirect_shows_an_error_page(
+    client: httpx2.Client, params: dict[str, str]
+) -> None:
+    response = authorize(client, **params)
+    assert response.status_code == 400
+    assert "location" not in response.headers
+    assert response.headers["content-type"].startswith("text/html")
+
+
+def test_authorize_registered_redirect_uris_must_match_exactly(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.register_client("strict", "s", redirect_uris=[REDIRECT])
+    assert authorize(client, client_id="strict", redirect_uri=REDIRECT + "/x").status_code == 400
+    assert "code" in redirect_params(authorize(client, client_id="strict"))
+    # a single registered URI is used when the request omits redirect_uri
+    assert "code" in redirect_params(authorize(client, client_id="strict", redirect_uri="<omit>"))
+
+
+@pytest.mark.parametrize(
+    ("params", "error"),
+    [
+        ({"response_type": "token"}, "unsupported_response_type"),
+        ({"code_challenge": "E9Melhoa2OwvFrEMTJguCHaoeK1t8URWbuGJSstw-cM"}, "invalid_request"),
+        (
+            {"code_challenge": "short", "code_challenge_method": "S256"},
+            "invalid_request",
+        ),
+        ({"scope": "bad\\scope"}, "invalid_scope"),
+    ],
+)
+def test_authorize_errors_redirect_back_with_state(
+    client: httpx2.Client, params: dict[str, str], error: str
+) -> None:
+    got = redirect_params(authorize(client, **params))
+    assert got["error"] == error
+    assert got["state"] == "st-1"
+    assert "code" not in got
+
+
+def test_pkce_required(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.pkce = "required"
+    assert redirect_params(authorize(client))["error"] == "invalid_request"
+    code_flow(client)  # with PKCE it works
+    assert mock_provider.counters["token:authorization_code"] == 1
+
+
+def test_forced_authorize_error(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.faults.add("authorize", error="access_denied")
+    got = redirect_params(authorize(client))
+    assert got == {"error": "access_denied", "state": "st-1"}
+    assert "code" in redirect_params(authorize(client))
+
+
+def test_login_hint_picks_subject(client: httpx2.Client) -> None:
+    tokens = code_flow(client, login_hint="alice")
+    assert resource(client, tokens["access_token"]).json()["sub"] == "alice"
+
+
+def test_login_form_when_not_auto_approving(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.auto_approve = False
+    mock_provider.users = {"bob": "hunter2"}
+    page = authorize(client)
+    assert page.status_code == 200
+    assert 'id="login"' in page.text
+    assert 'name="username"' in page.text
+    hidden = {
+        "response_type": "code",
+        "client_id": "test-client",
+        "redirect_uri": REDIRECT,
+        "scope": "openid read",
+        "state": "st-1",
+    }
+    bad = client.post("/authorize", data={**hidden, "username": "bob", "password": "nope"})
+    assert bad.status_code == 401
+    assert 'id="login"' in bad.text
+    denied = client.post("/authorize", data={**hidden, "username": "bob", "action": "deny"})
+    assert redirect_params(denied)["error"] == "access_denied"
+    ok = client.post(
+        "/authorize", data={**hidden, "username": "bob", "password": "hunter2", "action": "approve"}
+    )
+    code = redirect_params(ok)["code"]
+    tokens = client.post(
+        "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT},
+        auth=AUTH,
+    ).json()
+    assert resource(client, tokens["access_token"]).json()["sub"] == "bob"
+
+
+def test_redirect_extra_params(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks.redirect_extra_params = {"realmId": "4620816365"}
+    got = redirect_params(authorize(client))
+    assert got["realmId"] == "4620816365"
+    assert "code" in got
+
+
+# ---------------------------------------------------------------- refresh
+
+
+def test_refresh_rotates_and_old_access_token_stays_valid(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    tokens = code_flow(client)
+    response = refresh(client, tokens["refresh_token"])
+    assert response.status_code == 200
+    new = response.json()
+    assert new["refresh_token"] != tokens["refresh_token"]
+    assert new["access_token"] != tokens["access_token"]
+    assert resource(client, new["access_token"]).status_code == 200
+    assert resource(client, tokens["access_token"]).status_code == 200
+    assert mock_provider.refresh_tokens_redeemed == 1
+    assert mock_provider.counters["token:refresh_token"] == 1
+    assert refresh(client, new["refresh_token"]).status_code == 200
+    assert mock_provider.refresh_tokens_redeemed == 2
+
+
+def test_reusing_a_rotated_refresh_token_revokes_the_family(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    tokens = code_flow(client)
+    unrelated = code_flow(client)
+    new = refresh(client, tokens["refresh_token"]).json()
+    reuse = refresh(client, tokens["refresh_token"])
+    assert reuse.status_code == 400
+    assert reuse.json()["error"] == "invalid_grant"
+    assert mock_provider.counters["family_revoked"] == 1
+    assert mock_provider.counters["refresh_reuse"] == 1
+    # everything issued from that authorization is dead
+    for access in (tokens["access_token"], new["access_token"]):
+        got = resource(client, access)
+        assert got.status_code == 401
+        assert got.headers["www-authenticate"].startswith('Bearer error="invalid_token"')
+    assert refresh(client, new["refresh_token"]).json()["error"] == "invalid_grant"
+    # another authorization of the same user is untouched
+    assert resource(client, unrelated["access_token"]).status_code == 200
+    assert refresh(client, unrelated["refresh_token"]).status_code == 200
+
+
+def test_reuse_without_detection_only_rejects_the_old_token(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.reuse_detection = False
+    tokens = code_flow(client)
+    new = refresh(client, tokens["refresh_token"]).json()
+    assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+    assert mock_provider.counters["family_revoked"] == 0
+    assert refresh(client, new["refresh_token"]).status_code == 200
+
+
+def test_refresh_without_rotation_returns_the_same_token(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.rotation = False
+    tokens = code_flow(client)
+    for _ in range(3):
+        response = refresh(client, tokens["refresh_token"])
+        assert response.json()["refresh_token"] == tokens["refresh_token"]
+
+
+def test_refresh_scope_may_narrow_but_not_widen(client: httpx2.Client) -> None:
+    tokens = code_flow(client, scope="openid read write")
+    narrowed = refresh(client, tokens["refresh_token"], scope="read")
+    assert narrowed.json()["scope"] == "read"
+    assert (
+        resource(client, narrowed.json()["access_token"], required_scope="write").status_code == 403
+    )
+    widened = refresh(client, narrowed.json()["refresh_token"], scope="read admin")
+    assert widened.json()["error"] == "invalid_scope"
+
+
+def test_refresh_token_of_another_client_is_invalid_grant(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.register_client("other", "other-secret")
+    tokens = code_flow(client)
+    response = client.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        auth=("other", "other-secret"),
+    )
+    assert response.json()["error"] == "invalid_grant"
+
+
+def test_refresh_token_expiry() -> None:
+    provider = MockProvider(refresh_ttl=100)
+    with provider.client() as c:
+        tokens = code_flow(c)
+        provider.advance_time(101)
+        assert refresh(c, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+    provider.close()
+
+
+# ---------------------------------------------------------------- client credentials, auth
+
+
+def test_client_credentials(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    response = client.post(
+        "/token", data={"grant_type": "client_credentials", "scope": "svc.read"}, auth=AUTH
+    )
+    body = response.json()
+    assert response.status_code == 200
+    assert "refresh_token" not in body
+    assert body["scope"] == "svc.read"
+    got = resource(client, body["access_token"]).json()
+    assert got["sub"] == "test-client"
+    assert mock_provider.counters["token:client_credentials"] == 1
+
+
+def test_public_client_uses_none_auth_and_no_client_credentials(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.register_client("spa", None)
+    verifier, challenge = pkce_pair()
+    code = redirect_params(
+        authorize(client, client_id="spa", code_challenge=challenge, code_challenge_method="S256")
+    )["code"]
+    ok = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "client_id": "spa",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+    )
+    assert ok.status_code == 200
+    cc = client.post("/token", data={"grant_type": "client_credentials", "client_id": "spa"})
+    assert cc.json()["error"] == "unauthorized_client"
+
+
+def test_basic_auth_is_form_decoded(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    client_id, secret = "weird:id é", "p@ss w+rd/&:%=ü"
+    mock_provider.register_client(client_id, secret)
+    encoded = base64.b64encode(f"{quote_plus(client_id)}:{quote_plus(secret)}".encode()).decode()
+    ok = client.post(
+        "/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {encoded}"},
+    )
+    assert ok.status_code == 200, ok.text
+    # Without form-encoding, '+' decodes to a space and the secret no longer matches.
+    raw = base64.b64encode(f"{quote_plus(client_id)}:{secret}".encode()).decode()
+    bad = client.post(
+        "/token",
+        data={"grant_type": "client_credentials"},
+        headers={"Authorization": f"Basic {raw}"},
+    )
+    assert bad.status_code == 401
+    assert bad.json()["error"] == "invalid_client"
+    assert bad.headers["www-authenticate"].startswith("Basic")
+
+
+def test_client_secret_post(client: httpx2.Client) -> None:
+    ok = client.post(
+        "/token",
+        data={
+            "grant_type": "client_credentials",
+            "client_id": "test-client",
+            "client_secret": "test-secret",
+        },
+    )
+    assert ok.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("data", "auth", "status", "error"),
+    [
+        ({"client_id": "test-client", "client_secret": "nope"}, None, 401, "invalid_client"),
+        ({}, ("test-client", "nope"), 401, "invalid_client"),
+        ({}, ("nobody", "test-secret"), 401, "invalid_client"),
+        ({"client_id": "test-client"}, None, 401, "invalid_client"),  # 'none' not allowed
+        ({"client_secret": "test-secret"}, AUTH, 400, "invalid_request"),  # two methods
+    ],
+)
+def test_client_authentication_failures(
+    client: httpx2.Client,
+    data: dict[str, str],
+    auth: tuple[str, str] | None,
+    status: int,
+    error: str,
+) -> None:
+    response = client.post("/token", data={"grant_type": "client_credentials", **data}, auth=auth)
+    assert response.status_code == status
+    assert response.json()["error"] == error
+
+
+def test_client_restricted_to_basic(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.register_client("basic-only", "s3", auth_methods=["client_secret_basic"])
+    post = client.post(
+        "/token",
+        data={"grant_type": "client_credentials", "client_id": "basic-only", "client_secret": "s3"},
+    )
+    assert post.status_code == 401
+    basic = client.post(
+        "/token", data={"grant_type": "client_credentials"}, auth=("basic-only", "s3")
+    )
+    assert basic.status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("data", "error"),
+    [
+        ({}, "invalid_request"),
+        ({"grant_type": "password"}, "unsupported_grant_type"),
+        ({"grant_type": "refresh_token"}, "invalid_request"),
+        ({"grant_type": "authorization_code"}, "invalid_request"),
+    ],
+)
+def test_token_request_errors(client: httpx2.Client, data: dict[str, str], error: str) -> None:
+    response = client.post("/token", data=data, auth=AUTH)
+    assert response.status_code == 400
+    assert response.json()["error"] == error
+    assert response.headers["cache-control"] == "no-store"
+
+
+def test_token_endpoint_rejects_json_body_and_repeated_params(client: httpx2.Client) -> None:
+    as_json = client.post("/token", json={"grant_type": "client_credentials"}, auth=AUTH)
+    assert as_json.json()["error"] == "invalid_request"
+    repeated = client.post(
+        "/token",
+        content=b"grant_type=client_credentials&scope=a&scope=b",
+        headers={"Content-Type": "application/x-www-form-urlencoded"},
+        auth=AUTH,
+    )
+    assert repeated.json()["error"] == "invalid_request"
+
+
+def test_unauthorized_grant_for_client(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.register_client("code-only", "s", grant_types=["authorization_code"])
+    response = client.post(
+        "/token", data={"grant_type": "client_credentials"}, auth=("code-only", "s")
+    )
+    assert response.json()["error"] == "unauthorized_client"
+
+
+def test_allowed_scopes(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.scopes_supported = ("read", "write")
+    bad = client.post(
+        "/token", data={"grant_type": "client_credentials", "scope": "read admin"}, auth=AUTH
+    )
+    assert bad.json()["error"] == "invalid_scope"
+    assert client.get("/.well-known/oauth-authorization-server").json()["scopes_supported"] == [
+        "read",
+        "write",
+    ]
+
+
+# ---------------------------------------------------------------- revoke, introspect, resource
+
+
+def test_revoke_access_token(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    tokens = code_flow(client)
+    response = client.post(
+        "/revoke",
+        data={"token": tokens["access_token"], "token_type_hint": "access_token"},
+        auth=AUTH,
+    )
+    assert response.status_code == 200
+    assert resource(client, tokens["access_token"]).status_code == 401
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+    assert mock_provider.counters["revoke"] == 1
+
+
+def test_revoke_refresh_token_kills_the_grant(client: httpx2.Client) -> None:
+    tokens = code_flow(client)
+    response = client.post(
+        "/revoke",
+        data={"token": tokens["refresh_token"], "token_type_hint": "refresh_token"},
+        auth=AUTH,
+    )
+    assert response.status_code == 200
+    assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+    assert resource(client, tokens["access_token"]).status_code == 401
+
+
+def test_revoke_unknown_or_foreign_token(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    assert client.post("/revoke", data={"token": "nope"}, auth=AUTH).status_code == 200
+    mock_provider.register_client("other", "other-secret")
+    tokens = code_flow(client)
+    foreign = client.post(
+        "/revoke", data={"token": tokens["access_token"]}, auth=("other", "other-secret")
+    )
+    assert foreign.status_code == 200
+    assert resource(client, tokens["access_token"]).status_code == 200
+    unauthenticated = client.post("/revoke", data={"token": tokens["access_token"]})
+    assert unauthenticated.status_code == 401
+
+
+def test_introspection(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    tokens = code_flow(client, login_hint="carol")
+    active = client.post("/introspect", data={"token": tokens["access_token"]}, auth=AUTH).json()
+    assert active["active"] is True
+    assert active["sub"] == "carol"
+    assert active["scope"] == "openid read"
+    assert active["client_id"] == "test-client"
+    assert active["exp"] - active["iat"] == 3600
+    as_refresh = client.post("/introspect", data={"token": tokens["refresh_token"]}, auth=AUTH)
+    assert as_refresh.json()["active"] is True
+    mock_provider.invalidate_access_token(tokens["access_token"])
+    gone = client.post("/introspect", data={"token": tokens["access_token"]}, auth=AUTH)
+    assert gone.json() == {"active": False}
+    assert client.post("/introspect", data={"token": "nope"}, auth=AUTH).json() == {"active": False}
+    assert client.post("/introspect", data={"token": "nope"}).status_code == 401
+
+
+def test_resource_errors(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    missing = client.get("/resource")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    garbage = resource(client, "garbage")
+    assert garbage.status_code == 401
+    assert 'error="invalid_token"' in garbage.headers["www-authenticate"]
+    tokens = code_flow(client, scope="read")
+    scoped = resource(client, tokens["access_token"], required_scope="write")
+    assert scoped.status_code == 403
+    assert 'error="insufficient_scope"' in scoped.headers["www-authenticate"]
+    assert resource(client, tokens["access_token"], required_scope="read").status_code == 200
+
+
+def test_access_token_expiry_and_server_side_kills(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    first = code_flow(client)
+    mock_provider.advance_time(3601)
+    assert resource(client, first["access_token"]).status_code == 401
+    second = code_flow(client)
+    assert mock_provider.invalidate_access_token(second["access_token"]) is True
+    assert resource(client, second["access_token"]).status_code == 401
+    assert refresh(client, second["refresh_token"]).status_code == 200
+    third = code_flow(client, login_hint="dave")
+    assert mock_provider.revoke_all(subject="dave") == 1
+    assert resource(client, third["access_token"]).status_code == 401
+    assert refresh(client, third["refresh_token"]).json()["error"] == "invalid_grant"
+    fourth = code_flow(client)
+    assert mock_provider.expire_access_tokens() >= 1
+    assert resource(client, fourth["access_token"]).status_code == 401
+
+
+def test_issue_tokens_directly(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    tokens = mock_provider.issue_tokens(subject="erin", scopes=["openid", "read"])
+    assert resource(client, tokens["access_token"]).json()["sub"] == "erin"
+    assert "id_token" in tokens
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+    live = mock_provider.live_tokens(subject="erin")
+    assert {t["kind"] for t in live} == {"access", "refresh"}
+    info = mock_provider.token_info(tokens["refresh_token"])
+    assert info is not None
+    assert info["status"] == "rotated"
+
+
+# ---------------------------------------------------------------- discovery, OIDC
+
+
+def test_discovery_documents(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    oidc = client.get("/.well-known/openid-configuration").json()
+    oauth = client.get("/.well-known/oauth-authorization-server").json()
+    for doc in (oidc, oauth):
+        assert doc["issuer"] == "https://mock-idp.test"
+        assert doc["token_endpoint"] == "https://mock-idp.test/token"
+        assert doc["authorization_endpoint"] == "https://mock-idp.test/authorize"
+        assert doc["revocation_endpoint"] == "https://mock-idp.test/revoke"
+        assert doc["introspection_endpoint"] == "https://mock-idp.test/introspect"
+        assert doc["jwks_uri"] == "https://mock-idp.test/jwks"
+        assert doc["code_challenge_methods_supported"] == ["S256"]
+        assert doc["authorization_response_iss_parameter_supported"] is False
+    assert oidc["userinfo_endpoint"] == "https://mock-idp.test/userinfo"
+    mock_provider.oidc = False
+    assert client.get("/.well-known/openid-configuration").status_code == 404
+    assert "userinfo_endpoint" not in client.get("/.well-known/oauth-authorization-server").json()
+
+
+def test_id_token_verifies_against_jwks(
+    mock_provider: MockProvider, mock_provider_url: str
+) -> None:
+    with httpx2.Client(base_url=mock_provider_url) as c:
+        tokens = code_flow(c, nonce="n-0S6_WzA2Mj")
+        jwks = KeySet.import_key_set(c.get("/jwks").json())
+    decoded = jwt.decode(tokens["id_token"], jwks, algorithms=["RS256"])
+    claims = decoded.claims
+    assert decoded.header["alg"] == "RS256"
+    assert claims["iss"] == mock_provider_url
+    assert claims["aud"] == "test-client"
+    assert claims["sub"] == "user-1"
+    assert claims["nonce"] == "n-0S6_WzA2Mj"
+    digest = hashlib.sha256(tokens["access_token"].encode()).digest()
+    assert claims["at_hash"] == base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+
+
+def test_jwks_is_public_only(client: httpx2.Client) -> None:
+    keys = client.get("/jwks").json()["keys"]
+    assert len(keys) == 1
+    assert keys[0]["kty"] == "RSA"
+    assert "d" not in keys[0]
+    assert "p" not in keys[0]
+
+
+def test_no_id_token_without_openid_or_oidc(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    assert "id_token" not in code_flow(client, scope="read")
+    mock_provider.oidc = False
+    assert "id_token" not in code_flow(client, scope="openid read")
+
+
+def test_userinfo(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.user_claims["user-1"] = {"email": "user1@example.test"}
+    tokens = code_flow(client)
+    info = client.get("/userinfo", headers={"Authorization": f"Bearer {tokens['access_token']}"})
+    assert info.json() == {"sub": "user-1", "email": "user1@example.test"}
+    no_openid = code_flow(client, scope="read")
+    denied = client.get(
+        "/userinfo", headers={"Authorization": f"Bearer {no_openid['access_token']}"}
+    )
+    assert denied.status_code == 403
+
+
+# ---------------------------------------------------------------- faults
+
+
+def _cc(client: httpx2.Client, **headers: str) -> httpx2.Response:
+    return client.post(
+        "/token", data={"grant_type": "client_credentials"}, auth=AUTH, headers=headers
+    )
+
+
+def test_fault_status_with_retry_after_is_one_shot(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.faults.add("token", status=503, retry_after=2)
+    failed = _cc(client)
+    assert failed.status_code == 503
+    assert failed.headers["retry-after"] == "2"
+    assert failed.json()["error"] == "temporarily_unavailable"
+    assert _cc(client).status_code == 200
+    assert mock_provider.counters["token"] == 2
+    assert mock_provider.counters["fault:token"] == 1
+
+
+def test_fault_429_and_times(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.faults.add("token", status=429, retry_after=1, times=2)
+    assert [_cc(client).status_code for _ in range(3)] == [429, 429, 200]
+    mock_provider.faults.add("token", status=500, times=None)
+    assert [_cc(client).status_code for _ in range(3)] == [500, 500, 500]
+    assert len(mock_provider.faults) == 1
+    mock_provider.faults.clear()
+    assert _cc(client).status_code == 200
+
+
+def test_fault_matches_grant_type(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    tokens = code_flow(client)
+    mock_provider.faults.add("token", status=502, grant_type="refresh_token")
+    assert _cc(client).status_code == 200
+    assert refresh(client, tokens["refresh_token"]).status_code == 502
+    # the faulted request did not consume the refresh token
+    assert refresh(client, tokens["refresh_token"]).status_code == 200
+
+
+def test_fault_html_page(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.faults.add("token", "html")
+    response = _cc(client)
+    assert response.status_code == 502
+    assert response.headers["content-type"].startswith("text/html")
+    assert "<html" in response.text
+
+
+def test_fault_malformed_json(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.faults.add("token", "malformed_json")
+    response = _cc(client)
+    assert response.status_code == 200
+    assert response.headers["content-type"] == "application/json"
+    with pytest.raises(json.JSONDecodeError):
+        response.json()
+
+
+def test_fault_errors_with_200(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.faults.add("token", "error_200", error="bad_refresh_token")
+    mock_provider.faults.add("token", "slack_error", error="invalid_refresh_token")
+    github = _cc(client)
+    assert (github.status_code, github.json()) == (200, {"error": "bad_refresh_token"})
+    slack = _cc(client)
+    assert (slack.status_code, slack.json()) == (
+        200,
+        {"ok": False, "error": "invalid_refresh_token"},
+    )
+
+
+def test_fault_raw_body(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.faults.add("token", "raw", status=418, body="teapot", content_type="text/plain")
+    response = _cc(client)
+    assert (response.status_code, response.text) == (418, "teapot")
+
+
+def test_fault_on_resource_401(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    tokens = code_flow(client)
+    mock_provider.faults.add("resource", status=401)
+    forced = resource(client, tokens["access_token"])
+    assert forced.status_code == 401
+    assert 'error="invalid_token"' in forced.headers["www-authenticate"]
+    assert resource(client, tokens["access_token"]).status_code == 200
+
+
+def test_latency_fault_is_served_after_the_delay(
+    mock_provider: MockProvider, mock_provider_url: str
+) -> None:
+    mock_provider.faults.add("token", "latency", latency=30)
+    with (
+        httpx2.Client(base_url=mock_provider_url, timeout=0.2) as c,
+        pytest.raises(httpx2.ReadTimeout),
+    ):
+        _cc(c)
+    mock_provider.latency["resource"] = 0.01
+    tokens = mock_provider.issue_tokens()
+    with httpx2.Client(base_url=mock_provider_url) as c:
+        assert resource(c, tokens["access_token"]).status_code == 200
+
+
+def test_fault_rejects_unknown_endpoint(mock_provider: MockProvider) -> None:
+    with pytest.raises(ValueError, match="unknown endpoint"):
+        mock_provider.faults.add("tokn")
+
+
+# ---------------------------------------------------------------- quirks
+
+
+def test_github_form_unless_accept_json(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks = MockQuirks.github()
+    form = _cc(client)
+    assert form.headers["content-type"].startswith("application/x-www-form-urlencoded")
+    parsed = parse_qs(form.text)
+    assert parsed["token_type"] == ["bearer"]
+    assert "expires_in" not in parsed
+    as_json = _cc(client, Accept="application/json")
+    assert as_json.json()["token_type"] == "bearer"
+    error = client.post(
+        "/token",
+        data={"grant_type": "refresh_token", "refresh_token": "nope"},
+        auth=AUTH,
+        headers={"Accept": "application/json"},
+    )
+    assert (error.status_code, error.json()["error"]) == (200, "invalid_grant")
+
+
+def test_slack_shape_and_errors(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks = MockQuirks.slack()
+    verifier, challenge = pkce_pair()
+    code = redirect_params(
+        authorize(
+            client,
+            scope="chat:write,users:read",
+            code_challenge=challenge,
+            code_challenge_method="S256",
+        )
+    )["code"]
+    body = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": code,
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+        auth=AUTH,
+    ).json()
+    assert body["ok"] is True
+    assert "access_token" not in body
+    user = body["authed_user"]
+    assert user["scope"] == "chat:write,users:read"
+    assert resource(client, user["access_token"]).status_code == 200
+    error = refresh(client, "nope")
+    assert (error.status_code, error.json()) == (200, {"ok": False, "error": "invalid_grant"})
+
+
+@pytest.mark.parametrize(("fmt", "expected"), [("int", 3600), ("string", "3600"), ("omit", None)])
+def test_expires_in_format(
+    mock_provider: MockProvider, client: httpx2.Client, fmt: Any, expected: object
+) -> None:
+    mock_provider.quirks.expires_in = fmt
+    assert _cc(client).json().get("expires_in") == expected
+
+
+def test_non_expiring_tokens() -> None:
+    provider = MockProvider(access_ttl=None)
+    with provider.client() as c:
+        body = _cc(c).json()
+        assert "expires_in" not in body
+        provider.advance_time(10**9)
+        assert resource(c, body["access_token"]).status_code == 200
+    provider.close()
+
+
+@pytest.mark.parametrize(
+    ("echo", "expected"),
+    [
+        ("space", "openid read write"),
+        ("comma", "openid,read,write"),
+        ("plus", "openid+read+write"),
+        ("array", ["openid", "read", "write"]),
+        ("omit", None),
+    ],
+)
+def test_scope_echo(
+    mock_provider: MockProvider, client: httpx2.Client, echo: Any, expected: object
+) -> None:
+    mock_provider.quirks.scope_echo = echo
+    assert code_flow(client, scope="openid read write").get("scope") == expected
+
+
+def test_narrowed_and_widened_grants(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks.narrow_scopes = frozenset({"write"})
+    mock_provider.quirks.widen_scopes = ("profile",)
+    tokens = code_flow(client, scope="read write")
+    assert tokens["scope"] == "read profile"
+    assert resource(client, tokens["access_token"], required_scope="write").status_code == 403
+    assert resource(client, tokens["access_token"], required_scope="profile").status_code == 200
+
+
+@pytest.mark.parametrize(("delimiter", "scope"), [(",", "a,b"), ("+", "a+b")])
+def test_custom_scope_delimiter(
+    mock_provider: MockProvider, client: httpx2.Client, delimiter: str, scope: str
+) -> None:
+    mock_provider.quirks.scope_delimiter = delimiter
+    ok = client.post("/token", data={"grant_type": "client_credentials", "scope": scope}, auth=AUTH)
+    assert resource(client, ok.json()["access_token"], required_scope="a b").status_code == 200
+    spaced = client.post(
+        "/token", data={"grant_type": "client_credentials", "scope": "a b"}, auth=AUTH
+    )
+    assert spaced.json()["error"] == "invalid_scope"
+
+
+def test_google_no_refresh_token_on_refresh(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.quirks = MockQuirks.google()
+    tokens = code_flow(client)
+    for _ in range(2):
+        response = refresh(client, tokens["refresh_token"])
+        assert response.status_code == 200
+        assert "refresh_token" not in response.json()
+    assert mock_provider.counters["family_revoked"] == 0
+
+
+def test_extra_token_fields_on_every_grant(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.quirks = MockQuirks.salesforce()
+    tokens = code_flow(client)
+    assert tokens["instance_url"] == "https://na1.salesforce.test"
+    assert "expires_in" not in tokens
+    assert "scope" not in tokens
+    again = refresh(client, tokens["refresh_token"]).json()
+    assert again["instance_url"] == "https://na1.salesforce.test"
+
+
+def test_entra_scope_required_on_refresh(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.quirks = MockQuirks.entra()
+    tokens = code_flow(client, scope="openid offline_access read")
+    without = refresh(client, tokens["refresh_token"])
+    assert without.status_code == 400
+    assert without.json()["error"] == "invalid_request"
+    assert "AADSTS" in without.json()["error_description"]
+    with_scope = refresh(client, tokens["refresh_token"], scope="openid offline_access read")
+    assert with_scope.status_code == 200
+
+
+def test_refresh_token_lifetime_field() -> None:
+    provider = MockProvider(
+        refresh_ttl=8726400,
+        quirks=MockQuirks(refresh_expires_in_field="x_refresh_token_expires_in"),
+    )
+    with provider.client() as c:
+        assert code_flow(c)["x_refresh_token_expires_in"] == 8726400
+    provider.close()
+
+
+# ---------------------------------------------------------------- records and hygiene
+
+
+def test_requests_are_recorded_without_leaking_secrets(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    tokens = code_flow(client)
+    refresh(client, tokens["refresh_token"], scope="read")
+    recorded = mock_provider.requests_to("token", "refresh_token")
+    assert len(recorded) == 1
+    assert recorded[0].scope == "read"
+    assert recorded[0].auth_method == "client_secret_basic"
+    assert recorded[0].client_id == "test-client"
+    assert recorded[0].headers["accept"] == "application/json"
+    text = repr(recorded) + repr(mock_provider) + repr(mock_provider.default_client)
+    text += repr(recorded[0].redacted_form())
+    for secret in (tokens["refresh_token"], tokens["access_token"], "test-secret"):
+        assert secret not in text
+    mock_provider.reset_counters()
+    assert mock_provider.counters["token"] == 0
+    assert mock_provider.requests == []
+
+
+def test_tokens_are_unique_and_random(mock_provider: MockProvider) -> None:
+    values = set()
+    for _ in range(50):
+        tokens = mock_provider.issue_tokens(scopes=["read"])
+        values.update((tokens["access_token"], tokens["refresh_token"]))
+    assert len(values) == 100
+
+
+# ---------------------------------------------------------------- concurrency
+
+
+def test_sync_client_from_many_threads(mock_provider: MockProvider) -> None:
+    barrier = threading.Barrier(16)
+
+    def work(_: int) -> list[str]:
+        barrier.wait()
+        issued = []
+        with mock_provider.client() as c:
+            for _ in range(10):
+                response = _cc(c)
+                assert response.status_code == 200
+                access = response.json()["access_token"]
+                assert resource(c, access).status_code == 200
+                issued.append(access)
+        return issued
+
+    with ThreadPoolExecutor(16) as pool:
+        results = [t for batch in pool.map(work, range(16)) for t in batch]
+    assert len(set(results)) == 160
+    assert mock_provider.counters["token:client_credentials"] == 160
+    assert mock_provider.counters["resource"] == 160
+
+
+def test_one_shared_sync_client_used_by_many_threads(mock_provider: MockProvider) -> None:
+    tokens = mock_provider.issue_tokens(scopes=["read"])
+    with mock_provider.client() as c, ThreadPoolExecutor(16) as pool:
+        statuses = list(
+            pool.map(lambda _: resource(c, tokens["access_token"]).status_code, range(64))
+        )
+    assert statuses == [200] * 64
+
+
+def test_concurrent_refresh_redeems_exactly_once(mock_provider: MockProvider) -> None:
+    tokens = mock_provider.issue_tokens(scopes=["read"])
+    barrier = threading.Barrier(16)
+
+    def redeem(_: int) -> int:
+        with mock_provider.client() as c:
+            barrier.wait()
+            return refresh(c, tokens["refresh_token"]).status_code
+
+    with ThreadPoolExecutor(16) as pool:
+        statuses = sorted(pool.map(redeem, range(16)))
+    assert statuses == [200] + [400] * 15
+    assert mock_provider.refresh_tokens_redeemed == 1
+    # the losers presented a rotated token: reuse detection killed the family
+    assert mock_provider.counters["family_revoked"] == 1
+
+
+async def test_many_async_tasks(mock_provider: MockProvider) -> None:
+    async with mock_provider.async_client() as c:
+
+        async def one() -> str:
+            response = await c.post("/token", data={"grant_type": "client_credentials"}, auth=AUTH)
+            access: str = response.json()["access_token"]
+            got = await c.get("/resource", headers={"Authorization": f"Bearer {access}"})
+            assert got.status_code == 200
+            return access
+
+        issued = await asyncio.gather(*(one() for _ in range(200)))
+    assert len(set(issued)) == 200
+    assert mock_provider.counters["token:client_credentials"] == 200
+
+
+@pytest.mark.slow
+def test_several_processes_against_a_served_provider(
+    mock_provider: MockProvider, mock_provider_url: str
+) -> None:
+    script = (
+        "import sys, httpx2\n"
+        "ok = 0\n"
+        "with httpx2.Client(base_url=sys.argv[1]) as c:\n"
+        "    for _ in range(10):\n"
+        "        r = c.post('/token', data={'grant_type': 'client_credentials'},"
+        " auth=('test-client', 'test-secret'))\n"
+        "        ok += r.status_code == 200\n"
+        "print(ok)\n"
+    )
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-c", script, mock_provider_url], stdout=subprocess.PIPE, text=True
+        )
+        for _ in range(3)
+    ]
+    outputs = [p.communicate(timeout=60)[0].strip() for p in procs]
+    assert outputs == ["10", "10", "10"]
+    assert mock_provider.counters["token:client_credentials"] == 30
+
+
+# ---------------------------------------------------------------- plugin and packaging
+
+
+def test_plugin_imports_nothing_optional() -> None:
+    code = (
+        "import sys, oauth2_broker_mw.testing.pytest_plugin\n"
+        "print(sorted(m for m in ('starlette', 'uvicorn', 'multipart') if m in sys.modules))\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+
+
+def test_plugin_names_the_extra_when_starlette_is_missing(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from oauth2_broker_mw.testing import pytest_plugin
+
+    monkeypatch.setitem(sys.modules, "oauth2_broker_mw.testing.mock_provider", None)
+    with pytest.raises(pytest.fail.Exception, match=r"oauth2-broker-mw\[starlette\]"):
+        pytest_plugin._import_provider()
+
+
+def test_custom_clients_replace_the_default() -> None:
+    provider = MockProvider(clients=[MockClient("a", "b", redirect_uris=(REDIRECT,))])
+    assert set(provider.clients) == {"a"}
+    with provider.client() as c:
+        assert _cc(c).status_code == 401
+        ok = c.post("/token", data={"grant_type": "client_credentials"}, auth=("a", "b"))
+        assert ok.status_code == 200
+    provider.close()
