@@ -1,0 +1,27 @@
+"""ASGI and WSGI middleware: login / callback / logout routes and a per-request broker context.
+
+``BrokerMiddleware`` (pure ASGI: Starlette, FastAPI) and ``BrokerWSGIMiddleware`` (Flask,
+Django) share one implementation (``_core``); they differ only in how they call the broker
+(``await broker.a…()`` or ``broker.…()``).
+"""
+
+from __future__ import annotations
+
+from ._core import BrokerContext, BrokerRequest, PrincipalResolver, TenantResolver
+from ._redirects import safe_return_to
+from .asgi import BrokerMiddleware
+from .resolvers import header_tenant, path_prefix_tenant, subdomain_tenant
+from .wsgi import BrokerWSGIMiddleware
+
+__all__ = [
+    "BrokerContext",
+    "BrokerMiddleware",
+    "BrokerRequest",
+    "BrokerWSGIMiddleware",
+    "PrincipalResolver",
+    "TenantResolver",
+    "header_tenant",
+    "path_prefix_tenant",
+    "safe_return_to",
+    "subdomain_tenant",
+]

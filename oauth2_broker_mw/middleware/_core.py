@@ -1,0 +1,980 @@
+"""The framework-neutral heart of both middlewares: routes, flow and session cookies, context.
+
+Owns: everything the ASGI and WSGI middlewares decide — which requests are broker routes, the
+login / callback / logout handlers, the flow cookie (one per login, keyed by state), the session
+cookie, the order of the callback checks (SECURITY B1, B2, B4, B7), error pages, the
+``AuthorizationRequired`` → login redirect / 401 problem translation, and :class:`BrokerContext`.
+
+Handlers are generators: they ``yield`` a broker call (:class:`StartAuthorization`,
+:class:`ExchangeCode`, :class:`Revoke`) and receive its result, or have its exception thrown in.
+:func:`drive` runs one with the sync broker methods, :func:`adrive` with the async ones; that is
+the only difference between the two middlewares.
+
+Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
+Never puts a token, code, state, verifier, CSRF token or cookie value in a page, a log line, a
+repr or an exception message.
+"""
+
+from __future__ import annotations
+
+import hmac
+import html
+import json
+import logging
+import secrets
+import time
+from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
+from urllib.parse import parse_qsl, quote, urlsplit
+
+from .._core.errors import (
+    AuthorizationFlowError,
+    AuthorizationRequired,
+    BrokerError,
+    ConfigurationError,
+    ProviderError,
+    StorageError,
+    TransientProviderError,
+    TransportError,
+)
+from .._core.flows import AuthorizationRequest
+from .._core.model import JSONValue, Lease, PrincipalId, ProviderId, Secret, TenantId, TokenRecord
+from ._cookies import CookieAttributes, CookieSealer, parse_cookie_header
+from ._redirects import safe_return_to
+
+if TYPE_CHECKING:
+    from ..auth import BrokerAuth
+    from ..broker import Broker
+
+__all__ = [
+    "BrokerCall",
+    "BrokerContext",
+    "BrokerRequest",
+    "ExchangeCode",
+    "MiddlewareCore",
+    "Prepared",
+    "PrincipalResolver",
+    "Response",
+    "Revoke",
+    "Route",
+    "StartAuthorization",
+    "TenantResolver",
+    "adrive",
+    "drive",
+]
+
+log = logging.getLogger("oauth2_broker_mw.middleware")
+
+CONTEXT_KEY: Final = "oauth2_broker"
+_SESSION_COOKIE: Final = "obm_session"
+_FLOW_COOKIE: Final = "obm_flow_"
+_MAX_FORM_BYTES: Final = 64 * 1024
+_LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
+_SINGLE_PARAMS: Final = ("code", "state", "iss", "error")
+_DENYLIST_MAX: Final = 10_000
+
+
+# -- broker calls: the effects a handler yields -----------------------------------------------
+@dataclass(frozen=True, slots=True)
+class StartAuthorization:
+    broker: Broker
+    tenant: str
+    principal: str | None
+    scopes: tuple[str, ...]
+    redirect_uri: str
+
+    def run(self) -> object:
+        return self.broker.start_authorization(
+            tenant=self.tenant,
+            principal=self.principal,
+            scopes=self.scopes,
+            redirect_uri=self.redirect_uri,
+        )
+
+    async def arun(self) -> object:
+        return await self.broker.astart_authorization(
+            tenant=self.tenant,
+            principal=self.principal,
+            scopes=self.scopes,
+            redirect_uri=self.redirect_uri,
+        )
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class ExchangeCode:
+    broker: Broker
+    state: Secret
+    code: Secret
+    iss: str | None
+    callback_params: Mapping[str, str]
+
+    def run(self) -> object:
+        return self.broker.exchange_code(
+            state=self.state.get_secret_value(),
+            code=self.code.get_secret_value(),
+            iss=self.iss,
+            callback_params=self.callback_params,
+        )
+
+    async def arun(self) -> object:
+        return await self.broker.aexchange_code(
+            state=self.state.get_secret_value(),
+            code=self.code.get_secret_value(),
+            iss=self.iss,
+            callback_params=self.callback_params,
+        )
+
+    def __repr__(self) -> str:
+        return "ExchangeCode(state=**********, code=**********)"
+
+
+@dataclass(frozen=True, slots=True)
+class Revoke:
+    broker: Broker
+    tenant: str
+    principal: str
+    scopes: tuple[str, ...]
+
+    def run(self) -> object:
+        return self.broker.revoke(tenant=self.tenant, principal=self.principal, scopes=self.scopes)
+
+    async def arun(self) -> object:
+        return await self.broker.arevoke(
+            tenant=self.tenant, principal=self.principal, scopes=self.scopes
+        )
+
+
+BrokerCall: TypeAlias = StartAuthorization | ExchangeCode | Revoke
+Handler: TypeAlias = Generator[BrokerCall, object, "Response"]
+
+
+def drive(handler: Handler) -> Response:
+    """Run a handler with the broker's sync methods."""
+    try:
+        call = next(handler)
+        while True:
+            try:
+                result = call.run()
+            except Exception as exc:  # handed to the handler, which decides
+                call = handler.throw(exc)
+            else:
+                call = handler.send(result)
+    except StopIteration as stop:
+        return cast(Response, stop.value)
+
+
+async def adrive(handler: Handler) -> Response:
+    """Run a handler with the broker's async methods."""
+    try:
+        call = next(handler)
+        while True:
+            try:
+                result = await call.arun()
+            except Exception as exc:
+                call = handler.throw(exc)
+            else:
+                call = handler.send(result)
+    except StopIteration as stop:
+        return cast(Response, stop.value)
+
+
+# -- request and response data ------------------------------------------------------------------
+class BrokerRequest:
+    """What resolvers and handlers see of a request, the same for ASGI and WSGI.
+
+    ``raw`` is the ASGI scope or the WSGI environ. ``return_to`` is set (validated) on the login
+    route, so a path-based tenant resolver can read the tenant of the page the user returns to.
+    """
+
+    __slots__ = (
+        "_headers",
+        "_headers_factory",
+        "client_host",
+        "method",
+        "path",
+        "query_string",
+        "raw",
+        "return_to",
+    )
+
+    def __init__(
+        self,
+        *,
+        method: str,
+        path: str,
+        query_string: str,
+        headers: Callable[[], dict[str, str]],
+        client_host: str | None,
+        raw: object,
+    ) -> None:
+        self.method = method
+        self.path = path
+        self.query_string = query_string
+        self._headers_factory = headers
+        self._headers: dict[str, str] | None = None
+        self.client_host = client_host
+        self.raw = raw
+        self.return_to: str | None = None
+
+    @property
+    def headers(self) -> Mapping[str, str]:
+        """Lower-case header names; repeated headers joined with ``", "`` (cookies ``"; "``)."""
+        if self._headers is None:
+            self._headers = self._headers_factory()
+        return self._headers
+
+    def header(self, name: str) -> str | None:
+        return self.headers.get(name.lower())
+
+    @property
+    def host(self) -> str | None:
+        return self.header("host")
+
+    def query_pairs(self) -> list[tuple[str, str]]:
+        return parse_qsl(self.query_string, keep_blank_values=True)
+
+    def __repr__(self) -> str:
+        return f"BrokerRequest({self.method} {self.path!r})"
+
+
+@dataclass(slots=True)
+class Response:
+    """An early response from the middleware (never the app's)."""
+
+    status: int
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+
+
+TenantResolver: TypeAlias = Callable[[BrokerRequest], "str | None"]
+PrincipalResolver: TypeAlias = Callable[[BrokerRequest], "str | None"]
+
+_SECURITY_HEADERS: Final = (
+    ("cache-control", "no-store"),
+    ("pragma", "no-cache"),
+    ("referrer-policy", "no-referrer"),
+    ("x-content-type-options", "nosniff"),
+)
+
+
+def _redirect(location: str, status: int = 302) -> Response:
+    return Response(status, [("location", location), *_SECURITY_HEADERS])
+
+
+# -- the session ---------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True, repr=False)
+class _Session:
+    sid: str
+    tenant: str | None
+    principal: str | None
+    connections: tuple[str, ...]
+    created_at: float
+    seen_at: float
+
+    def payload(self) -> dict[str, JSONValue]:
+        return {
+            "sid": self.sid,
+            "t": self.tenant,
+            "p": self.principal,
+            "c": list(self.connections),
+            "ca": self.created_at,
+            "sa": self.seen_at,
+        }
+
+
+def _parse_session(data: Mapping[str, JSONValue]) -> _Session | None:
+    sid, tenant, principal = data.get("sid"), data.get("t"), data.get("p")
+    conns, created, seen = data.get("c"), data.get("ca"), data.get("sa")
+    if not isinstance(sid, str) or not sid:
+        return None
+    if tenant is not None and not isinstance(tenant, str):
+        return None
+    if principal is not None and not isinstance(principal, str):
+        return None
+    if not isinstance(conns, list) or not all(isinstance(c, str) for c in conns):
+        return None
+    if not isinstance(created, int | float) or not isinstance(seen, int | float):
+        return None
+    return _Session(
+        sid, tenant, principal, tuple(cast(list[str], conns)), float(created), float(seen)
+    )
+
+
+# -- the context the app sees --------------------------------------------------------------------
+class BrokerContext:
+    """Per-request broker context: ``scope["oauth2_broker"]`` / ``environ["oauth2_broker"]``.
+
+    ``tenant`` and ``principal`` are ``None`` when unknown (no tenant for this path, nobody
+    logged in); ``auth``/``lease`` then raise :class:`AuthorizationRequired`, which the
+    middleware turns into a login redirect (browsers) or a 401 problem document (APIs).
+    """
+
+    __slots__ = ("_core", "_csrf", "authorization_required", "connections", "principal", "tenant")
+
+    def __init__(
+        self,
+        core: MiddlewareCore,
+        *,
+        tenant: str | None,
+        principal: str | None,
+        connections: tuple[str, ...],
+        csrf: str | None,
+    ) -> None:
+        self._core = core
+        self.tenant = tenant
+        self.principal = principal
+        self.connections = connections
+        self._csrf = csrf
+        #: the last AuthorizationRequired raised through lease()/alease() (WSGI uses it to turn
+        #: a framework's 500 page back into a login redirect).
+        self.authorization_required: AuthorizationRequired | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"BrokerContext(tenant={self.tenant!r}, principal={self.principal!r}, "
+            f"connections={self.connections!r})"
+        )
+
+    @property
+    def providers(self) -> tuple[str, ...]:
+        """Every configured provider name."""
+        return tuple(self._core.brokers)
+
+    @property
+    def csrf_token(self) -> str | None:
+        """Put this in logout forms (field ``csrf_token``) for clients that send no Origin."""
+        return self._csrf
+
+    @property
+    def logout_url(self) -> str:
+        return self._core.base_path + self._core.prefix + "/logout"
+
+    def login_url(self, provider: str, return_to: str = "/") -> str:
+        """The login route for ``provider``; ``return_to`` is validated (falls back to ``/``)."""
+        return self._core.login_url(provider, return_to)
+
+    def is_connected(self, provider: str) -> bool:
+        return provider in self.connections
+
+    def _scopes(self, provider: str, scopes: Iterable[str] | None) -> tuple[str, ...]:
+        return tuple(scopes) if scopes is not None else self._core.scopes_for(provider)
+
+    def _key_parts(
+        self, provider: str, scopes: Iterable[str] | None
+    ) -> tuple[str, str, tuple[str, ...]]:
+        broker = self._core.broker(provider)
+        wanted = self._scopes(provider, scopes)
+        if self.tenant is None or self.principal is None:
+            exc = AuthorizationRequired(
+                tenant=self.tenant or "-",
+                principal=self.principal or "-",
+                provider=broker.provider.id,
+                scopes=wanted,
+                reason="nobody is logged in on this request",
+            )
+            self.authorization_required = exc
+            raise exc
+        return self.tenant, self.principal, wanted
+
+    def auth(self, provider: str, scopes: Iterable[str] | None = None) -> BrokerAuth:
+        """A ready :class:`~oauth2_broker_mw.BrokerAuth` for this tenant and principal."""
+        from ..auth import BrokerAuth
+
+        tenant, principal, wanted = self._key_parts(provider, scopes)
+        return BrokerAuth(
+            self._core.broker(provider), tenant=tenant, principal=principal, scopes=wanted
+        )
+
+    def lease(self, provider: str, scopes: Iterable[str] | None = None) -> Lease:
+        tenant, principal, wanted = self._key_parts(provider, scopes)
+        try:
+            return self._core.broker(provider).lease(
+                tenant=tenant, principal=principal, scopes=wanted
+            )
+        except AuthorizationRequired as exc:
+            self.authorization_required = exc
+            raise
+
+    async def alease(self, provider: str, scopes: Iterable[str] | None = None) -> Lease:
+        tenant, principal, wanted = self._key_parts(provider, scopes)
+        try:
+            return await self._core.broker(provider).alease(
+                tenant=tenant, principal=principal, scopes=wanted
+            )
+        except AuthorizationRequired as exc:
+            self.authorization_required = exc
+            raise
+
+
+@dataclass(slots=True)
+class Prepared:
+    """A pass-through request: its context and the headers to add to the app's response."""
+
+    context: BrokerContext
+    set_cookies: list[tuple[str, str]]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    kind: Literal["login", "callback", "logout", "unknown_provider"]
+    provider: str | None = None
+
+
+class _Reject(Exception):
+    """Internal: stop a handler with an error page (never leaves this module)."""
+
+    def __init__(self, status: int, code: str, description: str) -> None:
+        super().__init__(code)
+        self.status = status
+        self.code = code
+        self.description = description
+
+
+# -- the core ------------------------------------------------------------------------------------
+class MiddlewareCore:
+    """Configuration plus every decision; the ASGI/WSGI shells only move bytes."""
+
+    def __init__(
+        self,
+        *,
+        brokers: Mapping[str, Broker],
+        secret_key: str | Secret | Sequence[str | Secret],
+        base_url: str,
+        scopes: Mapping[str, Iterable[str]] | None = None,
+        prefix: str = "/oauth2",
+        tenant_resolver: TenantResolver | None = None,
+        principal_resolver: PrincipalResolver | None = None,
+        flow_ttl: float = 300.0,
+        session_idle_timeout: float = 8 * 3600.0,
+        session_absolute_timeout: float = 7 * 24 * 3600.0,
+        max_flows: int = 8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if not brokers:
+            raise ConfigurationError("brokers must name at least one provider")
+        for name in brokers:
+            ProviderId(name)
+            if "/" in name:
+                raise ConfigurationError(f"provider name {name!r} must not contain '/'")
+        self.brokers: dict[str, Broker] = dict(brokers)
+        scopes = scopes or {}
+        unknown = set(scopes) - set(self.brokers)
+        if unknown:
+            raise ConfigurationError(f"scopes given for unknown providers: {sorted(unknown)}")
+        self._scopes: dict[str, tuple[str, ...]] = {}
+        for name, wanted in scopes.items():
+            if isinstance(wanted, str):
+                raise ConfigurationError(f"scopes[{name!r}] must be a list of scope strings")
+            self._scopes[name] = tuple(wanted)
+        if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
+            raise ConfigurationError("prefix must start with '/' and not end with '/'")
+        self.prefix = prefix
+        parts = urlsplit(base_url)
+        host = (parts.hostname or "").lower()
+        if parts.scheme not in ("https", "http") or not host:
+            raise ConfigurationError("base_url must be an absolute http(s) URL")
+        if parts.query or parts.fragment or parts.username or parts.password:
+            raise ConfigurationError("base_url must not carry a query, fragment or userinfo")
+        if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+            raise ConfigurationError(
+                "base_url must use https; plain http is allowed only on a loopback host"
+            )
+        self.secure = parts.scheme == "https"
+        netloc = parts.netloc.lower()
+        self.origin = f"{parts.scheme}://{netloc}"
+        self.base_path = parts.path.rstrip("/")
+        self.base_url = self.origin + self.base_path
+        self.cookies = CookieAttributes(secure=self.secure)
+        self.sealer = CookieSealer(secret_key)
+        self.session_cookie = self.cookies.name_prefix + _SESSION_COOKIE
+        self.flow_cookie_prefix = self.cookies.name_prefix + _FLOW_COOKIE
+        self.tenant_resolver = tenant_resolver
+        self.principal_resolver = principal_resolver
+        if flow_ttl <= 0 or session_idle_timeout <= 0 or session_absolute_timeout <= 0:
+            raise ConfigurationError("timeouts must be positive")
+        if max_flows < 1:
+            raise ConfigurationError("max_flows must be at least 1")
+        self.flow_ttl = flow_ttl
+        self.idle_timeout = session_idle_timeout
+        self.absolute_timeout = session_absolute_timeout
+        self.refresh_after = min(session_idle_timeout / 12, 3600.0)
+        self.max_flows = max_flows
+        self.clock = clock
+        self._route_prefix = prefix + "/"
+        self._logged_out: dict[str, float] = {}
+
+    def __repr__(self) -> str:
+        return f"MiddlewareCore(base_url={self.base_url!r}, providers={sorted(self.brokers)!r})"
+
+    # -- small helpers ---------------------------------------------------------------------
+    def broker(self, provider: str) -> Broker:
+        try:
+            return self.brokers[provider]
+        except KeyError:
+            raise ConfigurationError(f"unknown provider {provider!r}") from None
+
+    def scopes_for(self, provider: str) -> tuple[str, ...]:
+        self.broker(provider)
+        return self._scopes.get(provider, ())
+
+    def redirect_uri(self, provider: str) -> str:
+        return f"{self.base_url}{self.prefix}/{provider}/callback"
+
+    def login_url(self, provider: str, return_to: str = "/") -> str:
+        self.broker(provider)
+        target = safe_return_to(return_to, base_url=self.base_url)
+        return (
+            f"{self.base_url}{self.prefix}/{quote(provider, safe='')}/login"
+            f"?return_to={quote(target, safe='/')}"
+        )
+
+    def match(self, path: str) -> Route | None:
+        """The broker route for ``path``, or ``None`` to pass the request through."""
+        if not path.startswith(self._route_prefix):
+            return None
+        rest = path[len(self._route_prefix) :]
+        if rest == "logout":
+            return Route("logout")
+        provider, sep, action = rest.partition("/")
+        if not sep or action not in ("login", "callback"):
+            return None
+        if provider not in self.brokers:
+            return Route("unknown_provider", provider)
+        return Route(cast(Literal["login", "callback"], action), provider)
+
+    def wants_body(self, route: Route, method: str) -> bool:
+        return route.kind == "logout" and method == "POST"
+
+    @property
+    def max_body(self) -> int:
+        return _MAX_FORM_BYTES
+
+    def _now(self) -> float:
+        return float(self.clock())
+
+    def _is_oidc_login(self, provider: str) -> bool:
+        return self.brokers[provider].provider.issuer is not None and "openid" in self._scopes.get(
+            provider, ()
+        )
+
+    # -- tenant, principal, session --------------------------------------------------------
+    def _resolve_tenant(self, request: BrokerRequest) -> str | None:
+        if self.tenant_resolver is None:
+            return "default"
+        try:
+            value = self.tenant_resolver(request)
+            return None if value is None else TenantId(value)
+        except (ValueError, TypeError):
+            raise _Reject(
+                400, "invalid_tenant", "The tenant of this request is not valid."
+            ) from None
+
+    def _resolve_principal(self, request: BrokerRequest) -> str | None:
+        if self.principal_resolver is None:
+            return None
+        try:
+            value = self.principal_resolver(request)
+            return None if value is None else PrincipalId(value)
+        except (ValueError, TypeError):
+            raise _Reject(
+                400, "invalid_principal", "The principal of this request is not valid."
+            ) from None
+
+    def _open_session(self, cookies: Mapping[str, str], now: float) -> _Session | None:
+        value = cookies.get(self.session_cookie)
+        if not value:
+            return None
+        data = self.sealer.open(self.session_cookie, value, now=now, max_age=self.absolute_timeout)
+        session = None if data is None else _parse_session(data)
+        if session is None:
+            return None
+        if (
+            now - session.created_at > self.absolute_timeout
+            or now - session.seen_at > self.idle_timeout
+        ):
+            return None
+        if session.sid in self._logged_out:
+            return None
+        return session
+
+    def _session_cookie(self, session: _Session, now: float) -> tuple[str, str]:
+        remaining = self.absolute_timeout - (now - session.created_at)
+        max_age = max(1, int(min(self.idle_timeout, remaining)))
+        value = self.sealer.seal(self.session_cookie, session.payload(), now)
+        return ("set-cookie", self.cookies.set_cookie(self.session_cookie, value, max_age))
+
+    def _csrf(self, session: _Session | None) -> str | None:
+        return None if session is None else self.sealer.tag("csrf", session.sid, 43)
+
+    def _forget_sid(self, sid: str, now: float) -> None:
+        if len(self._logged_out) >= _DENYLIST_MAX:
+            for old, until in list(self._logged_out.items()):
+                if until <= now:
+                    del self._logged_out[old]
+            while len(self._logged_out) >= _DENYLIST_MAX:
+                del self._logged_out[next(iter(self._logged_out))]
+        self._logged_out[sid] = now + self.absolute_timeout
+
+    # -- pass-through requests -------------------------------------------------------------
+    def prepare(self, request: BrokerRequest) -> Prepared | Response:
+        """The context for a request the app will answer, or an error response (fail closed)."""
+        now = self._now()
+        try:
+            tenant = self._resolve_tenant(request)
+            principal = self._resolve_principal(request)
+        except _Reject as reject:
+            return self._error(request, reject)
+        session = None
+        set_cookies: list[tuple[str, str]] = []
+        cookie_header = request.header("cookie")
+        if cookie_header and self.session_cookie in cookie_header:
+            session = self._open_session(parse_cookie_header(cookie_header), now)
+            if session is not None and now - session.seen_at > self.refresh_after:
+                session = _Session(
+                    session.sid,
+                    session.tenant,
+                    session.principal,
+                    session.connections,
+                    session.created_at,
+                    now,
+                )
+                set_cookies.append(self._session_cookie(session, now))
+        connections: tuple[str, ...] = ()
+        if session is not None:
+            if principal is None:
+                principal = session.principal
+            if session.tenant == tenant and session.principal == principal:
+                connections = tuple(c for c in session.connections if c in self.brokers)
+        context = BrokerContext(
+            self,
+            tenant=tenant,
+            principal=principal,
+            connections=connections,
+            csrf=self._csrf(session),
+        )
+        return Prepared(context, set_cookies)
+
+    def authorization_required(
+        self, request: BrokerRequest, exc: AuthorizationRequired
+    ) -> Response:
+        """What ``AuthorizationRequired`` from the app becomes: a login redirect or a 401."""
+        name = self._provider_name(exc.provider)
+        accept = request.header("accept") or ""
+        if name is not None and request.method in ("GET", "HEAD") and "text/html" in accept:
+            target = request.path + ("?" + request.query_string if request.query_string else "")
+            return _redirect(self.login_url(name, target), 303)
+        problem: dict[str, JSONValue] = {
+            "type": "about:blank",
+            "title": "Authorization required",
+            "status": 401,
+            "code": "authorization_required",
+            "detail": "Log in with the provider to grant access, then retry the request.",
+        }
+        if name is not None:
+            problem["provider"] = name
+            problem["login_url"] = self.login_url(name, "/")
+        body = json.dumps(problem, separators=(",", ":")).encode()
+        return Response(
+            401,
+            [("content-type", "application/problem+json"), *_SECURITY_HEADERS],
+            body,
+        )
+
+    def _provider_name(self, provider_id: str) -> str | None:
+        if provider_id in self.brokers:
+            return provider_id
+        matches = [n for n, b in self.brokers.items() if b.provider.id == provider_id]
+        return matches[0] if len(matches) == 1 else None
+
+    # -- broker routes ---------------------------------------------------------------------
+    def handle(self, route: Route, request: BrokerRequest, body: bytes = b"") -> Handler:
+        """The generator answering a broker route; drive it with :func:`drive`/:func:`adrive`."""
+        try:
+            if route.kind == "unknown_provider":
+                raise _Reject(404, "unknown_provider", "No such provider is configured.")
+            if route.kind == "logout":
+                response = yield from self._logout(request, body)
+            elif route.kind == "login":
+                assert route.provider is not None
+                response = yield from self._login(route.provider, request)
+            else:
+                assert route.provider is not None
+                response = yield from self._callback(route.provider, request)
+        except _Reject as reject:
+            return self._error(request, reject)
+        return response
+
+    def _flow_cookie_name(self, state: str) -> str:
+        return self.flow_cookie_prefix + self.sealer.tag("flow-name", state, 16)
+
+    def _login(self, provider: str, request: BrokerRequest) -> Handler:
+        if request.method not in ("GET", "HEAD"):
+            raise _Reject(405, "method_not_allowed", "Use GET for the login route.")
+        now = self._now()
+        params = dict(reversed(request.query_pairs()))  # the first value wins
+        return_to = safe_return_to(params.get("return_to"), base_url=self.base_url)
+        request.return_to = return_to
+        tenant = self._resolve_tenant(request)
+        if tenant is None:
+            raise _Reject(400, "tenant_required", "This login needs a tenant.")
+        principal = self._resolve_principal(request)
+        cookies = parse_cookie_header(request.header("cookie"))
+        if principal is None and not self._is_oidc_login(provider):
+            session = self._open_session(cookies, now)
+            principal = (
+                session.principal
+                if session is not None and session.principal is not None
+                else "browser-" + secrets.token_urlsafe(18)
+            )
+        broker = self.brokers[provider]
+        try:
+            result = yield StartAuthorization(
+                broker,
+                tenant=tenant,
+                principal=principal,
+                scopes=self._scopes.get(provider, ()),
+                redirect_uri=self.redirect_uri(provider),
+            )
+        except (TransportError, TransientProviderError) as exc:
+            log.warning("login for provider=%s failed: %s", provider, type(exc).__name__)
+            raise _Reject(
+                502, "provider_unavailable", "The provider could not be reached."
+            ) from None
+        except StorageError as exc:
+            log.warning("login for provider=%s failed: %s", provider, type(exc).__name__)
+            raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+        auth_request = cast(AuthorizationRequest, result)
+        state = auth_request.state
+        issuer = auth_request.issuer
+        if issuer is None:
+            issuer = broker.provider.issuer
+        flow: dict[str, JSONValue] = {
+            "s": self.sealer.tag("state", state, 64),
+            "p": provider,
+            "t": tenant,
+            "r": return_to,
+            "i": issuer,
+        }
+        name = self._flow_cookie_name(state)
+        response = _redirect(auth_request.url, 302)
+        for stale in self._stale_flows(cookies, now):
+            response.headers.append(("set-cookie", self.cookies.delete_cookie(stale)))
+        value = self.sealer.seal(name, flow, now)
+        response.headers.append(
+            ("set-cookie", self.cookies.set_cookie(name, value, int(self.flow_ttl)))
+        )
+        return response
+
+    def _stale_flows(self, cookies: Mapping[str, str], now: float) -> list[str]:
+        """Flow cookies to delete so that, with the new one, at most ``max_flows`` remain."""
+        flows: list[tuple[float, str]] = []
+        stale: list[str] = []
+        for name, value in cookies.items():
+            if not name.startswith(self.flow_cookie_prefix):
+                continue
+            data = self.sealer.open(name, value, now=now, max_age=self.flow_ttl)
+            iat = None if data is None else data.get("iat")
+            if not isinstance(iat, int):
+                stale.append(name)
+            else:
+                flows.append((float(iat), name))
+        flows.sort()
+        excess = len(flows) - (self.max_flows - 1)
+        if excess > 0:
+            stale.extend(name for _, name in flows[:excess])
+        return stale
+
+    def _callback(self, provider: str, request: BrokerRequest) -> Handler:
+        if request.method not in ("GET", "HEAD"):
+            raise _Reject(405, "method_not_allowed", "Use GET for the callback route.")
+        now = self._now()
+        pairs = request.query_pairs()
+        counts: dict[str, int] = {}
+        for key, _ in pairs:
+            counts[key] = counts.get(key, 0) + 1
+        for key in _SINGLE_PARAMS:
+            if counts.get(key, 0) > 1:
+                raise _Reject(
+                    400, "duplicate_parameter", f"The parameter {key!r} appears more than once."
+                )
+        params = dict(pairs)
+        state = params.get("state")
+        if not state:
+            raise _Reject(400, "state_missing", "The callback carries no state.")
+        # B1: the flow must have been started by THIS browser, for THIS provider, recently.
+        name = self._flow_cookie_name(state)
+        cookies = parse_cookie_header(request.header("cookie"))
+        flow = self.sealer.open(name, cookies.get(name), now=now, max_age=None)
+        if flow is None or not hmac.compare_digest(
+            str(flow.get("s", "")), self.sealer.tag("state", state, 64)
+        ):
+            raise _Reject(400, "state_mismatch", "This login was not started in this browser.")
+        consume = ("set-cookie", self.cookies.delete_cookie(name))
+        try:
+            iat = flow.get("iat")
+            if not isinstance(iat, int) or now - iat > self.flow_ttl:
+                raise _Reject(400, "state_expired", "This login took too long; start again.")
+            if flow.get("p") != provider:
+                raise _Reject(400, "state_mismatch", "This login was started for another provider.")
+            tenant, return_to, issuer = flow.get("t"), flow.get("r"), flow.get("i")
+            if not isinstance(tenant, str) or not isinstance(return_to, str):
+                raise _Reject(400, "state_mismatch", "This login cannot be completed.")
+            # B7: provider errors only after the state check, and never trusted.
+            if "error" in params:
+                error = params["error"]
+                shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
+                description = params.get("error_description", "")[:300]
+                raise _Reject(
+                    400,
+                    "authorization_denied",
+                    f"The provider answered {shown!r}. {description}".strip(),
+                )
+            # B2: RFC 9207 mix-up defence.
+            iss = params.get("iss")
+            broker = self.brokers[provider]
+            if iss is not None:
+                if issuer is not None and not hmac.compare_digest(
+                    iss.encode(), str(issuer).encode()
+                ):
+                    raise _Reject(
+                        400, "issuer_mismatch", "The response came from an unexpected issuer."
+                    )
+            elif broker.provider.authorization_response_iss_parameter_supported:
+                raise _Reject(400, "issuer_missing", "The provider must identify itself (iss).")
+            code = params.get("code")
+            if not code:
+                raise _Reject(400, "invalid_request", "The callback carries no code.")
+            extra_names = set(broker.provider.callback_params)
+            extra = {k: v for k, v in params.items() if k in extra_names}
+            try:
+                result = yield ExchangeCode(broker, Secret(state), Secret(code), iss, extra)
+            except AuthorizationFlowError as exc:
+                raise _Reject(400, exc.code, "The login could not be completed.") from None
+            except (TransportError, TransientProviderError) as exc:
+                log.warning(
+                    "code exchange for provider=%s failed: %s", provider, type(exc).__name__
+                )
+                raise _Reject(
+                    502, "provider_unavailable", "The provider could not be reached."
+                ) from None
+            except ProviderError as exc:
+                log.warning("code exchange for provider=%s rejected: %s", provider, exc.error)
+                raise _Reject(
+                    400, "exchange_failed", "The provider rejected the authorization code."
+                ) from None
+            except StorageError as exc:
+                log.warning(
+                    "code exchange for provider=%s failed: %s", provider, type(exc).__name__
+                )
+                raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+            except BrokerError as exc:
+                log.warning(
+                    "code exchange for provider=%s failed: %s", provider, type(exc).__name__
+                )
+                raise _Reject(400, "exchange_failed", "The login could not be completed.") from None
+            record = cast(TokenRecord, result)
+            principal = str(record.key.principal)
+            old = self._open_session(cookies, now)
+            connections: tuple[str, ...] = (provider,)
+            if old is not None and old.tenant == tenant and old.principal == principal:
+                connections = tuple(dict.fromkeys((*old.connections, provider)))
+            if old is not None:
+                self._forget_sid(old.sid, now)
+            # B8: a new session id on every login (no fixation).
+            session = _Session(
+                sid=secrets.token_urlsafe(24),
+                tenant=str(record.key.tenant),
+                principal=principal,
+                connections=connections,
+                created_at=now,
+                seen_at=now,
+            )
+            response = _redirect(return_to, 303)
+            response.headers.append(self._session_cookie(session, now))
+        except _Reject as reject:
+            response = self._error(request, reject)
+        response.headers.append(consume)
+        return response
+
+    def _logout(self, request: BrokerRequest, body: bytes) -> Handler:
+        if request.method != "POST":
+            response = self._error(
+                request, _Reject(405, "method_not_allowed", "Log out with a POST request.")
+            )
+            response.headers.append(("allow", "POST"))
+            return response
+        now = self._now()
+        cookies = parse_cookie_header(request.header("cookie"))
+        session = self._open_session(cookies, now)
+        form: dict[str, str] = {}
+        content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
+        if content_type == "application/x-www-form-urlencoded" and body:
+            form = dict(reversed(parse_qsl(body.decode("latin-1"), keep_blank_values=True)))
+        # G3: POST plus an Origin check, or a CSRF token when the client sends no Origin.
+        origin = request.header("origin")
+        fetch_site = request.header("sec-fetch-site")
+        if fetch_site is not None and fetch_site not in ("same-origin", "none"):
+            raise _Reject(403, "csrf_failed", "Cross-site logout requests are refused.")
+        if origin is not None:
+            if not hmac.compare_digest(origin.lower().encode(), self.origin.encode()):
+                raise _Reject(403, "csrf_failed", "The request came from another origin.")
+        else:
+            sent = request.header("x-csrf-token") or form.get("csrf_token") or ""
+            expected = self._csrf(session)
+            if expected is None or not hmac.compare_digest(sent.encode(), expected.encode()):
+                raise _Reject(403, "csrf_failed", "The CSRF token is missing or wrong.")
+        query = dict(reversed(request.query_pairs()))
+        target = safe_return_to(
+            form.get("return_to") or query.get("return_to"), base_url=self.base_url
+        )
+        if session is not None and session.tenant is not None and session.principal is not None:
+            for provider in session.connections:
+                broker = self.brokers.get(provider)
+                if broker is None:
+                    continue
+                try:
+                    yield Revoke(
+                        broker,
+                        tenant=session.tenant,
+                        principal=session.principal,
+                        scopes=self._scopes.get(provider, ()),
+                    )
+                except BrokerError as exc:
+                    log.warning(
+                        "revocation at logout failed for provider=%s: %s",
+                        provider,
+                        type(exc).__name__,
+                    )
+            self._forget_sid(session.sid, now)
+        response = _redirect(target, 303)
+        response.headers.append(("set-cookie", self.cookies.delete_cookie(self.session_cookie)))
+        return response
+
+    # -- error pages -----------------------------------------------------------------------
+    def _error(self, request: BrokerRequest, reject: _Reject) -> Response:
+        accept = request.header("accept") or ""
+        headers = list(_SECURITY_HEADERS)
+        if "application/json" in accept and "text/html" not in accept:
+            body = json.dumps(
+                {"error": reject.code, "error_description": reject.description},
+                separators=(",", ":"),
+            ).encode()
+            headers.insert(0, ("content-type", "application/json"))
+        else:
+            body = _ERROR_PAGE.format(
+                code=html.escape(reject.code), description=html.escape(reject.description)
+            ).encode()
+            headers.insert(0, ("content-type", "text/html; charset=utf-8"))
+            headers.append(
+                ("content-security-policy", "default-src 'none'; frame-ancestors 'none'")
+            )
+        return Response(reject.status, headers, body)
+
+
+_ERROR_PAGE: Final = (
+    "<!doctype html><html lang=en><head><meta charset=utf-8>"
+    "<title>Sign-in failed</title></head><body><h1>Sign-in failed</h1>"
+    '<p>Error code: <code id="error-code">{code}</code></p><p>{description}</p>'
+    "</body></html>"
+)

@@ -1,0 +1,174 @@
+"""``BrokerMiddleware``: the pure ASGI shell around :mod:`._core` (Starlette, FastAPI, any ASGI).
+
+Owns: turning an ASGI scope into a :class:`~._core.BrokerRequest`, reading the (small) logout
+form body, sending early responses as ASGI messages, adding the session cookie to the app's
+response start, and catching ``AuthorizationRequired`` before the response has started.
+Non-HTTP scopes (``websocket``, ``lifespan``) pass straight through.
+
+Must not import: starlette (pure ASGI, no ``BaseHTTPMiddleware``), httpx, the WSGI shell.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from typing import Any, TypeAlias
+
+from .._core.errors import AuthorizationRequired
+from .._core.model import Secret
+from ..broker import Broker
+from ._core import (
+    CONTEXT_KEY,
+    BrokerRequest,
+    MiddlewareCore,
+    PrincipalResolver,
+    Response,
+    TenantResolver,
+    adrive,
+)
+
+__all__ = ["BrokerMiddleware"]
+
+Scope: TypeAlias = MutableMapping[str, Any]
+Message: TypeAlias = MutableMapping[str, Any]
+Receive: TypeAlias = Callable[[], Awaitable[Message]]
+Send: TypeAlias = Callable[[Message], Awaitable[None]]
+ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _headers_of(scope: Scope) -> Callable[[], dict[str, str]]:
+    def build() -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for raw_name, raw_value in scope.get("headers") or ():
+            name = raw_name.decode("latin-1").lower()
+            value = raw_value.decode("latin-1")
+            if name in headers:
+                headers[name] += ("; " if name == "cookie" else ", ") + value
+            else:
+                headers[name] = value
+        return headers
+
+    return build
+
+
+def _request_of(scope: Scope) -> BrokerRequest:
+    client = scope.get("client")
+    return BrokerRequest(
+        method=scope.get("method", "GET"),
+        path=scope.get("path", "/"),
+        query_string=(scope.get("query_string") or b"").decode("latin-1"),
+        headers=_headers_of(scope),
+        client_host=client[0] if client else None,
+        raw=scope,
+    )
+
+
+async def _send_response(response: Response, send: Send, *, head: bool = False) -> None:
+    headers = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in response.headers]
+    headers.append((b"content-length", str(len(response.body)).encode()))
+    await send({"type": "http.response.start", "status": response.status, "headers": headers})
+    await send({"type": "http.response.body", "body": b"" if head else response.body})
+
+
+class BrokerMiddleware:
+    """Login, callback and logout routes plus a per-request broker context, as pure ASGI.
+
+    ::
+
+        app.add_middleware(BrokerMiddleware, brokers={"acme": broker},
+                           scopes={"acme": ["openid", "email"]}, secret_key="...",
+                           base_url="https://app.example.com")
+    """
+
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        brokers: Mapping[str, Broker],
+        secret_key: str | Secret | Sequence[str | Secret],
+        base_url: str,
+        scopes: Mapping[str, Iterable[str]] | None = None,
+        prefix: str = "/oauth2",
+        tenant_resolver: TenantResolver | None = None,
+        principal_resolver: PrincipalResolver | None = None,
+        flow_ttl: float = 300.0,
+        session_idle_timeout: float = 8 * 3600.0,
+        session_absolute_timeout: float = 7 * 24 * 3600.0,
+        max_flows: int = 8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.core = MiddlewareCore(
+            brokers=brokers,
+            secret_key=secret_key,
+            base_url=base_url,
+            scopes=scopes,
+            prefix=prefix,
+            tenant_resolver=tenant_resolver,
+            principal_resolver=principal_resolver,
+            flow_ttl=flow_ttl,
+            session_idle_timeout=session_idle_timeout,
+            session_absolute_timeout=session_absolute_timeout,
+            max_flows=max_flows,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"BrokerMiddleware({self.core!r})"
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        core = self.core
+        request = _request_of(scope)
+        route = core.match(request.path)
+        if route is not None:
+            body = b""
+            if core.wants_body(route, request.method):
+                body = await self._read_body(receive, core.max_body)
+            response = await adrive(core.handle(route, request, body))
+            await _send_response(response, send, head=request.method == "HEAD")
+            return
+        prepared = core.prepare(request)
+        if isinstance(prepared, Response):
+            await _send_response(prepared, send, head=request.method == "HEAD")
+            return
+        context = prepared.context
+        scope[CONTEXT_KEY] = context
+        state = scope.get("state")
+        scope["state"] = {**state, CONTEXT_KEY: context} if state else {CONTEXT_KEY: context}
+        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in prepared.set_cookies]
+        started = False
+
+        async def send_wrapper(message: Message) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+                if extra:
+                    message["headers"] = [*message.get("headers", ()), *extra]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_wrapper)
+        except AuthorizationRequired as exc:
+            if started:
+                raise
+            response = core.authorization_required(request, exc)
+            await _send_response(response, send, head=request.method == "HEAD")
+
+    @staticmethod
+    async def _read_body(receive: Receive, limit: int) -> bytes:
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                break
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size <= limit:
+                chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        return b"".join(chunks) if size <= limit else b""

@@ -1,0 +1,207 @@
+"""``BrokerWSGIMiddleware``: the WSGI shell around :mod:`._core` (Flask, Django, any WSGI app).
+
+Owns: turning a WSGI environ into a :class:`~._core.BrokerRequest`, reading the (small) logout
+form body, answering broker routes with the sync broker methods, adding the session cookie to
+the app's response, and turning ``AuthorizationRequired`` into a login redirect or a 401 —
+whether it propagates out of the app, or the framework already turned it into a 5xx page after
+it was raised through ``environ["oauth2_broker"].lease()``.
+
+Must not import: flask, django, asyncio, httpx, the ASGI shell.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from types import TracebackType
+from typing import Any, Protocol, TypeAlias
+
+from .._core.errors import AuthorizationRequired
+from .._core.model import Secret
+from ..broker import Broker
+from ._core import (
+    CONTEXT_KEY,
+    BrokerRequest,
+    MiddlewareCore,
+    PrincipalResolver,
+    Response,
+    TenantResolver,
+    drive,
+)
+
+__all__ = ["BrokerWSGIMiddleware"]
+
+Environ: TypeAlias = dict[str, Any]
+ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType]
+_Write: TypeAlias = Callable[[bytes], object]
+
+
+class StartResponse(Protocol):
+    def __call__(
+        self,
+        status: str,
+        headers: list[tuple[str, str]],
+        exc_info: ExcInfo | None = ...,
+        /,
+    ) -> _Write: ...
+
+
+WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
+
+_REASONS = {
+    302: "Found",
+    303: "See Other",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    502: "Bad Gateway",
+    503: "Service Unavailable",
+}
+
+
+def _headers_of(environ: Environ) -> Callable[[], dict[str, str]]:
+    def build() -> dict[str, str]:
+        headers: dict[str, str] = {}
+        for key, value in environ.items():
+            if key.startswith("HTTP_"):
+                headers[key[5:].replace("_", "-").lower()] = str(value)
+        if environ.get("CONTENT_TYPE"):
+            headers["content-type"] = str(environ["CONTENT_TYPE"])
+        if environ.get("CONTENT_LENGTH"):
+            headers["content-length"] = str(environ["CONTENT_LENGTH"])
+        return headers
+
+    return build
+
+
+def _request_of(environ: Environ) -> BrokerRequest:
+    path = environ.get("PATH_INFO", "") or "/"
+    # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-decode as UTF-8 like ASGI's path.
+    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+        path = path.encode("latin-1").decode("utf-8")
+    return BrokerRequest(
+        method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
+        path=path,
+        query_string=str(environ.get("QUERY_STRING", "")),
+        headers=_headers_of(environ),
+        client_host=environ.get("REMOTE_ADDR") or None,
+        raw=environ,
+    )
+
+
+def _respond(response: Response, start_response: StartResponse, head: bool) -> list[bytes]:
+    status = f"{response.status} {_REASONS.get(response.status, 'Error')}"
+    headers = [*response.headers, ("content-length", str(len(response.body)))]
+    start_response(status, headers)
+    return [] if head else [response.body]
+
+
+def _read_body(environ: Environ, limit: int) -> bytes:
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return b""
+    if length <= 0 or length > limit:
+        return b""
+    stream = environ.get("wsgi.input")
+    if stream is None:
+        return b""
+    data = stream.read(length)
+    return data if isinstance(data, bytes) else b""
+
+
+class BrokerWSGIMiddleware:
+    """The WSGI twin of :class:`~oauth2_broker_mw.middleware.BrokerMiddleware`.
+
+    ::
+
+        app.wsgi_app = BrokerWSGIMiddleware(app.wsgi_app, brokers={"acme": broker},
+                                            secret_key="...", base_url="https://app.example.com")
+    """
+
+    def __init__(
+        self,
+        app: WSGIApp,
+        *,
+        brokers: Mapping[str, Broker],
+        secret_key: str | Secret | Sequence[str | Secret],
+        base_url: str,
+        scopes: Mapping[str, Iterable[str]] | None = None,
+        prefix: str = "/oauth2",
+        tenant_resolver: TenantResolver | None = None,
+        principal_resolver: PrincipalResolver | None = None,
+        flow_ttl: float = 300.0,
+        session_idle_timeout: float = 8 * 3600.0,
+        session_absolute_timeout: float = 7 * 24 * 3600.0,
+        max_flows: int = 8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.core = MiddlewareCore(
+            brokers=brokers,
+            secret_key=secret_key,
+            base_url=base_url,
+            scopes=scopes,
+            prefix=prefix,
+            tenant_resolver=tenant_resolver,
+            principal_resolver=principal_resolver,
+            flow_ttl=flow_ttl,
+            session_idle_timeout=session_idle_timeout,
+            session_absolute_timeout=session_absolute_timeout,
+            max_flows=max_flows,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"BrokerWSGIMiddleware({self.core!r})"
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        core = self.core
+        request = _request_of(environ)
+        head = request.method == "HEAD"
+        route = core.match(request.path)
+        if route is not None:
+            body = (
+                _read_body(environ, core.max_body)
+                if core.wants_body(route, request.method)
+                else b""
+            )
+            return _respond(drive(core.handle(route, request, body)), start_response, head)
+        prepared = core.prepare(request)
+        if isinstance(prepared, Response):
+            return _respond(prepared, start_response, head)
+        context = prepared.context
+        environ[CONTEXT_KEY] = context
+        extra = prepared.set_cookies
+        replaced: list[Response] = []
+        in_call = True
+
+        def start_wrapper(
+            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
+        ) -> _Write:
+            exc = context.authorization_required
+            if in_call and exc is not None and status[:1] == "5" and not replaced:
+                # The framework rendered AuthorizationRequired as an error page: replace it.
+                replaced.append(core.authorization_required(request, exc))
+                return _discard
+            return start_response(status, [*headers, *extra], exc_info)
+
+        try:
+            result = self.app(environ, start_wrapper)
+        except AuthorizationRequired as exc:
+            return _respond(core.authorization_required(request, exc), start_response, head)
+        finally:
+            in_call = False
+        if replaced:
+            close = getattr(result, "close", None)
+            if close is not None:
+                close()
+            return _respond(replaced[0], start_response, head)
+        return result
+
+
+def _discard(data: bytes) -> object:
+    return None
