@@ -575,11 +575,15 @@ def test_client_secret_post(client: httpx2.Client) -> None:
 def test_client_authentication_failures(
     client: httpx2.Client,
     data: dict[str, str],
-    auth: tuple[str, str] | None,
+    auth: tuple[str | bytes, str | bytes] | None,
     status: int,
     error: str,
 ) -> None:
-    response = client.post("/token", data={"grant_type": "client_credentials", **data}, auth=auth)
+    response = client.post(
+        "/token",
+        data={"grant_type": "client_credentials", **data},
+        auth=auth if auth is not None else httpx2.USE_CLIENT_DEFAULT,
+    )
     assert response.status_code == status
     assert response.json()["error"] == error
 
@@ -1100,7 +1104,7 @@ def test_requests_are_recorded_without_leaking_secrets(
 
 
 def test_tokens_are_unique_and_random(mock_provider: MockProvider) -> None:
-    values = set()
+    values: set[str] = set()
     for _ in range(50):
         tokens = mock_provider.issue_tokens(scopes=["read"])
         values.update((tokens["access_token"], tokens["refresh_token"]))
@@ -1230,3 +1234,21 @@ def test_custom_clients_replace_the_default() -> None:
         ok = c.post("/token", data={"grant_type": "client_credentials"}, auth=("a", "b"))
         assert ok.status_code == 200
     provider.close()
+
+
+def test_descriptor_points_at_the_provider(mock_provider: MockProvider) -> None:
+    desc = mock_provider.descriptor()
+    assert desc.token_endpoint == "https://mock-idp.test/token"
+    assert desc.authorization_endpoint == "https://mock-idp.test/authorize"
+    assert desc.revocation_endpoint == "https://mock-idp.test/revoke"
+    assert desc.issuer == "https://mock-idp.test"
+    assert desc.scope_delimiter == " "
+    assert desc.pkce == "optional"
+    mock_provider.quirks = MockQuirks.slack()
+    mock_provider.send_iss = True
+    slack = mock_provider.descriptor(id="slack-mock", pkce="unsupported")
+    assert (slack.id, slack.pkce, slack.scope_delimiter) == ("slack-mock", "unsupported", ",")
+    assert slack.token_path == ("authed_user",)
+    assert slack.authorization_response_iss_parameter_supported is True
+    with mock_provider.serve() as url:
+        assert mock_provider.descriptor().token_endpoint == f"{url}/token"

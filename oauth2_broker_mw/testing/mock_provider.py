@@ -504,7 +504,13 @@ class MockProvider:
         self.close()
 
     def descriptor(self, **overrides: Any) -> Any:
-        """A ``ProviderDescriptor`` pointing at this server; keyword arguments override fields."""
+        """A ``ProviderDescriptor`` pointing at this server; keyword arguments override fields.
+
+        It mirrors the provider's current settings (issuer and endpoints, so call it inside
+        ``serve()`` for a loopback descriptor; scope delimiter, PKCE mode, scope on refresh,
+        ``iss`` on the redirect, the Slack token path, an unknown expiry when ``expires_in`` is
+        not sent). Fields the descriptor class does not know are dropped, overrides never.
+        """
         import inspect
 
         from oauth2_broker_mw._core.provider import ProviderDescriptor
@@ -526,6 +532,10 @@ class MockProvider:
         }
         if self.access_ttl is None or self.quirks.expires_in == "omit":
             fields["expiry_policy"] = "unknown"
+        if self.send_iss:
+            fields["authorization_response_iss_parameter_supported"] = True
+        if self.quirks.response_shape == "slack":
+            fields["token_path"] = ("authed_user",)
         try:
             params: Mapping[str, inspect.Parameter] = inspect.signature(
                 ProviderDescriptor
