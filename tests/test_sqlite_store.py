@@ -474,6 +474,29 @@ def test_lock_from_many_processes_never_has_two_holders(db_path: Path, tmp_path:
     assert not marker.exists()
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+@pytest.mark.filterwarnings("ignore:.*fork.*:DeprecationWarning")  # 3.12+: threads at fork
+def test_forked_child_opens_its_own_connections(store: SQLiteStore, db_path: Path) -> None:
+    # gunicorn --preload: the store was used in the parent before the workers forked.
+    store.put(make_record(key_for("parent"), "at-parent"))
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        code = 1
+        try:
+            loaded = store.get(key_for("parent"))
+            store.put(make_record(key_for("child"), "at-child"))
+            code = 0 if loaded is not None and store.acquire_lock("l", "child", 30) else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    child = store.get(key_for("child"))
+    assert child is not None
+    assert child.access_token == Secret("at-child")
+    assert store.acquire_lock("l", "parent", 30) is False  # the child's lock is visible
+    assert store.put(make_record(key_for("parent"), "at-parent-2")).version == 2
+
+
 def test_two_stores_on_one_file_see_each_others_writes(db_path: Path) -> None:
     a, b = SQLiteStore(db_path), SQLiteStore(db_path)
     try:

@@ -24,6 +24,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Final
@@ -145,6 +146,7 @@ class SQLiteStore(ThreadedAsyncMixin):
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         self._schema_ready = False
+        _LIVE_STORES.add(self)
 
     @property
     def path(self) -> str:
@@ -220,6 +222,9 @@ class SQLiteStore(ThreadedAsyncMixin):
                 conn = self._open()
             yield conn
         except sqlite3.Error as exc:
+            if conn is not None:  # it may be broken (I/O error): do not pool it
+                conn.close()
+                conn = None
             raise _translate(exc) from exc
         finally:
             if conn is not None:
@@ -237,6 +242,14 @@ class SQLiteStore(ThreadedAsyncMixin):
                 self._idle.append(conn)
                 return
         conn.close()
+
+    def _after_fork_in_child(self) -> None:
+        # A connection must not be used in a process other than the one that opened it,
+        # and closing it here could drop the parent's POSIX locks on the file: keep the
+        # inherited ones referenced (never used, never closed) and open fresh ones lazily.
+        self._pool_lock = threading.Lock()
+        _INHERITED.extend(self._idle)
+        self._idle = []
 
     def close(self) -> None:
         """Close the pooled connections. The store cannot be used afterwards."""
@@ -379,6 +392,21 @@ class SQLiteStore(ThreadedAsyncMixin):
         if pending.state_key != state_key:
             raise CorruptRecord("pending authorization is stored under another state")
         return pending
+
+
+# Stores alive in this process, so a forked child (gunicorn --preload, multiprocessing
+# "fork") drops the connections it inherited instead of sharing them with its parent.
+_LIVE_STORES: weakref.WeakSet[SQLiteStore] = weakref.WeakSet()
+_INHERITED: list[sqlite3.Connection] = []
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_LIVE_STORES):
+        store._after_fork_in_child()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 @contextmanager
