@@ -1,0 +1,401 @@
+"""Presets: every preset builds and carries its provider's quirks through the protocol layer."""
+
+from __future__ import annotations
+
+import base64
+import json
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from oauth2_broker_mw import presets
+from oauth2_broker_mw._core.effects import HttpResponse
+from oauth2_broker_mw._core.errors import ConfigurationError, InvalidGrant
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.oauth import (
+    authorization_url,
+    callback_metadata,
+    parse_token_response,
+    refresh_params,
+    token_request,
+)
+from oauth2_broker_mw._core.provider import (
+    BodyFormat,
+    ClientAuthMethod,
+    ClientConfig,
+    ExpiryPolicy,
+    GrantType,
+    PkceMode,
+    ProviderDescriptor,
+    is_allowed_endpoint,
+)
+
+NOW = 1_700_000_000.0
+CLIENT = ClientConfig.create("cid", "csecret")
+TEMPLATE_ARGS: dict[str, dict[str, str]] = {
+    "auth0": {"domain": "acme.eu.auth0.com"},
+    "okta": {"domain": "acme.okta.com"},
+    "shopify": {"shop": "acme"},
+    "zendesk": {"subdomain": "acme"},
+}
+EXPECTED = {
+    "atlassian",
+    "auth0",
+    "dropbox",
+    "figma",
+    "github",
+    "google",
+    "hubspot",
+    "microsoft",
+    "notion",
+    "okta",
+    "quickbooks",
+    "salesforce",
+    "shopify",
+    "slack",
+    "strava",
+    "twitch",
+    "x",
+    "xero",
+    "zendesk",
+    "zoho",
+}
+
+
+def auth_url(d: ProviderDescriptor, scopes: str = "a b") -> dict[str, str]:
+    url = authorization_url(
+        d,
+        CLIENT,
+        redirect_uri="https://app.example/cb",
+        scopes=ScopeSet.of(scopes),
+        state="st",
+        code_challenge="ch",
+        nonce=None,
+    )
+    return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
+
+
+def response(data: object, status: int = 200) -> HttpResponse:
+    return HttpResponse(status, {"content-type": "application/json"}, json.dumps(data).encode())
+
+
+def test_registry_lists_all_shipped_presets() -> None:
+    assert set(presets.PRESETS) == EXPECTED
+    assert set(presets.__all__) >= EXPECTED | {"PRESETS", "preset"}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_every_preset_is_valid_and_ready_with_its_arguments(name: str) -> None:
+    d = presets.preset(name, **TEMPLATE_ARGS.get(name, {}))
+    assert d.id == name
+    assert d.template_fields == frozenset()
+    for url in (
+        d.token_endpoint,
+        d.authorization_endpoint,
+        d.revocation_endpoint,
+        d.jwks_uri,
+        d.userinfo_endpoint,
+    ):
+        assert url is None or (url.startswith("https://") and is_allowed_endpoint(url))
+    assert d.supports(GrantType.AUTHORIZATION_CODE)
+    assert ProviderDescriptor.from_dict(d.to_dict()) == d
+    # an authorize URL and a token request can be built
+    assert auth_url(d)["client_id"] == "cid"
+    request = token_request(d, CLIENT, GrantType.AUTHORIZATION_CODE, {"code": "c"}, now=NOW)
+    assert request.url == d.token_endpoint
+    assert "csecret" not in request.url
+
+
+@pytest.mark.parametrize("name", sorted(TEMPLATE_ARGS))
+def test_templated_presets_without_arguments_stay_templated(name: str) -> None:
+    d = presets.preset(name)
+    assert d.template_fields == set(TEMPLATE_ARGS[name])
+    with pytest.raises(ConfigurationError, match="with_template"):
+        token_request(d, CLIENT, GrantType.AUTHORIZATION_CODE, {}, now=NOW)
+    assert d.with_template(**TEMPLATE_ARGS[name]) == presets.preset(name, **TEMPLATE_ARGS[name])
+
+
+def test_preset_lookup_aliases_overrides_and_errors() -> None:
+    assert presets.preset("Twitter") == presets.x()
+    assert presets.preset("entra", tenant="contoso.onmicrosoft.com").issuer == (
+        "https://login.microsoftonline.com/contoso.onmicrosoft.com/v2.0"
+    )
+    custom = presets.github(id="github-work", client_auth_method="client_secret_basic")
+    assert custom.id == "github-work"
+    assert custom.client_auth_method is ClientAuthMethod.CLIENT_SECRET_BASIC
+    with pytest.raises(ConfigurationError, match="no preset named 'nope'"):
+        presets.preset("nope")
+    with pytest.raises(ConfigurationError, match="unknown provider descriptor fields"):
+        presets.github(scope_delimeter=",")
+    with pytest.raises(ConfigurationError):
+        presets.shopify(shop="evil.example/x")
+    with pytest.raises(ConfigurationError, match="Zoho region"):
+        presets.zoho(region="xx")
+
+
+def test_github_form_body_comma_scopes_and_error_200() -> None:
+    d = presets.github()
+    assert d.expiry_policy is ExpiryPolicy.UNKNOWN
+    body = b"access_token=gho_x&scope=repo%2Cgist&token_type=bearer"
+    parsed = parse_token_response(d, HttpResponse(200, {}, body), now=NOW)
+    assert parsed.scopes == ScopeSet.of(["gist", "repo"])
+    assert parsed.expires_at is None
+    with pytest.raises(InvalidGrant):
+        parse_token_response(d, response({"error": "bad_verification_code"}), now=NOW)
+    app_token = response(
+        {
+            "access_token": "ghu_x",
+            "expires_in": 28800,
+            "refresh_token": "ghr_x",
+            "refresh_token_expires_in": 15811200,
+            "token_type": "bearer",
+            "scope": "",
+        }
+    )
+    parsed = parse_token_response(d, app_token, now=NOW)
+    assert parsed.expires_at == NOW + 28800
+    assert parsed.refresh_token_expires_at == NOW + 15811200
+
+
+def test_google_offline_params_and_oidc() -> None:
+    d = presets.google()
+    q = auth_url(d, "openid email")
+    assert q["access_type"] == "offline"
+    assert q["prompt"] == "consent"
+    assert q["code_challenge_method"] == "S256"
+    assert d.issuer == "https://accounts.google.com"
+    assert d.client_auth_method is ClientAuthMethod.CLIENT_SECRET_POST
+
+
+def test_microsoft_tenant_scope_on_refresh_and_issuer() -> None:
+    common = presets.microsoft()
+    assert "/common/" in common.token_endpoint
+    assert common.issuer is None  # multi-tenant: iss names the user's tenant
+    assert common.scope_on_refresh
+    assert "offline_access" in common.default_scopes
+    params = refresh_params(
+        common, refresh_token="r", scopes=ScopeSet.of("offline_access User.Read")
+    )
+    assert params["scope"] == "User.Read offline_access"
+    single = presets.microsoft(tenant="72f988bf-86f1-41af-91ab-2d7cd011db47")
+    assert single.issuer == (
+        "https://login.microsoftonline.com/72f988bf-86f1-41af-91ab-2d7cd011db47/v2.0"
+    )
+    assert presets.microsoft(tenant=None).template_fields == {"tenant"}
+
+
+def test_slack_bot_and_user_tokens() -> None:
+    bot = presets.slack()
+    q = auth_url(bot, "chat:write commands")
+    assert q["scope"] == "chat:write,commands"
+    assert "code_challenge" not in q
+    parsed = parse_token_response(
+        bot,
+        response(
+            {
+                "ok": True,
+                "access_token": "xoxb-1",
+                "token_type": "bot",
+                "scope": "chat:write,commands",
+                "bot_user_id": "U0B",
+                "team": {"id": "T1"},
+            }
+        ),
+        now=NOW,
+    )
+    assert parsed.token_type == "Bearer"
+    assert parsed.expires_at is None
+    assert parsed.metadata["bot_user_id"] == "U0B"
+    with pytest.raises(InvalidGrant):
+        parse_token_response(bot, response({"ok": False, "error": "invalid_code"}), now=NOW)
+
+    user = presets.slack(user_token=True)
+    q = auth_url(user, "search:read users:read")
+    assert q["user_scope"] == "search:read,users:read"
+    assert "scope" not in q
+    parsed = parse_token_response(
+        user,
+        response(
+            {
+                "ok": True,
+                "team": {"id": "T1"},
+                "authed_user": {
+                    "id": "U1",
+                    "access_token": "xoxp-1",
+                    "token_type": "user",
+                    "scope": "search:read,users:read",
+                },
+            }
+        ),
+        now=NOW,
+    )
+    assert parsed.access_token.get_secret_value() == "xoxp-1"
+    assert parsed.scopes == ScopeSet.of(["search:read", "users:read"])
+
+
+def test_salesforce_unknown_expiry_and_instance_url() -> None:
+    d = presets.salesforce(domain="test.salesforce.com")
+    assert d.token_endpoint == "https://test.salesforce.com/services/oauth2/token"
+    parsed = parse_token_response(
+        d,
+        response(
+            {
+                "access_token": "00D!x",
+                "instance_url": "https://acme.my.salesforce.com",
+                "id": "https://login.salesforce.com/id/00D/005",
+                "issued_at": "1700000000000",
+                "signature": "sig",
+                "token_type": "Bearer",
+            }
+        ),
+        now=NOW,
+    )
+    assert parsed.expires_at is None
+    assert parsed.metadata["instance_url"] == "https://acme.my.salesforce.com"
+
+
+def test_x_requires_pkce_and_basic_auth() -> None:
+    d = presets.x()
+    assert d.pkce is PkceMode.REQUIRED
+    with pytest.raises(ConfigurationError, match="PKCE"):
+        authorization_url(
+            d,
+            CLIENT,
+            redirect_uri="https://a/cb",
+            scopes=ScopeSet(),
+            state="s",
+            code_challenge=None,
+            nonce=None,
+        )
+    request = token_request(d, CLIENT, GrantType.REFRESH_TOKEN, {"refresh_token": "r"}, now=NOW)
+    header = request.header("authorization")
+    assert header is not None
+    assert base64.b64decode(header.split()[1]) == b"cid:csecret"
+
+
+def test_notion_basic_auth_with_json_body() -> None:
+    d = presets.notion()
+    assert d.body_format is BodyFormat.JSON
+    request = token_request(
+        d,
+        CLIENT,
+        GrantType.AUTHORIZATION_CODE,
+        {"code": "c", "redirect_uri": "https://a/cb"},
+        now=NOW,
+    )
+    assert request.header("authorization") is not None
+    assert request.body is not None
+    assert json.loads(request.body) == {
+        "grant_type": "authorization_code",
+        "code": "c",
+        "redirect_uri": "https://a/cb",
+    }
+    assert auth_url(d)["owner"] == "user"
+
+
+def test_quickbooks_realm_id_and_refresh_expiry() -> None:
+    d = presets.quickbooks()
+    assert callback_metadata(d, {"code": "c", "state": "s", "realmId": "9130"}) == {
+        "realmId": "9130"
+    }
+    parsed = parse_token_response(
+        d,
+        response(
+            {
+                "access_token": "eyJ",
+                "refresh_token": "AB1",
+                "token_type": "bearer",
+                "expires_in": 3600,
+                "x_refresh_token_expires_in": 8726400,
+            }
+        ),
+        now=NOW,
+    )
+    assert parsed.refresh_token_expires_at == NOW + 8726400
+
+
+def test_twitch_scope_array() -> None:
+    parsed = parse_token_response(
+        presets.twitch(),
+        response(
+            {
+                "access_token": "t",
+                "refresh_token": "r",
+                "expires_in": 14000,
+                "scope": ["channel:read:subscriptions", "user:read:email"],
+                "token_type": "bearer",
+            }
+        ),
+        now=NOW,
+    )
+    assert parsed.scopes == ScopeSet.of(["channel:read:subscriptions", "user:read:email"])
+
+
+def test_figma_refresh_endpoint_and_comma_scopes() -> None:
+    d = presets.figma()
+    assert d.refresh_url == "https://api.figma.com/v1/oauth/refresh"
+    assert d.token_endpoint == "https://api.figma.com/v1/oauth/token"
+    assert auth_url(d, "file_content:read files:read")["scope"] == "file_content:read,files:read"
+    assert "code_challenge" not in auth_url(d)
+
+
+def test_dropbox_offline_and_strava_comma() -> None:
+    assert auth_url(presets.dropbox())["token_access_type"] == "offline"
+    assert auth_url(presets.strava(), "read activity:read")["scope"] == "activity:read,read"
+
+
+def test_shopify_shop_forms_and_expiring_tokens() -> None:
+    a = presets.shopify(shop="acme")
+    b = presets.shopify(shop="acme.myshopify.com")
+    assert a == b
+    assert a.allowed_origins == ("https://acme.myshopify.com",)
+    assert not a.supports("refresh_token")
+    expiring = presets.shopify(shop="acme", expiring=True)
+    assert expiring.supports("refresh_token")
+    request = token_request(expiring, CLIENT, GrantType.AUTHORIZATION_CODE, {"code": "c"}, now=NOW)
+    assert request.body is not None
+    assert b"expiring=1" in request.body
+
+
+def test_zoho_regions_and_api_domain() -> None:
+    eu = presets.zoho(region="eu")
+    assert eu.token_endpoint == "https://accounts.zoho.eu/oauth/v2/token"
+    assert eu.allowed_origins == ("https://www.zohoapis.eu",)
+    assert auth_url(eu, "ZohoCRM.modules.ALL ZohoCRM.settings.ALL")["scope"] == (
+        "ZohoCRM.modules.ALL,ZohoCRM.settings.ALL"
+    )
+    parsed = parse_token_response(
+        eu,
+        response(
+            {
+                "access_token": "1000.x",
+                "api_domain": "https://www.zohoapis.eu",
+                "token_type": "Bearer",
+                "expires_in": 3600,
+            }
+        ),
+        now=NOW,
+    )
+    assert parsed.metadata == {"api_domain": "https://www.zohoapis.eu"}
+
+
+def test_okta_and_auth0_shapes() -> None:
+    okta = presets.okta(domain="acme.okta.com")
+    assert okta.issuer == "https://acme.okta.com/oauth2/default"
+    assert okta.token_endpoint == "https://acme.okta.com/oauth2/default/v1/token"
+    org = presets.okta(domain="acme.okta.com", authorization_server=None)
+    assert org.issuer == "https://acme.okta.com"
+    assert org.token_endpoint == "https://acme.okta.com/oauth2/v1/token"
+    auth0 = presets.auth0(domain="acme.eu.auth0.com", audience="https://api.acme.example")
+    assert auth0.issuer == "https://acme.eu.auth0.com/"
+    assert auth0.token_params == {"audience": "https://api.acme.example"}
+    request = token_request(auth0, CLIENT, GrantType.CLIENT_CREDENTIALS, {}, now=NOW)
+    assert request.body is not None
+    assert parse_qs(request.body.decode())["audience"] == ["https://api.acme.example"]
+
+
+def test_atlassian_and_xero_offline_access() -> None:
+    at = presets.atlassian()
+    assert auth_url(at)["audience"] == "api.atlassian.com"
+    assert at.default_scopes == ("offline_access",)
+    assert presets.xero().default_scopes == ("offline_access",)
