@@ -1,0 +1,299 @@
+"""Middleware overhead on pass-through routes: a bare Starlette app vs the same app wrapped.
+
+Run: ``.venv/bin/python benchmarks/middleware.py`` (``--http`` adds uvicorn + httpx2 over
+loopback; ``--quick`` for a short run).
+
+Two measurements, both in one process and one run, so the machine is the same for both sides:
+
+1. In-process ASGI calls with a minimal driver (a prebuilt scope, a one-message ``receive`` and
+   a ``send`` that only counts): no client, no sockets, so nearly all of the time is the app and
+   the middleware. Rounds alternate between the two apps (ABAB...) and the median round of each
+   side is reported, which cancels slow drifts (CPU frequency, other processes).
+   Three request shapes: no cookie (anonymous), with the middleware's session cookie
+   (a logged-in browser; the cookie is obtained by a real login against an in-process
+   MockProvider when the middleware and MockProvider are importable), and a POST with a body.
+2. Optional (``--http``): both apps served by uvicorn on loopback ports and hit by an
+   ``httpx2.AsyncClient`` with a fixed concurrency. Client and server noise dominate here; the
+   ratio is printed for completeness.
+
+The goal is a ratio (wrapped / bare requests per second) within 5%, i.e. >= 0.95.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gc
+import statistics
+import sys
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Route
+
+ASGIApp = Callable[
+    [
+        MutableMapping[str, Any],
+        Callable[[], Awaitable[MutableMapping[str, Any]]],
+        Callable[[MutableMapping[str, Any]], Awaitable[None]],
+    ],
+    Awaitable[None],
+]
+
+BASE_URL = "http://127.0.0.1:8000"
+SECRET_KEY = "benchmark-secret-key-0123456789abcdef"
+
+
+async def ping(request: Request) -> Response:
+    return PlainTextResponse("pong")
+
+
+async def echo(request: Request) -> Response:
+    body = await request.body()
+    return PlainTextResponse(str(len(body)))
+
+
+def make_bare() -> Starlette:
+    return Starlette(routes=[Route("/ping", ping), Route("/echo", echo, methods=["POST"])])
+
+
+def make_wrapped() -> tuple[ASGIApp, Any]:
+    """The same app wrapped in BrokerMiddleware, and the MockProvider (or None)."""
+    from oauth2_broker_mw.broker import Broker
+    from oauth2_broker_mw.middleware import BrokerMiddleware
+    from oauth2_broker_mw.stores import MemoryStore
+    from oauth2_broker_mw.testing.mock_provider import MockProvider
+
+    provider = MockProvider(issuer="http://127.0.0.1:9/idp", auto_approve=True)
+    import httpx2
+
+    transport = httpx2.ASGITransport(app=provider.app)
+    broker = Broker(
+        provider.descriptor(),
+        client_id="test-client",
+        client_secret="test-secret",
+        store=MemoryStore(),
+        async_http_client=httpx2.AsyncClient(transport=transport),
+    )
+    app = BrokerMiddleware(
+        make_bare(),
+        brokers={"mock": broker},
+        scopes={"mock": ["openid"]},
+        secret_key=SECRET_KEY,
+        base_url=BASE_URL,
+    )
+    return app, provider
+
+
+def make_scope(
+    path: str, method: str = "GET", headers: list[tuple[bytes, bytes]] | None = None
+) -> dict[str, Any]:
+    return {
+        "type": "http",
+        "asgi": {"version": "3.0", "spec_version": "2.3"},
+        "http_version": "1.1",
+        "method": method,
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [
+            (b"host", b"127.0.0.1:8000"),
+            (b"accept", b"text/html"),
+            (b"user-agent", b"bench"),
+            *(headers or []),
+        ],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+        "state": {},
+    }
+
+
+async def run_batch(app: ASGIApp, scope: dict[str, Any], body: bytes, n: int) -> float:
+    """Call ``app`` ``n`` times; return the elapsed seconds."""
+    statuses: list[int] = []
+    message = {"type": "http.request", "body": body, "more_body": False}
+
+    async def receive() -> MutableMapping[str, Any]:
+        return message
+
+    async def send(msg: MutableMapping[str, Any]) -> None:
+        if msg["type"] == "http.response.start":
+            statuses.append(msg["status"])
+
+    start = time.perf_counter()
+    for _ in range(n):
+        # A fresh scope per request: middleware may write into it (scope["state"], context).
+        await app({**scope, "state": {}}, receive, send)
+    elapsed = time.perf_counter() - start
+    if any(s != 200 for s in statuses):
+        raise RuntimeError(f"unexpected statuses: {sorted(set(statuses))}")
+    return elapsed
+
+
+async def compare(
+    label: str,
+    bare: ASGIApp,
+    wrapped: ASGIApp,
+    scope: dict[str, Any],
+    body: bytes,
+    n: int,
+    rounds: int,
+) -> float:
+    await run_batch(bare, scope, body, n // 4)  # warm up both
+    await run_batch(wrapped, scope, body, n // 4)
+    bare_times: list[float] = []
+    wrapped_times: list[float] = []
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        for _ in range(rounds):
+            bare_times.append(await run_batch(bare, scope, body, n))
+            wrapped_times.append(await run_batch(wrapped, scope, body, n))
+            gc.collect()
+    finally:
+        if gc_was:
+            gc.enable()
+    bare_rps = n / statistics.median(bare_times)
+    wrapped_rps = n / statistics.median(wrapped_times)
+    ratio = wrapped_rps / bare_rps
+    print(
+        f"  {label:<28} bare {bare_rps:>9,.0f} req/s   with BrokerMiddleware "
+        f"{wrapped_rps:>9,.0f} req/s   ratio {ratio:.3f}  ({(1 - ratio) * 100:+.1f}% overhead)"
+    )
+    return ratio
+
+
+async def session_cookie(app: ASGIApp, provider: Any) -> str | None:
+    """Log in once through the middleware (auto-approving MockProvider); the Cookie header."""
+    import httpx2
+
+    try:
+        transport = httpx2.ASGITransport(app=app)
+        async with httpx2.AsyncClient(transport=transport, base_url=BASE_URL) as client:
+            response = await client.get("/oauth2/mock/login", params={"return_to": "/ping"})
+            location = response.headers.get("location", "")
+            # The authorize URL points at the MockProvider; it is reached in-process too.
+            if not location:
+                return None
+            idp = httpx2.AsyncClient(
+                transport=httpx2.ASGITransport(app=provider.app), base_url=BASE_URL
+            )
+            async with idp:
+                answer = await idp.get(location)
+                callback = answer.headers.get("location", "")
+            if not callback:
+                return None
+            done = await client.get(callback)
+            if done.status_code not in (302, 303, 307):
+                return None
+            cookie = "; ".join(f"{c.name}={c.value}" for c in client.cookies.jar)
+            return cookie or None
+    except Exception as exc:  # a benchmark, not a test: report and measure the rest
+        print(f"  (no logged-in measurement: {type(exc).__name__})")
+        return None
+
+
+async def in_process(n: int, rounds: int) -> list[float]:
+    bare = make_bare()
+    wrapped, provider = make_wrapped()
+    print(f"In-process ASGI calls ({n} requests x {rounds} alternating rounds, median round):")
+    ratios = [
+        await compare("GET /ping, no cookie", bare, wrapped, make_scope("/ping"), b"", n, rounds)
+    ]
+    cookie = await session_cookie(wrapped, provider)
+    if cookie is not None:
+        scope = make_scope("/ping", headers=[(b"cookie", cookie.encode())])
+        ratios.append(await compare("GET /ping, logged in", bare, wrapped, scope, b"", n, rounds))
+    body = b"x" * 1024
+    post = make_scope(
+        "/echo",
+        "POST",
+        headers=[(b"content-type", b"application/octet-stream"), (b"content-length", b"1024")],
+    )
+    ratios.append(await compare("POST /echo 1 KiB", bare, wrapped, post, body, n, rounds))
+    return ratios
+
+
+async def over_http(n: int, concurrency: int) -> float:
+    import socket
+    import threading
+
+    import httpx2
+    import uvicorn
+
+    def serve(app: Any) -> tuple[uvicorn.Server, threading.Thread, str]:
+        sock = socket.socket()
+        sock.bind(("127.0.0.1", 0))
+        config = uvicorn.Config(
+            app, log_level="warning", access_log=False, lifespan="off", http="h11"
+        )
+        server = uvicorn.Server(config)
+        thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+        thread.start()
+        while not server.started:
+            time.sleep(0.01)
+        return server, thread, f"http://127.0.0.1:{sock.getsockname()[1]}"
+
+    servers = [serve(make_bare()), serve(make_wrapped()[0])]
+    limits = httpx2.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    try:
+        async with httpx2.AsyncClient(limits=limits) as client:
+
+            async def hammer(url: str, count: int) -> float:
+                queue = iter(range(count))
+
+                async def worker() -> None:
+                    for _ in queue:
+                        response = await client.get(url)
+                        if response.status_code != 200:
+                            raise RuntimeError(response.status_code)
+
+                start = time.perf_counter()
+                await asyncio.gather(*(worker() for _ in range(concurrency)))
+                return count / (time.perf_counter() - start)
+
+            for _, _, base in servers:
+                await hammer(base + "/ping", n // 5)
+            bare_rps: list[float] = []
+            wrapped_rps: list[float] = []
+            for _ in range(3):
+                bare_rps.append(await hammer(servers[0][2] + "/ping", n))
+                wrapped_rps.append(await hammer(servers[1][2] + "/ping", n))
+    finally:
+        for server, thread, _ in servers:
+            server.should_exit = True
+            thread.join(timeout=5)
+    b, w = statistics.median(bare_rps), statistics.median(wrapped_rps)
+    print(
+        f"uvicorn + httpx2 over loopback ({n} requests x 3 rounds, {concurrency} connections):\n"
+        f"  {'GET /ping, no cookie':<28} bare {b:>9,.0f} req/s   with BrokerMiddleware "
+        f"{w:>9,.0f} req/s   ratio {w / b:.3f}"
+    )
+    return w / b
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--requests", type=int, default=20000, help="requests per round")
+    parser.add_argument("--rounds", type=int, default=7, help="alternating rounds per side")
+    parser.add_argument("--http", action="store_true", help="also measure over loopback HTTP")
+    parser.add_argument("--quick", action="store_true", help="short run (for smoke tests)")
+    args = parser.parse_args(argv)
+    n, rounds = (2000, 3) if args.quick else (args.requests, args.rounds)
+    print(f"Python {sys.version.split()[0]}, goal: ratio >= 0.95 (within 5%)")
+    ratios = asyncio.run(in_process(n, rounds))
+    if args.http:
+        ratios.append(asyncio.run(over_http(max(n // 4, 500), 16)))
+    worst = min(ratios)
+    print(f"worst ratio {worst:.3f}: {'within' if worst >= 0.95 else 'NOT within'} 5%")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
