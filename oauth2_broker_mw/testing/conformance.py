@@ -465,23 +465,17 @@ class StoreConformance:
         assert api.release_lock("never-taken", "owner-a") is False
 
     def test_expired_lock_can_be_taken_and_old_owner_loses_it(self, api: StoreRunner) -> None:
-        name = f"refresh:{uuid.uuid4().hex}"
-        assert api.acquire_lock(name, "owner-a", LOCK_TTL) is True
-        assert api.acquire_lock(name, "owner-b", LOCK_TTL) is False
+        expiring, shortened = f"refresh:{uuid.uuid4().hex}", f"refresh:{uuid.uuid4().hex}"
+        assert api.acquire_lock(expiring, "owner-a", LOCK_TTL) is True
+        assert api.acquire_lock(shortened, "owner-a", 30) is True
+        assert api.renew_lock(shortened, "owner-a", LOCK_TTL) is True  # expiry = now + ttl
         time.sleep(PAST_TTL)
-        assert api.renew_lock(name, "owner-a", 30) is False  # too late: it has expired
-        assert api.acquire_lock(name, "owner-b", 30) is True
-        assert api.renew_lock(name, "owner-a", 30) is False
-        assert api.release_lock(name, "owner-a") is False
-        assert api.acquire_lock(name, "owner-c", 30) is False  # b still holds it
-
-    def test_renewed_lock_outlives_its_first_ttl(self, api: StoreRunner) -> None:
-        name = f"refresh:{uuid.uuid4().hex}"
-        assert api.acquire_lock(name, "owner-a", LOCK_TTL) is True
-        assert api.renew_lock(name, "owner-a", 30) is True  # extends well past the sleep
-        time.sleep(PAST_TTL)
-        assert api.acquire_lock(name, "owner-b", 30) is False
-        assert api.release_lock(name, "owner-a") is True
+        assert api.renew_lock(expiring, "owner-a", 30) is False  # too late: it has expired
+        assert api.acquire_lock(expiring, "owner-b", 30) is True
+        assert api.renew_lock(expiring, "owner-a", 30) is False
+        assert api.release_lock(expiring, "owner-a") is False
+        assert api.acquire_lock(expiring, "owner-c", 30) is False  # b holds it now
+        assert api.acquire_lock(shortened, "owner-b", 30) is True
 
     def test_lock_race_has_exactly_one_holder(self, api: StoreRunner) -> None:
         name = f"refresh:{uuid.uuid4().hex}"
