@@ -1,0 +1,730 @@
+"""BrokerAuth: transparent outbound request signing for httpx, httpx2 and requests.
+
+Owns: :class:`BrokerAuth` (one object that is an ``httpx2.Auth``, an ``httpx.Auth`` and a
+``requests.auth.AuthBase``), origin binding of access tokens, the RFC 6750 §3 reaction to
+401/403 responses, and :class:`InsufficientScopeEvent`.
+
+The decisions live once: ``_signs`` (does a token go to this origin?), ``_checked`` (required
+scopes) and ``_respond``, a sans-IO generator that judges a 401/403 (token problem or not,
+replayable body or not) and yields "need a replacement lease" and "send this retry" steps.
+Three thin shells drive them: ``sync_auth_flow`` (httpx/httpx2 ``Client``), ``async_auth_flow``
+(``AsyncClient``) and ``__call__`` + a response hook (requests, the way its ``HTTPDigestAuth``
+retries). Library differences (URL shapes, body replay, how a retry is built) sit in two
+adapters that decide nothing.
+
+Must not import: ``httpx`` or ``requests`` at module level (both are optional; they are
+loaded guarded), stores, the middleware, asyncio or threading (the broker owns every lock and
+every wait). Never logs, formats or raises with a token or an ``Authorization`` header.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import (
+    AsyncGenerator,
+    Callable,
+    Generator,
+    Hashable,
+    Iterable,
+    MutableMapping,
+)
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast, overload
+from urllib.parse import urljoin, urlsplit
+
+import httpx2
+
+from ._core.errors import ConfigurationError, InsufficientScope
+from ._core.model import Lease, ScopeSet, StoreKey
+from ._core.oauth import parse_www_authenticate
+from ._core.provider import is_allowed_endpoint
+
+if TYPE_CHECKING:
+    import httpx
+    import requests
+    from httpx import Auth as _HttpxAuth
+    from requests.auth import AuthBase as _RequestsAuthBase
+else:
+
+    def _optional_base(module: str, name: str) -> type:
+        """The class ``module.name`` if that library is installed, else an empty stand-in."""
+        try:
+            return cast(type, getattr(importlib.import_module(module), name))
+        except ImportError:
+            return type(f"_Missing{name}", (), {"__slots__": ()})
+
+    _HttpxAuth = _optional_base("httpx", "Auth")
+    _RequestsAuthBase = _optional_base("requests.auth", "AuthBase")
+
+__all__ = ["BrokerAuth", "InsufficientScopeEvent"]
+
+logger: Final = logging.getLogger("oauth2_broker_mw.auth")
+
+_DEFAULT_PORTS: Final = {"http": 80, "https": 443}
+_LEASE_ATTR: Final = "_oauth2_broker_mw_lease"
+_MARK_ATTR: Final = "_oauth2_broker_mw_body_mark"
+_MEMO_SIZE: Final = 256
+
+Origin: TypeAlias = tuple[str, str, int]
+"""(scheme, lower-case host without brackets, port with the scheme's default filled in)."""
+
+
+def _byte_stream_types() -> tuple[type, ...]:
+    types: list[type] = [httpx2.ByteStream]
+    try:
+        import httpx
+    except ImportError:  # pragma: no cover - httpx is optional
+        pass
+    else:
+        types.append(httpx.ByteStream)
+    return tuple(types)
+
+
+_REPLAYABLE_STREAMS: Final = _byte_stream_types()
+
+
+# -- what the broker must offer ------------------------------------------------------------
+class _Descriptor(Protocol):
+    @property
+    def id(self) -> str: ...
+
+    @property
+    def allowed_origins(self) -> tuple[str, ...]: ...
+
+
+class LeaseSource(Protocol):
+    """The part of :class:`~oauth2_broker_mw.Broker` that :class:`BrokerAuth` uses."""
+
+    @property
+    def provider(self) -> _Descriptor: ...
+
+    def key(
+        self, *, tenant: str, principal: str, scopes: ScopeSet | str | Iterable[str] | None = None
+    ) -> StoreKey: ...
+
+    def cached_lease(self, key: StoreKey) -> Lease | None: ...
+
+    def lease_for_key(
+        self,
+        key: StoreKey,
+        *,
+        scopes: ScopeSet | str | Iterable[str] | None = None,
+        required_scopes: Iterable[str] | None = None,
+    ) -> Lease: ...
+
+    async def alease_for_key(
+        self,
+        key: StoreKey,
+        *,
+        scopes: ScopeSet | str | Iterable[str] | None = None,
+        required_scopes: Iterable[str] | None = None,
+    ) -> Lease: ...
+
+    def replace_lease(self, stale: Lease) -> Lease: ...
+
+    async def areplace_lease(self, stale: Lease) -> Lease: ...
+
+
+# -- the insufficient-scope report -----------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class InsufficientScopeEvent:
+    """A resource server answered 403 ``insufficient_scope`` to a request we signed.
+
+    The request is not retried and the token is not refreshed or revoked: more scope needs a new
+    grant (a login with the scopes below). ``url`` has no query string or fragment.
+    """
+
+    tenant: str
+    principal: str
+    provider: str
+    required_scopes: tuple[str, ...]
+    granted_scopes: tuple[str, ...]
+    url: str
+    status_code: int = 403
+
+
+# -- the steps the flow yields ---------------------------------------------------------------
+class _BrokerStep:
+    """A step the shell answers by asking the broker (anything else the flow yields is sent)."""
+
+    __slots__ = ()
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _NeedReplacement(_BrokerStep):
+    """Step: "this lease was rejected by the resource server; give me its replacement"."""
+
+    stale: Lease
+
+    def __repr__(self) -> str:
+        return f"NeedReplacement(version={self.stale.version})"
+
+
+class _Message(Protocol):
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+
+class _Response(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+
+_Req = TypeVar("_Req", bound=_Message)
+_Resp = TypeVar("_Resp", bound=_Response)
+_RespIn = TypeVar("_RespIn", bound=_Response, contravariant=True)
+
+
+class _Adapter(Protocol[_Req, _RespIn]):
+    """What differs between the client libraries; no decisions are made here."""
+
+    def is_https(self, request: _Req) -> bool: ...
+
+    def origin_key(self, request: _Req) -> Hashable | None: ...
+
+    def origin(self, request: _Req) -> Origin | None: ...
+
+    def response_origin(self, response: _RespIn) -> Origin | None: ...
+
+    def body_mark(self, request: _Req) -> int | None: ...
+
+    def replayable(self, request: _Req, mark: int | None) -> bool: ...
+
+    def retry_request(self, request: _Req, response: _RespIn, mark: int | None) -> _Req: ...
+
+    def public_url(self, request: _Req) -> str: ...
+
+
+def _normalise_origin(scheme: str, host: str | None, port: int | None) -> Origin | None:
+    if not host:
+        return None
+    scheme = scheme.lower()
+    if port is None:
+        default = _DEFAULT_PORTS.get(scheme)
+        if default is None:
+            return None
+        port = default
+    return (scheme, host.lower().strip("[]"), port)
+
+
+def _origin_of_url(url: str) -> Origin | None:
+    try:
+        parts = urlsplit(url)
+        return _normalise_origin(parts.scheme, parts.hostname, parts.port)
+    except ValueError:
+        return None
+
+
+def _without_query(url: str) -> str:
+    return url.split("#", 1)[0].split("?", 1)[0]
+
+
+class _HttpxLike(Protocol):
+    """httpx.Request and httpx2.Request, as far as the adapter reads them."""
+
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+    @property
+    def stream(self) -> object: ...
+
+    @property
+    def url(self) -> _HttpxURL: ...
+
+
+class _HttpxURL(Protocol):
+    @property
+    def scheme(self) -> str: ...
+
+    @property
+    def host(self) -> str: ...
+
+    @property
+    def port(self) -> int | None: ...
+
+
+class _HttpxResponseLike(Protocol):
+    @property
+    def status_code(self) -> int: ...
+
+    @property
+    def headers(self) -> MutableMapping[str, str]: ...
+
+    @property
+    def request(self) -> _HttpxLike: ...
+
+
+class _HttpxAdapter:
+    """httpx and httpx2 (same shapes). The client follows redirects inside one flow step."""
+
+    __slots__ = ()
+
+    def is_https(self, request: _HttpxLike) -> bool:
+        return request.url.scheme == "https"
+
+    def origin_key(self, request: _HttpxLike) -> Hashable | None:
+        url = request.url
+        return (url.scheme, url.host, url.port)
+
+    def origin(self, request: _HttpxLike) -> Origin | None:
+        url = request.url
+        return _normalise_origin(url.scheme, url.host, url.port)
+
+    def response_origin(self, response: _HttpxResponseLike) -> Origin | None:
+        # After redirects, response.request is the last request the client sent.
+        return self.origin(response.request)
+
+    def body_mark(self, request: _HttpxLike) -> int | None:
+        return None
+
+    def replayable(self, request: _HttpxLike, mark: int | None) -> bool:
+        # Bytes, text, form and JSON bodies (and streams the caller already read) are held in
+        # a ByteStream and can be sent again. Generators, files and multipart are not.
+        return isinstance(request.stream, _REPLAYABLE_STREAMS)
+
+    def retry_request(
+        self, request: _HttpxLike, response: _HttpxResponseLike, mark: int | None
+    ) -> _HttpxLike:
+        return request  # httpx resends the same Request object (as its DigestAuth does)
+
+    def public_url(self, request: _HttpxLike) -> str:
+        return _without_query(str(request.url))
+
+
+class _RequestsAdapter:
+    """requests: one hop per response hook; redirects are resolved by the Session afterwards."""
+
+    __slots__ = ()
+
+    def is_https(self, request: requests.PreparedRequest) -> bool:
+        url = request.url
+        return url is not None and url.startswith("https://")
+
+    def origin_key(self, request: requests.PreparedRequest) -> Hashable | None:
+        url = request.url or ""
+        end = url.find("/", 8)  # prepared URLs always have a path: "scheme://authority/..."
+        return url[:end] if end > 0 else None
+
+    def origin(self, request: requests.PreparedRequest) -> Origin | None:
+        return _origin_of_url(request.url or "")
+
+    def response_origin(self, response: requests.Response) -> Origin | None:
+        return _origin_of_url(response.url or "")
+
+    def body_mark(self, request: requests.PreparedRequest) -> int | None:
+        body: object = request.body
+        if body is None or isinstance(body, bytes | str):
+            return None
+        tell = getattr(body, "tell", None)
+        if tell is None:
+            return None
+        try:
+            return int(tell())
+        except (OSError, ValueError):
+            return None
+
+    def replayable(self, request: requests.PreparedRequest, mark: int | None) -> bool:
+        body: object = request.body
+        if body is None or isinstance(body, bytes | str):
+            return True
+        return mark is not None and callable(getattr(body, "seek", None))
+
+    def retry_request(
+        self, request: requests.PreparedRequest, response: requests.Response, mark: int | None
+    ) -> requests.PreparedRequest:
+        from requests.cookies import extract_cookies_to_jar
+
+        if mark is not None:
+            request.body.seek(mark)  # type: ignore[union-attr]
+        _ = response.content  # release the connection so the retry can reuse it
+        response.close()
+        retry = request.copy()
+        jar = retry._cookies  # type: ignore[attr-defined]
+        extract_cookies_to_jar(jar, request, response.raw)  # type: ignore[no-untyped-call]
+        retry.prepare_cookies(jar)
+        return retry
+
+    def public_url(self, request: requests.PreparedRequest) -> str:
+        return _without_query(request.url or "")
+
+
+_HTTPX: Final = _HttpxAdapter()
+_REQUESTS: Final = _RequestsAdapter()
+
+
+class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
+    """Sign outgoing requests with a lease from a :class:`~oauth2_broker_mw.Broker`.
+
+    One instance serves ``httpx2.Client``/``AsyncClient``, ``httpx.Client``/``AsyncClient`` and
+    ``requests`` (``requests.get(url, auth=auth)``, ``Session.auth = auth``) at once, from any
+    number of threads and tasks::
+
+        auth = BrokerAuth(broker, tenant="acme", principal="svc-router", scopes=["email.read"])
+        httpx2.Client(auth=auth); httpx.AsyncClient(auth=auth); requests.get(url, auth=auth)
+
+    * With a valid cached token the per-request work is a cache lookup and one header; a miss
+      asks the broker (``lease_for_key`` on the calling thread, ``alease_for_key`` on the event
+      loop), which runs at most one provider call per key however many requests wait.
+    * Origin binding: only requests to ``allowed_origins`` (default: the provider descriptor's
+      ``allowed_origins``) are signed; with neither, every ``https`` origin and loopback ``http``
+      is signed, never plain ``http`` elsewhere. The token never follows a redirect to another
+      origin (scheme, host or port change).
+    * 401 from the signed origin with ``error="invalid_token"``, a bare ``Bearer`` challenge, or
+      no challenge at all: the rejected token is replaced (one refresh shared by all callers,
+      none if another caller already replaced it) and the request is sent once more, only when
+      its body can be replayed. The second answer is returned as it is. 400 and 403 are never
+      retried; a 403 ``insufficient_scope`` is reported to ``on_insufficient_scope``.
+    * :class:`~oauth2_broker_mw.AuthorizationRequired` from the broker reaches the caller as is.
+    """
+
+    requires_request_body = False
+    requires_response_body = False
+
+    def __init__(
+        self,
+        broker: LeaseSource,
+        *,
+        tenant: str,
+        principal: str,
+        scopes: ScopeSet | str | Iterable[str] | None = None,
+        required_scopes: Iterable[str] | None = None,
+        allowed_origins: Iterable[str] | None = None,
+        on_insufficient_scope: Callable[[InsufficientScopeEvent], object] | None = None,
+    ) -> None:
+        if scopes is not None and not isinstance(scopes, str | ScopeSet):
+            scopes = tuple(scopes)  # read a one-shot iterable once
+        self._broker = broker
+        self._scopes = scopes
+        self._key = broker.key(tenant=tenant, principal=principal, scopes=scopes)
+        self._provider_id = str(broker.provider.id)
+        self._required: frozenset[str] | None = (
+            frozenset(required_scopes) if required_scopes else None
+        )
+        self._verified: Lease | None = None
+        if isinstance(allowed_origins, str):
+            allowed_origins = (allowed_origins,)
+        configured = (
+            tuple(allowed_origins)
+            if allowed_origins is not None
+            else tuple(broker.provider.allowed_origins)
+        )
+        self._origins: frozenset[Origin] | None = (
+            frozenset(_parse_allowed_origin(o) for o in configured) if configured else None
+        )
+        # origin_key(request) -> should sign; bounded, rebuilt on overflow. Values come only
+        # from _should_sign, so a stale or racing entry is still a correct answer.
+        self._https_anywhere = self._origins is None
+        self._memo: dict[Hashable, bool] = {}
+        self._header_cache: tuple[Lease | None, str] = (None, "")
+        self._on_insufficient_scope = on_insufficient_scope
+        self._hook = self._on_requests_response  # bound once: no allocation per request
+
+    # -- introspection -------------------------------------------------------------------------
+    @property
+    def key(self) -> StoreKey:
+        """The store key every request is signed for."""
+        return self._key
+
+    @property
+    def allowed_origins(self) -> frozenset[str] | None:
+        """The origins this auth signs for, or ``None`` for "https anywhere, http on loopback"."""
+        if self._origins is None:
+            return None
+        return frozenset(_format_origin(o) for o in self._origins)
+
+    def __repr__(self) -> str:
+        return (
+            f"BrokerAuth(tenant={self._key.tenant!r}, principal={self._key.principal!r}, "
+            f"provider={self._provider_id!r})"
+        )
+
+    # -- the decisions (one source for every client) ------------------------------------------
+    def _should_sign(self, origin: Origin | None) -> bool:
+        """Does a token for this key go to ``origin``? (F2, F3: allowlist; no cleartext.)"""
+        if origin is None:
+            return False
+        if self._origins is not None:
+            return origin in self._origins
+        return origin[0] == "https" or (origin[0] == "http" and _is_loopback(origin[1]))
+
+    def _signs(self, a: _Adapter[_Req, _RespIn], request: _Req) -> bool:
+        if self._https_anywhere and a.is_https(request):
+            return True  # the common case needs no URL parsing
+        key = a.origin_key(request)
+        if key is not None:
+            decision = self._memo.get(key)
+            if decision is not None:
+                return decision
+        decision = self._should_sign(a.origin(request))
+        if key is not None:
+            if len(self._memo) >= _MEMO_SIZE:
+                self._memo = {}
+            self._memo[key] = decision
+        return decision
+
+    def _checked(self, lease: Lease) -> Lease:
+        """Enforce ``required_scopes`` once per lease object."""
+        if self._required is not None and lease is not self._verified:
+            missing = lease.scopes.missing(self._required)
+            if missing:
+                raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
+            self._verified = lease
+        return lease
+
+    def _header(self, lease: Lease) -> str:
+        cached = self._header_cache  # one tuple: read and written atomically
+        if cached[0] is lease:
+            return cached[1]
+        value = lease.authorization_header
+        self._header_cache = (lease, value)
+        return value
+
+    def _respond(
+        self,
+        a: _Adapter[_Req, _Resp],
+        request: _Req,
+        lease: Lease,
+        mark: int | None,
+        response: _Resp,
+    ) -> Generator[_BrokerStep | _Req, Lease | _Resp, None]:
+        """What to do about a 401/403 to a request signed with ``lease`` (RFC 6750 §3).
+
+        Yields broker steps (answered with a Lease) and at most one retry request.
+        """
+        status = response.status_code
+        if status != 401 and status != 403:
+            return
+        if a.response_origin(response) != a.origin(request):
+            return  # redirected elsewhere: that origin never saw our token
+        header = response.headers.get("www-authenticate") or ""
+        challenge = parse_www_authenticate(header)
+        error = challenge.get("error")
+        url = a.public_url(request)
+        if status == 403:
+            if error == "insufficient_scope":
+                self._report_scope(challenge.get("scope"), lease, url)
+            return
+        if error is not None and error != "invalid_token":
+            return  # e.g. invalid_request: a new token would not help (F5)
+        if header and not challenge:
+            return  # a challenge for another scheme (Basic, Negotiate): not about our token
+        replay = a.replayable(request, mark)
+        logger.debug(
+            "401 from %s for tenant=%r principal=%r provider=%r: replacing the token%s",
+            url,
+            self._key.tenant,
+            self._key.principal,
+            self._provider_id,
+            "" if replay else " (body cannot be replayed: no retry)",
+        )
+        fresh = cast(Lease, (yield _NeedReplacement(lease)))
+        if self._required is not None:
+            fresh = self._checked(fresh)
+        if not replay or fresh.access_token == lease.access_token:
+            return
+        retry = a.retry_request(request, response, mark)
+        retry.headers["Authorization"] = self._header(fresh)
+        yield retry  # its answer is final: one refresh and one retry per request, never a loop
+
+    def _report_scope(self, scope: str | None, lease: Lease, url: str) -> None:
+        event = InsufficientScopeEvent(
+            tenant=self._key.tenant,
+            principal=self._key.principal,
+            provider=self._provider_id,
+            required_scopes=tuple(sorted(set((scope or "").split()))),
+            granted_scopes=lease.scopes.scopes,
+            url=url,
+        )
+        logger.info(
+            "403 insufficient_scope from %s for tenant=%r principal=%r provider=%r; required=%r",
+            url,
+            event.tenant,
+            event.principal,
+            event.provider,
+            " ".join(event.required_scopes),
+        )
+        if self._on_insufficient_scope is not None:
+            self._on_insufficient_scope(event)
+
+    # -- httpx / httpx2 shells -----------------------------------------------------------------
+    @overload
+    def sync_auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]: ...
+
+    @overload
+    def sync_auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]: ...
+
+    def sync_auth_flow(self, request: _HttpxLike) -> Generator[_HttpxLike, Any, None]:
+        """``Client``: broker calls run on the calling thread."""
+        if not self._signs(_HTTPX, request):
+            yield request
+            return
+        broker = self._broker
+        lease = broker.cached_lease(self._key) or broker.lease_for_key(
+            self._key, scopes=self._scopes, required_scopes=self._required
+        )
+        if self._required is not None:
+            lease = self._checked(lease)
+        request.headers["Authorization"] = self._header(lease)
+        response = yield request
+        if response.status_code != 401 and response.status_code != 403:
+            return
+        flow = self._respond(_HTTPX, request, lease, None, response)
+        step = _advance(flow, None)
+        while isinstance(step, _NeedReplacement):
+            step = _advance(flow, broker.replace_lease(step.stale))
+        if step is not None:
+            yield cast(_HttpxLike, step)
+
+    @overload
+    def async_auth_flow(
+        self, request: httpx2.Request
+    ) -> AsyncGenerator[httpx2.Request, httpx2.Response]: ...
+
+    @overload
+    def async_auth_flow(
+        self, request: httpx.Request
+    ) -> AsyncGenerator[httpx.Request, httpx.Response]: ...
+
+    async def async_auth_flow(self, request: _HttpxLike) -> AsyncGenerator[_HttpxLike, Any]:
+        """``AsyncClient``: broker calls are awaited; the event loop is never blocked."""
+        if not self._signs(_HTTPX, request):
+            yield request
+            return
+        broker = self._broker
+        lease = broker.cached_lease(self._key) or await broker.alease_for_key(
+            self._key, scopes=self._scopes, required_scopes=self._required
+        )
+        if self._required is not None:
+            lease = self._checked(lease)
+        request.headers["Authorization"] = self._header(lease)
+        response = yield request
+        if response.status_code != 401 and response.status_code != 403:
+            return
+        flow = self._respond(_HTTPX, request, lease, None, response)
+        step = _advance(flow, None)
+        while isinstance(step, _NeedReplacement):
+            step = _advance(flow, await broker.areplace_lease(step.stale))
+        if step is not None:
+            yield cast(_HttpxLike, step)
+
+    @overload
+    def auth_flow(
+        self, request: httpx2.Request
+    ) -> Generator[httpx2.Request, httpx2.Response, None]: ...
+
+    @overload
+    def auth_flow(
+        self, request: httpx.Request
+    ) -> Generator[httpx.Request, httpx.Response, None]: ...
+
+    def auth_flow(self, request: _HttpxLike) -> Generator[_HttpxLike, Any, None]:
+        """Same as :meth:`sync_auth_flow` (clients call the sync or async variant directly)."""
+        return self.sync_auth_flow(request)  # type: ignore[call-overload, no-any-return]
+
+    # -- requests shell ------------------------------------------------------------------------
+    def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
+        """Sign a prepared request; its response hook handles 401 and redirects."""
+        url = r.url
+        # `_https_anywhere and https://` is _signs' own first test, inlined for speed.
+        if not (self._https_anywhere and url and url.startswith("https://")) and not self._signs(
+            _REQUESTS, r
+        ):
+            return r
+        lease = self._broker.cached_lease(self._key) or self._broker.lease_for_key(
+            self._key, scopes=self._scopes, required_scopes=self._required
+        )
+        if self._required is not None:
+            lease = self._checked(lease)
+        state = r.__dict__
+        if r.body is not None:
+            state[_MARK_ATTR] = _REQUESTS.body_mark(r)
+        cached = self._header_cache
+        r.headers["Authorization"] = cached[1] if cached[0] is lease else self._header(lease)
+        state[_LEASE_ATTR] = lease
+        r.hooks["response"].append(self._hook)
+        return r
+
+    def _on_requests_response(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+        original = r.request
+        state = original.__dict__
+        lease: Lease | None = state.pop(_LEASE_ATTR, None)
+        final = r
+        if lease is not None and (r.status_code == 401 or r.status_code == 403):
+            mark: int | None = state.get(_MARK_ATTR)
+            flow = self._respond(_REQUESTS, original, lease, mark, r)
+            step = _advance(flow, None)
+            while isinstance(step, _NeedReplacement):
+                step = _advance(flow, self._broker.replace_lease(step.stale))
+            if step is not None:
+                retry = cast("requests.PreparedRequest", step)
+                final = r.connection.send(retry, **kwargs)
+                final.history.append(r)
+                final.request = retry
+                # Redirects after the retry are built from `original`: give it the new token.
+                original.headers["Authorization"] = retry.headers["Authorization"]
+        if final.is_redirect and "Authorization" in original.headers:
+            location = final.headers.get("location") or ""
+            here = final.url or ""
+            if not _same_origin_redirect(here, location):
+                # The Session copies `original` for the next hop: the token stays behind (F3).
+                del original.headers["Authorization"]
+                final.request.headers.pop("Authorization", None)
+        return final
+
+
+# -- helpers -------------------------------------------------------------------------------
+_Step = TypeVar("_Step")
+
+
+def _advance(flow: Generator[_Step, Lease, None], answer: Lease | None) -> _Step | None:
+    """Send ``answer`` into a policy flow (``None`` starts it); ``None`` when it has finished."""
+    try:
+        return next(flow) if answer is None else flow.send(answer)
+    except StopIteration:
+        return None
+
+
+def _same_origin_redirect(url: str, location: str) -> bool:
+    """Is ``location`` (absolute, scheme-relative or relative) on the origin of ``url``?"""
+    target = urljoin(url, location)
+    origin = _origin_of_url(url)
+    return origin is not None and _origin_of_url(target) == origin
+
+
+def _is_loopback(host: str) -> bool:
+    return is_allowed_endpoint(f"http://{_bracket(host)}/")
+
+
+def _bracket(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def _format_origin(origin: Origin) -> str:
+    scheme, host, port = origin
+    suffix = "" if _DEFAULT_PORTS.get(scheme) == port else f":{port}"
+    return f"{scheme}://{_bracket(host)}{suffix}"
+
+
+def _parse_allowed_origin(value: str) -> Origin:
+    if not isinstance(value, str) or not is_allowed_endpoint(value):
+        raise ConfigurationError(
+            f"allowed_origins entries must be https origins (http only on loopback): "
+            f"{str(value)[:200]!r}"
+        )
+    parts = urlsplit(value)
+    if parts.path not in ("", "/") or parts.query or parts.fragment:
+        raise ConfigurationError(
+            f"allowed_origins entries must be scheme://host[:port]: {value[:200]!r}"
+        )
+    origin = _normalise_origin(parts.scheme, parts.hostname, parts.port)
+    if origin is None:
+        raise ConfigurationError(f"allowed_origins entry has no host: {value[:200]!r}")
+    return origin
