@@ -42,14 +42,22 @@ Op: TypeAlias = Generator[Any, Any, T]
 
 
 def drive(op: Op[T], execute: Callable[[Any], Any]) -> T:
-    """Run ``op`` to completion, executing each yielded command with blocking ``execute``."""
+    """Run ``op`` to completion, executing each yielded command with blocking ``execute``.
+
+    A command that raises has its exception thrown into ``op`` at the ``yield``.
+    """
     try:
         command = next(op)
         while True:
-            command = op.send(execute(command))
+            try:
+                result = execute(command)
+            except Exception as exc:  # the op may handle it; if not, it comes back out
+                command = op.throw(exc)
+            else:
+                command = op.send(result)
     except StopIteration as stop:
-        result: T = stop.value
-        return result
+        answer: T = stop.value
+        return answer
     finally:
         op.close()
 
@@ -59,10 +67,15 @@ async def adrive(op: Op[T], execute: Callable[[Any], Awaitable[Any]]) -> T:
     try:
         command = next(op)
         while True:
-            command = op.send(await execute(command))
+            try:
+                result = await execute(command)
+            except Exception as exc:
+                command = op.throw(exc)
+            else:
+                command = op.send(result)
     except StopIteration as stop:
-        result: T = stop.value
-        return result
+        answer: T = stop.value
+        return answer
     finally:
         op.close()
 
