@@ -7,21 +7,22 @@ the default. Must not import: the broker, any web framework, httpx.
 
 The rules, strictest first (SECURITY B6, G3):
 
+* well-formed percent-encoding only (no ``%u002f``, no lone ``%``);
 * printable ASCII only (no spaces, tabs, CR/LF, other controls, no non-ASCII look-alikes);
 * no backslash anywhere (browsers treat ``\\`` as ``/``);
-* must start with exactly one ``/`` (``//host`` is a network-path reference);
+* must start with ``/`` but not ``//`` (``//host`` is a network-path reference);
 * no ``@`` in the path (userinfo tricks);
 * the same checks again on every percent-decoded and NFKC-normalised form, so
   ``/%2f%2fevil`` or ``/%5cevil`` or a full-width solidus do not slip through a component
   that decodes the path once more;
-* dot segments are resolved and the result must still be a single-slash path;
+* no empty segment (``//`` anywhere in the path) and no ``.``/``..`` segment;
 * an absolute URL is accepted only when its origin is exactly the configured ``base_url``'s,
   and then only its path, query and fragment are kept (re-validated).
 """
 
 from __future__ import annotations
 
-import posixpath
+import re
 import unicodedata
 from typing import Final
 from urllib.parse import unquote
@@ -31,6 +32,7 @@ __all__ = ["safe_return_to"]
 _MAX_LEN: Final = 2048
 _MAX_DECODE_ROUNDS: Final = 4
 _FORBIDDEN_IN_PATH: Final = frozenset("\\@")
+_BAD_PERCENT: Final = re.compile(r"%(?![0-9A-Fa-f]{2})")
 
 
 def _plain_ascii(value: str) -> bool:
@@ -41,11 +43,10 @@ def _path_ok(path: str) -> bool:
     """``path`` (no query, no fragment) is a single-slash absolute path without tricks."""
     if not path.startswith("/") or path.startswith("//"):
         return False
-    if any(ch in _FORBIDDEN_IN_PATH for ch in path):
+    if "//" in path or any(ch in _FORBIDDEN_IN_PATH for ch in path):
         return False
-    normalised = posixpath.normpath(path)
-    # normpath keeps a leading "//" (POSIX allows it) and maps "/.." to "/".
-    return not normalised.startswith("//")
+    # No dot segments: "/./", "/../" never appear in a target we issue ourselves.
+    return all(segment not in (".", "..") for segment in path.split("/"))
 
 
 def _split(value: str) -> tuple[str, str]:
@@ -76,7 +77,7 @@ def _decoded_forms(value: str) -> list[str]:
 
 
 def _relative_ok(value: str) -> bool:
-    if not _plain_ascii(value):
+    if not _plain_ascii(value) or _BAD_PERCENT.search(value):
         return False
     path, rest = _split(value)
     if "\\" in rest:
@@ -110,14 +111,7 @@ def safe_return_to(value: str | None, *, default: str = "/", base_url: str | Non
             candidate = value[len(origin) :]
         else:
             return default
-    if not _relative_ok(candidate):
-        return default
-    path, rest = _split(candidate)
-    normalised = posixpath.normpath(path)
-    if path.endswith("/") and not normalised.endswith("/"):
-        normalised += "/"
-    result = normalised + rest
-    return result if _relative_ok(result) else default
+    return candidate if _relative_ok(candidate) else default
 
 
 def _origin(base_url: str) -> str:
