@@ -1252,3 +1252,239 @@ def test_descriptor_points_at_the_provider(mock_provider: MockProvider) -> None:
     assert slack.authorization_response_iss_parameter_supported is True
     with mock_provider.serve() as url:
         assert mock_provider.descriptor().token_endpoint == f"{url}/token"
+
+
+# ---------------------------------------------------------------- JWT client authentication
+
+
+def _assertion(key: Any, alg: str, client_id: str, aud: str, **claims: Any) -> str:
+    import time as _time
+
+    body = {
+        "iss": client_id,
+        "sub": client_id,
+        "aud": aud,
+        "exp": int(_time.time()) + 300,
+        "jti": secrets.token_urlsafe(16),
+        **claims,
+    }
+    return jwt.encode({"alg": alg}, body, key)
+
+
+def _assertion_form(assertion: str) -> dict[str, str]:
+    return {
+        "grant_type": "client_credentials",
+        "client_assertion_type": "urn:ietf:params:oauth:client-assertion-type:jwt-bearer",
+        "client_assertion": assertion,
+    }
+
+
+def test_client_secret_jwt(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    from joserfc.jwk import OctKey
+
+    secret = "a-long-shared-secret-for-hs256-assertions"
+    mock_provider.register_client("jwt-client", secret, auth_methods=["client_secret_jwt"])
+    key = OctKey.import_key(secret)
+    assertion = _assertion(key, "HS256", "jwt-client", mock_provider.token_endpoint)
+    ok = client.post("/token", data=_assertion_form(assertion))
+    assert ok.status_code == 200, ok.text
+    assert mock_provider.requests_to("token")[-1].auth_method == "client_secret_jwt"
+    replay = client.post("/token", data=_assertion_form(assertion))
+    assert (replay.status_code, replay.json()["error"]) == (401, "invalid_client")
+    wrong_aud = _assertion(key, "HS256", "jwt-client", "https://elsewhere.test/token")
+    assert client.post("/token", data=_assertion_form(wrong_aud)).status_code == 401
+    expired = _assertion(key, "HS256", "jwt-client", mock_provider.issuer, exp=1)
+    assert client.post("/token", data=_assertion_form(expired)).status_code == 401
+    wrong_key = _assertion(
+        OctKey.import_key("another-long-secret-another-long-secret"),
+        "HS256",
+        "jwt-client",
+        mock_provider.token_endpoint,
+    )
+    assert client.post("/token", data=_assertion_form(wrong_key)).status_code == 401
+    # a client registered for basic/post only may not use assertions
+    basic_only = _assertion(
+        OctKey.import_key("test-secret-test-secret"), "HS256", "test-client", mock_provider.issuer
+    )
+    assert client.post("/token", data=_assertion_form(basic_only)).status_code == 401
+
+
+def test_private_key_jwt(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    from joserfc.jwk import ECKey
+
+    key = ECKey.generate_key("P-256", auto_kid=True)
+    mock_provider.register_client(
+        "pkjwt",
+        None,
+        auth_methods=["private_key_jwt"],
+        jwks={"keys": [key.as_dict(private=False)]},
+    )
+    assertion = _assertion(key, "ES256", "pkjwt", mock_provider.token_endpoint)
+    ok = client.post("/token", data=_assertion_form(assertion))
+    assert ok.status_code == 200, ok.text
+    other = ECKey.generate_key("P-256", auto_kid=True)
+    forged = _assertion(other, "ES256", "pkjwt", mock_provider.token_endpoint)
+    assert client.post("/token", data=_assertion_form(forged)).status_code == 401
+    both = client.post(
+        "/token",
+        data=_assertion_form(_assertion(key, "ES256", "pkjwt", mock_provider.issuer)),
+        auth=AUTH,
+    )
+    assert both.json()["error"] == "invalid_request"
+    meta = client.get("/.well-known/oauth-authorization-server").json()
+    assert "private_key_jwt" in meta["token_endpoint_auth_methods_supported"]
+
+
+# ---------------------------------------------------------------- more quirks
+
+
+def test_json_token_bodies(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks.token_body_format = "json"
+    as_json = client.post("/token", json={"grant_type": "client_credentials"}, auth=AUTH)
+    assert as_json.status_code == 200
+    as_form = _cc(client)
+    assert as_form.json()["error"] == "invalid_request"
+    mock_provider.quirks.token_body_format = "any"
+    assert _cc(client).status_code == 200
+    assert mock_provider.descriptor(body_format="form").body_format == "form"
+
+
+def test_separate_refresh_endpoint(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    tokens = code_flow(client)
+    assert client.post("/refresh", data={}).status_code == 404
+    mock_provider.quirks.separate_refresh_endpoint = True
+    at_token = refresh(client, tokens["refresh_token"])
+    assert at_token.json()["error"] == "unsupported_grant_type"
+    at_refresh = client.post(
+        "/refresh",
+        data={"grant_type": "refresh_token", "refresh_token": tokens["refresh_token"]},
+        auth=AUTH,
+    )
+    assert at_refresh.status_code == 200
+    assert mock_provider.counters["refresh:refresh_token"] == 1
+    cc = client.post("/refresh", data={"grant_type": "client_credentials"}, auth=AUTH)
+    assert cc.json()["error"] == "unsupported_grant_type"
+    assert mock_provider.descriptor().refresh_endpoint == "https://mock-idp.test/refresh"
+
+
+def test_renamed_code_param(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks.code_param = "spapi_oauth_code"
+    got = redirect_params(authorize(client))
+    assert "code" not in got
+    assert len(got["spapi_oauth_code"]) > 20
+
+
+def test_expires_in_milliseconds(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks.expires_in = "ms"
+    assert _cc(client).json()["expires_in"] == 3_600_000
+    assert mock_provider.descriptor().expires_in_unit == 0.001
+
+
+# ---------------------------------------------------------------- attack knobs
+
+
+def _id_claims(provider: MockProvider, client: httpx2.Client, **params: str) -> dict[str, Any]:
+    tokens = code_flow(client, **params)
+    jwks = KeySet.import_key_set(client.get("/jwks").json())
+    claims: dict[str, Any] = jwt.decode(tokens["id_token"], jwks, algorithms=["RS256"]).claims
+    return claims
+
+
+def test_id_token_overrides(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.id_token_overrides = {"nonce": "attacker", "aud": "other-client", "iat": None}
+    claims = _id_claims(mock_provider, client, nonce="mine")
+    assert claims["nonce"] == "attacker"
+    assert claims["aud"] == "other-client"
+    assert "iat" not in claims
+
+
+def test_id_token_bad_signatures(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    from joserfc.errors import BadSignatureError
+
+    mock_provider.id_token_signing = "foreign_key"
+    with pytest.raises(BadSignatureError):
+        _id_claims(mock_provider, client)
+    mock_provider.id_token_signing = "none"
+    unsigned = code_flow(client)["id_token"]
+    header = json.loads(base64.urlsafe_b64decode(unsigned.split(".")[0] + "=="))
+    assert header["alg"] == "none"
+    assert unsigned.endswith(".")
+
+
+def test_iss_override_for_mix_up_tests(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.iss_override = "https://evil.test"
+    assert redirect_params(authorize(client))["iss"] == "https://evil.test"
+
+
+def test_redirect_fault_is_not_followed(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.faults.add("token", "redirect", location="https://evil.test/steal")
+    response = _cc(client)
+    assert response.status_code == 307
+    assert response.headers["location"] == "https://evil.test/steal"
+
+
+def test_lost_refresh_response_rotates_anyway(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    tokens = code_flow(client)
+    mock_provider.faults.add("token", "lost_response", grant_type="refresh_token")
+    lost = refresh(client, tokens["refresh_token"])
+    assert lost.status_code == 504
+    assert mock_provider.refresh_tokens_redeemed == 1
+    # The client retries with the token it still has: that token was rotated, so reuse
+    # detection ends the grant (FAPI 2.0's warning about rotation and lost responses).
+    retry = refresh(client, tokens["refresh_token"])
+    assert retry.json()["error"] == "invalid_grant"
+    assert mock_provider.counters["family_revoked"] == 1
+
+
+def test_lost_revoke_response_still_revokes(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    tokens = code_flow(client)
+    mock_provider.faults.add("revoke", "lost_response")
+    response = client.post("/revoke", data={"token": tokens["refresh_token"]}, auth=AUTH)
+    assert response.status_code == 504
+    assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
+
+
+# ---------------------------------------------------------------- mounting
+
+
+def test_login_form_posts_back_under_a_mount_point() -> None:
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    provider = MockProvider(issuer="https://app.test/idp", auto_approve=False)
+    outer = Starlette(routes=[Mount("/idp", app=provider.app)])
+    transport = httpx2.ASGITransport(app=outer)
+
+    async def run() -> None:
+        async with httpx2.AsyncClient(transport=transport, base_url="https://app.test") as c:
+            page = await c.get(
+                "/idp/authorize",
+                params={
+                    "response_type": "code",
+                    "client_id": "test-client",
+                    "redirect_uri": REDIRECT,
+                    "state": "s",
+                },
+            )
+            assert 'action="/idp/authorize"' in page.text
+            meta = await c.get("/idp/.well-known/openid-configuration")
+            assert meta.json()["token_endpoint"] == "https://app.test/idp/token"
+            posted = await c.post(
+                "/idp/authorize",
+                data={
+                    "response_type": "code",
+                    "client_id": "test-client",
+                    "redirect_uri": REDIRECT,
+                    "state": "s",
+                    "username": "alice",
+                    "password": "any",
+                },
+            )
+            assert "code" in redirect_params(posted)
+
+    asyncio.run(run())
+    provider.close()

@@ -26,15 +26,35 @@ __all__ = [
 ]
 
 FaultKind: TypeAlias = Literal[
-    "error", "html", "malformed_json", "error_200", "slack_error", "raw", "latency"
+    "error",
+    "html",
+    "malformed_json",
+    "error_200",
+    "slack_error",
+    "raw",
+    "latency",
+    "redirect",
+    "lost_response",
 ]
 ScopeEcho: TypeAlias = Literal["space", "comma", "plus", "array", "omit"]
-ExpiresInFormat: TypeAlias = Literal["int", "string", "omit"]
+ExpiresInFormat: TypeAlias = Literal["int", "string", "ms", "omit"]
 
 ENDPOINTS: frozenset[str] = frozenset(
-    {"authorize", "token", "revoke", "introspect", "userinfo", "jwks", "discovery", "resource"}
+    {
+        "authorize",
+        "token",
+        "refresh",
+        "revoke",
+        "introspect",
+        "userinfo",
+        "jwks",
+        "discovery",
+        "resource",
+    }
 )
-AUTH_METHODS: frozenset[str] = frozenset({"client_secret_basic", "client_secret_post", "none"})
+AUTH_METHODS: frozenset[str] = frozenset(
+    {"client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none"}
+)
 _ALL_GRANTS = frozenset({"authorization_code", "refresh_token", "client_credentials"})
 _SECRET_FIELDS = frozenset(
     {
@@ -60,6 +80,10 @@ class MockClient:
     ``redirect_uris=None`` accepts any ``http``/``https`` redirect URI (handy in tests); a tuple
     requires an exact match. A client without ``client_secret`` is public: it authenticates with
     ``none`` (``client_id`` in the body) and may not use ``client_credentials``.
+
+    JWT client authentication (RFC 7523): add ``client_secret_jwt`` to ``auth_methods`` to accept
+    an HS256 assertion signed with ``client_secret``, or ``private_key_jwt`` with the client's
+    public keys in ``jwks`` (a JWK set dict).
     """
 
     client_id: str = "test-client"
@@ -68,6 +92,7 @@ class MockClient:
     auth_methods: frozenset[str] = frozenset({"client_secret_basic", "client_secret_post"})
     grant_types: frozenset[str] = _ALL_GRANTS
     allowed_scopes: frozenset[str] | None = None
+    jwks: Mapping[str, Any] | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         if not self.client_id:
@@ -76,13 +101,15 @@ class MockClient:
             object.__setattr__(self, "redirect_uris", tuple(self.redirect_uris))
         methods = frozenset(self.auth_methods)
         if self.client_secret is None:
-            methods = frozenset({"none"})
+            methods = (methods & {"private_key_jwt"}) | {"none"}
+        if "private_key_jwt" in methods and not self.jwks:
+            raise ValueError("private_key_jwt needs the client's public keys in jwks")
         unknown = methods - AUTH_METHODS
         if unknown:
             raise ValueError(f"unknown client auth methods: {sorted(unknown)}")
         object.__setattr__(self, "auth_methods", methods)
         grants = frozenset(self.grant_types)
-        if self.client_secret is None:
+        if self.client_secret is None and "private_key_jwt" not in methods:
             grants -= {"client_credentials"}
         object.__setattr__(self, "grant_types", grants)
         if self.allowed_scopes is not None:
@@ -90,7 +117,7 @@ class MockClient:
 
     @property
     def is_public(self) -> bool:
-        return self.client_secret is None
+        return self.client_secret is None and "private_key_jwt" not in self.auth_methods
 
 
 @dataclass(slots=True)
@@ -108,7 +135,8 @@ class MockQuirks:
     errors_with_200: Literal["github", "slack"] | None = None
     #: Slack (2) ``"slack"``: ``{"ok": true, "team": ..., "authed_user": {<token fields>}}``.
     response_shape: Literal["standard", "slack"] = "standard"
-    #: (5, 6) ``expires_in`` as a number, as a string (PayPal), or left out (GitHub, Salesforce).
+    #: (5, 6) ``expires_in`` as a number, as a string (PayPal), in milliseconds (Fiserv), or
+    #: left out (GitHub, Salesforce).
     expires_in: ExpiresInFormat = "int"
     #: (1, 3, 22) how the granted scope is echoed: space string, comma string (GitHub),
     #: plus string, JSON array (Twitch) or not at all.
@@ -132,6 +160,12 @@ class MockQuirks:
     #: (23) name of a field carrying the refresh token lifetime (``x_refresh_token_expires_in``
     #: for QuickBooks, ``refresh_token_expires_in`` for others); needs ``refresh_ttl``.
     refresh_expires_in_field: str | None = None
+    #: (15) token request bodies accepted: form (RFC 6749), JSON only (Notion), or either.
+    token_body_format: Literal["form", "json", "any"] = "form"
+    #: (17) refresh only at ``POST /refresh`` (Figma); ``/token`` then refuses refresh_token.
+    separate_refresh_endpoint: bool = False
+    #: (12) name of the code parameter on the redirect (``spapi_oauth_code`` for Amazon SP-API).
+    code_param: str = "code"
 
     def __post_init__(self) -> None:
         self.narrow_scopes = frozenset(self.narrow_scopes)
@@ -190,7 +224,10 @@ class Fault:
     redirect), ``html`` (an HTML error page, default 502), ``malformed_json`` (a cut-off JSON
     body, default 200), ``error_200`` (GitHub style error with HTTP 200), ``slack_error``
     (``{"ok": false}`` with HTTP 200), ``raw`` (``body`` / ``content_type`` / ``status`` as given)
-    and ``latency`` (only waits ``latency`` seconds, then the request is served normally).
+    ``latency`` (only waits ``latency`` seconds, then the request is served normally),
+    ``redirect`` (a 307 to ``location``, default ``<issuer>/moved``: a client must not re-POST
+    credentials there) and ``lost_response`` (the request is fully processed, e.g. a refresh
+    token rotated, but the client gets a 504 page instead: the "lost response" of FAPI 2.0).
     Every kind honours ``latency`` and ``retry_after`` (sent as ``Retry-After``).
     """
 
@@ -205,6 +242,7 @@ class Fault:
     grant_type: str | None = None
     body: str | None = field(default=None, repr=False)
     content_type: str | None = None
+    location: str | None = None
 
     def __post_init__(self) -> None:
         if self.endpoint not in ENDPOINTS and self.endpoint != "*":
@@ -239,6 +277,7 @@ class FaultQueue:
         grant_type: str | None = None,
         body: str | None = None,
         content_type: str | None = None,
+        location: str | None = None,
     ) -> Fault:
         fault = Fault(
             endpoint=endpoint,
@@ -252,6 +291,7 @@ class FaultQueue:
             grant_type=grant_type,
             body=body,
             content_type=content_type,
+            location=location,
         )
         with self._lock:
             self._faults.append(fault)

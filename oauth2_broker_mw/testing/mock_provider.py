@@ -42,8 +42,9 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
         "pip install 'oauth2-broker-mw[starlette]'"
     ) from exc
 
-from joserfc import jwt
-from joserfc.jwk import RSAKey
+from joserfc import jws, jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet, RSAKey
 
 from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
 from ._mock_transport import LoopThread, SyncASGITransport, serve_app
@@ -54,6 +55,11 @@ _GRANTS = ("authorization_code", "refresh_token", "client_credentials")
 _VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 _CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+_FORM = "application/x-www-form-urlencoded"
+_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+_ASYMMETRIC_ALGS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
+)
 
 
 def _scope_token_ok(scope: str) -> bool:
@@ -201,6 +207,16 @@ class MockProvider:
         self.quirks = quirks if quirks is not None else MockQuirks()
         self.latency: dict[str, float] = dict(latency or {})
         self.faults = FaultQueue()
+        #: claims forced into every ID token (``None`` removes one): ``{"nonce": "x"}``,
+        #: ``{"aud": "someone-else"}``, ``{"exp": 0}``... for testing ID token validation.
+        self.id_token_overrides: dict[str, Any] = {}
+        #: ``"valid"``; ``"foreign_key"`` (signed by a key not in the JWKS, same ``kid``);
+        #: ``"none"`` (``alg: none``, no signature).
+        self.id_token_signing: Literal["valid", "foreign_key", "none"] = "valid"
+        #: an ``iss`` value to put on every authorization redirect instead of the issuer
+        #: (RFC 9207 mix-up tests); sent even when ``send_iss`` is off.
+        self.iss_override: str | None = None
+        self._jtis: dict[str, float] = {}
         self._clock = clock or time.time
         self._offset = 0.0
         self._lock = threading.RLock()
@@ -232,8 +248,10 @@ class MockProvider:
         auth_methods: Iterable[str] | None = None,
         grant_types: Iterable[str] | None = None,
         allowed_scopes: Iterable[str] | None = None,
+        jwks: Mapping[str, Any] | None = None,
     ) -> MockClient:
-        """Register (or replace) a client; ``client_secret=None`` makes it public."""
+        """Register (or replace) a client; ``client_secret=None`` makes it public (unless it
+        authenticates with ``private_key_jwt`` and its public keys in ``jwks``)."""
         kwargs: dict[str, Any] = {"client_id": client_id, "client_secret": client_secret}
         if redirect_uris is not None:
             kwargs["redirect_uris"] = tuple(redirect_uris)
@@ -243,7 +261,13 @@ class MockProvider:
             kwargs["grant_types"] = frozenset(grant_types)
         if allowed_scopes is not None:
             kwargs["allowed_scopes"] = frozenset(allowed_scopes)
+        if jwks is not None:
+            kwargs["jwks"] = jwks
         client = MockClient(**kwargs)
+        return self.add_client(client)
+
+    def add_client(self, client: MockClient) -> MockClient:
+        """Register (or replace) a client built with ``MockClient(...)``."""
         with self._lock:
             self._clients[client.client_id] = client
         return client
@@ -536,6 +560,14 @@ class MockProvider:
             fields["authorization_response_iss_parameter_supported"] = True
         if self.quirks.response_shape == "slack":
             fields["token_path"] = ("authed_user",)
+        if self.quirks.separate_refresh_endpoint:
+            fields["refresh_endpoint"] = self.url("/refresh")
+        if self.quirks.code_param != "code":
+            fields["code_param"] = self.quirks.code_param
+        if self.quirks.expires_in == "ms":
+            fields["expires_in_unit"] = 0.001
+        if self.quirks.token_body_format == "json":
+            fields["body_format"] = "json"
         try:
             params: Mapping[str, inspect.Parameter] = inspect.signature(
                 ProviderDescriptor
@@ -622,8 +654,19 @@ class MockProvider:
             digest = hashlib.sha256(access_token.encode("ascii")).digest()
             claims["at_hash"] = base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
         claims.update(self.user_claims.get(family.subject, {}))
+        for name, value in self.id_token_overrides.items():
+            if value is None:
+                claims.pop(name, None)
+            else:
+                claims[name] = value
+        if self.id_token_signing == "none":
+            return _unsigned_jwt(claims)
+        key = self._signing_key
+        if self.id_token_signing == "foreign_key":
+            # Same kid as the published key, different private key: the signature fails.
+            key = RSAKey.generate_key(2048, parameters={"kid": key.kid or "", "use": "sig"})
         header = {"alg": "RS256", "kid": self._signing_key.kid, "typ": "JWT"}
-        return jwt.encode(header, claims, self._signing_key)
+        return jwt.encode(header, claims, key)
 
     # ------------------------------------------------------------------ request plumbing
 
@@ -631,6 +674,7 @@ class MockProvider:
         routes = [
             Route("/authorize", self._authorize, methods=["GET", "POST"]),
             Route("/token", self._token, methods=["POST"]),
+            Route("/refresh", self._refresh_endpoint, methods=["POST"]),
             Route("/revoke", self._revoke, methods=["POST"]),
             Route("/introspect", self._introspect, methods=["POST"]),
             Route("/userinfo", self._userinfo, methods=["GET", "POST"]),
@@ -649,15 +693,25 @@ class MockProvider:
                 return
             await asyncio.sleep(min(remaining, 0.05))
 
-    async def _read_form(self, request: Request) -> dict[str, str]:
+    async def _read_form(self, request: Request, *, token_body: bool = False) -> dict[str, str]:
         if request.method != "POST":
             return {}
         body = await request.body()
         ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
         if not body:
             return {}
-        if ctype != "application/x-www-form-urlencoded":
-            raise _OAuthError("invalid_request", "body must be application/x-www-form-urlencoded")
+        accepted = self.quirks.token_body_format if token_body else "form"
+        if ctype == "application/json" and accepted in ("json", "any"):
+            try:
+                data = json.loads(body)
+            except ValueError:
+                raise _OAuthError("invalid_request", "malformed JSON body") from None
+            if not isinstance(data, dict):
+                raise _OAuthError("invalid_request", "JSON body must be an object")
+            return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
+        if ctype != "application/x-www-form-urlencoded" or accepted == "json":
+            expected = "application/json" if accepted == "json" else _FORM
+            raise _OAuthError("invalid_request", f"body must be {expected}")
         pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         form: dict[str, str] = {}
         for key, value in pairs:
@@ -718,6 +772,13 @@ class MockProvider:
                 "error and could not complete your request.</p></body></html>"
             )
             return HTMLResponse(page, status_code=status, headers=headers)
+        if fault.kind == "redirect":
+            location = fault.location or self.url("/moved")
+            return RedirectResponse(location, status_code=fault.status or 307, headers=headers)
+        if fault.kind == "lost_response":
+            status = fault.status or 504
+            page = f"<html><body><h1>{status} Gateway Timeout</h1></body></html>"
+            return HTMLResponse(page, status_code=status, headers=headers)
         if fault.kind == "malformed_json":
             return Response(
                 '{"access_token": "mock-at-trunc',
@@ -752,8 +813,13 @@ class MockProvider:
     def _authenticate_client(
         self, request: Request, form: Mapping[str, str]
     ) -> tuple[MockClient, str]:
-        """RFC 6749 §2.3.1 (basic with form-decoding, or post) and public clients (none)."""
+        """RFC 6749 §2.3.1 (basic with form-decoding, or post), RFC 7523 JWT assertions
+        (``client_secret_jwt``, ``private_key_jwt``) and public clients (``none``)."""
         header = request.headers.get("authorization")
+        if "client_assertion" in form or "client_assertion_type" in form:
+            if header is not None or "client_secret" in form:
+                raise _OAuthError("invalid_request", "more than one client authentication method")
+            return self._authenticate_assertion(request, form)
         basic: tuple[str, str] | None = None
         if header is not None:
             scheme, _, param = header.partition(" ")
@@ -801,6 +867,63 @@ class MockProvider:
                 raise _OAuthError("invalid_client", "client authentication failed", 401, challenge)
         return client, method
 
+    def _authenticate_assertion(
+        self, request: Request, form: Mapping[str, str]
+    ) -> tuple[MockClient, str]:
+        if form.get("client_assertion_type") != _JWT_BEARER:
+            raise _OAuthError("invalid_client", "unsupported client_assertion_type", 401)
+        assertion = form.get("client_assertion", "")
+        try:
+            compact = jws.extract_compact(assertion.encode("ascii"))
+            claims = json.loads(compact.payload)
+        except (ValueError, JoseError):
+            raise _OAuthError("invalid_client", "malformed client assertion", 401) from None
+        if not isinstance(claims, dict):
+            raise _OAuthError("invalid_client", "malformed client assertion", 401)
+        alg = compact.protected.get("alg")
+        client_id = claims.get("sub")
+        if not isinstance(client_id, str) or claims.get("iss") != client_id:
+            raise _OAuthError("invalid_client", "assertion iss and sub must be the client", 401)
+        if form.get("client_id", client_id) != client_id:
+            raise _OAuthError("invalid_client", "client_id does not match the assertion", 401)
+        with self._lock:
+            client = self._clients.get(client_id)
+        if client is None:
+            raise _OAuthError("invalid_client", "unknown client", 401)
+        if alg == "HS256" and client.client_secret is not None:
+            method = "client_secret_jwt"
+        elif alg in _ASYMMETRIC_ALGS and client.jwks:
+            method = "private_key_jwt"
+        else:
+            raise _OAuthError("invalid_client", "unsupported assertion algorithm", 401)
+        if method not in client.auth_methods:
+            raise _OAuthError("invalid_client", f"client may not authenticate with {method}", 401)
+        if not _assertion_signature_ok(assertion, str(alg), client):
+            raise _OAuthError("invalid_client", "client assertion signature invalid", 401)
+        audience = claims.get("aud")
+        audiences = {audience} if isinstance(audience, str) else set(audience or ())
+        accepted = {self.issuer, self.token_endpoint, self.url(request.url.path)}
+        if not audiences & accepted:
+            raise _OAuthError("invalid_client", "client assertion audience mismatch", 401)
+        now = self.now()
+        exp = claims.get("exp")
+        if not isinstance(exp, int | float) or exp <= now:
+            raise _OAuthError("invalid_client", "client assertion expired", 401)
+        nbf = claims.get("nbf")
+        if isinstance(nbf, int | float) and nbf > now + 60:
+            raise _OAuthError("invalid_client", "client assertion not yet valid", 401)
+        jti = claims.get("jti")
+        if not isinstance(jti, str) or not jti:
+            raise _OAuthError("invalid_client", "client assertion needs a jti", 401)
+        with self._lock:
+            for seen, expiry in list(self._jtis.items()):
+                if expiry <= now:
+                    del self._jtis[seen]
+            if f"{client_id}\x00{jti}" in self._jtis:
+                raise _OAuthError("invalid_client", "client assertion replayed", 401)
+            self._jtis[f"{client_id}\x00{jti}"] = float(exp)
+        return client, method
+
     def _parse_scopes(self, raw: str | None, client: MockClient) -> tuple[str, ...]:
         if raw is None:
             return ()
@@ -840,7 +963,12 @@ class MockProvider:
         q = self.quirks
         payload: dict[str, Any] = {"access_token": access, "token_type": q.token_type}
         if ttl is not None and q.expires_in != "omit":
-            payload["expires_in"] = str(ttl) if q.expires_in == "string" else ttl
+            if q.expires_in == "string":
+                payload["expires_in"] = str(ttl)
+            elif q.expires_in == "ms":
+                payload["expires_in"] = ttl * 1000
+            else:
+                payload["expires_in"] = ttl
         if refresh is not None:
             payload["refresh_token"] = refresh
             if q.refresh_expires_in_field and self.refresh_ttl is not None:
@@ -901,10 +1029,18 @@ class MockProvider:
     # ------------------------------------------------------------------ /token
 
     async def _token(self, request: Request) -> Response:
+        return await self._token_like(request, "token")
+
+    async def _refresh_endpoint(self, request: Request) -> Response:
+        if not self.quirks.separate_refresh_endpoint:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return await self._token_like(request, "refresh")
+
+    async def _token_like(self, request: Request, endpoint: str) -> Response:
         try:
-            form = await self._read_form(request)
+            form = await self._read_form(request, token_body=True)
         except _OAuthError as err:
-            await self._enter("token", request, {})
+            await self._enter(endpoint, request, {})
             return self._render_token_error(request, err)
         grant_type = form.get("grant_type", "")
         client_id: str | None = None
@@ -913,34 +1049,52 @@ class MockProvider:
             client, method = self._authenticate_client(request, form)
             client_id = client.client_id
         except _OAuthError as err:
-            fault = await self._enter("token", request, form, grant_type=grant_type or None)
-            if fault is not None:
-                return self._fault_response(fault, "token")
+            fault = await self._enter(endpoint, request, form, grant_type=grant_type or None)
+            if fault is not None and fault.kind != "lost_response":
+                return self._fault_response(fault, endpoint)
             return self._render_token_error(request, err)
         fault = await self._enter(
-            "token",
+            endpoint,
             request,
             form,
             grant_type=grant_type or None,
             client_id=client_id,
             auth_method=method,
         )
-        if fault is not None:
-            return self._fault_response(fault, "token")
+        if fault is not None and fault.kind != "lost_response":
+            return self._fault_response(fault, endpoint)
         try:
-            if not grant_type:
-                raise _OAuthError("invalid_request", "missing grant_type")
-            if grant_type not in _GRANTS:
-                raise _OAuthError("unsupported_grant_type", "unsupported grant_type")
-            if grant_type not in client.grant_types:
-                raise _OAuthError("unauthorized_client", f"client may not use {grant_type}")
-            if grant_type == "authorization_code":
-                return self._grant_code(request, client, form)
-            if grant_type == "refresh_token":
-                return self._grant_refresh(request, client, form)
-            return self._grant_client_credentials(request, client, form)
+            response = self._dispatch_grant(request, endpoint, client, grant_type, form)
         except _OAuthError as err:
-            return self._render_token_error(request, err)
+            response = self._render_token_error(request, err)
+        if fault is not None:  # lost_response: the work is done, the answer never arrives
+            return self._fault_response(fault, endpoint)
+        return response
+
+    def _dispatch_grant(
+        self,
+        request: Request,
+        endpoint: str,
+        client: MockClient,
+        grant_type: str,
+        form: Mapping[str, str],
+    ) -> Response:
+        if not grant_type:
+            raise _OAuthError("invalid_request", "missing grant_type")
+        if grant_type not in _GRANTS:
+            raise _OAuthError("unsupported_grant_type", "unsupported grant_type")
+        if self.quirks.separate_refresh_endpoint and (
+            (endpoint == "refresh") != (grant_type == "refresh_token")
+        ):
+            where = "/refresh" if grant_type == "refresh_token" else "/token"
+            raise _OAuthError("unsupported_grant_type", f"use {where} for {grant_type}")
+        if grant_type not in client.grant_types:
+            raise _OAuthError("unauthorized_client", f"client may not use {grant_type}")
+        if grant_type == "authorization_code":
+            return self._grant_code(request, client, form)
+        if grant_type == "refresh_token":
+            return self._grant_refresh(request, client, form)
+        return self._grant_client_credentials(request, client, form)
 
     def _grant_code(
         self, request: Request, client: MockClient, form: Mapping[str, str]
@@ -1111,7 +1265,9 @@ class MockProvider:
         query = dict(values)
         if params.state is not None:
             query["state"] = params.state
-        if self.send_iss:
+        if self.iss_override is not None:
+            query["iss"] = self.iss_override
+        elif self.send_iss:
             query["iss"] = self.issuer
         parts = urlsplit(params.redirect_uri)
         merged = f"{parts.query}&{urlencode(query)}" if parts.query else urlencode(query)
@@ -1131,7 +1287,8 @@ class MockProvider:
                 expires_at=self.now() + self.code_ttl,
             )
             self._counters["authorize:approved"] += 1
-        return self._redirect(params, {"code": code_value, **self.quirks.redirect_extra_params})
+        values = {self.quirks.code_param: code_value, **self.quirks.redirect_extra_params}
+        return self._redirect(params, values)
 
     async def _authorize(self, request: Request) -> Response:
         params: dict[str, str] = dict(request.query_params)
@@ -1155,7 +1312,7 @@ class MockProvider:
             if request.method == "GET":
                 if self.auto_approve:
                     return self._approve(checked, params.get("login_hint") or self.default_subject)
-                return _login_page(params, None)
+                return _login_page(params, None, action=_form_action(request))
             if form.get("action") == "deny":
                 raise _RedirectError(checked, "access_denied", "the user denied access")
             username = form.get("username", "")
@@ -1168,7 +1325,12 @@ class MockProvider:
             ):
                 with self._lock:
                     self._counters["authorize:login_failed"] += 1
-                return _login_page(params, "Invalid username or password.", status=401)
+                return _login_page(
+                    params,
+                    "Invalid username or password.",
+                    status=401,
+                    action=_form_action(request),
+                )
             return self._approve(checked, username)
         except _RedirectError as err:
             values = {"error": err.error}
@@ -1190,7 +1352,7 @@ class MockProvider:
         fault = await self._enter(
             "revoke", request, form, client_id=client.client_id, auth_method=method
         )
-        if fault is not None:
+        if fault is not None and fault.kind != "lost_response":
             return self._fault_response(fault, "revoke")
         value = form.get("token")
         if not value:
@@ -1204,6 +1366,8 @@ class MockProvider:
                 else:
                     rec.status = "revoked"
                 self._counters["revoked"] += 1
+        if fault is not None:  # lost_response: revoked, but the client never hears so
+            return self._fault_response(fault, "revoke")
         return Response(status_code=200, headers=_NO_STORE)
 
     async def _introspect(self, request: Request) -> Response:
@@ -1339,7 +1503,13 @@ class MockProvider:
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",
+                "client_secret_jwt",
+                "private_key_jwt",
                 "none",
+            ],
+            "token_endpoint_auth_signing_alg_values_supported": [
+                "HS256",
+                *sorted(_ASYMMETRIC_ALGS),
             ],
             "revocation_endpoint_auth_methods_supported": [
                 "client_secret_basic",
@@ -1388,6 +1558,31 @@ class MockProvider:
         return JSONResponse(self.public_jwks)
 
 
+def _assertion_signature_ok(assertion: str, alg: str, client: MockClient) -> bool:
+    if alg == "HS256":
+        # Checked by hand: joserfc warns about short (test) secrets, and tests run with -W error.
+        signing_input, _, signature = assertion.rpartition(".")
+        secret = (client.client_secret or "").encode()
+        mac = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
+        expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+        return hmac.compare_digest(expected, signature)
+    try:
+        keys = KeySet.import_key_set(dict(client.jwks or {}))  # type: ignore[arg-type]
+        jwt.decode(assertion, keys, algorithms=[alg])
+    except (JoseError, ValueError):
+        return False
+    return True
+
+
+def _b64url_json(value: Mapping[str, Any]) -> str:
+    raw = json.dumps(value, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def _unsigned_jwt(claims: Mapping[str, Any]) -> str:
+    return f"{_b64url_json({'alg': 'none', 'typ': 'JWT'})}.{_b64url_json(claims)}."
+
+
 def _basic_challenge() -> dict[str, str]:
     return {"WWW-Authenticate": 'Basic realm="mock-provider"'}
 
@@ -1401,7 +1596,15 @@ def _error_page(error: str, description: str, status: int) -> Response:
     return HTMLResponse(page, status_code=status)
 
 
-def _login_page(params: Mapping[str, str], message: str | None, status: int = 200) -> Response:
+def _form_action(request: Request) -> str:
+    """Where the login form posts: ``/authorize`` under the app's mount point (``root_path``)."""
+    root_path = str(request.scope.get("root_path", "")).rstrip("/")
+    return f"{root_path}/authorize"
+
+
+def _login_page(
+    params: Mapping[str, str], message: str | None, *, status: int = 200, action: str
+) -> Response:
     hidden = "".join(
         f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
         for k, v in params.items()
@@ -1410,7 +1613,7 @@ def _login_page(params: Mapping[str, str], message: str | None, status: int = 20
     page = (
         "<!DOCTYPE html><html><head><title>Mock IdP sign-in</title></head><body>"
         f"<h1>Sign in to Mock IdP</h1>{notice}"
-        '<form method="post" action="/authorize">'
+        f'<form method="post" action="{html.escape(action)}">'
         f"{hidden}"
         '<label>Username <input type="text" name="username" id="username" '
         'autocomplete="username"></label>'
