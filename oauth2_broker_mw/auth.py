@@ -190,11 +190,11 @@ class _Adapter(Protocol[_Req, _RespIn]):
 
     def response_origin(self, response: _RespIn) -> Origin | None: ...
 
-    def body_mark(self, request: _Req) -> int | None: ...
+    def body_mark(self, request: _Req) -> object: ...
 
-    def replayable(self, request: _Req, mark: int | None) -> bool: ...
+    def replayable(self, request: _Req, mark: object) -> bool: ...
 
-    def retry_request(self, request: _Req, response: _RespIn, mark: int | None) -> _Req: ...
+    def retry_request(self, request: _Req, response: _RespIn, mark: object) -> _Req: ...
 
     def public_url(self, request: _Req) -> str: ...
 
@@ -278,16 +278,18 @@ class _HttpxAdapter:
         # After redirects, response.request is the last request the client sent.
         return self.origin(response.request)
 
-    def body_mark(self, request: _HttpxLike) -> int | None:
-        return None
-
-    def replayable(self, request: _HttpxLike, mark: int | None) -> bool:
-        # Bytes, text, form and JSON bodies (and streams the caller already read) are held in
-        # a ByteStream and can be sent again. Generators, files and multipart are not.
+    def body_mark(self, request: _HttpxLike) -> object:
+        # Judged before sending: some transports buffer a stream while sending it, and a
+        # stream the caller handed us must never be sent twice, buffered or not.
+        # Bytes, text, form and JSON bodies (and streams the caller already read) are held
+        # in a ByteStream and can be sent again; generators, files and multipart cannot.
         return isinstance(request.stream, _REPLAYABLE_STREAMS)
 
+    def replayable(self, request: _HttpxLike, mark: object) -> bool:
+        return mark is True
+
     def retry_request(
-        self, request: _HttpxLike, response: _HttpxResponseLike, mark: int | None
+        self, request: _HttpxLike, response: _HttpxResponseLike, mark: object
     ) -> _HttpxLike:
         return request  # httpx resends the same Request object (as its DigestAuth does)
 
@@ -315,7 +317,8 @@ class _RequestsAdapter:
     def response_origin(self, response: requests.Response) -> Origin | None:
         return _origin_of_url(response.url or "")
 
-    def body_mark(self, request: requests.PreparedRequest) -> int | None:
+    def body_mark(self, request: requests.PreparedRequest) -> object:
+        """The position of a file body (to rewind for a retry); ``None`` for anything else."""
         body: object = request.body
         if body is None or isinstance(body, bytes | str):
             return None
@@ -327,18 +330,18 @@ class _RequestsAdapter:
         except (OSError, ValueError):
             return None
 
-    def replayable(self, request: requests.PreparedRequest, mark: int | None) -> bool:
+    def replayable(self, request: requests.PreparedRequest, mark: object) -> bool:
         body: object = request.body
         if body is None or isinstance(body, bytes | str):
             return True
-        return mark is not None and callable(getattr(body, "seek", None))
+        return isinstance(mark, int) and callable(getattr(body, "seek", None))
 
     def retry_request(
-        self, request: requests.PreparedRequest, response: requests.Response, mark: int | None
+        self, request: requests.PreparedRequest, response: requests.Response, mark: object
     ) -> requests.PreparedRequest:
         from requests.cookies import extract_cookies_to_jar
 
-        if mark is not None:
+        if isinstance(mark, int):
             request.body.seek(mark)  # type: ignore[union-attr]
         _ = response.content  # release the connection so the retry can reuse it
         response.close()
@@ -488,7 +491,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         a: _Adapter[_Req, _Resp],
         request: _Req,
         lease: Lease,
-        mark: int | None,
+        mark: object,
         response: _Resp,
     ) -> Generator[_BrokerStep | _Req, Lease | _Resp, None]:
         """What to do about a 401/403 to a request signed with ``lease`` (RFC 6750 §3).
@@ -572,11 +575,12 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         )
         if self._required is not None:
             lease = self._checked(lease)
+        mark = _HTTPX.body_mark(request)
         request.headers["Authorization"] = self._header(lease)
         response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
-        flow = self._respond(_HTTPX, request, lease, None, response)
+        flow = self._respond(_HTTPX, request, lease, mark, response)
         step = _advance(flow, None)
         while isinstance(step, _NeedReplacement):
             step = _advance(flow, broker.replace_lease(step.stale))
@@ -604,11 +608,12 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         )
         if self._required is not None:
             lease = self._checked(lease)
+        mark = _HTTPX.body_mark(request)
         request.headers["Authorization"] = self._header(lease)
         response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
-        flow = self._respond(_HTTPX, request, lease, None, response)
+        flow = self._respond(_HTTPX, request, lease, mark, response)
         step = _advance(flow, None)
         while isinstance(step, _NeedReplacement):
             step = _advance(flow, await broker.areplace_lease(step.stale))
@@ -658,7 +663,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         lease: Lease | None = state.pop(_LEASE_ATTR, None)
         final = r
         if lease is not None and (r.status_code == 401 or r.status_code == 403):
-            mark: int | None = state.get(_MARK_ATTR)
+            mark = state.get(_MARK_ATTR)
             flow = self._respond(_REQUESTS, original, lease, mark, r)
             step = _advance(flow, None)
             while isinstance(step, _NeedReplacement):
