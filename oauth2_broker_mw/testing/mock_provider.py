@@ -509,8 +509,10 @@ class MockProvider:
         self._closing = False
         try:
             with serve_app(self.app, on_port=set_issuer):
-                yield self.issuer
-                self._closing = True
+                try:
+                    yield self.issuer
+                finally:
+                    self._closing = True  # cut injected latency short so shutdown is quick
         finally:
             self._closing = False
             self.issuer = previous
