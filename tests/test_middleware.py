@@ -54,7 +54,7 @@ def _context_json(ctx: Any) -> dict[str, Any]:
     }
 
 
-# -- the four apps ------------------------------------------------------------------------------
+# -- the four apps ---------------------------------------------------------------------------------
 def _starlette_app(options: dict[str, Any]) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
@@ -174,7 +174,7 @@ _BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {
 }
 
 
-# -- the environment ----------------------------------------------------------------------------
+# -- the environment -------------------------------------------------------------------------------
 @dataclass
 class Env:
     framework: str
@@ -302,7 +302,7 @@ def _assert_no_cache(response: httpx2.Response) -> None:
     assert response.headers["referrer-policy"] == "no-referrer"
 
 
-# -- login ----------------------------------------------------------------------------------------
+# -- login -----------------------------------------------------------------------------------------
 def test_login_redirects_with_state_pkce_s256_and_nonce(env: Env) -> None:
     browser = env.browser()
     response = browser.get("/oauth2/acme/login", params={"return_to": "/whoami"})
@@ -341,7 +341,7 @@ def test_unknown_provider_is_404(env: Env) -> None:
     assert _error_code(response) == "unknown_provider"
 
 
-# -- callback success -----------------------------------------------------------------------------
+# -- callback success ------------------------------------------------------------------------------
 def test_callback_sets_session_and_redirects_to_return_to(env: Env) -> None:
     browser = env.browser()
     callback_url = env.authorize(env.start(browser, "/whoami?tab=2"))
@@ -374,7 +374,8 @@ def test_no_token_code_or_state_reaches_the_browser_or_the_log(
     query = dict(parse_qsl(urlsplit(callback_url).query))
     key = env.broker.key(tenant="default", principal="user-1", scopes=SCOPES)
     record = env.broker.store.get(key)
-    assert record is not None and record.refresh_token is not None
+    assert record is not None
+    assert record.refresh_token is not None
     secrets = [
         query["code"],
         query["state"],
@@ -402,7 +403,7 @@ def test_session_is_rotated_on_login(env: Env) -> None:
     assert env.whoami(browser)["principal"] == "user-1"
 
 
-# -- CSRF on the callback: state bound to the browser (B1) ---------------------------------------------
+# -- CSRF on the callback: state bound to the browser (B1) -----------------------------------------
 def test_victim_callback_with_attackers_state_is_rejected(env: Env) -> None:
     attacker, victim = env.browser(), env.browser()
     # the attacker starts a login in its own browser and authorises its own account...
@@ -485,7 +486,7 @@ def test_duplicate_parameters_are_rejected(make_env: MakeEnv, param: str) -> Non
     assert env.mp.counters["token"] == 0
 
 
-# -- RFC 9207 (B2) -------------------------------------------------------------------------------------
+# -- RFC 9207 (B2) ---------------------------------------------------------------------------------
 @pytest.fixture
 def iss_env(make_env: MakeEnv) -> Env:
     return make_env(
@@ -534,7 +535,7 @@ def test_unexpected_iss_is_rejected_even_when_not_advertised(env: Env) -> None:
     assert env.mp.counters["token"] == 0
 
 
-# -- error callbacks (B7) --------------------------------------------------------------------------------
+# -- error callbacks (B7) --------------------------------------------------------------------------
 def test_error_callback_is_handled_after_the_state_check_and_escaped(env: Env) -> None:
     browser = env.browser()
     authorize_url = env.start(browser)
@@ -567,7 +568,7 @@ def test_errors_are_json_for_api_clients(env: Env) -> None:
     assert response.json()["error"] == "state_missing"
 
 
-# -- return_to (B6) ----------------------------------------------------------------------------------------
+# -- return_to (B6) --------------------------------------------------------------------------------
 @pytest.mark.parametrize(
     "return_to",
     [
@@ -590,7 +591,7 @@ def test_context_login_url_validates_return_to(env: Env) -> None:
     assert me["login_url"] == f"{BASE}/oauth2/acme/login?return_to=/page"
 
 
-# -- cookies (G1) ------------------------------------------------------------------------------------------
+# -- cookies (G1) ----------------------------------------------------------------------------------
 def _attributes(cookie: str) -> set[str]:
     return {part.strip().split("=", 1)[0].lower() for part in cookie.split(";")[1:]}
 
@@ -629,7 +630,7 @@ def test_plain_http_outside_loopback_is_refused(make_env: MakeEnv) -> None:
         env.browser().get("/whoami")  # Starlette builds its middleware stack lazily
 
 
-# -- logout (G3) ---------------------------------------------------------------------------------------------
+# -- logout (G3) -----------------------------------------------------------------------------------
 def test_logout_with_foreign_origin_is_refused(env: Env) -> None:
     browser = env.browser()
     env.login(browser)
@@ -677,7 +678,7 @@ def test_get_logout_is_405(env: Env) -> None:
     assert env.mp.counters["revoke"] == 0
 
 
-# -- AuthorizationRequired from the app -----------------------------------------------------------------------
+# -- AuthorizationRequired from the app ------------------------------------------------------------
 def test_authorization_required_redirects_browsers_to_login(env: Env) -> None:
     response = env.browser().get("/api/data?x=1", headers={"accept": "text/html,*/*"})
     assert response.status_code == 303
@@ -712,7 +713,7 @@ def test_full_cycle_from_401_to_a_working_api_call(env: Env) -> None:
     assert browser.get("/api/data").status_code == 200
 
 
-# -- tenants (G6) -------------------------------------------------------------------------------------------
+# -- tenants (G6) ----------------------------------------------------------------------------------
 def test_invalid_tenant_is_400_never_a_default(make_env: MakeEnv) -> None:
     env = make_env(tenant_resolver=lambda request: request.header("x-tenant"))
     browser = env.browser()
@@ -739,7 +740,7 @@ def test_tenant_is_bound_to_the_flow(make_env: MakeEnv) -> None:
     assert other["connections"] == []  # the session's grants belong to acme-corp
 
 
-# -- many tabs ------------------------------------------------------------------------------------------------
+# -- many tabs -------------------------------------------------------------------------------------
 def test_two_tabs_log_in_concurrently(env: Env) -> None:
     browser = env.browser()
     first = env.start(browser, "/whoami?tab=1")
@@ -767,14 +768,83 @@ def test_flow_cookies_are_bounded(make_env: MakeEnv) -> None:
     assert browser.get(env.authorize(urls[-1])).status_code == 303
 
 
-# -- non-OIDC providers: a per-browser principal --------------------------------------------------------------
+# -- non-OIDC providers: a per-browser principal ---------------------------------------------------
 def test_non_oidc_provider_gets_a_per_browser_principal(make_env: MakeEnv) -> None:
     env = make_env(scopes={"acme": ["email"]})
     one, two = env.browser(), env.browser()
     env.login(one)
     env.login(two)
     p1, p2 = env.whoami(one)["principal"], env.whoami(two)["principal"]
-    assert p1 and p2 and p1 != p2
+    assert p1
+    assert p2
+    assert p1 != p2
     assert p1.startswith("browser-")
     env.login(one)  # logging in again keeps the browser's principal
     assert env.whoami(one)["principal"] == p1
+
+
+# -- sessions (G2) ------------------------------------------------------------------------------
+def test_session_idle_timeout(make_env: MakeEnv) -> None:
+    env = make_env(session_idle_timeout=600, session_absolute_timeout=3600)
+    browser = env.browser()
+    env.login(browser)
+    env.clock.advance(599)
+    copy = env.browser(cookies=dict(browser.cookies))  # its refreshed cookie stays in its jar
+    assert env.whoami(copy)["principal"] == "user-1"
+    env.clock.advance(2)
+    assert env.whoami(browser)["principal"] is None
+
+
+def test_activity_extends_the_idle_timeout_up_to_the_absolute_timeout(make_env: MakeEnv) -> None:
+    env = make_env(session_idle_timeout=600, session_absolute_timeout=1500)
+    browser = env.browser()
+    env.login(browser)
+    for _ in range(4):  # active every 5 minutes: the cookie is re-issued, the idle clock resets
+        env.clock.advance(300)
+        response = browser.get("/whoami")
+        assert response.json()["principal"] == "user-1"
+        assert any(c.startswith("obm_session=") for c in _set_cookies(response))
+    env.clock.advance(301)  # 1501 s after login: past the absolute timeout
+    assert env.whoami(browser)["principal"] is None
+
+
+def test_logged_out_session_cookie_cannot_be_replayed(env: Env) -> None:
+    browser = env.browser()
+    env.login(browser)
+    captured = browser.cookies["obm_session"]
+    assert browser.post("/oauth2/logout", headers={"origin": BASE}).status_code == 303
+    replay = env.browser(cookies={"obm_session": captured})
+    assert env.whoami(replay)["principal"] is None
+
+
+def test_tampered_session_cookie_is_ignored(env: Env) -> None:
+    browser = env.browser()
+    env.login(browser)
+    value = browser.cookies["obm_session"]
+    tampered = value[:20] + ("A" if value[20] != "A" else "B") + value[21:]
+    assert env.whoami(env.browser(cookies={"obm_session": tampered}))["principal"] is None
+
+
+# -- several providers: flows are bound to theirs (B1, A9) --------------------------------------
+def test_flow_for_one_provider_cannot_complete_at_another(make_env: MakeEnv) -> None:
+    env = make_env()
+    other_mp = MockProvider(issuer="https://other-idp.test")
+    other = Broker(
+        other_mp.descriptor(id="other"),
+        client_id="test-client",
+        client_secret="test-secret",
+        http_client=other_mp.client(),
+        async_http_client=other_mp.async_client(),
+    )
+    env2 = make_env(brokers={"acme": env.broker, "other": other})
+    env2.mp.close()
+    env2.mp = env.mp
+    browser = env2.browser()
+    callback_url = env2.authorize(env2.start(browser))
+    moved = callback_url.replace("/oauth2/acme/callback", "/oauth2/other/callback")
+    response = browser.get(moved)
+    assert response.status_code == 400
+    assert _error_code(response) == "state_mismatch"
+    assert env.mp.counters["token"] == 0
+    assert other_mp.counters["token"] == 0
+    other_mp.close()
