@@ -22,7 +22,11 @@ import pytest
 import requests
 from test_auth_support import CLIENTS, Driver, Recorder, host_router
 
-from oauth2_broker_mw._core.errors import AuthorizationRequired, ConfigurationError
+from oauth2_broker_mw._core.errors import (
+    AuthorizationRequired,
+    ConfigurationError,
+    InsufficientScope,
+)
 from oauth2_broker_mw.auth import BrokerAuth, InsufficientScopeEvent
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing._mock_transport import LoopThread, serve_app
@@ -75,7 +79,14 @@ def inprocess_world() -> Iterator[World]:
     clock = Clock()
     provider = _provider(clock)
     rec_a, rec_b = Recorder(), Recorder()
-    app = host_router({"mock-idp.test": provider.app, "a.test": rec_a.app, "b.test": rec_b.app})
+    app = host_router(
+        {
+            "mock-idp.test": provider.app,
+            "a.test": rec_a.app,
+            "b.test": rec_b.app,
+            "localhost": rec_a.app,
+        }
+    )
     loop = LoopThread("auth-tests")
     try:
         yield World(
@@ -226,9 +237,7 @@ class TestBehaviour:
         d = env.driver(auth)
         await d.send("GET", env.world.resource)
         assert env.world.provider.invalidate_access_token(env.token(auth))
-        result = await d.send(
-            "PUT" if env.kind == "x" else "POST", env.world.resource, content=b"x"
-        )
+        result = await d.send("POST", env.world.resource, content=b"x")
         assert result.status == 200
         assert env.counters["token"] == 2
         assert env.counters["resource:ok"] == 2
@@ -316,7 +325,9 @@ class TestBehaviour:
         result = await d.send("GET", f"{w.a}/challenge?www=")
         assert result.status == 401
         first, second = w.rec_a.authorizations()
-        assert first and second and first != second
+        assert first
+        assert second
+        assert first != second
         assert env.counters["token"] == 2
         result = await d.send("GET", f"{w.a}/challenge?www=Bearer realm=api")
         assert result.status == 401
@@ -346,9 +357,12 @@ class TestBehaviour:
         await d.send("GET", f"{env.world.resource}?required_scope=admin")
         new_token = env.token(auth)
         text = repr(auth) + str(auth) + caplog.text
-        assert "401" in caplog.text and "insufficient_scope" in caplog.text
-        assert token not in text and new_token not in text
-        assert "acme" in repr(auth) and "mock" in repr(auth)
+        assert "401" in caplog.text
+        assert "insufficient_scope" in caplog.text
+        assert token not in text
+        assert new_token not in text
+        assert "acme" in repr(auth)
+        assert "mock" in repr(auth)
 
 
 async def test_https_to_http_downgrade_never_carries_the_token(inprocess_world: World) -> None:
@@ -386,9 +400,7 @@ async def test_plain_http_is_signed_only_for_loopback(inprocess_world: World) ->
     await broker.aclose()
 
 
-async def test_another_callers_replacement_is_used_without_a_refresh(
-    inprocess_world: World,
-) -> None:
+def test_another_callers_replacement_is_used_without_a_refresh(inprocess_world: World) -> None:
     """The 401 arrives after someone else already replaced the token: no second refresh."""
     w = inprocess_world
     w.reset()
@@ -409,7 +421,7 @@ async def test_another_callers_replacement_is_used_without_a_refresh(
     assert w.provider.counters["token"] == 2  # the first lease and one replacement
     assert seen[0] != seen[1]
     assert seen[1] == broker.cached_lease(auth.key).authorization_header  # type: ignore[union-attr]
-    await broker.aclose()
+    broker.close()
 
 
 async def test_cold_cache_200_tasks_and_16_threads_make_one_token_request() -> None:
@@ -450,6 +462,105 @@ async def test_cold_cache_200_tasks_and_16_threads_make_one_token_request() -> N
         assert provider.counters["resource:ok"] == 216
         await broker.aclose()
     provider.close()
+
+
+def test_requests_never_carries_the_token_on_an_http_to_https_upgrade(
+    inprocess_world: World,
+) -> None:
+    """requests itself keeps Authorization on http->https of one host; our hook strips it."""
+    w = inprocess_world
+    w.reset()
+    broker = make_broker(w)
+    auth = BrokerAuth(broker, tenant="acme", principal="svc-up", scopes=["read"])
+    d = Driver("requests", auth, inprocess_app=w.app, loop=w.loop)
+    result = asyncio.run(d.send("GET", "http://localhost/redirect?to=https://localhost/echo"))
+    assert result.status == 200
+    assert [(s.scheme, s.authorization is not None) for s in w.rec_a.seen] == [
+        ("http", True),
+        ("https", False),
+    ]
+    broker.close()
+
+
+@pytest.mark.parametrize("kind", ["httpx2", "httpx", "requests"])  # async clients take no files
+async def test_a_seekable_file_body_is_replayed_only_by_requests(
+    inprocess_world: World, kind: str, tmp_path: Any
+) -> None:
+    """requests rewinds a file body for the retry; httpx streams files, so it returns the 401."""
+    w = inprocess_world
+    w.reset()
+    broker = make_broker(w)
+    auth = BrokerAuth(broker, tenant="acme", principal=f"svc-file-{kind}", scopes=["read"])
+    path = tmp_path / "body.bin"
+    path.write_bytes(b"0123456789" * 100)
+    d = Driver(kind, auth, inprocess_app=w.app, loop=w.loop)
+    try:
+        await d.send("GET", w.resource)
+        w.provider.faults.add("resource", status=401)
+        with path.open("rb") as fh:
+            if kind == "requests":
+                result = await d.send_raw("POST", w.resource, data=fh)
+                assert result.status == 200
+                assert result.json["body_len"] == 1000
+            else:
+                result = await d.send_raw("POST", w.resource, content=fh)
+                assert result.status == 401
+        assert w.provider.counters["token"] == 2
+    finally:
+        await d.aclose()
+        await broker.aclose()
+
+
+def test_requests_top_level_api_and_session_auth(loopback_world: World) -> None:
+    w = loopback_world
+    w.reset()
+    broker = make_broker(w)
+    auth = BrokerAuth(broker, tenant="acme", principal="svc-req", scopes=["read"])
+    assert requests.get(w.resource, auth=auth, timeout=10).status_code == 200
+    w.provider.faults.add("resource", status=401)
+    response = requests.post(w.resource, data=b"abc", auth=auth, timeout=10)
+    assert response.status_code == 200
+    assert response.json()["body_len"] == 3
+    assert [h.status_code for h in response.history] == [401]
+    with requests.Session() as session:
+        session.auth = auth
+        assert session.get(w.resource, timeout=10).status_code == 200
+    assert w.provider.counters["token"] == 2
+    broker.close()
+
+
+def test_required_scopes_not_granted_raise_before_sending(inprocess_world: World) -> None:
+    w = inprocess_world
+    w.reset()
+    broker = make_broker(w, scope_delimiter=" ")
+    w.provider.scopes_supported = ("read",)
+    try:
+        auth = BrokerAuth(
+            broker,
+            tenant="acme",
+            principal="svc-req-scope",
+            scopes=["read"],
+            required_scopes=["read"],
+        )
+        with httpx2.Client(transport=w.provider.transport(), auth=auth) as client:
+            assert client.get(w.resource).status_code == 200
+        narrow = BrokerAuth(
+            broker,
+            tenant="acme",
+            principal="svc-req-scope",
+            scopes=["read"],
+            required_scopes=["read", "write"],
+        )
+        with (
+            httpx2.Client(transport=w.provider.transport(), auth=narrow) as client,
+            pytest.raises(InsufficientScope) as info,
+        ):
+            client.get(w.resource)
+        assert info.value.missing == ("write",)
+        assert w.provider.counters["resource"] == 1
+    finally:
+        w.provider.scopes_supported = None
+        broker.close()
 
 
 # -- construction and typing ------------------------------------------------------------------

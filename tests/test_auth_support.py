@@ -256,6 +256,24 @@ class Driver:
             str(resp.url),
         )
 
+    async def send_raw(self, method: str, url: str, **kwargs: Any) -> Result:
+        """Pass keyword arguments straight to the client's ``request``."""
+        if self.kind == "requests":
+            r = self._client.request(method, url, **kwargs)
+            return Result(
+                r.status_code, _json(r.content), [h.status_code for h in r.history], r.url
+            )
+        if self._async:
+            resp = await self._client.request(method, url, **kwargs)
+        else:
+            resp = self._client.request(method, url, **kwargs)
+        return Result(
+            resp.status_code,
+            _json(resp.content),
+            [h.status_code for h in resp.history],
+            str(resp.url),
+        )
+
     async def aclose(self) -> None:
         if self._async:
             await self._client.aclose()
