@@ -359,9 +359,15 @@ class DemoServer:
 
 def _bind(host: str, port: int) -> socket.socket:
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    # IPPROTO_TCP explicitly: asyncio sets TCP_NODELAY only on sockets whose proto says TCP;
+    # with proto 0, Nagle + delayed ACK stall keep-alive responses by ~40 ms each.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
     return sock
 
 
@@ -384,7 +390,11 @@ def serve_demo(
     bound_port: int = sock.getsockname()[1]
     url_host = f"[{bind_host}]" if ":" in bind_host else bind_host
     url = f"http://{url_host}:{bound_port}"
-    app = create_demo_app(url, data_dir=data_dir, secret_key=secret_key)
+    try:
+        app = create_demo_app(url, data_dir=data_dir, secret_key=secret_key)
+    except BaseException:
+        sock.close()
+        raise
     config = uvicorn.Config(
         app,
         log_level="warning",
