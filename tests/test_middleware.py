@@ -54,8 +54,14 @@ def _context_json(ctx: Any) -> dict[str, Any]:
     }
 
 
+def _remote(ctx: Any, mp: MockProvider) -> int:
+    """A sync outbound call signed by the context's BrokerAuth."""
+    with httpx2.Client(transport=mp.transport(), auth=ctx.auth("acme")) as client:
+        return client.get(mp.resource_url).status_code
+
+
 # -- the four apps ---------------------------------------------------------------------------------
-def _starlette_app(options: dict[str, Any]) -> Any:
+def _starlette_app(options: dict[str, Any], mp: MockProvider) -> Any:
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -73,14 +79,25 @@ def _starlette_app(options: dict[str, Any]) -> Any:
     async def boom(request: Request) -> JSONResponse:
         raise AuthorizationRequired(tenant="default", principal="p", provider="mock", scopes=[])
 
+    async def remote(request: Request) -> JSONResponse:
+        auth = request.state.oauth2_broker.auth("acme")
+        async with httpx2.AsyncClient(transport=mp.async_transport(), auth=auth) as client:
+            response = await client.get(mp.resource_url)
+        return JSONResponse({"status": response.status_code})
+
     app = Starlette(
-        routes=[Route("/whoami", whoami), Route("/api/data", api), Route("/boom", boom)]
+        routes=[
+            Route("/whoami", whoami),
+            Route("/api/data", api),
+            Route("/boom", boom),
+            Route("/remote", remote),
+        ]
     )
     app.add_middleware(BrokerMiddleware, **options)
     return app
 
 
-def _fastapi_app(options: dict[str, Any]) -> Any:
+def _fastapi_app(options: dict[str, Any], mp: MockProvider) -> Any:
     from fastapi import FastAPI
 
     app = FastAPI()
@@ -98,11 +115,15 @@ def _fastapi_app(options: dict[str, Any]) -> Any:
     async def boom() -> None:
         raise AuthorizationRequired(tenant="default", principal="p", provider="mock", scopes=[])
 
+    @app.get("/remote")
+    def remote(request: FastAPIRequest) -> dict[str, Any]:
+        return {"status": _remote(request.state.oauth2_broker, mp)}
+
     app.add_middleware(BrokerMiddleware, **options)
     return app
 
 
-def _flask_app(options: dict[str, Any]) -> Any:
+def _flask_app(options: dict[str, Any], mp: MockProvider) -> Any:
     from flask import Flask, jsonify, request
 
     app = Flask("obm_test_flask")
@@ -120,11 +141,15 @@ def _flask_app(options: dict[str, Any]) -> Any:
     def boom() -> Any:
         raise AuthorizationRequired(tenant="default", principal="p", provider="mock", scopes=[])
 
+    @app.get("/remote")
+    def remote() -> Any:
+        return jsonify({"status": _remote(request.environ["oauth2_broker"], mp)})
+
     app.wsgi_app = BrokerWSGIMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
     return app
 
 
-def _django_app(options: dict[str, Any]) -> Any:
+def _django_app(options: dict[str, Any], mp: MockProvider) -> Any:
     import django
     from django.conf import settings
 
@@ -142,11 +167,16 @@ def _django_app(options: dict[str, Any]) -> Any:
         def boom(request: Any) -> Any:
             raise AuthorizationRequired(tenant="default", principal="p", provider="mock", scopes=[])
 
+        def remote(request: Any) -> Any:
+            status = _remote(request.META["oauth2_broker"], request.META["test.mock_provider"])
+            return JsonResponse({"status": status})
+
         urls = types.ModuleType("obm_test_urls")
         urls.urlpatterns = [  # type: ignore[attr-defined]
             path("whoami", whoami),
             path("api/data", api),
             path("boom", boom),
+            path("remote", remote),
         ]
         sys.modules["obm_test_urls"] = urls
     if not settings.configured:
@@ -163,10 +193,16 @@ def _django_app(options: dict[str, Any]) -> Any:
         django.setup()
     from django.core.wsgi import get_wsgi_application
 
-    return BrokerWSGIMiddleware(get_wsgi_application(), **options)
+    middleware = BrokerWSGIMiddleware(get_wsgi_application(), **options)
+
+    def app(environ: dict[str, Any], start_response: Any) -> Any:
+        environ["test.mock_provider"] = mp
+        return middleware(environ, start_response)
+
+    return app
 
 
-_BUILDERS: dict[str, Callable[[dict[str, Any]], Any]] = {
+_BUILDERS: dict[str, Callable[[dict[str, Any], MockProvider], Any]] = {
     "starlette": _starlette_app,
     "fastapi": _fastapi_app,
     "flask": _flask_app,
@@ -268,7 +304,7 @@ def make_env(request: pytest.FixtureRequest) -> Iterator[MakeEnv]:
             "clock": clock,
         }
         config.update(options)
-        env = Env(framework, mp, broker, _BUILDERS[framework](config), base_url, clock)
+        env = Env(framework, mp, broker, _BUILDERS[framework](config, mp), base_url, clock)
         envs.append(env)
         return env
 
@@ -681,7 +717,7 @@ def test_get_logout_is_405(env: Env) -> None:
 # -- AuthorizationRequired from the app ------------------------------------------------------------
 def test_authorization_required_redirects_browsers_to_login(env: Env) -> None:
     response = env.browser().get("/api/data?x=1", headers={"accept": "text/html,*/*"})
-    assert response.status_code == 303
+    assert response.status_code == 302
     assert response.headers["location"] == (f"{BASE}/oauth2/acme/login?return_to=/api/data%3Fx%3D1")
 
 
@@ -848,3 +884,23 @@ def test_flow_for_one_provider_cannot_complete_at_another(make_env: MakeEnv) -> 
     assert env.mp.counters["token"] == 0
     assert other_mp.counters["token"] == 0
     other_mp.close()
+
+
+# -- BrokerAuth from the context ----------------------------------------------------------------
+def test_context_auth_signs_outbound_calls_and_asks_for_login_when_the_grant_is_gone(
+    make_env: MakeEnv,
+) -> None:
+    env = make_env(descriptor={"grants": ["authorization_code", "refresh_token"]})
+    browser = env.browser()
+    env.login(browser)
+    ok = browser.get("/remote")
+    assert ok.status_code == 200
+    assert ok.json() == {"status": 200}
+    assert env.mp.counters["resource:ok"] == 1
+    env.broker.revoke(tenant="default", principal="user-1", scopes=SCOPES)
+    html = browser.get("/remote", headers={"accept": "text/html"})
+    assert html.status_code == 302
+    assert html.headers["location"] == f"{BASE}/oauth2/acme/login?return_to=/remote"
+    api = browser.get("/remote", headers={"accept": "application/json"})
+    assert api.status_code == 401
+    assert api.json()["code"] == "authorization_required"

@@ -19,13 +19,14 @@ from __future__ import annotations
 
 import hmac
 import html
+import inspect
 import json
 import logging
 import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Final, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .._core.errors import (
@@ -44,7 +45,7 @@ from ._cookies import CookieAttributes, CookieSealer, parse_cookie_header
 from ._redirects import safe_return_to
 
 if TYPE_CHECKING:
-    from ..auth import BrokerAuth
+    from ..auth import BrokerAuth, LeaseSource
     from ..broker import Broker
 
 __all__ = [
@@ -382,9 +383,8 @@ class BrokerContext:
         from ..auth import BrokerAuth
 
         tenant, principal, wanted = self._key_parts(provider, scopes)
-        return BrokerAuth(
-            self._core.broker(provider), tenant=tenant, principal=principal, scopes=wanted
-        )
+        source = cast("LeaseSource", _Recorder(self._core.broker(provider), self))
+        return BrokerAuth(source, tenant=tenant, principal=principal, scopes=wanted)
 
     def lease(self, provider: str, scopes: Iterable[str] | None = None) -> Lease:
         tenant, principal, wanted = self._key_parts(provider, scopes)
@@ -405,6 +405,45 @@ class BrokerContext:
         except AuthorizationRequired as exc:
             self.authorization_required = exc
             raise
+
+
+class _Recorder:
+    """Forwards to a Broker; notes ``AuthorizationRequired`` on the context on its way out.
+
+    Handed to ``BrokerAuth`` so that a WSGI framework which renders the exception as a 500 page
+    still gets a login redirect (the WSGI shell replaces that page).
+    """
+
+    __slots__ = ("_context", "_target")
+
+    def __init__(self, target: object, context: BrokerContext) -> None:
+        self._target = target
+        self._context = context
+
+    def __getattr__(self, name: str) -> Any:
+        value = getattr(self._target, name)
+        if not callable(value):
+            return value
+        context = self._context
+        if inspect.iscoroutinefunction(value):
+
+            async def arecorded(*args: Any, **kwargs: Any) -> Any:
+                try:
+                    return await value(*args, **kwargs)
+                except AuthorizationRequired as exc:
+                    context.authorization_required = exc
+                    raise
+
+            return arecorded
+
+        def recorded(*args: Any, **kwargs: Any) -> Any:
+            try:
+                return value(*args, **kwargs)
+            except AuthorizationRequired as exc:
+                context.authorization_required = exc
+                raise
+
+        return recorded
 
 
 @dataclass(slots=True)
@@ -663,7 +702,7 @@ class MiddlewareCore:
         accept = request.header("accept") or ""
         if name is not None and request.method in ("GET", "HEAD") and "text/html" in accept:
             target = request.path + ("?" + request.query_string if request.query_string else "")
-            return _redirect(self.login_url(name, target), 303)
+            return _redirect(self.login_url(name, target), 302)
         problem: dict[str, JSONValue] = {
             "type": "about:blank",
             "title": "Authorization required",
