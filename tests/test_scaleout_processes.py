@@ -1,0 +1,214 @@
+"""Cross-process refresh coordination on a shared store, against a rotating MockProvider.
+
+4 worker processes x (8 threads + 8 asyncio tasks), each with a cold in-process cache, lease
+tokens for 25 keys whose access tokens live 1 second, sharing one Redis / PostgreSQL / SQLite
+store, for long enough to cover at least 200 expiry windows (key x window). The provider
+rotates refresh tokens and revokes the whole family when one is reused. We check:
+
+* exactly one token request per key per expiry window: a sampler watching the provider never
+  sees two live access tokens of one key at once, and every refresh token was redeemed once
+  (reuse count 0, so no family was revoked);
+* zero errors in the workers (no ``invalid_grant``, no ``AuthorizationRequired``);
+* no refresh token lost: each key's stored refresh token is the live one at the provider.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import pickle
+import subprocess
+import sys
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _services import (
+    postgres_drop_schema,
+    redis_cleanup,
+    require_postgres,
+    require_redis,
+    unique_name,
+)
+
+from oauth2_broker_mw._core.model import ScopeSet, Secret, TokenRecord
+from oauth2_broker_mw.broker import Broker
+from oauth2_broker_mw.stores.base import TokenStore
+
+pytest.importorskip("starlette")
+pytest.importorskip("uvicorn")
+
+from oauth2_broker_mw.testing.mock_provider import MockProvider
+
+pytestmark = pytest.mark.slow
+
+PROCESSES = 4
+THREADS = 8
+TASKS = 8
+KEYS = 25
+ACCESS_TTL = 1  # seconds: one expiry window
+DURATION = 9.0  # ≥ 8 windows per key → ≥ 200 key-windows
+TENANT = "acme"
+SCOPES = ["read"]
+WORKER = Path(__file__).with_name("_scaleout_worker.py")
+
+
+@pytest.fixture(params=["redis", "postgres", "sqlite"])
+def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
+    kind = request.param
+    if kind == "redis":
+        request.applymarker(pytest.mark.redis)
+        prefix = unique_name("scale") + ":"
+        yield {"kind": "redis", "url": require_redis(), "prefix": prefix}
+        redis_cleanup(prefix)
+    elif kind == "postgres":
+        request.applymarker(pytest.mark.postgres)
+        schema = unique_name("scale")
+        yield {"kind": "postgres", "dsn": require_postgres(), "schema": schema}
+        postgres_drop_schema(schema)
+    else:
+        yield {"kind": "sqlite", "path": str(tmp_path / "tokens.db")}
+
+
+def _open_store(spec: dict[str, Any]) -> TokenStore:
+    sys.path.insert(0, str(WORKER.parent))
+    try:
+        from _scaleout_worker import build_store
+    finally:
+        sys.path.remove(str(WORKER.parent))
+    return build_store(spec)
+
+
+class _OverlapSampler(threading.Thread):
+    """Samples the provider: how often did one key have two live access tokens at once?"""
+
+    def __init__(self, provider: MockProvider) -> None:
+        super().__init__(daemon=True)
+        self.provider = provider
+        self.stop = threading.Event()
+        self.samples = 0
+        self.overlaps = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            live = Counter(t["family"] for t in self.provider.live_tokens(kind="access"))
+            self.samples += 1
+            if any(n > 1 for n in live.values()):
+                self.overlaps += 1
+            self.stop.wait(0.01)
+
+
+def test_one_token_request_per_key_per_expiry_window(store_spec: dict[str, Any]) -> None:
+    provider = MockProvider(access_ttl=ACCESS_TTL, rotation=True, reuse_detection=True)
+    store = _open_store(store_spec)
+    principals = [f"p{i}" for i in range(KEYS)]
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with provider.serve():
+            descriptor = provider.descriptor()
+            client = provider.default_client
+            seeding = Broker(descriptor, client_id=client.client_id, store=store)
+            now = time.time()
+            for principal in principals:
+                issued = provider.issue_tokens(subject=principal, scopes=SCOPES)
+                store.put(
+                    TokenRecord(
+                        key=seeding.key(tenant=TENANT, principal=principal, scopes=SCOPES),
+                        access_token=Secret(issued["access_token"]),
+                        refresh_token=Secret(issued["refresh_token"]),
+                        issued_at=now - 10,
+                        expires_at=now - 5,  # expired: the first lease must refresh
+                        scopes=ScopeSet.of(SCOPES),
+                        requested_scopes=ScopeSet.of(SCOPES),
+                    )
+                )
+            seeding.close()
+            config = {
+                "descriptor": base64.b64encode(pickle.dumps(descriptor)).decode(),
+                "client_id": client.client_id,
+                "client_secret": client.client_secret,
+                "store": store_spec,
+                "tenant": TENANT,
+                "scopes": SCOPES,
+                "principals": principals,
+                "threads": THREADS,
+                "tasks": TASKS,
+                "duration": DURATION,
+            }
+            procs = [
+                subprocess.Popen(
+                    [sys.executable, str(WORKER), json.dumps(config)],
+                    stdin=subprocess.PIPE,
+                    stdout=subprocess.PIPE,
+                    text=True,
+                )
+                for _ in range(PROCESSES)
+            ]
+            for proc in procs:
+                assert proc.stdout is not None
+                assert proc.stdout.readline().strip() == "ready"
+            time.sleep(ACCESS_TTL + 0.1)  # the seeded access tokens are dead at the provider
+            provider.reset_counters()
+            sampler = _OverlapSampler(provider)
+            sampler.start()
+            for proc in procs:
+                assert proc.stdin is not None
+                proc.stdin.write("go\n")
+                proc.stdin.flush()
+            results = []
+            for proc in procs:
+                out, _ = proc.communicate(timeout=DURATION + 60)
+                assert proc.returncode == 0
+                results.append(json.loads(out.strip().splitlines()[-1]))
+            sampler.stop.set()
+            sampler.join()
+
+            counters = provider.counters
+            errors: Counter[str] = Counter()
+            leases: Counter[str] = Counter()
+            for result in results:
+                errors.update(result["errors"])
+                leases.update(result["leases"])
+            refreshes = counters["token:refresh_token"]
+
+            print(
+                f"\n{store_spec['kind']}: {refreshes} refreshes (key-windows), "
+                f"{sum(leases.values())} leases {dict(leases)}, "
+                f"{sampler.samples} provider samples, counters {dict(counters)}"
+            )
+            assert errors == Counter(), f"worker errors: {dict(errors)}"
+            assert leases["sync"] > 0
+            assert leases["async"] > 0
+            assert refreshes >= 200, f"only {refreshes} expiry windows were exercised"
+            assert counters["refresh_redeemed"] == refreshes  # every request succeeded
+            assert counters["refresh_reuse"] == 0
+            assert counters["family_revoked"] == 0
+            assert counters["token:client_credentials"] == 0
+            assert counters["token:authorization_code"] == 0
+            assert sampler.samples > 100
+            assert sampler.overlaps == 0, "two live access tokens for one key at once"
+            # ≤ one refresh per key per window (+1 for the window in progress at the end)
+            assert refreshes <= KEYS * (int(DURATION / ACCESS_TTL) + 2)
+
+            # no refresh token lost: what the store holds is the live end of each family
+            families = set()
+            for principal in principals:
+                record = store.get(seeding.key(tenant=TENANT, principal=principal, scopes=SCOPES))
+                assert record is not None
+                assert record.refresh_token is not None
+                info = provider.token_info(record.refresh_token.get_secret_value())
+                assert info is not None
+                assert info["status"] == "active", info
+                families.add(info["family"])
+            assert len(families) == KEYS
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        store.close()
+        provider.close()
