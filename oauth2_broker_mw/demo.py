@@ -72,7 +72,9 @@ _LOOPBACK: Final = frozenset({"127.0.0.1", "::1", "localhost"})
 
 _SECURITY_HEADERS: Final = {
     "cache-control": "no-store",
-    "referrer-policy": "no-referrer",
+    # Not "no-referrer" here: with it, browsers send "Origin: null" on the logout form's POST
+    # and the middleware's Origin check refuses it. "same-origin" leaks nothing cross-site.
+    "referrer-policy": "same-origin",
     "x-content-type-options": "nosniff",
     "x-frame-options": "DENY",
     "content-security-policy": (
@@ -317,9 +319,6 @@ def create_demo_app(
             Route("/api/me", api_me),
             Route("/healthz", healthz),
             Mount(IDP_PATH, app=provider.app),
-            # MockProvider's login form posts to "/authorize" at the server root (it does not
-            # know it is mounted under /idp); hand that POST to the provider too.
-            Route("/authorize", provider.app, methods=["POST"]),
         ],
         lifespan=lifespan,
     )
