@@ -17,6 +17,7 @@ except under ``CI=true``, where a missing dependency fails the test.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -24,9 +25,10 @@ import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import parse_qs, urljoin, urlsplit
 
 import httpx2
@@ -294,3 +296,142 @@ def test_a_second_redemption_of_the_state_is_rejected(
     with pytest.raises(AuthorizationFlowError) as info:
         broker.exchange_code(state=state, code=params["code"], iss=params["iss"])
     assert info.value.code in {"state_unknown", "state_expired"}
+
+
+# -- through BrokerMiddleware ---------------------------------------------------------------------
+def _middleware_app(broker: Broker, provider: OIDCProvider) -> Any:
+    from starlette.applications import Starlette
+    from starlette.middleware import Middleware
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from oauth2_broker_mw.middleware import BrokerMiddleware
+
+    async def me(request: Request) -> JSONResponse:
+        ctx = request.state.oauth2_broker
+        async with httpx2.AsyncClient(auth=ctx.auth("oidc"), timeout=10) as client:
+            userinfo = await client.get(f"{provider.issuer}/me")
+        return JSONResponse(
+            {
+                "tenant": ctx.tenant,
+                "principal": ctx.principal,
+                "connections": list(ctx.connections),
+                "userinfo_status": userinfo.status_code,
+                "userinfo": userinfo.json(),
+            }
+        )
+
+    async def refresh(request: Request) -> JSONResponse:
+        ctx = request.state.oauth2_broker
+        record = await broker.arefresh(tenant=ctx.tenant, principal=ctx.principal, scopes=SCOPES)
+        return JSONResponse({"version": record.version})
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await broker.aclose()  # the HTTP client the broker opened on this event loop
+
+    return Starlette(
+        routes=[Route("/me", me), Route("/refresh", refresh, methods=["POST"])],
+        lifespan=lifespan,
+        middleware=[
+            Middleware(
+                BrokerMiddleware,
+                brokers={"oidc": broker},
+                scopes={"oidc": SCOPES},
+                secret_key=secrets.token_urlsafe(32),
+                base_url=APP_BASE,
+            )
+        ],
+    )
+
+
+def _browser_login(app_client: Any, provider: OIDCProvider) -> str:
+    """Login route -> oidc-provider's forms -> the callback URL (not yet visited)."""
+    start = app_client.get("/oauth2/oidc/login", params={"return_to": "/me"})
+    assert start.status_code in (302, 303)
+    assert start.headers["cache-control"].startswith("no-store")
+    authorize = start.headers["location"]
+    assert authorize.startswith(f"{provider.issuer}/auth?")
+    query = callback_params(authorize)
+    assert query["code_challenge_method"] == "S256"
+    assert query["nonce"]
+    assert query["prompt"] == "consent"
+    assert query["redirect_uri"] == REDIRECT_URI
+    with httpx2.Client(timeout=10) as http:
+        return drive_provider(http, authorize, provider.issuer)
+
+
+def test_login_call_refresh_and_logout_through_the_middleware(
+    broker: Broker, oidc_provider: OIDCProvider
+) -> None:
+    from starlette.testclient import TestClient
+
+    app = _middleware_app(broker, oidc_provider)
+    with TestClient(app, base_url=APP_BASE, follow_redirects=False) as client:
+        callback = _browser_login(client, oidc_provider)
+        params = callback_params(callback)
+        assert params["iss"] == oidc_provider.issuer
+        done = client.get(callback.removeprefix(APP_BASE))
+        assert done.status_code in (302, 303), done.text
+        assert done.headers["location"].endswith("/me")
+        assert done.headers["cache-control"].startswith("no-store")
+        assert done.headers["referrer-policy"] == "no-referrer"
+        for cookie in client.cookies.jar:
+            assert params["code"] not in (cookie.value or "")
+
+        me = client.get("/me")
+        assert me.status_code == 200, me.text
+        data = me.json()
+        assert data["tenant"] == "default"
+        assert data["principal"] == USERNAME  # the id_token's sub
+        assert data["connections"] == ["oidc"]
+        assert data["userinfo_status"] == 200  # signed by BrokerAuth
+        assert data["userinfo"]["sub"] == USERNAME
+
+        key = broker.key(tenant="default", principal=USERNAME, scopes=SCOPES)
+        before = broker.store.get(key)
+        assert before is not None
+        assert before.refresh_token is not None
+        claims = before.metadata["id_token_claims"]
+        assert isinstance(claims, dict)
+        assert claims["iss"] == oidc_provider.issuer
+        old_refresh = before.refresh_token.get_secret_value()
+
+        assert client.post("/refresh", headers={"origin": APP_BASE}).status_code == 200
+        after = broker.store.get(key)
+        assert after is not None
+        assert after.refresh_token is not None
+        assert after.refresh_token.get_secret_value() != old_refresh  # rotated
+        assert oidc_provider.introspect(old_refresh)["active"] is False
+        live_access = after.access_token.get_secret_value()
+        assert oidc_provider.introspect(live_access)["active"] is True
+        assert client.get("/me").json()["userinfo_status"] == 200
+
+        out = client.post("/oauth2/logout", headers={"origin": APP_BASE})
+        assert out.status_code in (302, 303)
+        assert broker.store.get(key) is None
+        assert oidc_provider.introspect(live_access)["active"] is False
+        assert oidc_provider.introspect(after.refresh_token.get_secret_value())["active"] is False
+        gone = client.get("/me", headers={"accept": "application/json"})
+        assert gone.status_code == 401
+
+
+def test_middleware_rejects_a_callback_with_another_issuer(
+    broker: Broker, oidc_provider: OIDCProvider
+) -> None:
+    from starlette.testclient import TestClient
+
+    app = _middleware_app(broker, oidc_provider)
+    with TestClient(app, base_url=APP_BASE, follow_redirects=False) as client:
+        callback = _browser_login(client, oidc_provider)
+        forged = callback.replace(
+            "iss=" + callback_params(callback)["iss"].replace(":", "%3A").replace("/", "%2F"),
+            "iss=http%3A%2F%2F127.0.0.1%3A1",
+        )
+        assert forged != callback
+        response = client.get(forged.removeprefix(APP_BASE))
+        assert response.status_code == 400
+        assert "issuer_mismatch" in response.text
+        assert broker.store.list_keys("default", USERNAME) == []
