@@ -913,3 +913,12 @@ def test_context_auth_signs_outbound_calls_and_asks_for_login_when_the_grant_is_
     api = browser.get("/remote", headers={"accept": "application/json"})
     assert api.status_code == 401
     assert api.json()["code"] == "authorization_required"
+
+
+def test_callback_is_get_only_so_prefetchers_cannot_spend_the_code(env: Env) -> None:
+    browser = env.browser()
+    callback_url = env.authorize(env.start(browser))
+    assert browser.head(callback_url).status_code == 405
+    assert browser.post(callback_url).status_code == 405
+    assert env.mp.counters["token"] == 0
+    assert browser.get(callback_url).status_code == 303

@@ -189,6 +189,7 @@ class BrokerRequest:
     """
 
     __slots__ = (
+        "_cookie_factory",
         "_headers",
         "_headers_factory",
         "client_host",
@@ -208,7 +209,9 @@ class BrokerRequest:
         headers: Callable[[], dict[str, str]],
         client_host: str | None,
         raw: object,
+        cookie: Callable[[], str | None] | None = None,
     ) -> None:
+        self._cookie_factory = cookie
         self.method = method
         self.path = path
         self.query_string = query_string
@@ -227,6 +230,13 @@ class BrokerRequest:
 
     def header(self, name: str) -> str | None:
         return self.headers.get(name.lower())
+
+    @property
+    def cookie(self) -> str | None:
+        """The ``Cookie`` header (read without building the header map when possible)."""
+        if self._headers is None and self._cookie_factory is not None:
+            return self._cookie_factory()
+        return self.header("cookie")
 
     @property
     def host(self) -> str | None:
@@ -658,7 +668,6 @@ class MiddlewareCore:
     # -- pass-through requests -------------------------------------------------------------
     def prepare(self, request: BrokerRequest) -> Prepared | Response:
         """The context for a request the app will answer, or an error response (fail closed)."""
-        now = self._now()
         try:
             tenant = self._resolve_tenant(request)
             principal = self._resolve_principal(request)
@@ -666,8 +675,9 @@ class MiddlewareCore:
             return self._error(request, reject)
         session = None
         set_cookies: list[tuple[str, str]] = []
-        cookie_header = request.header("cookie")
+        cookie_header = request.cookie
         if cookie_header and self.session_cookie in cookie_header:
+            now = self._now()
             session = self._open_session(parse_cookie_header(cookie_header), now)
             if session is not None and now - session.seen_at > self.refresh_after:
                 session = _Session(
@@ -825,7 +835,7 @@ class MiddlewareCore:
         return stale
 
     def _callback(self, provider: str, request: BrokerRequest) -> Handler:
-        if request.method not in ("GET", "HEAD"):
+        if request.method != "GET":  # HEAD (link prefetchers) must not spend the code
             raise _Reject(405, "method_not_allowed", "Use GET for the callback route.")
         now = self._now()
         pairs = request.query_pairs()

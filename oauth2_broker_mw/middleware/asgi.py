@@ -51,6 +51,14 @@ def _headers_of(scope: Scope) -> Callable[[], dict[str, str]]:
     return build
 
 
+def _cookie_of(scope: Scope) -> Callable[[], str | None]:
+    def find() -> str | None:
+        values = [v for k, v in scope.get("headers") or () if k == b"cookie"]  # lower-case (ASGI)
+        return b"; ".join(values).decode("latin-1") if values else None
+
+    return find
+
+
 def _request_of(scope: Scope) -> BrokerRequest:
     client = scope.get("client")
     return BrokerRequest(
@@ -60,6 +68,7 @@ def _request_of(scope: Scope) -> BrokerRequest:
         headers=_headers_of(scope),
         client_host=client[0] if client else None,
         raw=scope,
+        cookie=_cookie_of(scope),
     )
 
 

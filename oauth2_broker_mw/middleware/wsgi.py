@@ -89,6 +89,7 @@ def _request_of(environ: Environ) -> BrokerRequest:
         headers=_headers_of(environ),
         client_host=environ.get("REMOTE_ADDR") or None,
         raw=environ,
+        cookie=lambda: environ.get("HTTP_COOKIE"),
     )
 
 
