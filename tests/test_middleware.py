@@ -922,3 +922,25 @@ def test_callback_is_get_only_so_prefetchers_cannot_spend_the_code(env: Env) -> 
     assert browser.post(callback_url).status_code == 405
     assert env.mp.counters["token"] == 0
     assert browser.get(callback_url).status_code == 303
+
+
+def test_logout_csrf_token_may_come_in_a_header(env: Env) -> None:
+    browser = env.browser()
+    env.login(browser)
+    token = env.whoami(browser)["csrf_token"]
+    wrong = browser.post("/oauth2/logout", headers={"x-csrf-token": token[:-1] + "x"})
+    assert wrong.status_code == 403
+    assert browser.post("/oauth2/logout", headers={"x-csrf-token": token}).status_code == 303
+    assert env.whoami(browser)["principal"] is None
+
+
+@pytest.mark.parametrize("site", ["cross-site", "same-site"])
+def test_logout_from_another_site_is_refused_even_with_the_token(env: Env, site: str) -> None:
+    browser = env.browser()
+    env.login(browser)
+    token = env.whoami(browser)["csrf_token"]
+    response = browser.post(
+        "/oauth2/logout", data={"csrf_token": token}, headers={"sec-fetch-site": site}
+    )
+    assert response.status_code == 403
+    assert env.mp.counters["revoke"] == 0

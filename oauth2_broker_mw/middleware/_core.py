@@ -660,9 +660,9 @@ class MiddlewareCore:
         if len(self._logged_out) >= _DENYLIST_MAX:
             for old, until in list(self._logged_out.items()):
                 if until <= now:
-                    del self._logged_out[old]
-            while len(self._logged_out) >= _DENYLIST_MAX:
-                del self._logged_out[next(iter(self._logged_out))]
+                    self._logged_out.pop(old, None)
+            while len(self._logged_out) >= _DENYLIST_MAX:  # oldest first (insertion order)
+                self._logged_out.pop(next(iter(self._logged_out)), None)
         self._logged_out[sid] = now + self.absolute_timeout
 
     # -- pass-through requests -------------------------------------------------------------
