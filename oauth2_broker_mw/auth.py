@@ -19,6 +19,7 @@ every wait). Never logs, formats or raises with a token or an ``Authorization`` 
 
 from __future__ import annotations
 
+import functools
 import importlib
 import logging
 from collections.abc import (
@@ -62,7 +63,6 @@ __all__ = ["BrokerAuth", "InsufficientScopeEvent"]
 logger: Final = logging.getLogger("oauth2_broker_mw.auth")
 
 _DEFAULT_PORTS: Final = {"http": 80, "https": 443}
-_LEASE_ATTR: Final = "_oauth2_broker_mw_lease"
 _MARK_ATTR: Final = "_oauth2_broker_mw_body_mark"
 _MEMO_SIZE: Final = 256
 
@@ -401,6 +401,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if scopes is not None and not isinstance(scopes, str | ScopeSet):
             scopes = tuple(scopes)  # read a one-shot iterable once
         self._broker = broker
+        self._cached = broker.cached_lease  # the hot path: bound once
         self._scopes = scopes
         self._key = broker.key(tenant=tenant, principal=principal, scopes=scopes)
         self._provider_id = str(broker.provider.id)
@@ -422,9 +423,14 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         # from _should_sign, so a stale or racing entry is still a correct answer.
         self._https_anywhere = self._origins is None
         self._memo: dict[Hashable, bool] = {}
-        self._header_cache: tuple[Lease | None, str] = (None, "")
+        # (lease, its Authorization value, its requests hook), swapped as one tuple so threads
+        # never see a header of one lease with the hook of another.
+        self._sign_cache: tuple[Lease | None, str, Callable[..., requests.Response] | None] = (
+            None,
+            "",
+            None,
+        )
         self._on_insufficient_scope = on_insufficient_scope
-        self._hook = self._on_requests_response  # bound once: no allocation per request
 
     # -- introspection -------------------------------------------------------------------------
     @property
@@ -478,13 +484,16 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             self._verified = lease
         return lease
 
-    def _header(self, lease: Lease) -> str:
-        cached = self._header_cache  # one tuple: read and written atomically
+    def _signing(
+        self, lease: Lease
+    ) -> tuple[Lease | None, str, Callable[..., requests.Response] | None]:
+        """The header and requests hook for ``lease``, built once per lease (not per request)."""
+        cached = self._sign_cache
         if cached[0] is lease:
-            return cached[1]
-        value = lease.authorization_header
-        self._header_cache = (lease, value)
-        return value
+            return cached
+        fresh = (lease, lease.authorization_header, functools.partial(self._on_response, lease))
+        self._sign_cache = fresh
+        return fresh
 
     def _respond(
         self,
@@ -530,7 +539,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if not replay or fresh.access_token == lease.access_token:
             return
         retry = a.retry_request(request, response, mark)
-        retry.headers["Authorization"] = self._header(fresh)
+        retry.headers["Authorization"] = self._signing(fresh)[1]
         yield retry  # its answer is final: one refresh and one retry per request, never a loop
 
     def _report_scope(self, scope: str | None, lease: Lease, url: str) -> None:
@@ -570,13 +579,16 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             yield request
             return
         broker = self._broker
-        lease = broker.cached_lease(self._key) or broker.lease_for_key(
+        lease = self._cached(self._key) or broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
         if self._required is not None:
             lease = self._checked(lease)
         mark = _HTTPX.body_mark(request)
-        request.headers["Authorization"] = self._header(lease)
+        signing = self._sign_cache
+        if signing[0] is not lease:
+            signing = self._signing(lease)
+        request.headers["Authorization"] = signing[1]
         response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
@@ -603,13 +615,16 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             yield request
             return
         broker = self._broker
-        lease = broker.cached_lease(self._key) or await broker.alease_for_key(
+        lease = self._cached(self._key) or await broker.alease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
         if self._required is not None:
             lease = self._checked(lease)
         mark = _HTTPX.body_mark(request)
-        request.headers["Authorization"] = self._header(lease)
+        signing = self._sign_cache
+        if signing[0] is not lease:
+            signing = self._signing(lease)
+        request.headers["Authorization"] = signing[1]
         response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
@@ -643,27 +658,30 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             _REQUESTS, r
         ):
             return r
-        lease = self._broker.cached_lease(self._key) or self._broker.lease_for_key(
+        lease = self._cached(self._key) or self._broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
         if self._required is not None:
             lease = self._checked(lease)
-        state = r.__dict__
         if r.body is not None:
-            state[_MARK_ATTR] = _REQUESTS.body_mark(r)
-        cached = self._header_cache
-        r.headers["Authorization"] = cached[1] if cached[0] is lease else self._header(lease)
-        state[_LEASE_ATTR] = lease
-        r.hooks["response"].append(self._hook)
+            r.__dict__[_MARK_ATTR] = _REQUESTS.body_mark(r)
+        signing = self._sign_cache
+        if signing[0] is not lease:
+            signing = self._signing(lease)
+        r.headers["Authorization"] = signing[1]
+        r.hooks["response"].append(signing[2])
         return r
 
-    def _on_requests_response(self, r: requests.Response, **kwargs: Any) -> requests.Response:
+    def _on_response(self, lease: Lease, r: requests.Response, **kwargs: Any) -> requests.Response:
+        """requests response hook of a request signed with ``lease`` (also runs for each
+        redirect hop, whose request is a copy of the previous one)."""
         original = r.request
-        state = original.__dict__
-        lease: Lease | None = state.pop(_LEASE_ATTR, None)
         final = r
-        if lease is not None and (r.status_code == 401 or r.status_code == 403):
-            mark = state.get(_MARK_ATTR)
+        if (r.status_code == 401 or r.status_code == 403) and original.headers.get(
+            "Authorization"
+        ) == lease.authorization_header:
+            # This hop carried our token (not stripped by a cross-origin redirect).
+            mark = original.__dict__.get(_MARK_ATTR)
             flow = self._respond(_REQUESTS, original, lease, mark, r)
             step = _advance(flow, None)
             while isinstance(step, _NeedReplacement):
