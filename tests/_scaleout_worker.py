@@ -40,10 +40,36 @@ def build_store(spec: dict[str, Any]) -> TokenStore:
     raise ValueError(kind)
 
 
+class PauseAfterLock:
+    """A store that freezes its process right after it wins a refresh lock (to be killed)."""
+
+    def __init__(self, inner: TokenStore) -> None:
+        self._inner = inner
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        got = self._inner.acquire_lock(name, owner, ttl)
+        if got:
+            print("locked", flush=True)
+            time.sleep(600)
+        return got
+
+    async def aacquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        got = await self._inner.aacquire_lock(name, owner, ttl)
+        if got:
+            print("locked", flush=True)
+            await asyncio.sleep(600)
+        return got
+
+
 def main() -> None:
     config = json.loads(sys.argv[1])
     descriptor = pickle.loads(base64.b64decode(config["descriptor"]))
-    store = build_store(config["store"])
+    store: Any = build_store(config["store"])
+    if config.get("pause_after_lock"):
+        store = PauseAfterLock(store)
     broker = Broker(
         descriptor,
         client_id=config["client_id"],
@@ -62,11 +88,17 @@ def main() -> None:
     print("ready", flush=True)
     if sys.stdin.readline().strip() != "go":
         return
-    deadline = time.time() + config["duration"]
+    deadline = time.time() + config.get("duration", 0.0)
+    iterations: int | None = config.get("iterations")  # else: until the deadline
+
+    def more(done: int) -> bool:
+        return done < iterations if iterations is not None else time.time() < deadline
 
     def thread_main(seed: int) -> None:
         rng = random.Random(seed)
-        while time.time() < deadline:
+        done = 0
+        while more(done):
+            done += 1
             principal = rng.choice(principals)
             try:
                 broker.lease(tenant=tenant, principal=principal, scopes=scopes)
@@ -79,7 +111,9 @@ def main() -> None:
 
     async def task_main(seed: int) -> None:
         rng = random.Random(seed)
-        while time.time() < deadline:
+        done = 0
+        while more(done):
+            done += 1
             principal = rng.choice(principals)
             try:
                 await broker.alease(tenant=tenant, principal=principal, scopes=scopes)

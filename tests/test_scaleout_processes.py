@@ -10,6 +10,10 @@ rotates refresh tokens and revokes the whole family when one is reused. We check
   (reuse count 0, so no family was revoked);
 * zero errors in the workers (no ``invalid_grant``, no ``AuthorizationRequired``);
 * no refresh token lost: each key's stored refresh token is the live one at the provider.
+
+Faults: the lock holder is SIGKILLed right after winning the lock (another process proceeds
+when the lease expires; the family is not revoked); the provider answers slower than the
+lease lasts (the holder's renewal keeps the others out).
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import base64
 import json
 import pickle
+import signal
 import subprocess
 import sys
 import threading
@@ -51,7 +56,7 @@ THREADS = 8
 TASKS = 8
 KEYS = 25
 ACCESS_TTL = 1  # seconds: one expiry window
-DURATION = 9.0  # ≥ 8 windows per key → ≥ 200 key-windows
+DURATION = 11.0  # ~10 windows per key (a window lasts a bit over 1 s) → ≥ 200 key-windows
 TENANT = "acme"
 SCOPES = ["read"]
 WORKER = Path(__file__).with_name("_scaleout_worker.py")
@@ -207,8 +212,162 @@ def test_one_token_request_per_key_per_expiry_window(store_spec: dict[str, Any])
             assert len(families) == KEYS
     finally:
         for proc in procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+            _reap(proc)
+        store.close()
+        provider.close()
+
+
+# -- faults -----------------------------------------------------------------------------------
+def _seed(provider: MockProvider, store: TokenStore, descriptor: Any, principal: str) -> Any:
+    broker = Broker(descriptor, client_id=provider.default_client.client_id, store=store)
+    key = broker.key(tenant=TENANT, principal=principal, scopes=SCOPES)
+    broker.close()
+    issued = provider.issue_tokens(subject=principal, scopes=SCOPES)
+    now = time.time()
+    store.put(
+        TokenRecord(
+            key=key,
+            access_token=Secret(issued["access_token"]),
+            refresh_token=Secret(issued["refresh_token"]),
+            issued_at=now - 10,
+            expires_at=now - 5,
+            scopes=ScopeSet.of(SCOPES),
+            requested_scopes=ScopeSet.of(SCOPES),
+        )
+    )
+    return key
+
+
+def _spawn(
+    provider: MockProvider, descriptor: Any, spec: dict[str, Any], **options: Any
+) -> subprocess.Popen[str]:
+    client = provider.default_client
+    config = {
+        "descriptor": base64.b64encode(pickle.dumps(descriptor)).decode(),
+        "client_id": client.client_id,
+        "client_secret": client.client_secret,
+        "store": spec,
+        "tenant": TENANT,
+        "scopes": SCOPES,
+        "principals": ["solo"],
+        "threads": 2,
+        "tasks": 2,
+        "iterations": 1,
+        **options,
+    }
+    proc = subprocess.Popen(
+        [sys.executable, str(WORKER), json.dumps(config)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+def _reap(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is None:
+        proc.kill()
+    proc.wait()
+    for pipe in (proc.stdin, proc.stdout):
+        if pipe is not None and not pipe.closed:
+            pipe.close()
+
+
+def _go(proc: subprocess.Popen[str]) -> None:
+    assert proc.stdin is not None
+    proc.stdin.write("go\n")
+    proc.stdin.flush()
+
+
+def _result(proc: subprocess.Popen[str]) -> dict[str, Any]:
+    out, _ = proc.communicate(timeout=90)
+    assert proc.returncode == 0
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def _assert_family_intact(provider: MockProvider, store: TokenStore, key: Any) -> None:
+    counters = provider.counters
+    assert counters["token:refresh_token"] == 1
+    assert counters["refresh_redeemed"] == 1
+    assert counters["refresh_reuse"] == 0
+    assert counters["family_revoked"] == 0
+    record = store.get(key)
+    assert record is not None
+    assert record.refresh_token is not None
+    info = provider.token_info(record.refresh_token.get_secret_value())
+    assert info is not None
+    assert info["status"] == "active"
+
+
+def test_killed_lock_holder_lets_another_process_refresh(store_spec: dict[str, Any]) -> None:
+    """SIGKILL the process holding the refresh lock: after the lease expires another process
+    refreshes (once), and the token family is not revoked."""
+    provider = MockProvider(access_ttl=3600, rotation=True, reuse_detection=True)
+    store = _open_store(store_spec)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with provider.serve():
+            descriptor = provider.descriptor()
+            key = _seed(provider, store, descriptor, "solo")
+            victim = _spawn(
+                provider,
+                descriptor,
+                store_spec,
+                threads=1,
+                tasks=0,
+                lock_ttl=1.5,
+                pause_after_lock=True,
+            )
+            procs.append(victim)
+            others = [_spawn(provider, descriptor, store_spec, lock_ttl=1.5) for _ in range(3)]
+            procs.extend(others)
+            provider.reset_counters()
+            _go(victim)
+            assert victim.stdout is not None
+            assert victim.stdout.readline().strip() == "locked"
+            victim.send_signal(signal.SIGKILL)
+            victim.wait()
+            for proc in others:
+                _go(proc)
+            results = [_result(proc) for proc in others]
+            assert [r["errors"] for r in results] == [{}, {}, {}]
+            assert sum(sum(r["leases"].values()) for r in results) == 12
+            _assert_family_intact(provider, store, key)
+    finally:
+        for proc in procs:
+            _reap(proc)
+        store.close()
+        provider.close()
+
+
+def test_slow_provider_renewal_keeps_other_processes_out(store_spec: dict[str, Any]) -> None:
+    """The provider takes 2.5 s, the lease lock lives 0.8 s: renewal keeps every other
+    process waiting, so the refresh token is redeemed exactly once."""
+    provider = MockProvider(
+        access_ttl=3600, rotation=True, reuse_detection=True, latency={"token": 2.5}
+    )
+    store = _open_store(store_spec)
+    procs: list[subprocess.Popen[str]] = []
+    try:
+        with provider.serve():
+            descriptor = provider.descriptor()
+            key = _seed(provider, store, descriptor, "solo")
+            procs = [
+                _spawn(provider, descriptor, store_spec, threads=4, tasks=4, lock_ttl=0.8)
+                for _ in range(PROCESSES)
+            ]
+            provider.reset_counters()
+            for proc in procs:
+                _go(proc)
+            results = [_result(proc) for proc in procs]
+            assert [r["errors"] for r in results] == [{}] * PROCESSES
+            assert sum(sum(r["leases"].values()) for r in results) == PROCESSES * 8
+            _assert_family_intact(provider, store, key)
+    finally:
+        for proc in procs:
+            _reap(proc)
         store.close()
         provider.close()
