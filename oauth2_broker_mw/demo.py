@@ -36,7 +36,7 @@ from urllib.parse import urljoin, urlsplit
 import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, Response
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
 from starlette.routing import Mount, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -148,6 +148,23 @@ def _logout_html(ctx: Any) -> str:
     return (
         f'<form method="post" action="{_e(ctx.logout_url)}">{hidden}'
         '<button class="button" id="logout" type="submit">Log out</button></form>\n'
+    )
+
+
+def _grants_html(provider: MockProvider) -> str:
+    counters = provider.counters
+    return (
+        "<h2>Token requests the provider has seen</h2>\n"
+        '<dl id="grants">'
+        f'<dt>authorization_code</dt><dd id="grant-code">'
+        f"{counters['token:authorization_code']}</dd>"
+        f'<dt>refresh_token</dt><dd id="grant-refresh">{counters["token:refresh_token"]}</dd>'
+        "</dl>\n"
+        '<form method="post" action="/demo/expire-access-tokens">'
+        '<button class="button" id="expire" type="submit">Expire the access token at the '
+        "provider</button> "
+        '<span class="muted">the next call gets a 401; BrokerAuth refreshes once and '
+        "retries</span></form>\n"
     )
 
 
@@ -285,7 +302,7 @@ def create_demo_app(
         body = _context_html(ctx)
         if DEMO_PROVIDER in set(getattr(ctx, "connections", None) or ()):
             result = await _call_resource(ctx, api_client, resource_url)
-            body += _result_html(result) + _logout_html(ctx)
+            body += _result_html(result) + _grants_html(provider) + _logout_html(ctx)
         else:
             body += _login_html(ctx)
         return HTMLResponse(_PAGE.format(body=body), headers=_SECURITY_HEADERS)
@@ -300,6 +317,14 @@ def create_demo_app(
             "resource": {"status": result.status, "body": result.body, "error": result.error},
         }
         return JSONResponse(data, headers={"cache-control": "no-store"})
+
+    async def expire(request: Request) -> Response:
+        # Demo control: the provider forgets every access token, so the next call gets a 401
+        # and BrokerAuth refreshes once and retries. Same-origin POSTs only.
+        if request.headers.get("origin") != base:
+            return JSONResponse({"error": "cross-origin request refused"}, status_code=403)
+        provider.expire_access_tokens()
+        return RedirectResponse("/", status_code=303)
 
     async def healthz(request: Request) -> Response:
         return JSONResponse({"ok": True})
@@ -318,6 +343,7 @@ def create_demo_app(
             Route("/", home),
             Route("/api/me", api_me),
             Route("/healthz", healthz),
+            Route("/demo/expire-access-tokens", expire, methods=["POST"]),
             Mount(IDP_PATH, app=provider.app),
         ],
         lifespan=lifespan,

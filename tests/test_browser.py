@@ -130,6 +130,13 @@ def test_chromium_logs_in_through_the_provider_form(
     for token in tokens:
         assert token not in html
 
+    # The provider forgets the access token: BrokerAuth gets a 401, refreshes once, retries.
+    assert page.inner_text("#grant-refresh") == "0"
+    page.click("#expire")
+    page.wait_for_selector("#grant-refresh")
+    assert page.inner_text("#grant-refresh") == "1"
+    assert page.inner_text("#status") == "200"
+
     # Logging out (a POST with the browser's own Origin header) ends the session.
     page.click("#logout")
     page.wait_for_selector("#login")

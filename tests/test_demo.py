@@ -231,3 +231,22 @@ def test_framework_examples_log_in_and_call_the_api(
         module.broker.close()
         sys.modules.pop(example, None)
         sys.modules.pop("_provider", None)
+
+
+def test_expired_access_token_is_refreshed_by_brokerauth(server: demo.DemoServer) -> None:
+    with httpx2.Client(timeout=10) as browser:
+        result = demo.drive_login(server.url, client=browser)
+        assert '<dd id="grant-refresh">0</dd>' in result.page
+        refused = browser.post(
+            server.url + "/demo/expire-access-tokens", headers={"origin": "http://evil.test"}
+        )
+        assert refused.status_code == 403
+        expired = browser.post(
+            server.url + "/demo/expire-access-tokens", headers={"origin": server.url}
+        )
+        assert expired.status_code == 303
+        page = browser.get(server.url + "/").text
+    # The resource answered 401 to the stale token; BrokerAuth refreshed once and retried.
+    assert '<span id="status" class="ok">200</span>' in page
+    assert '<dd id="grant-refresh">1</dd>' in page
+    assert server.provider.counters["token:refresh_token"] == 1
