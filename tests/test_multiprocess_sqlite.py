@@ -10,6 +10,7 @@ the store is the one the provider considers live.
 
 from __future__ import annotations
 
+import asyncio
 import multiprocessing
 import os
 import queue
@@ -519,3 +520,136 @@ def test_slow_provider_lock_renewal_keeps_one_refresh(
     assert_nothing_revoked(provider)
     record = assert_store_holds_live_grant(provider, db_path, key, token)
     assert record.version == initial.version + 1
+
+
+# -- known gaps (strict xfail: they flip to failures once the broker is fixed) ----------------
+def _expired_grant_broker(
+    provider: MockProvider, db_path: str, store: SQLiteStore, **kwargs: Any
+) -> Broker:
+    return Broker(
+        provider.descriptor(),
+        client_id="test-client",
+        client_secret="test-secret",
+        store=store,
+        http_client=provider.client(),
+        async_http_client=provider.async_client(),
+        **kwargs,
+    )
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="a cancelled async leader never releases its lease lock: other processes wait "
+    "for lock_ttl (flows._locked releases only on BrokerError; the drivers never throw "
+    "CancelledError into the flow)",
+)
+async def test_cancelled_async_leader_releases_the_lease_lock(
+    provider: MockProvider, db_path: str
+) -> None:
+    descriptor = provider.descriptor()
+    key = store_key(descriptor)
+    store_grant(provider, descriptor, db_path, expired=True)
+    broker = _expired_grant_broker(provider, db_path, SQLiteStore(db_path), lock_ttl=60.0)
+    provider.latency["token"] = 30.0
+    try:
+        task = asyncio.ensure_future(
+            broker.alease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
+        )
+        for _ in range(3000):  # until the refresh is in flight at the provider
+            if provider.counters["token:refresh_token"]:
+                break
+            await asyncio.sleep(0.01)
+        assert _lock_row(db_path, key.lock_name) is not None
+        task.cancel()  # e.g. the ASGI request that asked for the lease was abandoned
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Every other process would now wait up to lock_ttl (here 60 s) for a dead flight.
+        assert _lock_row(db_path, key.lock_name) is None
+    finally:
+        provider.latency.pop("token", None)
+        await broker.aclose()
+        broker.store.close()
+
+
+class _SlowCAS(SQLiteStore):
+    """The winner's store: its compare-and-swap waits until the test lets it write."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__(path)
+        self.reached = threading.Event()
+        self.proceed = threading.Event()
+
+    def compare_and_swap(
+        self, record: TokenRecord, *, expected_version: int | None
+    ) -> TokenRecord | None:
+        self.reached.set()
+        self.proceed.wait(30)
+        return super().compare_and_swap(record, expected_version=expected_version)
+
+
+class _LockBlind(SQLiteStore):
+    """A host whose view of the lease lock is wrong (its lock lapsed, or it cannot see it)."""
+
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        return True
+
+    def release_lock(self, name: str, owner: str) -> bool:
+        return True
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="invalid_grant recovery re-reads once, immediately: a winner whose compare-and-swap "
+    "is still in flight is not seen, the loser deletes the record, and the winner's rotated "
+    "refresh token is dropped (flows._refresh)",
+)
+def test_invalid_grant_loser_does_not_drop_a_winner_still_storing(db_path: str) -> None:
+    """The fence must hold when the lock does not: lost races never lose the live grant.
+
+    Provider without reuse detection (so the loser's replay revokes nothing by itself). The
+    winner's refresh is redeemed at the provider and its compare-and-swap is slow; the loser,
+    whose lock lapsed, replays the old refresh token, gets ``invalid_grant`` and re-reads the
+    store while the winner is still writing.
+    """
+    provider = MockProvider(reuse_detection=False)
+    descriptor = provider.descriptor()
+    key = store_key(descriptor)
+    store_grant(provider, descriptor, db_path, expired=True)
+    provider.reset_counters()
+    winner = _expired_grant_broker(provider, db_path, _SlowCAS(db_path))
+    loser = _expired_grant_broker(provider, db_path, _LockBlind(db_path))
+    slow = winner.store
+    assert isinstance(slow, _SlowCAS)
+    won: list[str] = []
+    winner_errors: list[BaseException] = []
+
+    def win() -> None:
+        try:
+            lease = winner.lease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
+        except BaseException as exc:
+            winner_errors.append(exc)
+        else:
+            won.append(lease.access_token.get_secret_value())
+
+    thread = threading.Thread(target=win)
+    thread.start()
+    try:
+        assert slow.reached.wait(30)  # redeemed at the provider, now storing the rotation
+        try:
+            lost = loser.lease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
+        except AuthorizationRequired:
+            lost = None
+    finally:
+        slow.proceed.set()
+        thread.join(30)
+        for broker in (winner, loser):
+            broker.close()
+            broker.store.close()
+        provider.close()
+    assert provider.refresh_tokens_redeemed == 1
+    assert winner_errors == []
+    assert len(won) == 1
+    record = stored(db_path, key)
+    assert record is not None  # the only live refresh token is kept
+    assert record.access_token.get_secret_value() == won[0]
+    assert lost is None or lost.access_token.get_secret_value() == won[0]
