@@ -286,7 +286,7 @@ async def over_http(n: int, rounds: int, conns: int, cookie: str | None) -> list
             f"uvicorn (h11, one process per app) over loopback, a raw keep-alive client "
             f"({n} requests x {rounds} alternating rounds, {conns} connections, best round):"
         )
-        cases = [("GET, anonymous", None)]
+        cases: list[tuple[str, str | None]] = [("GET, anonymous", None)]
         if cookie is not None:
             cases.append(("GET, logged in", cookie))
         ratios: list[float] = []

@@ -22,6 +22,7 @@ from typing import Any
 import pytest
 
 from oauth2_broker_mw import demo
+from oauth2_broker_mw._core.model import TenantId
 
 pytestmark = pytest.mark.browser
 
@@ -109,7 +110,7 @@ def test_chromium_logs_in_through_the_provider_form(
     assert shot.stat().st_size > 1000
 
     # Cookies as the browser holds them.
-    keys = server.store.list_keys("default", demo.DEMO_USERNAME)
+    keys = server.store.list_keys(TenantId("default"), demo.DEMO_USERNAME)
     assert len(keys) == 1
     record = server.store.get(keys[0])
     assert record is not None
@@ -141,7 +142,7 @@ def test_chromium_logs_in_through_the_provider_form(
     page.click("#logout")
     page.wait_for_selector("#login")
     assert page.inner_text("#principal") == "(none)"
-    assert server.store.list_keys("default", demo.DEMO_USERNAME) == []
+    assert server.store.list_keys(TenantId("default"), demo.DEMO_USERNAME) == []
 
 
 def test_chromium_rejects_a_wrong_password_at_the_provider(
@@ -156,4 +157,4 @@ def test_chromium_rejects_a_wrong_password_at_the_provider(
     page.click("#login")
     page.wait_for_selector("#message")
     assert "Invalid username or password" in page.inner_text("#message")
-    assert server.store.list_keys("default", demo.DEMO_USERNAME) == []
+    assert server.store.list_keys(TenantId("default"), demo.DEMO_USERNAME) == []

@@ -22,6 +22,7 @@ import pytest
 
 from oauth2_broker_mw import demo
 from oauth2_broker_mw.__main__ import main
+from oauth2_broker_mw._core.model import TenantId
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -56,7 +57,7 @@ def test_login_through_the_provider_form_shows_context_and_signed_call(
         assert 'id="resource"' not in first.text
 
         result = demo.drive_login(server.url, client=browser)
-        cookies = {c.name: c.value for c in browser.cookies.jar}
+        cookies = {c.name: c.value or "" for c in browser.cookies.jar}
 
     # The provider's own form was shown and submitted (auto_approve=False).
     assert any(urlsplit(u).path == "/idp/authorize" for u in result.visited)
@@ -77,7 +78,7 @@ def test_login_through_the_provider_form_shows_context_and_signed_call(
     assert server.provider.counters["resource:ok"] == 1
 
     # Tokens stayed on the server, in the SQLite store under the data directory.
-    keys = server.store.list_keys("default", "alice")
+    keys = server.store.list_keys(TenantId("default"), "alice")
     assert len(keys) == 1
     record = server.store.get(keys[0])
     assert record is not None
@@ -138,18 +139,18 @@ def test_wrong_password_stays_on_the_provider_form(server: demo.DemoServer) -> N
         assert "Invalid username or password" in result.page
         assert not any("/oauth2/mock/callback" in u for u in result.visited)
         assert 'id="login"' in browser.get(server.url + "/").text
-    assert server.store.list_keys("default", "alice") == []
+    assert server.store.list_keys(TenantId("default"), "alice") == []
 
 
 def test_logout_revokes_and_forgets(server: demo.DemoServer) -> None:
     with httpx2.Client(timeout=10) as browser:
         demo.drive_login(server.url, client=browser)
-        assert len(server.store.list_keys("default", "alice")) == 1
+        assert len(server.store.list_keys(TenantId("default"), "alice")) == 1
         response = browser.post(server.url + "/oauth2/logout", headers={"origin": server.url})
         assert response.status_code in (302, 303)
         page = browser.get(server.url + "/").text
     assert 'id="login"' in page
-    assert server.store.list_keys("default", "alice") == []
+    assert server.store.list_keys(TenantId("default"), "alice") == []
     assert server.provider.counters["revoke"] >= 1
 
 

@@ -35,6 +35,7 @@ import httpx2
 import pytest
 
 from oauth2_broker_mw._core.errors import AuthorizationFlowError
+from oauth2_broker_mw._core.model import TenantId
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.auth import BrokerAuth
 from oauth2_broker_mw.broker import Broker
@@ -434,4 +435,4 @@ def test_middleware_rejects_a_callback_with_another_issuer(
         response = client.get(forged.removeprefix(APP_BASE))
         assert response.status_code == 400
         assert "issuer_mismatch" in response.text
-        assert broker.store.list_keys("default", USERNAME) == []
+        assert broker.store.list_keys(TenantId("default"), USERNAME) == []
