@@ -74,6 +74,7 @@ _MAX_FORM_BYTES: Final = 64 * 1024
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
 _SINGLE_PARAMS: Final = ("code", "state", "iss", "error")
 _DENYLIST_MAX: Final = 10_000
+_OPENED_MAX: Final = 1024
 
 
 # -- broker calls: the effects a handler yields -----------------------------------------------
@@ -189,13 +190,12 @@ class BrokerRequest:
     """
 
     __slots__ = (
-        "_cookie_factory",
+        "_client_host",
         "_headers",
         "_headers_factory",
-        "client_host",
+        "_query_string",
         "method",
         "path",
-        "query_string",
         "raw",
         "return_to",
     )
@@ -209,23 +209,34 @@ class BrokerRequest:
         headers: Callable[[], dict[str, str]],
         client_host: str | None,
         raw: object,
-        cookie: Callable[[], str | None] | None = None,
     ) -> None:
-        self._cookie_factory = cookie
         self.method = method
         self.path = path
-        self.query_string = query_string
-        self._headers_factory = headers
-        self._headers: dict[str, str] | None = None
-        self.client_host = client_host
         self.raw = raw
         self.return_to: str | None = None
+        self._query_string = query_string
+        self._client_host = client_host
+        self._headers_factory: Callable[[], dict[str, str]] | None = headers
+        self._headers: dict[str, str] | None = None
+
+    # The shells subclass this and compute the fields below lazily from the scope / environ.
+    @property
+    def query_string(self) -> str:
+        return self._query_string
+
+    @property
+    def client_host(self) -> str | None:
+        """The peer address (the proxy's, behind a proxy)."""
+        return self._client_host
+
+    def _build_headers(self) -> dict[str, str]:
+        return {} if self._headers_factory is None else self._headers_factory()
 
     @property
     def headers(self) -> Mapping[str, str]:
         """Lower-case header names; repeated headers joined with ``", "`` (cookies ``"; "``)."""
         if self._headers is None:
-            self._headers = self._headers_factory()
+            self._headers = self._build_headers()
         return self._headers
 
     def header(self, name: str) -> str | None:
@@ -233,9 +244,7 @@ class BrokerRequest:
 
     @property
     def cookie(self) -> str | None:
-        """The ``Cookie`` header (read without building the header map when possible)."""
-        if self._headers is None and self._cookie_factory is not None:
-            return self._cookie_factory()
+        """The ``Cookie`` header."""
         return self.header("cookie")
 
     @property
@@ -321,7 +330,7 @@ class BrokerContext:
     middleware turns into a login redirect (browsers) or a 401 problem document (APIs).
     """
 
-    __slots__ = ("_core", "_csrf", "authorization_required", "connections", "principal", "tenant")
+    __slots__ = ("_core", "_sid", "authorization_required", "connections", "principal", "tenant")
 
     def __init__(
         self,
@@ -330,13 +339,13 @@ class BrokerContext:
         tenant: str | None,
         principal: str | None,
         connections: tuple[str, ...],
-        csrf: str | None,
+        session_id: str | None,
     ) -> None:
         self._core = core
         self.tenant = tenant
         self.principal = principal
         self.connections = connections
-        self._csrf = csrf
+        self._sid = session_id
         #: the last AuthorizationRequired raised through lease()/alease() (WSGI uses it to turn
         #: a framework's 500 page back into a login redirect).
         self.authorization_required: AuthorizationRequired | None = None
@@ -355,7 +364,7 @@ class BrokerContext:
     @property
     def csrf_token(self) -> str | None:
         """Put this in logout forms (field ``csrf_token``) for clients that send no Origin."""
-        return self._csrf
+        return None if self._sid is None else self._core.csrf_for(self._sid)
 
     @property
     def logout_url(self) -> str:
@@ -552,6 +561,7 @@ class MiddlewareCore:
         self.clock = clock
         self._route_prefix = prefix + "/"
         self._logged_out: dict[str, float] = {}
+        self._opened: dict[str, _Session] = {}
 
     def __repr__(self) -> str:
         return f"MiddlewareCore(base_url={self.base_url!r}, providers={sorted(self.brokers)!r})"
@@ -634,10 +644,18 @@ class MiddlewareCore:
         value = cookies.get(self.session_cookie)
         if not value:
             return None
-        data = self.sealer.open(self.session_cookie, value, now=now, max_age=self.absolute_timeout)
-        session = None if data is None else _parse_session(data)
+        session = self._opened.get(value)
         if session is None:
-            return None
+            data = self.sealer.open(
+                self.session_cookie, value, now=now, max_age=self.absolute_timeout
+            )
+            session = None if data is None else _parse_session(data)
+            if session is None:
+                return None
+            # Authenticated values only; saves the AEAD and JSON work on every later request.
+            while len(self._opened) >= _OPENED_MAX:
+                self._opened.pop(next(iter(self._opened)), None)
+            self._opened[value] = session
         if (
             now - session.created_at > self.absolute_timeout
             or now - session.seen_at > self.idle_timeout
@@ -653,8 +671,8 @@ class MiddlewareCore:
         value = self.sealer.seal(self.session_cookie, session.payload(), now)
         return ("set-cookie", self.cookies.set_cookie(self.session_cookie, value, max_age))
 
-    def _csrf(self, session: _Session | None) -> str | None:
-        return None if session is None else self.sealer.tag("csrf", session.sid, 43)
+    def csrf_for(self, session_id: str) -> str:
+        return self.sealer.tag("csrf", session_id, 43)
 
     def _forget_sid(self, sid: str, now: float) -> None:
         if len(self._logged_out) >= _DENYLIST_MAX:
@@ -700,7 +718,7 @@ class MiddlewareCore:
             tenant=tenant,
             principal=principal,
             connections=connections,
-            csrf=self._csrf(session),
+            session_id=None if session is None else session.sid,
         )
         return Prepared(context, set_cookies)
 
@@ -970,8 +988,9 @@ class MiddlewareCore:
                 raise _Reject(403, "csrf_failed", "The request came from another origin.")
         else:
             sent = request.header("x-csrf-token") or form.get("csrf_token") or ""
-            expected = self._csrf(session)
-            if expected is None or not hmac.compare_digest(sent.encode(), expected.encode()):
+            if session is None or not hmac.compare_digest(
+                sent.encode(), self.csrf_for(session.sid).encode()
+            ):
                 raise _Reject(403, "csrf_failed", "The CSRF token is missing or wrong.")
         query = dict(reversed(request.query_pairs()))
         target = safe_return_to(

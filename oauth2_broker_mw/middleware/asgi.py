@@ -36,10 +36,32 @@ Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 
-def _headers_of(scope: Scope) -> Callable[[], dict[str, str]]:
-    def build() -> dict[str, str]:
+class _ASGIRequest(BrokerRequest):
+    """A :class:`BrokerRequest` reading the scope lazily (the pass-through path stays cheap)."""
+
+    __slots__ = ("_scope",)
+
+    def __init__(self, scope: Scope) -> None:  # no super().__init__: every field is lazy
+        self._scope = scope
+        self.raw = scope
+        self.method = scope.get("method", "GET")
+        self.path = scope.get("path", "/")
+        self.return_to = None
+        self._headers = None
+
+    @property
+    def query_string(self) -> str:
+        raw: bytes = self._scope.get("query_string") or b""
+        return raw.decode("latin-1")
+
+    @property
+    def client_host(self) -> str | None:
+        client = self._scope.get("client")
+        return str(client[0]) if client else None
+
+    def _build_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
-        for raw_name, raw_value in scope.get("headers") or ():
+        for raw_name, raw_value in self._scope.get("headers") or ():
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             if name in headers:
@@ -48,28 +70,12 @@ def _headers_of(scope: Scope) -> Callable[[], dict[str, str]]:
                 headers[name] = value
         return headers
 
-    return build
-
-
-def _cookie_of(scope: Scope) -> Callable[[], str | None]:
-    def find() -> str | None:
-        values = [v for k, v in scope.get("headers") or () if k == b"cookie"]  # lower-case (ASGI)
+    @property
+    def cookie(self) -> str | None:
+        if self._headers is not None:
+            return self._headers.get("cookie")
+        values = [v for k, v in self._scope.get("headers") or () if k == b"cookie"]
         return b"; ".join(values).decode("latin-1") if values else None
-
-    return find
-
-
-def _request_of(scope: Scope) -> BrokerRequest:
-    client = scope.get("client")
-    return BrokerRequest(
-        method=scope.get("method", "GET"),
-        path=scope.get("path", "/"),
-        query_string=(scope.get("query_string") or b"").decode("latin-1"),
-        headers=_headers_of(scope),
-        client_host=client[0] if client else None,
-        raw=scope,
-        cookie=_cookie_of(scope),
-    )
 
 
 async def _send_response(response: Response, send: Send, *, head: bool = False) -> None:
@@ -130,7 +136,7 @@ class BrokerMiddleware:
             await self.app(scope, receive, send)
             return
         core = self.core
-        request = _request_of(scope)
+        request = _ASGIRequest(scope)
         route = core.match(request.path)
         if route is not None:
             body = b""

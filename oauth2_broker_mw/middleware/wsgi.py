@@ -62,8 +62,33 @@ _REASONS = {
 }
 
 
-def _headers_of(environ: Environ) -> Callable[[], dict[str, str]]:
-    def build() -> dict[str, str]:
+class _WSGIRequest(BrokerRequest):
+    """A :class:`BrokerRequest` reading the environ lazily."""
+
+    __slots__ = ("_environ",)
+
+    def __init__(self, environ: Environ) -> None:  # no super().__init__: every field is lazy
+        self._environ = environ
+        self.raw = environ
+        self.method = str(environ.get("REQUEST_METHOD", "GET")).upper()
+        path = environ.get("PATH_INFO", "") or "/"
+        # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-decode as UTF-8 like ASGI's path.
+        with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
+            path = path.encode("latin-1").decode("utf-8")
+        self.path = path
+        self.return_to = None
+        self._headers = None
+
+    @property
+    def query_string(self) -> str:
+        return str(self._environ.get("QUERY_STRING", ""))
+
+    @property
+    def client_host(self) -> str | None:
+        return self._environ.get("REMOTE_ADDR") or None
+
+    def _build_headers(self) -> dict[str, str]:
+        environ = self._environ
         headers: dict[str, str] = {}
         for key, value in environ.items():
             if key.startswith("HTTP_"):
@@ -74,23 +99,10 @@ def _headers_of(environ: Environ) -> Callable[[], dict[str, str]]:
             headers["content-length"] = str(environ["CONTENT_LENGTH"])
         return headers
 
-    return build
-
-
-def _request_of(environ: Environ) -> BrokerRequest:
-    path = environ.get("PATH_INFO", "") or "/"
-    # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-decode as UTF-8 like ASGI's path.
-    with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
-        path = path.encode("latin-1").decode("utf-8")
-    return BrokerRequest(
-        method=str(environ.get("REQUEST_METHOD", "GET")).upper(),
-        path=path,
-        query_string=str(environ.get("QUERY_STRING", "")),
-        headers=_headers_of(environ),
-        client_host=environ.get("REMOTE_ADDR") or None,
-        raw=environ,
-        cookie=lambda: environ.get("HTTP_COOKIE"),
-    )
+    @property
+    def cookie(self) -> str | None:
+        value = self._environ.get("HTTP_COOKIE")
+        return None if value is None else str(value)
 
 
 def _respond(response: Response, start_response: StartResponse, head: bool) -> list[bytes]:
@@ -161,7 +173,7 @@ class BrokerWSGIMiddleware:
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         core = self.core
-        request = _request_of(environ)
+        request = _WSGIRequest(environ)
         head = request.method == "HEAD"
         route = core.match(request.path)
         if route is not None:
