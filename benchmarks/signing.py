@@ -303,9 +303,8 @@ def main() -> None:
 
     python = sys.version.split()[0]
     print(f"# BrokerAuth signing benchmark (N={N}, best of {REPEATS}; Python {python},")
-    print(
-        f"# httpx {httpx.__version__}, httpx2 {httpx2.__version__}, requests {requests.__version__})"
-    )
+    versions = f"httpx {httpx.__version__}, httpx2 {httpx2.__version__}"
+    print(f"# {versions}, requests {requests.__version__})")
     print()
     print("| what | auth | ns/op | x static bearer |")
     print("|---|---|---:|---:|")

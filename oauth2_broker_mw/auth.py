@@ -411,11 +411,14 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self._verified: Lease | None = None
         if isinstance(allowed_origins, str):
             allowed_origins = (allowed_origins,)
-        configured = (
-            tuple(allowed_origins)
-            if allowed_origins is not None
-            else tuple(broker.provider.allowed_origins)
-        )
+        if allowed_origins is not None:
+            configured = tuple(allowed_origins)
+            if not configured:
+                raise ConfigurationError(
+                    "allowed_origins must name at least one origin (or be None for the default)"
+                )
+        else:
+            configured = tuple(broker.provider.allowed_origins)
         self._origins: frozenset[Origin] | None = (
             frozenset(_parse_allowed_origin(o) for o in configured) if configured else None
         )
@@ -575,7 +578,10 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
 
     def sync_auth_flow(self, request: _HttpxLike) -> Generator[_HttpxLike, Any, None]:
         """``Client``: broker calls run on the calling thread."""
-        if not self._signs(_HTTPX, request):
+        # `_https_anywhere and https` is _signs' own first test, inlined for speed.
+        if not (self._https_anywhere and request.url.scheme == "https") and not self._signs(
+            _HTTPX, request
+        ):
             yield request
             return
         broker = self._broker
@@ -611,7 +617,10 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
 
     async def async_auth_flow(self, request: _HttpxLike) -> AsyncGenerator[_HttpxLike, Any]:
         """``AsyncClient``: broker calls are awaited; the event loop is never blocked."""
-        if not self._signs(_HTTPX, request):
+        # `_https_anywhere and https` is _signs' own first test, inlined for speed.
+        if not (self._https_anywhere and request.url.scheme == "https") and not self._signs(
+            _HTTPX, request
+        ):
             yield request
             return
         broker = self._broker

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -189,26 +190,36 @@ class Driver:
         *,
         inprocess_app: ASGIApp | None,
         loop: LoopThread | None,
+        verify: str | None = None,
     ) -> None:
         self.kind = kind
         self.auth = auth
         self._async = kind.endswith("-async")
         sync_inner = SyncASGITransport(inprocess_app, loop) if inprocess_app and loop else None
+        tls1: dict[str, Any] = {}
+        tls2: dict[str, Any] = {}
+        if verify is not None:
+            import ssl
+
+            tls1["verify"] = ssl.create_default_context(cafile=verify)
+            tls2["verify"] = ssl.create_default_context(cafile=verify)
         if kind == "httpx2":
-            self._client: Any = httpx2.Client(auth=auth, transport=sync_inner)
+            self._client: Any = httpx2.Client(auth=auth, transport=sync_inner, **tls2)
         elif kind == "httpx2-async":
             transport = httpx2.ASGITransport(app=inprocess_app) if inprocess_app else None
-            self._client = httpx2.AsyncClient(auth=auth, transport=transport)
+            self._client = httpx2.AsyncClient(auth=auth, transport=transport, **tls2)
         elif kind == "httpx":
             transport2 = HttpxToHttpx2(sync_inner) if sync_inner else None
-            self._client = httpx.Client(auth=auth, transport=transport2)
+            self._client = httpx.Client(auth=auth, transport=transport2, **tls1)
         elif kind == "httpx-async":
             transport3 = httpx.ASGITransport(app=inprocess_app) if inprocess_app else None
-            self._client = httpx.AsyncClient(auth=auth, transport=transport3)
+            self._client = httpx.AsyncClient(auth=auth, transport=transport3, **tls1)
         elif kind == "requests":
             session = requests.Session()
             session.auth = auth
             session.trust_env = False
+            if verify is not None:
+                session.verify = verify
             if sync_inner is not None:
                 adapter = InProcessAdapter(sync_inner)
                 session.mount("http://", adapter)
@@ -288,3 +299,87 @@ def _json(content: bytes) -> Any:
         return json.loads(content)
     except ValueError:
         return None
+
+
+# -- loopback TLS ----------------------------------------------------------------------------
+def make_loopback_cert(directory: Any) -> tuple[str, str]:
+    """A self-signed certificate for 127.0.0.1 (its own trust anchor); (cert path, key path)."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = datetime.datetime.now(datetime.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path = directory / "loopback-cert.pem"
+    key_path = directory / "loopback-key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return str(cert_path), str(key_path)
+
+
+@contextmanager
+def serve_tls(app: Any, certfile: str, keyfile: str) -> Iterator[int]:
+    """Serve ``app`` over https on 127.0.0.1 (ephemeral port, uvicorn thread); yield the port."""
+    import socket
+    import time
+
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind(("127.0.0.1", 0))
+    port: int = sock.getsockname()[1]
+    config = uvicorn.Config(
+        app,
+        log_level="warning",
+        access_log=False,
+        lifespan="off",
+        http="h11",
+        ws="none",
+        loop="asyncio",
+        ssl_certfile=certfile,
+        ssl_keyfile=keyfile,
+        timeout_graceful_shutdown=2,
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            server.should_exit = True
+            sock.close()
+            raise RuntimeError("TLS test server did not start")
+        time.sleep(0.005)
+    try:
+        yield port
+    finally:
+        server.should_exit = True
+        thread.join(timeout=15)
+        sock.close()
