@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import Any, TypeAlias
+from typing import TypeAlias, cast
 
 from .._core.errors import AuthorizationRequired
 from .._core.model import Secret
@@ -29,11 +29,15 @@ from ._core import (
 
 __all__ = ["BrokerMiddleware"]
 
-Scope: TypeAlias = MutableMapping[str, Any]
-Message: TypeAlias = MutableMapping[str, Any]
+Scope: TypeAlias = MutableMapping[str, object]
+Message: TypeAlias = MutableMapping[str, object]
 Receive: TypeAlias = Callable[[], Awaitable[Message]]
 Send: TypeAlias = Callable[[Message], Awaitable[None]]
 ASGIApp: TypeAlias = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+
+def _raw_headers(scope: Scope) -> Iterable[tuple[bytes, bytes]]:
+    return cast("Iterable[tuple[bytes, bytes]]", scope.get("headers") or ())
 
 
 class _ASGIRequest(BrokerRequest):
@@ -44,24 +48,24 @@ class _ASGIRequest(BrokerRequest):
     def __init__(self, scope: Scope) -> None:  # no super().__init__: every field is lazy
         self._scope = scope
         self.raw = scope
-        self.method = scope.get("method", "GET")
-        self.path = scope.get("path", "/")
+        self.method = str(scope.get("method", "GET"))
+        self.path = str(scope.get("path", "/"))
         self.return_to = None
         self._headers = None
 
     @property
     def query_string(self) -> str:
-        raw: bytes = self._scope.get("query_string") or b""
-        return raw.decode("latin-1")
+        raw = self._scope.get("query_string")
+        return raw.decode("latin-1") if isinstance(raw, bytes) else ""
 
     @property
     def client_host(self) -> str | None:
         client = self._scope.get("client")
-        return str(client[0]) if client else None
+        return str(client[0]) if isinstance(client, list | tuple) and client else None
 
     def _build_headers(self) -> dict[str, str]:
         headers: dict[str, str] = {}
-        for raw_name, raw_value in self._scope.get("headers") or ():
+        for raw_name, raw_value in _raw_headers(self._scope):
             name = raw_name.decode("latin-1").lower()
             value = raw_value.decode("latin-1")
             if name in headers:
@@ -74,7 +78,7 @@ class _ASGIRequest(BrokerRequest):
     def cookie(self) -> str | None:
         if self._headers is not None:
             return self._headers.get("cookie")
-        values = [v for k, v in self._scope.get("headers") or () if k == b"cookie"]
+        values = [v for k, v in _raw_headers(self._scope) if k == b"cookie"]
         return b"; ".join(values).decode("latin-1") if values else None
 
 
@@ -152,7 +156,9 @@ class BrokerMiddleware:
         context = prepared.context
         scope[CONTEXT_KEY] = context
         state = scope.get("state")
-        scope["state"] = {**state, CONTEXT_KEY: context} if state else {CONTEXT_KEY: context}
+        scope["state"] = (
+            {**state, CONTEXT_KEY: context} if isinstance(state, dict) else {CONTEXT_KEY: context}
+        )
         extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in prepared.set_cookies]
         started = False
 
@@ -161,7 +167,8 @@ class BrokerMiddleware:
             if message["type"] == "http.response.start":
                 started = True
                 if extra:
-                    message["headers"] = [*message.get("headers", ()), *extra]
+                    headers = cast("Iterable[tuple[bytes, bytes]]", message.get("headers", ()))
+                    message["headers"] = [*headers, *extra]
             await send(message)
 
         try:
@@ -181,6 +188,8 @@ class BrokerMiddleware:
             if message["type"] != "http.request":
                 break
             chunk = message.get("body", b"")
+            if not isinstance(chunk, bytes):
+                break
             size += len(chunk)
             if size <= limit:
                 chunks.append(chunk)

@@ -15,7 +15,8 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import Any, Protocol, TypeAlias
+from typing import TypeAlias
+from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from .._core.errors import AuthorizationRequired
 from .._core.model import Secret
@@ -32,22 +33,13 @@ from ._core import (
 
 __all__ = ["BrokerWSGIMiddleware"]
 
-Environ: TypeAlias = dict[str, Any]
-ExcInfo: TypeAlias = tuple[type[BaseException], BaseException, TracebackType]
+# The standard library's WSGI types (PEP 3333), so Flask's and Django's apps fit as they are.
+Environ: TypeAlias = WSGIEnvironment
+WSGIApp: TypeAlias = WSGIApplication
 _Write: TypeAlias = Callable[[bytes], object]
-
-
-class StartResponse(Protocol):
-    def __call__(
-        self,
-        status: str,
-        headers: list[tuple[str, str]],
-        exc_info: ExcInfo | None = ...,
-        /,
-    ) -> _Write: ...
-
-
-WSGIApp: TypeAlias = Callable[[Environ, StartResponse], Iterable[bytes]]
+_ExcInfo: TypeAlias = (
+    tuple[type[BaseException], BaseException, TracebackType] | tuple[None, None, None]
+)
 
 _REASONS = {
     302: "Found",
@@ -71,7 +63,7 @@ class _WSGIRequest(BrokerRequest):
         self._environ = environ
         self.raw = environ
         self.method = str(environ.get("REQUEST_METHOD", "GET")).upper()
-        path = environ.get("PATH_INFO", "") or "/"
+        path = str(environ.get("PATH_INFO", "") or "/")
         # PEP 3333: PATH_INFO is latin-1 decoded bytes; re-decode as UTF-8 like ASGI's path.
         with contextlib.suppress(UnicodeEncodeError, UnicodeDecodeError):
             path = path.encode("latin-1").decode("utf-8")
@@ -85,7 +77,8 @@ class _WSGIRequest(BrokerRequest):
 
     @property
     def client_host(self) -> str | None:
-        return self._environ.get("REMOTE_ADDR") or None
+        peer = self._environ.get("REMOTE_ADDR")
+        return str(peer) if peer else None
 
     def _build_headers(self) -> dict[str, str]:
         environ = self._environ
@@ -114,15 +107,16 @@ def _respond(response: Response, start_response: StartResponse, head: bool) -> l
 
 def _read_body(environ: Environ, limit: int) -> bytes:
     try:
-        length = int(environ.get("CONTENT_LENGTH") or 0)
+        length = int(str(environ.get("CONTENT_LENGTH") or 0))
     except ValueError:
         return b""
     if length <= 0 or length > limit:
         return b""
     stream = environ.get("wsgi.input")
-    if stream is None:
+    read = getattr(stream, "read", None)
+    if read is None:
         return b""
-    data = stream.read(length)
+    data = read(length)
     return data if isinstance(data, bytes) else b""
 
 
@@ -193,7 +187,7 @@ class BrokerWSGIMiddleware:
         in_call = True
 
         def start_wrapper(
-            status: str, headers: list[tuple[str, str]], exc_info: ExcInfo | None = None, /
+            status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None, /
         ) -> _Write:
             exc = context.authorization_required
             if in_call and exc is not None and status[:1] == "5" and not replaced:
