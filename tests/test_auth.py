@@ -386,26 +386,27 @@ async def test_https_to_http_downgrade_never_carries_the_token(inprocess_world: 
 
 
 @pytest.fixture(scope="module")
-def tls_world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, str, Recorder]]:
-    """Recorder on https://127.0.0.1:<p1> and on http://127.0.0.1:<p2>: (https, http, rec)."""
+def tls_world(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[str, str, Recorder, str]]:
+    """Recorder on https://127.0.0.1:<p1> and http://127.0.0.1:<p2>: (https, http, rec, ca)."""
     from test_auth_support import make_loopback_cert, serve_tls
 
     cert, key = make_loopback_cert(tmp_path_factory.mktemp("tls"))
     rec = Recorder()
     with serve_tls(rec.app, cert, key) as tls_port, serve_app(rec.app) as (_, plain_port):
-        yield f"https://127.0.0.1:{tls_port}", f"http://127.0.0.1:{plain_port}", rec
+        yield f"https://127.0.0.1:{tls_port}", f"http://127.0.0.1:{plain_port}", rec, cert
     rec.clear()
 
 
 @pytest.mark.parametrize("kind", CLIENTS)
 async def test_https_to_http_downgrade_over_loopback_tls(
-    tls_world: tuple[str, str, Recorder], loopback_world: World, kind: str, tmp_path: Any
+    tls_world: tuple[str, str, Recorder, str], loopback_world: World, kind: str
 ) -> None:
-    https_base, http_base, rec = tls_world
+    https_base, http_base, rec, cafile = tls_world
     rec.clear()
     broker = make_broker(loopback_world)
     auth = BrokerAuth(broker, tenant="acme", principal=f"svc-tls-{kind}", scopes=["read"])
-    cafile = str(next(p for p in tmp_path.parents[1].rglob("loopback-cert.pem")))
     d = Driver(kind, auth, inprocess_app=None, loop=None, verify=cafile)
     try:
         result = await d.send("GET", f"{https_base}/redirect?to={http_base}/echo")
