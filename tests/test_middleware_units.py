@@ -173,3 +173,31 @@ def test_middleware_repr_shows_no_secret(broker: Broker) -> None:
     )
     assert KEY not in repr(middleware)
     assert "acme" in repr(middleware)
+
+
+def test_reprs_of_internal_responses_hide_cookies_and_state(broker: Broker) -> None:
+    from oauth2_broker_mw.middleware._core import Response, drive
+
+    middleware = BrokerMiddleware(
+        lambda *a: None, brokers={"acme": broker}, secret_key=KEY, base_url="https://a.example"
+    )
+    core = middleware.core
+    request = BrokerRequest(
+        method="GET",
+        path="/oauth2/acme/login",
+        query_string="",
+        headers=dict,
+        client_host=None,
+        raw={},
+    )
+    route = core.match(request.path)
+    assert route is not None
+    response = drive(core.handle(route, request))
+    assert isinstance(response, Response)
+    assert response.status == 302
+    location = dict(response.headers)["location"]
+    state = location.split("state=", 1)[1].split("&", 1)[0]
+    cookie = dict(response.headers)["set-cookie"]
+    assert state not in repr(response)
+    assert cookie.split("=", 1)[1][:20] not in repr(response)
+    assert "302" in repr(response)

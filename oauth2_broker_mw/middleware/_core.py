@@ -258,13 +258,19 @@ class BrokerRequest:
         return f"BrokerRequest({self.method} {self.path!r})"
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class Response:
-    """An early response from the middleware (never the app's)."""
+    """An early response from the middleware (never the app's).
+
+    Its headers carry sealed cookies and the provider URL with ``state``: the repr hides them.
+    """
 
     status: int
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
+
+    def __repr__(self) -> str:
+        return f"Response({self.status}, headers={sorted({k for k, _ in self.headers})!r})"
 
 
 TenantResolver: TypeAlias = Callable[[BrokerRequest], "str | None"]
@@ -465,12 +471,15 @@ class _Recorder:
         return recorded
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, repr=False)
 class Prepared:
     """A pass-through request: its context and the headers to add to the app's response."""
 
     context: BrokerContext
     set_cookies: list[tuple[str, str]]
+
+    def __repr__(self) -> str:
+        return f"Prepared({self.context!r}, set_cookies={len(self.set_cookies)})"
 
 
 @dataclass(frozen=True, slots=True)
