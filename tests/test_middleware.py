@@ -88,6 +88,7 @@ def _starlette_app(options: dict[str, Any], mp: MockProvider) -> Any:
     app = Starlette(
         routes=[
             Route("/whoami", whoami),
+            Route("/t/{tenant}/whoami", whoami),
             Route("/api/data", api),
             Route("/boom", boom),
             Route("/remote", remote),
@@ -103,6 +104,7 @@ def _fastapi_app(options: dict[str, Any], mp: MockProvider) -> Any:
     app = FastAPI()
 
     @app.get("/whoami")
+    @app.get("/t/{tenant}/whoami")
     def whoami(request: FastAPIRequest) -> dict[str, Any]:
         return _context_json(request.state.oauth2_broker)
 
@@ -129,7 +131,8 @@ def _flask_app(options: dict[str, Any], mp: MockProvider) -> Any:
     app = Flask("obm_test_flask")
 
     @app.get("/whoami")
-    def whoami() -> Any:
+    @app.get("/t/<tenant>/whoami")
+    def whoami(tenant: str | None = None) -> Any:
         return jsonify(_context_json(request.environ["oauth2_broker"]))
 
     @app.get("/api/data")
@@ -163,7 +166,7 @@ def _django_app(options: dict[str, Any], mp: MockProvider) -> Any:
         from django.http import JsonResponse
         from django.urls import path
 
-        def whoami(request: Any) -> Any:
+        def whoami(request: Any, tenant: str | None = None) -> Any:
             return JsonResponse(_context_json(request.META["oauth2_broker"]))
 
         def api(request: Any) -> Any:
@@ -180,6 +183,7 @@ def _django_app(options: dict[str, Any], mp: MockProvider) -> Any:
         urls = types.ModuleType("obm_test_urls")
         urls.urlpatterns = [  # type: ignore[attr-defined]
             path("whoami", whoami),
+            path("t/<str:tenant>/whoami", whoami),
             path("api/data", api),
             path("boom", boom),
             path("remote", remote),
@@ -944,3 +948,18 @@ def test_logout_from_another_site_is_refused_even_with_the_token(env: Env, site:
     )
     assert response.status_code == 403
     assert env.mp.counters["revoke"] == 0
+
+
+def test_path_prefix_tenant_end_to_end(make_env: MakeEnv) -> None:
+    from oauth2_broker_mw.middleware import path_prefix_tenant
+
+    env = make_env(tenant_resolver=path_prefix_tenant("/t"))
+    browser = env.browser()
+    assert env.whoami(browser)["tenant"] is None  # outside /t/: no tenant
+    assert browser.get("/oauth2/acme/login").status_code == 400  # return_to "/": no tenant
+    done = env.login(browser, return_to="/t/acme/whoami")
+    assert done.headers["location"] == "/t/acme/whoami"
+    me = browser.get("/t/acme/whoami").json()
+    assert (me["tenant"], me["principal"], me["connections"]) == ("acme", "user-1", ["acme"])
+    assert browser.get("/t/globex/whoami").json()["connections"] == []
+    assert browser.get("/t/bad%20tenant/whoami").status_code == 400
