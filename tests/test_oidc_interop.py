@@ -94,7 +94,7 @@ class OIDCProvider:
 
 
 @pytest.fixture(scope="module")
-def oidc_provider() -> Iterator[OIDCProvider]:
+def oidc_provider(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OIDCProvider]:
     node = shutil.which("node")
     _require(node is not None, "Node.js is not installed (needed for the oidc-provider interop)")
     assert node is not None
@@ -110,12 +110,15 @@ def oidc_provider() -> Iterator[OIDCProvider]:
         "INTEROP_CLIENT_SECRET": secret,
         "NODE_ENV": "test",
     }
+    # stderr to a file: a pipe nobody reads could fill up and block the provider.
+    stderr_path = tmp_path_factory.mktemp("oidc-provider") / "stderr.log"
+    stderr = stderr_path.open("w")
     proc = subprocess.Popen(
         [node, str(INTEROP_DIR / "provider.mjs")],
         cwd=INTEROP_DIR,
         env=env,
         stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
+        stderr=stderr,
         text=True,
     )
     first_line: list[str] = []
@@ -128,7 +131,8 @@ def oidc_provider() -> Iterator[OIDCProvider]:
     try:
         if not first_line or not first_line[0].strip():
             proc.kill()
-            _, err = proc.communicate(timeout=10)
+            proc.communicate(timeout=10)
+            err = stderr_path.read_text(errors="replace")
             pytest.fail(f"oidc-provider did not start: {err[-2000:]}")
         issuer = json.loads(first_line[0])["issuer"]
         yield OIDCProvider(issuer, CLIENT_ID, secret, REDIRECT_URI)
@@ -139,6 +143,7 @@ def oidc_provider() -> Iterator[OIDCProvider]:
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.communicate()
+        stderr.close()
 
 
 # -- driving the provider's own login and consent forms ----------------------------------------
