@@ -297,8 +297,9 @@ def test_forced_refresh_race_between_processes_rotates_once(
     initial = store_grant(provider, served, db_path, expired=False)
     provider.reset_counters()
     # The winner's refresh stays in flight long enough for the other process to start its own
-    # forced refresh from the same record version (which is what makes it a race).
-    provider.latency["token"] = 0.5
+    # forced refresh from the same record version (which is what makes it a race: a forced
+    # refresh that starts after the first one has landed is a new request and may refresh).
+    provider.latency["token"] = 1.0
     spec = CallerSpec(served, db_path, threads=1, tasks=0, mode="force")
 
     outcomes = run_workers(spec, 2)
@@ -323,7 +324,7 @@ def test_forced_refresh_race_between_brokers_with_separate_caches(
     key = store_key(served)
     initial = store_grant(provider, served, db_path, expired=False)
     provider.reset_counters()
-    provider.latency["token"] = 0.3
+    provider.latency["token"] = 0.5
     brokers = [
         Broker(
             served, client_id="test-client", client_secret="test-secret", store=SQLiteStore(db_path)
@@ -499,13 +500,13 @@ def test_slow_provider_lock_renewal_keeps_one_refresh(
     key = store_key(served)
     initial = store_grant(provider, served, db_path, expired=True)
     provider.reset_counters()
-    provider.latency["token"] = 2.5  # longer than two lock ttls: only renewal keeps it held
+    provider.latency["token"] = 3.0  # two lock ttls: only renewal keeps the lock held
     spec = CallerSpec(
         served,
         db_path,
         threads=4 if callers == "threads" else 0,
         tasks=4 if callers == "tasks" else 0,
-        lock_ttl=1.0,
+        lock_ttl=1.5,
     )
 
     outcomes = run_workers(spec, PROCESSES)
@@ -522,10 +523,9 @@ def test_slow_provider_lock_renewal_keeps_one_refresh(
     assert record.version == initial.version + 1
 
 
-# -- known gaps (strict xfail: they flip to failures once the broker is fixed) ----------------
-def _expired_grant_broker(
-    provider: MockProvider, db_path: str, store: SQLiteStore, **kwargs: Any
-) -> Broker:
+# -- when the lock fails, the fence must hold ---------------------------------------------
+def _in_process_broker(provider: MockProvider, store: SQLiteStore, **kwargs: Any) -> Broker:
+    """A broker reaching the provider in-process (no sockets), on its own store object."""
     return Broker(
         provider.descriptor(),
         client_id="test-client",
@@ -535,40 +535,6 @@ def _expired_grant_broker(
         async_http_client=provider.async_client(),
         **kwargs,
     )
-
-
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cancelled async leader never releases its lease lock: other processes wait "
-    "for lock_ttl (flows._locked releases only on BrokerError; the drivers never throw "
-    "CancelledError into the flow)",
-)
-async def test_cancelled_async_leader_releases_the_lease_lock(
-    provider: MockProvider, db_path: str
-) -> None:
-    descriptor = provider.descriptor()
-    key = store_key(descriptor)
-    store_grant(provider, descriptor, db_path, expired=True)
-    broker = _expired_grant_broker(provider, db_path, SQLiteStore(db_path), lock_ttl=60.0)
-    provider.latency["token"] = 30.0
-    try:
-        task = asyncio.ensure_future(
-            broker.alease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
-        )
-        for _ in range(3000):  # until the refresh is in flight at the provider
-            if provider.counters["token:refresh_token"]:
-                break
-            await asyncio.sleep(0.01)
-        assert _lock_row(db_path, key.lock_name) is not None
-        task.cancel()  # e.g. the ASGI request that asked for the lease was abandoned
-        with pytest.raises(asyncio.CancelledError):
-            await task
-        # Every other process would now wait up to lock_ttl (here 60 s) for a dead flight.
-        assert _lock_row(db_path, key.lock_name) is None
-    finally:
-        provider.latency.pop("token", None)
-        await broker.aclose()
-        broker.store.close()
 
 
 class _SlowCAS(SQLiteStore):
@@ -597,6 +563,95 @@ class _LockBlind(SQLiteStore):
         return True
 
 
+def test_invalid_grant_loser_uses_the_winners_token_and_revokes_nothing(db_path: str) -> None:
+    """When the lock does not keep a loser out, the re-read after ``invalid_grant`` does.
+
+    The loser (whose lock lapsed) read version ``v`` and replayed the refresh token; its
+    request reached the provider after the winner's rotation, so it got ``invalid_grant``.
+    By then the winner had stored ``v + 1``: the loser must use that, delete nothing and
+    surface no error. (A provider with reuse detection would revoke the family on the replay
+    itself; avoiding the replay is the lock's job, tested above.)
+    """
+    provider = MockProvider(reuse_detection=False)
+    descriptor = provider.descriptor()
+    key = store_key(descriptor)
+    initial = store_grant(provider, descriptor, db_path, expired=True)
+    provider.reset_counters()
+    # The loser's request (the first one) is held at the provider before it is looked at.
+    provider.faults.add("token", "latency", latency=1.0, grant_type="refresh_token")
+    winner = _in_process_broker(provider, SQLiteStore(db_path))
+    loser = _in_process_broker(provider, _LockBlind(db_path))
+    lost: list[str] = []
+    loser_errors: list[BaseException] = []
+
+    def lose() -> None:
+        try:
+            lease = loser.lease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
+        except BaseException as exc:
+            loser_errors.append(exc)
+        else:
+            lost.append(lease.access_token.get_secret_value())
+
+    thread = threading.Thread(target=lose)
+    thread.start()
+    try:
+        _wait_until(lambda: provider.counters["token:refresh_token"] == 1)
+        won = winner.lease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
+    finally:
+        thread.join(30)
+        for broker in (winner, loser):
+            broker.close()
+            broker.store.close()
+    token = won.access_token.get_secret_value()
+    try:
+        assert loser_errors == []
+        assert lost == [token]
+        counters = provider.counters
+        assert counters["token:refresh_token"] == 2
+        assert provider.refresh_tokens_redeemed == 1
+        assert counters["refresh_reuse"] == 1  # the loser's replay, answered invalid_grant
+        assert counters["family_revoked"] == 0
+        record = assert_store_holds_live_grant(provider, db_path, key, token)
+        assert record.version == initial.version + 1
+    finally:
+        provider.close()
+
+
+# -- known gaps (strict xfail: they flip to failures once the broker is fixed) ----------------
+@pytest.mark.xfail(
+    strict=True,
+    reason="a cancelled async leader never releases its lease lock: other processes wait "
+    "for lock_ttl (flows._locked releases only on BrokerError; the drivers never throw "
+    "CancelledError into the flow)",
+)
+async def test_cancelled_async_leader_releases_the_lease_lock(
+    provider: MockProvider, db_path: str
+) -> None:
+    descriptor = provider.descriptor()
+    key = store_key(descriptor)
+    store_grant(provider, descriptor, db_path, expired=True)
+    broker = _in_process_broker(provider, SQLiteStore(db_path), lock_ttl=60.0)
+    provider.latency["token"] = 30.0
+    try:
+        task = asyncio.ensure_future(
+            broker.alease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
+        )
+        for _ in range(3000):  # until the refresh is in flight at the provider
+            if provider.counters["token:refresh_token"]:
+                break
+            await asyncio.sleep(0.01)
+        assert _lock_row(db_path, key.lock_name) is not None
+        task.cancel()  # e.g. the ASGI request that asked for the lease was abandoned
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # Every other process would now wait up to lock_ttl (here 60 s) for a dead flight.
+        assert _lock_row(db_path, key.lock_name) is None
+    finally:
+        provider.latency.pop("token", None)
+        await broker.aclose()
+        broker.store.close()
+
+
 @pytest.mark.xfail(
     strict=True,
     reason="invalid_grant recovery re-reads once, immediately: a winner whose compare-and-swap "
@@ -616,8 +671,8 @@ def test_invalid_grant_loser_does_not_drop_a_winner_still_storing(db_path: str) 
     key = store_key(descriptor)
     store_grant(provider, descriptor, db_path, expired=True)
     provider.reset_counters()
-    winner = _expired_grant_broker(provider, db_path, _SlowCAS(db_path))
-    loser = _expired_grant_broker(provider, db_path, _LockBlind(db_path))
+    winner = _in_process_broker(provider, _SlowCAS(db_path))
+    loser = _in_process_broker(provider, _LockBlind(db_path))
     slow = winner.store
     assert isinstance(slow, _SlowCAS)
     won: list[str] = []
