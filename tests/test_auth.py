@@ -632,3 +632,76 @@ def test_descriptor_allowed_origins_are_the_default(inprocess_world: World) -> N
     assert auth.allowed_origins == {"https://a.test"}
     explicit = BrokerAuth(broker, tenant="t", principal="p", allowed_origins=["https://b.test"])
     assert explicit.allowed_origins == {"https://b.test"}
+
+
+def test_imports_and_signs_with_only_httpx2_installed() -> None:
+    """httpx and requests are optional: hide them and BrokerAuth still works for httpx2."""
+    import subprocess
+    import sys
+
+    code = """
+import sys
+sys.modules["httpx"] = None
+sys.modules["requests"] = None
+import httpx2
+from oauth2_broker_mw.auth import BrokerAuth
+from oauth2_broker_mw.broker import Broker
+from oauth2_broker_mw._core.provider import ProviderDescriptor
+
+def idp(request):
+    return httpx2.Response(200, json={"access_token": "t-1", "token_type": "Bearer"})
+
+d = ProviderDescriptor(
+    id="p", token_endpoint="https://idp.test/token", grants=["client_credentials"]
+)
+b = Broker(d, client_id="c", client_secret="s",
+           http_client=httpx2.Client(transport=httpx2.MockTransport(idp)))
+auth = BrokerAuth(b, tenant="t", principal="p")
+seen = []
+def api(request):
+    seen.append(request.headers.get("authorization"))
+    return httpx2.Response(200)
+with httpx2.Client(transport=httpx2.MockTransport(api), auth=auth) as c:
+    assert c.get("https://api.test/").status_code == 200
+assert seen == ["Bearer t-1"], seen
+assert "httpx" not in {m.split(".")[0] for m in sys.modules if sys.modules[m] is not None}
+print("ok")
+"""
+    out = subprocess.run(
+        [sys.executable, "-W", "error", "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip() == "ok"
+
+
+@pytest.mark.parametrize("kind", ["httpx2-async", "httpx-async"])
+async def test_async_clients_never_block_the_loop_while_a_token_is_fetched(kind: str) -> None:
+    """The token endpoint holds its answer until the test's event loop has run a coroutine:
+    an auth that fetched the token synchronously on the loop would keep it waiting."""
+    provider = MockProvider()
+    token_arrived, loop_ran = threading.Event(), threading.Event()
+    released: list[bool] = []
+
+    async def gate(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and scope["path"] == "/token":
+            token_arrived.set()
+            released.append(await asyncio.to_thread(loop_ran.wait, 10))
+        await provider.app(scope, receive, send)
+
+    def set_issuer(port: int) -> None:
+        provider.issuer = f"http://127.0.0.1:{port}"
+
+    with serve_app(gate, on_port=set_issuer):
+        broker = Broker(provider.descriptor(), client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+        auth = BrokerAuth(broker, tenant="acme", principal="svc-loop", scopes=["read"])
+        d = Driver(kind, auth, inprocess_app=None, loop=None)
+        try:
+            request = asyncio.create_task(d.send("GET", provider.resource_url))
+            assert await asyncio.to_thread(token_arrived.wait, 10)
+            loop_ran.set()  # only reachable while the request task awaits its token
+            assert (await request).status == 200
+        finally:
+            await d.aclose()
+            await broker.aclose()
+    provider.close()
+    assert released == [True]
