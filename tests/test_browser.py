@@ -13,12 +13,15 @@ with a reason where Chromium or Playwright is missing, except under ``CI=true``,
 
 from __future__ import annotations
 
+import html
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 
 from oauth2_broker_mw import demo
@@ -55,23 +58,34 @@ def _chromium() -> str:
     return path
 
 
-@pytest.fixture
-def browser_context(tmp_path: Path) -> Iterator[Any]:
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """One headless Chromium per module; Playwright gives it a fresh temporary user-data-dir."""
     executable = _chromium()
     from playwright.sync_api import sync_playwright
 
     with sync_playwright() as pw:
-        context = pw.chromium.launch_persistent_context(
-            str(tmp_path / "profile"),  # a fresh user-data-dir per test
-            executable_path=executable,
-            headless=True,
-            args=CHROMIUM_ARGS,
-        )
-        context.set_default_timeout(20_000)
+        chromium = pw.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_ARGS)
         try:
-            yield context
+            yield chromium
         finally:
-            context.close()
+            chromium.close()
+
+
+def _new_context(browser: Any) -> Any:
+    context = browser.new_context()
+    context.set_default_timeout(20_000)
+    return context
+
+
+@pytest.fixture
+def browser_context(browser: Any) -> Iterator[Any]:
+    """A fresh browser profile (cookies, storage) per test."""
+    context = _new_context(browser)
+    try:
+        yield context
+    finally:
+        context.close()
 
 
 @pytest.fixture
@@ -83,7 +97,7 @@ def server(tmp_path: Path) -> Iterator[demo.DemoServer]:
 def test_chromium_logs_in_through_the_provider_form(
     browser_context: Any, server: demo.DemoServer, tmp_path: Path
 ) -> None:
-    page = browser_context.pages[0] if browser_context.pages else browser_context.new_page()
+    page = browser_context.new_page()
     page.goto(server.url + "/")
     assert page.inner_text("#principal") == "(none)"
 
@@ -158,3 +172,63 @@ def test_chromium_rejects_a_wrong_password_at_the_provider(
     page.wait_for_selector("#message")
     assert "Invalid username or password" in page.inner_text("#message")
     assert server.store.list_keys(TenantId("default"), demo.DEMO_USERNAME) == []
+
+
+def _open_provider_form(page: Any, server: demo.DemoServer) -> None:
+    page.goto(server.url + "/")
+    page.click("#login")
+    page.wait_for_url(f"{server.url}/idp/authorize?*")
+
+
+def _sign_in(page: Any) -> None:
+    page.fill("#username", demo.DEMO_USERNAME)
+    page.fill("#password", demo.DEMO_PASSWORD)
+    page.click("#login")
+
+
+def test_two_tabs_log_in_at_once(browser_context: Any, server: demo.DemoServer) -> None:
+    first, second = browser_context.new_page(), browser_context.new_page()
+    _open_provider_form(first, server)
+    _open_provider_form(second, server)  # two logins in flight in one browser
+    _sign_in(second)
+    second.wait_for_selector("#resource")
+    _sign_in(first)  # the older flow is still valid: its state has its own cookie
+    first.wait_for_selector("#resource")
+    assert first.inner_text("#principal") == demo.DEMO_USERNAME
+    assert second.inner_text("#principal") == demo.DEMO_USERNAME
+
+
+def _attackers_callback(server: demo.DemoServer) -> str:
+    """The attacker logs in with their own browser (httpx2 here) and keeps the callback URL."""
+    with httpx2.Client(timeout=10) as attacker:
+        start = attacker.get(server.url + "/oauth2/mock/login", params={"return_to": "/"})
+        form_url = start.headers["location"]
+        form = attacker.get(form_url)
+        assert form.status_code == 200
+        hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', form.text))
+        hidden = {k: html.unescape(v) for k, v in hidden.items()}
+        answer = attacker.post(
+            server.url + "/idp/authorize",
+            data={**hidden, "username": "mallory", "password": "x", "action": "approve"},
+        )
+    assert answer.status_code in (302, 303), answer.text
+    callback: str = answer.headers["location"]
+    assert "/oauth2/mock/callback?" in callback
+    return callback
+
+
+def test_a_callback_from_another_browser_is_rejected(
+    browser_context: Any, server: demo.DemoServer
+) -> None:
+    """Login CSRF: the attacker's callback URL, opened in the victim's browser, is refused."""
+    server.provider.users = None  # any user may sign in, so the attacker can (as "mallory")
+    callback = _attackers_callback(server)
+    victim = browser_context.new_page()
+    response = victim.goto(callback)
+    assert response is not None
+    assert response.status == 400
+    assert victim.inner_text("#error-code").startswith("state_")
+    victim.goto(server.url + "/")
+    assert victim.inner_text("#principal") == "(none)"
+    assert all(c["name"] != "obm_session" for c in browser_context.cookies(server.url))
+    assert server.store.list_keys(TenantId("default"), "mallory") == []
