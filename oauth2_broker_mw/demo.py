@@ -200,6 +200,30 @@ async def _call_resource(ctx: Any, client: httpx2.AsyncClient, url: str) -> _Cal
     return _CallResult(url, response.status_code, _public_resource(body))
 
 
+async def _lease_html(ctx: Any) -> str:
+    """What the broker holds for this user, minus the token itself (never shown)."""
+    try:
+        lease = await ctx.alease(DEMO_PROVIDER)
+    except AuthorizationRequired:
+        raise
+    except BrokerError as exc:
+        return f'<p class="err">lease: {_e(type(exc).__name__)}</p>\n'
+    expires = (
+        "unknown"
+        if lease.expires_at is None
+        else f"in {max(0, int(lease.expires_at - time.time()))} s"
+    )
+    return (
+        "<h2>The lease behind it</h2>\n"
+        '<dl id="lease">'
+        f'<dt>Token type</dt><dd id="lease-type">{_e(lease.token_type)}</dd>'
+        f'<dt>Scopes</dt><dd id="lease-scopes">{_e(" ".join(sorted(lease.scopes)))}</dd>'
+        f'<dt>Expires</dt><dd id="lease-expires">{_e(expires)}</dd>'
+        f'<dt>Record version</dt><dd id="lease-version">{_e(lease.version)}</dd>'
+        "<dt>Access token</dt><dd>kept on the server</dd></dl>\n"
+    )
+
+
 def _result_html(result: _CallResult) -> str:
     head = (
         "<h2>Outbound API call signed by <code>BrokerAuth</code></h2>\n"
@@ -302,7 +326,9 @@ def create_demo_app(
         body = _context_html(ctx)
         if DEMO_PROVIDER in set(getattr(ctx, "connections", None) or ()):
             result = await _call_resource(ctx, api_client, resource_url)
-            body += _result_html(result) + _grants_html(provider) + _logout_html(ctx)
+            body += _result_html(result)
+            body += await _lease_html(ctx)
+            body += _grants_html(provider) + _logout_html(ctx)
         else:
             body += _login_html(ctx)
         return HTMLResponse(_PAGE.format(body=body), headers=_SECURITY_HEADERS)

@@ -4,7 +4,9 @@ The demo (``oauth2-broker demo``'s app) is served by uvicorn on an ephemeral loo
 Chromium opens it, clicks "Log in", fills in the MockProvider's login form, submits, and lands
 on the demo page showing the tenant context and the result of the call signed by
 ``BrokerAuth``. The cookies are then read from the browser itself: ``HttpOnly``,
-``SameSite=Lax``, host-only, and none carries a token. A screenshot goes to a tmp path.
+``SameSite=Lax``, host-only, and none carries a token. A screenshot goes to a tmp path. Also:
+an expired access token refreshed by ``BrokerAuth``, logout, a wrong password, two tabs logging
+in at once, and an attacker's callback URL refused in the victim's browser (login CSRF).
 
 Uses Debian's ``chromium`` (``executable_path``), never a Playwright browser download. Skips
 with a reason where Chromium or Playwright is missing, except under ``CI=true``, where

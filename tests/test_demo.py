@@ -74,6 +74,8 @@ def test_login_through_the_provider_form_shows_context_and_signed_call(
     assert '<dd id="connections">mock</dd>' in page
     assert '<span id="status" class="ok">200</span>' in page
     assert html.escape('"sub": "alice"') in page
+    assert '<dd id="lease-type">Bearer</dd>' in page
+    assert '<dd id="lease-scopes">openid profile</dd>' in page
     assert 'id="logout"' in page
     assert server.provider.counters["resource:ok"] == 1
 
@@ -250,4 +252,5 @@ def test_expired_access_token_is_refreshed_by_brokerauth(server: demo.DemoServer
     # The resource answered 401 to the stale token; BrokerAuth refreshed once and retried.
     assert '<span id="status" class="ok">200</span>' in page
     assert '<dd id="grant-refresh">1</dd>' in page
+    assert '<dd id="lease-version">2</dd>' in page  # the refreshed record
     assert server.provider.counters["token:refresh_token"] == 1
