@@ -108,7 +108,7 @@ pre {{ background: #f3f5f7; padding: .8rem; overflow-x: auto; border-radius: 6px
 <h1>oauth2-broker-mw demo</h1>
 {body}
 <p class="muted">Tokens never leave the server: this page, the cookies and the log carry none.
-The browser holds only an opaque, signed session cookie.</p>
+The browser holds only an opaque, encrypted session cookie.</p>
 </body>
 </html>
 """
