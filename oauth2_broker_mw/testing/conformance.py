@@ -26,6 +26,7 @@ seconds per store (lock and pending expiry sleep for a fraction of a second).
 from __future__ import annotations
 
 import asyncio
+import functools
 import threading
 import time
 import uuid
@@ -187,6 +188,47 @@ async def _awaited(awaitable: Awaitable[R]) -> R:
     return await awaitable
 
 
+def _close_loop(loop: asyncio.AbstractEventLoop) -> None:
+    """Shut a loop down the way test runners do: async generators first, then executors."""
+    try:
+        loop.run_until_complete(loop.shutdown_asyncgens())
+        loop.run_until_complete(loop.shutdown_default_executor())
+    finally:
+        loop.close()
+
+
+def _run_on_own_loop(coro: Awaitable[R]) -> R:
+    loop = asyncio.new_event_loop()
+    try:
+        return loop.run_until_complete(_awaited(coro))
+    finally:
+        _close_loop(loop)
+
+
+def _asyncio_run_with_watchdog(main: Callable[[], Awaitable[R]], seconds: float = 30.0) -> R:
+    """``asyncio.run(main())`` in a thread; fail (rather than hang) if it never returns."""
+    outcome: list[R] = []
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            outcome.append(asyncio.run(_awaited(main())))
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, name="conformance-asyncio-run", daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        raise AssertionError(
+            f"asyncio.run() did not return within {seconds:g} s: the store left tasks on the "
+            "loop that do not finish when asyncio.run cancels them at exit"
+        )
+    if errors:
+        raise errors[0]
+    return outcome[0]
+
+
 def _key(tenant: str = "tenant-a", principal: str = "alice", scopes: str = "read") -> StoreKey:
     return StoreKey.build(tenant, principal, "example", scopes)
 
@@ -207,9 +249,7 @@ class StoreConformance:
         try:
             yield StoreRunner(store, "async", loop)
         finally:
-            loop.run_until_complete(loop.shutdown_asyncgens())
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
+            _close_loop(loop)
 
     # -- the contract itself ----------------------------------------------------------------
     def test_store_implements_the_protocol(self, store: TokenStore) -> None:
@@ -368,6 +408,75 @@ class StoreConformance:
         assert loaded is not None
         assert loaded.version == 1
         assert loaded.access_token == winners[0].access_token
+
+    def test_cas_race_between_threads_and_tasks_has_one_winner(self, store: TokenStore) -> None:
+        # One store serves sync and async callers of one process at the same time.
+        key = _key()
+        base = store.put(make_record(key, "at-base"))
+        half = RACERS // 2
+        barrier = threading.Barrier(half + 1)
+
+        def in_thread(i: int) -> TokenRecord | None:
+            barrier.wait(timeout=30)
+            return store.compare_and_swap(
+                make_record(key, f"at-thread-{i}"), expected_version=base.version
+            )
+
+        async def in_tasks() -> list[TokenRecord | None]:
+            await asyncio.to_thread(barrier.wait, 30)
+            return list(
+                await asyncio.gather(
+                    *(
+                        store.acompare_and_swap(
+                            make_record(key, f"at-task-{i}"), expected_version=base.version
+                        )
+                        for i in range(half)
+                    )
+                )
+            )
+
+        with ThreadPoolExecutor(max_workers=half) as pool:
+            threaded = [pool.submit(in_thread, i) for i in range(half)]
+            tasked = _run_on_own_loop(in_tasks())
+            results = [f.result(timeout=30) for f in threaded] + tasked
+        winners = [r for r in results if r is not None]
+        assert len(winners) == 1, f"{len(winners)} of {RACERS} racers won"
+        loaded = store.get(key)
+        assert loaded is not None
+        assert loaded.version == base.version + 1
+        assert loaded.access_token == winners[0].access_token
+
+    def test_async_twins_work_under_asyncio_run_on_successive_loops(
+        self, store: TokenStore
+    ) -> None:
+        # The plain way to run async code: asyncio.run(main()), possibly once per command.
+        # asyncio.run cancels leftover tasks *before* it finalizes async generators, so a
+        # store must not leave loop-bound work behind that hangs or errors at that point.
+        key = _key()
+
+        async def main(n: int) -> list[TokenRecord | None]:
+            await store.aput(make_record(key, f"at-loop-{n}"))
+            current = await store.aget(key)
+            assert current is not None
+            return list(
+                await asyncio.gather(
+                    *(store.aget(key) for _ in range(4)),
+                    *(
+                        store.acompare_and_swap(
+                            make_record(key, f"at-loop-{n}-{i}"), expected_version=current.version
+                        )
+                        for i in range(4)
+                    ),
+                )
+            )
+
+        for n in range(2):
+            results = _asyncio_run_with_watchdog(functools.partial(main, n))
+            assert all(r is not None for r in results[:4])
+            assert sum(r is not None for r in results[4:]) == 1
+        loaded = store.get(key)
+        assert loaded is not None
+        assert loaded.access_token.get_secret_value().startswith("at-loop-1-")
 
     # -- delete -----------------------------------------------------------------------------
     def test_delete_missing_returns_false(self, api: StoreRunner) -> None:
