@@ -5,8 +5,8 @@ The fixture starts ``tests/interop/provider.mjs`` on a loopback ephemeral port (
 ``offline_access``, RFC 7009 revocation, RFC 9207 ``iss`` in every authorization response, and
 its built-in development login and consent forms, which the tests fill in over HTTP).
 
-Covered: discovery into a ``ProviderDescriptor``; login through the Broker and through
-``BrokerMiddleware``; the id_token (signature, ``iss``, ``aud``, nonce) and the RFC 9207 ``iss``
+Covered: discovery into a ``ProviderDescriptor``; login through the Broker, through
+``BrokerMiddleware`` (Starlette, async) and through ``BrokerWSGIMiddleware`` (Flask, sync); the id_token (signature, ``iss``, ``aud``, nonce) and the RFC 9207 ``iss``
 checked; ``sub`` becomes the principal; a call to the provider's userinfo signed by
 ``BrokerAuth``; refresh with rotation (the old refresh token is dead afterwards); revocation
 (RFC 7009, checked with the provider's introspection endpoint).
@@ -441,3 +441,38 @@ def test_middleware_rejects_a_callback_with_another_issuer(
         assert response.status_code == 400
         assert "issuer_mismatch" in response.text
         assert broker.store.list_keys(TenantId("default"), USERNAME) == []
+
+
+def test_login_and_call_through_the_wsgi_middleware(
+    broker: Broker, oidc_provider: OIDCProvider
+) -> None:
+    """The sync path end to end (Flask, BrokerWSGIMiddleware) against the real provider."""
+    from flask import Flask, request
+
+    from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
+
+    flask_app = Flask(__name__)
+
+    @flask_app.get("/me")
+    def me() -> dict[str, object]:
+        ctx = request.environ["oauth2_broker"]
+        with httpx2.Client(auth=ctx.auth("oidc"), timeout=10) as client:
+            userinfo = client.get(f"{oidc_provider.issuer}/me")
+        return {"principal": ctx.principal, "userinfo": userinfo.json()}
+
+    wsgi = BrokerWSGIMiddleware(
+        flask_app.wsgi_app,
+        brokers={"oidc": broker},
+        scopes={"oidc": SCOPES},
+        secret_key=secrets.token_urlsafe(32),
+        base_url=APP_BASE,
+    )
+    transport = httpx2.WSGITransport(app=wsgi)
+    with httpx2.Client(transport=transport, base_url=APP_BASE) as client:
+        callback = _browser_login(client, oidc_provider)
+        done = client.get(callback.removeprefix(APP_BASE))
+        assert done.status_code in (302, 303), done.text
+        data = client.get("/me").json()
+    assert data["principal"] == USERNAME
+    assert data["userinfo"]["sub"] == USERNAME
+    assert data["userinfo"]["email"] == f"{USERNAME}@example.test"
