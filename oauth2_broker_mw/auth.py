@@ -303,8 +303,7 @@ class _RequestsAdapter:
     __slots__ = ()
 
     def is_https(self, request: requests.PreparedRequest) -> bool:
-        url = request.url
-        return url is not None and url.startswith("https://")
+        return (request.url or "")[:8] == "https://"
 
     def origin_key(self, request: requests.PreparedRequest) -> Hashable | None:
         url = request.url or ""
@@ -661,9 +660,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
     # -- requests shell ------------------------------------------------------------------------
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         """Sign a prepared request; its response hook handles 401 and redirects."""
-        url = r.url
         # `_https_anywhere and https://` is _signs' own first test, inlined for speed.
-        if not (self._https_anywhere and url and url.startswith("https://")) and not self._signs(
+        if not (self._https_anywhere and (r.url or "")[:8] == "https://") and not self._signs(
             _REQUESTS, r
         ):
             return r
