@@ -58,7 +58,7 @@ else:
     _HttpxAuth = _optional_base("httpx", "Auth")
     _RequestsAuthBase = _optional_base("requests.auth", "AuthBase")
 
-__all__ = ["BrokerAuth", "InsufficientScopeEvent"]
+__all__ = ["BrokerAuth", "InsufficientScopeEvent", "LeaseSource"]
 
 logger: Final = logging.getLogger("oauth2_broker_mw.auth")
 
