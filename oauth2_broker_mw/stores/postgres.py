@@ -24,12 +24,13 @@ Must not import: redis, httpx/httpx2, the broker. psycopg is imported here only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import itertools
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -97,6 +98,10 @@ class Sql:
     params: tuple[Any, ...] = ()
 
 
+#: Yielded first by an operation that needs its statements in one transaction.
+BEGIN: Final = Sql("BEGIN")
+
+
 def _advisory_key(schema: str) -> int:
     digest = hashlib.sha256(f"oauth2_broker_mw:migrate:{schema}".encode()).digest()
     return int.from_bytes(digest[:8], "big", signed=True)
@@ -129,20 +134,84 @@ def _convert(exc: BaseException) -> StorageError:
     return StorageError(f"PostgreSQL error ({type(exc).__name__}): {_first_line(exc)}")
 
 
+class _LoopConnections:
+    """The store's own async connections for one event loop: a free list, no background task.
+
+    psycopg_pool's ``AsyncConnectionPool`` runs worker tasks on the loop; ``asyncio.run``
+    cancels every task before it finalizes async generators, and those workers do not stop
+    when cancelled, so a pool per ``asyncio.run`` would hang it. This keeps idle connections
+    in a list, opens one when none is idle (at most ``max_size`` in use), and drops a broken
+    connection together with every idle one (a restart or ``pg_terminate_backend`` kills
+    them all).
+    """
+
+    def __init__(
+        self,
+        connect: Callable[[], Awaitable[psycopg.AsyncConnection[Any]]],
+        max_size: int,
+        timeout: float,
+    ) -> None:
+        self._connect = connect
+        self._max_size = max_size
+        self._slots = asyncio.Semaphore(max_size)
+        self._timeout = timeout
+        self._idle: list[psycopg.AsyncConnection[Any]] = []
+
+    @contextlib.asynccontextmanager
+    async def connection(self) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+        try:
+            await asyncio.wait_for(self._slots.acquire(), self._timeout)
+        except TimeoutError:
+            raise psycopg_pool.PoolTimeout(
+                f"no PostgreSQL connection free within {self._timeout:g}s"
+            ) from None
+        conn: psycopg.AsyncConnection[Any] | None = None
+        try:
+            conn = self._idle.pop() if self._idle else await self._connect()
+            yield conn
+        finally:
+            if conn is not None:
+                await self._give_back(conn)
+            self._slots.release()
+
+    async def _give_back(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        idle_ok = conn.info.transaction_status == psycopg.pq.TransactionStatus.IDLE
+        if conn.broken or conn.closed:
+            stale, self._idle = self._idle, []
+            for other in [conn, *stale]:
+                with contextlib.suppress(psycopg.Error, OSError):
+                    await other.close()
+        elif not idle_ok or len(self._idle) >= self._max_size:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+        else:
+            self._idle.append(conn)
+
+    async def close(self) -> None:
+        idle, self._idle = self._idle, []
+        for conn in idle:
+            with contextlib.suppress(psycopg.Error, OSError):
+                await conn.close()
+
+
+_AsyncPool = psycopg_pool.AsyncConnectionPool[Any] | _LoopConnections
+
+
 class PostgresStore(CommandStore):
     """A ``TokenStore`` in PostgreSQL (≥ 12), shared by every process on every host.
 
-    Build it from a DSN (``postgresql://...`` or ``host=... dbname=...``; pools with connect
-    and statement timeouts are made for you, opened on first use) or from pools the
-    application already has::
+    Build it from a DSN (``postgresql://...`` or ``host=... dbname=...``; connections with
+    connect and statement timeouts are made for you on first use: a psycopg_pool
+    ``ConnectionPool`` for the sync methods, and for the async ones a small set of
+    connections per event loop, closed when that loop shuts down or on :meth:`aclose`) or
+    from pools the application already has::
 
         PostgresStore("postgresql://broker@db/app")
         PostgresStore(pool=ConnectionPool(...), async_pool=AsyncConnectionPool(...))
 
     With only ``pool``, the async methods run the sync pool in a worker thread; with only
     ``async_pool``, the sync methods are unavailable. Pools passed in are neither opened nor
-    closed by the store; pools built from ``dsn`` are. The async pool is created inside the
-    running event loop (one per loop).
+    closed by the store; connections built from ``dsn`` are.
 
     The schema (``schema``, default ``oauth2_broker``) is created and migrated on first use;
     see ``docs/deployment.md``. ``clock`` is what pending authorizations' ``expires_at`` is
@@ -186,9 +255,7 @@ class PostgresStore(CommandStore):
         self._own_pool: psycopg_pool.ConnectionPool[Any] | None = None
         self._pool_lock = threading.Lock()
         self._migrated = False
-        self._async: PerLoop[psycopg_pool.AsyncConnectionPool[Any]] = PerLoop(
-            self._new_async_pool, self._close_async_pool
-        )
+        self._async: PerLoop[_AsyncPool] = PerLoop(self._new_async_pool, self._close_async_pool)
 
     def __repr__(self) -> str:
         where = redact_dsn(self._dsn) if self._dsn is not None else "<pool>"
@@ -196,7 +263,12 @@ class PostgresStore(CommandStore):
 
     # -- pools ------------------------------------------------------------------------------
     def _kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"connect_timeout": max(1, round(self._timeout))}
+        # Autocommit: a one-statement operation is one round trip (no COMMIT); operations
+        # that need a transaction (migrations) open one explicitly with BEGIN.
+        kwargs: dict[str, Any] = {
+            "connect_timeout": max(1, round(self._timeout)),
+            "autocommit": True,
+        }
         if self._statement_timeout is not None:
             ms = max(1, round(self._statement_timeout * 1000))
             given = psycopg.conninfo.conninfo_to_dict(self._dsn or "").get("options")
@@ -226,24 +298,19 @@ class PostgresStore(CommandStore):
                     self._own_pool = pool
         return self._own_pool
 
-    async def _new_async_pool(self) -> psycopg_pool.AsyncConnectionPool[Any]:
+    async def _new_async_pool(self) -> _AsyncPool:
         if self._given_async_pool is not None:
             return self._given_async_pool
         assert self._dsn is not None
-        pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-            self._dsn,
-            kwargs=self._kwargs(),
-            min_size=self._min_size,
-            max_size=self._max_size,
-            timeout=self._timeout,
-            open=False,
-            name=f"oauth2-broker-{self._schema}-async",
-        )
-        await pool.open(wait=False)
-        return pool
+        dsn, kwargs = self._dsn, self._kwargs()
 
-    async def _close_async_pool(self, pool: psycopg_pool.AsyncConnectionPool[Any]) -> None:
-        if pool is not self._given_async_pool:
+        async def connect() -> psycopg.AsyncConnection[Any]:
+            return await psycopg.AsyncConnection.connect(dsn, **kwargs)
+
+        return _LoopConnections(connect, self._max_size, self._timeout)
+
+    async def _close_async_pool(self, pool: _AsyncPool) -> None:
+        if isinstance(pool, _LoopConnections):
             await pool.close()
 
     def close(self) -> None:
@@ -257,9 +324,11 @@ class PostgresStore(CommandStore):
             await asyncio.to_thread(self.close)
 
     # -- drivers ----------------------------------------------------------------------------
-    # One operation = one transaction on one connection. If the very first statement fails
-    # because the pooled connection was dead (server restarted, pg_terminate_backend, idle
-    # timeout), nothing was done yet, so it is sent once more on a fresh connection.
+    # One operation runs on one connection. Statements commit one by one (autocommit), except
+    # after the operation yields BEGIN: from there on, one transaction, committed at the end.
+    # If the very first statement fails because the pooled connection was dead (server
+    # restarted, pg_terminate_backend, idle timeout), nothing was done yet, so it is sent once
+    # more on a fresh connection.
 
     def _run(self, op: Op[T]) -> T:
         try:
@@ -279,12 +348,20 @@ class PostgresStore(CommandStore):
             started = False
             conn: psycopg.Connection[Any] | None = None
             try:
-                with pool.connection() as conn, conn.cursor() as cur:
+                with (
+                    pool.connection() as conn,
+                    contextlib.ExitStack() as stack,
+                    conn.cursor() as cur,
+                ):
                     try:
                         while True:
-                            cur.execute(command.query, command.params)
+                            if command is BEGIN:
+                                stack.enter_context(conn.transaction())
+                                rows: list[Any] = []
+                            else:
+                                cur.execute(command.query, command.params)
+                                rows = cur.fetchall() if cur.description is not None else []
                             started = True
-                            rows = cur.fetchall() if cur.description is not None else []
                             command = op.send(rows)
                     except StopIteration as stop:
                         result: T = stop.value
@@ -309,18 +386,26 @@ class PostgresStore(CommandStore):
         finally:
             op.close()
 
-    async def _arun_on(self, pool: psycopg_pool.AsyncConnectionPool[Any], op: Op[T]) -> T:
+    async def _arun_on(self, pool: _AsyncPool, op: Op[T]) -> T:
         command: Sql = next(op)
         for attempt in (1, 2):
             started = False
             conn: psycopg.AsyncConnection[Any] | None = None
             try:
-                async with pool.connection() as conn, conn.cursor() as cur:
+                async with (
+                    pool.connection() as conn,
+                    contextlib.AsyncExitStack() as stack,
+                    conn.cursor() as cur,
+                ):
                     try:
                         while True:
-                            await cur.execute(command.query, command.params)
+                            if command is BEGIN:
+                                await stack.enter_async_context(conn.transaction())
+                                rows: list[Any] = []
+                            else:
+                                await cur.execute(command.query, command.params)
+                                rows = await cur.fetchall() if cur.description is not None else []
                             started = True
-                            rows = await cur.fetchall() if cur.description is not None else []
                             command = op.send(rows)
                     except StopIteration as stop:
                         result: T = stop.value
@@ -340,6 +425,7 @@ class PostgresStore(CommandStore):
             rows = yield Sql(f"SELECT coalesce(max(version), 0) FROM {s}.schema_migrations")  # noqa: S608
             if rows[0][0] == SCHEMA_VERSION:
                 return SCHEMA_VERSION  # the common case: one cheap read, no lock
+        yield BEGIN
         yield Sql("SELECT pg_advisory_xact_lock(%s)", (_advisory_key(self._schema),))
         yield Sql(f"CREATE SCHEMA IF NOT EXISTS {s}")
         yield Sql(
