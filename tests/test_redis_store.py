@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 from _services import redis_cleanup, require_redis, unique_name
@@ -240,3 +241,14 @@ async def test_async_and_sync_share_one_store(astore: RedisStore) -> None:
     assert swapped.version == 2
     assert await astore.alist_keys(TenantId("acme")) == [key]
     assert await astore.alist_tenants() == [TenantId("acme")]
+
+
+def test_more_callers_than_connections_wait_instead_of_failing(redis_url: str, prefix: str) -> None:
+    store = RedisStore(redis_url, prefix=prefix, max_connections=2)
+    try:
+        keys = [_key(principal=f"p{i}") for i in range(16)]
+        with ThreadPoolExecutor(max_workers=16) as pool:
+            stored = list(pool.map(lambda k: store.put(make_record(k)), keys))
+        assert [s.version for s in stored] == [1] * 16
+    finally:
+        store.close()

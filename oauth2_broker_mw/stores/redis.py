@@ -170,7 +170,7 @@ class RedisStore(CommandStore):
         async_client: aioredis.Redis | None = None,
         prefix: str = "oauth2broker:",
         socket_timeout: float = 2.0,
-        max_connections: int | None = 50,
+        max_connections: int = 50,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if url is None and client is None and async_client is None:
@@ -185,12 +185,17 @@ class RedisStore(CommandStore):
         self._owns_client = client is None and url is not None
         self._client = client
         if self._owns_client:
-            self._client = redis.Redis.from_url(
-                url or "",
-                socket_timeout=socket_timeout,
-                socket_connect_timeout=socket_timeout,
-                retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-                max_connections=max_connections,
+            # A blocking pool: more concurrent callers than connections wait (up to the
+            # socket timeout) instead of failing with "Too many connections".
+            self._client = redis.Redis.from_pool(
+                redis.BlockingConnectionPool.from_url(
+                    url or "",
+                    max_connections=max_connections,
+                    timeout=socket_timeout,
+                    socket_timeout=socket_timeout,
+                    socket_connect_timeout=socket_timeout,
+                    retry=Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+                )
             )
         self._sync_scripts = (
             {name: self._client.register_script(src) for name, src in _SCRIPTS.items()}
@@ -212,12 +217,15 @@ class RedisStore(CommandStore):
             client = self._given_async
         else:
             assert self._url is not None
-            client = aioredis.Redis.from_url(
-                self._url,
-                socket_timeout=self._socket_timeout,
-                socket_connect_timeout=self._socket_timeout,
-                retry=aioredis.retry.Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
-                max_connections=self._max_connections,
+            client = aioredis.Redis.from_pool(
+                aioredis.BlockingConnectionPool.from_url(
+                    self._url,
+                    max_connections=self._max_connections,
+                    timeout=self._socket_timeout,
+                    socket_timeout=self._socket_timeout,
+                    socket_connect_timeout=self._socket_timeout,
+                    retry=aioredis.retry.Retry(ExponentialBackoff(cap=0.2, base=0.02), 1),
+                )
             )
         scripts = {name: client.register_script(src) for name, src in _SCRIPTS.items()}
         return client, scripts
