@@ -4,9 +4,10 @@ Owns: :class:`BrokerAuth` (one object that is an ``httpx2.Auth``, an ``httpx.Aut
 ``requests.auth.AuthBase``), origin binding of access tokens, the RFC 6750 §3 reaction to
 401/403 responses, and :class:`InsufficientScopeEvent`.
 
-The decisions live once: ``_signs`` (does a token go to this origin?), ``_checked`` (required
-scopes) and ``_respond``, a sans-IO generator that judges a 401/403 (token problem or not,
-replayable body or not) and yields "need a replacement lease" and "send this retry" steps.
+The decisions live once: ``_signs`` (does a token go to this origin?), ``_signing`` (the
+header, and required scopes once per lease) and ``_respond``, a sans-IO generator that judges a
+401/403 (token problem or not, replayable body or not) and yields "need a replacement lease"
+and "send this retry" steps.
 Three thin shells drive them: ``sync_auth_flow`` (httpx/httpx2 ``Client``), ``async_auth_flow``
 (``AsyncClient``) and ``__call__`` + a response hook (requests, the way its ``HTTPDigestAuth``
 retries). Library differences (URL shapes, body replay, how a retry is built) sit in two
@@ -407,7 +408,6 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self._required: frozenset[str] | None = (
             frozenset(required_scopes) if required_scopes else None
         )
-        self._verified: Lease | None = None
         if isinstance(allowed_origins, str):
             allowed_origins = (allowed_origins,)
         if allowed_origins is not None:
@@ -477,22 +477,21 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             self._memo[key] = decision
         return decision
 
-    def _checked(self, lease: Lease) -> Lease:
-        """Enforce ``required_scopes`` once per lease object."""
-        if self._required is not None and lease is not self._verified:
-            missing = lease.scopes.missing(self._required)
-            if missing:
-                raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
-            self._verified = lease
-        return lease
-
     def _signing(
         self, lease: Lease
     ) -> tuple[Lease | None, str, Callable[..., requests.Response] | None]:
-        """The header and requests hook for ``lease``, built once per lease (not per request)."""
+        """The header and requests hook for ``lease``, built once per lease (not per request).
+
+        This is also where ``required_scopes`` is enforced, once per lease: a lease from the
+        cache may have been fetched by another caller that required less.
+        """
         cached = self._sign_cache
         if cached[0] is lease:
             return cached
+        if self._required is not None:
+            missing = lease.scopes.missing(self._required)
+            if missing:
+                raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
         fresh = (lease, lease.authorization_header, functools.partial(self._on_response, lease))
         self._sign_cache = fresh
         return fresh
@@ -536,8 +535,6 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             "" if replay else " (body cannot be replayed: no retry)",
         )
         fresh = cast(Lease, (yield _NeedReplacement(lease)))
-        if self._required is not None:
-            fresh = self._checked(fresh)
         if not replay or fresh.access_token == lease.access_token:
             return
         retry = a.retry_request(request, response, mark)
@@ -587,8 +584,6 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         lease = self._cached(self._key) or broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
-        if self._required is not None:
-            lease = self._checked(lease)
         mark = _HTTPX.body_mark(request)
         signing = self._sign_cache
         if signing[0] is not lease:
@@ -626,8 +621,6 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         lease = self._cached(self._key) or await broker.alease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
-        if self._required is not None:
-            lease = self._checked(lease)
         mark = _HTTPX.body_mark(request)
         signing = self._sign_cache
         if signing[0] is not lease:
@@ -668,8 +661,6 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         lease = self._cached(self._key) or self._broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
-        if self._required is not None:
-            lease = self._checked(lease)
         if r.body is not None:
             r.__dict__[_MARK_ATTR] = _REQUESTS.body_mark(r)
         signing = self._sign_cache

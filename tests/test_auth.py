@@ -705,3 +705,33 @@ async def test_async_clients_never_block_the_loop_while_a_token_is_fetched(kind:
             await broker.aclose()
     provider.close()
     assert released == [True]
+
+
+@pytest.mark.parametrize("kind", CLIENTS)
+async def test_a_raising_scope_callback_turns_the_403_into_an_error(
+    inprocess_world: World, kind: str
+) -> None:
+    class NeedsConsent(Exception):
+        pass
+
+    def escalate(event: InsufficientScopeEvent) -> None:
+        raise NeedsConsent(" ".join(event.required_scopes))
+
+    w = inprocess_world
+    w.reset()
+    broker = make_broker(w)
+    auth = BrokerAuth(
+        broker,
+        tenant="acme",
+        principal=f"svc-consent-{kind}",
+        scopes=["read"],
+        on_insufficient_scope=escalate,
+    )
+    d = Driver(kind, auth, inprocess_app=w.app, loop=w.loop)
+    try:
+        with pytest.raises(NeedsConsent, match="admin write"):
+            await d.send("GET", f"{w.resource}?required_scope=write+admin")
+    finally:
+        await d.aclose()
+        await broker.aclose()
+    assert w.provider.counters["resource"] == 1
