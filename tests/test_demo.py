@@ -178,14 +178,16 @@ def test_cli_reports_a_busy_port(tmp_path: Path, capsys: pytest.CaptureFixture[s
 
 
 # -- the examples --------------------------------------------------------------------------------
-def test_quickstart_example_runs(capsys: pytest.CaptureFixture[str]) -> None:
-    sys.path.insert(0, str(ROOT / "examples"))
-    try:
-        import quickstart
+def test_quickstart_example_runs(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
 
-        quickstart.main()
+    monkeypatch.syspath_prepend(str(ROOT / "examples"))
+    try:
+        importlib.import_module("quickstart").main()
     finally:
-        sys.path.remove(str(ROOT / "examples"))
+        sys.modules.pop("quickstart", None)
     out = capsys.readouterr().out
     assert "GET /resource -> 200" in out
     assert "after the token expired -> 200" in out
@@ -254,3 +256,21 @@ def test_expired_access_token_is_refreshed_by_brokerauth(server: demo.DemoServer
     assert '<dd id="grant-refresh">1</dd>' in page
     assert '<dd id="lease-version">2</dd>' in page  # the refreshed record
     assert server.provider.counters["token:refresh_token"] == 1
+
+
+# -- the benchmark stays runnable ----------------------------------------------------------------
+async def test_middleware_benchmark_smoke(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import importlib
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    bench = importlib.import_module("middleware")
+    try:
+        ratios, cookie = await bench.in_process(200, 1)
+    finally:
+        sys.modules.pop("middleware", None)
+    assert len(ratios) == 3  # anonymous, logged in, POST
+    assert all(r > 0 for r in ratios)
+    assert cookie is not None
+    assert "logged in" in capsys.readouterr().out
