@@ -963,3 +963,30 @@ def test_path_prefix_tenant_end_to_end(make_env: MakeEnv) -> None:
     assert (me["tenant"], me["principal"], me["connections"]) == ("acme", "user-1", ["acme"])
     assert browser.get("/t/globex/whoami").json()["connections"] == []
     assert browser.get("/t/bad%20tenant/whoami").status_code == 400
+
+
+# -- the provider fails at the token endpoint ---------------------------------------------------
+@pytest.mark.parametrize(
+    ("fault", "status", "code"),
+    [
+        ({"kind": "error", "status": 400, "error": "invalid_grant"}, 400, "exchange_failed"),
+        ({"kind": "html"}, 502, "provider_unavailable"),
+        (
+            {"kind": "error", "status": 503, "error": "temporarily_unavailable"},
+            502,
+            "provider_unavailable",
+        ),
+    ],
+)
+def test_token_endpoint_failures_are_clean_error_pages(
+    env: Env, fault: dict[str, Any], status: int, code: str
+) -> None:
+    browser = env.browser()
+    callback_url = env.authorize(env.start(browser))
+    env.mp.faults.add("token", times=None, **fault)
+    response = browser.get(callback_url)
+    assert response.status_code == status
+    assert _error_code(response) == code
+    assert "<html" not in response.text.split("<body>", 1)[1].lower()  # no provider page
+    assert any("Max-Age=0" in c for c in _set_cookies(response))  # the flow is spent
+    assert env.whoami(browser)["principal"] is None

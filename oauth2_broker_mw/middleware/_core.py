@@ -820,6 +820,9 @@ class MiddlewareCore:
         except StorageError as exc:
             log.warning("login for provider=%s failed: %s", provider, type(exc).__name__)
             raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+        except ProviderError as exc:  # e.g. a pushed authorization request was refused
+            log.warning("login for provider=%s refused: %s", provider, exc.error)
+            raise _Reject(502, "provider_error", "The provider refused the login.") from None
         auth_request = cast(AuthorizationRequest, result)
         state = auth_request.state
         issuer = auth_request.issuer
