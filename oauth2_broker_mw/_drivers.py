@@ -42,10 +42,12 @@ _STORE_OPS = frozenset(
 )
 
 
+_CLIENT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "ssl"})
+
+
 def _is_client_error(exc: BaseException) -> bool:
     """An exception raised by httpx or httpx2 (connect, read, TLS, timeout, protocol)."""
-    module = type(exc).__module__
-    return module.startswith(("httpx.", "httpx2.", "httpcore", "httpcore2", "h11", "h2"))
+    return type(exc).__module__.split(".", 1)[0] in _CLIENT_MODULES
 
 
 def _to_response(raw: Any) -> HttpResponse:

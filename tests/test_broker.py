@@ -1,0 +1,592 @@
+"""The Broker end to end against MockProvider, every flow sync and async.
+
+Covers the quirk rows 1-9 and 22 of PROVIDER_QUIRKS.md, the refresh contract inside one
+process, typed errors, and that no secret reaches a log line.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+import urllib.parse
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from oauth2_broker_mw import (
+    AuthorizationRequired,
+    Broker,
+    InsufficientScope,
+    InvalidClient,
+    MalformedResponse,
+    ProviderError,
+    SQLiteStore,
+    TransientProviderError,
+    TransportError,
+)
+from oauth2_broker_mw.testing.mock_provider import MockClient, MockProvider, MockQuirks
+
+TENANT, USER = "acme", "alice"
+
+
+class Clock:
+    """One clock for the broker and the provider, moved by hand."""
+
+    def __init__(self) -> None:
+        import time
+
+        self.now = time.time()
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+Call = Callable[..., Any]
+
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Call:
+    """``call(broker, "lease", **kw)`` runs ``lease`` or ``alease`` depending on the param."""
+
+    def run(obj: Any, name: str, **kwargs: Any) -> Any:
+        if request.param == "sync":
+            return getattr(obj, name)(**kwargs)
+        return asyncio.run(getattr(obj, "a" + name)(**kwargs))
+
+    return run
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def provider(clock: Clock) -> Iterator[MockProvider]:
+    mp = MockProvider(clock=clock)
+    yield mp
+    mp.close()
+
+
+def make_broker(mp: MockProvider, clock: Clock | None = None, **kwargs: Any) -> Broker:
+    descriptor_overrides = kwargs.pop("descriptor", {})
+    options: dict[str, Any] = {
+        "client_id": "test-client",
+        "client_secret": "test-secret",
+        "http_client": mp.client(),
+        "async_http_client": mp.async_client(),
+    }
+    if clock is not None:
+        options["clock"] = clock
+    options.update(kwargs)
+    return Broker(mp.descriptor(**descriptor_overrides), **options)
+
+
+def login(
+    broker: Broker,
+    mp: MockProvider,
+    call: Call,
+    scopes: list[str] | None = None,
+    principal: str | None = USER,
+) -> Any:
+    request = call(
+        broker,
+        "start_authorization",
+        tenant=TENANT,
+        principal=principal,
+        scopes=scopes or ["openid", "email"],
+        redirect_uri="https://app.example/callback",
+    )
+    response = mp.client().get(request.url)
+    assert response.status_code in (302, 303), response.text
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.headers["location"]).query))
+    assert query["state"] == request.state
+    return call(
+        broker,
+        "exchange_code",
+        state=query["state"],
+        code=query["code"],
+        iss=query.get("iss"),
+        callback_params=query,
+    )
+
+
+# -- the main paths ---------------------------------------------------------------------------
+def test_client_credentials_lease_is_cached(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider)
+    first = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["email.read"])
+    second = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["email.read"])
+    assert first.access_token == second.access_token
+    assert provider.counters["token:client_credentials"] == 1
+    assert first.token_type == "Bearer"
+    assert first.scopes.scopes == ("email.read",)
+
+
+def test_code_flow_then_lease_uses_stored_token(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider)
+    record = login(broker, provider, call)
+    assert record.key.principal == USER
+    assert record.refresh_token is not None
+    assert record.metadata["id_token_claims"]["sub"] == "user-1"  # type: ignore[index]
+    provider.reset_counters()
+    lease = call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert lease.access_token == record.access_token
+    assert provider.counters["token"] == 0
+
+
+def test_principal_from_id_token_subject(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider)
+    record = login(broker, provider, call, principal=None)
+    assert record.key.principal == "user-1"
+
+
+def test_expired_token_is_refreshed_with_rotation(
+    provider: MockProvider, clock: Clock, call: Call
+) -> None:
+    broker = make_broker(provider, clock)
+    record = login(broker, provider, call)
+    clock.advance(3600 + 1)
+    lease = call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert lease.access_token != record.access_token
+    assert provider.counters["token:refresh_token"] == 1
+    stored = broker.store.get(record.key)
+    assert stored is not None
+    assert stored.refresh_token != record.refresh_token  # rotated and kept
+    assert stored.version == record.version + 1
+    assert stored.metadata["id_token_claims"] == record.metadata["id_token_claims"]
+
+
+def test_refresh_happens_before_expiry_inside_the_margin(
+    provider: MockProvider, clock: Clock, call: Call
+) -> None:
+    broker = make_broker(provider, clock, refresh_margin=120, refresh_jitter=0)
+    login(broker, provider, call)
+    clock.advance(3600 - 100)  # still valid for 100 s, but inside the 120 s margin
+    call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert provider.counters["token:refresh_token"] == 1
+
+
+def test_force_refresh_and_replace_lease(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider)
+    login(broker, provider, call)
+    lease = call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    forced = call(
+        broker,
+        "lease",
+        tenant=TENANT,
+        principal=USER,
+        scopes=["openid", "email"],
+        force_refresh=True,
+    )
+    assert forced.access_token != lease.access_token
+    # A stale lease whose token was already replaced costs no provider call.
+    before = provider.counters["token:refresh_token"]
+    replaced = call(broker, "replace_lease", stale=lease)
+    assert replaced.access_token == forced.access_token
+    assert provider.counters["token:refresh_token"] == before
+    # The current token rejected: exactly one refresh.
+    newer = call(broker, "replace_lease", stale=forced)
+    assert newer.access_token != forced.access_token
+    assert provider.counters["token:refresh_token"] == before + 1
+
+
+def test_no_grant_raises_authorization_required(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider, descriptor={"grants": ["authorization_code", "refresh_token"]})
+    with pytest.raises(AuthorizationRequired) as info:
+        call(broker, "lease", tenant=TENANT, principal=USER, scopes=["email"])
+    assert (info.value.tenant, info.value.principal, info.value.provider) == (TENANT, USER, "mock")
+    assert provider.counters["token"] == 0
+
+
+def test_revoked_grant_becomes_authorization_required(
+    provider: MockProvider, clock: Clock, call: Call
+) -> None:
+    broker = make_broker(
+        provider, clock, descriptor={"grants": ["authorization_code", "refresh_token"]}
+    )
+    record = login(broker, provider, call)
+    provider.revoke_all(subject="user-1")
+    clock.advance(4000)
+    with pytest.raises(AuthorizationRequired) as info:
+        call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert "invalid_grant" in str(info.value)
+    assert broker.store.get(record.key) is None  # the dead grant is removed
+
+
+def test_revoke_calls_rfc7009_and_forgets(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider)
+    record = login(broker, provider, call)
+    assert call(broker, "revoke", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert provider.counters["revoke"] >= 1
+    assert broker.store.get(record.key) is None
+    info = provider.token_info(record.access_token.get_secret_value())
+    assert info is not None and info["active"] is False
+    assert not call(broker, "revoke", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+
+
+def test_connections_lists_this_principal(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider)
+    login(broker, provider, call)
+    keys = call(broker, "connections", tenant=TENANT, principal=USER)
+    assert [k.provider for k in keys] == ["mock"]
+    assert call(broker, "connections", tenant=TENANT, principal="bob") == []
+
+
+def test_required_scopes_missing_is_typed(provider: MockProvider, call: Call) -> None:
+    provider.quirks.narrow_scopes = frozenset({"admin"})
+    broker = make_broker(provider)
+    lease = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["read", "admin"])
+    assert lease.scopes.scopes == ("read",)  # quirk 22: what was granted
+    with pytest.raises(InsufficientScope) as info:
+        call(
+            broker,
+            "lease",
+            tenant=TENANT,
+            principal="svc",
+            scopes=["read", "admin"],
+            required_scopes=["admin"],
+        )
+    assert info.value.missing == ("admin",)
+
+
+def test_widened_scopes_are_reported(provider: MockProvider, call: Call) -> None:
+    provider.quirks.widen_scopes = ("extra.scope",)
+    broker = make_broker(provider)
+    lease = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["read"])
+    assert "extra.scope" in lease.scopes
+
+
+# -- quirks -----------------------------------------------------------------------------------
+def test_quirk1_github_form_bodies_comma_scopes_no_expiry(call: Call) -> None:
+    mp = MockProvider(quirks=MockQuirks.github(), oidc=False)
+    broker = make_broker(mp, descriptor={"scope_delimiter": ",", "expiry_policy": "unknown"})
+    record = login(broker, mp, call, scopes=["repo", "user"])
+    assert record.scopes.scopes == ("repo", "user")
+    assert record.expires_at is None
+    assert record.token_type == "Bearer"
+    assert all(r.headers.get("accept") == "application/json" for r in mp.requests_to("token"))
+
+
+def test_quirk1_error_with_http_200_is_an_error(provider: MockProvider, call: Call) -> None:
+    provider.faults.add("token", "error_200", error="bad_verification_code")
+    broker = make_broker(provider)
+    with pytest.raises(ProviderError) as info:
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert info.value.error == "bad_verification_code"
+
+
+def test_quirk2_slack_envelope_and_nested_token(call: Call) -> None:
+    mp = MockProvider(quirks=MockQuirks.slack(), oidc=False, pkce="unsupported")
+    broker = make_broker(
+        mp,
+        descriptor={"scope_delimiter": ",", "token_path": ["authed_user"], "pkce": "unsupported"},
+    )
+    record = login(broker, mp, call, scopes=["chat:write", "users:read"])
+    assert record.scopes.scopes == ("chat:write", "users:read")
+    assert "team" in record.metadata
+    mp.faults.add("token", "slack_error", error="invalid_auth")
+    with pytest.raises(ProviderError) as info:
+        call(
+            broker,
+            "lease",
+            tenant=TENANT,
+            principal=USER,
+            scopes=["chat:write", "users:read"],
+            force_refresh=True,
+        )
+    assert info.value.error == "invalid_auth"
+
+
+def test_quirk3_scope_as_json_array(provider: MockProvider, call: Call) -> None:
+    provider.quirks.scope_echo = "array"
+    broker = make_broker(provider)
+    lease = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["a", "b"])
+    assert lease.scopes.scopes == ("a", "b")
+
+
+@pytest.mark.parametrize("delimiter", [",", "+"])
+def test_quirk4_delimiter_everywhere(delimiter: str, call: Call) -> None:
+    echo = {",": "comma", "+": "plus"}[delimiter]
+    quirks = MockQuirks(scope_delimiter=delimiter, scope_echo=echo)  # type: ignore[arg-type]
+    mp = MockProvider(quirks=quirks, oidc=False)
+    broker = make_broker(mp, descriptor={"scope_delimiter": delimiter, "scope_on_refresh": True})
+    request = broker.start_authorization(
+        tenant=TENANT, principal=USER, scopes=["a", "b"], redirect_uri="https://app.example/cb"
+    )
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(request.url).query))
+    assert query["scope"] == f"a{delimiter}b"
+    record = login(broker, mp, call, scopes=["a", "b"])
+    assert record.scopes.scopes == ("a", "b")
+    call(broker, "lease", tenant=TENANT, principal=USER, scopes=["a", "b"], force_refresh=True)
+    call(broker, "lease", tenant=TENANT, principal="svc", scopes=["a", "b"])
+    for grant in ("refresh_token", "client_credentials"):
+        sent = mp.requests_to("token", grant)
+        assert sent and sent[-1].form.get("scope") == f"a{delimiter}b", grant
+
+
+def test_quirk5_missing_expires_in_default_ttl_policy(call: Call, clock: Clock) -> None:
+    mp = MockProvider(quirks=MockQuirks(expires_in="omit"), clock=clock)
+    broker = make_broker(mp, clock, descriptor={"expiry_policy": "default_ttl", "default_ttl": 900})
+    lease = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert lease.expires_at == pytest.approx(clock.now + 900)
+
+
+def test_quirk5_missing_expires_in_unknown_policy(call: Call, clock: Clock) -> None:
+    mp = MockProvider(quirks=MockQuirks(expires_in="omit"), clock=clock)
+    broker = make_broker(mp, clock, descriptor={"expiry_policy": "unknown"})
+    lease = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert lease.expires_at is None
+    clock.advance(10**6)
+    again = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert again.access_token == lease.access_token  # unknown expiry: refresh only on a 401
+    assert mp.counters["token"] == 1
+
+
+def test_quirk6_expires_in_as_string(call: Call, clock: Clock) -> None:
+    mp = MockProvider(quirks=MockQuirks(expires_in="string"), clock=clock, access_ttl=1234)
+    broker = make_broker(mp, clock)
+    lease = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert lease.expires_at == pytest.approx(clock.now + 1234)
+
+
+def test_quirk7_refresh_without_new_refresh_token_keeps_the_old(call: Call) -> None:
+    mp = MockProvider(quirks=MockQuirks.google(), rotation=False)
+    broker = make_broker(mp)
+    record = login(broker, mp, call)
+    refreshed = call(broker, "refresh", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert refreshed.refresh_token == record.refresh_token
+    assert refreshed.access_token != record.access_token
+    again = call(broker, "refresh", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert again.access_token != refreshed.access_token  # the kept refresh token still works
+
+
+def test_quirk8_rotation_burst_one_refresh_no_family_revocation(
+    provider: MockProvider, clock: Clock
+) -> None:
+    broker = make_broker(provider, clock)
+    sync_call: Call = lambda obj, name, **kw: getattr(obj, name)(**kw)  # noqa: E731
+    login(broker, provider, sync_call)
+    clock.advance(4000)
+    provider.reset_counters()
+    scopes = ["openid", "email"]
+
+    async def burst() -> set[str]:
+        tasks = [broker.alease(tenant=TENANT, principal=USER, scopes=scopes) for _ in range(200)]
+        threads = [
+            asyncio.to_thread(broker.lease, tenant=TENANT, principal=USER, scopes=scopes)
+            for _ in range(16)
+        ]
+        leases = await asyncio.gather(*tasks, *threads)
+        return {lease.access_token.get_secret_value() for lease in leases}
+
+    tokens = asyncio.run(burst())
+    assert len(tokens) == 1
+    assert provider.counters["token:refresh_token"] == 1
+    assert provider.counters["family_revoked"] == 0
+
+
+def test_quirk9_scope_on_refresh(call: Call) -> None:
+    mp = MockProvider(quirks=MockQuirks.entra())
+    broker = make_broker(mp, descriptor={"scope_on_refresh": True})
+    login(broker, mp, call, scopes=["openid", "offline_access", "User.Read"])
+    call(
+        broker,
+        "refresh",
+        tenant=TENANT,
+        principal=USER,
+        scopes=["openid", "offline_access", "User.Read"],
+    )
+    sent = mp.requests_to("token", "refresh_token")[-1]
+    assert sent.form["scope"].split() == ["User.Read", "offline_access", "openid"]
+
+
+def test_quirk9_without_flag_the_provider_refuses(call: Call) -> None:
+    mp = MockProvider(quirks=MockQuirks.entra())
+    broker = make_broker(mp, descriptor={"scope_on_refresh": False})
+    login(broker, mp, call)
+    with pytest.raises(ProviderError) as info:
+        call(broker, "refresh", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert info.value.error == "invalid_request"
+
+
+# -- failures ---------------------------------------------------------------------------------
+def test_transient_error_carries_retry_after(provider: MockProvider, call: Call) -> None:
+    provider.faults.add(
+        "token", "error", status=503, error="temporarily_unavailable", retry_after=7
+    )
+    broker = make_broker(provider)
+    with pytest.raises(TransientProviderError) as info:
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert info.value.retry_after == 7
+    assert info.value.retryable
+    # Nothing was cached or stored: the next call goes through.
+    assert call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"]).access_token
+
+
+def test_html_error_page_is_transient_and_redacted(provider: MockProvider, call: Call) -> None:
+    provider.faults.add("token", "html", status=502)
+    broker = make_broker(provider)
+    with pytest.raises(TransientProviderError) as info:
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert info.value.status_code == 502
+    assert info.value.body_preview is None or len(info.value.body_preview) <= 200
+
+
+def test_malformed_success_body_is_typed(provider: MockProvider, call: Call) -> None:
+    provider.faults.add("token", "malformed_json")
+    broker = make_broker(provider)
+    with pytest.raises((MalformedResponse, TransientProviderError)):
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+
+
+def test_wrong_client_secret_is_invalid_client(provider: MockProvider, call: Call) -> None:
+    broker = make_broker(provider, client_secret="wrong")
+    with pytest.raises(InvalidClient):
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+
+
+def test_token_endpoint_redirect_is_not_followed(provider: MockProvider, call: Call) -> None:
+    provider.faults.add("token", "raw", status=307, body="", content_type="text/plain", times=None)
+    broker = make_broker(provider)
+    with pytest.raises(ProviderError):
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert provider.counters["token"] == 1
+
+
+def test_unreachable_provider_is_a_transport_error(call: Call) -> None:
+    mp = MockProvider(issuer="http://127.0.0.1:9")  # discard port: nothing listens
+    broker = Broker(
+        mp.descriptor(), client_id="test-client", client_secret="test-secret", timeout=2
+    )
+    with pytest.raises(TransportError) as info:
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert "test-secret" not in str(info.value)
+
+
+def test_corrupt_row_is_treated_as_absent(
+    tmp_path: Path, provider: MockProvider, call: Call
+) -> None:
+    path = tmp_path / "tokens.db"
+    broker = make_broker(provider, store=SQLiteStore(str(path)))
+    record = login(broker, provider, call)
+    with sqlite3.connect(path) as conn:
+        conn.execute("UPDATE tokens SET data = '{not json'")
+    fresh = make_broker(provider, store=SQLiteStore(str(path)))
+    # No refresh token can be read back, but client credentials still get a token.
+    lease = call(fresh, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert lease.access_token != record.access_token
+
+
+def test_httpx_clients_over_loopback_work(provider: MockProvider) -> None:
+    """Users pass their own httpx (not httpx2) clients; the broker's default is httpx2."""
+    httpx = pytest.importorskip("httpx")
+    with provider.serve():
+        descriptor = provider.descriptor()
+        with httpx.Client() as sync_client:
+            broker = Broker(
+                descriptor,
+                client_id="test-client",
+                client_secret="test-secret",
+                http_client=sync_client,
+            )
+            assert broker.lease(tenant=TENANT, principal="svc", scopes=["x"]).access_token
+
+        async def run_async() -> None:
+            async with httpx.AsyncClient() as async_client:
+                broker = Broker(
+                    descriptor,
+                    client_id="test-client",
+                    client_secret="test-secret",
+                    async_http_client=async_client,
+                )
+                lease = await broker.alease(tenant=TENANT, principal="svc-a", scopes=["x"])
+                assert lease.access_token
+            async with Broker(
+                descriptor, client_id="test-client", client_secret="test-secret"
+            ) as own:
+                assert (
+                    await own.alease(tenant=TENANT, principal="svc-b", scopes=["x"])
+                ).access_token
+
+        asyncio.run(run_async())
+        with Broker(descriptor, client_id="test-client", client_secret="test-secret") as default:
+            assert default.lease(tenant=TENANT, principal="svc-c", scopes=["x"]).access_token
+    assert provider.counters["token:client_credentials"] == 4
+
+
+# -- secrets ----------------------------------------------------------------------------------
+def test_no_secret_reaches_logs_or_reprs(
+    provider: MockProvider, call: Call, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    broker = make_broker(provider)
+    record = login(broker, provider, call)
+    provider.faults.add("token", "error", status=400, error="invalid_grant")
+    with pytest.raises(AuthorizationRequired) as info:
+        call(
+            broker,
+            "lease",
+            tenant=TENANT,
+            principal=USER,
+            scopes=["openid", "email"],
+            force_refresh=True,
+        )
+    secrets = [
+        record.access_token.get_secret_value(),
+        record.refresh_token.get_secret_value() if record.refresh_token else "",
+        "test-secret",
+    ]
+    texts = [caplog.text, repr(record), repr(broker), str(info.value), repr(info.value)]
+    texts.append(repr(call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])))
+    for text in texts:
+        for secret in secrets:
+            assert secret not in text
+
+
+def test_threads_and_tasks_on_a_cold_cache_make_one_request(provider: MockProvider) -> None:
+    broker = make_broker(provider)
+    start = threading.Barrier(17)
+    results: list[str] = []
+
+    def worker() -> None:
+        start.wait()
+        lease = broker.lease(tenant=TENANT, principal="svc", scopes=["x"])
+        results.append(lease.access_token.get_secret_value())
+
+    threads = [threading.Thread(target=worker) for _ in range(16)]
+    for thread in threads:
+        thread.start()
+
+    async def burst() -> None:
+        start.wait()  # release the threads and the tasks together
+        leases = await asyncio.gather(
+            *(broker.alease(tenant=TENANT, principal="svc", scopes=["x"]) for _ in range(200))
+        )
+        results.extend(lease.access_token.get_secret_value() for lease in leases)
+
+    asyncio.run(burst())
+    for thread in threads:
+        thread.join(timeout=30)
+    assert len(results) == 216
+    assert len(set(results)) == 1
+    assert provider.counters["token"] == 1
+    assert len(broker._flights) == 0  # nothing left behind: memory stays bounded
+
+
+def test_mock_client_public_uses_none_auth(call: Call) -> None:
+    mp = MockProvider(clients=[MockClient(client_id="spa", client_secret=None)])
+    broker = Broker(
+        mp.descriptor(client_auth_method="none", grants=["authorization_code", "refresh_token"]),
+        client_id="spa",
+        http_client=mp.client(),
+        async_http_client=mp.async_client(),
+    )
+    record = login(broker, mp, call)
+    assert record.refresh_token is not None

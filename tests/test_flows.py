@@ -1,0 +1,443 @@
+"""The sans-IO flows driven by hand: no sockets, no threads, no event loop.
+
+Each test feeds the generator the results a driver would, and asserts on the effects it asks
+for — which is how we know, for instance, that a refresh is never sent twice and that a lost
+rotation race revokes nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Generator
+from typing import Any
+
+import pytest
+
+from oauth2_broker_mw import (
+    AuthorizationFlowError,
+    AuthorizationRequired,
+    InvalidGrant,
+    ProviderDescriptor,
+    RefreshTimeout,
+    ScopeSet,
+    Secret,
+    StoreKey,
+    TokenRecord,
+)
+from oauth2_broker_mw._core.effects import HttpRequest, HttpResponse, Now, Sleep, StoreOp
+from oauth2_broker_mw._core.flows import (
+    FlowConfig,
+    exchange_code_flow,
+    obtain_flow,
+    revoke_flow,
+    start_authorization_flow,
+)
+from oauth2_broker_mw._core.model import PendingAuthorization, PrincipalId, TenantId
+from oauth2_broker_mw._core.policy import RefreshPolicy
+from oauth2_broker_mw._core.provider import ClientConfig
+
+NOW = 1_800_000_000.0
+SCOPES = ScopeSet(("email.read",))
+KEY = StoreKey.build("acme", "svc", "idp", SCOPES)
+
+
+def provider(**overrides: Any) -> ProviderDescriptor:
+    fields: dict[str, Any] = {
+        "id": "idp",
+        "authorization_endpoint": "https://idp.example/authorize",
+        "token_endpoint": "https://idp.example/token",
+        "revocation_endpoint": "https://idp.example/revoke",
+        "issuer": "https://idp.example",
+        "grants": ["authorization_code", "refresh_token"],
+    }
+    fields.update(overrides)
+    return ProviderDescriptor(**fields)
+
+
+def config(**overrides: Any) -> FlowConfig:
+    return FlowConfig(
+        provider=provider(**overrides),
+        client=ClientConfig.create("client-1", client_secret="s3cret"),
+        policy=RefreshPolicy(margin=60, jitter=0),
+        lock_ttl=10,
+        lock_wait=1.0,
+        poll_interval=0.1,
+    )
+
+
+def record(**overrides: Any) -> TokenRecord:
+    fields: dict[str, Any] = {
+        "key": KEY,
+        "access_token": Secret("at-1"),
+        "refresh_token": Secret("rt-1"),
+        "issued_at": NOW - 3000,
+        "expires_at": NOW + 600,
+        "scopes": SCOPES,
+        "requested_scopes": SCOPES,
+        "metadata": {"instance_url": "https://acme.example"},
+        "version": 3,
+    }
+    fields.update(overrides)
+    return TokenRecord(**fields)
+
+
+def token_response(body: dict[str, Any], status: int = 200) -> HttpResponse:
+    return HttpResponse(status, {"content-type": "application/json"}, json.dumps(body).encode())
+
+
+class Script:
+    """Drive a flow step by step, asserting on what it asks for."""
+
+    def __init__(self, flow: Generator[Any, Any, Any]) -> None:
+        self.flow = flow
+        self.effect: Any = next(flow)
+
+    def expect(self, kind: type, op: str | None = None) -> Any:
+        assert isinstance(self.effect, kind), self.effect
+        if op is not None:
+            assert self.effect.op == op, self.effect
+        return self.effect
+
+    def send(self, value: Any) -> Any:
+        try:
+            self.effect = self.flow.send(value)
+        except StopIteration as stop:
+            self.effect = None
+            return stop.value
+        return None
+
+    def throw(self, exc: BaseException) -> Any:
+        try:
+            self.effect = self.flow.throw(exc)
+        except StopIteration as stop:
+            self.effect = None
+            return stop.value
+        return None
+
+    def answer_now(self, now: float = NOW) -> None:
+        self.expect(Now)
+        self.send(now)
+
+
+def test_fresh_stored_token_needs_no_provider_call() -> None:
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    stored = record()
+    assert s.send(stored) is stored
+    assert s.effect is None
+
+
+def test_refresh_takes_lock_double_checks_and_swaps_on_version() -> None:
+    stale = record(expires_at=NOW + 10)  # inside the 60 s margin
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    s.send(stale)
+    s.answer_now()
+    lock = s.expect(StoreOp, "acquire_lock")
+    assert lock.args[0] == KEY.lock_name
+    s.send(True)
+    s.answer_now()
+    s.expect(StoreOp, "get")  # double-check after the lock
+    s.send(stale)
+    s.answer_now()
+    request = s.expect(HttpRequest)
+    assert request.url == "https://idp.example/token"
+    assert request.hold is not None and request.hold.name == KEY.lock_name
+    assert b"grant_type=refresh_token" in (request.body or b"")
+    assert b"refresh_token=rt-1" in (request.body or b"")
+    assert "rt-1" not in repr(request)
+    s.send(token_response({"access_token": "at-2", "token_type": "bearer", "expires_in": 3600}))
+    s.answer_now(NOW + 1)
+    cas = s.expect(StoreOp, "compare_and_swap")
+    assert dict(cas.kwargs) == {"expected_version": 3}
+    new: TokenRecord = cas.args[0]
+    assert new.access_token == Secret("at-2")
+    # RFC 6749 §6 / quirk 7: no refresh token in the response keeps the stored one.
+    assert new.refresh_token == Secret("rt-1")
+    # Quirk 11: metadata survives refresh.
+    assert new.metadata["instance_url"] == "https://acme.example"
+    assert new.token_type == "Bearer"
+    s.send(new.with_version(4))
+    s.expect(StoreOp, "release_lock")
+    result = s.send(True)
+    assert result.version == 4
+    assert s.effect is None
+
+
+def test_invalid_grant_after_someone_else_rotated_revokes_nothing() -> None:
+    stale = record(expires_at=NOW - 1)
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    s.send(stale)
+    s.answer_now()
+    s.expect(StoreOp, "acquire_lock")
+    s.send(True)
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    s.send(stale)
+    s.answer_now()
+    s.expect(HttpRequest)
+    s.send(token_response({"error": "invalid_grant"}, status=400))
+    s.answer_now()
+    # Before concluding anything, the flow re-reads the store.
+    s.expect(StoreOp, "get")
+    winner = record(access_token=Secret("at-9"), refresh_token=Secret("rt-9"), version=4)
+    s.send(winner)
+    s.expect(StoreOp, "release_lock")
+    result = s.send(True)
+    assert result is winner  # no delete, no revocation
+
+
+def test_genuine_invalid_grant_deletes_only_that_version_and_raises() -> None:
+    stale = record(expires_at=NOW - 1)
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.send(stale)
+    s.answer_now()
+    s.send(True)
+    s.answer_now()
+    s.send(stale)
+    s.answer_now()
+    s.expect(HttpRequest)
+    s.send(token_response({"error": "invalid_grant"}, status=400))
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    s.send(stale)
+    delete = s.expect(StoreOp, "delete")
+    assert dict(delete.kwargs) == {"expected_version": 3}
+    s.send(True)
+    s.expect(StoreOp, "release_lock")
+    with pytest.raises(InvalidGrant):
+        s.send(True)
+
+
+def test_waiter_uses_the_lock_holders_result_without_calling_the_provider() -> None:
+    stale = record(expires_at=NOW - 1)
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.send(stale)
+    s.answer_now()
+    s.expect(StoreOp, "acquire_lock")
+    s.send(False)  # someone else holds it
+    s.expect(Sleep)
+    s.send(NOW + 0.1)
+    s.expect(StoreOp, "get")
+    s.send(stale)  # not yet
+    s.expect(StoreOp, "acquire_lock")
+    s.send(False)
+    s.expect(Sleep)
+    s.send(NOW + 0.2)
+    s.expect(StoreOp, "get")
+    fresh = record(access_token=Secret("at-2"), expires_at=NOW + 3600, version=4)
+    assert s.send(fresh) is fresh
+    assert s.effect is None
+
+
+def test_waiter_gives_up_with_a_typed_error() -> None:
+    stale = record(expires_at=NOW - 1)
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.send(stale)
+    s.answer_now()
+    with pytest.raises(RefreshTimeout):
+        for step in range(100):
+            s.expect(StoreOp, "acquire_lock")
+            s.send(False)
+            s.expect(Sleep)
+            s.send(NOW + 0.1 * (step + 1))
+            s.expect(StoreOp, "get")
+            s.send(stale)
+
+
+def test_transport_error_is_not_retried_and_releases_the_lock() -> None:
+    from oauth2_broker_mw import TransportError
+
+    stale = record(expires_at=NOW - 1)
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.send(stale)
+    s.answer_now()
+    s.send(True)
+    s.answer_now()
+    s.send(stale)
+    s.answer_now()
+    s.expect(HttpRequest)
+    s.throw(TransportError("boom"))
+    s.expect(StoreOp, "release_lock")  # the only thing it does next: no second request
+    with pytest.raises(TransportError):
+        s.send(True)
+
+
+def test_nothing_to_refresh_and_no_client_credentials_requires_authorization() -> None:
+    s = Script(obtain_flow(config(), KEY, SCOPES))
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    with pytest.raises(AuthorizationRequired) as info:
+        s.send(None)
+    assert info.value.tenant == "acme" and info.value.provider == "idp"
+
+
+def test_stale_lease_is_replaced_by_a_newer_stored_token_without_refresh() -> None:
+    newer = record(access_token=Secret("at-2"), expires_at=NOW + 3600, version=4)
+    s = Script(obtain_flow(config(), KEY, SCOPES, stale=Secret("at-1")))
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    assert s.send(newer) is newer
+
+
+def test_stale_lease_that_is_still_stored_is_refreshed() -> None:
+    current = record(expires_at=NOW + 3600)  # fresh by time, but the server rejected it
+    s = Script(obtain_flow(config(), KEY, SCOPES, stale=Secret("at-1")))
+    s.answer_now()
+    s.send(current)
+    s.answer_now()
+    s.expect(StoreOp, "acquire_lock")
+
+
+def test_client_credentials_use_delimiter_and_put() -> None:
+    cfg = config(grants=["client_credentials"], scope_delimiter=",")
+    scopes = ScopeSet(("a", "b"))
+    key = StoreKey.build("acme", "svc", "idp", scopes)
+    s = Script(obtain_flow(cfg, key, scopes))
+    s.answer_now()
+    s.send(None)
+    s.answer_now()
+    s.send(True)
+    s.answer_now()
+    s.send(None)
+    s.answer_now()
+    request = s.expect(HttpRequest)
+    assert b"grant_type=client_credentials" in (request.body or b"")
+    assert b"scope=a%2Cb" in (request.body or b"")
+    s.send(token_response({"access_token": "cc-1", "token_type": "Bearer", "expires_in": 60}))
+    s.answer_now()
+    put = s.expect(StoreOp, "put")
+    assert put.args[0].grant == "client_credentials"
+
+
+def _pending(state: str = "st-1", **overrides: Any) -> PendingAuthorization:
+    fields: dict[str, Any] = {
+        "state": Secret(state),
+        "tenant": TenantId("acme"),
+        "principal": PrincipalId("alice"),
+        "provider": "idp",
+        "scopes": SCOPES,
+        "redirect_uri": "https://app.example/cb",
+        "code_verifier": Secret("v" * 43),
+        "nonce": None,
+        "created_at": NOW,
+        "expires_at": NOW + 600,
+        "issuer": "https://idp.example",
+    }
+    fields.update(overrides)
+    return PendingAuthorization(**fields)
+
+
+def test_start_authorization_keeps_verifier_and_sends_s256() -> None:
+    s = Script(
+        start_authorization_flow(
+            config(),
+            tenant=TenantId("acme"),
+            principal=PrincipalId("alice"),
+            scopes=ScopeSet(("openid", "email")),
+            redirect_uri="https://app.example/cb",
+        )
+    )
+    s.answer_now()
+    put = s.expect(StoreOp, "put_pending")
+    pending: PendingAuthorization = put.args[0]
+    result = s.send(None)
+    assert "code_challenge_method=S256" in result.url
+    assert f"state={result.state}" in result.url
+    assert pending.state == Secret(result.state)
+    assert pending.nonce is not None  # openid requested
+    assert pending.code_verifier is not None
+    assert pending.code_verifier.get_secret_value() not in result.url
+    assert pending.expires_at > NOW
+    assert len(result.state) >= 22  # >= 128 bits, base64url
+
+
+@pytest.mark.parametrize(
+    ("pending", "now", "iss", "code"),
+    [
+        (None, NOW, None, "state_unknown"),
+        (_pending(expires_at=NOW - 1), NOW, None, "state_expired"),
+        (_pending(state="other"), NOW, None, "state_unknown"),
+        (_pending(), NOW, "https://evil.example", "issuer_mismatch"),
+        (_pending(provider="other-idp"), NOW, None, "state_unknown"),
+    ],
+)
+def test_exchange_rejections_never_reach_the_token_endpoint(
+    pending: PendingAuthorization | None, now: float, iss: str | None, code: str
+) -> None:
+    s = Script(exchange_code_flow(config(), state="st-1", code="c-1", iss=iss))
+    take = s.expect(StoreOp, "take_pending")
+    assert take.args[0] == PendingAuthorization.key_for("st-1")  # keyed by a hash, not the state
+    with pytest.raises(AuthorizationFlowError) as info:
+        s.send(pending)
+        s.answer_now(now)
+    assert info.value.code == code
+    assert not isinstance(s.effect, HttpRequest)
+
+
+def test_exchange_requires_iss_when_provider_always_sends_it() -> None:
+    cfg = config(authorization_response_iss_parameter_supported=True)
+    s = Script(exchange_code_flow(cfg, state="st-1", code="c-1"))
+    s.send(_pending())
+    with pytest.raises(AuthorizationFlowError) as info:
+        s.answer_now()
+    assert info.value.code == "issuer_missing"
+
+
+def test_exchange_sends_code_verifier_and_redirect_uri_and_stores() -> None:
+    s = Script(exchange_code_flow(config(), state="st-1", code="c-1", iss="https://idp.example"))
+    s.send(_pending())
+    s.answer_now()
+    request = s.expect(HttpRequest)
+    body = (request.body or b"").decode()
+    assert "code=c-1" in body and "code_verifier=" + "v" * 43 in body
+    assert "redirect_uri=https%3A%2F%2Fapp.example%2Fcb" in body
+    s.send(token_response({"access_token": "at", "refresh_token": "rt", "token_type": "Bearer"}))
+    s.answer_now()
+    put = s.expect(StoreOp, "put")
+    stored = put.args[0].with_version(1)
+    assert s.send(stored) is stored
+    assert stored.key.principal == "alice"
+
+
+def test_revoke_sends_refresh_token_first_then_deletes() -> None:
+    s = Script(revoke_flow(config(), KEY))
+    s.expect(StoreOp, "get")
+    s.send(record())
+    first = s.expect(HttpRequest)
+    assert b"token_type_hint=refresh_token" in (first.body or b"")
+    s.send(HttpResponse(200))
+    second = s.expect(HttpRequest)
+    assert b"token_type_hint=access_token" in (second.body or b"")
+    s.send(HttpResponse(200))
+    s.expect(StoreOp, "delete")
+    assert s.send(True) is True
+
+
+def test_revoke_keeps_the_record_when_the_provider_says_503() -> None:
+    from oauth2_broker_mw import TransientProviderError
+
+    s = Script(revoke_flow(config(), KEY))
+    s.send(record())
+    s.expect(HttpRequest)
+    with pytest.raises(TransientProviderError):
+        s.send(HttpResponse(503, {"retry-after": "5"}))
+    assert not (isinstance(s.effect, StoreOp) and s.effect.op == "delete")
+
+
+def test_refresh_policy_window_is_bounded_for_short_tokens() -> None:
+    policy = RefreshPolicy(margin=60, jitter=30)
+    short = record(issued_at=NOW, expires_at=NOW + 30)
+    assert NOW + 12 <= policy.refresh_at(short) <= NOW + 15
+    unknown = record(expires_at=None)
+    assert policy.is_fresh(unknown, NOW + 10**9)
+    # The jitter depends on the key only, so every process agrees on one key's deadline.
+    assert policy.refresh_at(record()) == policy.refresh_at(record())
