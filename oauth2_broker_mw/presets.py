@@ -92,6 +92,12 @@ def github(**overrides: Any) -> ProviderDescriptor:
             "grants": _CODE_AND_REFRESH,
             "client_auth_method": ClientAuthMethod.CLIENT_SECRET_POST,
             "expiry_policy": ExpiryPolicy.UNKNOWN,
+            "error_aliases": {
+                "bad_verification_code": "invalid_grant",
+                "bad_refresh_token": "invalid_grant",
+                "incorrect_client_credentials": "invalid_client",
+                "unverified_user_email": "access_denied",
+            },
             "allowed_origins": ("https://api.github.com", "https://uploads.github.com"),
         },
         overrides,
@@ -175,6 +181,20 @@ def slack(user_token: bool = False, **overrides: Any) -> ProviderDescriptor:
         "pkce": PkceMode.UNSUPPORTED,
         "expiry_policy": ExpiryPolicy.UNKNOWN,
         "token_type_aliases": {"bot": "Bearer", "user": "Bearer"},
+        "error_aliases": {
+            "invalid_code": "invalid_grant",
+            "code_already_used": "invalid_grant",
+            "code_expired": "invalid_grant",
+            "invalid_refresh_token": "invalid_grant",
+            "invalid_grant_type": "unauthorized_client",
+            "invalid_client_id": "invalid_client",
+            "bad_client_secret": "invalid_client",
+            "bad_redirect_uri": "invalid_request",
+            "ratelimited": "slow_down",
+            "service_unavailable": "temporarily_unavailable",
+            "internal_error": "server_error",
+            "fatal_error": "server_error",
+        },
         "allowed_origins": ("https://slack.com",),
     }
     if user_token:

@@ -33,18 +33,25 @@ from oauth2_broker_mw._core.model import ScopeSet, Secret
 from oauth2_broker_mw._core.oauth import (
     CLIENT_ASSERTION_TYPE,
     MAX_TTL,
+    Introspection,
     TokenResponse,
     authorization_code_params,
+    authorization_params,
     authorization_url,
     callback_metadata,
     classify_error,
     client_credentials_params,
     effective_scopes,
+    introspection_request,
     new_nonce,
     new_pkce_pair,
     new_state,
+    par_authorization_url,
+    parse_introspection_response,
+    parse_par_response,
     parse_token_response,
     parse_www_authenticate,
+    pushed_authorization_request,
     refresh_params,
     revocation_request,
     s256_challenge,
@@ -476,16 +483,38 @@ def test_error_in_200_body_is_an_error() -> None:
         {"content-type": "application/x-www-form-urlencoded"},
         b"error=bad_verification_code&error_description=The+code+passed+is+incorrect",
     )
-    with pytest.raises(InvalidGrant) as info:
+    # without aliases a provider-specific code is a plain ProviderError (contract)
+    with pytest.raises(ProviderError) as plain:
         parse_token_response(desc(), gh, now=NOW)
+    assert type(plain.value) is ProviderError
+    assert plain.value.error == "bad_verification_code"
+    aliased = desc(error_aliases={"bad_verification_code": "invalid_grant"})
+    with pytest.raises(InvalidGrant) as info:
+        parse_token_response(aliased, gh, now=NOW)
+    assert info.value.error == "bad_verification_code"  # the provider's own code is kept
     assert info.value.status_code == 200
     assert info.value.error_description == "The code passed is incorrect"
     with pytest.raises(InvalidClient):
         parse_token_response(desc(), json_response({"error": "invalid_client"}), now=NOW)
 
 
+def test_error_aliases_apply_to_non_2xx_and_classify_error() -> None:
+    resp = json_response({"error": "invalid_refresh_token"}, status=400)
+    assert type(classify_error(resp)) is ProviderError
+    assert isinstance(
+        classify_error(resp, aliases={"invalid_refresh_token": "invalid_grant"}), InvalidGrant
+    )
+    d = desc(error_aliases={"invalid_refresh_token": "invalid_grant"})
+    with pytest.raises(InvalidGrant):
+        parse_token_response(d, resp, now=NOW)
+
+
 def test_slack_ok_false_and_nested_user_token() -> None:
-    slack = desc(token_path=("authed_user",), token_type_aliases={"user": "Bearer"})
+    slack = desc(
+        token_path=("authed_user",),
+        token_type_aliases={"user": "Bearer"},
+        error_aliases={"invalid_code": "invalid_grant"},
+    )
     with pytest.raises(InvalidGrant):
         parse_token_response(slack, json_response({"ok": False, "error": "invalid_code"}), now=NOW)
     with pytest.raises(ProviderError) as info:
@@ -934,3 +963,89 @@ def test_id_token_garbage(rsa_key: RSAKey) -> None:
             _verify(token, _jwks(rsa_key))
     with pytest.raises(AuthorizationFlowError, match="JWKS"):
         _verify(_sign(rsa_key, _claims()), {"keys": [{"kty": "nope"}]})
+
+
+# -- at_hash, PAR, introspection -------------------------------------------------------------
+def test_id_token_at_hash(rsa_key: RSAKey) -> None:
+    access = "ya29.an-access-token"
+    digest = hashlib.sha256(access.encode()).digest()[:16]
+    at_hash = base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+    token = _sign(rsa_key, _claims(at_hash=at_hash))
+    assert _verify(token, _jwks(rsa_key), access_token=access)["at_hash"] == at_hash
+    with pytest.raises(AuthorizationFlowError, match="at_hash"):
+        _verify(token, _jwks(rsa_key), access_token="another-token")
+    # no at_hash claim: nothing to check (code flow)
+    assert _verify(_sign(rsa_key, _claims()), _jwks(rsa_key), access_token="x")
+
+
+def test_pushed_authorization_request_round_trip() -> None:
+    d = desc(
+        pushed_authorization_request_endpoint="https://idp.example/par",
+        require_pushed_authorization_requests=True,
+    )
+    kwargs: dict[str, Any] = {
+        "redirect_uri": "https://app.example/cb",
+        "scopes": ScopeSet.of("openid"),
+        "state": "st",
+        "code_challenge": "ch",
+        "nonce": "n",
+    }
+    with pytest.raises(ConfigurationError, match="pushed authorization"):
+        authorization_url(d, CLIENT, **kwargs)
+    params = authorization_params(d, CLIENT, **kwargs)
+    request = pushed_authorization_request(d, CLIENT, params, now=NOW)
+    assert request.url == "https://idp.example/par"
+    assert request.purpose == "par"
+    body = form(request)
+    assert body["state"] == "st"
+    assert body["code_challenge_method"] == "S256"
+    assert request.header("authorization") is not None
+    request_uri, expires_at = parse_par_response(
+        json_response(
+            {"request_uri": "urn:ietf:params:oauth:request_uri:abc", "expires_in": 60}, 201
+        ),
+        now=NOW,
+    )
+    assert expires_at == NOW + 60
+    url = par_authorization_url(d, CLIENT, request_uri=request_uri)
+    q = dict(parse_qsl(urlsplit(url).query))
+    assert q == {"client_id": "client-1", "request_uri": "urn:ietf:params:oauth:request_uri:abc"}
+    with pytest.raises(InvalidClient):
+        parse_par_response(json_response({"error": "invalid_client"}, 401), now=NOW)
+    with pytest.raises(MalformedResponse):
+        parse_par_response(json_response({"request_uri": "x"}, 201), now=NOW)
+    with pytest.raises(ConfigurationError, match="PAR endpoint"):
+        pushed_authorization_request(desc(), CLIENT, params, now=NOW)
+
+
+def test_introspection() -> None:
+    d = desc(introspection_endpoint="https://idp.example/introspect", scope_delimiter=" ")
+    request = introspection_request(d, CLIENT, token="at-1")
+    assert request.purpose == "introspection"
+    assert form(request) == {"token": "at-1", "token_type_hint": "access_token"}
+    active = parse_introspection_response(
+        d,
+        json_response(
+            {
+                "active": True,
+                "exp": NOW + 900,
+                "scope": "api refresh_token",
+                "client_id": "client-1",
+                "sub": "005xx",
+                "token_type": "access_token",
+                "username": "a@b.c",
+            }
+        ),
+        now=NOW,
+    )
+    assert active.active
+    assert active.expires_at == NOW + 900
+    assert active.scopes == ScopeSet.of("api refresh_token")
+    assert active.subject == "005xx"
+    assert active.claims["username"] == "a@b.c"
+    inactive = parse_introspection_response(d, json_response({"active": "true"}), now=NOW)
+    assert inactive == Introspection(active=False)
+    with pytest.raises(TransientProviderError):
+        parse_introspection_response(d, HttpResponse(503, {}, b"<html/>"), now=NOW)
+    with pytest.raises(ConfigurationError, match="introspection_endpoint"):
+        introspection_request(desc(), CLIENT, token="t")

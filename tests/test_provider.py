@@ -395,3 +395,27 @@ def test_client_config_validation() -> None:
     assert isinstance(plain.client_secret, Secret)
     assert ClientConfig.create("app", Secret("x")) == ClientConfig.create("app", "x")
     assert hash(ClientConfig.create("app", "x")) == hash(ClientConfig.create("app", "x"))
+
+
+def test_repr_is_compact_and_shows_non_defaults() -> None:
+    d = make(scope_delimiter=",", pkce="unsupported")
+    shown = repr(d)
+    assert shown.startswith("ProviderDescriptor(id='acme-idp', token_endpoint=")
+    assert "scope_delimiter=','" in shown
+    assert "pkce='unsupported'" in shown
+    assert "errors_with_200" not in shown  # a default
+
+
+def test_par_fields_and_discovery() -> None:
+    with pytest.raises(ConfigurationError, match="pushed_authorization_request_endpoint"):
+        make(require_pushed_authorization_requests=True)
+    with pytest.raises(ConfigurationError, match="pushed_authorization_request_endpoint"):
+        make(pushed_authorization_request_endpoint="http://idp.example/par")
+    doc = {
+        **METADATA,
+        "pushed_authorization_request_endpoint": "https://idp.example/par",
+        "require_pushed_authorization_requests": True,
+    }
+    d = ProviderDescriptor.from_metadata("idp", doc, expected_issuer="https://idp.example")
+    assert d.pushed_authorization_request_endpoint == "https://idp.example/par"
+    assert d.require_pushed_authorization_requests is True

@@ -60,22 +60,29 @@ from .provider import (
 )
 
 __all__ = [
+    "Introspection",
     "TokenResponse",
     "authorization_code_params",
+    "authorization_params",
     "authorization_url",
     "callback_metadata",
     "classify_error",
     "client_assertion",
     "client_credentials_params",
     "effective_scopes",
+    "introspection_request",
     "is_allowed_endpoint",
     "new_nonce",
     "new_pkce_pair",
     "new_state",
+    "par_authorization_url",
+    "parse_introspection_response",
     "parse_metadata",
+    "parse_par_response",
     "parse_retry_after",
     "parse_token_response",
     "parse_www_authenticate",
+    "pushed_authorization_request",
     "redact_preview",
     "refresh_params",
     "revocation_request",
@@ -123,7 +130,8 @@ _REFRESH_EXPIRY_FIELDS: Final = (
     "refresh_expires_in",
 )
 
-# RFC 6749 §5.2 codes, plus well-known provider-specific spellings of the same thing.
+# RFC 6749 §5.2 codes. Provider-specific codes map onto these through the descriptor's
+# ``error_aliases`` (presets carry them: GitHub ``bad_verification_code``, Slack ``invalid_code``).
 _ERROR_CLASSES: Final[Mapping[str, type[ProviderError]]] = {
     "invalid_grant": InvalidGrant,
     "invalid_client": InvalidClient,
@@ -132,23 +140,6 @@ _ERROR_CLASSES: Final[Mapping[str, type[ProviderError]]] = {
     "temporarily_unavailable": TransientProviderError,
     "server_error": TransientProviderError,
     "slow_down": TransientProviderError,
-    # GitHub
-    "bad_verification_code": InvalidGrant,
-    "bad_refresh_token": InvalidGrant,
-    "incorrect_client_credentials": InvalidClient,
-    # Slack
-    "invalid_code": InvalidGrant,
-    "code_already_used": InvalidGrant,
-    "invalid_refresh_token": InvalidGrant,
-    "token_revoked": InvalidGrant,
-    "token_expired": InvalidGrant,
-    "invalid_client_id": InvalidClient,
-    "bad_client_secret": InvalidClient,
-    "ratelimited": TransientProviderError,
-    "rate_limited": TransientProviderError,
-    "service_unavailable": TransientProviderError,
-    "internal_error": TransientProviderError,
-    "fatal_error": TransientProviderError,
 }
 
 
@@ -203,7 +194,7 @@ def effective_scopes(desc: ProviderDescriptor, requested: ScopeSet | None) -> Sc
     return ScopeSet((*base, *desc.default_scopes))
 
 
-def authorization_url(
+def authorization_params(
     desc: ProviderDescriptor,
     client: ClientConfig,
     *,
@@ -213,17 +204,8 @@ def authorization_url(
     code_challenge: str | None,
     nonce: str | None,
     extra_params: Mapping[str, str] | None = None,
-) -> str:
-    """The URL to send the user agent to (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC nonce).
-
-    Query parameters already in the authorization endpoint are kept (unless we set the same
-    name). ``code_challenge`` is sent with ``code_challenge_method=S256`` unless the provider's
-    PKCE mode is ``unsupported``; a provider that requires PKCE refuses a missing challenge.
-    """
-    if desc.authorization_endpoint is None:
-        raise ConfigurationError(f"provider {desc.id!r} has no authorization_endpoint")
-    endpoint = desc.authorization_endpoint
-    _require_ready(desc, endpoint, "authorization_endpoint")
+) -> dict[str, str]:
+    """The authorization-request parameters, renames applied (for a URL or a PAR body)."""
     if not redirect_uri or "#" in redirect_uri:
         raise ConfigurationError("redirect_uri must be an absolute URI without a fragment")
     if not state:
@@ -247,14 +229,114 @@ def authorization_url(
     params.update(desc.authorize_params)
     if extra_params:
         params.update(extra_params)
-    params = _renamed(desc, params)
+    return _renamed(desc, params)
 
+
+def _authorize_endpoint(desc: ProviderDescriptor) -> str:
+    if desc.authorization_endpoint is None:
+        raise ConfigurationError(f"provider {desc.id!r} has no authorization_endpoint")
+    _require_ready(desc, desc.authorization_endpoint, "authorization_endpoint")
+    return desc.authorization_endpoint
+
+
+def _with_query(endpoint: str, params: Mapping[str, str]) -> str:
     parts = urlsplit(endpoint)
     existing = [
         (k, v) for k, v in parse_qsl(parts.query, keep_blank_values=True) if k not in params
     ]
     query = urlencode([*existing, *params.items()], quote_via=quote, safe="")
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
+
+
+def authorization_url(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    *,
+    redirect_uri: str,
+    scopes: ScopeSet,
+    state: str,
+    code_challenge: str | None,
+    nonce: str | None,
+    extra_params: Mapping[str, str] | None = None,
+) -> str:
+    """The URL to send the user agent to (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC nonce).
+
+    Query parameters already in the authorization endpoint are kept (unless we set the same
+    name). ``code_challenge`` is sent with ``code_challenge_method=S256`` unless the provider's
+    PKCE mode is ``unsupported``; a provider that requires PKCE refuses a missing challenge.
+    A provider that requires PAR (``require_pushed_authorization_requests``) refuses this:
+    use :func:`pushed_authorization_request` and :func:`par_authorization_url`.
+    """
+    endpoint = _authorize_endpoint(desc)
+    if desc.require_pushed_authorization_requests:
+        raise ConfigurationError(
+            f"provider {desc.id!r} requires pushed authorization requests (RFC 9126)"
+        )
+    params = authorization_params(
+        desc,
+        client,
+        redirect_uri=redirect_uri,
+        scopes=scopes,
+        state=state,
+        code_challenge=code_challenge,
+        nonce=nonce,
+        extra_params=extra_params,
+    )
+    return _with_query(endpoint, params)
+
+
+def pushed_authorization_request(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    params: Mapping[str, str],
+    *,
+    now: float,
+) -> HttpRequest:
+    """POST the authorization parameters to the PAR endpoint (RFC 9126 §2), authenticated.
+
+    ``params`` comes from :func:`authorization_params`. The response is read with
+    :func:`parse_par_response`; then send the user to :func:`par_authorization_url`.
+    """
+    endpoint = desc.pushed_authorization_request_endpoint
+    if endpoint is None:
+        raise ConfigurationError(f"provider {desc.id!r} has no PAR endpoint")
+    _require_ready(desc, endpoint, "pushed_authorization_request_endpoint")
+    body = dict(params)
+    return _authenticated_request(desc, client, body, url=endpoint, now=now, purpose="par")
+
+
+def parse_par_response(response: HttpResponse, *, now: float) -> tuple[str, float]:
+    """``(request_uri, expires_at)`` from a PAR response (RFC 9126 §2.2), or raise."""
+    if not 200 <= response.status_code < 300:
+        raise classify_error(response, now=now)
+    data = _decode_body(response)
+    if data is None:
+        raise MalformedResponse(
+            "malformed_response",
+            error_description="PAR response is not a JSON object",
+            status_code=response.status_code,
+        )
+    failure = _error_from_data(data, response, None)
+    if failure is not None:
+        raise failure
+    request_uri = data.get("request_uri")
+    seconds = _coerce_seconds(data.get("expires_in"))
+    if not isinstance(request_uri, str) or not request_uri or seconds is None or seconds <= 0:
+        raise MalformedResponse(
+            "malformed_response",
+            error_description="PAR response needs request_uri and a positive expires_in",
+            status_code=response.status_code,
+        )
+    return request_uri, now + min(seconds, MAX_TTL)
+
+
+def par_authorization_url(
+    desc: ProviderDescriptor, client: ClientConfig, *, request_uri: str
+) -> str:
+    """The authorization URL after PAR: only ``client_id`` and ``request_uri`` (RFC 9126 §4)."""
+    endpoint = _authorize_endpoint(desc)
+    params = _renamed(desc, {"client_id": client.client_id, "request_uri": request_uri})
+    return _with_query(endpoint, params)
 
 
 def callback_metadata(desc: ProviderDescriptor, query: Mapping[str, str]) -> dict[str, JSONValue]:
@@ -472,6 +554,35 @@ def revocation_request(
     )
 
 
+def introspection_request(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    *,
+    token: str,
+    token_type_hint: str | None = "access_token",
+    now: float | None = None,
+) -> HttpRequest:
+    """An RFC 7662 introspection request, authenticated like the token endpoint.
+
+    Useful where responses carry no ``expires_in`` (Salesforce). ``now`` only signs JWT
+    client assertions (default: the wall clock).
+    """
+    if desc.introspection_endpoint is None:
+        raise ConfigurationError(f"provider {desc.id!r} has no introspection_endpoint")
+    _require_ready(desc, desc.introspection_endpoint, "introspection_endpoint")
+    body = {"token": token}
+    if token_type_hint:
+        body["token_type_hint"] = token_type_hint
+    return _authenticated_request(
+        desc,
+        client,
+        body,
+        url=desc.introspection_endpoint,
+        now=time.time() if now is None else now,
+        purpose="introspection",
+    )
+
+
 # -- responses -------------------------------------------------------------------------------
 @dataclass(frozen=True, slots=True, repr=False)
 class TokenResponse:
@@ -576,7 +687,10 @@ def parse_retry_after(response: HttpResponse, *, now: float | None = None) -> fl
 
 
 def _error_from_data(
-    data: Mapping[str, Any], response: HttpResponse, retry_after: float | None
+    data: Mapping[str, Any],
+    response: HttpResponse,
+    retry_after: float | None,
+    aliases: Mapping[str, str] | None = None,
 ) -> ProviderError | None:
     error = data.get("error")
     if data.get("ok") is False and not error:
@@ -588,7 +702,8 @@ def _error_from_data(
     if not error or not isinstance(error, str | int):
         return None
     code = str(error)[:100]
-    cls = _ERROR_CLASSES.get(code.lower(), ProviderError)
+    standard = (aliases or {}).get(code, code)
+    cls = _ERROR_CLASSES.get(standard.lower(), ProviderError)
     uri = data.get("error_uri")
     return cls(
         code,
@@ -599,10 +714,17 @@ def _error_from_data(
     )
 
 
-def classify_error(response: HttpResponse, *, now: float | None = None) -> ProviderError:
+def classify_error(
+    response: HttpResponse,
+    *,
+    now: float | None = None,
+    aliases: Mapping[str, str] | None = None,
+) -> ProviderError:
     """Map an error response to the exception tree (C5, quirk 24).
 
-    1. An RFC 6749 §5.2 ``error`` member (or Slack ``ok: false``) decides the class.
+    1. An RFC 6749 §5.2 ``error`` member (or Slack ``ok: false``) decides the class;
+       ``aliases`` (a descriptor's ``error_aliases``) first maps provider-specific codes to
+       RFC codes. The exception's ``error`` keeps the provider's own code.
     2. Otherwise a non-OAuth body (HTML, unparseable, empty) gives
        ``error="non_oauth_response"`` with a truncated, redacted ``body_preview``.
     3. The HTTP status decides the class: 429 / 408 / 5xx (and 2xx/3xx) →
@@ -614,7 +736,7 @@ def classify_error(response: HttpResponse, *, now: float | None = None) -> Provi
     retry_after = parse_retry_after(response, now=now)
     data = _decode_body(response)
     if data is not None:
-        classified = _error_from_data(data, response, retry_after)
+        classified = _error_from_data(data, response, retry_after, aliases)
         if classified is not None:
             return classified
     status = response.status_code
@@ -737,7 +859,7 @@ def parse_token_response(
     :class:`~oauth2_broker_mw.UnsupportedTokenType` (C4).
     """
     if not 200 <= response.status_code < 300:
-        raise classify_error(response, now=now)
+        raise classify_error(response, now=now, aliases=desc.error_aliases)
     data = _decode_body(response)
     if data is None:
         raise MalformedResponse(
@@ -747,7 +869,9 @@ def parse_token_response(
             body_preview=redact_preview(response.body.decode("utf-8", "replace")),
         )
     if desc.errors_with_200 or "access_token" not in data:
-        failure = _error_from_data(data, response, parse_retry_after(response, now=now))
+        failure = _error_from_data(
+            data, response, parse_retry_after(response, now=now), desc.error_aliases
+        )
         if failure is not None:
             raise failure
 
@@ -824,6 +948,54 @@ def _strip_secrets(value: object) -> JSONValue:
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
+
+
+@dataclass(frozen=True, slots=True)
+class Introspection:
+    """An RFC 7662 introspection result. An inactive token has ``active=False`` and nothing else."""
+
+    active: bool
+    expires_at: float | None = None
+    scopes: ScopeSet | None = None
+    client_id: str | None = None
+    subject: str | None = None
+    token_type: str | None = None
+    claims: dict[str, JSONValue] = field(default_factory=dict)
+
+
+def parse_introspection_response(
+    desc: ProviderDescriptor, response: HttpResponse, *, now: float
+) -> Introspection:
+    """Read an RFC 7662 response; ``active`` must be the JSON ``true`` to count as active."""
+    if not 200 <= response.status_code < 300:
+        raise classify_error(response, now=now, aliases=desc.error_aliases)
+    data = _decode_body(response)
+    if data is None:
+        raise MalformedResponse(
+            "malformed_response",
+            error_description="introspection response is not a JSON object",
+            status_code=response.status_code,
+        )
+    failure = _error_from_data(data, response, None, desc.error_aliases)
+    if failure is not None:
+        raise failure
+    if data.get("active") is not True:
+        return Introspection(active=False)
+    exp = _coerce_seconds(data.get("exp"))
+
+    def opt_str(name: str) -> str | None:
+        value = data.get(name)
+        return value if isinstance(value, str) else None
+
+    return Introspection(
+        active=True,
+        expires_at=None if exp is None or exp <= 0 else min(exp, now + MAX_TTL),
+        scopes=_parse_scope(data.get("scope"), desc.scope_delimiter),
+        client_id=opt_str("client_id"),
+        subject=opt_str("sub"),
+        token_type=opt_str("token_type"),
+        claims=_strip_secrets(data),  # type: ignore[arg-type]
+    )
 
 
 # -- WWW-Authenticate ------------------------------------------------------------------------
@@ -930,6 +1102,7 @@ def verify_id_token(
     now: float,
     algorithms: Sequence[str] = ("RS256", "ES256", "PS256"),
     leeway: float = 60.0,
+    access_token: str | None = None,
 ) -> dict[str, JSONValue]:
     """Verify an OIDC ID token and return its claims (OIDC Core §3.1.3.7, SECURITY E1-E4).
 
@@ -937,7 +1110,8 @@ def verify_id_token(
     are ignored), the ``alg`` must be one of ``algorithms`` (never ``none`` or an HMAC alg),
     ``iss`` must equal ``issuer`` exactly, ``aud`` must contain ``client_id`` (``azp`` must
     equal it when present or when there are several audiences), ``exp`` and ``iat`` are
-    checked with ``leeway``, and ``nonce`` must match when given. Failures raise
+    checked with ``leeway``, and ``nonce`` must match when given. When ``access_token`` is
+    given and the token has an ``at_hash`` claim, it must match (OIDC Core §3.1.3.8). Failures raise
     :class:`AuthorizationFlowError` with code ``id_token_invalid`` or ``nonce_mismatch``.
     An unknown ``kid`` also fails: the caller may refresh the JWKS (rate-limited) and retry.
     """
@@ -1006,4 +1180,21 @@ def verify_id_token(
             claimed.encode(), nonce.encode()
         ):
             raise AuthorizationFlowError("nonce_mismatch", "ID token nonce does not match")
+    at_hash = claims.get("at_hash")
+    if (
+        access_token is not None
+        and at_hash is not None
+        and (
+            not isinstance(at_hash, str)
+            or not hmac.compare_digest(at_hash.encode(), _token_hash(access_token, alg).encode())
+        )
+    ):
+        raise _id_token_error("ID token at_hash does not match the access token")
     return claims
+
+
+def _token_hash(value: str, alg: str) -> str:
+    """OIDC ``at_hash`` / ``c_hash``: base64url of the left half of the alg's SHA digest."""
+    bits = {"256": hashlib.sha256, "384": hashlib.sha384, "512": hashlib.sha512}[alg[-3:]]
+    digest = bits(value.encode("utf-8")).digest()
+    return base64.urlsafe_b64encode(digest[: len(digest) // 2]).rstrip(b"=").decode("ascii")

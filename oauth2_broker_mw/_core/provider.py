@@ -88,7 +88,9 @@ _ENDPOINT_FIELDS: Final = (
     "userinfo_endpoint",
     "jwks_uri",
     "refresh_endpoint",
+    "pushed_authorization_request_endpoint",
 )
+_METADATA_ENDPOINTS: Final = tuple(n for n in _ENDPOINT_FIELDS if n != "refresh_endpoint")
 _JWT_ALGS: Final = frozenset(
     {
         "HS256",
@@ -239,7 +241,7 @@ def _origin(name: str, value: str) -> str:
     return value.rstrip("/")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class ProviderDescriptor:
     """Everything the broker must know about one authorization server, quirks included.
 
@@ -288,6 +290,11 @@ class ProviderDescriptor:
     token_type_aliases: Mapping[str, str] = field(default_factory=dict)
     """Provider-specific ``token_type`` values to map, e.g. Slack ``{"bot": "Bearer"}``."""
     display_name: str | None = None
+    error_aliases: Mapping[str, str] = field(default_factory=dict)
+    """Provider error codes mapped to RFC 6749 codes: ``{"bad_refresh_token": "invalid_grant"}``."""
+    pushed_authorization_request_endpoint: str | None = None
+    """RFC 9126 PAR endpoint; with it, :func:`~oauth2_broker_mw._core.oauth` can push params."""
+    require_pushed_authorization_requests: bool = False
 
     def __post_init__(self) -> None:
         try:
@@ -338,6 +345,7 @@ class ProviderDescriptor:
             "scope_on_refresh",
             "errors_with_200",
             "authorization_response_iss_parameter_supported",
+            "require_pushed_authorization_requests",
         ):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be true or false")
@@ -355,7 +363,13 @@ class ProviderDescriptor:
                 _number("refresh_margin", self.refresh_margin, minimum=0, strict=False),
             )
 
-        for name in ("authorize_params", "token_params", "param_renames", "token_type_aliases"):
+        for name in (
+            "authorize_params",
+            "token_params",
+            "param_renames",
+            "token_type_aliases",
+            "error_aliases",
+        ):
             set_(self, name, _str_map(name, getattr(self, name)))
         set_(self, "token_path", _str_tuple("token_path", self.token_path, split="."))
         set_(
@@ -376,6 +390,34 @@ class ProviderDescriptor:
             )
         if self.display_name is not None and not isinstance(self.display_name, str):
             raise ConfigurationError("display_name must be a string")
+        if (
+            self.require_pushed_authorization_requests
+            and self.pushed_authorization_request_endpoint is None
+        ):
+            raise ConfigurationError(
+                "require_pushed_authorization_requests needs a "
+                "pushed_authorization_request_endpoint"
+            )
+
+    def __repr__(self) -> str:
+        # Only the fields that differ from their defaults: short enough for a log line.
+        parts = [f"id={self.id!r}", f"token_endpoint={self.token_endpoint!r}"]
+        for f in dataclasses.fields(self):
+            if f.name in ("id", "token_endpoint"):
+                continue
+            value = getattr(self, f.name)
+            if f.default is not dataclasses.MISSING:
+                default: object = f.default
+            elif f.default_factory is not dataclasses.MISSING:
+                default = f.default_factory()
+            else:  # pragma: no cover - every other field has a default
+                default = None
+            if value != default:
+                shown = value.value if isinstance(value, enum.Enum) else value
+                if isinstance(value, tuple):
+                    shown = tuple(v.value if isinstance(v, enum.Enum) else v for v in value)
+                parts.append(f"{f.name}={shown!r}")
+        return f"ProviderDescriptor({', '.join(parts)})"
 
     def __hash__(self) -> int:
         return hash((self.id, self.token_endpoint, self.authorization_endpoint))
@@ -539,7 +581,7 @@ class ProviderDescriptor:
                 f"issuer {expected_issuer[:200]!r} (RFC 8414 §3.3)"
             )
         values: dict[str, Any] = {"id": id, "issuer": issuer}
-        for name in _ENDPOINT_FIELDS[:-1]:
+        for name in _METADATA_ENDPOINTS:
             value = doc.get(name)
             if value is not None:
                 values[name] = value
@@ -568,6 +610,8 @@ class ProviderDescriptor:
         values["authorization_response_iss_parameter_supported"] = (
             doc.get("authorization_response_iss_parameter_supported") is True
         )
+        if doc.get("require_pushed_authorization_requests") is True:
+            values["require_pushed_authorization_requests"] = True
 
         auth_methods = doc.get("token_endpoint_auth_methods_supported")
         if isinstance(auth_methods, list) and auth_methods:
@@ -628,7 +672,7 @@ def parse_metadata(document: bytes | str | Mapping[str, object]) -> dict[str, JS
     if not isinstance(data, Mapping):
         raise ConfigurationError("discovery document must be a JSON object")
     out: dict[str, JSONValue] = {str(k): v for k, v in data.items()}
-    for name in ("issuer", *_ENDPOINT_FIELDS[:-1], "pushed_authorization_request_endpoint"):
+    for name in ("issuer", *_METADATA_ENDPOINTS):
         value = out.get(name)
         if value is not None and not isinstance(value, str):
             raise ConfigurationError(f"discovery document member {name} must be a string")
