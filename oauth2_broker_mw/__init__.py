@@ -49,6 +49,7 @@ from ._core.provider import (
     PkceMode,
     ProviderDescriptor,
 )
+from .auth import BrokerAuth, InsufficientScopeEvent
 from .broker import Broker
 from .stores import MemoryStore, SQLiteStore, TokenStore
 
@@ -60,6 +61,7 @@ __all__ = [
     "AuthorizationRequired",
     "BodyFormat",
     "Broker",
+    "BrokerAuth",
     "BrokerError",
     "ClientAuthMethod",
     "ConfigurationError",
@@ -67,6 +69,7 @@ __all__ = [
     "ExpiryPolicy",
     "GrantType",
     "InsufficientScope",
+    "InsufficientScopeEvent",
     "InvalidClient",
     "InvalidGrant",
     "InvalidIdentifier",
