@@ -20,6 +20,7 @@ from typing import Any
 from ._core.effects import Effect, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
 from ._core.errors import BrokerError, StorageError, TransportError
 from .stores.base import TokenStore
+from .telemetry import Telemetry
 
 __all__ = ["AsyncDriver", "SyncDriver"]
 
@@ -78,11 +79,15 @@ class SyncDriver:
         *,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], None] = time.sleep,
+        telemetry: Telemetry | None = None,
+        provider: str = "",
     ) -> None:
         self._store = store
         self._client = client
         self._clock = clock
         self._sleep = sleep
+        self._telemetry = telemetry or Telemetry()
+        self._provider = provider
 
     def run(self, flow: Any) -> Any:
         send: Any = None
@@ -108,7 +113,12 @@ class SyncDriver:
             except Exception as exc:
                 raise StorageError(f"store {effect.op} failed: {type(exc).__name__}") from exc
         if isinstance(effect, HttpRequest):
-            with self._renewing(effect.hold):
+            with (
+                self._renewing(effect.hold),
+                self._telemetry.provider_request(
+                    effect.purpose, self._provider, effect.method
+                ) as record,
+            ):
                 try:
                     raw = self._client().request(
                         effect.method,
@@ -121,6 +131,7 @@ class SyncDriver:
                     if _is_client_error(exc):
                         raise _transport_error(effect, exc) from exc
                     raise
+                record(raw.status_code)
             return _to_response(raw)
         if isinstance(effect, Sleep):
             self._sleep(effect.seconds)
@@ -164,10 +175,14 @@ class AsyncDriver:
         client: Callable[[], Any],
         *,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
+        provider: str = "",
     ) -> None:
         self._store = store
         self._client = client
         self._clock = clock
+        self._telemetry = telemetry or Telemetry()
+        self._provider = provider
 
     async def run(self, flow: Any) -> Any:
         send: Any = None
@@ -193,19 +208,23 @@ class AsyncDriver:
             except Exception as exc:
                 raise StorageError(f"store {effect.op} failed: {type(exc).__name__}") from exc
         if isinstance(effect, HttpRequest):
-            async with self._renewing(effect.hold):
-                try:
-                    raw = await self._client().request(
-                        effect.method,
-                        effect.url,
-                        headers=dict(effect.headers),
-                        content=effect.body,
-                        follow_redirects=False,
-                    )
-                except Exception as exc:
-                    if _is_client_error(exc):
-                        raise _transport_error(effect, exc) from exc
-                    raise
+            with self._telemetry.provider_request(
+                effect.purpose, self._provider, effect.method
+            ) as record:
+                async with self._renewing(effect.hold):
+                    try:
+                        raw = await self._client().request(
+                            effect.method,
+                            effect.url,
+                            headers=dict(effect.headers),
+                            content=effect.body,
+                            follow_redirects=False,
+                        )
+                    except Exception as exc:
+                        if _is_client_error(exc):
+                            raise _transport_error(effect, exc) from exc
+                        raise
+                record(raw.status_code)
             return _to_response(raw)
         if isinstance(effect, Sleep):
             await asyncio.sleep(effect.seconds)

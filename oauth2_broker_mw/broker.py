@@ -47,6 +47,7 @@ from ._core.provider import ClientConfig, ProviderDescriptor
 from ._drivers import AsyncDriver, SyncDriver
 from ._singleflight import SingleFlight
 from .stores.base import TokenStore
+from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     import httpx
@@ -94,6 +95,7 @@ class Broker:
         timeout: float = 10.0,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -128,8 +130,13 @@ class Broker:
         self._cache: cachetools.FIFOCache[str, _Cached] = cachetools.FIFOCache(cache_size)
         self._cache_lock = threading.Lock()
         self._flights: SingleFlight[Lease] = SingleFlight(wait_timeout=lock_wait + 3 * timeout)
-        self._sync = SyncDriver(store, self._sync_client, clock=clock)
-        self._async = AsyncDriver(store, self._async_client, clock=clock)
+        self._telemetry = telemetry or Telemetry()
+        self._sync = SyncDriver(
+            store, self._sync_client, clock=clock, telemetry=self._telemetry, provider=provider.id
+        )
+        self._async = AsyncDriver(
+            store, self._async_client, clock=clock, telemetry=self._telemetry, provider=provider.id
+        )
         self._key_for = functools.lru_cache(maxsize=4096)(self._build_key)
 
     # -- properties ---------------------------------------------------------------------------
@@ -252,11 +259,12 @@ class Broker:
         flow_key = self._flight_key(key, force_refresh, _stale)
 
         def work() -> Lease:
-            return self._remember(
-                self._sync.run(
-                    obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
+            with self._telemetry.operation("lease", self._provider.id):
+                return self._remember(
+                    self._sync.run(
+                        obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
+                    )
                 )
-            )
 
         try:
             lease = self._flights.do(flow_key, work)
@@ -282,11 +290,12 @@ class Broker:
         flow_key = self._flight_key(key, force_refresh, _stale)
 
         async def work() -> Lease:
-            return self._remember(
-                await self._async.run(
-                    obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
+            with self._telemetry.operation("lease", self._provider.id):
+                return self._remember(
+                    await self._async.run(
+                        obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
+                    )
                 )
-            )
 
         try:
             lease = await self._flights.ado(flow_key, work)
@@ -365,7 +374,8 @@ class Broker:
             redirect_uri=redirect_uri,
             extra_params=extra_params,
         )
-        result: AuthorizationRequest = self._sync.run(flow)
+        with self._telemetry.operation("start_authorization", self._provider.id):
+            result: AuthorizationRequest = self._sync.run(flow)
         return result
 
     async def astart_authorization(
@@ -386,7 +396,8 @@ class Broker:
             redirect_uri=redirect_uri,
             extra_params=extra_params,
         )
-        result: AuthorizationRequest = await self._async.run(flow)
+        with self._telemetry.operation("start_authorization", self._provider.id):
+            result: AuthorizationRequest = await self._async.run(flow)
         return result
 
     def exchange_code(
@@ -398,11 +409,12 @@ class Broker:
         callback_params: Mapping[str, str] | None = None,
     ) -> TokenRecord:
         """Finish a login started with :meth:`start_authorization`; stores the tokens."""
-        record: TokenRecord = self._sync.run(
-            exchange_code_flow(
-                self._config, state=state, code=code, iss=iss, callback_params=callback_params
+        with self._telemetry.operation("exchange_code", self._provider.id):
+            record: TokenRecord = self._sync.run(
+                exchange_code_flow(
+                    self._config, state=state, code=code, iss=iss, callback_params=callback_params
+                )
             )
-        )
         self._remember(record)
         return record
 
@@ -415,11 +427,12 @@ class Broker:
         callback_params: Mapping[str, str] | None = None,
     ) -> TokenRecord:
         """Async :meth:`exchange_code`."""
-        record: TokenRecord = await self._async.run(
-            exchange_code_flow(
-                self._config, state=state, code=code, iss=iss, callback_params=callback_params
+        with self._telemetry.operation("exchange_code", self._provider.id):
+            record: TokenRecord = await self._async.run(
+                exchange_code_flow(
+                    self._config, state=state, code=code, iss=iss, callback_params=callback_params
+                )
             )
-        )
         self._remember(record)
         return record
 
@@ -429,7 +442,8 @@ class Broker:
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         self._forget(key)
         try:
-            revoked: bool = self._sync.run(revoke_flow(self._config, key))
+            with self._telemetry.operation("revoke", self._provider.id):
+                revoked: bool = self._sync.run(revoke_flow(self._config, key))
         finally:
             self._forget(key)
         return revoked
@@ -439,7 +453,8 @@ class Broker:
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         self._forget(key)
         try:
-            revoked: bool = await self._async.run(revoke_flow(self._config, key))
+            with self._telemetry.operation("revoke", self._provider.id):
+                revoked: bool = await self._async.run(revoke_flow(self._config, key))
         finally:
             self._forget(key)
         return revoked
