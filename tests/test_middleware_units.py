@@ -201,3 +201,22 @@ def test_reprs_of_internal_responses_hide_cookies_and_state(broker: Broker) -> N
     assert state not in repr(response)
     assert cookie.split("=", 1)[1][:20] not in repr(response)
     assert "302" in repr(response)
+
+
+def test_public_names_of_the_middleware_package() -> None:
+    import oauth2_broker_mw.middleware as middleware
+
+    assert sorted(middleware.__all__) == [
+        "BrokerContext",
+        "BrokerMiddleware",
+        "BrokerRequest",
+        "BrokerWSGIMiddleware",
+        "PrincipalResolver",
+        "TenantResolver",
+        "header_tenant",
+        "path_prefix_tenant",
+        "safe_return_to",
+        "subdomain_tenant",
+    ]
+    for name in middleware.__all__:
+        assert getattr(middleware, name) is not None
