@@ -69,7 +69,60 @@ def _store_call(op: StoreOp) -> str:
     return op.op
 
 
-class SyncDriver:
+class _Driver:
+    """What both drivers share: configuration and every step that has no ``await`` in it."""
+
+    def __init__(
+        self,
+        store: TokenStore,
+        client: Callable[[], Any],
+        *,
+        clock: Callable[[], float] = time.time,
+        telemetry: Telemetry | None = None,
+        provider: str = "",
+    ) -> None:
+        self._store = store
+        self._client = client
+        self._clock = clock
+        self._telemetry = telemetry or Telemetry()
+        self._provider = provider
+
+    @staticmethod
+    def _advance(flow: Any, send: Any, error: BaseException | None) -> tuple[bool, Any]:
+        """Resume the flow: ``(True, result)`` when it finished, else ``(False, effect)``."""
+        try:
+            return False, (flow.send(send) if error is None else flow.throw(error))
+        except StopIteration as stop:
+            return True, stop.value
+
+    @staticmethod
+    def _store_failure(effect: StoreOp, exc: Exception) -> BrokerError:
+        return StorageError(f"store {effect.op} failed: {type(exc).__name__}")
+
+    @staticmethod
+    def _http_failure(effect: HttpRequest, exc: Exception) -> Exception:
+        return _transport_error(effect, exc) if _is_client_error(exc) else exc
+
+    @staticmethod
+    def _request_kwargs(effect: HttpRequest) -> dict[str, Any]:
+        return {
+            "headers": dict(effect.headers),
+            "content": effect.body,
+            "follow_redirects": False,
+        }
+
+    @staticmethod
+    def _renewed(ok: bool | BrokerError) -> bool:
+        """Log a failed renewal; ``False`` stops the renewal loop."""
+        if isinstance(ok, BrokerError):
+            log.warning("could not renew refresh lock: %s", ok)
+            return True
+        if not ok:
+            log.warning("refresh lock lost while the provider call was in flight")
+        return ok
+
+
+class SyncDriver(_Driver):
     """Runs a flow on the calling thread."""
 
     def __init__(
@@ -82,36 +135,32 @@ class SyncDriver:
         telemetry: Telemetry | None = None,
         provider: str = "",
     ) -> None:
-        self._store = store
-        self._client = client
-        self._clock = clock
+        super().__init__(store, client, clock=clock, telemetry=telemetry, provider=provider)
         self._sleep = sleep
-        self._telemetry = telemetry or Telemetry()
-        self._provider = provider
 
     def run(self, flow: Any) -> Any:
         send: Any = None
         error: BaseException | None = None
         while True:
-            try:
-                effect: Effect = flow.send(send) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value
+            done, item = self._advance(flow, send, error)
+            if done:
+                return item
             send, error = None, None
             try:
-                send = self._execute(effect)
+                send = self._execute(item)
             except BrokerError as exc:
                 error = exc
 
     def _execute(self, effect: Effect) -> Any:
         if isinstance(effect, StoreOp):
-            method = getattr(self._store, _store_call(effect))
             try:
-                return method(*effect.args, **dict(effect.kwargs))
+                return getattr(self._store, _store_call(effect))(
+                    *effect.args, **dict(effect.kwargs)
+                )
             except BrokerError:
                 raise
             except Exception as exc:
-                raise StorageError(f"store {effect.op} failed: {type(exc).__name__}") from exc
+                raise self._store_failure(effect, exc) from exc
         if isinstance(effect, HttpRequest):
             with (
                 self._renewing(effect.hold),
@@ -121,16 +170,10 @@ class SyncDriver:
             ):
                 try:
                     raw = self._client().request(
-                        effect.method,
-                        effect.url,
-                        headers=dict(effect.headers),
-                        content=effect.body,
-                        follow_redirects=False,
+                        effect.method, effect.url, **self._request_kwargs(effect)
                     )
                 except Exception as exc:
-                    if _is_client_error(exc):
-                        raise _transport_error(effect, exc) from exc
-                    raise
+                    raise self._http_failure(effect, exc) from exc
                 record(raw.status_code)
             return _to_response(raw)
         if isinstance(effect, Sleep):
@@ -151,11 +194,11 @@ class SyncDriver:
         def renew() -> None:
             while not stop.wait(hold.ttl / 3):
                 try:
-                    if not store.renew_lock(hold.name, hold.owner, hold.ttl):
-                        log.warning("refresh lock lost while the provider call was in flight")
-                        return
+                    ok: bool | BrokerError = store.renew_lock(hold.name, hold.owner, hold.ttl)
                 except BrokerError as exc:
-                    log.warning("could not renew refresh lock: %s", exc)
+                    ok = exc
+                if not self._renewed(ok):
+                    return
 
         thread = threading.Thread(target=renew, name="oauth2-broker-lock-renewal", daemon=True)
         thread.start()
@@ -166,47 +209,31 @@ class SyncDriver:
             thread.join()
 
 
-class AsyncDriver:
+class AsyncDriver(_Driver):
     """Runs a flow as a task on the running event loop; never blocks it."""
-
-    def __init__(
-        self,
-        store: TokenStore,
-        client: Callable[[], Any],
-        *,
-        clock: Callable[[], float] = time.time,
-        telemetry: Telemetry | None = None,
-        provider: str = "",
-    ) -> None:
-        self._store = store
-        self._client = client
-        self._clock = clock
-        self._telemetry = telemetry or Telemetry()
-        self._provider = provider
 
     async def run(self, flow: Any) -> Any:
         send: Any = None
         error: BaseException | None = None
         while True:
-            try:
-                effect: Effect = flow.send(send) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value
+            done, item = self._advance(flow, send, error)
+            if done:
+                return item
             send, error = None, None
             try:
-                send = await self._execute(effect)
+                send = await self._execute(item)
             except BrokerError as exc:
                 error = exc
 
     async def _execute(self, effect: Effect) -> Any:
         if isinstance(effect, StoreOp):
-            method = getattr(self._store, "a" + _store_call(effect))
             try:
+                method = getattr(self._store, "a" + _store_call(effect))
                 return await method(*effect.args, **dict(effect.kwargs))
             except BrokerError:
                 raise
             except Exception as exc:
-                raise StorageError(f"store {effect.op} failed: {type(exc).__name__}") from exc
+                raise self._store_failure(effect, exc) from exc
         if isinstance(effect, HttpRequest):
             with self._telemetry.provider_request(
                 effect.purpose, self._provider, effect.method
@@ -214,16 +241,10 @@ class AsyncDriver:
                 async with self._renewing(effect.hold):
                     try:
                         raw = await self._client().request(
-                            effect.method,
-                            effect.url,
-                            headers=dict(effect.headers),
-                            content=effect.body,
-                            follow_redirects=False,
+                            effect.method, effect.url, **self._request_kwargs(effect)
                         )
                     except Exception as exc:
-                        if _is_client_error(exc):
-                            raise _transport_error(effect, exc) from exc
-                        raise
+                        raise self._http_failure(effect, exc) from exc
                 record(raw.status_code)
             return _to_response(raw)
         if isinstance(effect, Sleep):
@@ -244,11 +265,13 @@ class AsyncDriver:
             while True:
                 await asyncio.sleep(hold.ttl / 3)
                 try:
-                    if not await store.arenew_lock(hold.name, hold.owner, hold.ttl):
-                        log.warning("refresh lock lost while the provider call was in flight")
-                        return
+                    ok: bool | BrokerError = await store.arenew_lock(
+                        hold.name, hold.owner, hold.ttl
+                    )
                 except BrokerError as exc:
-                    log.warning("could not renew refresh lock: %s", exc)
+                    ok = exc
+                if not self._renewed(ok):
+                    return
 
         task = asyncio.create_task(renew(), name="oauth2-broker-lock-renewal")
         try:

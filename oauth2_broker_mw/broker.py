@@ -223,6 +223,19 @@ class Broker:
         return client
 
     # -- leases -------------------------------------------------------------------------------
+    def _plan(
+        self, key: StoreKey, scopes: ScopesArg, force: bool, stale: Secret | None
+    ) -> Lease | tuple[str, Callable[[], Any]]:
+        """The cached lease when it will do; else the singleflight key and the flow to run."""
+        if not force and stale is None:
+            cached = self.cached_lease(key)
+            if cached is not None:
+                return cached
+        requested = self._scopes(scopes)
+        return self._flight_key(key, force, stale), functools.partial(
+            obtain_flow, self._config, key, requested, force=force, stale=stale
+        )
+
     def _flight_key(self, key: StoreKey, force: bool, stale: Secret | None) -> str:
         if stale is not None:
             digest = hashlib.sha256(stale.get_secret_value().encode()).hexdigest()[:32]
@@ -251,23 +264,17 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key` (sync)."""
-        if not force_refresh and _stale is None:
-            cached = self.cached_lease(key)
-            if cached is not None:
-                return _check_required(cached, required_scopes)
-        requested = self._scopes(scopes)
-        flow_key = self._flight_key(key, force_refresh, _stale)
+        plan = self._plan(key, scopes, force_refresh, _stale)
+        if isinstance(plan, Lease):
+            return _check_required(plan, required_scopes)
+        flight, flow = plan
 
         def work() -> Lease:
             with self._telemetry.operation("lease", self._provider.id):
-                return self._remember(
-                    self._sync.run(
-                        obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
-                    )
-                )
+                return self._remember(self._sync.run(flow()))
 
         try:
-            lease = self._flights.do(flow_key, work)
+            lease = self._flights.do(flight, work)
         except InvalidGrant as exc:
             raise self._auth_required(key, exc) from exc
         return _check_required(lease, required_scopes)
@@ -282,23 +289,17 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`alease` for a key built with :meth:`key` (async)."""
-        if not force_refresh and _stale is None:
-            cached = self.cached_lease(key)
-            if cached is not None:
-                return _check_required(cached, required_scopes)
-        requested = self._scopes(scopes)
-        flow_key = self._flight_key(key, force_refresh, _stale)
+        plan = self._plan(key, scopes, force_refresh, _stale)
+        if isinstance(plan, Lease):
+            return _check_required(plan, required_scopes)
+        flight, flow = plan
 
         async def work() -> Lease:
             with self._telemetry.operation("lease", self._provider.id):
-                return self._remember(
-                    await self._async.run(
-                        obtain_flow(self._config, key, requested, force=force_refresh, stale=_stale)
-                    )
-                )
+                return self._remember(await self._async.run(flow()))
 
         try:
-            lease = await self._flights.ado(flow_key, work)
+            lease = await self._flights.ado(flight, work)
         except InvalidGrant as exc:
             raise self._auth_required(key, exc) from exc
         return _check_required(lease, required_scopes)
@@ -356,6 +357,23 @@ class Broker:
         return await self._async.run(_read_flow(key)) or _missing(key)
 
     # -- authorization code -------------------------------------------------------------------
+    def _start_flow(
+        self,
+        tenant: str,
+        principal: str | None,
+        scopes: ScopesArg,
+        redirect_uri: str,
+        extra_params: Mapping[str, str] | None,
+    ) -> Any:
+        return start_authorization_flow(
+            self._config,
+            tenant=TenantId(tenant),
+            principal=None if principal is None else PrincipalId(principal),
+            scopes=self._scopes(scopes),
+            redirect_uri=redirect_uri,
+            extra_params=extra_params,
+        )
+
     def start_authorization(
         self,
         *,
@@ -366,14 +384,7 @@ class Broker:
         extra_params: Mapping[str, str] | None = None,
     ) -> AuthorizationRequest:
         """Begin a login: returns the provider URL; state, PKCE verifier and nonce are kept."""
-        flow = start_authorization_flow(
-            self._config,
-            tenant=TenantId(tenant),
-            principal=None if principal is None else PrincipalId(principal),
-            scopes=self._scopes(scopes),
-            redirect_uri=redirect_uri,
-            extra_params=extra_params,
-        )
+        flow = self._start_flow(tenant, principal, scopes, redirect_uri, extra_params)
         with self._telemetry.operation("start_authorization", self._provider.id):
             result: AuthorizationRequest = self._sync.run(flow)
         return result
@@ -388,14 +399,7 @@ class Broker:
         extra_params: Mapping[str, str] | None = None,
     ) -> AuthorizationRequest:
         """Async :meth:`start_authorization`."""
-        flow = start_authorization_flow(
-            self._config,
-            tenant=TenantId(tenant),
-            principal=None if principal is None else PrincipalId(principal),
-            scopes=self._scopes(scopes),
-            redirect_uri=redirect_uri,
-            extra_params=extra_params,
-        )
+        flow = self._start_flow(tenant, principal, scopes, redirect_uri, extra_params)
         with self._telemetry.operation("start_authorization", self._provider.id):
             result: AuthorizationRequest = await self._async.run(flow)
         return result
