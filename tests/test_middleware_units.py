@@ -220,3 +220,34 @@ def test_public_names_of_the_middleware_package() -> None:
     ]
     for name in middleware.__all__:
         assert getattr(middleware, name) is not None
+
+
+def test_providers_without_configured_scopes_use_the_descriptors_defaults() -> None:
+    from oauth2_broker_mw.middleware._core import Response, drive
+
+    mp = MockProvider()
+    broker = Broker(
+        mp.descriptor(default_scopes=("openid", "profile")),
+        client_id="test-client",
+        client_secret="test-secret",
+    )
+    core = BrokerMiddleware(
+        lambda *a: None, brokers={"acme": broker}, secret_key=KEY, base_url="https://a.example"
+    ).core
+    assert core.scopes_for("acme") == ("openid", "profile")
+    request = BrokerRequest(
+        method="GET",
+        path="/oauth2/acme/login",
+        query_string="",
+        headers=dict,
+        client_host=None,
+        raw={},
+    )
+    route = core.match(request.path)
+    assert route is not None
+    response = drive(core.handle(route, request))
+    assert isinstance(response, Response)
+    location = dict(response.headers)["location"]
+    assert "scope=openid%20profile" in location
+    assert "nonce=" in location  # openid is among the defaults
+    mp.close()

@@ -529,7 +529,10 @@ class MiddlewareCore:
         unknown = set(scopes) - set(self.brokers)
         if unknown:
             raise ConfigurationError(f"scopes given for unknown providers: {sorted(unknown)}")
-        self._scopes: dict[str, tuple[str, ...]] = {}
+        # Without scopes[name], a login asks for the descriptor's default_scopes.
+        self._scopes: dict[str, tuple[str, ...]] = {
+            name: tuple(broker.provider.default_scopes) for name, broker in self.brokers.items()
+        }
         for name, wanted in scopes.items():
             if isinstance(wanted, str):
                 raise ConfigurationError(f"scopes[{name!r}] must be a list of scope strings")
