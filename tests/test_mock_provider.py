@@ -1488,3 +1488,36 @@ def test_login_form_posts_back_under_a_mount_point() -> None:
 
     asyncio.run(run())
     provider.close()
+
+
+# ---------------------------------------------------------------- reuse interval, timeouts
+
+
+def test_reuse_interval_accepts_the_previous_token_briefly(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
+    mock_provider.reuse_interval = 30
+    tokens = code_flow(client)
+    first = refresh(client, tokens["refresh_token"])
+    again = refresh(client, tokens["refresh_token"])  # a racing worker, within the interval
+    assert (first.status_code, again.status_code) == (200, 200)
+    assert again.json()["refresh_token"] != first.json()["refresh_token"]
+    assert mock_provider.counters["refresh_grace"] == 1
+    assert mock_provider.counters["family_revoked"] == 0
+    mock_provider.advance_time(31)
+    late = refresh(client, tokens["refresh_token"])
+    assert late.json()["error"] == "invalid_grant"
+    assert mock_provider.counters["family_revoked"] == 1
+
+
+def test_in_process_clients_honour_read_timeouts(mock_provider: MockProvider) -> None:
+    mock_provider.faults.add("token", "latency", latency=30, times=2)
+    with mock_provider.client(timeout=0.1) as c, pytest.raises(httpx2.ReadTimeout):
+        _cc(c)
+
+    async def run() -> None:
+        async with mock_provider.async_client(timeout=0.1) as c:
+            with pytest.raises(httpx2.ReadTimeout):
+                await c.post("/token", data={"grant_type": "client_credentials"}, auth=AUTH)
+
+    asyncio.run(run())

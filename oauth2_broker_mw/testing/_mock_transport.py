@@ -2,14 +2,16 @@
 
 Owns: ``LoopThread`` (one background asyncio loop per provider that runs the app for sync
 callers, safe to share between any number of threads), ``SyncASGITransport`` (an
-``httpx2.BaseTransport`` that hands each request to that loop) and ``serve_app`` (uvicorn on an
-ephemeral loopback port in a background thread).
+``httpx2.BaseTransport`` that hands each request to that loop), ``AsyncASGITransport`` (the
+async twin; both honour the request's read timeout) and ``serve_app`` (uvicorn on an ephemeral
+loopback port in a background thread).
 Must not import: the broker core or any store; uvicorn is imported only inside ``serve_app``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import socket
 import threading
 import time
@@ -19,7 +21,7 @@ from typing import Any, TypeVar
 
 import httpx2
 
-__all__ = ["LoopThread", "SyncASGITransport", "serve_app"]
+__all__ = ["AsyncASGITransport", "LoopThread", "SyncASGITransport", "serve_app"]
 
 _T = TypeVar("_T")
 _HOP_BY_HOP = frozenset({"transfer-encoding", "connection", "keep-alive"})
@@ -51,12 +53,19 @@ class LoopThread:
                 self._loop, self._thread = loop, thread
             return self._loop
 
-    def run(self, coro: Coroutine[Any, Any, _T]) -> _T:
+    def run(self, coro: Coroutine[Any, Any, _T], timeout: float | None = None) -> _T:
+        """Run ``coro`` on the loop and wait; ``TimeoutError`` (after cancelling it) if slower
+        than ``timeout`` seconds."""
         loop = self._ensure()
         if threading.current_thread() is self._thread:
             coro.close()
             raise RuntimeError("a sync MockProvider client was used inside the provider's loop")
-        return asyncio.run_coroutine_threadsafe(coro, loop).result()
+        future = asyncio.run_coroutine_threadsafe(coro, loop)
+        try:
+            return future.result(timeout)
+        except concurrent.futures.TimeoutError:
+            future.cancel()
+            raise TimeoutError from None
 
     def close(self) -> None:
         with self._lock:
@@ -99,8 +108,34 @@ class SyncASGITransport(httpx2.BaseTransport):
             await response.aclose()
             return response.status_code, response.headers.raw, content
 
-        status, raw_headers, content = self._loop.run(call())
+        try:
+            status, raw_headers, content = self._loop.run(call(), _read_timeout(request))
+        except TimeoutError:
+            raise httpx2.ReadTimeout(
+                "MockProvider did not answer in time", request=request
+            ) from None
         return httpx2.Response(status, headers=raw_headers, content=content, request=request)
+
+
+class AsyncASGITransport(httpx2.ASGITransport):
+    """``httpx2.ASGITransport`` that honours the request's read timeout (``ReadTimeout``)."""
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        timeout = _read_timeout(request)
+        if timeout is None:
+            return await super().handle_async_request(request)
+        try:
+            return await asyncio.wait_for(super().handle_async_request(request), timeout)
+        except TimeoutError:
+            raise httpx2.ReadTimeout(
+                "MockProvider did not answer in time", request=request
+            ) from None
+
+
+def _read_timeout(request: httpx2.Request) -> float | None:
+    timeouts = request.extensions.get("timeout") or {}
+    value = timeouts.get("read") if isinstance(timeouts, dict) else None
+    return float(value) if isinstance(value, int | float) else None
 
 
 @contextmanager

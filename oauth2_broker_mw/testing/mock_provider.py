@@ -47,7 +47,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import KeySet, RSAKey
 
 from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
-from ._mock_transport import LoopThread, SyncASGITransport, serve_app
+from ._mock_transport import AsyncASGITransport, LoopThread, SyncASGITransport, serve_app
 
 __all__ = ["MockProvider"]
 
@@ -118,6 +118,7 @@ class _Token:
     issued_at: float
     expires_at: float | None
     status: Literal["active", "rotated", "revoked"] = "active"
+    rotated_at: float | None = None
 
     def alive(self, now: float) -> bool:
         if self.status != "active" or self.family.revoked:
@@ -173,6 +174,7 @@ class MockProvider:
         *,
         rotation: bool = True,
         reuse_detection: bool = True,
+        reuse_interval: float = 0.0,
         access_ttl: int | None = 3600,
         refresh_ttl: int | None = None,
         code_ttl: int = 60,
@@ -192,6 +194,9 @@ class MockProvider:
         self.issuer = issuer
         self.rotation = rotation
         self.reuse_detection = reuse_detection
+        #: seconds after a rotation during which the previous refresh token is still accepted
+        #: (Auth0 "reuse interval", Okta grace period); 0 disables it.
+        self.reuse_interval = reuse_interval
         self.access_ttl = access_ttl
         self.refresh_ttl = refresh_ttl
         self.code_ttl = code_ttl
@@ -482,7 +487,8 @@ class MockProvider:
         return SyncASGITransport(self.app, self._loop)
 
     def async_transport(self) -> httpx2.AsyncBaseTransport:
-        return httpx2.ASGITransport(app=self.app)
+        """An async httpx2 transport into the app (runs on the caller's event loop)."""
+        return AsyncASGITransport(app=self.app)
 
     def client(self, **kwargs: Any) -> httpx2.Client:
         """An in-process sync ``httpx2.Client`` (base URL = issuer); usable from many threads."""
@@ -1157,14 +1163,23 @@ class MockProvider:
             if rec is None or rec.kind != "refresh" or rec.family.client_id != client.client_id:
                 raise _OAuthError("invalid_grant", "unknown refresh token")
             family = rec.family
-            if rec.status == "rotated":
+            now = self.now()
+            in_grace = (
+                self.reuse_interval > 0
+                and rec.status == "rotated"
+                and rec.rotated_at is not None
+                and now - rec.rotated_at <= self.reuse_interval
+            )
+            if in_grace:
+                self._counters["refresh_grace"] += 1
+            elif rec.status == "rotated":
                 self._counters["refresh_reuse"] += 1
                 if self.reuse_detection:
                     self._revoke_family(family)
                 raise _OAuthError("invalid_grant", "refresh token already used")
             if family.revoked or rec.status == "revoked":
                 raise _OAuthError("invalid_grant", "refresh token revoked")
-            if rec.expires_at is not None and self.now() >= rec.expires_at:
+            if rec.expires_at is not None and now >= rec.expires_at:
                 raise _OAuthError("invalid_grant", "refresh token expired")
             scopes = family.scopes
             if requested:
@@ -1179,7 +1194,8 @@ class MockProvider:
             if not self.quirks.refresh_token_in_refresh_response:
                 pass  # Google style: nothing rotates, the presented token stays valid
             elif self.rotation:
-                rec.status = "rotated"
+                if rec.status == "active":
+                    rec.status, rec.rotated_at = "rotated", now
                 new_refresh = self._mint("refresh", family, family.scopes, self.refresh_ttl)
             else:
                 new_refresh = presented
