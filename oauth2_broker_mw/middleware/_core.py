@@ -10,7 +10,8 @@ Handlers are generators: they ``yield`` a broker call (:class:`StartAuthorizatio
 :func:`drive` runs one with the sync broker methods, :func:`adrive` with the async ones; that is
 the only difference between the two middlewares.
 
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
+Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells. (The
+``Broker`` type is imported for type checking only; ``BrokerAuth`` lazily, by ``auth()``.)
 Never puts a token, code, state, verifier, CSRF token or cookie value in a page, a log line, a
 repr or an exception message.
 """

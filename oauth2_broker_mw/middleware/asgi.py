@@ -12,11 +12,10 @@ from __future__ import annotations
 
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
-from typing import TypeAlias, cast
+from typing import TYPE_CHECKING, TypeAlias, cast
 
 from .._core.errors import AuthorizationRequired
 from .._core.model import Secret
-from ..broker import Broker
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
@@ -26,6 +25,9 @@ from ._core import (
     TenantResolver,
     adrive,
 )
+
+if TYPE_CHECKING:
+    from ..broker import Broker
 
 __all__ = ["BrokerMiddleware"]
 

@@ -15,12 +15,11 @@ import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from types import TracebackType
-from typing import TypeAlias
+from typing import TYPE_CHECKING, TypeAlias
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from .._core.errors import AuthorizationRequired
 from .._core.model import Secret
-from ..broker import Broker
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
@@ -30,6 +29,9 @@ from ._core import (
     TenantResolver,
     drive,
 )
+
+if TYPE_CHECKING:
+    from ..broker import Broker
 
 __all__ = ["BrokerWSGIMiddleware"]
 
