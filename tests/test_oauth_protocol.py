@@ -19,6 +19,7 @@ from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 from oauth2_broker_mw._core.effects import HttpRequest, HttpResponse
 from oauth2_broker_mw._core.errors import (
     AuthorizationFlowError,
+    BrokerError,
     ConfigurationError,
     InvalidClient,
     InvalidGrant,
@@ -1049,3 +1050,80 @@ def test_introspection() -> None:
         parse_introspection_response(d, HttpResponse(503, {}, b"<html/>"), now=NOW)
     with pytest.raises(ConfigurationError, match="introspection_endpoint"):
         introspection_request(desc(), CLIENT, token="t")
+
+
+# -- robustness: hostile or broken provider output only ever raises BrokerError --------------
+_NASTY_BODIES: list[bytes] = [
+    b"",
+    b"   ",
+    b"\xff\xfe\x00garbage",
+    b"\xef\xbb\xbf{}",
+    b"[" * 5000 + b"]" * 5000,
+    b'{"a":' * 3000 + b"1" + b"}" * 3000,
+    b'{"access_token": "x", "expires_in": ' + b"9" * 400 + b"}",
+    b'{"access_token": "x", "expires_in": NaN, "scope": {"a": 1}}',
+    b'{"access_token": "x", "expires_in": "1e400", "token_type": 5}',
+    b'{"access_token": ["x"]}',
+    b'{"error": ["invalid_grant"]}',
+    b'{"error": {"code": 400, "message": "bad", "status": "INVALID_ARGUMENT"}}',
+    b'{"ok": false}',
+    b"access_token=a&access_token=b",
+    b"error=invalid_grant&error=server_error",
+    b"a=%ZZ&b",
+    b"<?xml version='1.0'?><error>invalid_grant</error>",
+    b"null",
+    b"true",
+    b'"a string"',
+    b'{"access_token": "x", "metadata": ' + b'{"m":' * 200 + b"1" + b"}" * 200 + b"}",
+]
+
+
+@pytest.mark.parametrize("body", _NASTY_BODIES)
+@pytest.mark.parametrize("status", [200, 400, 401, 500])
+@pytest.mark.parametrize("ctype", ["application/json", "text/html", ""])
+def test_hostile_bodies_only_raise_broker_errors(body: bytes, status: int, ctype: str) -> None:
+    headers = {"content-type": ctype, "retry-after": "Fri, 99 Foo 2015 99:99:99 GMT"}
+    response = HttpResponse(status, headers, body)
+    for descriptor in (desc(), desc(token_path="a.b", expires_in_path="x.y")):
+        failure: BrokerError | None = None
+        try:
+            parsed = parse_token_response(descriptor, response, now=NOW)
+        except BrokerError as exc:
+            failure = exc
+        if failure is not None:
+            assert len(str(failure)) < 1000
+        else:
+            json.dumps(parsed.metadata)  # always serialisable
+            assert parsed.expires_at is None or parsed.expires_at <= NOW + MAX_TTL
+    exc = classify_error(response)
+    assert isinstance(exc, ProviderError)
+    assert exc.body_preview is None or len(exc.body_preview) <= 200
+
+
+def test_randomised_www_authenticate_never_crashes() -> None:
+    import random
+
+    rng = random.Random(1234)
+    alphabet = 'Bearer DPoP realm error="x", \\ ,,=\t"'
+    for _ in range(2000):
+        header = "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 60)))
+        result = parse_www_authenticate(header)
+        assert result == {} or result["scheme"] in ("Bearer", "DPoP")
+
+
+def test_id_token_hostile_inputs_fail_closed(rsa_key: RSAKey) -> None:
+    good = _sign(rsa_key, _claims())
+    header, payload, signature = good.split(".")
+    cases = [
+        f"{header}.{payload}.{signature[:-4]}AAAA",
+        f"{header}.{_b64({'iss': ISSUER})}.{signature}",
+        f"{_b64({'alg': 'RS256', 'kid': 'k1', 'crit': ['exp']})}.{payload}.{signature}",
+        f"{header}.!!!.{signature}",
+        f"{_b64({'alg': 'RS256'})}.{payload}.{signature}",
+    ]
+    for token in cases:
+        with pytest.raises(AuthorizationFlowError):
+            _verify(token, _jwks(rsa_key))
+    for jwks in ({"keys": "x"}, {"keys": [1, 2]}, {}, {"keys": [{"kty": "RSA", "n": "!"}]}):
+        with pytest.raises(AuthorizationFlowError):
+            _verify(good, jwks)

@@ -623,7 +623,7 @@ def _decode_body(response: HttpResponse) -> dict[str, Any] | None:
     if stripped.startswith("{") or ctype.endswith("json"):
         try:
             data = json.loads(stripped)
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         return data if isinstance(data, dict) else None
     if stripped.startswith("<") or ctype in ("text/html", "application/xhtml+xml"):
@@ -761,14 +761,14 @@ def classify_error(
 def _coerce_seconds(value: object) -> float | None:
     if isinstance(value, bool) or value is None:
         return None
-    if isinstance(value, int | float):
-        number = float(value)
-    elif isinstance(value, str):
-        try:
+    try:
+        if isinstance(value, int | float):
+            number = float(value)
+        elif isinstance(value, str):
             number = float(value.strip())
-        except ValueError:
+        else:
             return None
-    else:
+    except (ValueError, OverflowError):
         return None
     if math.isnan(number) or math.isinf(number):
         return None
@@ -838,8 +838,9 @@ def _secret_field(value: object) -> Secret | None:
 
 
 def _public(data: Mapping[str, Any]) -> dict[str, JSONValue]:
+    """Non-standard top-level members, with secrets removed at every level."""
     return {
-        str(k): v
+        str(k): _strip_secrets(v)
         for k, v in data.items()
         if k not in _STANDARD_FIELDS and not str(k).endswith("_token")
     }
@@ -936,15 +937,25 @@ def parse_token_response(
     )
 
 
-def _strip_secrets(value: object) -> JSONValue:
+_MAX_METADATA_DEPTH: Final = 16
+
+
+def _strip_secrets(value: object, depth: int = 0) -> JSONValue:
+    """A JSON copy without secret-named members (``*_token``, ``client_secret``...).
+
+    Structures nested deeper than 16 levels are cut (``None``): metadata stays small and
+    serialisable.
+    """
+    if depth >= _MAX_METADATA_DEPTH and isinstance(value, Mapping | list):
+        return None
     if isinstance(value, Mapping):
         return {
-            str(k): _strip_secrets(v)
+            str(k): _strip_secrets(v, depth + 1)
             for k, v in value.items()
             if k not in _SECRET_FIELDS and not str(k).endswith("_token")
         }
     if isinstance(value, list):
-        return [_strip_secrets(v) for v in value]
+        return [_strip_secrets(v, depth + 1) for v in value]
     if value is None or isinstance(value, str | int | float | bool):
         return value
     return str(value)
@@ -1126,7 +1137,7 @@ def verify_id_token(
         raise _id_token_error(f"ID token algorithm {str(alg)[:20]!r} is not allowed")
     try:
         keyset = KeySet.import_key_set(dict(jwks))  # type: ignore[arg-type]
-    except (ValueError, JoseError, TypeError, KeyError):
+    except Exception:  # any defect in the provider's JWKS fails closed
         raise _id_token_error("the provider's JWKS cannot be read") from None
     family = "RSA" if alg[:2] in ("RS", "PS") else "EC"
     candidates = [
@@ -1146,7 +1157,7 @@ def verify_id_token(
         raise _id_token_error("no single key in the provider's JWKS matches the ID token")
     try:
         decoded = jwt.decode(id_token, candidates[0], algorithms=[alg])
-    except (JoseError, ValueError):
+    except Exception:  # any library error fails closed
         raise _id_token_error("ID token signature does not verify") from None
     claims: dict[str, Any] = dict(decoded.claims)
 

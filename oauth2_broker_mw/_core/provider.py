@@ -216,8 +216,8 @@ def _number(name: str, value: object, *, minimum: float, strict: bool) -> float:
         raise ConfigurationError(f"{name} must be a number")
     try:
         number = float(value)
-    except ValueError:
-        raise ConfigurationError(f"{name} must be a number; got {value!r}") from None
+    except (ValueError, OverflowError):
+        raise ConfigurationError(f"{name} must be a number; got {str(value)[:40]!r}") from None
     if math.isnan(number) or math.isinf(number):
         raise ConfigurationError(f"{name} must be finite")
     if number < minimum or (strict and number == minimum):
@@ -533,7 +533,7 @@ class ProviderDescriptor:
         """Build from a JSON object (see :meth:`from_dict`)."""
         try:
             data = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as exc:
+        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
             raise ConfigurationError(f"provider descriptor is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigurationError("provider descriptor JSON must be an object")
@@ -665,7 +665,7 @@ def parse_metadata(document: bytes | str | Mapping[str, object]) -> dict[str, JS
     if isinstance(document, bytes | str):
         try:
             data: Any = json.loads(document)
-        except (ValueError, UnicodeDecodeError):
+        except (ValueError, UnicodeDecodeError, RecursionError):
             raise ConfigurationError("discovery document is not valid JSON") from None
     else:
         data = document
