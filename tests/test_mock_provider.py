@@ -372,6 +372,8 @@ def test_login_form_when_not_auto_approving(
     bad = client.post("/authorize", data={**hidden, "username": "bob", "password": "nope"})
     assert bad.status_code == 401
     assert 'id="login"' in bad.text
+    silent = redirect_params(authorize(client, prompt="none"))
+    assert silent["error"] == "login_required"
     denied = client.post("/authorize", data={**hidden, "username": "bob", "action": "deny"})
     assert redirect_params(denied)["error"] == "access_denied"
     ok = client.post(
@@ -1521,3 +1523,15 @@ def test_in_process_clients_honour_read_timeouts(mock_provider: MockProvider) ->
                 await c.post("/token", data={"grant_type": "client_credentials"}, auth=AUTH)
 
     asyncio.run(run())
+
+
+def test_request_log_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    from oauth2_broker_mw.testing import mock_provider as module
+
+    monkeypatch.setattr(module, "_MAX_RECORDED", 3)
+    with MockProvider() as provider, provider.client() as c:
+        c.get("/authorize")
+        for _ in range(4):
+            c.get("/jwks")
+        assert [r.endpoint for r in provider.requests] == ["jwks"] * 3
+        assert provider.counters["authorize"] == 1

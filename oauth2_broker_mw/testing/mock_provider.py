@@ -23,7 +23,7 @@ import re
 import secrets
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -56,6 +56,8 @@ _VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 _CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _FORM = "application/x-www-form-urlencoded"
+_MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
+_CODE_SWEEP = 1_000  # sweep spent and expired codes when this many are held
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
 _ASYMMETRIC_ALGS = frozenset(
     {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
@@ -231,7 +233,7 @@ class MockProvider:
         self._codes: dict[str, _Code] = {}
         self._tokens: dict[str, _Token] = {}
         self._counters: Counter[str] = Counter()
-        self._requests: list[RecordedRequest] = []
+        self._requests: deque[RecordedRequest] = deque(maxlen=_MAX_RECORDED)
         self._closing = False
         self._loop = LoopThread()
         self._signing_key = RSAKey.generate_key(
@@ -359,7 +361,8 @@ class MockProvider:
 
     @property
     def requests(self) -> list[RecordedRequest]:
-        """Every request seen since construction or ``reset_counters()``, oldest first."""
+        """Requests seen since construction or ``reset_counters()`` (the last 10 000), oldest
+        first."""
         with self._lock:
             return list(self._requests)
 
@@ -1295,6 +1298,10 @@ class MockProvider:
     def _approve(self, params: _AuthorizeParams, subject: str) -> Response:
         code_value = secrets.token_urlsafe(32)
         with self._lock:
+            if len(self._codes) >= _CODE_SWEEP:
+                now = self.now()
+                for stale in [k for k, c in self._codes.items() if now >= c.expires_at + 600]:
+                    del self._codes[stale]
             self._codes[code_value] = _Code(
                 client_id=params.client.client_id,
                 redirect_uri=params.redirect_uri if params.redirect_uri_sent else None,
@@ -1330,6 +1337,8 @@ class MockProvider:
             if request.method == "GET":
                 if self.auto_approve:
                     return self._approve(checked, params.get("login_hint") or self.default_subject)
+                if "none" in params.get("prompt", "").split():
+                    raise _RedirectError(checked, "login_required", "the user must sign in")
                 return _login_page(params, None, action=_form_action(request))
             if form.get("action") == "deny":
                 raise _RedirectError(checked, "access_denied", "the user denied access")
