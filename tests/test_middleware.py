@@ -990,3 +990,35 @@ def test_token_endpoint_failures_are_clean_error_pages(
     assert "<html" not in response.text.split("<body>", 1)[1].lower()  # no provider page
     assert any("Max-Age=0" in c for c in _set_cookies(response))  # the flow is spent
     assert env.whoami(browser)["principal"] is None
+
+
+def test_one_user_connects_two_providers_and_logout_revokes_both(make_env: MakeEnv) -> None:
+    first = make_env()
+    other_mp = MockProvider(issuer="https://other-idp.test")
+    other = Broker(
+        other_mp.descriptor(id="other"),
+        client_id="test-client",
+        client_secret="test-secret",
+        http_client=other_mp.client(),
+        async_http_client=other_mp.async_client(),
+    )
+    env = make_env(
+        brokers={"acme": first.broker, "other": other},
+        scopes={"acme": SCOPES, "other": ["email"]},  # not an OIDC login
+    )
+    env.mp.close()
+    env.mp = first.mp
+    browser = env.browser()
+    assert env.login(browser).status_code == 303  # OIDC: the principal is the subject
+    start = browser.get("/oauth2/other/login")
+    with other_mp.client() as idp:
+        callback = idp.get(start.headers["location"]).headers["location"]
+    assert browser.get(callback).status_code == 303
+    me = env.whoami(browser)
+    assert (me["principal"], me["connections"]) == ("user-1", ["acme", "other"])
+    assert other.connections(tenant="default", principal="user-1")  # same principal
+    assert browser.post("/oauth2/logout", headers={"origin": BASE}).status_code == 303
+    assert first.mp.counters["revoke"] >= 1
+    assert other_mp.counters["revoke"] >= 1
+    assert other.connections(tenant="default", principal="user-1") == []
+    other_mp.close()
