@@ -30,21 +30,32 @@ from ._core.provider import (
 
 __all__ = [
     "PRESETS",
+    "asana",
     "atlassian",
     "auth0",
+    "box",
+    "cognito",
+    "discord",
     "dropbox",
     "figma",
     "github",
+    "gitlab",
     "google",
     "hubspot",
+    "keycloak",
+    "linear",
+    "linkedin",
     "microsoft",
     "notion",
     "okta",
+    "pipedrive",
     "preset",
     "quickbooks",
+    "reddit",
     "salesforce",
     "shopify",
     "slack",
+    "spotify",
     "strava",
     "twitch",
     "x",
@@ -595,22 +606,267 @@ def strava(**overrides: Any) -> ProviderDescriptor:
     )
 
 
+def gitlab(host: str | None = "gitlab.com", **overrides: Any) -> ProviderDescriptor:
+    """GitLab (gitlab.com or a self-managed ``host``; OpenID Connect).
+
+    Quirks: refresh tokens rotate on every refresh; access tokens last 2 hours.
+    """
+    return _build(
+        {
+            "id": "gitlab",
+            "display_name": "GitLab",
+            "issuer": "https://{host}",
+            "authorization_endpoint": "https://{host}/oauth/authorize",
+            "token_endpoint": "https://{host}/oauth/token",
+            "revocation_endpoint": "https://{host}/oauth/revoke",
+            "userinfo_endpoint": "https://{host}/oauth/userinfo",
+            "jwks_uri": "https://{host}/oauth/discovery/keys",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_BASIC,
+            "allowed_origins": ("https://{host}",),
+        },
+        overrides,
+        {"host": host},
+    )
+
+
+def discord(**overrides: Any) -> ProviderDescriptor:
+    """Discord. Access tokens last about a week; client credentials give the owner's token."""
+    return _build(
+        {
+            "id": "discord",
+            "display_name": "Discord",
+            "authorization_endpoint": "https://discord.com/oauth2/authorize",
+            "token_endpoint": "https://discord.com/api/oauth2/token",
+            "revocation_endpoint": "https://discord.com/api/oauth2/token/revoke",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_BASIC,
+            "allowed_origins": ("https://discord.com",),
+        },
+        overrides,
+    )
+
+
+def spotify(**overrides: Any) -> ProviderDescriptor:
+    """Spotify. Refresh responses may omit the refresh token (keep the old one)."""
+    return _build(
+        {
+            "id": "spotify",
+            "display_name": "Spotify",
+            "authorization_endpoint": "https://accounts.spotify.com/authorize",
+            "token_endpoint": "https://accounts.spotify.com/api/token",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_BASIC,
+            "allowed_origins": ("https://api.spotify.com",),
+        },
+        overrides,
+    )
+
+
+def linkedin(**overrides: Any) -> ProviderDescriptor:
+    """LinkedIn (Sign In with LinkedIn using OpenID Connect, and the Marketing APIs).
+
+    Quirks: PKCE is only for native apps, so it is not sent; client credentials go in the
+    body; refresh tokens are issued only to approved partner apps.
+    """
+    return _build(
+        {
+            "id": "linkedin",
+            "display_name": "LinkedIn",
+            "issuer": "https://www.linkedin.com/oauth",
+            "authorization_endpoint": "https://www.linkedin.com/oauth/v2/authorization",
+            "token_endpoint": "https://www.linkedin.com/oauth/v2/accessToken",
+            "revocation_endpoint": "https://www.linkedin.com/oauth/v2/revoke",
+            "introspection_endpoint": "https://www.linkedin.com/oauth/v2/introspectToken",
+            "userinfo_endpoint": "https://api.linkedin.com/v2/userinfo",
+            "jwks_uri": "https://www.linkedin.com/oauth/openid/jwks",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_POST,
+            "pkce": PkceMode.UNSUPPORTED,
+            "allowed_origins": ("https://api.linkedin.com",),
+        },
+        overrides,
+    )
+
+
+def box(**overrides: Any) -> ProviderDescriptor:
+    """Box. Refresh tokens are single-use (rotated on every refresh) and last 60 days."""
+    return _build(
+        {
+            "id": "box",
+            "display_name": "Box",
+            "authorization_endpoint": "https://account.box.com/api/oauth2/authorize",
+            "token_endpoint": "https://api.box.com/oauth2/token",
+            "revocation_endpoint": "https://api.box.com/oauth2/revoke",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_POST,
+            "allowed_origins": ("https://api.box.com", "https://upload.box.com"),
+        },
+        overrides,
+    )
+
+
+def linear(**overrides: Any) -> ProviderDescriptor:
+    """Linear. Quirks: comma-separated scopes; PKCE is not sent (see PROVIDER_QUIRKS #19)."""
+    return _build(
+        {
+            "id": "linear",
+            "display_name": "Linear",
+            "authorization_endpoint": "https://linear.app/oauth/authorize",
+            "token_endpoint": "https://api.linear.app/oauth/token",
+            "revocation_endpoint": "https://api.linear.app/oauth/revoke",
+            "grants": _CODE_AND_REFRESH,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_POST,
+            "scope_delimiter": ",",
+            "pkce": PkceMode.UNSUPPORTED,
+            "allowed_origins": ("https://api.linear.app",),
+        },
+        overrides,
+    )
+
+
+def reddit(**overrides: Any) -> ProviderDescriptor:
+    """Reddit. Quirks: HTTP Basic only; ``duration=permanent`` for a refresh token; API calls
+    go to ``oauth.reddit.com`` and need a descriptive ``User-Agent``.
+    """
+    return _build(
+        {
+            "id": "reddit",
+            "display_name": "Reddit",
+            "authorization_endpoint": "https://www.reddit.com/api/v1/authorize",
+            "token_endpoint": "https://www.reddit.com/api/v1/access_token",
+            "revocation_endpoint": "https://www.reddit.com/api/v1/revoke_token",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_BASIC,
+            "authorize_params": {"duration": "permanent"},
+            "allowed_origins": ("https://oauth.reddit.com",),
+        },
+        overrides,
+    )
+
+
+def pipedrive(**overrides: Any) -> ProviderDescriptor:
+    """Pipedrive. Quirks: HTTP Basic; PKCE not sent; the response carries ``api_domain``
+    (the company's API host, kept as metadata), so ``allowed_origins`` is left to you.
+    """
+    return _build(
+        {
+            "id": "pipedrive",
+            "display_name": "Pipedrive",
+            "authorization_endpoint": "https://oauth.pipedrive.com/oauth/authorize",
+            "token_endpoint": "https://oauth.pipedrive.com/oauth/token",
+            "grants": _CODE_AND_REFRESH,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_BASIC,
+            "pkce": PkceMode.UNSUPPORTED,
+        },
+        overrides,
+    )
+
+
+def asana(**overrides: Any) -> ProviderDescriptor:
+    """Asana. Access tokens last one hour; refresh tokens do not rotate."""
+    return _build(
+        {
+            "id": "asana",
+            "display_name": "Asana",
+            "authorization_endpoint": "https://app.asana.com/-/oauth_authorize",
+            "token_endpoint": "https://app.asana.com/-/oauth_token",
+            "revocation_endpoint": "https://app.asana.com/-/oauth_revoke",
+            "grants": _CODE_AND_REFRESH,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_POST,
+            "allowed_origins": ("https://app.asana.com",),
+        },
+        overrides,
+    )
+
+
+def keycloak(
+    host: str | None = None, realm: str | None = None, **overrides: Any
+) -> ProviderDescriptor:
+    """Keycloak (``https://{host}/realms/{realm}``; OpenID Connect).
+
+    Refresh responses carry ``refresh_expires_in`` (parsed as the refresh-token expiry).
+    ``allowed_origins`` is left to you (your resource servers).
+    """
+    base = "https://{host}/realms/{realm}"
+    oidc = base + "/protocol/openid-connect"
+    return _build(
+        {
+            "id": "keycloak",
+            "display_name": "Keycloak",
+            "issuer": base,
+            "authorization_endpoint": f"{oidc}/auth",
+            "token_endpoint": f"{oidc}/token",
+            "revocation_endpoint": f"{oidc}/revoke",
+            "introspection_endpoint": f"{oidc}/token/introspect",
+            "userinfo_endpoint": f"{oidc}/userinfo",
+            "jwks_uri": f"{oidc}/certs",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_BASIC,
+        },
+        overrides,
+        {"host": host, "realm": realm},
+    )
+
+
+def cognito(
+    domain: str | None = None,
+    region: str | None = None,
+    user_pool_id: str | None = None,
+    **overrides: Any,
+) -> ProviderDescriptor:
+    """Amazon Cognito user pools.
+
+    ``domain`` is the pool's hosted domain (``acme.auth.eu-west-1.amazoncognito.com`` or a
+    custom domain); ``region`` and ``user_pool_id`` form the issuer
+    (``https://cognito-idp.{region}.amazonaws.com/{user_pool_id}``) and its JWKS.
+    """
+    issuer = "https://cognito-idp.{region}.amazonaws.com/{user_pool_id}"
+    return _build(
+        {
+            "id": "cognito",
+            "display_name": "Amazon Cognito",
+            "issuer": issuer,
+            "authorization_endpoint": "https://{domain}/oauth2/authorize",
+            "token_endpoint": "https://{domain}/oauth2/token",
+            "revocation_endpoint": "https://{domain}/oauth2/revoke",
+            "userinfo_endpoint": "https://{domain}/oauth2/userInfo",
+            "jwks_uri": issuer + "/.well-known/jwks.json",
+            "grants": _ALL_GRANTS,
+            "client_auth_method": ClientAuthMethod.CLIENT_SECRET_BASIC,
+        },
+        overrides,
+        {"domain": domain, "region": region, "user_pool_id": user_pool_id},
+    )
+
+
 PRESETS: Mapping[str, Callable[..., ProviderDescriptor]] = MappingProxyType(
     {
+        "asana": asana,
         "atlassian": atlassian,
         "auth0": auth0,
+        "box": box,
+        "cognito": cognito,
+        "discord": discord,
         "dropbox": dropbox,
         "figma": figma,
         "github": github,
+        "gitlab": gitlab,
         "google": google,
         "hubspot": hubspot,
+        "keycloak": keycloak,
+        "linear": linear,
+        "linkedin": linkedin,
         "microsoft": microsoft,
         "notion": notion,
         "okta": okta,
+        "pipedrive": pipedrive,
         "quickbooks": quickbooks,
+        "reddit": reddit,
         "salesforce": salesforce,
         "shopify": shopify,
         "slack": slack,
+        "spotify": spotify,
         "strava": strava,
         "twitch": twitch,
         "x": x,

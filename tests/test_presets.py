@@ -34,25 +34,42 @@ NOW = 1_700_000_000.0
 CLIENT = ClientConfig.create("cid", "csecret")
 TEMPLATE_ARGS: dict[str, dict[str, str]] = {
     "auth0": {"domain": "acme.eu.auth0.com"},
+    "cognito": {
+        "domain": "acme.auth.eu-west-1.amazoncognito.com",
+        "region": "eu-west-1",
+        "user_pool_id": "eu-west-1_AbC123",
+    },
+    "keycloak": {"host": "sso.acme.example", "realm": "main"},
     "okta": {"domain": "acme.okta.com"},
     "shopify": {"shop": "acme"},
     "zendesk": {"subdomain": "acme"},
 }
 EXPECTED = {
+    "asana",
     "atlassian",
     "auth0",
+    "box",
+    "cognito",
+    "discord",
     "dropbox",
     "figma",
     "github",
+    "gitlab",
     "google",
     "hubspot",
+    "keycloak",
+    "linear",
+    "linkedin",
     "microsoft",
     "notion",
     "okta",
+    "pipedrive",
     "quickbooks",
+    "reddit",
     "salesforce",
     "shopify",
     "slack",
+    "spotify",
     "strava",
     "twitch",
     "x",
@@ -399,3 +416,46 @@ def test_atlassian_and_xero_offline_access() -> None:
     assert auth_url(at)["audience"] == "api.atlassian.com"
     assert at.default_scopes == ("offline_access",)
     assert presets.xero().default_scopes == ("offline_access",)
+
+
+def test_keycloak_cognito_and_gitlab_shapes() -> None:
+    kc = presets.keycloak(host="sso.acme.example", realm="main")
+    assert kc.issuer == "https://sso.acme.example/realms/main"
+    assert kc.token_endpoint == (
+        "https://sso.acme.example/realms/main/protocol/openid-connect/token"
+    )
+    parsed = parse_token_response(
+        kc,
+        response(
+            {
+                "access_token": "a",
+                "expires_in": 300,
+                "refresh_expires_in": 1800,
+                "refresh_token": "r",
+                "token_type": "Bearer",
+                "session_state": "s",
+            }
+        ),
+        now=NOW,
+    )
+    assert parsed.refresh_token_expires_at == NOW + 1800
+    with pytest.raises(ConfigurationError, match="realm"):
+        presets.keycloak(host="sso.acme.example")
+    cog = presets.cognito(**TEMPLATE_ARGS["cognito"])
+    assert cog.issuer == "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123"
+    assert cog.jwks_uri == (
+        "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_AbC123/.well-known/jwks.json"
+    )
+    assert cog.token_endpoint == "https://acme.auth.eu-west-1.amazoncognito.com/oauth2/token"
+    own = presets.gitlab(host="gitlab.acme.example")
+    assert own.issuer == "https://gitlab.acme.example"
+    assert own.allowed_origins == ("https://gitlab.acme.example",)
+
+
+def test_reddit_linkedin_linear_quirks() -> None:
+    assert auth_url(presets.reddit())["duration"] == "permanent"
+    assert presets.reddit().client_auth_method is ClientAuthMethod.CLIENT_SECRET_BASIC
+    assert "code_challenge" not in auth_url(presets.linkedin())
+    linear = presets.linear()
+    assert auth_url(linear, "read write")["scope"] == "read,write"
+    assert "code_challenge" not in auth_url(linear)
