@@ -1535,3 +1535,98 @@ def test_request_log_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
             c.get("/jwks")
         assert [r.endpoint for r in provider.requests] == ["jwks"] * 3
         assert provider.counters["authorize"] == 1
+
+
+# ---------------------------------------------------------------- pushed authorization requests
+
+
+def _push(client: httpx2.Client, **params: str) -> httpx2.Response:
+    body = {
+        "response_type": "code",
+        "redirect_uri": REDIRECT,
+        "scope": "openid read",
+        "state": "pushed-state",
+        **params,
+    }
+    return client.post("/par", data=body, auth=AUTH)
+
+
+def test_par_flow(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    verifier, challenge = pkce_pair()
+    pushed = _push(client, code_challenge=challenge, code_challenge_method="S256")
+    assert pushed.status_code == 201
+    request_uri = pushed.json()["request_uri"]
+    assert request_uri.startswith("urn:ietf:params:oauth:request_uri:")
+    assert pushed.json()["expires_in"] == 60
+    query = {"client_id": "test-client", "request_uri": request_uri}
+    got = redirect_params(client.get("/authorize", params=query))
+    assert got["state"] == "pushed-state"
+    token = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": got["code"],
+            "redirect_uri": REDIRECT,
+            "code_verifier": verifier,
+        },
+        auth=AUTH,
+    )
+    assert token.json()["scope"] == "openid read"
+    again = client.get("/authorize", params=query)  # single use
+    assert again.status_code == 400
+    assert "invalid_request_uri" in again.text
+    assert mock_provider.counters["par"] == 1
+
+
+def test_par_errors(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    assert client.post("/par", data={"response_type": "code"}).status_code == 401
+    with_uri = _push(client, request_uri="urn:x")
+    assert (with_uri.status_code, with_uri.json()["error"]) == (400, "invalid_request")
+    bad_type = _push(client, response_type="token")
+    assert bad_type.json()["error"] == "unsupported_response_type"
+    request_uri = _push(client).json()["request_uri"]
+    mock_provider.register_client("other", "s")
+    wrong_client = client.get(
+        "/authorize", params={"client_id": "other", "request_uri": request_uri}
+    )
+    assert wrong_client.status_code == 400
+    mock_provider.advance_time(61)
+    expired = client.get(
+        "/authorize", params={"client_id": "test-client", "request_uri": request_uri}
+    )
+    assert expired.status_code == 400
+
+
+def test_par_required(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.par = "required"
+    assert redirect_params(authorize(client))["error"] == "invalid_request"
+    meta = client.get("/.well-known/oauth-authorization-server").json()
+    assert meta["require_pushed_authorization_requests"] is True
+    desc = mock_provider.descriptor()
+    assert desc.pushed_authorization_request_endpoint == "https://mock-idp.test/par"
+    assert desc.require_pushed_authorization_requests is True
+    mock_provider.par = "off"
+    assert _push(client).status_code == 404
+    assert (
+        "pushed_authorization_request_endpoint"
+        not in client.get("/.well-known/oauth-authorization-server").json()
+    )
+
+
+def test_par_with_the_login_form(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.auto_approve = False
+    mock_provider.par = "required"
+    request_uri = _push(client).json()["request_uri"]
+    query = {"client_id": "test-client", "request_uri": request_uri}
+    page = client.get("/authorize", params=query)
+    assert 'id="login"' in page.text
+    assert "request_uri" in page.text
+    assert "pushed-state" not in page.text  # the pushed parameters stay server-side
+    posted = client.post("/authorize", data={**query, "username": "zoe", "password": "x"})
+    code = redirect_params(posted)["code"]
+    tokens = client.post(
+        "/token",
+        data={"grant_type": "authorization_code", "code": code, "redirect_uri": REDIRECT},
+        auth=AUTH,
+    ).json()
+    assert resource(client, tokens["access_token"]).json()["sub"] == "zoe"

@@ -44,6 +44,7 @@ ENDPOINTS: frozenset[str] = frozenset(
         "authorize",
         "token",
         "refresh",
+        "par",
         "revoke",
         "introspect",
         "userinfo",

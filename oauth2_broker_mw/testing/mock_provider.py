@@ -56,6 +56,7 @@ _VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
 _CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
 _NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
 _FORM = "application/x-www-form-urlencoded"
+_CLIENT_AUTH_PARAMS = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
 _MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
 _CODE_SWEEP = 1_000  # sweep spent and expired codes when this many are held
 _JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
@@ -184,6 +185,7 @@ class MockProvider:
         oidc: bool = True,
         pkce: Literal["required", "optional", "unsupported"] = "optional",
         send_iss: bool = False,
+        par: Literal["off", "optional", "required"] = "optional",
         auto_approve: bool = True,
         default_subject: str = "user-1",
         users: Mapping[str, str] | None = None,
@@ -206,6 +208,11 @@ class MockProvider:
         self.oidc = oidc
         self.pkce = pkce
         self.send_iss = send_iss
+        #: RFC 9126 pushed authorization requests at ``POST /par``: ``"off"`` (404),
+        #: ``"optional"`` or ``"required"`` (``/authorize`` then refuses plain requests).
+        self.par = par
+        self.par_ttl = 60
+        self._pushed: dict[str, tuple[str, dict[str, str], float]] = {}
         self.auto_approve = auto_approve
         self.default_subject = default_subject
         self.users = dict(users) if users is not None else None
@@ -309,6 +316,10 @@ class MockProvider:
     @property
     def authorization_endpoint(self) -> str:
         return self.url("/authorize")
+
+    @property
+    def par_endpoint(self) -> str:
+        return self.url("/par")
 
     @property
     def revocation_endpoint(self) -> str:
@@ -573,6 +584,9 @@ class MockProvider:
             fields["token_path"] = ("authed_user",)
         if self.quirks.separate_refresh_endpoint:
             fields["refresh_endpoint"] = self.url("/refresh")
+        if self.par == "required":
+            fields["pushed_authorization_request_endpoint"] = self.par_endpoint
+            fields["require_pushed_authorization_requests"] = True
         if self.quirks.code_param != "code":
             fields["code_param"] = self.quirks.code_param
         if self.quirks.expires_in == "ms":
@@ -686,6 +700,7 @@ class MockProvider:
             Route("/authorize", self._authorize, methods=["GET", "POST"]),
             Route("/token", self._token, methods=["POST"]),
             Route("/refresh", self._refresh_endpoint, methods=["POST"]),
+            Route("/par", self._par_endpoint, methods=["POST"]),
             Route("/revoke", self._revoke, methods=["POST"]),
             Route("/introspect", self._introspect, methods=["POST"]),
             Route("/userinfo", self._userinfo, methods=["GET", "POST"]),
@@ -1326,8 +1341,17 @@ class MockProvider:
                 return _error_page(err.error, err.description or "", 400)
             params = {k: v for k, v in form.items() if k not in ("username", "password", "action")}
         fault = await self._enter("authorize", request, form)
+        login_params = params  # what the login form carries back (request_uri stays opaque)
+        pushed = "request_uri" in params
         try:
+            if pushed:
+                consume = request.method == "POST" or self.auto_approve
+                params = self._resolve_pushed(params, consume=consume)
             checked = self._check_authorize(params)
+            if self.par == "required" and not pushed:
+                raise _RedirectError(
+                    checked, "invalid_request", "pushed authorization request required"
+                )
             if fault is not None and fault.kind == "error" and fault.status is None:
                 raise _RedirectError(
                     checked, fault.error or "access_denied", fault.error_description or ""
@@ -1339,7 +1363,7 @@ class MockProvider:
                     return self._approve(checked, params.get("login_hint") or self.default_subject)
                 if "none" in params.get("prompt", "").split():
                     raise _RedirectError(checked, "login_required", "the user must sign in")
-                return _login_page(params, None, action=_form_action(request))
+                return _login_page(login_params, None, action=_form_action(request))
             if form.get("action") == "deny":
                 raise _RedirectError(checked, "access_denied", "the user denied access")
             username = form.get("username", "")
@@ -1353,7 +1377,7 @@ class MockProvider:
                 with self._lock:
                     self._counters["authorize:login_failed"] += 1
                 return _login_page(
-                    params,
+                    login_params,
                     "Invalid username or password.",
                     status=401,
                     action=_form_action(request),
@@ -1366,6 +1390,60 @@ class MockProvider:
             return self._redirect(err.params, values)
         except _OAuthError as err:
             return _error_page(err.error, err.description or "", 400)
+
+    # ------------------------------------------------------------------ /par (RFC 9126)
+
+    async def _par_endpoint(self, request: Request) -> Response:
+        if self.par == "off":
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        try:
+            form = await self._read_form(request)
+            client, method = self._authenticate_client(request, form)
+        except _OAuthError as err:
+            await self._enter("par", request, {})
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        fault = await self._enter(
+            "par", request, form, client_id=client.client_id, auth_method=method
+        )
+        if fault is not None:
+            return self._fault_response(fault, "par")
+        params = {k: v for k, v in form.items() if k not in _CLIENT_AUTH_PARAMS}
+        try:
+            if "request_uri" in params:
+                raise _OAuthError("invalid_request", "request_uri must not be pushed")
+            if params.setdefault("client_id", client.client_id) != client.client_id:
+                raise _OAuthError("invalid_request", "client_id does not match the client")
+            self._check_authorize(params)
+        except _OAuthError as err:
+            return JSONResponse(err.body(), status_code=400, headers=_NO_STORE)
+        except _RedirectError as err:
+            body = _OAuthError(err.error, err.description).body()
+            return JSONResponse(body, status_code=400, headers=_NO_STORE)
+        request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(32)
+        with self._lock:
+            now = self.now()
+            for stale in [k for k, v in self._pushed.items() if v[2] <= now]:
+                del self._pushed[stale]
+            self._pushed[request_uri] = (client.client_id, params, now + self.par_ttl)
+        return JSONResponse(
+            {"request_uri": request_uri, "expires_in": self.par_ttl},
+            status_code=201,
+            headers=_NO_STORE,
+        )
+
+    def _resolve_pushed(self, params: Mapping[str, str], *, consume: bool) -> dict[str, str]:
+        """The parameters pushed for ``request_uri`` (single use, bound to the client)."""
+        request_uri = params.get("request_uri", "")
+        with self._lock:
+            entry = self._pushed.get(request_uri)
+            if entry is None or entry[2] <= self.now():
+                self._pushed.pop(request_uri, None)
+                raise _OAuthError("invalid_request_uri", "unknown or expired request_uri")
+            if params.get("client_id") != entry[0]:
+                raise _OAuthError("invalid_request", "client_id does not match the request_uri")
+            if consume:
+                del self._pushed[request_uri]
+        return dict(entry[1])
 
     # ------------------------------------------------------------------ /revoke, /introspect
 
@@ -1551,6 +1629,9 @@ class MockProvider:
         }
         if self.pkce != "unsupported":
             doc["code_challenge_methods_supported"] = ["S256"]
+        if self.par != "off":
+            doc["pushed_authorization_request_endpoint"] = self.par_endpoint
+            doc["require_pushed_authorization_requests"] = self.par == "required"
         if self.scopes_supported is not None:
             doc["scopes_supported"] = list(self.scopes_supported)
         if self.oidc:
