@@ -1630,3 +1630,42 @@ def test_par_with_the_login_form(mock_provider: MockProvider, client: httpx2.Cli
         auth=AUTH,
     ).json()
     assert resource(client, tokens["access_token"]).json()["sub"] == "zoe"
+
+
+def test_plugin_fixtures_in_a_users_test_run(tmp_path: Any) -> None:
+    (tmp_path / "pytest.ini").write_text(
+        "[pytest]\nasyncio_default_fixture_loop_scope = function\n"
+    )
+    (tmp_path / "conftest.py").write_text(
+        "import pytest\n"
+        "from oauth2_broker_mw.testing import MockProvider\n"
+        "\n"
+        "@pytest.fixture\n"
+        "def mock_provider():\n"
+        "    with MockProvider(rotation=False) as provider:\n"
+        "        yield provider\n"
+    )
+    (tmp_path / "test_user.py").write_text(
+        "import httpx2\n"
+        "\n"
+        "def test_in_process(mock_provider):\n"
+        "    assert mock_provider.rotation is False\n"
+        "    with mock_provider.client() as c:\n"
+        "        r = c.post('/token', data={'grant_type': 'client_credentials'},\n"
+        "                   auth=('test-client', 'test-secret'))\n"
+        "    assert r.status_code == 200\n"
+        "\n"
+        "def test_served(mock_provider, mock_provider_url):\n"
+        "    assert mock_provider.issuer == mock_provider_url\n"
+        "    meta = httpx2.get(mock_provider_url + '/.well-known/openid-configuration').json()\n"
+        "    assert meta['issuer'] == mock_provider_url\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", "-W", "error", "."],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "2 passed" in result.stdout
