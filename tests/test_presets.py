@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import base64
 import json
+import urllib.parse
+from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 import pytest
 
-from oauth2_broker_mw import presets
+from oauth2_broker_mw import Broker, presets
 from oauth2_broker_mw._core.effects import HttpResponse
-from oauth2_broker_mw._core.errors import ConfigurationError, InvalidGrant
-from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.errors import (
+    AuthorizationRequired,
+    ConfigurationError,
+    InvalidGrant,
+    ProviderError,
+)
+from oauth2_broker_mw._core.model import ScopeSet, TokenRecord
 from oauth2_broker_mw._core.oauth import (
     authorization_url,
     callback_metadata,
@@ -29,6 +36,7 @@ from oauth2_broker_mw._core.provider import (
     ProviderDescriptor,
     is_allowed_endpoint,
 )
+from oauth2_broker_mw.testing.mock_provider import MockProvider, MockQuirks
 
 NOW = 1_700_000_000.0
 CLIENT = ClientConfig.create("cid", "csecret")
@@ -459,3 +467,154 @@ def test_reddit_linkedin_linear_quirks() -> None:
     linear = presets.linear()
     assert auth_url(linear, "read write")["scope"] == "read,write"
     assert "code_challenge" not in auth_url(linear)
+
+
+# -- end to end: preset quirks against a MockProvider behaving like the provider -----------
+E2E_TENANT = "acme"
+E2E_USER = "alice"
+
+
+def at_mock(preset: ProviderDescriptor, mp: MockProvider) -> ProviderDescriptor:
+    """The preset's quirks with the mock's endpoints (and issuer when the preset has one)."""
+    mock = mp.descriptor()
+    return preset.replace(
+        token_endpoint=mock.token_endpoint,
+        authorization_endpoint=mock.authorization_endpoint,
+        revocation_endpoint=mock.revocation_endpoint if preset.revocation_endpoint else None,
+        introspection_endpoint=None,
+        userinfo_endpoint=None,
+        issuer=mock.issuer if preset.issuer else None,
+        jwks_uri=mock.jwks_uri if preset.issuer else None,
+        refresh_endpoint=mp.url("/refresh") if preset.refresh_endpoint else None,
+        allowed_origins=(),
+    )
+
+
+def broker_for(preset: ProviderDescriptor, mp: MockProvider) -> Broker:
+    return Broker(
+        at_mock(preset, mp),
+        client_id="test-client",
+        client_secret="test-secret",
+        http_client=mp.client(),
+        async_http_client=mp.async_client(),
+    )
+
+
+def login(broker: Broker, mp: MockProvider, scopes: list[str]) -> TokenRecord:
+    request = broker.start_authorization(
+        tenant=E2E_TENANT, principal=E2E_USER, scopes=scopes, redirect_uri="https://app.example/cb"
+    )
+    response = mp.client().get(request.url)
+    assert response.status_code in (302, 303), response.text
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.headers["location"]).query))
+    return broker.exchange_code(
+        state=query["state"], code=query["code"], iss=query.get("iss"), callback_params=query
+    )
+
+
+def refresh(broker: Broker, scopes: list[str]) -> Any:
+    return broker.lease(tenant=E2E_TENANT, principal=E2E_USER, scopes=scopes, force_refresh=True)
+
+
+def test_github_preset() -> None:
+    mp = MockProvider(quirks=MockQuirks.github(), oidc=False)
+    # GitHub documents a space-delimited authorize scope (it also accepts commas)
+    mp.quirks.scope_delimiter = " "
+    broker = broker_for(presets.github(), mp)
+    record = login(broker, mp, ["repo", "user"])
+    assert record.scopes.scopes == ("repo", "user")
+    assert record.expires_at is None  # GitHub OAuth apps: no expiry
+    mp.faults.add("token", "error_200", error="bad_refresh_token")
+    # the GitHub alias makes it an invalid grant: the broker asks for a new login
+    with pytest.raises(AuthorizationRequired) as info:
+        refresh(broker, ["repo", "user"])
+    assert isinstance(info.value.__cause__, InvalidGrant)
+    assert info.value.__cause__.error == "bad_refresh_token"
+
+
+@pytest.mark.parametrize("user_token", [False, True])
+def test_slack_preset(user_token: bool) -> None:
+    mp = MockProvider(quirks=MockQuirks.slack(), oidc=False, pkce="unsupported")
+    if not user_token:
+        mp.quirks.response_shape = "standard"
+    mp.quirks.token_type = "user" if user_token else "bot"
+    # the mock knows no ``user_scope``: keep the scope parameter name for it
+    broker = broker_for(presets.slack(user_token=user_token, param_renames={}), mp)
+    record = login(broker, mp, ["chat:write", "users:read"])
+    assert record.scopes.scopes == ("chat:write", "users:read")
+    assert record.token_type == "Bearer"
+    lease = refresh(broker, ["chat:write", "users:read"])
+    assert lease.access_token != record.access_token
+    mp.faults.add("token", "slack_error", error="internal_error")
+    with pytest.raises(ProviderError) as info:
+        refresh(broker, ["chat:write", "users:read"])
+    assert info.value.retryable  # Slack internal_error is transient through the alias
+
+
+def test_microsoft_preset_sends_scope_on_refresh() -> None:
+    mp = MockProvider(quirks=MockQuirks.entra(), oidc=False)
+    broker = broker_for(presets.microsoft(), mp)
+    scopes = ["User.Read", "offline_access"]
+    record = login(broker, mp, scopes)
+    lease = refresh(broker, scopes)  # the mock refuses a refresh without scope
+    assert lease.access_token != record.access_token
+
+
+def test_google_preset_keeps_refresh_token_and_verifies_id_token() -> None:
+    mp = MockProvider(quirks=MockQuirks.google(), oidc=True)
+    broker = broker_for(presets.google(), mp)
+    record = login(broker, mp, ["openid", "email"])
+    assert record.refresh_token is not None
+    refresh(broker, ["openid", "email"])
+    stored = broker.store.get(record.key)
+    assert stored is not None
+    assert stored.refresh_token == record.refresh_token  # quirk 7: no new one, the old one kept
+
+
+def test_salesforce_preset_unknown_expiry_and_instance_url() -> None:
+    mp = MockProvider(quirks=MockQuirks.salesforce(), oidc=False)
+    broker = broker_for(presets.salesforce(), mp)
+    record = login(broker, mp, ["api", "refresh_token"])
+    assert record.expires_at is None
+    assert record.metadata["instance_url"] == "https://na1.salesforce.test"
+
+
+def test_figma_preset_refreshes_at_its_refresh_endpoint() -> None:
+    mp = MockProvider(
+        quirks=MockQuirks(separate_refresh_endpoint=True, scope_delimiter=",", scope_echo="comma"),
+        oidc=False,
+        pkce="unsupported",
+    )
+    broker = broker_for(presets.figma(), mp)
+    record = login(broker, mp, ["file_content:read"])
+    lease = refresh(broker, ["file_content:read"])
+    assert lease.access_token != record.access_token
+
+
+def test_notion_preset_json_body() -> None:
+    mp = MockProvider(quirks=MockQuirks(token_body_format="json", expires_in="omit"), oidc=False)
+    broker = broker_for(presets.notion(), mp)
+    record = login(broker, mp, ["read"])
+    assert record.expires_at is None
+
+
+def test_quickbooks_preset_keeps_realm_id() -> None:
+    mp = MockProvider(
+        quirks=MockQuirks(
+            redirect_extra_params={"realmId": "9130350"},
+            refresh_expires_in_field="x_refresh_token_expires_in",
+        ),
+        oidc=False,
+        refresh_ttl=8_726_400,
+    )
+    broker = broker_for(presets.quickbooks(), mp)
+    record = login(broker, mp, ["com.intuit.quickbooks.accounting"])
+    assert "9130350" in str(record.metadata)
+    assert record.refresh_token_expires_at is not None
+
+
+def test_twitch_preset_scope_array() -> None:
+    mp = MockProvider(quirks=MockQuirks(scope_echo="array"), oidc=False)
+    broker = broker_for(presets.twitch().replace(issuer=None, jwks_uri=None), mp)
+    record = login(broker, mp, ["user:read:email", "chat:read"])
+    assert record.scopes.scopes == ("chat:read", "user:read:email")
