@@ -15,7 +15,7 @@ import hashlib
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -96,6 +96,7 @@ class Broker:
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
+        client_credentials_principals: Callable[[str, str], bool] | Collection[str] | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -117,6 +118,7 @@ class Broker:
             lock_ttl=lock_ttl,
             lock_wait=lock_wait,
             pending_ttl=pending_ttl,
+            client_credentials_principals=_principal_predicate(client_credentials_principals),
         )
         self._store = store
         self._clock = clock
@@ -509,6 +511,19 @@ class Broker:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
+
+
+def _principal_predicate(
+    allowed: Callable[[str, str], bool] | Collection[str] | None,
+) -> Callable[[StoreKey], bool] | None:
+    """``None``: any principal may use client credentials; else a set or ``(tenant, principal)``."""
+    if allowed is None:
+        return None
+    if callable(allowed):
+        check = allowed
+        return lambda key: bool(check(key.tenant, key.principal))
+    names = frozenset(allowed)
+    return lambda key: key.principal in names
 
 
 def _check_required(lease: Lease, required: Iterable[str] | None) -> Lease:

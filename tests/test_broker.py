@@ -217,7 +217,32 @@ def test_revoked_grant_becomes_authorization_required(
     with pytest.raises(AuthorizationRequired) as info:
         call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
     assert "invalid_grant" in str(info.value)
-    assert broker.store.get(record.key) is None  # the dead grant is removed
+    dead = broker.store.get(record.key)  # a tombstone: no refresh token, marked revoked
+    assert dead is not None and dead.refresh_token is None and dead.revoked_at is not None
+
+
+def test_dead_user_grant_does_not_become_an_app_token(
+    provider: MockProvider, clock: Clock, call: Call
+) -> None:
+    broker = make_broker(provider, clock)  # the mock descriptor also offers client_credentials
+    login(broker, provider, call)
+    provider.revoke_all(subject="user-1")
+    clock.advance(4000)
+    for _ in range(2):
+        with pytest.raises(AuthorizationRequired):
+            call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert provider.counters["token:client_credentials"] == 0
+    login(broker, provider, call)  # logging in again replaces the tombstone
+    assert call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+
+
+def test_client_credentials_principals_restricts_the_app_grant(
+    provider: MockProvider, call: Call
+) -> None:
+    broker = make_broker(provider, client_credentials_principals={"svc-router"})
+    assert call(broker, "lease", tenant=TENANT, principal="svc-router", scopes=["x"])
+    with pytest.raises(AuthorizationRequired):
+        call(broker, "lease", tenant=TENANT, principal=USER, scopes=["x"])
 
 
 def test_revoke_calls_rfc7009_and_forgets(provider: MockProvider, call: Call) -> None:

@@ -191,7 +191,7 @@ def test_invalid_grant_after_someone_else_rotated_revokes_nothing() -> None:
     assert result is winner  # no delete, no revocation
 
 
-def test_genuine_invalid_grant_deletes_only_that_version_and_raises() -> None:
+def test_genuine_invalid_grant_tombstones_only_that_version_and_raises() -> None:
     stale = record(expires_at=NOW - 1)
     s = Script(obtain_flow(config(), KEY, SCOPES))
     s.answer_now()
@@ -206,12 +206,43 @@ def test_genuine_invalid_grant_deletes_only_that_version_and_raises() -> None:
     s.answer_now()
     s.expect(StoreOp, "get")
     s.send(stale)
-    delete = s.expect(StoreOp, "delete")
-    assert dict(delete.kwargs) == {"expected_version": 3}
-    s.send(True)
+    cas = s.expect(StoreOp, "compare_and_swap")
+    assert dict(cas.kwargs) == {"expected_version": 3}
+    tombstone: TokenRecord = cas.args[0]
+    assert tombstone.refresh_token is None and tombstone.revoked_at == NOW
+    s.send(tombstone.with_version(4))
     s.expect(StoreOp, "release_lock")
     with pytest.raises(InvalidGrant):
         s.send(True)
+
+
+def test_a_dead_user_grant_never_falls_back_to_client_credentials() -> None:
+    cfg = config(grants=["authorization_code", "refresh_token", "client_credentials"])
+    dead = record(refresh_token=None, revoked_at=NOW - 5, expires_at=NOW - 1)
+    s = Script(obtain_flow(cfg, KEY, SCOPES))
+    s.answer_now()
+    s.expect(StoreOp, "get")
+    with pytest.raises(AuthorizationRequired) as info:
+        s.send(dead)
+    assert "log in again" in str(info.value)
+
+
+def test_client_credentials_only_for_allowed_principals() -> None:
+    cfg = FlowConfig(
+        provider=provider(grants=["client_credentials"]),
+        client=ClientConfig.create("client-1", client_secret="s3cret"),
+        client_credentials_principals=lambda key: key.principal.startswith("svc-"),
+    )
+    s = Script(obtain_flow(cfg, KEY, SCOPES))  # principal "svc"
+    s.answer_now()
+    with pytest.raises(AuthorizationRequired):
+        s.send(None)
+    allowed = StoreKey.build("acme", "svc-router", "idp", SCOPES)
+    s = Script(obtain_flow(cfg, allowed, SCOPES))
+    s.answer_now()
+    s.send(None)
+    s.answer_now()
+    s.expect(StoreOp, "acquire_lock")
 
 
 def test_waiter_uses_the_lock_holders_result_without_calling_the_provider() -> None:

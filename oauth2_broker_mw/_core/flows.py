@@ -74,6 +74,12 @@ class FlowConfig:
     poll_interval: float = 0.05
     pending_ttl: float = 600.0
 
+    client_credentials_principals: Callable[[StoreKey], bool] | None = None
+
+    def allows_client_credentials(self, key: StoreKey) -> bool:
+        predicate = self.client_credentials_principals
+        return predicate is None or predicate(key)
+
     @property
     def can_client_credentials(self) -> bool:
         return self.provider.supports(GrantType.CLIENT_CREDENTIALS) and (
@@ -162,7 +168,10 @@ def obtain_flow(
         return (
             yield from _locked(cfg, key, acceptable, lambda r, hold: _refresh(cfg, key, r, hold))
         )
-    if cfg.can_client_credentials:
+    # Client credentials never stand in for a user's grant: only where nothing but a
+    # client-credentials token was ever stored, and only for principals the broker allows.
+    user_grant = record is not None and record.grant != GrantType.CLIENT_CREDENTIALS.value
+    if cfg.can_client_credentials and not user_grant and cfg.allows_client_credentials(key):
         return (
             yield from _locked(
                 cfg, key, acceptable, lambda r, hold: _client_credentials(cfg, key, requested, hold)
@@ -176,7 +185,9 @@ def obtain_flow(
         principal=key.principal,
         provider=key.provider,
         scopes=requested.scopes,
-        reason="no stored token can be refreshed and the provider offers no client credentials"
+        reason="the provider rejected the stored grant; log in again"
+        if record is not None and record.revoked_at is not None
+        else "no stored token can be refreshed and the provider offers no client credentials"
         if record is None or record.refresh_token is None
         else "the stored token cannot be refreshed",
     )
@@ -263,7 +274,10 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
         if current is not None and current.version != record.version:
             log.info("refresh lost a race for provider=%s; using the winner's token", key.provider)
             return current
-        yield StoreOp("delete", (key,), (("expected_version", record.version),))
+        # Keep a tombstone (no refresh token, revoked_at set) rather than deleting: the key
+        # must not silently fall back to client credentials for a user whose grant died.
+        tombstone = replace(record, refresh_token=None, revoked_at=now)
+        yield StoreOp("compare_and_swap", (tombstone,), (("expected_version", record.version),))
         raise
     merged = _merge(record, parsed, now)
     stored: TokenRecord | None = yield StoreOp(
