@@ -419,3 +419,17 @@ def test_par_fields_and_discovery() -> None:
     d = ProviderDescriptor.from_metadata("idp", doc, expected_issuer="https://idp.example")
     assert d.pushed_authorization_request_endpoint == "https://idp.example/par"
     assert d.require_pushed_authorization_requests is True
+
+
+def test_mapping_fields_are_read_only_but_serialisable() -> None:
+    d = make(authorize_params={"prompt": "consent"})
+    with pytest.raises(TypeError, match="read-only"):
+        d.authorize_params["prompt"] = "none"  # type: ignore[index]
+    with pytest.raises(TypeError):
+        d.authorize_params.update({"x": "y"})  # type: ignore[attr-defined]
+    assert json.loads(json.dumps(d.to_dict()))["authorize_params"] == {"prompt": "consent"}
+    assert d.authorize_params == {"prompt": "consent"}
+    copy = pickle.loads(pickle.dumps(d))
+    assert copy == d
+    assert copy.authorize_params == {"prompt": "consent"}
+    assert d.replace(authorize_params={"prompt": "none"}).authorize_params == {"prompt": "none"}

@@ -170,9 +170,36 @@ def _enum(enum_cls: type[enum.Enum], name: str, value: object) -> Any:
         raise ConfigurationError(f"{name} must be one of {allowed}; got {value!r}") from None
 
 
-def _str_map(name: str, value: object) -> dict[str, str]:
+class FrozenMap(dict[str, str]):
+    """A read-only ``dict`` (JSON-serialisable, picklable) for descriptor mapping fields."""
+
+    __slots__ = ()
+
+    def _read_only(self, *args: object, **kwargs: object) -> None:
+        raise TypeError("provider descriptor mappings are read-only; use replace()")
+
+    __setitem__ = _read_only
+    __delitem__ = _read_only
+    __ior__ = _read_only  # type: ignore[assignment]
+    clear = _read_only
+    pop = _read_only  # type: ignore[assignment]
+    popitem = _read_only  # type: ignore[assignment]
+    setdefault = _read_only  # type: ignore[assignment]
+    update = _read_only
+
+    def __reduce__(self) -> tuple[type[FrozenMap], tuple[dict[str, str]]]:
+        return (FrozenMap, (dict(self),))
+
+    def __copy__(self) -> FrozenMap:
+        return self
+
+    def __deepcopy__(self, memo: dict[int, object]) -> FrozenMap:
+        return self
+
+
+def _str_map(name: str, value: object) -> FrozenMap:
     if value is None:
-        return {}
+        return FrozenMap()
     if not isinstance(value, Mapping):
         raise ConfigurationError(f"{name} must be a mapping of strings to strings")
     out: dict[str, str] = {}
@@ -186,7 +213,7 @@ def _str_map(name: str, value: object) -> dict[str, str]:
         if not isinstance(item, str):
             raise ConfigurationError(f"{name}[{key!r}] must be a string")
         out[key] = item
-    return out
+    return FrozenMap(out)
 
 
 def _str_tuple(name: str, value: object, *, split: str | None = None) -> tuple[str, ...]:
