@@ -261,7 +261,8 @@ def test_templates() -> None:
 
 
 @pytest.mark.parametrize(
-    "value", ["evil.example/x", "a?b", "a#b", "user@evil.example", "a b", "", "a\\b", "%2f"]
+    "value",
+    ["evil.example/x", "a?b", "a#b", "user@evil.example", "a b", "", "a\\b", "%2f", "..", "."],
 )
 def test_template_values_cannot_inject(value: str) -> None:
     d = make(token_endpoint="https://{shop}.myshop.example/token")

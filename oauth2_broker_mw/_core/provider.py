@@ -490,8 +490,10 @@ class ProviderDescriptor:
         for key, value in values.items():
             if not isinstance(value, str) or not value:
                 raise ConfigurationError(f"template value {key!r} must be a non-empty string")
-            if any(ch in value for ch in "/?#@\\{}%") or any(
-                ch.isspace() or ord(ch) < 0x20 for ch in value
+            if (
+                value in (".", "..")
+                or any(ch in value for ch in "/?#@\\{}%")
+                or any(ch.isspace() or ord(ch) < 0x20 for ch in value)
             ):
                 raise ConfigurationError(
                     f"template value {key!r} must be a plain host or path segment: {value[:80]!r}"
