@@ -17,16 +17,13 @@ import asyncio
 import base64
 import hashlib
 import hmac
-import html
 import json
-import re
 import secrets
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from typing import Any, Literal
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
@@ -44,122 +41,39 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
 
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import KeySet, RSAKey
+from joserfc.jwk import RSAKey
 
 from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
+from ._mock_records import (
+    ASYMMETRIC_ALGS,
+    CHALLENGE_RE,
+    CLIENT_AUTH_PARAMS,
+    FORM,
+    GRANTS,
+    JWT_BEARER,
+    NO_STORE,
+    VERIFIER_RE,
+    AuthorizeParams,
+    CodeGrant,
+    Family,
+    OAuthError,
+    RedirectError,
+    TokenState,
+    assertion_signature_ok,
+    b64url_sha256,
+    basic_challenge,
+    error_page,
+    form_action,
+    login_page,
+    scope_token_ok,
+    unsigned_jwt,
+)
 from ._mock_transport import AsyncASGITransport, LoopThread, SyncASGITransport, serve_app
 
 __all__ = ["MockProvider"]
 
-_GRANTS = ("authorization_code", "refresh_token", "client_credentials")
-_VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
-_CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
-_NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
-_FORM = "application/x-www-form-urlencoded"
-_CLIENT_AUTH_PARAMS = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
 _MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
 _CODE_SWEEP = 1_000  # sweep spent and expired codes when this many are held
-_JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
-_ASYMMETRIC_ALGS = frozenset(
-    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
-)
-
-
-def _scope_token_ok(scope: str) -> bool:
-    return bool(scope) and all(
-        ch == "\x21" or "\x23" <= ch <= "\x5b" or "\x5d" <= ch <= "\x7e" for ch in scope
-    )
-
-
-def _b64url_sha256(value: str) -> str:
-    digest = hashlib.sha256(value.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
-
-
-class _OAuthError(Exception):
-    """An RFC 6749 §5.2 error to render; carries no secret."""
-
-    def __init__(
-        self,
-        error: str,
-        description: str | None = None,
-        status: int = 400,
-        headers: Mapping[str, str] | None = None,
-    ) -> None:
-        super().__init__(error)
-        self.error = error
-        self.description = description
-        self.status = status
-        self.headers = dict(headers or {})
-
-    def body(self) -> dict[str, Any]:
-        payload: dict[str, Any] = {"error": self.error}
-        if self.description:
-            payload["error_description"] = self.description
-        return payload
-
-
-@dataclass(slots=True, eq=False)
-class _Family:
-    """Every token issued from one authorization (one code, or one ``issue_tokens`` call)."""
-
-    id: str
-    client_id: str
-    subject: str
-    scopes: tuple[str, ...]
-    nonce: str | None
-    auth_time: int
-    revoked: bool = False
-    tokens: set[str] = field(default_factory=set)
-
-
-@dataclass(slots=True, eq=False)
-class _Token:
-    kind: Literal["access", "refresh"]
-    family: _Family
-    scopes: tuple[str, ...]
-    issued_at: float
-    expires_at: float | None
-    status: Literal["active", "rotated", "revoked"] = "active"
-    rotated_at: float | None = None
-
-    def alive(self, now: float) -> bool:
-        if self.status != "active" or self.family.revoked:
-            return False
-        return self.expires_at is None or now < self.expires_at
-
-
-@dataclass(slots=True, eq=False)
-class _Code:
-    client_id: str
-    redirect_uri: str | None
-    scopes: tuple[str, ...]
-    challenge: str | None
-    subject: str
-    nonce: str | None
-    expires_at: float
-    used: bool = False
-    family: _Family | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class _AuthorizeParams:
-    client: MockClient
-    redirect_uri: str
-    redirect_uri_sent: bool
-    state: str | None
-    scopes: tuple[str, ...]
-    challenge: str | None
-    nonce: str | None
-    raw: Mapping[str, str]
-
-
-class _RedirectError(Exception):
-    def __init__(self, params: _AuthorizeParams, error: str, description: str) -> None:
-        super().__init__(error)
-        self.params = params
-        self.error = error
-        self.description = description
 
 
 class MockProvider:
@@ -237,8 +151,8 @@ class MockProvider:
         self._clients: dict[str, MockClient] = {}
         for client in clients if clients is not None else (MockClient(),):
             self._clients[client.client_id] = client
-        self._codes: dict[str, _Code] = {}
-        self._tokens: dict[str, _Token] = {}
+        self._codes: dict[str, CodeGrant] = {}
+        self._tokens: dict[str, TokenState] = {}
         self._counters: Counter[str] = Counter()
         self._requests: deque[RecordedRequest] = deque(maxlen=_MAX_RECORDED)
         self._closing = False
@@ -570,7 +484,7 @@ class MockProvider:
             "introspection_endpoint": self.introspection_endpoint,
             "userinfo_endpoint": self.userinfo_endpoint,
             "jwks_uri": self.jwks_uri,
-            "grants": list(_GRANTS),
+            "grants": list(GRANTS),
             "client_auth_method": "client_secret_basic",
             "scope_delimiter": self.quirks.scope_delimiter,
             "pkce": self.pkce,
@@ -609,8 +523,8 @@ class MockProvider:
 
     def _new_family(
         self, client_id: str, subject: str, scopes: tuple[str, ...], nonce: str | None
-    ) -> _Family:
-        return _Family(
+    ) -> Family:
+        return Family(
             id=secrets.token_hex(8),
             client_id=client_id,
             subject=subject,
@@ -622,14 +536,14 @@ class MockProvider:
     def _mint(
         self,
         kind: Literal["access", "refresh"],
-        family: _Family,
+        family: Family,
         scopes: tuple[str, ...],
         ttl: int | None,
     ) -> str:
         prefix = "mock-at-" if kind == "access" else "mock-rt-"
         value = prefix + secrets.token_urlsafe(32)
         now = self.now()
-        self._tokens[value] = _Token(
+        self._tokens[value] = TokenState(
             kind=kind,
             family=family,
             scopes=scopes,
@@ -641,7 +555,7 @@ class MockProvider:
 
     def _mint_pair(
         self,
-        family: _Family,
+        family: Family,
         scopes: tuple[str, ...],
         *,
         with_refresh: bool,
@@ -652,18 +566,18 @@ class MockProvider:
         refresh = self._mint("refresh", family, scopes, self.refresh_ttl) if with_refresh else None
         return access, refresh, ttl
 
-    def _revoke_family(self, family: _Family) -> None:
+    def _revoke_family(self, family: Family) -> None:
         if not family.revoked:
             family.revoked = True
             self._counters["family_revoked"] += 1
 
-    def _alive_access(self, value: str) -> _Token | None:
+    def _alive_access(self, value: str) -> TokenState | None:
         rec = self._tokens.get(value)
         if rec is None or rec.kind != "access" or not rec.alive(self.now()):
             return None
         return rec
 
-    def _id_token(self, family: _Family, access_token: str | None) -> str:
+    def _id_token(self, family: Family, access_token: str | None) -> str:
         now = int(self.now())
         claims: dict[str, Any] = {
             "iss": self.issuer,
@@ -685,7 +599,7 @@ class MockProvider:
             else:
                 claims[name] = value
         if self.id_token_signing == "none":
-            return _unsigned_jwt(claims)
+            return unsigned_jwt(claims)
         key = self._signing_key
         if self.id_token_signing == "foreign_key":
             # Same kid as the published key, different private key: the signature fails.
@@ -731,19 +645,19 @@ class MockProvider:
             try:
                 data = json.loads(body)
             except ValueError:
-                raise _OAuthError("invalid_request", "malformed JSON body") from None
+                raise OAuthError("invalid_request", "malformed JSON body") from None
             if not isinstance(data, dict):
-                raise _OAuthError("invalid_request", "JSON body must be an object")
+                raise OAuthError("invalid_request", "JSON body must be an object")
             return {str(k): v if isinstance(v, str) else json.dumps(v) for k, v in data.items()}
         if ctype != "application/x-www-form-urlencoded" or accepted == "json":
-            expected = "application/json" if accepted == "json" else _FORM
-            raise _OAuthError("invalid_request", f"body must be {expected}")
+            expected = "application/json" if accepted == "json" else FORM
+            raise OAuthError("invalid_request", f"body must be {expected}")
         pairs = parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True)
         form: dict[str, str] = {}
         for key, value in pairs:
             if key in form:
                 # RFC 6749 §3.2: parameters MUST NOT be included more than once.
-                raise _OAuthError("invalid_request", f"parameter {key!r} repeated")
+                raise OAuthError("invalid_request", f"parameter {key!r} repeated")
             form[key] = value
         return form
 
@@ -826,15 +740,15 @@ class MockProvider:
                 headers=headers,
             )
         if fault.kind == "error_200":
-            err = _OAuthError(fault.error or "bad_verification_code", fault.error_description)
+            err = OAuthError(fault.error or "bad_verification_code", fault.error_description)
             return JSONResponse(err.body(), status_code=fault.status or 200, headers=headers)
         status = fault.status or 503
         default_error = "temporarily_unavailable" if status >= 429 else "invalid_request"
         if endpoint in ("resource", "userinfo") and status == 401:
             headers["WWW-Authenticate"] = 'Bearer error="invalid_token"'
             default_error = "invalid_token"
-        err = _OAuthError(fault.error or default_error, fault.error_description)
-        return JSONResponse(err.body(), status_code=status, headers={**headers, **_NO_STORE})
+        err = OAuthError(fault.error or default_error, fault.error_description)
+        return JSONResponse(err.body(), status_code=status, headers={**headers, **NO_STORE})
 
     def _authenticate_client(
         self, request: Request, form: Mapping[str, str]
@@ -844,32 +758,32 @@ class MockProvider:
         header = request.headers.get("authorization")
         if "client_assertion" in form or "client_assertion_type" in form:
             if header is not None or "client_secret" in form:
-                raise _OAuthError("invalid_request", "more than one client authentication method")
+                raise OAuthError("invalid_request", "more than one client authentication method")
             return self._authenticate_assertion(request, form)
         basic: tuple[str, str] | None = None
         if header is not None:
             scheme, _, param = header.partition(" ")
             if scheme.lower() != "basic":
-                raise _OAuthError("invalid_client", "unsupported authorization scheme", 401)
+                raise OAuthError("invalid_client", "unsupported authorization scheme", 401)
             try:
                 decoded = base64.b64decode(param.strip(), validate=True).decode("utf-8")
             except (ValueError, UnicodeDecodeError):
-                raise _OAuthError(
-                    "invalid_client", "malformed basic credentials", 401, _basic_challenge()
+                raise OAuthError(
+                    "invalid_client", "malformed basic credentials", 401, basic_challenge()
                 ) from None
             user, sep, password = decoded.partition(":")
             if not sep:
-                raise _OAuthError(
-                    "invalid_client", "malformed basic credentials", 401, _basic_challenge()
+                raise OAuthError(
+                    "invalid_client", "malformed basic credentials", 401, basic_challenge()
                 )
             basic = (unquote_plus(user), unquote_plus(password))
         if basic is not None and "client_secret" in form:
-            raise _OAuthError("invalid_request", "more than one client authentication method")
+            raise OAuthError("invalid_request", "more than one client authentication method")
         if basic is not None:
             client_id, secret = basic
             method = "client_secret_basic"
             if "client_id" in form and form["client_id"] != client_id:
-                raise _OAuthError("invalid_request", "client_id does not match credentials")
+                raise OAuthError("invalid_request", "client_id does not match credentials")
         elif "client_secret" in form:
             client_id, secret, method = (
                 form.get("client_id", ""),
@@ -880,73 +794,73 @@ class MockProvider:
             client_id, secret, method = form.get("client_id", ""), "", "none"
         with self._lock:
             client = self._clients.get(client_id)
-        challenge = _basic_challenge() if basic is not None else {}
+        challenge = basic_challenge() if basic is not None else {}
         if client is None:
-            raise _OAuthError("invalid_client", "unknown client", 401, challenge)
+            raise OAuthError("invalid_client", "unknown client", 401, challenge)
         if method not in client.auth_methods:
-            raise _OAuthError(
+            raise OAuthError(
                 "invalid_client", f"client may not authenticate with {method}", 401, challenge
             )
         if method != "none":
             expected = client.client_secret or ""
             if not hmac.compare_digest(secret.encode(), expected.encode()):
-                raise _OAuthError("invalid_client", "client authentication failed", 401, challenge)
+                raise OAuthError("invalid_client", "client authentication failed", 401, challenge)
         return client, method
 
     def _authenticate_assertion(
         self, request: Request, form: Mapping[str, str]
     ) -> tuple[MockClient, str]:
-        if form.get("client_assertion_type") != _JWT_BEARER:
-            raise _OAuthError("invalid_client", "unsupported client_assertion_type", 401)
+        if form.get("client_assertion_type") != JWT_BEARER:
+            raise OAuthError("invalid_client", "unsupported client_assertion_type", 401)
         assertion = form.get("client_assertion", "")
         try:
             compact = jws.extract_compact(assertion.encode("ascii"))
             claims = json.loads(compact.payload)
         except (ValueError, JoseError):
-            raise _OAuthError("invalid_client", "malformed client assertion", 401) from None
+            raise OAuthError("invalid_client", "malformed client assertion", 401) from None
         if not isinstance(claims, dict):
-            raise _OAuthError("invalid_client", "malformed client assertion", 401)
+            raise OAuthError("invalid_client", "malformed client assertion", 401)
         alg = compact.protected.get("alg")
         client_id = claims.get("sub")
         if not isinstance(client_id, str) or claims.get("iss") != client_id:
-            raise _OAuthError("invalid_client", "assertion iss and sub must be the client", 401)
+            raise OAuthError("invalid_client", "assertion iss and sub must be the client", 401)
         if form.get("client_id", client_id) != client_id:
-            raise _OAuthError("invalid_client", "client_id does not match the assertion", 401)
+            raise OAuthError("invalid_client", "client_id does not match the assertion", 401)
         with self._lock:
             client = self._clients.get(client_id)
         if client is None:
-            raise _OAuthError("invalid_client", "unknown client", 401)
+            raise OAuthError("invalid_client", "unknown client", 401)
         if alg == "HS256" and client.client_secret is not None:
             method = "client_secret_jwt"
-        elif alg in _ASYMMETRIC_ALGS and client.jwks:
+        elif alg in ASYMMETRIC_ALGS and client.jwks:
             method = "private_key_jwt"
         else:
-            raise _OAuthError("invalid_client", "unsupported assertion algorithm", 401)
+            raise OAuthError("invalid_client", "unsupported assertion algorithm", 401)
         if method not in client.auth_methods:
-            raise _OAuthError("invalid_client", f"client may not authenticate with {method}", 401)
-        if not _assertion_signature_ok(assertion, str(alg), client):
-            raise _OAuthError("invalid_client", "client assertion signature invalid", 401)
+            raise OAuthError("invalid_client", f"client may not authenticate with {method}", 401)
+        if not assertion_signature_ok(assertion, str(alg), client):
+            raise OAuthError("invalid_client", "client assertion signature invalid", 401)
         audience = claims.get("aud")
         audiences = {audience} if isinstance(audience, str) else set(audience or ())
         accepted = {self.issuer, self.token_endpoint, self.url(request.url.path)}
         if not audiences & accepted:
-            raise _OAuthError("invalid_client", "client assertion audience mismatch", 401)
+            raise OAuthError("invalid_client", "client assertion audience mismatch", 401)
         now = self.now()
         exp = claims.get("exp")
         if not isinstance(exp, int | float) or exp <= now:
-            raise _OAuthError("invalid_client", "client assertion expired", 401)
+            raise OAuthError("invalid_client", "client assertion expired", 401)
         nbf = claims.get("nbf")
         if isinstance(nbf, int | float) and nbf > now + 60:
-            raise _OAuthError("invalid_client", "client assertion not yet valid", 401)
+            raise OAuthError("invalid_client", "client assertion not yet valid", 401)
         jti = claims.get("jti")
         if not isinstance(jti, str) or not jti:
-            raise _OAuthError("invalid_client", "client assertion needs a jti", 401)
+            raise OAuthError("invalid_client", "client assertion needs a jti", 401)
         with self._lock:
             for seen, expiry in list(self._jtis.items()):
                 if expiry <= now:
                     del self._jtis[seen]
             if f"{client_id}\x00{jti}" in self._jtis:
-                raise _OAuthError("invalid_client", "client assertion replayed", 401)
+                raise OAuthError("invalid_client", "client assertion replayed", 401)
             self._jtis[f"{client_id}\x00{jti}"] = float(exp)
         return client, method
 
@@ -957,8 +871,8 @@ class MockProvider:
         parts = raw.split() if delimiter == " " else raw.split(delimiter)
         scopes = tuple(dict.fromkeys(p for p in parts if p != ""))
         for scope in scopes:
-            if not _scope_token_ok(scope):
-                raise _OAuthError("invalid_scope", "malformed scope")
+            if not scope_token_ok(scope):
+                raise OAuthError("invalid_scope", "malformed scope")
         allowed: set[str] | None = None
         if self.scopes_supported is not None:
             allowed = set(self.scopes_supported)
@@ -968,7 +882,7 @@ class MockProvider:
         if allowed is not None:
             unknown = [s for s in scopes if s not in allowed]
             if unknown:
-                raise _OAuthError("invalid_scope", f"scope not allowed: {' '.join(unknown)}")
+                raise OAuthError("invalid_scope", f"scope not allowed: {' '.join(unknown)}")
         return scopes
 
     def _grant_scopes(self, requested: tuple[str, ...]) -> tuple[str, ...]:
@@ -1026,7 +940,7 @@ class MockProvider:
         status: int,
         headers: Mapping[str, str] | None = None,
     ) -> Response:
-        all_headers = {**_NO_STORE, **(headers or {})}
+        all_headers = {**NO_STORE, **(headers or {})}
         accept = request.headers.get("accept", "")
         if self.quirks.form_unless_accept_json and "application/json" not in accept.lower():
             flat = {
@@ -1041,13 +955,13 @@ class MockProvider:
             )
         return JSONResponse(payload, status_code=status, headers=all_headers)
 
-    def _render_token_error(self, request: Request, err: _OAuthError) -> Response:
+    def _render_token_error(self, request: Request, err: OAuthError) -> Response:
         with self._lock:
             self._counters["token:error"] += 1
             self._counters[f"token:error:{err.error}"] += 1
         mode = self.quirks.errors_with_200
         if mode == "slack":
-            return JSONResponse({"ok": False, "error": err.error}, headers=_NO_STORE)
+            return JSONResponse({"ok": False, "error": err.error}, headers=NO_STORE)
         if mode == "github":
             return self._render_body(request, err.body(), 200)
         return self._render_body(request, err.body(), err.status, err.headers)
@@ -1065,7 +979,7 @@ class MockProvider:
     async def _token_like(self, request: Request, endpoint: str) -> Response:
         try:
             form = await self._read_form(request, token_body=True)
-        except _OAuthError as err:
+        except OAuthError as err:
             await self._enter(endpoint, request, {})
             return self._render_token_error(request, err)
         grant_type = form.get("grant_type", "")
@@ -1074,7 +988,7 @@ class MockProvider:
         try:
             client, method = self._authenticate_client(request, form)
             client_id = client.client_id
-        except _OAuthError as err:
+        except OAuthError as err:
             fault = await self._enter(endpoint, request, form, grant_type=grant_type or None)
             if fault is not None and fault.kind != "lost_response":
                 return self._fault_response(fault, endpoint)
@@ -1091,7 +1005,7 @@ class MockProvider:
             return self._fault_response(fault, endpoint)
         try:
             response = self._dispatch_grant(request, endpoint, client, grant_type, form)
-        except _OAuthError as err:
+        except OAuthError as err:
             response = self._render_token_error(request, err)
         if fault is not None:  # lost_response: the work is done, the answer never arrives
             return self._fault_response(fault, endpoint)
@@ -1106,16 +1020,16 @@ class MockProvider:
         form: Mapping[str, str],
     ) -> Response:
         if not grant_type:
-            raise _OAuthError("invalid_request", "missing grant_type")
-        if grant_type not in _GRANTS:
-            raise _OAuthError("unsupported_grant_type", "unsupported grant_type")
+            raise OAuthError("invalid_request", "missing grant_type")
+        if grant_type not in GRANTS:
+            raise OAuthError("unsupported_grant_type", "unsupported grant_type")
         if self.quirks.separate_refresh_endpoint and (
             (endpoint == "refresh") != (grant_type == "refresh_token")
         ):
             where = "/refresh" if grant_type == "refresh_token" else "/token"
-            raise _OAuthError("unsupported_grant_type", f"use {where} for {grant_type}")
+            raise OAuthError("unsupported_grant_type", f"use {where} for {grant_type}")
         if grant_type not in client.grant_types:
-            raise _OAuthError("unauthorized_client", f"client may not use {grant_type}")
+            raise OAuthError("unauthorized_client", f"client may not use {grant_type}")
         if grant_type == "authorization_code":
             return self._grant_code(request, client, form)
         if grant_type == "refresh_token":
@@ -1127,32 +1041,32 @@ class MockProvider:
     ) -> Response:
         code_value = form.get("code")
         if not code_value:
-            raise _OAuthError("invalid_request", "missing code")
+            raise OAuthError("invalid_request", "missing code")
         verifier = form.get("code_verifier")
         with self._lock:
             code = self._codes.get(code_value)
             if code is None or code.client_id != client.client_id:
-                raise _OAuthError("invalid_grant", "unknown authorization code")
+                raise OAuthError("invalid_grant", "unknown authorization code")
             if code.used:
                 # RFC 6749 §4.1.2: a reused code revokes what was issued from it.
                 self._counters["code_reuse"] += 1
                 if code.family is not None:
                     self._revoke_family(code.family)
-                raise _OAuthError("invalid_grant", "authorization code already used")
+                raise OAuthError("invalid_grant", "authorization code already used")
             if self.now() >= code.expires_at:
-                raise _OAuthError("invalid_grant", "authorization code expired")
+                raise OAuthError("invalid_grant", "authorization code expired")
             if code.redirect_uri is not None and form.get("redirect_uri") != code.redirect_uri:
-                raise _OAuthError("invalid_grant", "redirect_uri does not match")
+                raise OAuthError("invalid_grant", "redirect_uri does not match")
             if self.pkce != "unsupported":
                 if code.challenge is not None:
                     if verifier is None:
-                        raise _OAuthError("invalid_grant", "missing code_verifier")
-                    if not _VERIFIER_RE.match(verifier) or not hmac.compare_digest(
-                        _b64url_sha256(verifier), code.challenge
+                        raise OAuthError("invalid_grant", "missing code_verifier")
+                    if not VERIFIER_RE.match(verifier) or not hmac.compare_digest(
+                        b64url_sha256(verifier), code.challenge
                     ):
-                        raise _OAuthError("invalid_grant", "PKCE verification failed")
+                        raise OAuthError("invalid_grant", "PKCE verification failed")
                 elif verifier is not None:
-                    raise _OAuthError("invalid_grant", "code_verifier sent but no code_challenge")
+                    raise OAuthError("invalid_grant", "code_verifier sent but no code_challenge")
             code.used = True
             granted = self._grant_scopes(code.scopes)
             family = self._new_family(client.client_id, code.subject, granted, code.nonce)
@@ -1169,9 +1083,9 @@ class MockProvider:
     ) -> Response:
         presented = form.get("refresh_token")
         if not presented:
-            raise _OAuthError("invalid_request", "missing refresh_token")
+            raise OAuthError("invalid_request", "missing refresh_token")
         if self.quirks.require_scope_on_refresh and not form.get("scope"):
-            raise _OAuthError(
+            raise OAuthError(
                 "invalid_request",
                 "AADSTS90014: The required field 'scope' is missing from the credential.",
             )
@@ -1179,7 +1093,7 @@ class MockProvider:
         with self._lock:
             rec = self._tokens.get(presented)
             if rec is None or rec.kind != "refresh" or rec.family.client_id != client.client_id:
-                raise _OAuthError("invalid_grant", "unknown refresh token")
+                raise OAuthError("invalid_grant", "unknown refresh token")
             family = rec.family
             now = self.now()
             in_grace = (
@@ -1194,18 +1108,16 @@ class MockProvider:
                 self._counters["refresh_reuse"] += 1
                 if self.reuse_detection:
                     self._revoke_family(family)
-                raise _OAuthError("invalid_grant", "refresh token already used")
+                raise OAuthError("invalid_grant", "refresh token already used")
             if family.revoked or rec.status == "revoked":
-                raise _OAuthError("invalid_grant", "refresh token revoked")
+                raise OAuthError("invalid_grant", "refresh token revoked")
             if rec.expires_at is not None and now >= rec.expires_at:
-                raise _OAuthError("invalid_grant", "refresh token expired")
+                raise OAuthError("invalid_grant", "refresh token expired")
             scopes = family.scopes
             if requested:
                 extra = [s for s in requested if s not in family.scopes]
                 if extra:
-                    raise _OAuthError(
-                        "invalid_scope", f"scope exceeds the grant: {' '.join(extra)}"
-                    )
+                    raise OAuthError("invalid_scope", f"scope exceeds the grant: {' '.join(extra)}")
                 scopes = requested
             access = self._mint("access", family, scopes, self.access_ttl)
             new_refresh: str | None = None
@@ -1226,7 +1138,7 @@ class MockProvider:
         self, request: Request, client: MockClient, form: Mapping[str, str]
     ) -> Response:
         if client.is_public:
-            raise _OAuthError("unauthorized_client", "public clients may not use this grant")
+            raise OAuthError("unauthorized_client", "public clients may not use this grant")
         scopes = self._grant_scopes(self._parse_scopes(form.get("scope"), client))
         with self._lock:
             family = self._new_family(client.client_id, client.client_id, scopes, None)
@@ -1236,28 +1148,28 @@ class MockProvider:
 
     # ------------------------------------------------------------------ /authorize
 
-    def _check_authorize(self, params: Mapping[str, str]) -> _AuthorizeParams:
-        """Validate an authorization request; raises _OAuthError (no redirect possible) or
-        _RedirectError (send the error back to the client's redirect URI)."""
+    def _check_authorize(self, params: Mapping[str, str]) -> AuthorizeParams:
+        """Validate an authorization request; raises OAuthError (no redirect possible) or
+        RedirectError (send the error back to the client's redirect URI)."""
         client_id = params.get("client_id", "")
         with self._lock:
             client = self._clients.get(client_id)
         if client is None:
-            raise _OAuthError("invalid_client", "unknown client_id")
+            raise OAuthError("invalid_client", "unknown client_id")
         sent = params.get("redirect_uri")
         if sent is None:
             if client.redirect_uris is None or len(client.redirect_uris) != 1:
-                raise _OAuthError("invalid_request", "missing redirect_uri")
+                raise OAuthError("invalid_request", "missing redirect_uri")
             redirect_uri = client.redirect_uris[0]
         else:
             if client.redirect_uris is None:
                 parts = urlsplit(sent)
                 if parts.scheme not in ("http", "https") or not parts.netloc or parts.fragment:
-                    raise _OAuthError("invalid_request", "redirect_uri is not an http(s) URL")
+                    raise OAuthError("invalid_request", "redirect_uri is not an http(s) URL")
             elif sent not in client.redirect_uris:
-                raise _OAuthError("invalid_request", "redirect_uri is not registered")
+                raise OAuthError("invalid_request", "redirect_uri is not registered")
             redirect_uri = sent
-        partial = _AuthorizeParams(
+        partial = AuthorizeParams(
             client=client,
             redirect_uri=redirect_uri,
             redirect_uri_sent=sent is not None,
@@ -1268,25 +1180,25 @@ class MockProvider:
             raw=dict(params),
         )
         if params.get("response_type") != "code":
-            raise _RedirectError(partial, "unsupported_response_type", "only code is supported")
+            raise RedirectError(partial, "unsupported_response_type", "only code is supported")
         if "authorization_code" not in client.grant_types:
-            raise _RedirectError(partial, "unauthorized_client", "client may not use code")
+            raise RedirectError(partial, "unauthorized_client", "client may not use code")
         try:
             scopes = self._parse_scopes(params.get("scope"), client)
-        except _OAuthError as err:
-            raise _RedirectError(partial, err.error, err.description or "") from None
+        except OAuthError as err:
+            raise RedirectError(partial, err.error, err.description or "") from None
         challenge = params.get("code_challenge")
         if self.pkce == "unsupported":
             challenge = None
         elif challenge is not None:
             method = params.get("code_challenge_method", "plain")
             if method != "S256":
-                raise _RedirectError(partial, "invalid_request", "code_challenge_method not S256")
-            if not _CHALLENGE_RE.match(challenge):
-                raise _RedirectError(partial, "invalid_request", "malformed code_challenge")
+                raise RedirectError(partial, "invalid_request", "code_challenge_method not S256")
+            if not CHALLENGE_RE.match(challenge):
+                raise RedirectError(partial, "invalid_request", "malformed code_challenge")
         elif self.pkce == "required":
-            raise _RedirectError(partial, "invalid_request", "code_challenge required")
-        return _AuthorizeParams(
+            raise RedirectError(partial, "invalid_request", "code_challenge required")
+        return AuthorizeParams(
             client=client,
             redirect_uri=redirect_uri,
             redirect_uri_sent=sent is not None,
@@ -1297,7 +1209,7 @@ class MockProvider:
             raw=partial.raw,
         )
 
-    def _redirect(self, params: _AuthorizeParams, values: Mapping[str, str]) -> Response:
+    def _redirect(self, params: AuthorizeParams, values: Mapping[str, str]) -> Response:
         query = dict(values)
         if params.state is not None:
             query["state"] = params.state
@@ -1310,14 +1222,14 @@ class MockProvider:
         location = urlunsplit((parts.scheme, parts.netloc, parts.path, merged, ""))
         return RedirectResponse(location, status_code=302)
 
-    def _approve(self, params: _AuthorizeParams, subject: str) -> Response:
+    def _approve(self, params: AuthorizeParams, subject: str) -> Response:
         code_value = secrets.token_urlsafe(32)
         with self._lock:
             if len(self._codes) >= _CODE_SWEEP:
                 now = self.now()
                 for stale in [k for k, c in self._codes.items() if now >= c.expires_at + 600]:
                     del self._codes[stale]
-            self._codes[code_value] = _Code(
+            self._codes[code_value] = CodeGrant(
                 client_id=params.client.client_id,
                 redirect_uri=params.redirect_uri if params.redirect_uri_sent else None,
                 scopes=params.scopes,
@@ -1336,9 +1248,9 @@ class MockProvider:
         if request.method == "POST":
             try:
                 form = await self._read_form(request)
-            except _OAuthError as err:
+            except OAuthError as err:
                 await self._enter("authorize", request, {})
-                return _error_page(err.error, err.description or "", 400)
+                return error_page(err.error, err.description or "", 400)
             params = {k: v for k, v in form.items() if k not in ("username", "password", "action")}
         fault = await self._enter("authorize", request, form)
         login_params = params  # what the login form carries back (request_uri stays opaque)
@@ -1349,11 +1261,11 @@ class MockProvider:
                 params = self._resolve_pushed(params, consume=consume)
             checked = self._check_authorize(params)
             if self.par == "required" and not pushed:
-                raise _RedirectError(
+                raise RedirectError(
                     checked, "invalid_request", "pushed authorization request required"
                 )
             if fault is not None and fault.kind == "error" and fault.status is None:
-                raise _RedirectError(
+                raise RedirectError(
                     checked, fault.error or "access_denied", fault.error_description or ""
                 )
             if fault is not None:
@@ -1362,10 +1274,10 @@ class MockProvider:
                 if self.auto_approve:
                     return self._approve(checked, params.get("login_hint") or self.default_subject)
                 if "none" in params.get("prompt", "").split():
-                    raise _RedirectError(checked, "login_required", "the user must sign in")
-                return _login_page(login_params, None, action=_form_action(request))
+                    raise RedirectError(checked, "login_required", "the user must sign in")
+                return login_page(login_params, None, action=form_action(request))
             if form.get("action") == "deny":
-                raise _RedirectError(checked, "access_denied", "the user denied access")
+                raise RedirectError(checked, "access_denied", "the user denied access")
             username = form.get("username", "")
             password = form.get("password", "")
             if not username or (
@@ -1376,20 +1288,20 @@ class MockProvider:
             ):
                 with self._lock:
                     self._counters["authorize:login_failed"] += 1
-                return _login_page(
+                return login_page(
                     login_params,
                     "Invalid username or password.",
                     status=401,
-                    action=_form_action(request),
+                    action=form_action(request),
                 )
             return self._approve(checked, username)
-        except _RedirectError as err:
+        except RedirectError as err:
             values = {"error": err.error}
             if err.description:
                 values["error_description"] = err.description
             return self._redirect(err.params, values)
-        except _OAuthError as err:
-            return _error_page(err.error, err.description or "", 400)
+        except OAuthError as err:
+            return error_page(err.error, err.description or "", 400)
 
     # ------------------------------------------------------------------ /par (RFC 9126)
 
@@ -1399,7 +1311,7 @@ class MockProvider:
         try:
             form = await self._read_form(request)
             client, method = self._authenticate_client(request, form)
-        except _OAuthError as err:
+        except OAuthError as err:
             await self._enter("par", request, {})
             return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
         fault = await self._enter(
@@ -1407,18 +1319,18 @@ class MockProvider:
         )
         if fault is not None:
             return self._fault_response(fault, "par")
-        params = {k: v for k, v in form.items() if k not in _CLIENT_AUTH_PARAMS}
+        params = {k: v for k, v in form.items() if k not in CLIENT_AUTH_PARAMS}
         try:
             if "request_uri" in params:
-                raise _OAuthError("invalid_request", "request_uri must not be pushed")
+                raise OAuthError("invalid_request", "request_uri must not be pushed")
             if params.setdefault("client_id", client.client_id) != client.client_id:
-                raise _OAuthError("invalid_request", "client_id does not match the client")
+                raise OAuthError("invalid_request", "client_id does not match the client")
             self._check_authorize(params)
-        except _OAuthError as err:
-            return JSONResponse(err.body(), status_code=400, headers=_NO_STORE)
-        except _RedirectError as err:
-            body = _OAuthError(err.error, err.description).body()
-            return JSONResponse(body, status_code=400, headers=_NO_STORE)
+        except OAuthError as err:
+            return JSONResponse(err.body(), status_code=400, headers=NO_STORE)
+        except RedirectError as err:
+            body = OAuthError(err.error, err.description).body()
+            return JSONResponse(body, status_code=400, headers=NO_STORE)
         request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(32)
         with self._lock:
             now = self.now()
@@ -1428,7 +1340,7 @@ class MockProvider:
         return JSONResponse(
             {"request_uri": request_uri, "expires_in": self.par_ttl},
             status_code=201,
-            headers=_NO_STORE,
+            headers=NO_STORE,
         )
 
     def _resolve_pushed(self, params: Mapping[str, str], *, consume: bool) -> dict[str, str]:
@@ -1438,9 +1350,9 @@ class MockProvider:
             entry = self._pushed.get(request_uri)
             if entry is None or entry[2] <= self.now():
                 self._pushed.pop(request_uri, None)
-                raise _OAuthError("invalid_request_uri", "unknown or expired request_uri")
+                raise OAuthError("invalid_request_uri", "unknown or expired request_uri")
             if params.get("client_id") != entry[0]:
-                raise _OAuthError("invalid_request", "client_id does not match the request_uri")
+                raise OAuthError("invalid_request", "client_id does not match the request_uri")
             if consume:
                 del self._pushed[request_uri]
         return dict(entry[1])
@@ -1451,7 +1363,7 @@ class MockProvider:
         try:
             form = await self._read_form(request)
             client, method = self._authenticate_client(request, form)
-        except _OAuthError as err:
+        except OAuthError as err:
             await self._enter("revoke", request, {})
             return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
         fault = await self._enter(
@@ -1473,13 +1385,13 @@ class MockProvider:
                 self._counters["revoked"] += 1
         if fault is not None:  # lost_response: revoked, but the client never hears so
             return self._fault_response(fault, "revoke")
-        return Response(status_code=200, headers=_NO_STORE)
+        return Response(status_code=200, headers=NO_STORE)
 
     async def _introspect(self, request: Request) -> Response:
         try:
             form = await self._read_form(request)
             client, method = self._authenticate_client(request, form)
-        except _OAuthError as err:
+        except OAuthError as err:
             await self._enter("introspect", request, {})
             return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
         fault = await self._enter(
@@ -1494,7 +1406,7 @@ class MockProvider:
         with self._lock:
             rec = self._tokens.get(value)
             if rec is None or not rec.alive(now):
-                return JSONResponse({"active": False}, headers=_NO_STORE)
+                return JSONResponse({"active": False}, headers=NO_STORE)
             body: dict[str, Any] = {
                 "active": True,
                 "scope": " ".join(rec.scopes),
@@ -1507,7 +1419,7 @@ class MockProvider:
             }
             if rec.expires_at is not None:
                 body["exp"] = int(rec.expires_at)
-        return JSONResponse(body, headers=_NO_STORE)
+        return JSONResponse(body, headers=NO_STORE)
 
     # ------------------------------------------------------------------ resource, userinfo
 
@@ -1520,7 +1432,7 @@ class MockProvider:
             return ""
         return value.strip()
 
-    def _check_bearer(self, request: Request) -> _Token | Response:
+    def _check_bearer(self, request: Request) -> TokenState | Response:
         value = self._bearer(request)
         if value is None:
             return JSONResponse(
@@ -1604,7 +1516,7 @@ class MockProvider:
             "jwks_uri": self.jwks_uri,
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
-            "grant_types_supported": list(_GRANTS),
+            "grant_types_supported": list(GRANTS),
             "token_endpoint_auth_methods_supported": [
                 "client_secret_basic",
                 "client_secret_post",
@@ -1614,7 +1526,7 @@ class MockProvider:
             ],
             "token_endpoint_auth_signing_alg_values_supported": [
                 "HS256",
-                *sorted(_ASYMMETRIC_ALGS),
+                *sorted(ASYMMETRIC_ALGS),
             ],
             "revocation_endpoint_auth_methods_supported": [
                 "client_secret_basic",
@@ -1664,71 +1576,3 @@ class MockProvider:
         if fault is not None:
             return self._fault_response(fault, "jwks")
         return JSONResponse(self.public_jwks)
-
-
-def _assertion_signature_ok(assertion: str, alg: str, client: MockClient) -> bool:
-    if alg == "HS256":
-        # Checked by hand: joserfc warns about short (test) secrets, and tests run with -W error.
-        signing_input, _, signature = assertion.rpartition(".")
-        secret = (client.client_secret or "").encode()
-        mac = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
-        expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
-        return hmac.compare_digest(expected, signature)
-    try:
-        keys = KeySet.import_key_set(dict(client.jwks or {}))  # type: ignore[arg-type]
-        jwt.decode(assertion, keys, algorithms=[alg])
-    except (JoseError, ValueError):
-        return False
-    return True
-
-
-def _b64url_json(value: Mapping[str, Any]) -> str:
-    raw = json.dumps(value, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
-
-
-def _unsigned_jwt(claims: Mapping[str, Any]) -> str:
-    return f"{_b64url_json({'alg': 'none', 'typ': 'JWT'})}.{_b64url_json(claims)}."
-
-
-def _basic_challenge() -> dict[str, str]:
-    return {"WWW-Authenticate": 'Basic realm="mock-provider"'}
-
-
-def _error_page(error: str, description: str, status: int) -> Response:
-    page = (
-        "<!DOCTYPE html><html><head><title>Authorization error</title></head><body>"
-        f'<h1>Authorization error</h1><p id="error">{html.escape(error)}</p>'
-        f"<p>{html.escape(description)}</p></body></html>"
-    )
-    return HTMLResponse(page, status_code=status)
-
-
-def _form_action(request: Request) -> str:
-    """Where the login form posts: ``/authorize`` under the app's mount point (``root_path``)."""
-    root_path = str(request.scope.get("root_path", "")).rstrip("/")
-    return f"{root_path}/authorize"
-
-
-def _login_page(
-    params: Mapping[str, str], message: str | None, *, status: int = 200, action: str
-) -> Response:
-    hidden = "".join(
-        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
-        for k, v in params.items()
-    )
-    notice = f'<p id="message" role="alert">{html.escape(message)}</p>' if message else ""
-    page = (
-        "<!DOCTYPE html><html><head><title>Mock IdP sign-in</title></head><body>"
-        f"<h1>Sign in to Mock IdP</h1>{notice}"
-        f'<form method="post" action="{html.escape(action)}">'
-        f"{hidden}"
-        '<label>Username <input type="text" name="username" id="username" '
-        'autocomplete="username"></label>'
-        '<label>Password <input type="password" name="password" id="password" '
-        'autocomplete="current-password"></label>'
-        '<button type="submit" name="action" value="approve" id="login">Sign in</button>'
-        '<button type="submit" name="action" value="deny" id="deny">Deny</button>'
-        "</form></body></html>"
-    )
-    return HTMLResponse(page, status_code=status)

@@ -1,0 +1,231 @@
+"""Building blocks of the MockProvider: server-side records, OAuth errors, small pure helpers
+and the HTML pages of the authorization endpoint.
+
+Owns: ``Family`` / ``TokenState`` / ``CodeGrant`` (what the server remembers about a grant),
+``OAuthError`` / ``RedirectError`` (errors to render), the PKCE, scope and JWT helpers, the login
+and error pages.
+Must not import: ``mock_provider`` (it imports this), the broker core, store drivers, uvicorn.
+Needs the ``starlette`` extra (responses) like the rest of the MockProvider.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import html
+import json
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from joserfc import jwt
+from joserfc.errors import JoseError
+from joserfc.jwk import KeySet
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, Response
+
+from ._mock_config import MockClient
+
+__all__ = [
+    "ASYMMETRIC_ALGS",
+    "CHALLENGE_RE",
+    "CLIENT_AUTH_PARAMS",
+    "FORM",
+    "GRANTS",
+    "JWT_BEARER",
+    "NO_STORE",
+    "VERIFIER_RE",
+    "AuthorizeParams",
+    "CodeGrant",
+    "Family",
+    "OAuthError",
+    "RedirectError",
+    "TokenState",
+    "assertion_signature_ok",
+    "b64url_json",
+    "b64url_sha256",
+    "basic_challenge",
+    "error_page",
+    "form_action",
+    "login_page",
+    "scope_token_ok",
+    "unsigned_jwt",
+]
+
+GRANTS = ("authorization_code", "refresh_token", "client_credentials")
+VERIFIER_RE = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+CHALLENGE_RE = re.compile(r"^[A-Za-z0-9\-_]{43}$")
+NO_STORE = {"Cache-Control": "no-store", "Pragma": "no-cache"}
+FORM = "application/x-www-form-urlencoded"
+CLIENT_AUTH_PARAMS = frozenset({"client_secret", "client_assertion", "client_assertion_type"})
+JWT_BEARER = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer"
+ASYMMETRIC_ALGS = frozenset(
+    {"RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384"}
+)
+
+
+def scope_token_ok(scope: str) -> bool:
+    return bool(scope) and all(
+        ch == "\x21" or "\x23" <= ch <= "\x5b" or "\x5d" <= ch <= "\x7e" for ch in scope
+    )
+
+
+def b64url_sha256(value: str) -> str:
+    digest = hashlib.sha256(value.encode("ascii")).digest()
+    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+
+
+class OAuthError(Exception):
+    """An RFC 6749 §5.2 error to render; carries no secret."""
+
+    def __init__(
+        self,
+        error: str,
+        description: str | None = None,
+        status: int = 400,
+        headers: Mapping[str, str] | None = None,
+    ) -> None:
+        super().__init__(error)
+        self.error = error
+        self.description = description
+        self.status = status
+        self.headers = dict(headers or {})
+
+    def body(self) -> dict[str, Any]:
+        payload: dict[str, Any] = {"error": self.error}
+        if self.description:
+            payload["error_description"] = self.description
+        return payload
+
+
+@dataclass(slots=True, eq=False)
+class Family:
+    """Every token issued from one authorization (one code, or one ``issue_tokens`` call)."""
+
+    id: str
+    client_id: str
+    subject: str
+    scopes: tuple[str, ...]
+    nonce: str | None
+    auth_time: int
+    revoked: bool = False
+    tokens: set[str] = field(default_factory=set)
+
+
+@dataclass(slots=True, eq=False)
+class TokenState:
+    kind: Literal["access", "refresh"]
+    family: Family
+    scopes: tuple[str, ...]
+    issued_at: float
+    expires_at: float | None
+    status: Literal["active", "rotated", "revoked"] = "active"
+    rotated_at: float | None = None
+
+    def alive(self, now: float) -> bool:
+        if self.status != "active" or self.family.revoked:
+            return False
+        return self.expires_at is None or now < self.expires_at
+
+
+@dataclass(slots=True, eq=False)
+class CodeGrant:
+    client_id: str
+    redirect_uri: str | None
+    scopes: tuple[str, ...]
+    challenge: str | None
+    subject: str
+    nonce: str | None
+    expires_at: float
+    used: bool = False
+    family: Family | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class AuthorizeParams:
+    client: MockClient
+    redirect_uri: str
+    redirect_uri_sent: bool
+    state: str | None
+    scopes: tuple[str, ...]
+    challenge: str | None
+    nonce: str | None
+    raw: Mapping[str, str]
+
+
+class RedirectError(Exception):
+    def __init__(self, params: AuthorizeParams, error: str, description: str) -> None:
+        super().__init__(error)
+        self.params = params
+        self.error = error
+        self.description = description
+
+
+def assertion_signature_ok(assertion: str, alg: str, client: MockClient) -> bool:
+    if alg == "HS256":
+        # Checked by hand: joserfc warns about short (test) secrets, and tests run with -W error.
+        signing_input, _, signature = assertion.rpartition(".")
+        secret = (client.client_secret or "").encode()
+        mac = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
+        expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
+        return hmac.compare_digest(expected, signature)
+    try:
+        keys = KeySet.import_key_set(dict(client.jwks or {}))  # type: ignore[arg-type]
+        jwt.decode(assertion, keys, algorithms=[alg])
+    except (JoseError, ValueError):
+        return False
+    return True
+
+
+def b64url_json(value: Mapping[str, Any]) -> str:
+    raw = json.dumps(value, separators=(",", ":")).encode()
+    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+
+
+def unsigned_jwt(claims: Mapping[str, Any]) -> str:
+    return f"{b64url_json({'alg': 'none', 'typ': 'JWT'})}.{b64url_json(claims)}."
+
+
+def basic_challenge() -> dict[str, str]:
+    return {"WWW-Authenticate": 'Basic realm="mock-provider"'}
+
+
+def error_page(error: str, description: str, status: int) -> Response:
+    page = (
+        "<!DOCTYPE html><html><head><title>Authorization error</title></head><body>"
+        f'<h1>Authorization error</h1><p id="error">{html.escape(error)}</p>'
+        f"<p>{html.escape(description)}</p></body></html>"
+    )
+    return HTMLResponse(page, status_code=status)
+
+
+def form_action(request: Request) -> str:
+    """Where the login form posts: ``/authorize`` under the app's mount point (``root_path``)."""
+    root_path = str(request.scope.get("root_path", "")).rstrip("/")
+    return f"{root_path}/authorize"
+
+
+def login_page(
+    params: Mapping[str, str], message: str | None, *, status: int = 200, action: str
+) -> Response:
+    hidden = "".join(
+        f'<input type="hidden" name="{html.escape(k)}" value="{html.escape(v)}">'
+        for k, v in params.items()
+    )
+    notice = f'<p id="message" role="alert">{html.escape(message)}</p>' if message else ""
+    page = (
+        "<!DOCTYPE html><html><head><title>Mock IdP sign-in</title></head><body>"
+        f"<h1>Sign in to Mock IdP</h1>{notice}"
+        f'<form method="post" action="{html.escape(action)}">'
+        f"{hidden}"
+        '<label>Username <input type="text" name="username" id="username" '
+        'autocomplete="username"></label>'
+        '<label>Password <input type="password" name="password" id="password" '
+        'autocomplete="current-password"></label>'
+        '<button type="submit" name="action" value="approve" id="login">Sign in</button>'
+        '<button type="submit" name="action" value="deny" id="deny">Deny</button>'
+        "</form></body></html>"
+    )
+    return HTMLResponse(page, status_code=status)
