@@ -773,8 +773,9 @@ def test_retry_after_http_date_relative_to_date_header() -> None:
     assert classify_error(no_date, now=1445412470.0).retry_after == 10.0
     past = HttpResponse(503, {"retry-after": "Wed, 21 Oct 2015 07:28:00 GMT"}, b"")
     assert classify_error(past, now=1445412490.0 + 3600).retry_after == 0.0
-    garbage = HttpResponse(503, {"retry-after": "whenever"}, b"")
-    assert classify_error(garbage).retry_after is None
+    for garbage_value in ("whenever", "\u00b2", "-5", "1.5e3"):
+        garbage = HttpResponse(503, {"retry-after": garbage_value}, b"")
+        assert classify_error(garbage).retry_after is None
 
 
 def test_error_description_is_truncated_and_redacted() -> None:

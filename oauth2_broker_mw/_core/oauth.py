@@ -668,11 +668,11 @@ def parse_retry_after(response: HttpResponse, *, now: float | None = None) -> fl
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(int(value))
+    if value.isascii() and value.isdigit():
+        return float(min(int(value), 10**9))
     try:
         when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError, IndexError):
+    except (TypeError, ValueError, IndexError, OverflowError):
         return None
     reference: float | None = None
     date_header = response.headers.get("date")
