@@ -1128,3 +1128,38 @@ def test_id_token_hostile_inputs_fail_closed(rsa_key: RSAKey) -> None:
     for jwks in ({"keys": "x"}, {"keys": [1, 2]}, {}, {"keys": [{"kty": "RSA", "n": "!"}]}):
         with pytest.raises(AuthorizationFlowError):
             _verify(good, jwks)
+
+
+def test_private_key_jwt_ec_pem_and_curve_mismatch() -> None:
+    key = ECKey.generate_key("P-384")
+    client = ClientConfig.create("c", private_key=key.as_pem(private=True).decode())
+    d = desc(client_auth_method="private_key_jwt")
+    request = token_request(d, client, GrantType.CLIENT_CREDENTIALS, {}, now=NOW)
+    token = jwt.decode(
+        form(request)["client_assertion"], ECKey.import_key(key.as_dict(private=False)), ["ES384"]
+    )
+    assert token.header["alg"] == "ES384"
+    with pytest.raises(ConfigurationError, match="ES256"):
+        token_request(
+            d.replace(token_endpoint_auth_signing_alg="ES256"),
+            client,
+            GrantType.CLIENT_CREDENTIALS,
+            {},
+            now=NOW,
+        )
+    with pytest.raises(ConfigurationError, match="does not fit"):
+        token_request(
+            d.replace(token_endpoint_auth_signing_alg="RS256"),
+            client,
+            GrantType.CLIENT_CREDENTIALS,
+            {},
+            now=NOW,
+        )
+    with pytest.raises(ConfigurationError, match="usable"):
+        token_request(
+            d,
+            ClientConfig.create("c", private_key="not a key"),
+            GrantType.CLIENT_CREDENTIALS,
+            {},
+            now=NOW,
+        )

@@ -458,7 +458,12 @@ def client_assertion(
     kid = client.private_key_id or (key.kid if not isinstance(key, OctKey) else None)
     if kid:
         header["kid"] = kid
-    return jwt.encode(header, claims, key, algorithms=[alg])
+    try:
+        return jwt.encode(header, claims, key, algorithms=[alg])
+    except (JoseError, ValueError, TypeError) as exc:
+        raise ConfigurationError(
+            f"cannot sign the client assertion with {alg}: {type(exc).__name__}"
+        ) from None
 
 
 def _authenticated_request(
