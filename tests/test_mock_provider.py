@@ -1669,3 +1669,49 @@ def test_plugin_fixtures_in_a_users_test_run(tmp_path: Any) -> None:
     )
     assert result.returncode == 0, result.stdout + result.stderr
     assert "2 passed" in result.stdout
+
+
+def test_param_renames(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks.param_renames = {"client_id": "client_key"}
+    standard = authorize(client)  # client_id is not a parameter this provider knows
+    assert standard.status_code == 400
+    got = redirect_params(authorize(client, client_id="<omit>", client_key="test-client"))
+    post = client.post(
+        "/token",
+        data={
+            "grant_type": "authorization_code",
+            "code": got["code"],
+            "redirect_uri": REDIRECT,
+            "client_key": "test-client",
+            "client_secret": "test-secret",
+        },
+    )
+    assert post.status_code == 200, post.text
+    assert mock_provider.descriptor().param_renames == {"client_id": "client_key"}
+
+
+@pytest.mark.parametrize(
+    ("path", "reader"),
+    [
+        (("expiresIn",), lambda body: body["expiresIn"]),
+        (("tokens", "access", "expirySeconds"), lambda b: b["tokens"]["access"]["expirySeconds"]),
+    ],
+)
+def test_expires_in_path(
+    mock_provider: MockProvider, client: httpx2.Client, path: tuple[str, ...], reader: Any
+) -> None:
+    mock_provider.quirks.expires_in_path = path
+    body = _cc(client).json()
+    assert "expires_in" not in body
+    assert reader(body) == 3600
+    assert mock_provider.descriptor().expires_in_path == path
+
+
+def test_slack_bot_shape(mock_provider: MockProvider, client: httpx2.Client) -> None:
+    mock_provider.quirks = MockQuirks(response_shape="slack_bot", scope_echo="comma")
+    body = code_flow(client, scope="chat:write")
+    assert body["ok"] is True
+    assert body["token_type"] == "bot"
+    assert body["authed_user"] == {"id": "user-1"}
+    assert resource(client, body["access_token"]).status_code == 200
+    assert mock_provider.descriptor().token_type_aliases == {"bot": "Bearer"}

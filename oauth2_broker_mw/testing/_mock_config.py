@@ -134,8 +134,9 @@ class MockQuirks:
     #: GitHub (1) ``"github"``: token errors come with HTTP 200 and ``error`` in the body;
     #: Slack (2) ``"slack"``: HTTP 200 with ``{"ok": false, "error": ...}``.
     errors_with_200: Literal["github", "slack"] | None = None
-    #: Slack (2) ``"slack"``: ``{"ok": true, "team": ..., "authed_user": {<token fields>}}``.
-    response_shape: Literal["standard", "slack"] = "standard"
+    #: Slack (2) ``"slack"``: ``{"ok": true, "team": ..., "authed_user": {<token fields>}}``;
+    #: ``"slack_bot"``: the bot token at the top level with ``token_type: "bot"``.
+    response_shape: Literal["standard", "slack", "slack_bot"] = "standard"
     #: (5, 6) ``expires_in`` as a number, as a string (PayPal), in milliseconds (Fiserv), or
     #: left out (GitHub, Salesforce).
     expires_in: ExpiresInFormat = "int"
@@ -167,10 +168,17 @@ class MockQuirks:
     separate_refresh_endpoint: bool = False
     #: (12) name of the code parameter on the redirect (``spapi_oauth_code`` for Amazon SP-API).
     code_param: str = "code"
+    #: (16) standard request parameter name -> the name this provider wants instead, applied to
+    #: authorize, token and PAR requests (TikTok: ``{"client_id": "client_key"}``).
+    param_renames: dict[str, str] = field(default_factory=dict)
+    #: (6) put the access-token lifetime at this path instead of ``expires_in``
+    #: (Leapsome ``("expiresIn",)``, N-able ``("tokens", "access", "expirySeconds")``).
+    expires_in_path: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.narrow_scopes = frozenset(self.narrow_scopes)
         self.widen_scopes = tuple(self.widen_scopes)
+        self.expires_in_path = tuple(self.expires_in_path)
         if not self.scope_delimiter:
             raise ValueError("scope_delimiter must not be empty")
 

@@ -496,6 +496,12 @@ class MockProvider:
             fields["authorization_response_iss_parameter_supported"] = True
         if self.quirks.response_shape == "slack":
             fields["token_path"] = ("authed_user",)
+        if self.quirks.response_shape == "slack_bot":
+            fields["token_type_aliases"] = {"bot": "Bearer"}
+        if self.quirks.param_renames:
+            fields["param_renames"] = dict(self.quirks.param_renames)
+        if self.quirks.expires_in_path:
+            fields["expires_in_path"] = tuple(self.quirks.expires_in_path)
         if self.quirks.separate_refresh_endpoint:
             fields["refresh_endpoint"] = self.url("/refresh")
         if self.par == "required":
@@ -660,6 +666,19 @@ class MockProvider:
                 raise OAuthError("invalid_request", f"parameter {key!r} repeated")
             form[key] = value
         return form
+
+    def _standard_names(self, params: Mapping[str, str]) -> dict[str, str]:
+        """Undo ``quirks.param_renames`` (standard name -> this provider's name): the provider's
+        names are read as the standard ones, and the standard names it renamed are ignored."""
+        renames = self.quirks.param_renames
+        if not renames:
+            return dict(params)
+        reverse = {theirs: ours for ours, theirs in renames.items()}
+        return {
+            reverse.get(key, key): value
+            for key, value in params.items()
+            if key in reverse or key not in renames
+        }
 
     async def _enter(
         self,
@@ -920,11 +939,26 @@ class MockProvider:
             payload["scope"] = delimiter.join(scopes)
         if id_token is not None:
             payload["id_token"] = id_token
+        if q.expires_in_path and "expires_in" in payload:
+            node = payload
+            for part in q.expires_in_path[:-1]:
+                node = node.setdefault(part, {})
+            node[q.expires_in_path[-1]] = payload.pop("expires_in")
         payload.update(q.extra_token_fields)
         return payload
 
     def _render_token(self, request: Request, payload: dict[str, Any], subject: str) -> Response:
-        if self.quirks.response_shape == "slack":
+        if self.quirks.response_shape == "slack_bot":
+            payload = {
+                "ok": True,
+                **payload,
+                "token_type": "bot",
+                "bot_user_id": "U0MOCKBOT",
+                "app_id": "A0MOCK",
+                "team": {"id": "T0MOCK", "name": "Mock Team"},
+                "authed_user": {"id": subject},
+            }
+        elif self.quirks.response_shape == "slack":
             payload = {
                 "ok": True,
                 "app_id": "A0MOCK",
@@ -978,7 +1012,7 @@ class MockProvider:
 
     async def _token_like(self, request: Request, endpoint: str) -> Response:
         try:
-            form = await self._read_form(request, token_body=True)
+            form = self._standard_names(await self._read_form(request, token_body=True))
         except OAuthError as err:
             await self._enter(endpoint, request, {})
             return self._render_token_error(request, err)
@@ -1254,6 +1288,7 @@ class MockProvider:
             params = {k: v for k, v in form.items() if k not in ("username", "password", "action")}
         fault = await self._enter("authorize", request, form)
         login_params = params  # what the login form carries back (request_uri stays opaque)
+        params = self._standard_names(params)
         pushed = "request_uri" in params
         try:
             if pushed:
@@ -1319,7 +1354,9 @@ class MockProvider:
         )
         if fault is not None:
             return self._fault_response(fault, "par")
-        params = {k: v for k, v in form.items() if k not in CLIENT_AUTH_PARAMS}
+        params = self._standard_names(
+            {k: v for k, v in form.items() if k not in CLIENT_AUTH_PARAMS}
+        )
         try:
             if "request_uri" in params:
                 raise OAuthError("invalid_request", "request_uri must not be pushed")
