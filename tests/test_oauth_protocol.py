@@ -42,8 +42,10 @@ from oauth2_broker_mw._core.oauth import (
     callback_metadata,
     classify_error,
     client_credentials_params,
+    discovery_request,
     effective_scopes,
     introspection_request,
+    metadata_urls,
     new_nonce,
     new_pkce_pair,
     new_state,
@@ -1163,3 +1165,49 @@ def test_private_key_jwt_ec_pem_and_curve_mismatch() -> None:
             {},
             now=NOW,
         )
+
+
+@pytest.mark.parametrize("module", ["oauth", "provider"])
+def test_core_protocol_modules_import_no_io(module: str) -> None:
+    import ast
+    import pathlib
+
+    import oauth2_broker_mw._core as core
+
+    source = pathlib.Path(core.__file__).with_name(f"{module}.py").read_text()
+    imported: set[str] = set()
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            imported |= {alias.name.split(".")[0] for alias in node.names}
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            imported.add(node.module.split(".")[0])
+    forbidden = {
+        "httpx",
+        "httpx2",
+        "asyncio",
+        "threading",
+        "requests",
+        "socket",
+        "sqlite3",
+        "redis",
+        "psycopg",
+        "urllib3",
+    }
+    assert not imported & forbidden
+
+
+def test_metadata_urls_and_discovery_request() -> None:
+    assert metadata_urls("https://idp.example") == (
+        "https://idp.example/.well-known/openid-configuration",
+        "https://idp.example/.well-known/oauth-authorization-server",
+    )
+    assert metadata_urls("https://login.example/tenant-1/v2.0/") == (
+        "https://login.example/tenant-1/v2.0/.well-known/openid-configuration",
+        "https://login.example/.well-known/oauth-authorization-server/tenant-1/v2.0",
+        "https://login.example/.well-known/openid-configuration/tenant-1/v2.0",
+    )
+    with pytest.raises(ConfigurationError):
+        metadata_urls("http://idp.example")
+    request = discovery_request(metadata_urls("https://idp.example")[0])
+    assert (request.method, request.purpose, request.body) == ("GET", "discovery", None)
+    assert request.header("accept") == "application/json"

@@ -69,9 +69,11 @@ __all__ = [
     "classify_error",
     "client_assertion",
     "client_credentials_params",
+    "discovery_request",
     "effective_scopes",
     "introspection_request",
     "is_allowed_endpoint",
+    "metadata_urls",
     "new_nonce",
     "new_pkce_pair",
     "new_state",
@@ -1011,6 +1013,37 @@ def parse_introspection_response(
         subject=opt_str("sub"),
         token_type=opt_str("token_type"),
         claims=_strip_secrets(data),  # type: ignore[arg-type]
+    )
+
+
+# -- discovery -------------------------------------------------------------------------------
+def metadata_urls(issuer: str) -> tuple[str, ...]:
+    """Where an issuer's metadata may live, in the order to try them.
+
+    OpenID Connect Discovery appends ``/.well-known/openid-configuration`` to the issuer;
+    RFC 8414 §3.1 inserts ``/.well-known/oauth-authorization-server`` between host and path.
+    For an issuer without a path, the RFC 8414 form of the OIDC document is offered too.
+    """
+    if not is_allowed_endpoint(issuer) or "?" in issuer:
+        raise ConfigurationError(f"issuer must be an https URL without query: {issuer[:200]!r}")
+    parts = urlsplit(issuer)
+    path = parts.path.rstrip("/")
+    base = f"{parts.scheme}://{parts.netloc}"
+    urls = [
+        f"{base}{path}/.well-known/openid-configuration",
+        f"{base}/.well-known/oauth-authorization-server{path}",
+    ]
+    if path:
+        urls.append(f"{base}/.well-known/openid-configuration{path}")
+    return tuple(dict.fromkeys(urls))
+
+
+def discovery_request(url: str) -> HttpRequest:
+    """A GET for a metadata document (validate it with ``ProviderDescriptor.from_metadata``)."""
+    if not is_allowed_endpoint(url):
+        raise ConfigurationError(f"metadata URL must be https: {url[:200]!r}")
+    return HttpRequest(
+        method="GET", url=url, headers=(("Accept", "application/json"),), purpose="discovery"
     )
 
 
