@@ -161,6 +161,7 @@ def test_grant_validation() -> None:
         ({"allowed_origins": ["https://api.example/v1"]}, "origins"),
         ({"allowed_origins": ["http://api.example"]}, "origins"),
         ({"code_param": ""}, "code_param"),
+        ({"default_scopes": ["ok", "bad\\scope"]}, "default_scopes"),
     ],
 )
 def test_field_validation(kw: dict[str, Any], match: str) -> None:

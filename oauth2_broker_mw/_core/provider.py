@@ -23,7 +23,7 @@ from typing import Any, Final
 from urllib.parse import urlsplit
 
 from .errors import ConfigurationError, InvalidIdentifier
-from .model import JSONValue, ProviderId, Secret
+from .model import JSONValue, ProviderId, ScopeSet, Secret
 
 __all__ = [
     "BodyFormat",
@@ -406,6 +406,10 @@ class ProviderDescriptor:
         )
         set_(self, "callback_params", _str_tuple("callback_params", self.callback_params))
         set_(self, "default_scopes", _str_tuple("default_scopes", self.default_scopes, split=" "))
+        try:
+            ScopeSet(self.default_scopes)
+        except InvalidIdentifier as exc:
+            raise ConfigurationError(f"default_scopes: {exc}") from None
         origins = _str_tuple("allowed_origins", self.allowed_origins)
         set_(self, "allowed_origins", tuple(_origin("allowed_origins", o) for o in origins))
         if not isinstance(self.code_param, str) or not self.code_param:
