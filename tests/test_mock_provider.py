@@ -667,7 +667,9 @@ def test_revoke_access_token(mock_provider: MockProvider, client: httpx2.Client)
     assert mock_provider.counters["revoke"] == 1
 
 
-def test_revoke_refresh_token_kills_the_grant(client: httpx2.Client) -> None:
+def test_revoke_refresh_token_kills_the_grant(
+    mock_provider: MockProvider, client: httpx2.Client
+) -> None:
     tokens = code_flow(client)
     response = client.post(
         "/revoke",
@@ -677,6 +679,8 @@ def test_revoke_refresh_token_kills_the_grant(client: httpx2.Client) -> None:
     assert response.status_code == 200
     assert refresh(client, tokens["refresh_token"]).json()["error"] == "invalid_grant"
     assert resource(client, tokens["access_token"]).status_code == 401
+    assert mock_provider.counters["revoked"] == 1
+    assert mock_provider.counters["family_revoked"] == 0  # only reuse detection counts here
 
 
 def test_revoke_unknown_or_foreign_token(

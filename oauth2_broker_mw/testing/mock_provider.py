@@ -572,10 +572,13 @@ class MockProvider:
         refresh = self._mint("refresh", family, scopes, self.refresh_ttl) if with_refresh else None
         return access, refresh, ttl
 
-    def _revoke_family(self, family: Family) -> None:
+    def _revoke_family(self, family: Family, *, reuse: bool = True) -> None:
+        """Revoke every token of a grant. ``family_revoked`` counts the revocations caused by a
+        reused code or refresh token; an RFC 7009 revocation is counted as ``revoked``."""
         if not family.revoked:
             family.revoked = True
-            self._counters["family_revoked"] += 1
+            if reuse:
+                self._counters["family_revoked"] += 1
 
     def _alive_access(self, value: str) -> TokenState | None:
         rec = self._tokens.get(value)
@@ -1416,7 +1419,7 @@ class MockProvider:
             if rec is not None and rec.family.client_id == client.client_id:
                 if rec.kind == "refresh":
                     # RFC 7009 §2.1: revoking a refresh token revokes its whole grant.
-                    self._revoke_family(rec.family)
+                    self._revoke_family(rec.family, reuse=False)
                 else:
                     rec.status = "revoked"
                 self._counters["revoked"] += 1
