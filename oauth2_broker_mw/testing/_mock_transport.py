@@ -149,10 +149,7 @@ def serve_app(
     try:
         import uvicorn
     except ImportError as exc:  # pragma: no cover - depends on the environment
-        raise ImportError(
-            "MockProvider.serve() needs uvicorn: pip install 'oauth2-broker-mw[testing]' "
-            "(or pip install uvicorn)"
-        ) from exc
+        raise ImportError("MockProvider.serve() needs uvicorn: pip install uvicorn") from exc
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
