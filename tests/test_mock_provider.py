@@ -1719,3 +1719,14 @@ def test_slack_bot_shape(mock_provider: MockProvider, client: httpx2.Client) -> 
     assert body["authed_user"] == {"id": "user-1"}
     assert resource(client, body["access_token"]).status_code == 200
     assert mock_provider.descriptor().token_type_aliases == {"bot": "Bearer"}
+
+
+def test_serve_on_a_chosen_port(mock_provider: MockProvider) -> None:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with mock_provider.serve(port=port) as url:
+        assert url == f"http://127.0.0.1:{port}"
+        assert httpx2.get(f"{url}/jwks").status_code == 200

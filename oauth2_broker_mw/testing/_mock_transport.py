@@ -15,7 +15,7 @@ import concurrent.futures
 import socket
 import threading
 import time
-from collections.abc import Coroutine, Iterator
+from collections.abc import Callable, Coroutine, Iterator
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
@@ -140,9 +140,14 @@ def _read_timeout(request: httpx2.Request) -> float | None:
 
 @contextmanager
 def serve_app(
-    app: Any, *, on_port: Any = None, startup_timeout: float = 10.0
+    app: Any,
+    *,
+    port: int = 0,
+    on_port: Callable[[int], None] | None = None,
+    startup_timeout: float = 10.0,
 ) -> Iterator[tuple[str, int]]:
-    """Run ``app`` with uvicorn on ``127.0.0.1:<ephemeral>`` in a thread; yield (host, port).
+    """Run ``app`` with uvicorn on ``127.0.0.1:<port>`` (0: ephemeral) in a thread; yield
+    (host, port). Only the loopback interface is ever bound.
 
     ``on_port(port)`` is called before the server accepts requests (to set the issuer).
     """
@@ -153,8 +158,12 @@ def serve_app(
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port: int = sock.getsockname()[1]
+    try:
+        sock.bind(("127.0.0.1", port))
+    except OSError:
+        sock.close()
+        raise
+    port = int(sock.getsockname()[1])
     if on_port is not None:
         on_port(port)
     config = uvicorn.Config(

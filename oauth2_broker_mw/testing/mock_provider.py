@@ -429,11 +429,12 @@ class MockProvider:
         return httpx2.AsyncClient(transport=self.async_transport(), **kwargs)
 
     @contextmanager
-    def serve(self) -> Iterator[str]:
-        """Serve on ``http://127.0.0.1:<ephemeral port>``; yields that base URL.
+    def serve(self, port: int = 0) -> Iterator[str]:
+        """Serve on ``http://127.0.0.1:<port>`` (default: an ephemeral port); yields that base
+        URL. Only the loopback interface is bound.
 
         While serving, the issuer (and so every advertised endpoint) is that base URL; the
-        previous issuer comes back on exit.
+        previous issuer comes back on exit. One ``serve()`` at a time per provider.
         """
         previous = self.issuer
 
@@ -442,7 +443,7 @@ class MockProvider:
 
         self._closing = False
         try:
-            with serve_app(self.app, on_port=set_issuer):
+            with serve_app(self.app, port=port, on_port=set_issuer):
                 try:
                     yield self.issuer
                 finally:
