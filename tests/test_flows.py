@@ -8,6 +8,7 @@ rotation race revokes nothing.
 from __future__ import annotations
 
 import json
+import urllib.parse
 from collections.abc import Generator
 from typing import Any
 
@@ -472,3 +473,22 @@ def test_refresh_policy_window_is_bounded_for_short_tokens() -> None:
     assert policy.is_fresh(unknown, NOW + 10**9)
     # The jitter depends on the key only, so every process agrees on one key's deadline.
     assert policy.refresh_at(record()) == policy.refresh_at(record())
+
+
+def test_default_scopes_are_asked_for_but_the_key_stays_on_the_request() -> None:
+    cfg = config(default_scopes=["offline_access"])
+    s = Script(
+        start_authorization_flow(
+            cfg,
+            tenant=TenantId("acme"),
+            principal=PrincipalId("alice"),
+            scopes=ScopeSet(("User.Read",)),
+            redirect_uri="https://app.example/cb",
+        )
+    )
+    s.answer_now()
+    pending: PendingAuthorization = s.expect(StoreOp, "put_pending").args[0]
+    result = s.send(None)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(result.url).query))
+    assert query["scope"].split() == ["User.Read", "offline_access"]
+    assert pending.scopes.scopes == ("User.Read",)

@@ -391,7 +391,9 @@ def start_authorization_flow(
         cfg.provider,
         cfg.client,
         redirect_uri=redirect_uri,
-        scopes=scopes,
+        # The descriptor's default scopes (offline_access, ...) are always asked for; the
+        # store key stays on what the caller requested.
+        scopes=oauth.effective_scopes(cfg.provider, scopes),
         state=state,
         code_challenge=challenge,
         nonce=nonce,
