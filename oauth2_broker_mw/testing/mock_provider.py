@@ -24,7 +24,7 @@ import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, unquote_plus, urlencode, urlsplit, urlunsplit
 
 try:
@@ -69,6 +69,9 @@ from ._mock_records import (
     unsigned_jwt,
 )
 from ._mock_transport import AsyncASGITransport, LoopThread, SyncASGITransport, serve_app
+
+if TYPE_CHECKING:
+    from oauth2_broker_mw._core.provider import ProviderDescriptor
 
 __all__ = ["MockProvider"]
 
@@ -202,6 +205,7 @@ class MockProvider:
 
     @property
     def clients(self) -> dict[str, MockClient]:
+        """A snapshot of the registered clients by ``client_id``."""
         with self._lock:
             return dict(self._clients)
 
@@ -221,6 +225,7 @@ class MockProvider:
             self._offset += seconds
 
     def url(self, path: str) -> str:
+        """``path`` under the current issuer (``/token`` -> ``<issuer>/token``)."""
         return self.issuer.rstrip("/") + path
 
     @property
@@ -257,10 +262,12 @@ class MockProvider:
 
     @property
     def public_jwks(self) -> dict[str, Any]:
+        """The JWK set served at ``/jwks`` (public key only)."""
         return {"keys": [self._signing_key.as_dict(private=False)]}
 
     @property
     def signing_key(self) -> RSAKey:
+        """The private RSA key that signs ID tokens (to forge tokens in tests)."""
         return self._signing_key
 
     # ------------------------------------------------------------------ observation
@@ -292,6 +299,7 @@ class MockProvider:
             return list(self._requests)
 
     def requests_to(self, endpoint: str, grant_type: str | None = None) -> list[RecordedRequest]:
+        """The recorded requests to one endpoint (and grant type), oldest first."""
         return [
             r
             for r in self.requests
@@ -464,7 +472,7 @@ class MockProvider:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
-    def descriptor(self, **overrides: Any) -> Any:
+    def descriptor(self, **overrides: Any) -> ProviderDescriptor:
         """A ``ProviderDescriptor`` pointing at this server; keyword arguments override fields.
 
         It mirrors the provider's current settings (issuer and endpoints, so call it inside
