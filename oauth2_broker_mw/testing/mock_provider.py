@@ -73,7 +73,9 @@ from ._mock_transport import AsyncASGITransport, LoopThread, SyncASGITransport, 
 if TYPE_CHECKING:
     from oauth2_broker_mw._core.provider import ProviderDescriptor
 
-__all__ = ["MockProvider"]
+# MockClient, MockQuirks, Fault and RecordedRequest are re-exported for
+# ``from oauth2_broker_mw.testing.mock_provider import ...``.
+__all__ = ["Fault", "FaultQueue", "MockClient", "MockProvider", "MockQuirks", "RecordedRequest"]
 
 _MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
 _CODE_SWEEP = 1_000  # sweep spent and expired codes when this many are held
