@@ -304,30 +304,24 @@ def measure(
 
 
 @contextmanager
-def benches(names: Sequence[str], tmp: Path) -> Iterator[list[Bench]]:
-    built: list[Bench] = []
+def bench_for(name: str, tmp: Path) -> Iterator[Bench | None]:
+    """One store, built and loaded by the caller, removed afterwards (one at a time, so a
+    store's millions of records never slow down the next store's measurements)."""
+    builders: dict[str, Callable[[], Bench | None]] = {
+        "memory": memory_bench,
+        "sqlite": lambda: sqlite_bench(tmp),
+        "redis": redis_bench,
+        "encrypted-redis": lambda: redis_bench(encrypted=True),
+        "postgres": postgres_bench,
+        "encrypted-memory": lambda: encrypt(memory_bench()),
+    }
+    if name not in builders:
+        raise SystemExit(f"unknown store {name!r}; known: {sorted(builders)}")
+    bench = builders[name]()
     try:
-        for name in names:
-            bench: Bench | None
-            if name == "memory":
-                bench = memory_bench()
-            elif name == "sqlite":
-                bench = sqlite_bench(tmp)
-            elif name == "redis":
-                bench = redis_bench()
-            elif name == "encrypted-redis":
-                bench = redis_bench(encrypted=True)
-            elif name == "postgres":
-                bench = postgres_bench()
-            elif name == "encrypted-memory":
-                bench = encrypt(memory_bench())
-            else:
-                raise SystemExit(f"unknown store {name!r}")
-            if bench is not None:
-                built.append(bench)
-        yield built
+        yield bench
     finally:
-        for bench in built:
+        if bench is not None:
             try:
                 bench.cleanup()
             finally:
@@ -354,8 +348,10 @@ def main(argv: list[str] | None = None) -> int:
     repeats = 2 if args.quick else 5
     rng = random.Random(20261126)
     rows: list[tuple[str, int, str, float, float | None, float]] = []
-    with tempfile.TemporaryDirectory() as tmp, benches(args.stores.split(","), Path(tmp)) as built:
-        for bench in built:
+    for name in args.stores.split(","):
+        with tempfile.TemporaryDirectory() as tmp, bench_for(name, Path(tmp)) as bench:
+            if bench is None:
+                continue
             loaded = 0
             baseline: dict[str, float] = {}
             for size in sizes:

@@ -12,7 +12,10 @@ user=postgres``).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import socket
+import threading
 import uuid
 from typing import NoReturn
 
@@ -88,7 +91,7 @@ def redis_cleanup(prefix: str) -> None:
 
     client = redis.Redis.from_url(REDIS_URL)
     try:
-        names = list(client.scan_iter(match=prefix.replace("*", r"\*") + "*", count=1000))
+        names = list(client.scan_iter(match=prefix.replace("*", r"\*") + "*", count=10_000))
         for start in range(0, len(names), 500):
             client.delete(*names[start : start + 500])
     finally:
@@ -101,3 +104,86 @@ def postgres_drop_schema(schema: str) -> None:
 
     with psycopg.connect(POSTGRES_DSN, autocommit=True) as conn:
         conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(schema)))
+
+
+class TcpProxy:
+    """A loopback TCP proxy in front of a real service, to make it slow or take it down.
+
+    ``stall()`` keeps connections open but stops forwarding (a hung server or a network
+    partition); ``cut()`` drops every connection and refuses new ones (a crash);
+    ``restore()`` brings it back on the same port. Only this test's connections are affected.
+    """
+
+    def __init__(self, host: str, port: int) -> None:
+        self._target = (host, port)
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._flowing = threading.Event()
+        self._flowing.set()
+        self._listener: socket.socket | None = None
+        self.port = 0
+        self._listen()
+
+    def _listen(self) -> None:
+        listener = socket.create_server(("127.0.0.1", self.port))
+        self.port = listener.getsockname()[1]
+        self._listener = listener
+        threading.Thread(target=self._accept, args=(listener,), daemon=True).start()
+
+    def _accept(self, listener: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = listener.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self._target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    def _pump(self, src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                self._flowing.wait()
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for end in (src, dst):
+                with contextlib.suppress(OSError):
+                    end.shutdown(socket.SHUT_RDWR)
+
+    def stall(self) -> None:
+        self._flowing.clear()
+
+    def resume(self) -> None:
+        self._flowing.set()
+
+    def cut(self) -> None:
+        if self._listener is not None:
+            # shutdown() wakes the thread blocked in accept(); close() alone would not (Linux)
+            with contextlib.suppress(OSError):
+                self._listener.shutdown(socket.SHUT_RDWR)
+            self._listener.close()
+            self._listener = None
+        with self._lock:
+            conns, self._conns = self._conns, []
+        for conn in conns:
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+            conn.close()
+
+    def restore(self) -> None:
+        self._flowing.set()
+        if self._listener is None:
+            self._listen()
+
+    def close(self) -> None:
+        self._flowing.set()
+        self.cut()

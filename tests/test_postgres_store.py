@@ -11,10 +11,18 @@ import time
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
-from _services import POSTGRES_DSN, postgres_drop_schema, require_postgres, unique_name
+from _services import (
+    POSTGRES_DSN,
+    TcpProxy,
+    postgres_drop_schema,
+    require_postgres,
+    unique_name,
+)
 
 from oauth2_broker_mw._core.errors import CorruptRecord, StorageError, StoreUnavailable
-from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId
+from oauth2_broker_mw._core.model import Lease, Secret, StoreKey, TenantId
+from oauth2_broker_mw._core.provider import ProviderDescriptor
+from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
 
 psycopg = pytest.importorskip("psycopg")
@@ -23,6 +31,10 @@ psycopg_pool = pytest.importorskip("psycopg_pool")
 from oauth2_broker_mw.stores.postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
 
 pytestmark = pytest.mark.postgres
+
+_DESCRIPTOR = ProviderDescriptor(
+    id="example", token_endpoint="https://idp.example/token", grants=("refresh_token",)
+)
 
 
 @pytest.fixture
@@ -344,3 +356,50 @@ async def test_async_pool_given_by_the_app(dsn: str, schema: str) -> None:
     finally:
         await store.aclose()
         await pool.close()
+
+
+def _lease_eventually(broker: Broker, principal: str) -> Lease:
+    """A caller retrying a retryable error (the pool reconnects with a backoff)."""
+    for _ in range(40):
+        try:
+            return broker.lease(tenant="acme", principal=principal, scopes=["read"])
+        except StoreUnavailable:
+            time.sleep(0.25)
+    return broker.lease(tenant="acme", principal=principal, scopes=["read"])
+
+
+def test_slow_or_down_postgres_is_retryable_and_warm_leases_are_still_served(
+    dsn: str, schema: str
+) -> None:
+    proxy = TcpProxy("127.0.0.1", 5432)
+    store = PostgresStore(
+        f"{dsn} host=127.0.0.1 port={proxy.port}", schema=schema, timeout=1, statement_timeout=0.5
+    )
+    broker = Broker(_DESCRIPTOR, client_id="client", store=store)
+    try:
+        for name in "wxyz":
+            key = broker.key(tenant="acme", principal=name, scopes=["read"])
+            store.put(make_record(key, f"at-{name}", expires_at=time.time() + 3600))
+        warm = broker.lease(tenant="acme", principal="w", scopes=["read"])
+
+        # slow: another session locks the table; reads hit the statement timeout
+        with psycopg.connect(POSTGRES_DSN) as blocker:
+            blocker.execute(f'LOCK TABLE "{schema}".tokens IN ACCESS EXCLUSIVE MODE')
+            assert broker.lease(tenant="acme", principal="w", scopes=["read"]) == warm
+            with pytest.raises(StoreUnavailable) as info:
+                broker.lease(tenant="acme", principal="x", scopes=["read"])
+            assert info.value.retryable
+            blocker.rollback()
+        assert _lease_eventually(broker, "x").access_token == Secret("at-x")
+
+        # down: every connection dropped, new ones refused
+        proxy.cut()
+        assert broker.lease(tenant="acme", principal="w", scopes=["read"]) == warm
+        with pytest.raises(StoreUnavailable):
+            broker.lease(tenant="acme", principal="y", scopes=["read"])
+        proxy.restore()
+        assert _lease_eventually(broker, "y").access_token == Secret("at-y")
+    finally:
+        broker.close()
+        store.close()
+        proxy.close()

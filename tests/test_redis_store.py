@@ -6,12 +6,15 @@ import asyncio
 import time
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from urllib.parse import urlsplit
 
 import pytest
-from _services import redis_cleanup, require_redis, unique_name
+from _services import TcpProxy, redis_cleanup, require_redis, unique_name
 
 from oauth2_broker_mw._core.errors import StoreUnavailable
 from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId
+from oauth2_broker_mw._core.provider import ProviderDescriptor
+from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
 
 redis = pytest.importorskip("redis")
@@ -19,6 +22,10 @@ redis = pytest.importorskip("redis")
 from oauth2_broker_mw.stores.redis import RedisStore  # noqa: E402
 
 pytestmark = pytest.mark.redis
+
+_DESCRIPTOR = ProviderDescriptor(
+    id="example", token_endpoint="https://idp.example/token", grants=("refresh_token",)
+)
 
 
 @pytest.fixture
@@ -252,3 +259,43 @@ def test_more_callers_than_connections_wait_instead_of_failing(redis_url: str, p
         assert [s.version for s in stored] == [1] * 16
     finally:
         store.close()
+
+
+def test_slow_or_down_redis_is_retryable_and_warm_leases_are_still_served(
+    redis_url: str, prefix: str
+) -> None:
+    target = urlsplit(redis_url)
+    proxy = TcpProxy(target.hostname or "127.0.0.1", target.port or 6379)
+    store = RedisStore(
+        f"redis://127.0.0.1:{proxy.port}{target.path}", prefix=prefix, socket_timeout=0.3
+    )
+    broker = Broker(_DESCRIPTOR, client_id="client", store=store)
+    try:
+        keys = {n: broker.key(tenant="acme", principal=n, scopes=["read"]) for n in "wxyz"}
+        for name, key in keys.items():
+            store.put(make_record(key, f"at-{name}", expires_at=time.time() + 3600))
+        assert broker.lease(tenant="acme", principal="w", scopes=["read"]).access_token == Secret(
+            "at-w"
+        )
+
+        proxy.stall()  # Redis hangs: the cached token is still served, a cold key fails fast
+        warm = broker.lease(tenant="acme", principal="w", scopes=["read"])
+        assert warm.access_token == Secret("at-w")
+        with pytest.raises(StoreUnavailable) as info:
+            broker.lease(tenant="acme", principal="x", scopes=["read"])
+        assert info.value.retryable
+        proxy.resume()
+        lease = broker.lease(tenant="acme", principal="x", scopes=["read"])
+        assert lease.access_token == Secret("at-x")
+
+        proxy.cut()  # Redis is down
+        assert broker.lease(tenant="acme", principal="w", scopes=["read"]) == warm
+        with pytest.raises(StoreUnavailable):
+            broker.lease(tenant="acme", principal="y", scopes=["read"])
+        proxy.restore()
+        lease = broker.lease(tenant="acme", principal="y", scopes=["read"])
+        assert lease.access_token == Secret("at-y")
+    finally:
+        broker.close()
+        store.close()
+        proxy.close()

@@ -269,10 +269,21 @@ class PostgresStore(CommandStore):
             "connect_timeout": max(1, round(self._timeout)),
             "autocommit": True,
         }
+        given = psycopg.conninfo.conninfo_to_dict(self._dsn or "")
         if self._statement_timeout is not None:
             ms = max(1, round(self._statement_timeout * 1000))
-            given = psycopg.conninfo.conninfo_to_dict(self._dsn or "").get("options")
-            kwargs["options"] = f"{given or ''} -c statement_timeout={ms}".strip()
+            kwargs["options"] = f"{given.get('options') or ''} -c statement_timeout={ms}".strip()
+        # A server that vanishes (host down, network partition) must not hang a caller until
+        # the kernel's default TCP timeouts (minutes): keepalives for idle connections, and
+        # tcp_user_timeout for data the server never acknowledges. The DSN's values win.
+        tcp = {
+            "keepalives": 1,
+            "keepalives_idle": 30,
+            "keepalives_interval": 10,
+            "keepalives_count": 3,
+            "tcp_user_timeout": 30_000,
+        }
+        kwargs.update({k: v for k, v in tcp.items() if k not in given})
         return kwargs
 
     def _sync_pool(self) -> psycopg_pool.ConnectionPool[Any]:
