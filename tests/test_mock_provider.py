@@ -1730,3 +1730,42 @@ def test_serve_on_a_chosen_port(mock_provider: MockProvider) -> None:
     with mock_provider.serve(port=port) as url:
         assert url == f"http://127.0.0.1:{port}"
         assert httpx2.get(f"{url}/jwks").status_code == 200
+
+
+# ---------------------------------------------------------------- like()
+
+
+@pytest.mark.parametrize("name", ["GitHub", "google", "entra", "slack", "x", "quickbooks"])
+def test_like_known_providers(name: str) -> None:
+    from oauth2_broker_mw.testing.mock_provider import LIKE_NAMES
+
+    assert name.lower() in LIKE_NAMES
+    with MockProvider.like(name) as provider, provider.client() as c:
+        if name == "x":
+            assert provider.pkce == "required"
+            assert _cc(c).status_code == 200
+            post = c.post(
+                "/token",
+                data={
+                    "grant_type": "client_credentials",
+                    "client_id": "test-client",
+                    "client_secret": "test-secret",
+                },
+            )
+            assert post.status_code == 401  # HTTP Basic only
+        elif name == "GitHub":
+            assert _cc(c).headers["content-type"].startswith("application/x-www-form")
+            assert "refresh_token" not in code_flow(c, scope="repo")
+        elif name == "quickbooks":
+            got = redirect_params(authorize(c))
+            assert got["realmId"] == "9130350000000000"
+        else:
+            assert _cc(c).status_code == 200
+
+
+def test_like_accepts_overrides_and_rejects_unknown_names() -> None:
+    with MockProvider.like("google", oidc=False) as provider:
+        assert (provider.rotation, provider.oidc) == (False, False)
+        assert provider.quirks.refresh_token_in_refresh_response is False
+    with pytest.raises(ValueError, match="unknown provider"):
+        MockProvider.like("myspace")

@@ -75,7 +75,15 @@ if TYPE_CHECKING:
 
 # MockClient, MockQuirks, Fault and RecordedRequest are re-exported for
 # ``from oauth2_broker_mw.testing.mock_provider import ...``.
-__all__ = ["Fault", "FaultQueue", "MockClient", "MockProvider", "MockQuirks", "RecordedRequest"]
+__all__ = [
+    "LIKE_NAMES",
+    "Fault",
+    "FaultQueue",
+    "MockClient",
+    "MockProvider",
+    "MockQuirks",
+    "RecordedRequest",
+]
 
 _MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
 _CODE_SWEEP = 1_000  # sweep spent and expired codes when this many are held
@@ -168,6 +176,14 @@ class MockProvider:
         self.app = self._build_app()
 
     # ------------------------------------------------------------------ configuration
+
+    @classmethod
+    def like(cls, name: str, **kwargs: Any) -> MockProvider:
+        """A MockProvider that behaves like a well-known provider: its quirks, rotation, PKCE
+        and client-auth habits. Keyword arguments override. Names: see ``LIKE_NAMES``."""
+        settings = _like_settings(name.lower())
+        settings.update(kwargs)
+        return cls(**settings)
 
     def __repr__(self) -> str:
         return f"MockProvider(issuer={self.issuer!r}, clients={sorted(self._clients)!r})"
@@ -1627,3 +1643,90 @@ class MockProvider:
         if fault is not None:
             return self._fault_response(fault, "jwks")
         return JSONResponse(self.public_jwks)
+
+
+LIKE_NAMES: tuple[str, ...] = (
+    "auth0",
+    "entra",
+    "figma",
+    "github",
+    "google",
+    "microsoft",
+    "notion",
+    "okta",
+    "paypal",
+    "quickbooks",
+    "salesforce",
+    "slack",
+    "twitch",
+    "twitter",
+    "x",
+)
+
+
+def _like_settings(name: str) -> dict[str, Any]:
+    """Constructor arguments that make a MockProvider behave like ``name`` (quirk numbers from
+    the project's provider-quirks table)."""
+    if name == "github":  # 1, 5: form unless Accept JSON, errors 200, non-expiring tokens
+        return {
+            "quirks": MockQuirks.github(),
+            "oidc": False,
+            "access_ttl": None,
+            "issue_refresh_tokens": False,
+        }
+    if name == "google":  # 7: no rotation, no refresh token on refresh
+        return {"quirks": MockQuirks.google(), "rotation": False}
+    if name in ("microsoft", "entra"):  # 9: scope on refresh; old refresh tokens keep working
+        return {
+            "quirks": MockQuirks.entra(),
+            "reuse_detection": False,
+            "reuse_interval": 86_400.0,
+        }
+    if name == "slack":  # 2, 4, 19: ok envelope, authed_user, comma scopes, no PKCE
+        return {
+            "quirks": MockQuirks.slack(),
+            "oidc": False,
+            "pkce": "unsupported",
+            "access_ttl": 43_200,
+        }
+    if name == "salesforce":  # 5, 7, 11: no expires_in, no rotation, instance_url
+        return {"quirks": MockQuirks.salesforce(), "rotation": False}
+    if name in ("x", "twitter"):  # 8, 13, 19: rotation, HTTP Basic only, PKCE required
+        return {
+            "oidc": False,
+            "pkce": "required",
+            "access_ttl": 7_200,
+            "clients": [MockClient(auth_methods=frozenset({"client_secret_basic"}))],
+        }
+    if name == "twitch":  # 3: scope echoed as a JSON array
+        return {"quirks": MockQuirks(scope_echo="array")}
+    if name == "notion":  # 5, 15: JSON request bodies, no expiry
+        return {
+            "quirks": MockQuirks(token_body_format="json", expires_in="omit"),
+            "oidc": False,
+            "access_ttl": None,
+        }
+    if name == "figma":  # 4, 17, 19: comma scopes, /refresh endpoint, no PKCE
+        return {
+            "quirks": MockQuirks(
+                separate_refresh_endpoint=True, scope_delimiter=",", scope_echo="comma"
+            ),
+            "oidc": False,
+            "pkce": "unsupported",
+        }
+    if name == "quickbooks":  # 12, 23: realmId on the redirect, refresh-token lifetime field
+        return {
+            "quirks": MockQuirks(
+                refresh_expires_in_field="x_refresh_token_expires_in",
+                redirect_extra_params={"realmId": "9130350000000000"},
+            ),
+            "refresh_ttl": 8_726_400,
+            "reuse_interval": 86_400.0,
+        }
+    if name == "paypal":  # 6: expires_in as a string
+        return {"quirks": MockQuirks(expires_in="string"), "oidc": False}
+    if name == "okta":  # 8: rotation with a 30 s grace period
+        return {"reuse_interval": 30.0}
+    if name == "auth0":  # 8: rotation with reuse detection
+        return {"rotation": True, "reuse_detection": True}
+    raise ValueError(f"unknown provider {name!r}; one of {', '.join(LIKE_NAMES)}")
