@@ -1769,3 +1769,30 @@ def test_like_accepts_overrides_and_rejects_unknown_names() -> None:
         assert provider.quirks.refresh_token_in_refresh_response is False
     with pytest.raises(ValueError, match="unknown provider"):
         MockProvider.like("myspace")
+
+
+def test_retarget_a_preset_and_log_in_with_the_broker() -> None:
+    from oauth2_broker_mw import Broker, presets
+
+    with MockProvider.like("github") as provider:
+        desc = provider.retarget(presets.github())
+        assert desc.token_endpoint == "https://mock-idp.test/token"
+        assert desc.authorization_endpoint == "https://mock-idp.test/authorize"
+        assert desc.scope_delimiter == presets.github().scope_delimiter
+        provider.quirks.scope_delimiter = desc.scope_delimiter
+        broker = Broker(
+            desc,
+            client_id="test-client",
+            client_secret="test-secret",
+            http_client=provider.client(),
+        )
+        start = broker.start_authorization(
+            tenant="acme", principal="octocat", scopes=["repo", "user"], redirect_uri=REDIRECT
+        )
+        with provider.client() as c:
+            got = redirect_params(c.get(start.url))
+        record = broker.exchange_code(state=got["state"], code=got["code"])
+        assert record.scopes.scopes == ("repo", "user")
+        assert record.expires_at is None  # GitHub OAuth app tokens do not expire
+        assert provider.requests_to("token")[0].headers["accept"] == "application/json"
+        broker.close()

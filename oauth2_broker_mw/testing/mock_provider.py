@@ -552,6 +552,37 @@ class MockProvider:
         fields.update(overrides)
         return ProviderDescriptor(**fields)
 
+    def retarget(self, descriptor: ProviderDescriptor) -> ProviderDescriptor:
+        """``descriptor`` (e.g. a preset) with its endpoints pointed at this server.
+
+        Its quirks stay as they are; endpoints it does not have stay absent (a preset without a
+        revocation endpoint does not gain one), and ``allowed_origins`` is cleared so the signer
+        may send tokens to this server.
+        """
+
+        def ours(current: str | None, url: str) -> str | None:
+            return url if current else None
+
+        changes: dict[str, Any] = {
+            "token_endpoint": self.token_endpoint,
+            "authorization_endpoint": ours(
+                descriptor.authorization_endpoint, self.authorization_endpoint
+            ),
+            "revocation_endpoint": ours(descriptor.revocation_endpoint, self.revocation_endpoint),
+            "introspection_endpoint": ours(
+                descriptor.introspection_endpoint, self.introspection_endpoint
+            ),
+            "userinfo_endpoint": ours(descriptor.userinfo_endpoint, self.userinfo_endpoint),
+            "issuer": ours(descriptor.issuer, self.issuer),
+            "jwks_uri": ours(descriptor.jwks_uri, self.jwks_uri),
+            "refresh_endpoint": ours(descriptor.refresh_endpoint, self.url("/refresh")),
+            "pushed_authorization_request_endpoint": ours(
+                descriptor.pushed_authorization_request_endpoint, self.par_endpoint
+            ),
+            "allowed_origins": (),
+        }
+        return descriptor.replace(**changes)
+
     # ------------------------------------------------------------------ state helpers (locked)
 
     def _new_family(
