@@ -1796,3 +1796,17 @@ def test_retarget_a_preset_and_log_in_with_the_broker() -> None:
         assert record.expires_at is None  # GitHub OAuth app tokens do not expire
         assert provider.requests_to("token")[0].headers["accept"] == "application/json"
         broker.close()
+
+
+def test_factory_fixture_makes_independent_providers(
+    mock_provider_factory: Any,
+) -> None:
+    first = mock_provider_factory(issuer="https://idp-one.test")
+    second = mock_provider_factory(like="slack")
+    assert first.issuer == "https://idp-one.test"
+    assert second.quirks.response_shape == "slack"
+    tokens = first.issue_tokens(scopes=["read"])
+    with second.client() as c:
+        assert resource(c, tokens["access_token"]).status_code == 401  # not its token
+    with first.client() as c:
+        assert resource(c, tokens["access_token"]).status_code == 200

@@ -1,6 +1,6 @@
 """pytest plugin (entry point ``pytest11``): fixtures for testing against a MockProvider.
 
-Owns: the ``mock_provider`` and ``mock_provider_url`` fixtures.
+Owns: the ``mock_provider``, ``mock_provider_url`` and ``mock_provider_factory`` fixtures.
 Must not import at module level: starlette, uvicorn, httpx2, joserfc or the rest of
 oauth2_broker_mw; this module is loaded in every pytest run of anyone who installs
 oauth2-broker-mw, so it imports only pytest and the standard library and does nothing until one
@@ -15,19 +15,22 @@ Fixtures:
 ``mock_provider_url``
     Serves ``mock_provider`` on ``http://127.0.0.1:<ephemeral port>`` for the test and returns
     that base URL (which is also the provider's issuer while the test runs).
+``mock_provider_factory``
+    A callable taking ``MockProvider`` arguments (or ``like="github"``) that returns a new
+    provider, closed when the test ends; for tests that need several (mix-up, multi-tenant).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
 if TYPE_CHECKING:
     from .mock_provider import MockProvider
 
-__all__ = ["mock_provider", "mock_provider_url"]
+__all__ = ["mock_provider", "mock_provider_factory", "mock_provider_url"]
 
 _MISSING_EXTRA = (
     "the mock_provider fixtures need the optional dependencies of oauth2-broker-mw's "
@@ -66,3 +69,25 @@ def mock_provider_url(mock_provider: MockProvider) -> Iterator[str]:
         )
     with mock_provider.serve() as base_url:
         yield base_url
+
+
+@pytest.fixture
+def mock_provider_factory() -> Iterator[Callable[..., MockProvider]]:
+    """Make extra MockProviders (``like="github"`` or constructor arguments); all are closed
+    when the test ends."""
+    provider_cls = _import_provider()
+    made: list[MockProvider] = []
+
+    def make(*args: Any, like: str | None = None, **kwargs: Any) -> MockProvider:
+        if like is not None:
+            provider = provider_cls.like(like, **kwargs)
+        else:
+            provider = provider_cls(*args, **kwargs)
+        made.append(provider)
+        return provider
+
+    try:
+        yield make
+    finally:
+        for provider in made:
+            provider.close()
