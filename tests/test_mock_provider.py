@@ -1810,3 +1810,10 @@ def test_factory_fixture_makes_independent_providers(
         assert resource(c, tokens["access_token"]).status_code == 401  # not its token
     with first.client() as c:
         assert resource(c, tokens["access_token"]).status_code == 200
+
+
+def test_server_records_never_show_token_values(mock_provider: MockProvider) -> None:
+    tokens = mock_provider.issue_tokens(scopes=["read"])
+    state = repr(list(mock_provider._tokens.values())) + repr(mock_provider.live_tokens())
+    assert tokens["access_token"] not in state
+    assert tokens["refresh_token"] not in state

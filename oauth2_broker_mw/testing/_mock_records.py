@@ -111,7 +111,7 @@ class Family:
     nonce: str | None
     auth_time: int
     revoked: bool = False
-    tokens: set[str] = field(default_factory=set)
+    tokens: set[str] = field(default_factory=set, repr=False)  # token values: never shown
 
 
 @dataclass(slots=True, eq=False)
