@@ -1817,3 +1817,39 @@ def test_server_records_never_show_token_values(mock_provider: MockProvider) -> 
     state = repr(list(mock_provider._tokens.values())) + repr(mock_provider.live_tokens())
     assert tokens["access_token"] not in state
     assert tokens["refresh_token"] not in state
+
+
+# ---------------------------------------------------------------- offline access (quirk 18)
+
+
+def test_google_refresh_token_only_offline_and_on_first_consent() -> None:
+    with MockProvider.like("google") as provider, provider.client() as c:
+        assert "refresh_token" not in code_flow(c, scope="openid email")
+        first = code_flow(c, scope="openid email", access_type="offline")
+        assert "refresh_token" in first
+        again = code_flow(c, scope="openid email", access_type="offline")
+        assert "refresh_token" not in again  # consent was already given
+        forced = code_flow(c, scope="openid email", access_type="offline", prompt="consent")
+        assert "refresh_token" in forced
+        other_user = code_flow(c, scope="openid", access_type="offline", login_hint="bob")
+        assert "refresh_token" in other_user
+
+
+def test_microsoft_offline_access_scope_hidden_from_the_echo() -> None:
+    with MockProvider.like("microsoft") as provider, provider.client() as c:
+        online = code_flow(c, scope="openid User.Read")
+        assert "refresh_token" not in online
+        offline = code_flow(c, scope="openid offline_access User.Read")
+        assert offline["scope"] == "User.Read"
+        assert "refresh_token" in offline
+        assert "id_token" in offline
+        still = resource(c, offline["access_token"], required_scope="offline_access")
+        assert still.status_code == 200  # hidden from the echo, not from the grant
+        refreshed = refresh(c, offline["refresh_token"], scope="openid offline_access User.Read")
+        assert refreshed.status_code == 200
+
+
+def test_x_needs_offline_access_scope() -> None:
+    with MockProvider.like("x") as provider, provider.client() as c:
+        assert "refresh_token" not in code_flow(c, scope="tweet.read")
+        assert "refresh_token" in code_flow(c, scope="tweet.read offline.access")

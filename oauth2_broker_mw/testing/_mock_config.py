@@ -171,12 +171,24 @@ class MockQuirks:
     #: (16) standard request parameter name -> the name this provider wants instead, applied to
     #: authorize, token and PAR requests (TikTok: ``{"client_id": "client_key"}``).
     param_renames: dict[str, str] = field(default_factory=dict)
+    #: (18) a refresh token is issued only when the authorization request carried these
+    #: parameters (Google ``{"access_type": "offline"}``, Dropbox ``token_access_type``).
+    refresh_token_requires_params: dict[str, str] = field(default_factory=dict)
+    #: (18) ... or this scope (``offline_access`` for Microsoft, ``offline.access`` for X).
+    refresh_token_requires_scope: str | None = None
+    #: (18) Google: a refresh token only on a subject's first consent to the client, unless
+    #: the request says ``prompt=consent``.
+    refresh_token_first_consent_only: bool = False
+    #: (22) granted scopes left out of the echoed ``scope`` (Microsoft drops ``openid`` and
+    #: ``offline_access``); unlike ``narrow_scopes`` the token still carries them.
+    echo_hidden_scopes: frozenset[str] = frozenset()
     #: (6) put the access-token lifetime at this path instead of ``expires_in``
     #: (Leapsome ``("expiresIn",)``, N-able ``("tokens", "access", "expirySeconds")``).
     expires_in_path: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         self.narrow_scopes = frozenset(self.narrow_scopes)
+        self.echo_hidden_scopes = frozenset(self.echo_hidden_scopes)
         self.widen_scopes = tuple(self.widen_scopes)
         self.expires_in_path = tuple(self.expires_in_path)
         if not self.scope_delimiter:

@@ -141,6 +141,7 @@ class CodeGrant:
     expires_at: float
     used: bool = False
     family: Family | None = None
+    offline: bool = True  # may a refresh token be issued for this code (quirk 18)
 
 
 @dataclass(frozen=True, slots=True)

@@ -158,6 +158,7 @@ class MockProvider:
         #: (RFC 9207 mix-up tests); sent even when ``send_iss`` is off.
         self.iss_override: str | None = None
         self._jtis: dict[str, float] = {}
+        self._consented: set[tuple[str, str]] = set()
         self._clock = clock or time.time
         self._offset = 0.0
         self._lock = threading.RLock()
@@ -993,11 +994,12 @@ class MockProvider:
             payload["refresh_token"] = refresh
             if q.refresh_expires_in_field and self.refresh_ttl is not None:
                 payload[q.refresh_expires_in_field] = self.refresh_ttl
+        echoed = [s for s in scopes if s not in q.echo_hidden_scopes]
         if q.scope_echo == "array":
-            payload["scope"] = list(scopes)
+            payload["scope"] = echoed
         elif q.scope_echo != "omit":
             delimiter = {"space": " ", "comma": ",", "plus": "+"}[q.scope_echo]
-            payload["scope"] = delimiter.join(scopes)
+            payload["scope"] = delimiter.join(echoed)
         if id_token is not None:
             payload["id_token"] = id_token
         if q.expires_in_path and "expires_in" in payload:
@@ -1166,7 +1168,9 @@ class MockProvider:
             granted = self._grant_scopes(code.scopes)
             family = self._new_family(client.client_id, code.subject, granted, code.nonce)
             code.family = family
-            with_refresh = self.issue_refresh_tokens and "refresh_token" in client.grant_types
+            with_refresh = (
+                self.issue_refresh_tokens and "refresh_token" in client.grant_types and code.offline
+            )
             access, refresh, ttl = self._mint_pair(family, granted, with_refresh=with_refresh)
             id_token = self._id_token(family, access) if self.oidc and "openid" in granted else None
             self._counters["code_redeemed"] += 1
@@ -1332,10 +1336,28 @@ class MockProvider:
                 subject=subject,
                 nonce=params.nonce,
                 expires_at=self.now() + self.code_ttl,
+                offline=self._offline_granted(params, subject),
             )
             self._counters["authorize:approved"] += 1
         values = {self.quirks.code_param: code_value, **self.quirks.redirect_extra_params}
         return self._redirect(params, values)
+
+    def _offline_granted(self, params: AuthorizeParams, subject: str) -> bool:
+        """Quirk 18: does this authorization earn a refresh token? (Called under the lock.)"""
+        q = self.quirks
+        raw = params.raw
+        offline = all(
+            raw.get(name) == value for name, value in q.refresh_token_requires_params.items()
+        )
+        if q.refresh_token_requires_scope is not None:
+            offline = offline and q.refresh_token_requires_scope in params.scopes
+        if offline and q.refresh_token_first_consent_only:
+            consent = (params.client.client_id, subject)
+            prompted = "consent" in raw.get("prompt", "").split()
+            if consent in self._consented and not prompted:
+                offline = False
+            self._consented.add(consent)
+        return offline
 
     async def _authorize(self, request: Request) -> Response:
         params: dict[str, str] = dict(request.query_params)
@@ -1705,11 +1727,17 @@ def _like_settings(name: str) -> dict[str, Any]:
             "access_ttl": None,
             "issue_refresh_tokens": False,
         }
-    if name == "google":  # 7: no rotation, no refresh token on refresh
-        return {"quirks": MockQuirks.google(), "rotation": False}
-    if name in ("microsoft", "entra"):  # 9: scope on refresh; old refresh tokens keep working
+    if name == "google":  # 7, 18: no rotation; refresh token only offline, on first consent
+        quirks = MockQuirks.google()
+        quirks.refresh_token_requires_params = {"access_type": "offline"}
+        quirks.refresh_token_first_consent_only = True
+        return {"quirks": quirks, "rotation": False}
+    if name in ("microsoft", "entra"):  # 9, 18, 22: scope on refresh, offline_access
+        quirks = MockQuirks.entra()
+        quirks.refresh_token_requires_scope = "offline_access"
+        quirks.echo_hidden_scopes = frozenset({"openid", "offline_access"})
         return {
-            "quirks": MockQuirks.entra(),
+            "quirks": quirks,
             "reuse_detection": False,
             "reuse_interval": 86_400.0,
         }
@@ -1722,8 +1750,9 @@ def _like_settings(name: str) -> dict[str, Any]:
         }
     if name == "salesforce":  # 5, 7, 11: no expires_in, no rotation, instance_url
         return {"quirks": MockQuirks.salesforce(), "rotation": False}
-    if name in ("x", "twitter"):  # 8, 13, 19: rotation, HTTP Basic only, PKCE required
+    if name in ("x", "twitter"):  # 8, 13, 18, 19: rotation, Basic only, PKCE required
         return {
+            "quirks": MockQuirks(refresh_token_requires_scope="offline.access"),
             "oidc": False,
             "pkce": "required",
             "access_ttl": 7_200,
