@@ -107,7 +107,7 @@ class MemoryStore(ThreadedAsyncMixin):
         # Caller holds the mutex.
         stored = record.with_version(version)
         self._tokens[record.key.id] = _Row(record.key, version, stored.to_json())
-        return TokenRecord.from_json(self._tokens[record.key.id].data)
+        return stored
 
     # -- lease locks ------------------------------------------------------------------------
     def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
