@@ -1804,7 +1804,7 @@ def test_factory_fixture_makes_independent_providers(
     first = mock_provider_factory(issuer="https://idp-one.test")
     second = mock_provider_factory(like="slack")
     assert first.issuer == "https://idp-one.test"
-    assert second.quirks.response_shape == "slack"
+    assert second.quirks.response_shape == "slack_bot"
     tokens = first.issue_tokens(scopes=["read"])
     with second.client() as c:
         assert resource(c, tokens["access_token"]).status_code == 401  # not its token
@@ -1853,3 +1853,63 @@ def test_x_needs_offline_access_scope() -> None:
     with MockProvider.like("x") as provider, provider.client() as c:
         assert "refresh_token" not in code_flow(c, scope="tweet.read")
         assert "refresh_token" in code_flow(c, scope="tweet.read offline.access")
+
+
+# ---------------------------------------------------------------- presets against look-alikes
+
+_PRESET_CASES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
+    # like() name: (preset name, preset arguments, scopes)
+    "github": ("github", {}, ["repo", "user"]),
+    "google": ("google", {}, ["openid", "email"]),
+    "microsoft": ("microsoft", {}, ["User.Read"]),
+    "x": ("x", {}, ["tweet.read"]),
+    "slack": ("slack", {}, ["chat:write", "users:read"]),
+    "slack-user": ("slack", {"user_token": True}, ["chat:write", "users:read"]),
+    "salesforce": ("salesforce", {}, ["api"]),
+    "twitch": ("twitch", {}, ["user:read:email"]),
+    "notion": ("notion", {}, []),
+    "figma": ("figma", {}, ["file_content:read"]),
+    "quickbooks": ("quickbooks", {}, ["com.intuit.quickbooks.accounting"]),
+}
+
+
+@pytest.mark.parametrize("name", sorted(_PRESET_CASES))
+def test_presets_log_in_and_refresh_against_look_alikes(name: str) -> None:
+    from oauth2_broker_mw import AuthorizationRequired, Broker, InvalidGrant, presets
+
+    preset_name, preset_kwargs, scopes = _PRESET_CASES[name]
+    with MockProvider.like(name) as provider:
+        desc = provider.retarget(presets.preset(preset_name, **preset_kwargs))
+        if name == "github":  # GitHub takes either delimiter on authorize; the preset sends " "
+            provider.quirks.scope_delimiter = desc.scope_delimiter
+        broker = Broker(
+            desc,
+            client_id="test-client",
+            client_secret="test-secret",
+            http_client=provider.client(),
+        )
+        try:
+            start = broker.start_authorization(
+                tenant="acme", principal="u1", scopes=scopes, redirect_uri=REDIRECT
+            )
+            with provider.client() as c:
+                got = redirect_params(c.get(start.url))
+            record = broker.exchange_code(
+                state=got["state"],
+                code=got[desc.code_param],
+                iss=got.get("iss"),
+                callback_params=got,
+            )
+            assert set(scopes) <= set(record.scopes.scopes)  # presets may add default scopes
+            if record.refresh_token is None:
+                assert name == "github"  # OAuth-app tokens neither expire nor refresh
+                return
+            lease = broker.lease(tenant="acme", principal="u1", scopes=scopes, force_refresh=True)
+            assert lease.access_token != record.access_token
+            assert provider.refresh_tokens_redeemed == 1
+            provider.revoke_all()  # the grant dies at the provider: a new login is needed
+            with pytest.raises(AuthorizationRequired) as info:
+                broker.lease(tenant="acme", principal="u1", scopes=scopes, force_refresh=True)
+            assert isinstance(info.value.__cause__, InvalidGrant)
+        finally:
+            broker.close()

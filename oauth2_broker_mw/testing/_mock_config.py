@@ -182,6 +182,9 @@ class MockQuirks:
     #: (22) granted scopes left out of the echoed ``scope`` (Microsoft drops ``openid`` and
     #: ``offline_access``); unlike ``narrow_scopes`` the token still carries them.
     echo_hidden_scopes: frozenset[str] = frozenset()
+    #: (1, 2) provider error codes for token-endpoint errors: ``{"invalid_grant": "..."}`` or,
+    #: per grant, ``{"refresh_token:invalid_grant": "invalid_refresh_token"}`` (Slack, GitHub).
+    error_renames: dict[str, str] = field(default_factory=dict)
     #: (6) put the access-token lifetime at this path instead of ``expires_in``
     #: (Leapsome ``("expiresIn",)``, N-able ``("tokens", "access", "expirySeconds")``).
     expires_in_path: tuple[str, ...] = ()

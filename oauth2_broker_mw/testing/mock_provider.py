@@ -1052,10 +1052,16 @@ class MockProvider:
             )
         return JSONResponse(payload, status_code=status, headers=all_headers)
 
-    def _render_token_error(self, request: Request, err: OAuthError) -> Response:
+    def _render_token_error(
+        self, request: Request, err: OAuthError, grant_type: str | None = None
+    ) -> Response:
         with self._lock:
             self._counters["token:error"] += 1
             self._counters[f"token:error:{err.error}"] += 1
+        renames = self.quirks.error_renames
+        code = renames.get(f"{grant_type}:{err.error}", renames.get(err.error, err.error))
+        if code != err.error:
+            err = OAuthError(code, err.description, err.status, err.headers)
         mode = self.quirks.errors_with_200
         if mode == "slack":
             return JSONResponse({"ok": False, "error": err.error}, headers=NO_STORE)
@@ -1089,7 +1095,7 @@ class MockProvider:
             fault = await self._enter(endpoint, request, form, grant_type=grant_type or None)
             if fault is not None and fault.kind != "lost_response":
                 return self._fault_response(fault, endpoint)
-            return self._render_token_error(request, err)
+            return self._render_token_error(request, err, grant_type)
         fault = await self._enter(
             endpoint,
             request,
@@ -1103,7 +1109,7 @@ class MockProvider:
         try:
             response = self._dispatch_grant(request, endpoint, client, grant_type, form)
         except OAuthError as err:
-            response = self._render_token_error(request, err)
+            response = self._render_token_error(request, err, grant_type)
         if fault is not None:  # lost_response: the work is done, the answer never arrives
             return self._fault_response(fault, endpoint)
         return response
@@ -1711,18 +1717,34 @@ LIKE_NAMES: tuple[str, ...] = (
     "quickbooks",
     "salesforce",
     "slack",
+    "slack-user",
     "twitch",
     "twitter",
     "x",
 )
 
 
+_SLACK_ERRORS = {
+    "authorization_code:invalid_grant": "invalid_code",
+    "refresh_token:invalid_grant": "invalid_refresh_token",
+    "invalid_client": "invalid_client_id",
+    "unsupported_grant_type": "invalid_grant_type",
+}
+_GITHUB_ERRORS = {
+    "authorization_code:invalid_grant": "bad_verification_code",
+    "refresh_token:invalid_grant": "bad_refresh_token",
+    "invalid_client": "incorrect_client_credentials",
+}
+
+
 def _like_settings(name: str) -> dict[str, Any]:
     """Constructor arguments that make a MockProvider behave like ``name`` (quirk numbers from
     the project's provider-quirks table)."""
     if name == "github":  # 1, 5: form unless Accept JSON, errors 200, non-expiring tokens
+        quirks = MockQuirks.github()
+        quirks.error_renames = dict(_GITHUB_ERRORS)
         return {
-            "quirks": MockQuirks.github(),
+            "quirks": quirks,
             "oidc": False,
             "access_ttl": None,
             "issue_refresh_tokens": False,
@@ -1741,13 +1763,15 @@ def _like_settings(name: str) -> dict[str, Any]:
             "reuse_detection": False,
             "reuse_interval": 86_400.0,
         }
-    if name == "slack":  # 2, 4, 19: ok envelope, authed_user, comma scopes, no PKCE
-        return {
-            "quirks": MockQuirks.slack(),
-            "oidc": False,
-            "pkce": "unsupported",
-            "access_ttl": 43_200,
-        }
+    if name in ("slack", "slack-user"):  # 2, 4, 19: ok envelope, comma scopes, no PKCE
+        quirks = MockQuirks.slack()
+        quirks.error_renames = dict(_SLACK_ERRORS)
+        if name == "slack":  # a bot token at the top level, token_type "bot"
+            quirks.response_shape = "slack_bot"
+        else:  # a user token under authed_user, asked for with user_scope
+            quirks.token_type = "user"
+            quirks.param_renames = {"scope": "user_scope"}
+        return {"quirks": quirks, "oidc": False, "pkce": "unsupported", "access_ttl": 43_200}
     if name == "salesforce":  # 5, 7, 11: no expires_in, no rotation, instance_url
         return {"quirks": MockQuirks.salesforce(), "rotation": False}
     if name in ("x", "twitter"):  # 8, 13, 18, 19: rotation, Basic only, PKCE required
