@@ -22,6 +22,16 @@ Semantics every store must provide (checked by ``oauth2_broker_mw.testing.confor
   ``take_pending(state_key)`` atomically returns and removes it (``None`` if absent or
   expired), so a state can be redeemed once.
 * Failures of the backing service raise :class:`~oauth2_broker_mw.StoreUnavailable`.
+
+Finer points the conformance suite pins down:
+
+* ``put`` ignores the version in the record it is given; after ``delete`` versions restart at 1.
+* ``list_keys`` matches tenant (and principal) exactly, in no particular order.
+* The owner of a lock may acquire it again (which extends it); renewing an expired lock
+  returns ``False``; ``release_lock`` returns ``True`` only for the owner of an unexpired lock.
+* Expired pending authorizations and locks are purged by the store itself (no cron job).
+* One store instance serves sync threads and async tasks racing on it at once, and its async
+  methods work under plain ``asyncio.run()`` on several event loops one after another.
 """
 
 from __future__ import annotations
