@@ -1913,3 +1913,53 @@ def test_presets_log_in_and_refresh_against_look_alikes(name: str) -> None:
             assert isinstance(info.value.__cause__, InvalidGrant)
         finally:
             broker.close()
+
+
+# ---------------------------------------------------------------- loop sharing, close, fork
+
+
+def test_providers_share_one_background_loop() -> None:
+    providers = [MockProvider() for _ in range(4)]
+    for provider in providers:
+        with provider.client() as c:
+            assert c.get("/jwks").status_code == 200
+    loops = [t for t in threading.enumerate() if t.name == "mock-provider-loop"]
+    assert len(loops) == 1
+
+
+def test_close_cuts_injected_latency_short(mock_provider: MockProvider) -> None:
+    mock_provider.faults.add("token", "latency", latency=600)
+    statuses: list[int] = []
+
+    def call() -> None:
+        with mock_provider.client(timeout=None) as c:
+            statuses.append(_cc(c).status_code)
+
+    worker = threading.Thread(target=call)
+    worker.start()
+    while mock_provider.counters["fault:token"] == 0:  # the request is inside its delay
+        threading.Event().wait(0.01)
+    mock_provider.close()
+    worker.join(timeout=30)
+    assert not worker.is_alive()
+    assert statuses == [200]
+
+
+def test_a_forked_child_can_use_the_provider(mock_provider: MockProvider) -> None:
+    import os
+    import warnings
+
+    with mock_provider.client() as c:
+        assert c.get("/jwks").status_code == 200  # the parent's loop thread is running
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # fork() with threads (3.12+)
+        pid = os.fork()
+    if pid == 0:  # child: the parent's loop thread does not exist here
+        code = 1
+        try:
+            with mock_provider.client(timeout=10) as c:
+                code = 0 if c.get("/jwks").status_code == 200 else 1
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0

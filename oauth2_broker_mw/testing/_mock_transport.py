@@ -1,10 +1,10 @@
 """How MockProvider's ASGI app is reached: an in-process sync transport and loopback serving.
 
-Owns: ``LoopThread`` (one background asyncio loop per provider that runs the app for sync
-callers, safe to share between any number of threads), ``SyncASGITransport`` (an
-``httpx2.BaseTransport`` that hands each request to that loop), ``AsyncASGITransport`` (the
-async twin; both honour the request's read timeout) and ``serve_app`` (uvicorn on an ephemeral
-loopback port in a background thread).
+Owns: ``LoopThread`` (a background asyncio loop that runs apps for sync callers, safe to share
+between any number of threads; ``SHARED_LOOP`` is the one all providers use),
+``SyncASGITransport`` (an ``httpx2.BaseTransport`` that hands each request to that loop),
+``AsyncASGITransport`` (the async twin; both honour the request's read timeout) and
+``serve_app`` (uvicorn on an ephemeral loopback port in a background thread).
 Must not import: the broker core or any store; uvicorn is imported only inside ``serve_app``.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import os
 import socket
 import threading
 import time
@@ -21,7 +22,7 @@ from typing import Any, TypeVar
 
 import httpx2
 
-__all__ = ["AsyncASGITransport", "LoopThread", "SyncASGITransport", "serve_app"]
+__all__ = ["SHARED_LOOP", "AsyncASGITransport", "LoopThread", "SyncASGITransport", "serve_app"]
 
 _T = TypeVar("_T")
 _HOP_BY_HOP = frozenset({"transfer-encoding", "connection", "keep-alive"})
@@ -35,9 +36,14 @@ class LoopThread:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
+        self._pid = os.getpid()
 
     def _ensure(self) -> asyncio.AbstractEventLoop:
         with self._lock:
+            if self._pid != os.getpid():
+                # A forked child: the parent's loop thread does not exist here. Start afresh.
+                self._loop = self._thread = None
+                self._pid = os.getpid()
             if self._loop is None:
                 loop = asyncio.new_event_loop()
                 ready = threading.Event()
@@ -86,6 +92,11 @@ class LoopThread:
         loop.call_soon_threadsafe(loop.stop)
         thread.join()
         loop.close()
+
+
+#: The one loop that runs every MockProvider for sync clients in this process (started on first
+#: use; a daemon thread, so a provider nobody closes costs no thread of its own).
+SHARED_LOOP = LoopThread()
 
 
 class SyncASGITransport(httpx2.BaseTransport):

@@ -68,7 +68,7 @@ from ._mock_records import (
     scope_token_ok,
     unsigned_jwt,
 )
-from ._mock_transport import AsyncASGITransport, LoopThread, SyncASGITransport, serve_app
+from ._mock_transport import SHARED_LOOP, AsyncASGITransport, SyncASGITransport, serve_app
 
 if TYPE_CHECKING:
     from oauth2_broker_mw._core.provider import ProviderDescriptor
@@ -169,8 +169,7 @@ class MockProvider:
         self._tokens: dict[str, TokenState] = {}
         self._counters: Counter[str] = Counter()
         self._requests: deque[RecordedRequest] = deque(maxlen=_MAX_RECORDED)
-        self._closing = False
-        self._loop = LoopThread()
+        self._generation = 0  # bumped by close() and at the end of serve(): cuts latency short
         self._signing_key = RSAKey.generate_key(
             2048, parameters={"use": "sig", "alg": "RS256"}, auto_kid=True
         )
@@ -439,7 +438,7 @@ class MockProvider:
 
     def transport(self) -> httpx2.BaseTransport:
         """A sync httpx2 transport into the app (shared background loop; thread-safe)."""
-        return SyncASGITransport(self.app, self._loop)
+        return SyncASGITransport(self.app, SHARED_LOOP)
 
     def async_transport(self) -> httpx2.AsyncBaseTransport:
         """An async httpx2 transport into the app (runs on the caller's event loop)."""
@@ -468,22 +467,19 @@ class MockProvider:
         def set_issuer(port: int) -> None:
             self.issuer = f"http://127.0.0.1:{port}"
 
-        self._closing = False
         try:
             with serve_app(self.app, port=port, on_port=set_issuer):
                 try:
                     yield self.issuer
                 finally:
-                    self._closing = True  # cut injected latency short so shutdown is quick
+                    self._generation += 1  # cut injected latency short so shutdown is quick
         finally:
-            self._closing = False
             self.issuer = previous
 
     def close(self) -> None:
-        """Stop the background loop used by sync clients (idempotent)."""
-        self._closing = True
-        self._loop.close()
-        self._closing = False
+        """End injected latency that is still waiting (idempotent). The provider stays usable;
+        sync clients share one background loop per process, so there is no thread to stop."""
+        self._generation += 1
 
     def __enter__(self) -> MockProvider:
         return self
@@ -695,7 +691,8 @@ class MockProvider:
 
     async def _sleep(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
-        while not self._closing:
+        generation = self._generation
+        while generation == self._generation:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
