@@ -1778,8 +1778,6 @@ def test_retarget_a_preset_and_log_in_with_the_broker() -> None:
         desc = provider.retarget(presets.github())
         assert desc.token_endpoint == "https://mock-idp.test/token"
         assert desc.authorization_endpoint == "https://mock-idp.test/authorize"
-        assert desc.scope_delimiter == presets.github().scope_delimiter
-        provider.quirks.scope_delimiter = desc.scope_delimiter
         broker = Broker(
             desc,
             client_id="test-client",
@@ -1880,8 +1878,6 @@ def test_presets_log_in_and_refresh_against_look_alikes(name: str) -> None:
     preset_name, preset_kwargs, scopes = _PRESET_CASES[name]
     with MockProvider.like(name) as provider:
         desc = provider.retarget(presets.preset(preset_name, **preset_kwargs))
-        if name == "github":  # GitHub takes either delimiter on authorize; the preset sends " "
-            provider.quirks.scope_delimiter = desc.scope_delimiter
         broker = Broker(
             desc,
             client_id="test-client",

@@ -1740,6 +1740,7 @@ def _like_settings(name: str) -> dict[str, Any]:
     if name == "github":  # 1, 5: form unless Accept JSON, errors 200, non-expiring tokens
         quirks = MockQuirks.github()
         quirks.error_renames = dict(_GITHUB_ERRORS)
+        quirks.scope_delimiter = " "  # GitHub documents spaces on authorize; it echoes commas
         return {
             "quirks": quirks,
             "oidc": False,
