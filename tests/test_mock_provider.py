@@ -713,6 +713,9 @@ def test_introspection(mock_provider: MockProvider, client: httpx2.Client) -> No
     assert gone.json() == {"active": False}
     assert client.post("/introspect", data={"token": "nope"}, auth=AUTH).json() == {"active": False}
     assert client.post("/introspect", data={"token": "nope"}).status_code == 401
+    mock_provider.register_client("spa", None)
+    public = client.post("/introspect", data={"token": tokens["refresh_token"], "client_id": "spa"})
+    assert public.status_code == 401
 
 
 def test_resource_errors(mock_provider: MockProvider, client: httpx2.Client) -> None:

@@ -1514,6 +1514,8 @@ class MockProvider:
         try:
             form = await self._read_form(request)
             client, method = self._authenticate_client(request, form)
+            if method == "none":  # RFC 7662 §2.1: the caller must be authorized
+                raise OAuthError("invalid_client", "introspection needs client authentication", 401)
         except OAuthError as err:
             await self._enter("introspect", request, {})
             return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
