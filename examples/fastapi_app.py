@@ -11,6 +11,8 @@ loopback port plays the provider (see ``examples/_provider.py``). Tokens stay on
 from __future__ import annotations
 
 import os
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from html import escape
 from typing import Any
 
@@ -28,14 +30,23 @@ except ImportError:  # run as a script: python examples/fastapi_app.py
 
 BASE_URL = os.environ.get("APP_BASE_URL", "http://127.0.0.1:8000")
 config = provider_config("acme")
+store = SQLiteStore(os.environ.get("TOKENS_DB", "tokens.db"))
 broker = Broker(
     config.descriptor,
     client_id=config.client_id,
     client_secret=config.client_secret,
-    store=SQLiteStore(os.environ.get("TOKENS_DB", "tokens.db")),
+    store=store,
 )
 
-app = FastAPI()
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    yield
+    await broker.aclose()  # the HTTP client the broker opened for token calls
+    store.close()
+
+
+app = FastAPI(lifespan=lifespan)
 app.add_middleware(
     BrokerMiddleware,
     brokers={"acme": broker},
