@@ -15,8 +15,7 @@ from pathlib import Path
 
 import httpx2
 
-from oauth2_broker_mw import Broker, SQLiteStore
-from oauth2_broker_mw.auth import BrokerAuth
+from oauth2_broker_mw import Broker, BrokerAuth, SQLiteStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 
