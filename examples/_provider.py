@@ -39,7 +39,7 @@ def provider_config(name: str = "acme") -> ProviderConfig:
             str(metadata.get("userinfo_endpoint") or ""),
         )
 
-    from oauth2_broker_mw.testing.mock_provider import MockProvider
+    from oauth2_broker_mw.testing import MockProvider
 
     provider = MockProvider(auto_approve=True)
     stack = contextlib.ExitStack()

@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx2
 
 from oauth2_broker_mw import Broker, BrokerAuth, SQLiteStore
-from oauth2_broker_mw.testing.mock_provider import MockProvider
+from oauth2_broker_mw.testing import MockProvider
 
 
 def main() -> None:
