@@ -328,3 +328,11 @@ def test_postgres_rows_hold_no_plaintext() -> None:
     finally:
         store.close()
         postgres_drop_schema(schema)
+
+
+def test_missing_cryptography_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import sys
+
+    monkeypatch.setitem(sys.modules, "cryptography.hazmat.primitives.ciphers.aead", None)
+    with pytest.raises(ImportError, match=r"pip install 'oauth2-broker-mw\[crypto\]'"):
+        KeyRing({"k1": KEY_1}, "k1")

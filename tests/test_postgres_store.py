@@ -403,3 +403,13 @@ def test_slow_or_down_postgres_is_retryable_and_warm_leases_are_still_served(
         broker.close()
         store.close()
         proxy.close()
+
+
+def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "psycopg", None)
+    monkeypatch.delitem(sys.modules, "oauth2_broker_mw.stores.postgres")
+    with pytest.raises(ImportError, match=r"pip install 'oauth2-broker-mw\[postgres\]'"):
+        importlib.import_module("oauth2_broker_mw.stores.postgres")

@@ -299,3 +299,13 @@ def test_slow_or_down_redis_is_retryable_and_warm_leases_are_still_served(
         broker.close()
         store.close()
         proxy.close()
+
+
+def test_missing_redis_py_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib
+    import sys
+
+    monkeypatch.setitem(sys.modules, "redis", None)
+    monkeypatch.delitem(sys.modules, "oauth2_broker_mw.stores.redis")
+    with pytest.raises(ImportError, match=r"pip install 'oauth2-broker-mw\[redis\]'"):
+        importlib.import_module("oauth2_broker_mw.stores.redis")
