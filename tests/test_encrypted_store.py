@@ -44,7 +44,12 @@ class TestEncryptedMemoryStore(StoreConformance):
 class TestEncryptedSQLiteStore(StoreConformance):
     @pytest.fixture
     def store(self, tmp_path: Path) -> Iterator[EncryptedStore]:
-        store = EncryptedStore(SQLiteStore(tmp_path / "tokens.db"), _ring())
+        inner = SQLiteStore(tmp_path / "tokens.db")
+        # Prepare the file before the races: a fresh file raced by 16 first users can hit
+        # SQLITE_BUSY on "PRAGMA journal_mode = WAL" (a SQLiteStore issue, reported; not
+        # what this class tests).
+        inner.get(StoreKey.build("warm", "up", "example", "read"))
+        store = EncryptedStore(inner, _ring())
         yield store
         store.close()
 
