@@ -2,8 +2,9 @@
 
 4 worker processes x (8 threads + 8 asyncio tasks), each with a cold in-process cache, lease
 tokens for 25 keys whose access tokens live 1 second, sharing one Redis / PostgreSQL / SQLite
-store, for long enough to cover at least 200 expiry windows (key x window). The provider
-rotates refresh tokens and revokes the whole family when one is reused. We check:
+store (and PostgreSQL behind EncryptedStore), for long enough to cover at least 200 expiry
+windows (key x window). The provider rotates refresh tokens and revokes the whole family when
+one is reused. We check:
 
 * exactly one token request per key per expiry window: a sampler watching the provider never
   sees two live access tokens of one key at once, and every refresh token was redeemed once
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import pickle
 import signal
 import subprocess
@@ -62,10 +64,21 @@ SCOPES = ["read"]
 WORKER = Path(__file__).with_name("_scaleout_worker.py")
 
 
-@pytest.fixture(params=["redis", "postgres", "sqlite"])
+@pytest.fixture(params=["redis", "postgres", "sqlite", "encrypted-postgres"])
 def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, Any]]:
     kind = request.param
-    if kind == "redis":
+    if kind == "encrypted-postgres":
+        request.applymarker(pytest.mark.postgres)
+        schema = unique_name("scale")
+        key = base64.b64encode(os.urandom(32)).decode()
+        yield {
+            "kind": "postgres",
+            "dsn": require_postgres(),
+            "schema": schema,
+            "encryption_key": key,
+        }
+        postgres_drop_schema(schema)
+    elif kind == "redis":
         request.applymarker(pytest.mark.redis)
         prefix = unique_name("scale") + ":"
         yield {"kind": "redis", "url": require_redis(), "prefix": prefix}
@@ -181,7 +194,8 @@ def test_one_token_request_per_key_per_expiry_window(store_spec: dict[str, Any])
             refreshes = counters["token:refresh_token"]
 
             print(
-                f"\n{store_spec['kind']}: {refreshes} refreshes (key-windows), "
+                f"\n{store_spec['kind']}{' (encrypted)' * ('encryption_key' in store_spec)}: "
+                f"{refreshes} refreshes (key-windows), "
                 f"{sum(leases.values())} leases {dict(leases)}, "
                 f"{sampler.samples} provider samples, counters {dict(counters)}"
             )
