@@ -511,3 +511,31 @@ def test_two_stores_on_one_file_see_each_others_writes(db_path: Path) -> None:
     finally:
         a.close()
         b.close()
+
+
+def test_many_threads_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
+    """The first use of a new file is serialised: no SQLITE_BUSY from the WAL switch."""
+    from oauth2_broker_mw import StoreKey
+    from oauth2_broker_mw.testing.conformance import make_record
+
+    errors: list[BaseException] = []
+    for trial in range(10):
+        store = SQLiteStore(tmp_path / f"fresh-{trial}.db")
+        barrier = threading.Barrier(16)
+
+        def worker(
+            i: int, store: SQLiteStore = store, barrier: threading.Barrier = barrier
+        ) -> None:
+            barrier.wait()
+            try:
+                store.put(make_record(StoreKey.build(f"t{i}", "p", "prov", ["s"])))
+            except BaseException as exc:
+                errors.append(exc)
+
+        threads = [threading.Thread(target=worker, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        store.close()
+        assert errors == []

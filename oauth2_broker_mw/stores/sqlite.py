@@ -143,6 +143,7 @@ class SQLiteStore(ThreadedAsyncMixin):
         self._timeout = float(timeout)
         self._clock = clock
         self._pool_lock = threading.Lock()
+        self._prepare_lock = threading.Lock()
         self._idle: list[sqlite3.Connection] = []
         self._closed = False
         self._schema_ready = False
@@ -168,7 +169,10 @@ class SQLiteStore(ThreadedAsyncMixin):
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
             if not self._schema_ready:
-                self._prepare(conn)
+                # One preparer per process; other processes are handled by _enable_wal.
+                with self._prepare_lock:
+                    if not self._schema_ready:
+                        self._prepare(conn)
             conn.execute("PRAGMA synchronous = NORMAL")
         except BaseException:
             conn.close()
@@ -190,7 +194,7 @@ class SQLiteStore(ThreadedAsyncMixin):
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # WAL is a property of the file: set once, kept by every later connection.
-        mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()
+        mode = self._enable_wal(conn)
         if mode is None or str(mode[0]).lower() != "wal":
             raise StorageError("SQLite refused WAL journal mode for this file")
         (version,) = conn.execute("PRAGMA user_version").fetchone()
@@ -207,6 +211,25 @@ class SQLiteStore(ThreadedAsyncMixin):
                     version += 1
                     conn.execute(f"PRAGMA user_version = {version}")
         self._schema_ready = True
+
+    def _enable_wal(self, conn: sqlite3.Connection) -> tuple[object, ...] | None:
+        """``PRAGMA journal_mode = WAL``, retried: switching modes does not wait on the busy
+        handler, so several processes opening a fresh file at once may briefly see BUSY."""
+        deadline = time.monotonic() + self._timeout
+        delay = 0.005
+        while True:
+            try:
+                row: tuple[object, ...] | None = conn.execute(
+                    "PRAGMA journal_mode = WAL"
+                ).fetchone()
+                return row
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(delay)
+                delay = min(delay * 2, 0.1)
 
     @contextmanager
     def _connection(self) -> Iterator[sqlite3.Connection]:
