@@ -7,51 +7,100 @@ subpackage with its own optional extra (``stores.redis``, ``stores.postgres``,
 
 from __future__ import annotations
 
-from ._core.errors import (
-    AuthorizationFlowError,
-    AuthorizationRequired,
-    BrokerError,
-    ConfigurationError,
-    CorruptRecord,
-    InsufficientScope,
-    InvalidClient,
-    InvalidGrant,
-    InvalidIdentifier,
-    InvalidScopeError,
-    MalformedResponse,
-    ProviderError,
-    RefreshTimeout,
-    StorageError,
-    StoreUnavailable,
-    TransientProviderError,
-    TransportError,
-    UnauthorizedClient,
-    UnsupportedTokenType,
-)
-from ._core.flows import AuthorizationRequest
-from ._core.model import (
-    Lease,
-    PendingAuthorization,
-    PrincipalId,
-    ProviderId,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-    TokenStatus,
-)
-from ._core.provider import (
-    BodyFormat,
-    ClientAuthMethod,
-    ExpiryPolicy,
-    GrantType,
-    PkceMode,
-    ProviderDescriptor,
-)
-from .auth import BrokerAuth, InsufficientScopeEvent
-from .broker import Broker
-from .stores import MemoryStore, SQLiteStore, TokenStore
+import importlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ._core.errors import (
+        AuthorizationFlowError,
+        AuthorizationRequired,
+        BrokerError,
+        ConfigurationError,
+        CorruptRecord,
+        InsufficientScope,
+        InvalidClient,
+        InvalidGrant,
+        InvalidIdentifier,
+        InvalidScopeError,
+        MalformedResponse,
+        ProviderError,
+        RefreshTimeout,
+        StorageError,
+        StoreUnavailable,
+        TransientProviderError,
+        TransportError,
+        UnauthorizedClient,
+        UnsupportedTokenType,
+    )
+    from ._core.flows import AuthorizationRequest
+    from ._core.model import (
+        Lease,
+        PendingAuthorization,
+        PrincipalId,
+        ProviderId,
+        ScopeSet,
+        Secret,
+        StoreKey,
+        TenantId,
+        TokenRecord,
+        TokenStatus,
+    )
+    from ._core.provider import (
+        BodyFormat,
+        ClientAuthMethod,
+        ExpiryPolicy,
+        GrantType,
+        PkceMode,
+        ProviderDescriptor,
+    )
+    from .auth import BrokerAuth, InsufficientScopeEvent
+    from .broker import Broker
+    from .stores import MemoryStore, SQLiteStore, TokenStore
+
+_LAZY: dict[str, str] = {
+    "AuthorizationFlowError": "._core.errors",
+    "AuthorizationRequest": "._core.flows",
+    "AuthorizationRequired": "._core.errors",
+    "BodyFormat": "._core.provider",
+    "Broker": ".broker",
+    "BrokerAuth": ".auth",
+    "BrokerError": "._core.errors",
+    "ClientAuthMethod": "._core.provider",
+    "ConfigurationError": "._core.errors",
+    "CorruptRecord": "._core.errors",
+    "ExpiryPolicy": "._core.provider",
+    "GrantType": "._core.provider",
+    "InsufficientScope": "._core.errors",
+    "InsufficientScopeEvent": ".auth",
+    "InvalidClient": "._core.errors",
+    "InvalidGrant": "._core.errors",
+    "InvalidIdentifier": "._core.errors",
+    "InvalidScopeError": "._core.errors",
+    "Lease": "._core.model",
+    "MalformedResponse": "._core.errors",
+    "MemoryStore": ".stores",
+    "PendingAuthorization": "._core.model",
+    "PkceMode": "._core.provider",
+    "PrincipalId": "._core.model",
+    "ProviderDescriptor": "._core.provider",
+    "ProviderError": "._core.errors",
+    "ProviderId": "._core.model",
+    "RefreshTimeout": "._core.errors",
+    "SQLiteStore": ".stores",
+    "ScopeSet": "._core.model",
+    "Secret": "._core.model",
+    "StorageError": "._core.errors",
+    "StoreKey": "._core.model",
+    "StoreUnavailable": "._core.errors",
+    "TenantId": "._core.model",
+    "TokenRecord": "._core.model",
+    "TokenStatus": "._core.model",
+    "TokenStore": ".stores",
+    "TransientProviderError": "._core.errors",
+    "TransportError": "._core.errors",
+    "UnauthorizedClient": "._core.errors",
+    "UnsupportedTokenType": "._core.errors",
+}
 
 __version__ = "0.1.0.dev0"
 
@@ -100,3 +149,18 @@ __all__ = [
     "UnsupportedTokenType",
     "__version__",
 ]
+
+
+def __getattr__(name: str) -> object:
+    """Import public names on first use: ``import oauth2_broker_mw`` stays cheap (the pytest
+    plugin loads it in every test run of every project that installs us)."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))
