@@ -20,7 +20,7 @@ from typing import Any, Literal, Protocol
 
 from oauth2_broker_mw import Broker, Lease, ProviderDescriptor, SQLiteStore
 
-Mode = Literal["lease", "mixed", "force"]
+Mode = Literal["lease", "mixed", "replace", "force"]
 
 BARRIER_TIMEOUT = 90.0
 
@@ -47,7 +47,8 @@ class CallerSpec:
 
     ``mode``: ``lease`` (everyone calls ``lease``/``alease``); ``mixed`` (odd callers hand
     back the lease they got in the previous window through ``replace_lease`` /
-    ``areplace_lease``, even callers call ``lease``); ``force`` (``lease(force_refresh=True)``).
+    ``areplace_lease``, even callers call ``lease``); ``replace`` (every caller hands back
+    its previous lease, as a signer does after a 401); ``force`` (``lease(force_refresh=True)``).
     """
 
     descriptor: ProviderDescriptor
@@ -117,6 +118,8 @@ class _Callers:
         )
 
     def _replaces(self, index: int, caller: str) -> Lease | None:
+        if self.spec.mode == "replace":
+            return self.previous.get(caller)
         if self.spec.mode != "mixed" or index % 2 == 0:
             return None
         return self.previous.get(caller)

@@ -288,6 +288,47 @@ def test_expiry_windows_many(
     _run_expiry_windows(provider, served, db_path, windows=200, threads=THREADS, tasks=2)
 
 
+@pytest.mark.slow
+def test_rejected_token_storms_refresh_once_per_storm(
+    provider: MockProvider, served: ProviderDescriptor, db_path: str
+) -> None:
+    """Every caller's token is rejected at once (a 401 storm): one refresh per storm.
+
+    Window 0 hands out the stored (fresh) token; before each later window the provider kills
+    the current access token and every caller in every process hands its lease back through
+    ``replace_lease`` / ``areplace_lease``, as ``BrokerAuth`` does after a 401.
+    """
+    storms = 8
+    key = store_key(served)
+    initial = store_grant(provider, served, db_path, expired=False)
+    provider.reset_counters()
+
+    def reject(window: int) -> None:
+        if window == storms:
+            return  # after the last window: keep the final token alive for the checks
+        record = stored(db_path, key)
+        assert record is not None
+        assert provider.invalidate_access_token(record.access_token.get_secret_value())
+
+    spec = CallerSpec(
+        served, db_path, threads=THREADS, tasks=TASKS, windows=storms + 1, mode="replace"
+    )
+    outcomes = run_workers(spec, PROCESSES, between=reject)
+
+    assert errors_of(outcomes) == []
+    by_window = tokens_by_window(outcomes)
+    assert by_window[0] == {initial.access_token.get_secret_value()}
+    assert {w: len(t) for w, t in by_window.items() if len(t) != 1} == {}
+    per_window = [next(iter(by_window[w])) for w in range(storms + 1)]
+    assert len(set(per_window)) == storms + 1  # each storm ends with a new token for all
+    counters = provider.counters
+    assert counters["token:refresh_token"] == storms
+    assert counters["token"] == storms
+    assert_nothing_revoked(provider)
+    record = assert_store_holds_live_grant(provider, db_path, key, per_window[-1])
+    assert record.version == initial.version + storms
+
+
 # -- 3. a rotation race against reuse detection ---------------------------------------------
 @pytest.mark.slow
 def test_forced_refresh_race_between_processes_rotates_once(
