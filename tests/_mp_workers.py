@@ -226,9 +226,14 @@ def run_callers(
         broker.store.close()
 
 
-def lease_once(spec: CallerSpec, results: Queue) -> None:
-    """One sync ``lease`` (the holder the test kills, or a plain survivor); reports it."""
+def lease_once(spec: CallerSpec, results: Queue, announce: bool = False) -> None:
+    """One sync ``lease`` (the holder the test kills, or a waiter); reports the outcome.
+
+    ``announce``: first report ``("started", pid, None)``, just before calling ``lease``.
+    """
     broker = make_broker(spec)
+    if announce:
+        results.put(("started", os.getpid(), None))
     try:
         lease = broker.lease(
             tenant=spec.tenant,

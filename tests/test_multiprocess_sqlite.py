@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import multiprocessing
 import os
-import queue
 import signal
 import sqlite3
 import threading
@@ -426,6 +425,9 @@ def _wait_until(condition: Callable[[], bool], timeout: float = 60.0) -> None:
 def test_lock_holder_killed_mid_refresh_does_not_block_or_revoke(
     provider: MockProvider, served: ProviderDescriptor, db_path: str
 ) -> None:
+    """SIGKILL the lock holder while its refresh is in flight: its lease lapses (no owner left
+    to renew it), one waiting process takes over and refreshes once, the other waiter uses
+    that result, and the token family survives."""
     key = store_key(served)
     initial = store_grant(provider, served, db_path, expired=True)
     provider.reset_counters()
@@ -435,41 +437,55 @@ def test_lock_holder_killed_mid_refresh_does_not_block_or_revoke(
     spec = CallerSpec(served, db_path, threads=1, tasks=0, lock_ttl=1.0)
     results: Any = CTX.Queue()
     holder = CTX.Process(target=lease_once, args=(spec, results), daemon=True)
+    # Two more processes are already waiting for the lock when the holder dies.
+    waiters = [
+        CTX.Process(target=lease_once, args=(spec, results, True), daemon=True) for _ in range(2)
+    ]
     holder.start()
+    reports: list[tuple[str, int, str | None]] = []
     try:
         _wait_until(lambda: provider.counters["token:refresh_token"] == 1)
         lock = _lock_row(db_path, key.lock_name)
         assert lock is not None  # the holder is inside the provider call, holding the lock
+        for waiter in waiters:
+            waiter.start()
+        started = [results.get(timeout=RESULT_TIMEOUT) for _ in waiters]
+        assert [status for status, _, _ in started] == ["started", "started"]
         assert holder.pid is not None
         os.kill(holder.pid, signal.SIGKILL)
         holder.join(10)
         assert holder.exitcode == -signal.SIGKILL
-        with pytest.raises(queue.Empty):
-            results.get(timeout=0.2)  # it died before it could report anything
+        reports = [results.get(timeout=RESULT_TIMEOUT) for _ in waiters]
     finally:
-        if holder.is_alive():
-            holder.kill()
-            holder.join()
+        for process in (holder, *waiters):
+            process.join(10)
+            if process.is_alive():
+                process.kill()
+                process.join()
         results.close()
+    assert holder.pid not in {pid for _, pid, _ in reports}  # it never reported anything
+    assert [status for status, _, _ in reports] == ["done", "done"], reports
+    waiter_tokens = {token for _, _, token in reports}
+    assert len(waiter_tokens) == 1
 
-    # The survivor (this process) waits for the dead owner's lease to lapse, then refreshes.
+    # A latecomer (this process) finds the refreshed token in the store.
     survivor = Broker(
         served,
         client_id="test-client",
         client_secret="test-secret",
         store=SQLiteStore(db_path),
         lock_ttl=1.0,
-        lock_wait=30.0,
     )
     try:
         lease = survivor.lease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES)
     finally:
         survivor.close()
         survivor.store.close()
+    assert {lease.access_token.get_secret_value()} == waiter_tokens
     token = lease.access_token.get_secret_value()
     assert token != initial.access_token.get_secret_value()
     counters = provider.counters
-    assert counters["token:refresh_token"] == 2  # the dead one (never served) and ours
+    assert counters["token:refresh_token"] == 2  # the dead holder's (never served), one more
     assert provider.refresh_tokens_redeemed == 1
     assert_nothing_revoked(provider)
     record = assert_store_holds_live_grant(provider, db_path, key, token)
