@@ -6,10 +6,11 @@ The fixture starts ``tests/interop/provider.mjs`` on a loopback ephemeral port (
 its built-in development login and consent forms, which the tests fill in over HTTP).
 
 Covered: discovery into a ``ProviderDescriptor``; login through the Broker, through
-``BrokerMiddleware`` (Starlette, async) and through ``BrokerWSGIMiddleware`` (Flask, sync); the id_token (signature, ``iss``, ``aud``, nonce) and the RFC 9207 ``iss``
-checked; ``sub`` becomes the principal; a call to the provider's userinfo signed by
-``BrokerAuth``; refresh with rotation (the old refresh token is dead afterwards); revocation
-(RFC 7009, checked with the provider's introspection endpoint).
+``BrokerMiddleware`` (Starlette, async) and through ``BrokerWSGIMiddleware`` (Flask, sync);
+the id_token (signature, ``iss``, ``aud``, nonce) and the RFC 9207 ``iss`` checked; ``sub``
+becomes the principal; a call to the provider's userinfo signed by ``BrokerAuth``; refresh
+with rotation (the old refresh token is dead afterwards); revocation (RFC 7009, checked with
+the provider's introspection endpoint).
 
 Skips without Node.js or without ``tests/interop/node_modules`` (``bash scripts/ci-deps.sh``),
 except under ``CI=true``, where a missing dependency fails the test.
