@@ -3,9 +3,11 @@
 The demo is served by uvicorn on an ephemeral loopback port (``serve_demo``) and driven with
 httpx2 as a browser would drive it: the page, "Log in", the MockProvider's login form, the
 callback, and the page again, now with the tenant context and the result of an outbound call
-signed by ``BrokerAuth``. Every secret of the run (access and refresh tokens, the code, the
-state, the PKCE verifier's challenge is public and not checked, the client secret, the user's
-password) is then looked for in the page, the cookies and everything the server logged.
+signed by ``BrokerAuth``. Every secret of the run (the access and refresh tokens, the code,
+the state, the client secret) is then looked for in the page, the cookies and every line the
+server logged. Also: logout, a wrong password, an expired access token refreshed by
+``BrokerAuth``, the CLI's ``--once`` smoke mode, the examples, and a smoke run of the
+middleware benchmark.
 """
 
 from __future__ import annotations
