@@ -222,7 +222,8 @@ class AsyncDriver(_Driver):
             send, error = None, None
             try:
                 send = await self._execute(item)
-            except BrokerError as exc:
+            except (BrokerError, asyncio.CancelledError) as exc:
+                # A cancelled task goes back into the flow too, so that it releases its lock.
                 error = exc
 
     async def _execute(self, effect: Effect) -> Any:

@@ -140,6 +140,7 @@ class Broker:
             store, self._async_client, clock=clock, telemetry=self._telemetry, provider=provider.id
         )
         self._key_for = functools.lru_cache(maxsize=4096)(self._build_key)
+        self._default_scopes = tuple(provider.default_scopes)
 
     # -- properties ---------------------------------------------------------------------------
     @property
@@ -174,9 +175,12 @@ class Broker:
 
     def key(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> StoreKey:
         """The store key for (tenant, principal, this provider, scopes); validates the ids."""
-        if scopes is None or isinstance(scopes, ScopeSet):
-            return self._build_key(tenant, principal, self._scopes(scopes).scopes)
-        hashable = scopes if isinstance(scopes, str) else tuple(scopes)
+        if scopes is None:
+            hashable: tuple[str, ...] | str = self._default_scopes
+        elif isinstance(scopes, ScopeSet):
+            hashable = scopes.scopes
+        else:
+            hashable = scopes if isinstance(scopes, str) else tuple(scopes)
         return self._key_for(tenant, principal, hashable)
 
     def cached_lease(self, key: StoreKey) -> Lease | None:

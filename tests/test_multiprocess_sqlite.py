@@ -675,13 +675,7 @@ def test_invalid_grant_loser_uses_the_winners_token_and_revokes_nothing(db_path:
         provider.close()
 
 
-# -- known gaps (strict xfail: they flip to failures once the broker is fixed) ----------------
-@pytest.mark.xfail(
-    strict=True,
-    reason="a cancelled async leader never releases its lease lock: other processes wait "
-    "for lock_ttl (flows._locked releases only on BrokerError; the drivers never throw "
-    "CancelledError into the flow)",
-)
+# -- gaps found here and fixed in the broker ---------------------------------------------------
 async def test_cancelled_async_leader_releases_the_lease_lock(
     provider: MockProvider, db_path: str
 ) -> None:
@@ -702,7 +696,7 @@ async def test_cancelled_async_leader_releases_the_lease_lock(
         task.cancel()  # e.g. the ASGI request that asked for the lease was abandoned
         with pytest.raises(asyncio.CancelledError):
             await task
-        # Every other process would now wait up to lock_ttl (here 60 s) for a dead flight.
+        # Otherwise every other process would wait up to lock_ttl (here 60 s) for a dead flight.
         assert _lock_row(db_path, key.lock_name) is None
     finally:
         provider.latency.pop("token", None)
@@ -710,12 +704,6 @@ async def test_cancelled_async_leader_releases_the_lease_lock(
         broker.store.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="invalid_grant recovery re-reads once, immediately: a winner whose compare-and-swap "
-    "is still in flight is not seen, the loser tombstones the record, the winner's CAS fails "
-    "and its rotated refresh token is dropped (flows._refresh)",
-)
 def test_invalid_grant_loser_does_not_drop_a_winner_still_storing(db_path: str) -> None:
     """The fence must hold when the lock does not: lost races never lose the live grant.
 

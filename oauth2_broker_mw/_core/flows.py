@@ -233,7 +233,9 @@ def _locked(
             result = current
         else:
             result = yield from body(current, LockHold(name, owner, cfg.lock_ttl))
-    except BrokerError:
+    except GeneratorExit:  # the flow was closed, not run: nothing more may be yielded
+        raise
+    except BaseException:  # provider errors, and a cancelled task: never sit on the lock
         yield from _release(name, owner)
         raise
     yield from _release(name, owner)
@@ -289,6 +291,16 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
     current = yield from _read(key)
     if current is not None and cfg.policy.is_usable(current, now):
         return current
+    if current is None or (current.refresh_token is None and current.revoked_at is not None):
+        # A loser of a lock-less race tombstoned (or removed) the grant while our rotation
+        # was in flight: ours is the only live refresh token, so it must not be lost.
+        stored = yield StoreOp(
+            "compare_and_swap",
+            (merged,),
+            (("expected_version", None if current is None else current.version),),
+        )
+        if stored is not None:
+            return stored
     raise StorageError("the token record changed during refresh and the stored one is unusable")
 
 
