@@ -938,6 +938,17 @@ def test_logout_csrf_token_may_come_in_a_header(env: Env) -> None:
     assert env.whoami(browser)["principal"] is None
 
 
+def test_logout_with_opaque_origin_falls_back_to_the_csrf_token(env: Env) -> None:
+    browser = env.browser()
+    env.login(browser)
+    token = env.whoami(browser)["csrf_token"]
+    refused = browser.post("/oauth2/logout", headers={"origin": "null"})
+    assert refused.status_code == 403
+    done = browser.post("/oauth2/logout", data={"csrf_token": token}, headers={"origin": "null"})
+    assert done.status_code == 303
+    assert env.whoami(browser)["principal"] is None
+
+
 @pytest.mark.parametrize("site", ["cross-site", "same-site"])
 def test_logout_from_another_site_is_refused_even_with_the_token(env: Env, site: str) -> None:
     browser = env.browser()

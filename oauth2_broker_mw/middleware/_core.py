@@ -999,6 +999,10 @@ class MiddlewareCore:
         fetch_site = request.header("sec-fetch-site")
         if fetch_site is not None and fetch_site not in ("same-origin", "none"):
             raise _Reject(403, "csrf_failed", "Cross-site logout requests are refused.")
+        if origin == "null":
+            # An opaque origin (Chromium sends it for forms on no-referrer pages): it proves
+            # nothing either way, so the CSRF token must.
+            origin = None
         if origin is not None:
             if not hmac.compare_digest(origin.lower().encode(), self.origin.encode()):
                 raise _Reject(403, "csrf_failed", "The request came from another origin.")

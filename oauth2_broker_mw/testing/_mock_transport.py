@@ -167,7 +167,9 @@ def serve_app(
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("MockProvider.serve() needs uvicorn: pip install uvicorn") from exc
 
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    # IPPROTO_TCP explicitly: asyncio only sets TCP_NODELAY on sockets that name it, and
+    # without it keep-alive requests wait ~40 ms on delayed ACKs.
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind(("127.0.0.1", port))
