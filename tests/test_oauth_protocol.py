@@ -634,7 +634,6 @@ def test_x_refresh_token_expires_in_quickbooks() -> None:
         ("bearer", "Bearer"),
         ("BEARER", "Bearer"),
         ("Bearer", "Bearer"),
-        ("dpop", "DPoP"),
         (None, "Bearer"),
     ],
 )
@@ -645,7 +644,7 @@ def test_token_type_normalised(raw: str | None, normalised: str) -> None:
     assert parse_token_response(desc(), json_response(body), now=NOW).token_type == normalised
 
 
-@pytest.mark.parametrize("raw", ["mac", "N_A", "bot"])
+@pytest.mark.parametrize("raw", ["mac", "N_A", "bot", "DPoP", "dpop"])
 def test_unknown_token_type_rejected(raw: str) -> None:
     with pytest.raises(UnsupportedTokenType):
         parse_token_response(

@@ -833,8 +833,9 @@ def _normalise_token_type(desc: ProviderDescriptor, value: object) -> str:
     lowered = name.lower()
     if lowered == "bearer":
         return "Bearer"
-    if lowered == "dpop":
-        return "DPoP"
+    # RFC 6749 §7.1: never use a token type we do not understand. A DPoP-bound token
+    # (RFC 9449) needs a proof per request, which this release does not create (and it never
+    # asks for one: DPoP tokens are only issued to clients that send a proof).
     raise UnsupportedTokenType(name)
 
 
