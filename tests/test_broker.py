@@ -615,3 +615,31 @@ def test_mock_client_public_uses_none_auth(call: Call) -> None:
     )
     record = login(broker, mp, call)
     assert record.refresh_token is not None
+
+
+def test_par_is_used_when_the_provider_requires_it(call: Call) -> None:
+    """RFC 9126 / SECURITY A12: parameters go to the PAR endpoint, the browser gets only
+    client_id and request_uri."""
+    mp = MockProvider(par="required")
+    descriptor = mp.descriptor()
+    assert descriptor.require_pushed_authorization_requests
+    broker = Broker(
+        descriptor,
+        client_id="test-client",
+        client_secret="test-secret",
+        http_client=mp.client(),
+        async_http_client=mp.async_client(),
+    )
+    request = call(
+        broker,
+        "start_authorization",
+        tenant=TENANT,
+        principal=USER,
+        scopes=["openid", "email"],
+        redirect_uri="https://app.example/callback",
+    )
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(request.url).query))
+    assert set(query) == {"client_id", "request_uri"}
+    assert mp.counters["par"] == 1
+    record = login(broker, mp, call)
+    assert record.refresh_token is not None
