@@ -492,3 +492,34 @@ def test_default_scopes_are_asked_for_but_the_key_stays_on_the_request() -> None
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(result.url).query))
     assert query["scope"].split() == ["User.Read", "offline_access"]
     assert pending.scopes.scopes == ("User.Read",)
+
+
+@pytest.mark.parametrize(
+    "redirect_uri",
+    ["http://app.example/cb", "http://192.168.1.5/cb", "ftp://app.example/cb"],
+)
+def test_redirect_uri_must_be_https_outside_loopback(redirect_uri: str) -> None:
+    """SECURITY B9: the authorization response travels over TLS (loopback http excepted)."""
+    from oauth2_broker_mw import ConfigurationError
+
+    with pytest.raises(ConfigurationError):
+        next(
+            start_authorization_flow(
+                config(),
+                tenant=TenantId("acme"),
+                principal=PrincipalId("alice"),
+                scopes=SCOPES,
+                redirect_uri=redirect_uri,
+            )
+        )
+
+
+def test_loopback_http_redirect_uri_is_allowed_for_native_apps() -> None:
+    flow = start_authorization_flow(
+        config(),
+        tenant=TenantId("acme"),
+        principal=PrincipalId("alice"),
+        scopes=SCOPES,
+        redirect_uri="http://127.0.0.1:53127/cb",
+    )
+    assert isinstance(next(flow), Now)
