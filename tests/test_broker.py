@@ -23,6 +23,7 @@ from oauth2_broker_mw import (
     InsufficientScope,
     InvalidClient,
     MalformedResponse,
+    MemoryStore,
     ProviderError,
     SQLiteStore,
     TransientProviderError,
@@ -643,3 +644,39 @@ def test_par_is_used_when_the_provider_requires_it(call: Call) -> None:
     assert mp.counters["par"] == 1
     record = login(broker, mp, call)
     assert record.refresh_token is not None
+
+
+class _CountingStore(MemoryStore):
+    """A real MemoryStore that counts the store calls the broker makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls = 0
+
+    def get(self, key: Any) -> Any:
+        self.calls += 1
+        return super().get(key)
+
+
+def test_warm_path_does_no_store_or_provider_io(provider: MockProvider, call: Call) -> None:
+    store = _CountingStore()
+    broker = make_broker(provider, store=store)
+    first = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    reads, requests = store.calls, provider.counters["token"]
+    for _ in range(50):
+        again = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+        assert again.access_token == first.access_token
+    assert store.calls == reads
+    assert provider.counters["token"] == requests
+
+
+def test_in_process_cache_stays_bounded(provider: MockProvider) -> None:
+    broker = make_broker(provider, cache_size=8)
+    for i in range(40):
+        broker.lease(tenant=TENANT, principal=f"svc-{i}", scopes=["x"])
+    assert len(broker._cache) <= 8
+    assert len(broker._flights) == 0
+    # An evicted key is served from the store, not from the provider again.
+    before = provider.counters["token"]
+    broker.lease(tenant=TENANT, principal="svc-0", scopes=["x"])
+    assert provider.counters["token"] == before
