@@ -55,6 +55,7 @@ if TYPE_CHECKING:
     )
     from .auth import BrokerAuth, InsufficientScopeEvent
     from .broker import Broker
+    from .discovery import adiscover, discover
     from .stores import MemoryStore, SQLiteStore, TokenStore
 
 _LAZY: dict[str, str] = {
@@ -98,6 +99,8 @@ _LAZY: dict[str, str] = {
     "TokenStore": ".stores",
     "TransientProviderError": "._core.errors",
     "TransportError": "._core.errors",
+    "adiscover": ".discovery",
+    "discover": ".discovery",
     "UnauthorizedClient": "._core.errors",
     "UnsupportedTokenType": "._core.errors",
 }
@@ -148,6 +151,8 @@ __all__ = [
     "UnauthorizedClient",
     "UnsupportedTokenType",
     "__version__",
+    "adiscover",
+    "discover",
 ]
 
 

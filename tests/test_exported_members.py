@@ -48,6 +48,8 @@ EXPECTED = [
     "UnauthorizedClient",
     "UnsupportedTokenType",
     "__version__",
+    "adiscover",
+    "discover",
 ]
 
 
