@@ -2,12 +2,13 @@
 #   make test   lint + mypy --strict + the whole pytest suite (CI runs exactly this)
 #   make demo   the demo app (Starlette + BrokerMiddleware + MockProvider on SQLite)
 #   make bench  every benchmark in benchmarks/, ratios measured in the same run
+#   make docs   the documentation site (mkdocs-material), warnings are errors
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: test lint typecheck pytest demo bench ci-setup clean
+.PHONY: test lint typecheck pytest demo bench docs ci-setup clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -42,6 +43,10 @@ test: lint typecheck pytest
 
 bench: $(STAMP)
 	$(PY) benchmarks/run.py
+
+docs: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[docs]'
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache .oauth2-broker
