@@ -21,9 +21,11 @@ import secrets
 from collections.abc import Callable, Generator, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
+from urllib.parse import urlsplit
 
 from . import oauth
-from .effects import Effect, HttpRequest, LockHold, Now, Sleep, StoreOp
+from .dpop import DPoPKey, NonceCache, make_proof
+from .effects import Effect, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
 from .errors import (
     AuthorizationFlowError,
     AuthorizationRequired,
@@ -75,6 +77,10 @@ class FlowConfig:
     pending_ttl: float = 600.0
 
     client_credentials_principals: Callable[[StoreKey], bool] | None = None
+    dpop_key: DPoPKey | None = None
+    """Signs DPoP proofs for token requests when the descriptor has ``dpop=True``."""
+    dpop_nonces: NonceCache | None = None
+    """The latest ``DPoP-Nonce`` per authorization-server origin (in memory, per broker)."""
 
     def allows_client_credentials(self, key: StoreKey) -> bool:
         predicate = self.client_credentials_principals
@@ -124,6 +130,56 @@ def _release(name: str, owner: str) -> FlowGen:
         yield StoreOp("release_lock", (name, owner))
     except StorageError as exc:  # the lock expires on its own; never mask the real outcome
         log.warning("could not release refresh lock: %s", exc)
+
+
+# -- DPoP at the token endpoint --------------------------------------------------------------
+def _origin(url: str) -> str:
+    parts = urlsplit(url)
+    return f"{parts.scheme}://{parts.netloc}".lower()
+
+
+def _asks_for_nonce(response: HttpResponse) -> str | None:
+    """The ``DPoP-Nonce`` of a 400 ``use_dpop_nonce`` answer (RFC 9449 §8), else ``None``."""
+    nonce = response.headers.get("dpop-nonce")
+    if response.status_code != 400 or not nonce:
+        return None
+    data = oauth._decode_body(response)
+    if data is None or data.get("error") != "use_dpop_nonce":
+        return None
+    return nonce
+
+
+def _send_token_request(cfg: FlowConfig, request: HttpRequest) -> FlowGen:
+    """Send a token-endpoint request; with DPoP, add a fresh proof (and the AS nonce).
+
+    Without DPoP this is exactly one ``yield request``.
+    """
+    key = cfg.dpop_key
+    if key is None or not cfg.provider.dpop:
+        response: HttpResponse = yield request
+        return response
+    nonces = cfg.dpop_nonces if cfg.dpop_nonces is not None else NonceCache()
+    where = _origin(request.url)
+    now: float = yield Now()
+    response = yield _with_proof(request, key, now, nonces.get(where))
+    nonces.put(where, response.headers.get("dpop-nonce"))
+    nonce = _asks_for_nonce(response)
+    if nonce is not None:
+        # RFC 9449 §8: the authorization server refused this request *before* processing
+        # the grant (it wants a proof carrying its nonce), so a single-use refresh token or
+        # authorization code was NOT consumed. Sending it once more is the one exception to
+        # "a refresh request is never sent twice", and it happens at most once.
+        log.debug("token endpoint of provider=%s asked for a DPoP nonce", cfg.provider.id)
+        now = yield Now()
+        response = yield _with_proof(request, key, now, nonce)
+        nonces.put(where, response.headers.get("dpop-nonce"))
+    return response
+
+
+def _with_proof(request: HttpRequest, key: DPoPKey, now: float, nonce: str | None) -> HttpRequest:
+    proof = make_proof(key, htm=request.method, htu=request.url, now=now, nonce=nonce)
+    headers = tuple((k, v) for k, v in request.headers if k.lower() != "dpop")
+    return replace(request, headers=(*headers, ("DPoP", proof)))
 
 
 # -- obtaining a token ------------------------------------------------------------------------
@@ -266,7 +322,7 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
         url=cfg.provider.refresh_url,
     )
     try:
-        response = yield replace(request, hold=hold)
+        response = yield from _send_token_request(cfg, replace(request, hold=hold))
         now = yield Now()
         parsed = oauth.parse_token_response(cfg.provider, response, now=now)
     except InvalidGrant:
@@ -336,7 +392,7 @@ def _client_credentials(
         oauth.client_credentials_params(cfg.provider, scopes=requested),
         now=now,
     )
-    response = yield replace(request, hold=hold)
+    response = yield from _send_token_request(cfg, replace(request, hold=hold))
     now = yield Now()
     parsed = oauth.parse_token_response(cfg.provider, response, now=now)
     record = _new_record(key, parsed, requested, now, grant=GrantType.CLIENT_CREDENTIALS.value)
@@ -512,7 +568,7 @@ def exchange_code_flow(
         ),
         now=now,
     )
-    response = yield request
+    response = yield from _send_token_request(cfg, request)
     now = yield Now()
     parsed = oauth.parse_token_response(cfg.provider, response, now=now)
 

@@ -833,9 +833,12 @@ def _normalise_token_type(desc: ProviderDescriptor, value: object) -> str:
     lowered = name.lower()
     if lowered == "bearer":
         return "Bearer"
+    if lowered == "dpop" and desc.dpop:
+        # RFC 9449: a sender-constrained token; BrokerAuth signs a proof for every request.
+        return "DPoP"
     # RFC 6749 §7.1: never use a token type we do not understand. A DPoP-bound token
-    # (RFC 9449) needs a proof per request, which this release does not create (and it never
-    # asks for one: DPoP tokens are only issued to clients that send a proof).
+    # (RFC 9449) needs a proof per request, which is only created when the descriptor opts in
+    # with ``dpop=True`` (and DPoP tokens are only issued to clients that send a proof).
     raise UnsupportedTokenType(name)
 
 

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from .dpop import DPOP_ALGS
 from .errors import ConfigurationError, InvalidIdentifier
 from .model import JSONValue, ProviderId, ScopeSet, Secret
 
@@ -322,6 +323,10 @@ class ProviderDescriptor:
     pushed_authorization_request_endpoint: str | None = None
     """RFC 9126 PAR endpoint; with it, :func:`~oauth2_broker_mw._core.oauth` can push params."""
     require_pushed_authorization_requests: bool = False
+    dpop: bool = False
+    """RFC 9449: send DPoP proofs and accept ``token_type=DPoP`` (sender-constrained tokens)."""
+    dpop_signing_alg: str = "ES256"
+    """The JWS algorithm of the DPoP proofs (asymmetric only)."""
 
     def __post_init__(self) -> None:
         try:
@@ -373,6 +378,7 @@ class ProviderDescriptor:
             "errors_with_200",
             "authorization_response_iss_parameter_supported",
             "require_pushed_authorization_requests",
+            "dpop",
         ):
             if not isinstance(getattr(self, flag), bool):
                 raise ConfigurationError(f"{flag} must be true or false")
@@ -418,6 +424,11 @@ class ProviderDescriptor:
         if alg is not None and alg not in _JWT_ALGS:
             raise ConfigurationError(
                 f"token_endpoint_auth_signing_alg must be one of {sorted(_JWT_ALGS)}; got {alg!r}"
+            )
+        if self.dpop_signing_alg not in DPOP_ALGS:
+            raise ConfigurationError(
+                f"dpop_signing_alg must be one of {sorted(DPOP_ALGS)}; "
+                f"got {str(self.dpop_signing_alg)[:40]!r}"
             )
         if self.display_name is not None and not isinstance(self.display_name, str):
             raise ConfigurationError("display_name must be a string")
@@ -605,6 +616,8 @@ class ProviderDescriptor:
         document lists ``code_challenge_methods_supported`` without ``S256``) and the client
         authentication method (``client_secret_basic`` if offered, else
         ``client_secret_post``, else the JWT methods, else ``none``). ``overrides`` win.
+        DPoP is only enabled when the caller passes ``dpop=True`` and the document lists
+        ``dpop_signing_alg_values_supported`` (``ES256`` preferred).
         """
         doc = parse_metadata(metadata)
         issuer = doc.get("issuer")
@@ -665,6 +678,20 @@ class ProviderDescriptor:
         unknown = sorted(set(overrides) - _field_names())
         if unknown:
             raise ConfigurationError(f"unknown provider descriptor fields: {', '.join(unknown)}")
+        # DPoP is never switched on by the document alone: the caller asks with dpop=True,
+        # and the server must advertise dpop_signing_alg_values_supported.
+        if overrides.get("dpop") is True:
+            dpop_algs = doc.get("dpop_signing_alg_values_supported")
+            if not isinstance(dpop_algs, list) or not dpop_algs:
+                raise ConfigurationError(
+                    "dpop=True but the discovery document has no "
+                    "dpop_signing_alg_values_supported (RFC 9449 §5.1)"
+                )
+            if "dpop_signing_alg" not in overrides:
+                usable = [a for a in dpop_algs if isinstance(a, str) and a in DPOP_ALGS]
+                if not usable:
+                    raise ConfigurationError("the server offers no DPoP algorithm we can use")
+                values["dpop_signing_alg"] = "ES256" if "ES256" in usable else usable[0]
         values.update(overrides)
         algs_ok: list[str] = values.pop("_algs", [])
         method = values.get("client_auth_method")
