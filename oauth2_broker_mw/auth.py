@@ -37,6 +37,7 @@ from urllib.parse import urljoin, urlsplit
 
 import httpx2
 
+from ._core.dpop import NonceCache
 from ._core.errors import ConfigurationError, InsufficientScope
 from ._core.model import Lease, ScopeSet, StoreKey
 from ._core.oauth import parse_www_authenticate
@@ -127,6 +128,18 @@ class LeaseSource(Protocol):
     async def areplace_lease(self, stale: Lease) -> Lease: ...
 
 
+class _DPoPSigner(Protocol):
+    """What a broker with DPoP offers (:meth:`~oauth2_broker_mw.Broker.dpop_proof`)."""
+
+    def dpop_proof(
+        self, *, htm: str, htu: str, access_token: str | None = None, nonce: str | None = None
+    ) -> str: ...
+
+
+_Signing: TypeAlias = "tuple[Lease | None, str, Callable[..., requests.Response] | None, bool]"
+"""(lease, its Authorization value, its requests hook, is it a DPoP lease)."""
+
+
 # -- the insufficient-scope report -----------------------------------------------------------
 @dataclass(frozen=True, slots=True)
 class InsufficientScopeEvent:
@@ -199,6 +212,8 @@ class _Adapter(Protocol[_Req, _RespIn]):
 
     def public_url(self, request: _Req) -> str: ...
 
+    def method(self, request: _Req) -> str: ...
+
 
 def _normalise_origin(scheme: str, host: str | None, port: int | None) -> Origin | None:
     if not host:
@@ -229,6 +244,9 @@ class _HttpxLike(Protocol):
 
     @property
     def headers(self) -> MutableMapping[str, str]: ...
+
+    @property
+    def method(self) -> str: ...
 
     @property
     def stream(self) -> object: ...
@@ -297,6 +315,9 @@ class _HttpxAdapter:
     def public_url(self, request: _HttpxLike) -> str:
         return _without_query(str(request.url))
 
+    def method(self, request: _HttpxLike) -> str:
+        return request.method
+
 
 class _RequestsAdapter:
     """requests: one hop per response hook; redirects are resolved by the Session afterwards."""
@@ -353,6 +374,9 @@ class _RequestsAdapter:
 
     def public_url(self, request: requests.PreparedRequest) -> str:
         return _without_query(request.url or "")
+
+    def method(self, request: requests.PreparedRequest) -> str:
+        return request.method or "GET"
 
 
 _HTTPX: Final = _HttpxAdapter()
@@ -427,12 +451,10 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self._memo: dict[Hashable, bool] = {}
         # (lease, its Authorization value, its requests hook), swapped as one tuple so threads
         # never see a header of one lease with the hook of another.
-        self._sign_cache: tuple[Lease | None, str, Callable[..., requests.Response] | None] = (
-            None,
-            "",
-            None,
-        )
+        self._sign_cache: _Signing = (None, "", None, False)
         self._on_insufficient_scope = on_insufficient_scope
+        # DPoP (RFC 9449): the latest DPoP-Nonce each resource origin asked for.
+        self._dpop_nonces = NonceCache()
 
     # -- introspection -------------------------------------------------------------------------
     @property
@@ -477,9 +499,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             self._memo[key] = decision
         return decision
 
-    def _signing(
-        self, lease: Lease
-    ) -> tuple[Lease | None, str, Callable[..., requests.Response] | None]:
+    def _signing(self, lease: Lease) -> _Signing:
         """The header and requests hook for ``lease``, built once per lease (not per request).
 
         This is also where ``required_scopes`` is enforced, once per lease: a lease from the
@@ -492,9 +512,32 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             missing = lease.scopes.missing(self._required)
             if missing:
                 raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
-        fresh = (lease, lease.authorization_header, functools.partial(self._on_response, lease))
+        dpop = lease.token_type == "DPoP"
+        if dpop and not callable(getattr(self._broker, "dpop_proof", None)):
+            raise ConfigurationError("a DPoP token needs a broker that creates DPoP proofs")
+        hook = self._on_dpop_response if dpop else self._on_response
+        fresh: _Signing = (lease, lease.authorization_header, functools.partial(hook, lease), dpop)
         self._sign_cache = fresh
         return fresh
+
+    def _prove(
+        self, a: _Adapter[_Req, _RespIn], request: _Req, lease: Lease, nonce: str | None = None
+    ) -> None:
+        """Put a fresh DPoP proof for this request (method, URL, token) in its headers (F6)."""
+        if nonce is None:
+            nonce = self._dpop_nonces.get(a.origin(request))
+        signer = cast(_DPoPSigner, self._broker)
+        request.headers["DPoP"] = signer.dpop_proof(
+            htm=a.method(request),
+            htu=a.public_url(request),
+            access_token=lease.access_token.get_secret_value(),
+            nonce=nonce,
+        )
+
+    def _learn_nonce(self, a: _Adapter[_Req, _RespIn], request: _Req, response: _RespIn) -> None:
+        nonce = response.headers.get("dpop-nonce")
+        if nonce and a.response_origin(response) == a.origin(request):
+            self._dpop_nonces.put(a.origin(request), nonce)
 
     def _respond(
         self,
@@ -521,6 +564,19 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             if error == "insufficient_scope":
                 self._report_scope(challenge.get("scope"), lease, url)
             return
+        if error == "use_dpop_nonce" and lease.token_type == "DPoP":
+            # RFC 9449 §9: the resource server wants its nonce in the proof. The token is
+            # fine: no refresh; one retry with the nonce (when the body can be replayed).
+            nonce = response.headers.get("dpop-nonce")
+            if not nonce or challenge.get("scheme") != "DPoP":
+                return
+            self._dpop_nonces.put(a.origin(request), nonce)
+            if not a.replayable(request, mark):
+                return
+            retry = a.retry_request(request, response, mark)
+            self._prove(a, retry, lease, nonce)
+            yield retry  # its answer is final, like the refresh retry below
+            return
         if error is not None and error != "invalid_token":
             return  # e.g. invalid_request: a new token would not help (F5)
         if header and not challenge:
@@ -538,7 +594,10 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if not replay or fresh.access_token == lease.access_token:
             return
         retry = a.retry_request(request, response, mark)
-        retry.headers["Authorization"] = self._signing(fresh)[1]
+        signing = self._signing(fresh)
+        retry.headers["Authorization"] = signing[1]
+        if signing[3]:
+            self._prove(a, retry, fresh)
         yield retry  # its answer is final: one refresh and one retry per request, never a loop
 
     def _report_scope(self, scope: str | None, lease: Lease, url: str) -> None:
@@ -589,7 +648,12 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if signing[0] is not lease:
             signing = self._signing(lease)
         request.headers["Authorization"] = signing[1]
-        response = yield request
+        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
+            self._prove(_HTTPX, request, lease)
+            response = yield request
+            self._learn_nonce(_HTTPX, request, response)
+        else:
+            response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
         flow = self._respond(_HTTPX, request, lease, mark, response)
@@ -626,7 +690,12 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if signing[0] is not lease:
             signing = self._signing(lease)
         request.headers["Authorization"] = signing[1]
-        response = yield request
+        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
+            self._prove(_HTTPX, request, lease)
+            response = yield request
+            self._learn_nonce(_HTTPX, request, response)
+        else:
+            response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
         flow = self._respond(_HTTPX, request, lease, mark, response)
@@ -667,8 +736,17 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if signing[0] is not lease:
             signing = self._signing(lease)
         r.headers["Authorization"] = signing[1]
+        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
+            self._prove(_REQUESTS, r, lease)
         r.hooks["response"].append(signing[2])
         return r
+
+    def _on_dpop_response(
+        self, lease: Lease, r: requests.Response, **kwargs: Any
+    ) -> requests.Response:
+        """requests response hook of a DPoP request: remember the server's nonce first."""
+        self._learn_nonce(_REQUESTS, r.request, r)
+        return self._on_response(lease, r, **kwargs)
 
     def _on_response(self, lease: Lease, r: requests.Response, **kwargs: Any) -> requests.Response:
         """requests response hook of a request signed with ``lease`` (also runs for each
@@ -691,6 +769,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
                 final.request = retry
                 # Redirects after the retry are built from `original`: give it the new token.
                 original.headers["Authorization"] = retry.headers["Authorization"]
+                if "DPoP" in retry.headers:
+                    original.headers["DPoP"] = retry.headers["DPoP"]
         if final.is_redirect and "Authorization" in original.headers:
             location = final.headers.get("location") or ""
             here = final.url or ""
@@ -698,6 +778,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
                 # The Session copies `original` for the next hop: the token stays behind (F3).
                 del original.headers["Authorization"]
                 final.request.headers.pop("Authorization", None)
+                original.headers.pop("DPoP", None)
+                final.request.headers.pop("DPoP", None)
         return final
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import hashlib
+import logging
 import threading
 import time
 import weakref
@@ -23,7 +24,13 @@ from typing import TYPE_CHECKING, Any, Self
 import cachetools
 import httpx2
 
-from ._core.errors import AuthorizationRequired, InsufficientScope, InvalidGrant
+from ._core.dpop import DPoPKey, NonceCache, make_proof
+from ._core.errors import (
+    AuthorizationRequired,
+    ConfigurationError,
+    InsufficientScope,
+    InvalidGrant,
+)
 from ._core.flows import (
     AuthorizationRequest,
     FlowConfig,
@@ -57,6 +64,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Broker"]
 
+log = logging.getLogger("oauth2_broker_mw")
+
 ScopesArg = ScopeSet | str | Iterable[str] | None
 
 
@@ -74,6 +83,12 @@ class Broker:
     client credentials when the provider offers them; else :class:`AuthorizationRequired`.
     Concurrent callers of one key, threads and tasks alike, share one provider call; across
     processes and hosts the store's lease lock and compare-and-swap do the same.
+
+    DPoP (RFC 9449) is opt-in: with a descriptor whose ``dpop`` is true, every token request
+    carries a proof signed with ``dpop_key`` (a private JWK dict or PEM) and the provider's
+    tokens are bound to that key's thumbprint. Without ``dpop_key`` an ephemeral EC P-256 key
+    is generated: tokens are then usable by this process only. Every process and host that
+    shares a store must pass the same ``dpop_key``.
     """
 
     def __init__(
@@ -97,6 +112,7 @@ class Broker:
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
         client_credentials_principals: Callable[[str, str], bool] | Collection[str] | None = None,
+        dpop_key: Mapping[str, object] | str | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -109,6 +125,22 @@ class Broker:
             private_key=private_key,
             private_key_id=private_key_id,
         )
+        self._dpop_key: DPoPKey | None = None
+        if provider.dpop:
+            if dpop_key is not None:
+                self._dpop_key = DPoPKey.load(dpop_key, provider.dpop_signing_alg)
+            else:
+                self._dpop_key = DPoPKey.generate(provider.dpop_signing_alg)
+                log.info(
+                    "provider=%s uses DPoP and no dpop_key was given: generated an ephemeral "
+                    "key; its tokens are bound to this process only (pass the same dpop_key "
+                    "to every process and host that shares the token store)",
+                    provider.id,
+                )
+        elif dpop_key is not None:
+            raise ConfigurationError(
+                f"dpop_key was given but provider {provider.id!r} does not enable dpop"
+            )
         margin = provider.refresh_margin if provider.refresh_margin is not None else refresh_margin
         self._policy = RefreshPolicy(margin=margin, jitter=refresh_jitter)
         self._config = FlowConfig(
@@ -119,6 +151,8 @@ class Broker:
             lock_wait=lock_wait,
             pending_ttl=pending_ttl,
             client_credentials_principals=_principal_predicate(client_credentials_principals),
+            dpop_key=self._dpop_key,
+            dpop_nonces=NonceCache() if self._dpop_key is not None else None,
         )
         self._store = store
         self._clock = clock
@@ -154,6 +188,26 @@ class Broker:
     @property
     def client_id(self) -> str:
         return self._client_config.client_id
+
+    @property
+    def dpop_thumbprint(self) -> str | None:
+        """The RFC 7638 thumbprint (``cnf.jkt``) DPoP tokens are bound to; ``None`` without DPoP."""
+        return None if self._dpop_key is None else self._dpop_key.thumbprint
+
+    def dpop_proof(
+        self, *, htm: str, htu: str, access_token: str | None = None, nonce: str | None = None
+    ) -> str:
+        """A fresh DPoP proof for a request to ``htu`` (query and fragment are dropped)."""
+        if self._dpop_key is None:
+            raise ConfigurationError(f"provider {self._provider.id!r} does not enable dpop")
+        return make_proof(
+            self._dpop_key,
+            htm=htm,
+            htu=htu,
+            now=self._clock(),
+            nonce=nonce,
+            access_token=access_token,
+        )
 
     def __repr__(self) -> str:
         return f"Broker(provider={self._provider.id!r}, client_id={self.client_id!r})"
