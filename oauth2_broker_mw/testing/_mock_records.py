@@ -123,6 +123,7 @@ class TokenState:
     expires_at: float | None
     status: Literal["active", "rotated", "revoked"] = "active"
     rotated_at: float | None = None
+    jkt: str | None = None  # RFC 9449: the DPoP key thumbprint the token is bound to
 
     def alive(self, now: float) -> bool:
         if self.status != "active" or self.family.revoked:

@@ -44,6 +44,7 @@ from joserfc.errors import JoseError
 from joserfc.jwk import RSAKey
 
 from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
+from ._mock_dpop import DPOP_PROOF_ALGS, DPoPProofError, verify_proof
 from ._mock_records import (
     ASYMMETRIC_ALGS,
     CHALLENGE_RE,
@@ -121,8 +122,20 @@ class MockProvider:
         quirks: MockQuirks | None = None,
         latency: Mapping[str, float] | None = None,
         clock: Callable[[], float] | None = None,
+        dpop: Literal["off", "optional", "required"] = "off",
+        dpop_nonce: bool = False,
     ) -> None:
         self.issuer = issuer
+        #: RFC 9449: ``"off"`` (proofs ignored, Bearer only), ``"optional"`` (a valid proof at
+        #: the token endpoint gets a DPoP-bound token) or ``"required"`` (no proof, no token).
+        self.dpop = dpop
+        #: demand a server nonce (``use_dpop_nonce`` + ``DPoP-Nonce``) at /token and /resource.
+        self.dpop_nonce = dpop_nonce
+        self._dpop_jtis: dict[str, float] = {}
+        self._dpop_nonces = {
+            "token": secrets.token_urlsafe(16),
+            "resource": secrets.token_urlsafe(16),
+        }
         self.rotation = rotation
         self.reuse_detection = reuse_detection
         #: seconds after a rotation during which the previous refresh token is still accepted
@@ -537,6 +550,8 @@ class MockProvider:
             fields["expires_in_unit"] = 0.001
         if self.quirks.token_body_format == "json":
             fields["body_format"] = "json"
+        if self.dpop != "off":
+            fields["dpop"] = True
         try:
             params: Mapping[str, inspect.Parameter] = inspect.signature(
                 ProviderDescriptor
@@ -600,6 +615,7 @@ class MockProvider:
         family: Family,
         scopes: tuple[str, ...],
         ttl: int | None,
+        jkt: str | None = None,
     ) -> str:
         prefix = "mock-at-" if kind == "access" else "mock-rt-"
         value = prefix + secrets.token_urlsafe(32)
@@ -610,6 +626,7 @@ class MockProvider:
             scopes=scopes,
             issued_at=now,
             expires_at=None if ttl is None else now + ttl,
+            jkt=jkt,
         )
         family.tokens.add(value)
         return value
@@ -621,10 +638,13 @@ class MockProvider:
         *,
         with_refresh: bool,
         access_ttl: int | Literal["default"] | None = "default",
+        jkt: str | None = None,
     ) -> tuple[str, str | None, int | None]:
         ttl = self.access_ttl if access_ttl == "default" else access_ttl
-        access = self._mint("access", family, scopes, ttl)
-        refresh = self._mint("refresh", family, scopes, self.refresh_ttl) if with_refresh else None
+        access = self._mint("access", family, scopes, ttl, jkt)
+        refresh = (
+            self._mint("refresh", family, scopes, self.refresh_ttl, jkt) if with_refresh else None
+        )
         return access, refresh, ttl
 
     def _revoke_family(self, family: Family, *, reuse: bool = True) -> None:
@@ -977,9 +997,13 @@ class MockProvider:
         ttl: int | None,
         scopes: tuple[str, ...],
         id_token: str | None,
+        jkt: str | None = None,
     ) -> dict[str, Any]:
         q = self.quirks
-        payload: dict[str, Any] = {"access_token": access, "token_type": q.token_type}
+        payload: dict[str, Any] = {
+            "access_token": access,
+            "token_type": "DPoP" if jkt is not None else q.token_type,
+        }
         if ttl is not None and q.expires_in != "omit":
             if q.expires_in == "string":
                 payload["expires_in"] = str(ttl)
@@ -1104,12 +1128,58 @@ class MockProvider:
         if fault is not None and fault.kind != "lost_response":
             return self._fault_response(fault, endpoint)
         try:
-            response = self._dispatch_grant(request, endpoint, client, grant_type, form)
+            # DPoP is judged before the grant: a refused proof consumes no code or token.
+            jkt = self._token_dpop(request)
+            response = self._dispatch_grant(request, endpoint, client, grant_type, form, jkt)
         except OAuthError as err:
             response = self._render_token_error(request, err, grant_type)
         if fault is not None:  # lost_response: the work is done, the answer never arrives
             return self._fault_response(fault, endpoint)
         return response
+
+    def _token_dpop(self, request: Request) -> str | None:
+        """The thumbprint a new token is bound to (RFC 9449 §5), or ``None`` for Bearer."""
+        if self.dpop == "off":
+            return None
+        proofs = request.headers.getlist("dpop")
+        if not proofs:
+            if self.dpop == "required":
+                raise OAuthError("invalid_dpop_proof", "a DPoP proof is required")
+            return None
+        if len(proofs) != 1:
+            raise OAuthError("invalid_dpop_proof", "exactly one DPoP header is allowed")
+        try:
+            with self._lock:
+                proof = verify_proof(
+                    proofs[0],
+                    htm=request.method,
+                    htu=str(request.url),
+                    now=self._clock(),
+                    seen_jtis=self._dpop_jtis,
+                )
+        except DPoPProofError as exc:
+            with self._lock:
+                self._counters["dpop:invalid_proof"] += 1
+            raise OAuthError("invalid_dpop_proof", str(exc)) from None
+        if self.dpop_nonce:
+            expected = self._dpop_nonces["token"]
+            if proof.nonce is None or not hmac.compare_digest(proof.nonce, expected):
+                with self._lock:
+                    self._counters["dpop:nonce_demanded:token"] += 1
+                raise OAuthError(
+                    "use_dpop_nonce",
+                    "Authorization server requires nonce in DPoP proof",
+                    400,
+                    {"DPoP-Nonce": expected},
+                )
+        with self._lock:
+            self._counters["dpop:proof_ok:token"] += 1
+        return proof.jkt
+
+    def rotate_dpop_nonces(self) -> None:
+        """Issue new server nonces: proofs carrying the old ones get ``use_dpop_nonce``."""
+        with self._lock:
+            self._dpop_nonces = {k: secrets.token_urlsafe(16) for k in self._dpop_nonces}
 
     def _dispatch_grant(
         self,
@@ -1118,6 +1188,7 @@ class MockProvider:
         client: MockClient,
         grant_type: str,
         form: Mapping[str, str],
+        jkt: str | None = None,
     ) -> Response:
         if not grant_type:
             raise OAuthError("invalid_request", "missing grant_type")
@@ -1131,13 +1202,13 @@ class MockProvider:
         if grant_type not in client.grant_types:
             raise OAuthError("unauthorized_client", f"client may not use {grant_type}")
         if grant_type == "authorization_code":
-            return self._grant_code(request, client, form)
+            return self._grant_code(request, client, form, jkt)
         if grant_type == "refresh_token":
-            return self._grant_refresh(request, client, form)
-        return self._grant_client_credentials(request, client, form)
+            return self._grant_refresh(request, client, form, jkt)
+        return self._grant_client_credentials(request, client, form, jkt)
 
     def _grant_code(
-        self, request: Request, client: MockClient, form: Mapping[str, str]
+        self, request: Request, client: MockClient, form: Mapping[str, str], jkt: str | None = None
     ) -> Response:
         code_value = form.get("code")
         if not code_value:
@@ -1174,14 +1245,16 @@ class MockProvider:
             with_refresh = (
                 self.issue_refresh_tokens and "refresh_token" in client.grant_types and code.offline
             )
-            access, refresh, ttl = self._mint_pair(family, granted, with_refresh=with_refresh)
+            access, refresh, ttl = self._mint_pair(
+                family, granted, with_refresh=with_refresh, jkt=jkt
+            )
             id_token = self._id_token(family, access) if self.oidc and "openid" in granted else None
             self._counters["code_redeemed"] += 1
-        payload = self._token_payload(access, refresh, ttl, granted, id_token)
+        payload = self._token_payload(access, refresh, ttl, granted, id_token, jkt)
         return self._render_token(request, payload, family.subject)
 
     def _grant_refresh(
-        self, request: Request, client: MockClient, form: Mapping[str, str]
+        self, request: Request, client: MockClient, form: Mapping[str, str], jkt: str | None = None
     ) -> Response:
         presented = form.get("refresh_token")
         if not presented:
@@ -1215,37 +1288,42 @@ class MockProvider:
                 raise OAuthError("invalid_grant", "refresh token revoked")
             if rec.expires_at is not None and now >= rec.expires_at:
                 raise OAuthError("invalid_grant", "refresh token expired")
+            if rec.jkt is not None and rec.jkt != jkt:
+                # RFC 9449 §5: a bound refresh token needs a proof from the same key.
+                raise OAuthError("invalid_dpop_proof", "the refresh token is bound to another key")
             scopes = family.scopes
             if requested:
                 extra = [s for s in requested if s not in family.scopes]
                 if extra:
                     raise OAuthError("invalid_scope", f"scope exceeds the grant: {' '.join(extra)}")
                 scopes = requested
-            access = self._mint("access", family, scopes, self.access_ttl)
+            access = self._mint("access", family, scopes, self.access_ttl, jkt)
             new_refresh: str | None = None
             if not self.quirks.refresh_token_in_refresh_response:
                 pass  # Google style: nothing rotates, the presented token stays valid
             elif self.rotation:
                 if rec.status == "active":
                     rec.status, rec.rotated_at = "rotated", now
-                new_refresh = self._mint("refresh", family, family.scopes, self.refresh_ttl)
+                new_refresh = self._mint(
+                    "refresh", family, family.scopes, self.refresh_ttl, rec.jkt or jkt
+                )
             else:
                 new_refresh = presented
             id_token = self._id_token(family, access) if self.oidc and "openid" in scopes else None
             self._counters["refresh_redeemed"] += 1
-        payload = self._token_payload(access, new_refresh, self.access_ttl, scopes, id_token)
+        payload = self._token_payload(access, new_refresh, self.access_ttl, scopes, id_token, jkt)
         return self._render_token(request, payload, family.subject)
 
     def _grant_client_credentials(
-        self, request: Request, client: MockClient, form: Mapping[str, str]
+        self, request: Request, client: MockClient, form: Mapping[str, str], jkt: str | None = None
     ) -> Response:
         if client.is_public:
             raise OAuthError("unauthorized_client", "public clients may not use this grant")
         scopes = self._grant_scopes(self._parse_scopes(form.get("scope"), client))
         with self._lock:
             family = self._new_family(client.client_id, client.client_id, scopes, None)
-            access = self._mint("access", family, scopes, self.access_ttl)
-        payload = self._token_payload(access, None, self.access_ttl, scopes, None)
+            access = self._mint("access", family, scopes, self.access_ttl, jkt)
+        payload = self._token_payload(access, None, self.access_ttl, scopes, None, jkt)
         return self._render_token(request, payload, client.client_id)
 
     # ------------------------------------------------------------------ /authorize
@@ -1538,10 +1616,14 @@ class MockProvider:
                 "client_id": rec.family.client_id,
                 "sub": rec.family.subject,
                 "username": rec.family.subject,
-                "token_type": "Bearer" if rec.kind == "access" else "refresh_token",
+                "token_type": ("DPoP" if rec.jkt else "Bearer")
+                if rec.kind == "access"
+                else "refresh_token",
                 "iat": int(rec.issued_at),
                 "iss": self.issuer,
             }
+            if rec.jkt is not None:
+                body["cnf"] = {"jkt": rec.jkt}
             if rec.expires_at is not None:
                 body["exp"] = int(rec.expires_at)
         return JSONResponse(body, headers=NO_STORE)
@@ -1556,6 +1638,68 @@ class MockProvider:
         if scheme.lower() != "bearer" or not value.strip():
             return ""
         return value.strip()
+
+    def _dpop_rejection(self, description: str, error: str = "invalid_token") -> Response:
+        with self._lock:
+            self._counters[f"dpop:resource:{error}"] += 1
+        return JSONResponse(
+            {"error": error},
+            status_code=401,
+            headers={
+                "WWW-Authenticate": f'DPoP error="{error}", error_description="{description}", '
+                f'algs="{" ".join(DPOP_PROOF_ALGS)}"'
+            },
+        )
+
+    def _check_access(self, request: Request) -> TokenState | Response:
+        """``Authorization: Bearer`` or, with DPoP on, ``Authorization: DPoP`` + a proof."""
+        header = request.headers.get("authorization") or ""
+        scheme, _, value = header.partition(" ")
+        value = value.strip()
+        if self.dpop == "off" or scheme.lower() != "dpop":
+            rec = self._check_bearer(request)
+            if isinstance(rec, TokenState) and rec.jkt is not None:
+                # A DPoP-bound token presented as a bearer token (RFC 9449 §7.2).
+                return self._dpop_rejection("a DPoP-bound token needs the DPoP scheme")
+            return rec
+        proofs = request.headers.getlist("dpop")
+        if len(proofs) != 1 or not value:
+            return self._dpop_rejection("exactly one DPoP proof is required")
+        try:
+            with self._lock:
+                proof = verify_proof(
+                    proofs[0],
+                    htm=request.method,
+                    htu=str(request.url),
+                    now=self._clock(),
+                    seen_jtis=self._dpop_jtis,
+                    access_token=value,
+                )
+        except DPoPProofError as exc:
+            return self._dpop_rejection(str(exc))
+        if self.dpop_nonce:
+            expected = self._dpop_nonces["resource"]
+            if proof.nonce is None or not hmac.compare_digest(proof.nonce, expected):
+                with self._lock:
+                    self._counters["dpop:nonce_demanded:resource"] += 1
+                return JSONResponse(
+                    {"error": "use_dpop_nonce"},
+                    status_code=401,
+                    headers={
+                        "WWW-Authenticate": 'DPoP error="use_dpop_nonce", '
+                        'error_description="Resource server requires nonce in DPoP proof"',
+                        "DPoP-Nonce": expected,
+                    },
+                )
+        with self._lock:
+            bound = self._alive_access(value)
+        if bound is None:
+            return self._dpop_rejection("The access token is invalid, expired or revoked")
+        if bound.jkt is None or not hmac.compare_digest(bound.jkt, proof.jkt):
+            return self._dpop_rejection("the token is not bound to the proof key")
+        with self._lock:
+            self._counters["dpop:resource:ok"] += 1
+        return bound
 
     def _check_bearer(self, request: Request) -> TokenState | Response:
         value = self._bearer(request)
@@ -1583,7 +1727,7 @@ class MockProvider:
         fault = await self._enter("resource", request, {})
         if fault is not None:
             return self._fault_response(fault, "resource")
-        rec = self._check_bearer(request)
+        rec = self._check_access(request)
         if isinstance(rec, Response):
             return rec
         required: list[str] = []
@@ -1615,7 +1759,7 @@ class MockProvider:
         fault = await self._enter("userinfo", request, {})
         if fault is not None:
             return self._fault_response(fault, "userinfo")
-        rec = self._check_bearer(request)
+        rec = self._check_access(request)
         if isinstance(rec, Response):
             return rec
         if "openid" not in rec.scopes:
@@ -1666,6 +1810,8 @@ class MockProvider:
         }
         if self.pkce != "unsupported":
             doc["code_challenge_methods_supported"] = ["S256"]
+        if self.dpop != "off":
+            doc["dpop_signing_alg_values_supported"] = list(DPOP_PROOF_ALGS)
         if self.par != "off":
             doc["pushed_authorization_request_endpoint"] = self.par_endpoint
             doc["require_pushed_authorization_requests"] = self.par == "required"
