@@ -213,10 +213,16 @@ def test_required_mode_refuses_a_request_without_proof() -> None:
         assert response.json()["error"] == "invalid_dpop_proof"
 
 
-def test_code_flow_and_refresh_with_a_shared_key(call: Call) -> None:
+def test_code_flow_and_refresh_with_a_shared_key(
+    call: Call, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
     key = ECKey.generate_key("P-256").as_dict(private=True)
     with MockProvider(dpop="required") as provider:
         broker = _broker(provider, dpop_key=key)
+        secret_d = str(key["d"])
+        for shown in (repr(broker), repr(broker._config), repr(broker._dpop_key), caplog.text):
+            assert secret_d not in shown
         record = _login(broker, provider, call)
         assert record.token_type == "DPoP"
         assert record.refresh_token is not None
@@ -235,6 +241,8 @@ def test_code_flow_and_refresh_with_a_shared_key(call: Call) -> None:
         with pytest.raises(Exception):  # noqa: B017 - the provider's refusal
             call(other, "refresh", tenant=TENANT, principal=USER, scopes=["openid", "email"])
         assert provider.counters["refresh_redeemed"] == 0
+        assert secret_d not in caplog.text
+        assert record.access_token.get_secret_value() not in caplog.text
 
 
 def test_token_endpoint_nonce_is_resent_once_and_remembered(call: Call) -> None:
