@@ -165,7 +165,9 @@ class Broker:
         self._client_lock = threading.Lock()
         self._cache: cachetools.FIFOCache[str, _Cached] = cachetools.FIFOCache(cache_size)
         self._cache_lock = threading.Lock()
-        self._flights: SingleFlight[Lease] = SingleFlight(wait_timeout=lock_wait + 3 * timeout)
+        self._flights: SingleFlight[tuple[TokenRecord, Lease]] = SingleFlight(
+            wait_timeout=lock_wait + 3 * timeout
+        )
         self._telemetry = telemetry or Telemetry()
         self._sync = SyncDriver(
             store, self._sync_client, clock=clock, telemetry=self._telemetry, provider=provider.id
@@ -283,17 +285,12 @@ class Broker:
         return client
 
     # -- leases -------------------------------------------------------------------------------
-    def _plan(
+    def _flight(
         self, key: StoreKey, scopes: ScopesArg, force: bool, stale: Secret | None
-    ) -> Lease | tuple[str, Callable[[], Any]]:
-        """The cached lease when it will do; else the singleflight key and the flow to run."""
-        if not force and stale is None:
-            cached = self.cached_lease(key)
-            if cached is not None:
-                return cached
-        requested = self._scopes(scopes)
+    ) -> tuple[str, Callable[[], Any]]:
+        """The singleflight key and the flow that obtains a token for ``key``."""
         return self._flight_key(key, force, stale), functools.partial(
-            obtain_flow, self._config, key, requested, force=force, stale=stale
+            obtain_flow, self._config, key, self._scopes(scopes), force=force, stale=stale
         )
 
     def _flight_key(self, key: StoreKey, force: bool, stale: Secret | None) -> str:
@@ -314,6 +311,38 @@ class Broker:
         error.__cause__ = exc
         return error
 
+    def _obtain(
+        self, key: StoreKey, scopes: ScopesArg, force: bool, stale: Secret | None
+    ) -> tuple[TokenRecord, Lease]:
+        """Run the obtain flow once for all concurrent callers of this key (sync)."""
+        flight, flow = self._flight(key, scopes, force, stale)
+
+        def work() -> tuple[TokenRecord, Lease]:
+            with self._telemetry.operation("lease", self._provider.id):
+                record: TokenRecord = self._sync.run(flow())
+            return record, self._remember(record)
+
+        try:
+            return self._flights.do(flight, work)
+        except InvalidGrant as exc:
+            raise self._auth_required(key, exc) from exc
+
+    async def _aobtain(
+        self, key: StoreKey, scopes: ScopesArg, force: bool, stale: Secret | None
+    ) -> tuple[TokenRecord, Lease]:
+        """Async :meth:`_obtain`."""
+        flight, flow = self._flight(key, scopes, force, stale)
+
+        async def work() -> tuple[TokenRecord, Lease]:
+            with self._telemetry.operation("lease", self._provider.id):
+                record: TokenRecord = await self._async.run(flow())
+            return record, self._remember(record)
+
+        try:
+            return await self._flights.ado(flight, work)
+        except InvalidGrant as exc:
+            raise self._auth_required(key, exc) from exc
+
     def lease_for_key(
         self,
         key: StoreKey,
@@ -324,20 +353,10 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key` (sync)."""
-        plan = self._plan(key, scopes, force_refresh, _stale)
-        if isinstance(plan, Lease):
-            return _check_required(plan, required_scopes)
-        flight, flow = plan
-
-        def work() -> Lease:
-            with self._telemetry.operation("lease", self._provider.id):
-                return self._remember(self._sync.run(flow()))
-
-        try:
-            lease = self._flights.do(flight, work)
-        except InvalidGrant as exc:
-            raise self._auth_required(key, exc) from exc
-        return _check_required(lease, required_scopes)
+        cached = None if force_refresh or _stale is not None else self.cached_lease(key)
+        if cached is None:
+            cached = self._obtain(key, scopes, force_refresh, _stale)[1]
+        return _check_required(cached, required_scopes)
 
     async def alease_for_key(
         self,
@@ -349,20 +368,10 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`alease` for a key built with :meth:`key` (async)."""
-        plan = self._plan(key, scopes, force_refresh, _stale)
-        if isinstance(plan, Lease):
-            return _check_required(plan, required_scopes)
-        flight, flow = plan
-
-        async def work() -> Lease:
-            with self._telemetry.operation("lease", self._provider.id):
-                return self._remember(await self._async.run(flow()))
-
-        try:
-            lease = await self._flights.ado(flight, work)
-        except InvalidGrant as exc:
-            raise self._auth_required(key, exc) from exc
-        return _check_required(lease, required_scopes)
+        cached = None if force_refresh or _stale is not None else self.cached_lease(key)
+        if cached is None:
+            cached = (await self._aobtain(key, scopes, force_refresh, _stale))[1]
+        return _check_required(cached, required_scopes)
 
     def lease(
         self,
@@ -405,16 +414,14 @@ class Broker:
     def refresh(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> TokenRecord:
         """Force one refresh (shared with concurrent callers) and return the stored record."""
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
-        self.lease_for_key(key, scopes=scopes, force_refresh=True)
-        return self._sync.run(_read_flow(key)) or _missing(key)
+        return self._obtain(key, scopes, True, None)[0]
 
     async def arefresh(
         self, *, tenant: str, principal: str, scopes: ScopesArg = None
     ) -> TokenRecord:
         """Async :meth:`refresh`."""
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
-        await self.alease_for_key(key, scopes=scopes, force_refresh=True)
-        return await self._async.run(_read_flow(key)) or _missing(key)
+        return (await self._aobtain(key, scopes, True, None))[0]
 
     # -- authorization code -------------------------------------------------------------------
     def _start_flow(
@@ -590,15 +597,3 @@ def _check_required(lease: Lease, required: Iterable[str] | None) -> Lease:
         if missing:
             raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
     return lease
-
-
-def _read_flow(key: StoreKey) -> Any:
-    from ._core.flows import _read
-
-    return _read(key)
-
-
-def _missing(key: StoreKey) -> TokenRecord:
-    raise AuthorizationRequired(
-        tenant=key.tenant, principal=key.principal, provider=key.provider, scopes=()
-    )
