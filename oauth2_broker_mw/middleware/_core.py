@@ -27,7 +27,7 @@ import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Literal, TypeAlias, cast
+from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .._core.errors import (
@@ -500,6 +500,53 @@ class _Reject(Exception):
 
 
 # -- the core ------------------------------------------------------------------------------------
+AppT = TypeVar("AppT")
+
+
+class MiddlewareShell(Generic[AppT]):
+    """The configuration both middlewares take (the public names), held in one place.
+
+    ``BrokerMiddleware`` (ASGI) and ``BrokerWSGIMiddleware`` subclass it with their own app
+    type; everything they decide is in :class:`MiddlewareCore`.
+    """
+
+    def __init__(
+        self,
+        app: AppT,
+        *,
+        brokers: Mapping[str, Broker],
+        secret_key: str | Secret | Sequence[str | Secret],
+        base_url: str,
+        scopes: Mapping[str, Iterable[str]] | None = None,
+        prefix: str = "/oauth2",
+        tenant_resolver: TenantResolver | None = None,
+        principal_resolver: PrincipalResolver | None = None,
+        flow_ttl: float = 300.0,
+        session_idle_timeout: float = 8 * 3600.0,
+        session_absolute_timeout: float = 7 * 24 * 3600.0,
+        max_flows: int = 8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.app = app
+        self.core = MiddlewareCore(
+            brokers=brokers,
+            secret_key=secret_key,
+            base_url=base_url,
+            scopes=scopes,
+            prefix=prefix,
+            tenant_resolver=tenant_resolver,
+            principal_resolver=principal_resolver,
+            flow_ttl=flow_ttl,
+            session_idle_timeout=session_idle_timeout,
+            session_absolute_timeout=session_absolute_timeout,
+            max_flows=max_flows,
+            clock=clock,
+        )
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.core!r})"
+
+
 class MiddlewareCore:
     """Configuration plus every decision; the ASGI/WSGI shells only move bytes."""
 

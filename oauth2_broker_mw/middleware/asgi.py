@@ -10,24 +10,20 @@ Must not import: starlette (pure ASGI, no ``BaseHTTPMiddleware``), httpx, the WS
 
 from __future__ import annotations
 
-import time
-from collections.abc import Awaitable, Callable, Iterable, Mapping, MutableMapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, TypeAlias, cast
 
 from .._core.errors import AuthorizationRequired
-from .._core.model import Secret
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
-    MiddlewareCore,
-    PrincipalResolver,
+    MiddlewareShell,
     Response,
-    TenantResolver,
     adrive,
 )
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    pass
 
 __all__ = ["BrokerMiddleware"]
 
@@ -91,7 +87,7 @@ async def _send_response(response: Response, send: Send, *, head: bool = False) 
     await send({"type": "http.response.body", "body": b"" if head else response.body})
 
 
-class BrokerMiddleware:
+class BrokerMiddleware(MiddlewareShell[ASGIApp]):
     """Login, callback and logout routes plus a per-request broker context, as pure ASGI.
 
     ::
@@ -100,42 +96,6 @@ class BrokerMiddleware:
                            scopes={"acme": ["openid", "email"]}, secret_key="...",
                            base_url="https://app.example.com")
     """
-
-    def __init__(
-        self,
-        app: ASGIApp,
-        *,
-        brokers: Mapping[str, Broker],
-        secret_key: str | Secret | Sequence[str | Secret],
-        base_url: str,
-        scopes: Mapping[str, Iterable[str]] | None = None,
-        prefix: str = "/oauth2",
-        tenant_resolver: TenantResolver | None = None,
-        principal_resolver: PrincipalResolver | None = None,
-        flow_ttl: float = 300.0,
-        session_idle_timeout: float = 8 * 3600.0,
-        session_absolute_timeout: float = 7 * 24 * 3600.0,
-        max_flows: int = 8,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.app = app
-        self.core = MiddlewareCore(
-            brokers=brokers,
-            secret_key=secret_key,
-            base_url=base_url,
-            scopes=scopes,
-            prefix=prefix,
-            tenant_resolver=tenant_resolver,
-            principal_resolver=principal_resolver,
-            flow_ttl=flow_ttl,
-            session_idle_timeout=session_idle_timeout,
-            session_absolute_timeout=session_absolute_timeout,
-            max_flows=max_flows,
-            clock=clock,
-        )
-
-    def __repr__(self) -> str:
-        return f"BrokerMiddleware({self.core!r})"
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":

@@ -12,26 +12,22 @@ Must not import: flask, django, asyncio, httpx, the ASGI shell.
 from __future__ import annotations
 
 import contextlib
-import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable
 from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from .._core.errors import AuthorizationRequired
-from .._core.model import Secret
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
-    MiddlewareCore,
-    PrincipalResolver,
+    MiddlewareShell,
     Response,
-    TenantResolver,
     drive,
 )
 
 if TYPE_CHECKING:
-    from ..broker import Broker
+    pass
 
 __all__ = ["BrokerWSGIMiddleware"]
 
@@ -122,7 +118,7 @@ def _read_body(environ: Environ, limit: int) -> bytes:
     return data if isinstance(data, bytes) else b""
 
 
-class BrokerWSGIMiddleware:
+class BrokerWSGIMiddleware(MiddlewareShell[WSGIApp]):
     """The WSGI twin of :class:`~oauth2_broker_mw.middleware.BrokerMiddleware`.
 
     ::
@@ -130,42 +126,6 @@ class BrokerWSGIMiddleware:
         app.wsgi_app = BrokerWSGIMiddleware(app.wsgi_app, brokers={"acme": broker},
                                             secret_key="...", base_url="https://app.example.com")
     """
-
-    def __init__(
-        self,
-        app: WSGIApp,
-        *,
-        brokers: Mapping[str, Broker],
-        secret_key: str | Secret | Sequence[str | Secret],
-        base_url: str,
-        scopes: Mapping[str, Iterable[str]] | None = None,
-        prefix: str = "/oauth2",
-        tenant_resolver: TenantResolver | None = None,
-        principal_resolver: PrincipalResolver | None = None,
-        flow_ttl: float = 300.0,
-        session_idle_timeout: float = 8 * 3600.0,
-        session_absolute_timeout: float = 7 * 24 * 3600.0,
-        max_flows: int = 8,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
-        self.app = app
-        self.core = MiddlewareCore(
-            brokers=brokers,
-            secret_key=secret_key,
-            base_url=base_url,
-            scopes=scopes,
-            prefix=prefix,
-            tenant_resolver=tenant_resolver,
-            principal_resolver=principal_resolver,
-            flow_ttl=flow_ttl,
-            session_idle_timeout=session_idle_timeout,
-            session_absolute_timeout=session_absolute_timeout,
-            max_flows=max_flows,
-            clock=clock,
-        )
-
-    def __repr__(self) -> str:
-        return f"BrokerWSGIMiddleware({self.core!r})"
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         core = self.core
