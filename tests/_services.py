@@ -37,6 +37,23 @@ def _unavailable(service: str, reason: str) -> NoReturn:
     pytest.skip(message)
 
 
+def require_module(name: str, extra: str) -> object:
+    """Import ``name`` or skip the calling test module; under ``CI=true`` a missing driver fails.
+
+    Use at module level instead of ``pytest.importorskip``, which would let CI go green
+    without ever running the store tests.
+    """
+    import importlib
+
+    try:
+        return importlib.import_module(name)
+    except ImportError as exc:
+        message = f"{name} is not installed (pip install 'oauth2-broker-mw[{extra}]'): {exc}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: a missing driver is a failure)", pytrace=False)
+        pytest.skip(message, allow_module_level=True)
+
+
 def unique_name(kind: str = "t") -> str:
     """A name no other test run uses: pid plus random hex (valid as a schema name)."""
     return f"o2bm_{kind}_{os.getpid()}_{uuid.uuid4().hex[:10]}"

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
@@ -20,6 +19,7 @@ import httpx
 import httpx2
 import pytest
 import requests
+from _fakes import FakeClock
 from test_auth_support import CLIENTS, Driver, Recorder, host_router
 
 from oauth2_broker_mw._core.errors import (
@@ -35,21 +35,11 @@ from oauth2_broker_mw.testing.mock_provider import MockProvider
 CLIENT_ID, CLIENT_SECRET = "test-client", "test-secret"
 
 
-class Clock:
-    """A settable clock shared by the broker and the provider."""
-
-    def __init__(self) -> None:
-        self.offset = 0.0
-
-    def __call__(self) -> float:
-        return time.time() + self.offset
-
-
 @dataclass
 class World:
     kind: str
     provider: MockProvider
-    clock: Clock
+    clock: FakeClock
     a: str  # a recording server (origin A)
     b: str  # another one (origin B)
     rec_a: Recorder
@@ -70,13 +60,13 @@ class World:
         self.clock.offset = 0.0
 
 
-def _provider(clock: Clock) -> MockProvider:
+def _provider(clock: FakeClock) -> MockProvider:
     return MockProvider(clock=clock)
 
 
 @pytest.fixture(scope="module")
 def inprocess_world() -> Iterator[World]:
-    clock = Clock()
+    clock = FakeClock(ticking=True)
     provider = _provider(clock)
     rec_a, rec_b = Recorder(), Recorder()
     app = host_router(
@@ -108,7 +98,7 @@ def inprocess_world() -> Iterator[World]:
 
 @pytest.fixture(scope="module")
 def loopback_world() -> Iterator[World]:
-    clock = Clock()
+    clock = FakeClock(ticking=True)
     provider = _provider(clock)
     rec_a, rec_b = Recorder(), Recorder()
     with (

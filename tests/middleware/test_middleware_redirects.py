@@ -10,7 +10,7 @@ import pytest
 from oauth2_broker_mw.middleware import safe_return_to
 
 BASE = "https://app.example.test"
-CORPUS = Path(__file__).parent / "data" / "openredirects.txt"
+CORPUS = Path(__file__).parent.parent / "data" / "openredirects.txt"
 
 
 def _corpus() -> list[str]:

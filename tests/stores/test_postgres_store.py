@@ -15,6 +15,7 @@ from _services import (
     POSTGRES_DSN,
     TcpProxy,
     postgres_drop_schema,
+    require_module,
     require_postgres,
     unique_name,
 )
@@ -25,8 +26,8 @@ from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
 
-psycopg = pytest.importorskip("psycopg")
-psycopg_pool = pytest.importorskip("psycopg_pool")
+psycopg = require_module("psycopg", "postgres")
+psycopg_pool = require_module("psycopg_pool", "postgres")
 
 from oauth2_broker_mw.stores.postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
 

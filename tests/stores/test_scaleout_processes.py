@@ -37,6 +37,7 @@ import pytest
 from _services import (
     postgres_drop_schema,
     redis_cleanup,
+    require_module,
     require_postgres,
     require_redis,
     unique_name,
@@ -46,10 +47,10 @@ from oauth2_broker_mw._core.model import ScopeSet, Secret, TokenRecord
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.stores.base import TokenStore
 
-pytest.importorskip("starlette")
-pytest.importorskip("uvicorn")
+require_module("starlette", "starlette")
+require_module("uvicorn", "testing")
 
-from oauth2_broker_mw.testing.mock_provider import MockProvider
+from oauth2_broker_mw.testing.mock_provider import MockProvider  # noqa: E402
 
 pytestmark = pytest.mark.slow
 
@@ -61,7 +62,7 @@ ACCESS_TTL = 1  # seconds: one expiry window
 DURATION = 11.0  # ~10 windows per key (a window lasts a bit over 1 s) → ≥ 200 key-windows
 TENANT = "acme"
 SCOPES = ["read"]
-WORKER = Path(__file__).with_name("_scaleout_worker.py")
+WORKER = Path(__file__).parent.parent / "_scaleout_worker.py"
 
 
 @pytest.fixture(params=["redis", "postgres", "sqlite", "encrypted-postgres"])
@@ -93,11 +94,8 @@ def store_spec(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[
 
 
 def _open_store(spec: dict[str, Any]) -> TokenStore:
-    sys.path.insert(0, str(WORKER.parent))
-    try:
-        from _scaleout_worker import build_store
-    finally:
-        sys.path.remove(str(WORKER.parent))
+    from _scaleout_worker import build_store
+
     return build_store(spec)
 
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
-from _services import TcpProxy, redis_cleanup, require_redis, unique_name
+from _services import TcpProxy, redis_cleanup, require_module, require_redis, unique_name
 
 from oauth2_broker_mw._core.errors import StoreUnavailable
 from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId
@@ -17,7 +17,7 @@ from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
 
-redis = pytest.importorskip("redis")
+redis = require_module("redis", "redis")
 
 from oauth2_broker_mw.stores.redis import RedisStore  # noqa: E402
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from _fakes import FakeClock
 
 from oauth2_broker_mw._core.errors import ConfigurationError, CorruptRecord
 from oauth2_broker_mw._core.model import StoreKey
@@ -33,16 +34,8 @@ class TestSQLiteStore(StoreConformance):
 # -- MemoryStore details -----------------------------------------------------------------------
 
 
-class FakeClock:
-    def __init__(self, now: float = 1_000_000.0) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def test_memory_lock_and_pending_expiry_follow_the_injected_clock() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     store = MemoryStore(clock=clock)
     assert store.acquire_lock("lock", "a", 30)
     pending = make_pending(created_at=clock.now, expires_at=clock.now + 60)
@@ -56,7 +49,7 @@ def test_memory_lock_and_pending_expiry_follow_the_injected_clock() -> None:
 
 
 def test_memory_store_drops_expired_pendings_and_locks_on_its_own() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     store = MemoryStore(clock=clock)
     for i in range(1000):
         store.put_pending(make_pending(created_at=clock.now, expires_at=clock.now + 1))
@@ -67,7 +60,7 @@ def test_memory_store_drops_expired_pendings_and_locks_on_its_own() -> None:
 
 
 def test_memory_store_keeps_live_pendings_when_purging() -> None:
-    clock = FakeClock()
+    clock = FakeClock(1_000_000.0)
     store = MemoryStore(clock=clock)
     live = make_pending(created_at=clock.now, expires_at=clock.now + 10_000)
     store.put_pending(live)

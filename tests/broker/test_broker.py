@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from _fakes import FakeClock as Clock  # the suite-wide fake clock
 
 from oauth2_broker_mw import (
     AuthorizationRequired,
@@ -34,21 +35,6 @@ from oauth2_broker_mw.testing.mock_provider import MockClient, MockProvider, Moc
 TENANT, USER = "acme", "alice"
 
 
-class Clock:
-    """One clock for the broker and the provider, moved by hand."""
-
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
 Call = Callable[..., Any]
 
 
@@ -62,11 +48,6 @@ def call(request: pytest.FixtureRequest) -> Call:
         return asyncio.run(getattr(obj, "a" + name)(**kwargs))
 
     return run
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 @pytest.fixture

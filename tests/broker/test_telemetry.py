@@ -5,12 +5,13 @@ from __future__ import annotations
 import json
 
 import pytest
+from _services import require_module
 
 from oauth2_broker_mw import AuthorizationRequired, Broker
 from oauth2_broker_mw.telemetry import Telemetry
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
-sdk_trace = pytest.importorskip("opentelemetry.sdk.trace")
+sdk_trace = require_module("opentelemetry.sdk.trace", "otel")
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402

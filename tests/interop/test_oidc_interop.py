@@ -44,7 +44,7 @@ from oauth2_broker_mw.stores import MemoryStore
 
 pytestmark = pytest.mark.node
 
-INTEROP_DIR = Path(__file__).parent / "interop"
+INTEROP_DIR = Path(__file__).parent
 CLIENT_ID = "broker-interop"
 APP_BASE = "http://127.0.0.1:8765"
 REDIRECT_URI = f"{APP_BASE}/oauth2/oidc/callback"

@@ -18,6 +18,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import httpx2
 import pytest
+from _fakes import FakeClock
 from fastapi import Request as FastAPIRequest
 
 from oauth2_broker_mw import AuthorizationRequired, Broker
@@ -29,19 +30,6 @@ HTTPS_BASE = "https://app.example.test"
 SECRET = "test-secret-key-" + "k" * 32
 SCOPES = ["openid", "email"]
 FRAMEWORKS = ["starlette", "fastapi", "flask", "django"]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        import time
-
-        self.now = time.time()
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
 
 
 def _context_json(ctx: Any) -> dict[str, Any]:
