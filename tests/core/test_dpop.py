@@ -21,7 +21,7 @@ import pytest
 import requests
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, JWKRegistry
-from test_auth_support import CLIENTS, Driver
+from auth.test_auth_support import CLIENTS, Driver
 
 from oauth2_broker_mw._core.dpop import DPoPKey, htu, make_proof, thumbprint
 from oauth2_broker_mw._core.errors import ConfigurationError, UnsupportedTokenType
