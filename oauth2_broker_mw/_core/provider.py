@@ -327,6 +327,10 @@ class ProviderDescriptor:
     """RFC 9449: send DPoP proofs and accept ``token_type=DPoP`` (sender-constrained tokens)."""
     dpop_signing_alg: str = "ES256"
     """The JWS algorithm of the DPoP proofs (asymmetric only)."""
+    refresh_idle_limit: float | None = None
+    """Seconds a refresh token may go unused before the provider expires it (Google: about six
+    months, Xero: 60 days); ``None`` when the provider has no such limit or does not say. The
+    :class:`~oauth2_broker_mw.refresher.Refresher` refreshes idle tokens before they reach it."""
 
     def __post_init__(self) -> None:
         try:
@@ -394,6 +398,12 @@ class ProviderDescriptor:
                 self,
                 "refresh_margin",
                 _number("refresh_margin", self.refresh_margin, minimum=0, strict=False),
+            )
+        if self.refresh_idle_limit is not None:
+            set_(
+                self,
+                "refresh_idle_limit",
+                _number("refresh_idle_limit", self.refresh_idle_limit, minimum=0, strict=True),
             )
 
         for name in (

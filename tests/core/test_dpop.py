@@ -19,9 +19,9 @@ from typing import Any
 import httpx2
 import pytest
 import requests
+from auth.test_auth_support import CLIENTS, Driver
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, JWKRegistry
-from auth.test_auth_support import CLIENTS, Driver
 
 from oauth2_broker_mw._core.dpop import DPoPKey, htu, make_proof, thumbprint
 from oauth2_broker_mw._core.errors import ConfigurationError, UnsupportedTokenType
