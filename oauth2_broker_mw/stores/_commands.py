@@ -30,7 +30,8 @@ from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from .._core.errors import ConfigurationError
-from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
+from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
+from .base import DueRecord, check_limit
 
 __all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url"]
 
@@ -200,6 +201,12 @@ class CommandStore(abc.ABC):
     def _op_list_tenants(self) -> Op[list[TenantId]]: ...
 
     @abc.abstractmethod
+    def _op_expiring(self, before: float, limit: int) -> Op[list[DueRecord]]: ...
+
+    @abc.abstractmethod
+    def _op_idle(self, provider: str, issued_before: float, limit: int) -> Op[list[DueRecord]]: ...
+
+    @abc.abstractmethod
     def _op_acquire_lock(self, name: str, owner: str, ttl: float) -> Op[bool]: ...
 
     @abc.abstractmethod
@@ -238,6 +245,14 @@ class CommandStore(abc.ABC):
         """Every tenant with at least one stored record (used by ``reencrypt_all``)."""
         return self._run(self._op_list_tenants())
 
+    def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
+        return self._run(self._op_expiring(float(before), check_limit(limit)))
+
+    def idle(self, provider: str, issued_before: float, *, limit: int = 1000) -> list[DueRecord]:
+        return self._run(
+            self._op_idle(ProviderId(provider), float(issued_before), check_limit(limit))
+        )
+
     def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         return self._run(self._op_acquire_lock(name, owner, check_ttl(ttl)))
 
@@ -275,6 +290,16 @@ class CommandStore(abc.ABC):
 
     async def alist_tenants(self) -> list[TenantId]:
         return await self._arun(self._op_list_tenants())
+
+    async def aexpiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
+        return await self._arun(self._op_expiring(float(before), check_limit(limit)))
+
+    async def aidle(
+        self, provider: str, issued_before: float, *, limit: int = 1000
+    ) -> list[DueRecord]:
+        return await self._arun(
+            self._op_idle(ProviderId(provider), float(issued_before), check_limit(limit))
+        )
 
     async def aacquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         return await self._arun(self._op_acquire_lock(name, owner, check_ttl(ttl)))

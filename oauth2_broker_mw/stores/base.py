@@ -23,6 +23,16 @@ Semantics every store must provide (checked by ``oauth2_broker_mw.testing.confor
   expired), so a state can be redeemed once.
 * Failures of the backing service raise :class:`~oauth2_broker_mw.StoreUnavailable`.
 
+The refresh index (``RefreshIndex``, implemented by every built-in store, used by the
+:class:`~oauth2_broker_mw.refresher.Refresher` and the admin CLI):
+
+* ``expiring(before, limit=...)`` lists the renewable records (a refresh token, or a
+  client-credentials grant; not revoked) whose access token expires before ``before``,
+  soonest first, as :class:`DueRecord` (key, version, time): no secret is read.
+* ``idle(provider, issued_before, limit=...)`` lists the provider's records holding a refresh
+  token issued (last used) before ``issued_before``, oldest first.
+* ``list_tenants()`` lists every tenant with a stored record.
+
 Finer points the conformance suite pins down:
 
 * ``put`` ignores the version in the record it is given; after ``delete`` versions restart at 1.
@@ -39,11 +49,16 @@ from __future__ import annotations
 import abc
 import asyncio
 from collections.abc import Callable
-from typing import ParamSpec, Protocol, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from typing import Final, ParamSpec, Protocol, TypeVar, runtime_checkable
 
+from .._core.errors import ConfigurationError
 from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
 
-__all__ = ["ThreadedAsyncMixin", "TokenStore"]
+__all__ = ["DueRecord", "RefreshIndex", "ThreadedAsyncMixin", "TokenStore", "refresh_index"]
+
+#: What an encrypted record keeps in its ``refresh_token`` slot: "there is one, sealed".
+SEALED_REFRESH_TOKEN: Final = "o2bm-enc:sealed"
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -104,6 +119,63 @@ class TokenStore(Protocol):
     async def atake_pending(self, state_key: str) -> PendingAuthorization | None: ...
 
     async def aclose(self) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class DueRecord:
+    """One answer of a refresh-index query: a key, its version and the time it sorts by.
+
+    ``at`` is the access token's expiry (``expiring``) or the refresh token's issue time
+    (``idle``). ``version`` fences a refresh: refresh only if the record is still at it.
+    """
+
+    key: StoreKey
+    version: int
+    at: float
+
+
+def refresh_index(record: TokenRecord) -> tuple[float | None, float | None]:
+    """``(expires_at, refresh_issued_at)`` as the stores index them (``None``: not indexed).
+
+    Revoked records are in neither index. A record is in the expiry index when something can
+    renew it (a refresh token or the client-credentials grant), and in the idle index when it
+    holds a refresh token.
+    """
+    if record.revoked_at is not None:
+        return None, None
+    has_refresh = record.refresh_token is not None
+    renewable = has_refresh or record.grant == "client_credentials"
+    return (
+        record.expires_at if renewable else None,
+        record.issued_at if has_refresh else None,
+    )
+
+
+def check_limit(limit: int) -> int:
+    if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+        raise ConfigurationError(f"limit must be a positive integer; got {limit!r}")
+    return limit
+
+
+@runtime_checkable
+class RefreshIndex(Protocol):
+    """The queries a proactive refresher needs; every built-in store implements them."""
+
+    def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]: ...
+
+    def idle(
+        self, provider: str, issued_before: float, *, limit: int = 1000
+    ) -> list[DueRecord]: ...
+
+    def list_tenants(self) -> list[TenantId]: ...
+
+    async def aexpiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]: ...
+
+    async def aidle(
+        self, provider: str, issued_before: float, *, limit: int = 1000
+    ) -> list[DueRecord]: ...
+
+    async def alist_tenants(self) -> list[TenantId]: ...
 
 
 class ThreadedAsyncMixin(abc.ABC):
@@ -190,3 +262,26 @@ class ThreadedAsyncMixin(abc.ABC):
 
     async def aclose(self) -> None:
         await self._call(self.close)
+
+    # -- the refresh index (RefreshIndex) ----------------------------------------------------
+    @abc.abstractmethod
+    def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]: ...
+
+    @abc.abstractmethod
+    def idle(
+        self, provider: str, issued_before: float, *, limit: int = 1000
+    ) -> list[DueRecord]: ...
+
+    @abc.abstractmethod
+    def list_tenants(self) -> list[TenantId]: ...
+
+    async def aexpiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
+        return await self._call(self.expiring, before, limit=limit)
+
+    async def aidle(
+        self, provider: str, issued_before: float, *, limit: int = 1000
+    ) -> list[DueRecord]:
+        return await self._call(self.idle, provider, issued_before, limit=limit)
+
+    async def alist_tenants(self) -> list[TenantId]:
+        return await self._call(self.list_tenants)

@@ -10,7 +10,9 @@ What is encrypted, and how it is stored (the inner store needs no change):
 * A token record keeps every public field (key, type, expiry, scopes, grant, metadata, ...)
   readable, so ``list_keys`` works without decrypting. Its secrets (access, refresh and ID
   token, ``TokenRecord.secrets_dict()`` as JSON) are sealed into one envelope, stored in the
-  ``access_token`` slot; ``refresh_token`` and ``id_token`` are stored as ``None``.
+  ``access_token`` slot; ``id_token`` is stored as ``None`` and ``refresh_token`` as ``None``
+  or the constant ``o2bm-enc:sealed`` (so the inner store's refresh index knows which records
+  hold a refresh token; the token itself is in the envelope).
 * A pending authorization keeps ``state`` (the inner store indexes it by its hash; it is
   single-use and worthless without the verifier) and seals ``code_verifier`` and ``nonce``
   into one envelope in the ``code_verifier`` slot.
@@ -41,7 +43,7 @@ from typing import Any, Final, TypeVar
 from .._core.errors import ConfigurationError, CorruptRecord
 from .._core.model import PendingAuthorization, Secret, StoreKey, TenantId, TokenRecord
 from ._commands import CommandStore, Op, adrive, drive
-from .base import TokenStore
+from .base import SEALED_REFRESH_TOKEN, DueRecord, TokenStore
 
 __all__ = ["EncryptedStore", "KeyRing", "ReencryptReport"]
 
@@ -266,7 +268,10 @@ class EncryptedStore(CommandStore):
         """``record`` as it is stored: public fields as they are, secrets in an envelope."""
         plaintext = json.dumps(record.secrets_dict(), separators=(",", ":")).encode()
         envelope = self._ring.seal(plaintext, _token_aad(record.key))
-        return replace(record, access_token=Secret(envelope), refresh_token=None, id_token=None)
+        # The refresh-token slot says only "there is one" (a constant, not a secret), so the
+        # inner store's refresh index sees which records can be refreshed.
+        marker = None if record.refresh_token is None else Secret(SEALED_REFRESH_TOKEN)
+        return replace(record, access_token=Secret(envelope), refresh_token=marker, id_token=None)
 
     def open_record(self, stored: TokenRecord) -> TokenRecord:
         """Inverse of :meth:`seal_record`; :class:`CorruptRecord` if it cannot be opened."""
@@ -275,7 +280,10 @@ class EncryptedStore(CommandStore):
             if self._allow_plaintext:
                 return stored
             raise CorruptRecord("stored token record is not encrypted")
-        if stored.refresh_token is not None or stored.id_token is not None:
+        sealed_refresh = stored.refresh_token
+        if (
+            sealed_refresh is not None and sealed_refresh.get_secret_value() != SEALED_REFRESH_TOKEN
+        ) or stored.id_token is not None:
             raise CorruptRecord("encrypted token record carries plaintext secrets")
         try:
             secrets = json.loads(self._ring.open(envelope, _token_aad(stored.key)))
@@ -352,6 +360,14 @@ class EncryptedStore(CommandStore):
     def _op_list_tenants(self) -> Op[list[TenantId]]:
         tenants: list[TenantId] = yield StoreCall("list_tenants")
         return tenants
+
+    def _op_expiring(self, before: float, limit: int) -> Op[list[DueRecord]]:
+        due: list[DueRecord] = yield StoreCall("expiring", (before,), {"limit": limit})
+        return due
+
+    def _op_idle(self, provider: str, issued_before: float, limit: int) -> Op[list[DueRecord]]:
+        due: list[DueRecord] = yield StoreCall("idle", (provider, issued_before), {"limit": limit})
+        return due
 
     def _op_acquire_lock(self, name: str, owner: str, ttl: float) -> Op[bool]:
         got: bool = yield StoreCall("acquire_lock", (name, owner, ttl))

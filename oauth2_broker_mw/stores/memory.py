@@ -19,7 +19,7 @@ from typing import Final
 
 from .._core.errors import ConfigurationError, CorruptRecord
 from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
-from .base import ThreadedAsyncMixin
+from .base import DueRecord, ThreadedAsyncMixin, check_limit, refresh_index
 
 __all__ = ["MemoryStore"]
 
@@ -33,6 +33,8 @@ class _Row:
     key: StoreKey
     version: int
     data: str
+    expires_at: float | None
+    idle_since: float | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,8 +108,39 @@ class MemoryStore(ThreadedAsyncMixin):
     def _write(self, record: TokenRecord, version: int) -> TokenRecord:
         # Caller holds the mutex.
         stored = record.with_version(version)
-        self._tokens[record.key.id] = _Row(record.key, version, stored.to_json())
+        self._tokens[record.key.id] = _Row(
+            record.key, version, stored.to_json(), *refresh_index(record)
+        )
         return stored
+
+    # -- the refresh index: a scan (an in-process store holds few records) ------------------
+    def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
+        check_limit(limit)
+        with self._mutex:
+            rows = list(self._tokens.values())
+        due = [
+            DueRecord(r.key, r.version, r.expires_at)
+            for r in rows
+            if r.expires_at is not None and r.expires_at < before
+        ]
+        return sorted(due, key=lambda d: (d.at, d.key.id))[:limit]
+
+    def idle(self, provider: str, issued_before: float, *, limit: int = 1000) -> list[DueRecord]:
+        check_limit(limit)
+        with self._mutex:
+            rows = list(self._tokens.values())
+        due = [
+            DueRecord(r.key, r.version, r.idle_since)
+            for r in rows
+            if r.idle_since is not None
+            and r.idle_since < issued_before
+            and r.key.provider == provider
+        ]
+        return sorted(due, key=lambda d: (d.at, d.key.id))[:limit]
+
+    def list_tenants(self) -> list[TenantId]:
+        with self._mutex:
+            return sorted({row.key.tenant for row in self._tokens.values()})
 
     # -- lease locks ------------------------------------------------------------------------
     def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:

@@ -11,7 +11,8 @@ Schema (``S`` is the schema, ``oauth2_broker`` by default)::
 
     S.schema_migrations(version PK, applied_at, description)
     S.tokens(key_id PK, tenant, principal, provider, scope_fingerprint, version, data jsonb,
-             updated_at)                       index (tenant, principal)
+             updated_at, expires_at, idle_since)   index (tenant, principal), partial
+             indexes (expires_at) and (provider, idle_since): the refresh index
     S.locks(name PK, owner, expires_at)        expiry against the database's clock
     S.pending(state_key PK, data jsonb, expires_at)   index (expires_at)
 
@@ -46,6 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
 from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
 from ._commands import CommandStore, Op, PerLoop
+from .base import DueRecord, refresh_index
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -82,6 +84,26 @@ _MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
                 expires_at timestamptz NOT NULL
             )""",
             "CREATE INDEX pending_expires_at ON {s}.pending (expires_at)",
+        ),
+    ),
+    (
+        2,
+        "refresh index: access-token expiry and refresh-token idleness",
+        (
+            "ALTER TABLE {s}.tokens ADD COLUMN expires_at double precision, "
+            "ADD COLUMN idle_since double precision",
+            """UPDATE {s}.tokens SET
+                expires_at = CASE WHEN data->>'revoked_at' IS NULL
+                    AND (data->'secrets'->>'refresh_token' IS NOT NULL
+                         OR data->>'grant' = 'client_credentials')
+                    THEN (data->>'expires_at')::double precision END,
+                idle_since = CASE WHEN data->>'revoked_at' IS NULL
+                    AND data->'secrets'->>'refresh_token' IS NOT NULL
+                    THEN (data->>'issued_at')::double precision END""",
+            "CREATE INDEX tokens_expires_at ON {s}.tokens (expires_at) "
+            "WHERE expires_at IS NOT NULL",
+            "CREATE INDEX tokens_idle_since ON {s}.tokens (provider, idle_since) "
+            "WHERE idle_since IS NOT NULL",
         ),
     ),
 )
@@ -489,16 +511,27 @@ class PostgresStore(CommandStore):
         self, record: TokenRecord, expected_version: int | None, *, unconditional: bool
     ) -> Op[TokenRecord | None]:
         s, key, data = self._s, record.key, record.to_json()
-        columns = (key.id, key.tenant, key.principal, key.provider, key.scope_fingerprint, data)
+        expires_at, idle_since = refresh_index(record)
+        columns = (
+            key.id,
+            key.tenant,
+            key.principal,
+            key.provider,
+            key.scope_fingerprint,
+            data,
+            expires_at,
+            idle_since,
+        )
         insert = (
             f"INSERT INTO {s}.tokens AS t "  # noqa: S608
-            "(key_id, tenant, principal, provider, scope_fingerprint, version, data) "
-            "VALUES (%s, %s, %s, %s, %s, 1, %s::jsonb) "
+            "(key_id, tenant, principal, provider, scope_fingerprint, version, data, "
+            "expires_at, idle_since) VALUES (%s, %s, %s, %s, %s, 1, %s::jsonb, %s, %s) "
         )
         if unconditional:
             rows = yield Sql(
                 insert + "ON CONFLICT (key_id) DO UPDATE SET data = EXCLUDED.data, "
-                "version = t.version + 1, updated_at = now() RETURNING t.version",
+                "version = t.version + 1, updated_at = now(), expires_at = EXCLUDED.expires_at, "
+                "idle_since = EXCLUDED.idle_since RETURNING t.version",
                 columns,
             )
         elif expected_version is None:
@@ -506,8 +539,9 @@ class PostgresStore(CommandStore):
         else:
             rows = yield Sql(
                 f"UPDATE {s}.tokens SET data = %s::jsonb, version = version + 1, "  # noqa: S608
-                "updated_at = now() WHERE key_id = %s AND version = %s RETURNING version",
-                (data, key.id, int(expected_version)),
+                "updated_at = now(), expires_at = %s, idle_since = %s "
+                "WHERE key_id = %s AND version = %s RETURNING version",
+                (data, expires_at, idle_since, key.id, int(expected_version)),
             )
         if not rows:
             return None
@@ -542,6 +576,24 @@ class PostgresStore(CommandStore):
     def _op_list_tenants(self) -> Op[list[TenantId]]:
         rows = yield Sql(f"SELECT DISTINCT tenant FROM {self._s}.tokens ORDER BY tenant")  # noqa: S608
         return [TenantId(row[0]) for row in rows]
+
+    def _op_expiring(self, before: float, limit: int) -> Op[list[DueRecord]]:
+        rows = yield Sql(
+            "SELECT tenant, principal, provider, scope_fingerprint, version, expires_at "  # noqa: S608
+            f"FROM {self._s}.tokens WHERE expires_at IS NOT NULL AND expires_at < %s "
+            "ORDER BY expires_at LIMIT %s",
+            (float(before), limit),
+        )
+        return [DueRecord(StoreKey(*row[:4]), int(row[4]), float(row[5])) for row in rows]
+
+    def _op_idle(self, provider: str, issued_before: float, limit: int) -> Op[list[DueRecord]]:
+        rows = yield Sql(
+            "SELECT tenant, principal, provider, scope_fingerprint, version, idle_since "  # noqa: S608
+            f"FROM {self._s}.tokens WHERE provider = %s AND idle_since IS NOT NULL "
+            "AND idle_since < %s ORDER BY idle_since LIMIT %s",
+            (provider, float(issued_before), limit),
+        )
+        return [DueRecord(StoreKey(*row[:4]), int(row[4]), float(row[5])) for row in rows]
 
     def _op_purge(self) -> Op[None]:
         """Drop long-expired locks and pendings, every ``purge_every``-th write (no cron)."""

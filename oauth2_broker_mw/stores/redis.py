@@ -10,6 +10,8 @@ Key layout (``P`` is the prefix, ``oauth2broker:`` by default)::
     P tok:<StoreKey.id>          hash  version -> int, data -> record JSON
     P tidx:<tenant>              set   JSON store keys of the tenant (for list_keys)
     P pidx:<len>:<tenant>|<principal>   set   the same, per tenant and principal
+    P exp                        zset  StoreKey.id by access-token expiry (refresh index)
+    P idle:<provider>            zset  StoreKey.id by refresh-token issue time (refresh index)
     P lock:<name>                string owner, with a PX expiry (Redis's own clock)
     P pend:<state_key>           string pending authorization JSON, with a PX expiry
 
@@ -39,15 +41,24 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
     raise ImportError("RedisStore needs redis-py: pip install 'oauth2-broker-mw[redis]'") from exc
 
 from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
-from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
+from .._core.model import (
+    PendingAuthorization,
+    PrincipalId,
+    ProviderId,
+    StoreKey,
+    TenantId,
+    TokenRecord,
+)
 from ._commands import CommandStore, Op, PerLoop, adrive, drive, redact_url
+from .base import DueRecord, refresh_index
 
 __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-# KEYS: record, tenant index, principal index.
-# ARGV: mode ("put" | "cas"), expected version ("" = must be absent), data, index member.
+# KEYS: record, tenant index, principal index, expiry zset, provider idle zset.
+# ARGV: mode ("put" | "cas"), expected version ("" = must be absent), data, index member,
+# expiry score ("" = not indexed), idle score ("" = not indexed), StoreKey.id.
 _WRITE: Final = """
 local cur = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == 'cas' then
@@ -61,10 +72,14 @@ local new = (tonumber(cur) or 0) + 1
 redis.call('HSET', KEYS[1], 'version', new, 'data', ARGV[3])
 redis.call('SADD', KEYS[2], ARGV[4])
 redis.call('SADD', KEYS[3], ARGV[4])
+if ARGV[5] == '' then redis.call('ZREM', KEYS[4], ARGV[7])
+else redis.call('ZADD', KEYS[4], ARGV[5], ARGV[7]) end
+if ARGV[6] == '' then redis.call('ZREM', KEYS[5], ARGV[7])
+else redis.call('ZADD', KEYS[5], ARGV[6], ARGV[7]) end
 return new
 """
 
-# KEYS: record, tenant index, principal index. ARGV: expected version ("" = any), member.
+# KEYS: as _WRITE. ARGV: expected version ("" = any), member, StoreKey.id.
 _DELETE: Final = """
 local cur = redis.call('HGET', KEYS[1], 'version')
 if not cur then return 0 end
@@ -72,7 +87,23 @@ if ARGV[1] ~= '' and cur ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1])
 redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[2])
+redis.call('ZREM', KEYS[4], ARGV[3])
+redis.call('ZREM', KEYS[5], ARGV[3])
 return 1
+"""
+
+# KEYS: a refresh-index zset. ARGV: exclusive upper score, limit, record key prefix.
+# Returns id, score, version triples (version "0": the record vanished meanwhile).
+_DUE: Final = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[1],
+                       'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local out = {}
+for i = 1, #ids, 2 do
+  out[#out + 1] = ids[i]
+  out[#out + 1] = ids[i + 1]
+  out[#out + 1] = redis.call('HGET', ARGV[3] .. ids[i], 'version') or '0'
+end
+return out
 """
 
 # KEYS: lock. ARGV: owner, ttl in ms. The owner that holds it may take it again (extends).
@@ -109,6 +140,7 @@ _SCRIPTS: Final = {
     "acquire": _ACQUIRE,
     "renew": _RENEW,
     "release": _RELEASE,
+    "due": _DUE,
 }
 
 
@@ -288,11 +320,19 @@ class RedisStore(CommandStore):
     def _principal_index(self, tenant: str, principal: str) -> str:
         return f"{self._prefix}pidx:{len(tenant)}:{tenant}|{principal}"
 
+    def _expiry_index(self) -> str:
+        return f"{self._prefix}exp"
+
+    def _idle_index(self, provider: str) -> str:
+        return f"{self._prefix}idle:{provider}"
+
     def _index_keys(self, key: StoreKey) -> list[str]:
         return [
             self._record_key(key),
             self._tenant_index(key.tenant),
             self._principal_index(key.tenant, key.principal),
+            self._expiry_index(),
+            self._idle_index(key.provider),
         ]
 
     def _lock_key(self, name: str) -> str:
@@ -320,12 +360,21 @@ class RedisStore(CommandStore):
     ) -> Op[TokenRecord | None]:
         mode = "put" if unconditional else "cas"
         expected = "" if expected_version is None else str(int(expected_version))
+        expires_at, idle_since = refresh_index(record)
         new_version = yield RedisCall(
             "script",
             (
                 "write",
                 self._index_keys(record.key),
-                [mode, expected, record.to_json(), _member(record.key)],
+                [
+                    mode,
+                    expected,
+                    record.to_json(),
+                    _member(record.key),
+                    "" if expires_at is None else repr(float(expires_at)),
+                    "" if idle_since is None else repr(float(idle_since)),
+                    record.key.id,
+                ],
             ),
         )
         if new_version is None:
@@ -335,9 +384,30 @@ class RedisStore(CommandStore):
     def _op_delete(self, key: StoreKey, expected_version: int | None) -> Op[bool]:
         expected = "" if expected_version is None else str(int(expected_version))
         removed = yield RedisCall(
-            "script", ("delete", self._index_keys(key), [expected, _member(key)])
+            "script", ("delete", self._index_keys(key), [expected, _member(key), key.id])
         )
         return bool(removed)
+
+    def _op_due(self, index: str, before: float, limit: int) -> Op[list[DueRecord]]:
+        flat = yield RedisCall(
+            "script", ("due", [index], [repr(float(before)), limit, f"{self._prefix}tok:"])
+        )
+        due: list[DueRecord] = []
+        for i in range(0, len(flat), 3):
+            version = int(_text(flat[i + 2]) or "0")
+            try:
+                key = _key_from_id(_text(flat[i]) or "")
+            except (ValueError, TypeError):
+                continue  # a damaged index entry is skipped; the record itself is untouched
+            if version > 0:
+                due.append(DueRecord(key, version, float(_text(flat[i + 1]) or "nan")))
+        return due
+
+    def _op_expiring(self, before: float, limit: int) -> Op[list[DueRecord]]:
+        return self._op_due(self._expiry_index(), before, limit)
+
+    def _op_idle(self, provider: str, issued_before: float, limit: int) -> Op[list[DueRecord]]:
+        return self._op_due(self._idle_index(provider), issued_before, limit)
 
     def _op_list_keys(self, tenant: TenantId, principal: str | None) -> Op[list[StoreKey]]:
         if principal is None:
@@ -399,6 +469,25 @@ class RedisStore(CommandStore):
         if pending.expires_at <= self._clock():
             return None
         return pending
+
+
+def _key_from_id(key_id: str) -> StoreKey:
+    """Parse :attr:`StoreKey.id` (``len:tenant|len:principal|len:provider|fingerprint``)."""
+    parts: list[str] = []
+    rest = key_id
+    for _ in range(3):
+        length, sep, rest = rest.partition(":")
+        if not sep or not length.isdigit():
+            raise ValueError("not a store key id")
+        n = int(length)
+        if rest[n : n + 1] != "|":
+            raise ValueError("not a store key id")
+        parts.append(rest[:n])
+        rest = rest[n + 1 :]
+    key = StoreKey(TenantId(parts[0]), PrincipalId(parts[1]), ProviderId(parts[2]), rest)
+    if key.id != key_id:
+        raise ValueError("not a store key id")
+    return key
 
 
 def _glob_escape(text: str) -> str:

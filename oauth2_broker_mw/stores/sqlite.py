@@ -38,11 +38,11 @@ from .._core.model import (
     TenantId,
     TokenRecord,
 )
-from .base import ThreadedAsyncMixin
+from .base import DueRecord, ThreadedAsyncMixin, check_limit, refresh_index
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION: Final = 1
+SCHEMA_VERSION: Final = 2
 _POOL_SIZE: Final = 8
 
 # ``DELETE ... RETURNING`` exists since SQLite 3.35.0.
@@ -92,17 +92,40 @@ def _create_v1(conn: sqlite3.Connection) -> None:
         conn.execute(statement)
 
 
+def _add_refresh_index(conn: sqlite3.Connection) -> None:
+    """v2: the refresh index (expiry and refresh-token idleness), backfilled from the data."""
+    conn.execute("ALTER TABLE tokens ADD COLUMN expires_at REAL")
+    conn.execute("ALTER TABLE tokens ADD COLUMN idle_since REAL")
+    rows = conn.execute("SELECT key_id, data FROM tokens").fetchall()
+    for key_id, data in rows:
+        try:
+            values = refresh_index(TokenRecord.from_json(data))
+        except (ValueError, TypeError, KeyError):
+            continue  # a damaged row stays out of the index; get() reports it
+        conn.execute(
+            "UPDATE tokens SET expires_at = ?, idle_since = ? WHERE key_id = ?", (*values, key_id)
+        )
+    conn.execute(
+        "CREATE INDEX tokens_expires_at ON tokens (expires_at) WHERE expires_at IS NOT NULL"
+    )
+    conn.execute(
+        "CREATE INDEX tokens_idle_since ON tokens (provider, idle_since) "
+        "WHERE idle_since IS NOT NULL"
+    )
+
+
 # MIGRATIONS[n] brings a database from user_version n to n + 1, inside the caller's
 # IMMEDIATE transaction. Version 0 is "empty file". Add an entry and bump SCHEMA_VERSION
 # to change the schema; never edit a shipped step.
-MIGRATIONS: Final[dict[int, Migration]] = {0: _create_v1}
+MIGRATIONS: Final[dict[int, Migration]] = {0: _create_v1, 1: _add_refresh_index}
 
 _UPSERT_TOKEN: Final = """
     INSERT INTO tokens (key_id, tenant, principal, provider, scope_fingerprint, version,
-                        data, updated_at)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?)
+                        data, updated_at, expires_at, idle_since)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
     ON CONFLICT (key_id) DO UPDATE SET
-        version = excluded.version, data = excluded.data, updated_at = excluded.updated_at
+        version = excluded.version, data = excluded.data, updated_at = excluded.updated_at,
+        expires_at = excluded.expires_at, idle_since = excluded.idle_since
 """
 
 _ACQUIRE_LOCK: Final = """
@@ -347,9 +370,44 @@ class SQLiteStore(ThreadedAsyncMixin):
                 version,
                 stored.to_json(),
                 self._clock(),
+                *refresh_index(record),
             ),
         )
         return stored
+
+    # -- the refresh index (partial indexes on expires_at and (provider, idle_since)) -------
+    def _due(self, query: str, params: tuple[object, ...]) -> list[DueRecord]:
+        with self._connection() as conn:
+            rows = conn.execute(query, params).fetchall()
+        due: list[DueRecord] = []
+        for t, p, prov, fp, version, at in rows:
+            try:
+                key = StoreKey(TenantId(t), PrincipalId(p), ProviderId(prov), fp)
+            except (ValueError, TypeError):
+                continue  # a damaged index row: get() on it reports CorruptRecord
+            due.append(DueRecord(key, int(version), float(at)))
+        return due
+
+    def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
+        return self._due(
+            "SELECT tenant, principal, provider, scope_fingerprint, version, expires_at "
+            "FROM tokens WHERE expires_at IS NOT NULL AND expires_at < ? "
+            "ORDER BY expires_at LIMIT ?",
+            (float(before), check_limit(limit)),
+        )
+
+    def idle(self, provider: str, issued_before: float, *, limit: int = 1000) -> list[DueRecord]:
+        return self._due(
+            "SELECT tenant, principal, provider, scope_fingerprint, version, idle_since "
+            "FROM tokens WHERE provider = ? AND idle_since IS NOT NULL AND idle_since < ? "
+            "ORDER BY idle_since LIMIT ?",
+            (str(ProviderId(provider)), float(issued_before), check_limit(limit)),
+        )
+
+    def list_tenants(self) -> list[TenantId]:
+        with self._connection() as conn:
+            rows = conn.execute("SELECT DISTINCT tenant FROM tokens ORDER BY tenant").fetchall()
+        return [TenantId(row[0]) for row in rows]
 
     # -- lease locks ------------------------------------------------------------------------
     def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:

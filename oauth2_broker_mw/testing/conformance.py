@@ -47,7 +47,7 @@ from .._core.model import (
     TenantId,
     TokenRecord,
 )
-from ..stores.base import TokenStore
+from ..stores.base import DueRecord, RefreshIndex, TokenStore
 
 __all__ = ["StoreConformance", "StoreRunner", "make_pending", "make_record"]
 
@@ -145,6 +145,24 @@ class StoreRunner:
 
     def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
         return self._do(self.store.list_keys, self.store.alist_keys, tenant, principal)
+
+    def _index(self) -> RefreshIndex:
+        store = self.store
+        if not isinstance(store, RefreshIndex):
+            pytest.skip(f"{type(store).__name__} has no refresh index (RefreshIndex)")
+        return store
+
+    def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
+        index = self._index()
+        return self._do(index.expiring, index.aexpiring, before, limit=limit)
+
+    def idle(self, provider: str, issued_before: float, *, limit: int = 1000) -> list[DueRecord]:
+        index = self._index()
+        return self._do(index.idle, index.aidle, provider, issued_before, limit=limit)
+
+    def list_tenants(self) -> list[TenantId]:
+        index = self._index()
+        return self._do(index.list_tenants, index.alist_tenants)
 
     def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
         return self._do(self.store.acquire_lock, self.store.aacquire_lock, name, owner, ttl)
@@ -547,6 +565,78 @@ class StoreConformance:
             loaded = api.get(key)
             assert loaded is not None
             assert loaded.access_token == Secret(f"at-{i}")
+
+    # -- the refresh index ------------------------------------------------------------------
+    def test_expiring_lists_renewable_records_soonest_first(self, api: StoreRunner) -> None:
+        t0 = 1_700_000_000.0
+        soon, later, cc = _key("t1", "a"), _key("t1", "b"), _key("t2", "svc")
+        no_refresh, revoked, unknown = _key("t1", "c"), _key("t1", "d"), _key("t1", "e")
+        api.put(make_record(later, refresh_token=Secret("rt-b"), expires_at=t0 + 200))
+        api.put(make_record(soon, refresh_token=Secret("rt-a"), expires_at=t0 + 100))
+        api.put(make_record(cc, grant="client_credentials", expires_at=t0 + 150))
+        api.put(make_record(no_refresh, expires_at=t0 + 10))  # nothing can renew it
+        api.put(make_record(revoked, refresh_token=Secret("rt-d"), expires_at=t0, revoked_at=t0))
+        api.put(make_record(unknown, refresh_token=Secret("rt-e")))  # expiry unknown
+        api.put(make_record(soon, refresh_token=Secret("rt-a2"), expires_at=t0 + 50))  # v2
+        due = api.expiring(t0 + 1000)
+        assert [(d.key, d.version, d.at) for d in due] == [
+            (soon, 2, t0 + 50),
+            (cc, 1, t0 + 150),
+            (later, 1, t0 + 200),
+        ]
+        assert [d.key for d in api.expiring(t0 + 200)] == [soon, cc]  # before T, exclusive
+        assert [d.key for d in api.expiring(t0 + 1000, limit=1)] == [soon]
+        assert api.expiring(t0) == []
+        assert "rt-" not in repr(due)
+
+    def test_expiring_follows_rotation_revocation_and_delete(self, api: StoreRunner) -> None:
+        t0 = 1_700_000_000.0
+        key = _key("t1", "a")
+        first = api.put(make_record(key, refresh_token=Secret("rt-1"), expires_at=t0 + 10))
+        assert [d.key for d in api.expiring(t0 + 100)] == [key]
+        rotated = make_record(key, refresh_token=Secret("rt-2"), expires_at=t0 + 3600)
+        assert api.compare_and_swap(rotated, expected_version=first.version) is not None
+        assert api.expiring(t0 + 100) == []
+        assert [d.version for d in api.expiring(t0 + 7200)] == [2]
+        tombstone = make_record(key, expires_at=t0 + 3600, revoked_at=t0)
+        api.put(tombstone)
+        assert api.expiring(t0 + 7200) == []
+        assert api.idle("example", t0 + 7200) == []
+        api.put(rotated)
+        assert api.delete(key)
+        assert api.expiring(t0 + 7200) == []
+        assert api.idle("example", t0 + 7200) == []
+
+    def test_idle_lists_refresh_tokens_by_provider_oldest_first(self, api: StoreRunner) -> None:
+        t0 = 1_700_000_000.0
+        old, new = _key("t1", "old"), _key("t1", "new")
+        other = StoreKey.build("t1", "old", "other-provider", "read")
+        bare = _key("t1", "bare")
+        api.put(make_record(new, refresh_token=Secret("rt"), issued_at=t0 + 500))
+        api.put(make_record(old, refresh_token=Secret("rt"), issued_at=t0))
+        api.put(make_record(other, refresh_token=Secret("rt"), issued_at=t0))
+        api.put(make_record(bare, issued_at=t0))  # no refresh token: nothing to keep alive
+        assert [(d.key, d.at) for d in api.idle("example", t0 + 1000)] == [
+            (old, t0),
+            (new, t0 + 500),
+        ]
+        assert [d.key for d in api.idle("example", t0 + 500)] == [old]
+        assert [d.key for d in api.idle("other-provider", t0 + 1000)] == [other]
+        assert api.idle("nobody", t0 + 1000) == []
+        assert [d.key for d in api.idle("example", t0 + 1000, limit=1)] == [old]
+
+    def test_refresh_index_keeps_odd_identifiers_apart(self, api: StoreRunner) -> None:
+        keys = [_key("a", "b:c"), _key("a:b", "c"), _key("1:a", "b|2:x"), _key("é|", "ü")]
+        for i, key in enumerate(keys):
+            api.put(make_record(key, refresh_token=Secret("rt"), expires_at=1_700_000_000.0 + i))
+        assert [d.key for d in api.expiring(1_800_000_000.0)] == keys
+        assert sorted(api.list_tenants()) == sorted({k.tenant for k in keys})
+
+    def test_list_tenants(self, api: StoreRunner) -> None:
+        assert api.list_tenants() == []
+        for key in (_key("t2", "a"), _key("t1", "a"), _key("t1", "b")):
+            api.put(make_record(key))
+        assert sorted(api.list_tenants()) == ["t1", "t2"]
 
     # -- lease locks ------------------------------------------------------------------------
     def test_lock_is_exclusive_and_owned(self, api: StoreRunner) -> None:

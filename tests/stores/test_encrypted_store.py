@@ -21,6 +21,7 @@ from _services import (
 from oauth2_broker_mw._core.errors import CorruptRecord
 from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId, TokenRecord
 from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
+from oauth2_broker_mw.stores.base import SEALED_REFRESH_TOKEN
 from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
 
@@ -117,7 +118,8 @@ def test_inner_store_sees_only_ciphertext_and_public_fields() -> None:
     store.put(_full_record(key))
     raw = inner.get(key)
     assert raw is not None
-    assert raw.refresh_token is None
+    # only the constant "a refresh token is sealed here", for the inner refresh index
+    assert raw.refresh_token == Secret(SEALED_REFRESH_TOKEN)
     assert raw.id_token is None
     envelope = raw.access_token.get_secret_value()
     assert envelope.startswith("o2bm-enc:1:k1:")
@@ -261,12 +263,24 @@ def test_reencrypt_all_reports_unreadable_and_migrates_plaintext() -> None:
     assert loaded.access_token == Secret("at-legacy")
 
 
-def test_reencrypt_all_needs_tenants_when_the_inner_store_cannot_list_them() -> None:
-    store = EncryptedStore(MemoryStore(), _ring())
-    if hasattr(MemoryStore, "list_tenants"):
-        pytest.skip("MemoryStore lists tenants")
-    with pytest.raises(ValueError, match="tenants"):
-        store.reencrypt_all()
+def test_reencrypt_all_lists_the_tenants_of_an_in_memory_store_itself() -> None:
+    inner = MemoryStore()
+    EncryptedStore(inner, {"k1": KEY_1}, "k1").put(make_record(_key(), "at-a"))
+    report = EncryptedStore(inner, _ring(current="k2")).reencrypt_all()
+    assert report.reencrypted == 1
+
+
+def test_encrypted_records_stay_in_the_inner_refresh_index() -> None:
+    inner = MemoryStore()
+    store = EncryptedStore(inner, _ring())
+    store.put(_full_record(_key()))
+    plain_rt = replace(_full_record(_key(principal="bob")), refresh_token=None)
+    store.put(plain_rt)
+    due = store.idle("example", 2_000_000_000.0)
+    assert [d.key for d in due] == [_key()]
+    loaded = store.get(_key())
+    assert loaded is not None and loaded.refresh_token == Secret(RT)
+    assert store.get(_key(principal="bob")).refresh_token is None  # type: ignore[union-attr]
 
 
 async def test_async_rotation_twin() -> None:

@@ -98,7 +98,7 @@ def test_schema_is_created_and_versioned(dsn: str, schema: str) -> None:
     try:
         assert store.schema_version() == SCHEMA_VERSION
         rows = _sql(f'SELECT version, description FROM "{schema}".schema_migrations')
-        assert [r[0] for r in rows] == [SCHEMA_VERSION]
+        assert [r[0] for r in rows] == list(range(1, SCHEMA_VERSION + 1))
         tables = {
             r[0]
             for r in _sql(
@@ -130,7 +130,7 @@ def test_concurrent_first_start_migrates_once(dsn: str, schema: str) -> None:
     for store in stores:
         store.close()
     assert errors == []
-    assert _sql(f'SELECT count(*) FROM "{schema}".schema_migrations') == [(1,)]
+    assert _sql(f'SELECT count(*) FROM "{schema}".schema_migrations') == [(SCHEMA_VERSION,)]
     assert _sql(f'SELECT count(*) FROM "{schema}".tokens') == [(8,)]
 
 
@@ -414,3 +414,24 @@ def test_missing_psycopg_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delitem(sys.modules, "oauth2_broker_mw.stores.postgres")
     with pytest.raises(ImportError, match=r"pip install 'oauth2-broker-mw\[postgres\]'"):
         importlib.import_module("oauth2_broker_mw.stores.postgres")
+
+
+def test_a_version_1_schema_gets_the_refresh_index_backfilled(dsn: str, schema: str) -> None:
+    store = PostgresStore(dsn, schema=schema)
+    store.put(make_record(_key(principal="due"), refresh_token=Secret("rt"), expires_at=100.0))
+    store.put(make_record(_key(principal="cc"), grant="client_credentials", expires_at=70.0))
+    store.put(make_record(_key(principal="plain"), expires_at=50.0))
+    store.close()
+    s = f'"{schema}"'
+    _sql(f"ALTER TABLE {s}.tokens DROP COLUMN expires_at, DROP COLUMN idle_since")
+    _sql(f"DELETE FROM {s}.schema_migrations WHERE version > 1")
+    upgraded = PostgresStore(dsn, schema=schema)
+    try:
+        assert [(d.key.principal, d.at) for d in upgraded.expiring(1000.0)] == [
+            ("cc", 70.0),
+            ("due", 100.0),
+        ]
+        assert [d.key.principal for d in upgraded.idle("example", 2e9)] == ["due"]
+        assert upgraded.schema_version() == SCHEMA_VERSION
+    finally:
+        upgraded.close()

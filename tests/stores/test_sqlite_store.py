@@ -217,8 +217,9 @@ def test_migration_hook_upgrades_an_old_file(
     def add_column(conn: sqlite3.Connection) -> None:
         conn.execute("ALTER TABLE tokens ADD COLUMN note TEXT")
 
-    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", 2)
-    monkeypatch.setitem(sqlite_module.MIGRATIONS, 1, add_column)
+    nxt = sqlite_module.SCHEMA_VERSION + 1
+    monkeypatch.setattr(sqlite_module, "SCHEMA_VERSION", nxt)
+    monkeypatch.setitem(sqlite_module.MIGRATIONS, nxt - 1, add_column)
     new = SQLiteStore(db_path)
     try:
         assert new.get(key_for()) == stored
@@ -226,7 +227,7 @@ def test_migration_hook_upgrades_an_old_file(
         new.close()
     conn = raw(db_path)
     try:
-        assert conn.execute("PRAGMA user_version").fetchone()[0] == 2
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == nxt
         columns = {r[1] for r in conn.execute("PRAGMA table_info(tokens)")}
         assert "note" in columns
     finally:
@@ -539,3 +540,35 @@ def test_many_threads_opening_a_fresh_file_at_once(tmp_path: Path) -> None:
             thread.join()
         store.close()
         assert errors == []
+
+
+def test_a_version_1_file_gets_the_refresh_index_backfilled(db_path: Path) -> None:
+    store = SQLiteStore(db_path)
+    due = make_record(key_for("due"), ACCESS, refresh_token=Secret("rt"), expires_at=100.0)
+    store.put(due)
+    store.put(make_record(key_for("plain"), ACCESS, expires_at=50.0))  # not renewable
+    store.close()
+    conn = raw(db_path)  # make it a release-1 file again: no index columns
+    with conn:
+        conn.execute("DROP INDEX tokens_expires_at")
+        conn.execute("DROP INDEX tokens_idle_since")
+        conn.execute("ALTER TABLE tokens DROP COLUMN expires_at")
+        conn.execute("ALTER TABLE tokens DROP COLUMN idle_since")
+        conn.execute("PRAGMA user_version = 1")
+    conn.close()
+    upgraded = SQLiteStore(db_path)
+    try:
+        assert [(d.key, d.at) for d in upgraded.expiring(1000.0)] == [(key_for("due"), 100.0)]
+        assert [d.key for d in upgraded.idle("example", 2e9)] == [key_for("due")]
+    finally:
+        upgraded.close()
+    conn = raw(db_path)
+    try:
+        assert conn.execute("PRAGMA user_version").fetchone()[0] == sqlite_module.SCHEMA_VERSION
+        plan = conn.execute(
+            "EXPLAIN QUERY PLAN SELECT key_id FROM tokens WHERE expires_at IS NOT NULL "
+            "AND expires_at < 5 ORDER BY expires_at LIMIT 10"
+        ).fetchall()
+        assert "tokens_expires_at" in str(plan)  # an index range scan, not a table scan
+    finally:
+        conn.close()
