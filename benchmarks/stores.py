@@ -41,7 +41,7 @@ from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TokenRecord
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
-from oauth2_broker_mw.stores.base import TokenStore
+from oauth2_broker_mw.stores.base import TokenStore, refresh_index
 
 REDIS_URL = os.environ.get("OAUTH2_BROKER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get(
@@ -105,7 +105,8 @@ def sqlite_bench(tmp: Path) -> Bench:
         with conn:
             conn.executemany(
                 "INSERT INTO tokens (key_id, tenant, principal, provider, scope_fingerprint, "
-                "version, data, updated_at) VALUES (?, ?, ?, ?, ?, 1, ?, ?)",
+                "version, data, updated_at, expires_at, idle_since) "
+                "VALUES (?, ?, ?, ?, ?, 1, ?, ?, ?, ?)",
                 [
                     (
                         r.key.id,
@@ -115,6 +116,7 @@ def sqlite_bench(tmp: Path) -> Bench:
                         r.key.scope_fingerprint,
                         r.to_json(),
                         now,
+                        *refresh_index(r),
                     )
                     for r in records
                 ],
@@ -128,7 +130,6 @@ def redis_bench(encrypted: bool = False) -> Bench | None:
         import redis
 
         from oauth2_broker_mw.stores.redis import RedisStore
-        from oauth2_broker_mw.stores.redis import _member as inner_member
 
         client = redis.Redis.from_url(REDIS_URL, socket_connect_timeout=2)
         client.ping()
@@ -144,9 +145,8 @@ def redis_bench(encrypted: bool = False) -> Bench | None:
         for start in range(0, len(records), 5000):
             pipe = client.pipeline(transaction=False)
             for record in records[start : start + 5000]:
-                keys = inner._index_keys(record.key)
-                member = inner_member(record.key)
-                script(keys=keys, args=["put", "", record.to_json(), member], client=pipe)
+                keys, args = inner._write_script_args(record, "put", "")
+                script(keys=keys, args=args, client=pipe)
             pipe.execute()
 
     def cleanup() -> None:
@@ -185,7 +185,7 @@ def postgres_bench() -> Bench | None:
         with pool.connection() as conn, conn.cursor() as cur:
             copy_sql = (
                 f'COPY "{schema}".tokens (key_id, tenant, principal, provider, '
-                "scope_fingerprint, version, data) FROM STDIN"
+                "scope_fingerprint, version, data, expires_at, idle_since) FROM STDIN"
             )
             with cur.copy(copy_sql) as copy:
                 for r in records:
@@ -198,6 +198,7 @@ def postgres_bench() -> Bench | None:
                             r.key.scope_fingerprint,
                             1,
                             r.to_json(),
+                            *refresh_index(r),
                         )
                     )
             cur.execute(f'ANALYZE "{schema}".tokens')

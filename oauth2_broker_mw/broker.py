@@ -286,12 +286,26 @@ class Broker:
 
     # -- leases -------------------------------------------------------------------------------
     def _flight(
-        self, key: StoreKey, scopes: ScopesArg, force: bool, stale: Secret | None
+        self,
+        key: StoreKey,
+        scopes: ScopesArg,
+        force: bool,
+        stale: Secret | None,
+        if_version: int | None = None,
     ) -> tuple[str, Callable[[], Any]]:
         """The singleflight key and the flow that obtains a token for ``key``."""
-        return self._flight_key(key, force, stale), functools.partial(
-            obtain_flow, self._config, key, self._scopes(scopes), force=force, stale=stale
+        flow = functools.partial(
+            obtain_flow,
+            self._config,
+            key,
+            self._scopes(scopes),
+            force=force,
+            stale=stale,
+            if_version=if_version,
         )
+        if if_version is not None:
+            return f"{key.id}#v{if_version}", flow
+        return self._flight_key(key, force, stale), flow
 
     def _flight_key(self, key: StoreKey, force: bool, stale: Secret | None) -> str:
         if stale is not None:
@@ -312,10 +326,15 @@ class Broker:
         return error
 
     def _obtain(
-        self, key: StoreKey, scopes: ScopesArg, force: bool, stale: Secret | None
+        self,
+        key: StoreKey,
+        scopes: ScopesArg,
+        force: bool,
+        stale: Secret | None,
+        if_version: int | None = None,
     ) -> tuple[TokenRecord, Lease]:
         """Run the obtain flow once for all concurrent callers of this key (sync)."""
-        flight, flow = self._flight(key, scopes, force, stale)
+        flight, flow = self._flight(key, scopes, force, stale, if_version)
 
         def work() -> tuple[TokenRecord, Lease]:
             with self._telemetry.operation("lease", self._provider.id):
@@ -328,10 +347,15 @@ class Broker:
             raise self._auth_required(key, exc) from exc
 
     async def _aobtain(
-        self, key: StoreKey, scopes: ScopesArg, force: bool, stale: Secret | None
+        self,
+        key: StoreKey,
+        scopes: ScopesArg,
+        force: bool,
+        stale: Secret | None,
+        if_version: int | None = None,
     ) -> tuple[TokenRecord, Lease]:
         """Async :meth:`_obtain`."""
-        flight, flow = self._flight(key, scopes, force, stale)
+        flight, flow = self._flight(key, scopes, force, stale, if_version)
 
         async def work() -> tuple[TokenRecord, Lease]:
             with self._telemetry.operation("lease", self._provider.id):
@@ -422,6 +446,20 @@ class Broker:
         """Async :meth:`refresh`."""
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         return (await self._aobtain(key, scopes, True, None))[0]
+
+    def refresh_key(self, key: StoreKey, *, if_version: int | None = None) -> TokenRecord:
+        """Refresh ``key`` once and return the stored record.
+
+        With ``if_version``, only while the stored record is still at that version: when
+        another process (another refresher) already renewed it, its record is returned and no
+        token request is made. This is how proactive refreshers on several hosts avoid
+        refreshing one grant twice.
+        """
+        return self._obtain(key, None, True, None, if_version)[0]
+
+    async def arefresh_key(self, key: StoreKey, *, if_version: int | None = None) -> TokenRecord:
+        """Async :meth:`refresh_key`."""
+        return (await self._aobtain(key, None, True, None, if_version))[0]
 
     # -- authorization code -------------------------------------------------------------------
     def _start_flow(

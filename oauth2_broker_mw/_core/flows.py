@@ -190,6 +190,7 @@ def obtain_flow(
     *,
     force: bool = False,
     stale: Secret | None = None,
+    if_version: int | None = None,
 ) -> FlowGen:
     """Return a usable :class:`TokenRecord` for ``key``.
 
@@ -197,11 +198,15 @@ def obtain_flow(
     credentials when the provider and client allow it; else :class:`AuthorizationRequired`.
     ``force``: the stored token is not good enough (refresh it once). ``stale``: the token a
     resource server rejected; any other token already stored is accepted without a provider
-    call (another caller replaced it).
+    call (another caller replaced it). ``if_version``: refresh once, but only while the stored
+    record is still at that version (a proactive refresher's fence: a record another refresher
+    already renewed is returned as it is).
     """
     now: float = yield Now()
     record = yield from _read(key)
     seen_version = None if record is None else record.version
+    if if_version is not None:
+        force, seen_version = True, if_version
 
     def acceptable(candidate: TokenRecord | None, at: float) -> bool:
         if candidate is None or not cfg.policy.is_usable(candidate, at):

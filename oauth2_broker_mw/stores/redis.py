@@ -360,26 +360,27 @@ class RedisStore(CommandStore):
     ) -> Op[TokenRecord | None]:
         mode = "put" if unconditional else "cas"
         expected = "" if expected_version is None else str(int(expected_version))
-        expires_at, idle_since = refresh_index(record)
         new_version = yield RedisCall(
-            "script",
-            (
-                "write",
-                self._index_keys(record.key),
-                [
-                    mode,
-                    expected,
-                    record.to_json(),
-                    _member(record.key),
-                    "" if expires_at is None else repr(float(expires_at)),
-                    "" if idle_since is None else repr(float(idle_since)),
-                    record.key.id,
-                ],
-            ),
+            "script", ("write", *self._write_script_args(record, mode, expected))
         )
         if new_version is None:
             return None
         return record.with_version(int(new_version))
+
+    def _write_script_args(
+        self, record: TokenRecord, mode: str, expected: str
+    ) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of the write script (also used by bulk loaders in benchmarks)."""
+        expires_at, idle_since = refresh_index(record)
+        return self._index_keys(record.key), [
+            mode,
+            expected,
+            record.to_json(),
+            _member(record.key),
+            "" if expires_at is None else repr(float(expires_at)),
+            "" if idle_since is None else repr(float(idle_since)),
+            record.key.id,
+        ]
 
     def _op_delete(self, key: StoreKey, expected_version: int | None) -> Op[bool]:
         expected = "" if expected_version is None else str(int(expected_version))

@@ -1,0 +1,227 @@
+"""``Refresher``: renew tokens before they expire, and refresh tokens before they go idle.
+
+Owns: the proactive refresh sweep. A sweep asks the store's refresh index for the records
+whose access token expires within ``window`` seconds (``expiring``) and, for providers whose
+descriptor has a ``refresh_idle_limit``, the records whose refresh token has not been used for
+``refresh_idle_limit - idle_margin`` seconds (``idle``). It refreshes each one through its
+provider's :class:`~oauth2_broker_mw.broker.Broker` with bounded concurrency, with the
+version the index reported as a fence (:meth:`Broker.arefresh_key`): the broker's lease lock
+and compare-and-swap make sure that any number of refreshers, on any number of hosts, send a
+given refresh token to the provider once.
+
+Run it as an asyncio task (:meth:`Refresher.run`), in a thread (:meth:`Refresher.start`), one
+sweep at a time (:meth:`Refresher.sweep` / :meth:`Refresher.asweep`), or as a process
+(``oauth2-broker refresher``). One implementation: the sync entry points run the async one on
+a private event loop.
+
+Must not import: store drivers, httpx/httpx2, auth, middleware.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+
+from ._core.errors import (
+    AuthorizationRequired,
+    BrokerError,
+    ConfigurationError,
+)
+from .broker import Broker
+from .stores.base import DueRecord, RefreshIndex
+
+__all__ = ["Refresher", "SweepReport"]
+
+log = logging.getLogger("oauth2_broker_mw.refresher")
+
+
+@dataclass(frozen=True, slots=True)
+class SweepReport:
+    """What one sweep did. ``refreshed`` counts records that are now at a newer version (by
+    this refresher or, for a few, by another one that got there first)."""
+
+    due: int = 0
+    refreshed: int = 0
+    reauthorization_required: int = 0
+    failed: int = 0
+    unknown_provider: int = 0
+    errors: Mapping[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "due": self.due,
+            "refreshed": self.refreshed,
+            "reauthorization_required": self.reauthorization_required,
+            "failed": self.failed,
+            "unknown_provider": self.unknown_provider,
+            "errors": dict(self.errors),
+        }
+
+
+class Refresher:
+    """Proactive refresh over one store, for the providers of the given brokers.
+
+    ``brokers``: one :class:`Broker` per provider (they must share ``store``, which defaults to
+    the first broker's store and must implement the refresh index). ``window``: refresh access
+    tokens expiring within this many seconds. ``idle_margin``: refresh refresh tokens this long
+    before their provider's ``refresh_idle_limit``. ``concurrency``: at most this many token
+    requests at once per refresher. ``batch``: records per index query (a sweep that finds a
+    full batch runs again at once). ``interval``: seconds between sweeps in :meth:`run`.
+    """
+
+    def __init__(
+        self,
+        brokers: Iterable[Broker],
+        *,
+        store: RefreshIndex | None = None,
+        window: float = 300.0,
+        idle_margin: float = 7 * 86_400.0,
+        concurrency: int = 8,
+        batch: int = 1000,
+        interval: float = 30.0,
+        clock: Callable[[], float] = time.time,
+        on_sweep: Callable[[SweepReport], None] | None = None,
+    ) -> None:
+        by_provider: dict[str, Broker] = {}
+        for broker in brokers:
+            pid = broker.provider.id
+            if pid in by_provider:
+                raise ConfigurationError(f"two brokers for provider {pid!r}; pass one each")
+            by_provider[pid] = broker
+        if not by_provider:
+            raise ConfigurationError("Refresher needs at least one Broker")
+        chosen = store if store is not None else next(iter(by_provider.values())).store
+        if not isinstance(chosen, RefreshIndex):
+            raise ConfigurationError(
+                f"{type(chosen).__name__} has no refresh index (expiring/idle): "
+                "use a built-in store or implement stores.base.RefreshIndex"
+            )
+        for name, value in (("window", window), ("idle_margin", idle_margin)):
+            if not value >= 0:
+                raise ConfigurationError(f"{name} must be >= 0 seconds; got {value!r}")
+        if not interval > 0:
+            raise ConfigurationError(f"interval must be > 0 seconds; got {interval!r}")
+        for name, count in (("concurrency", concurrency), ("batch", batch)):
+            if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+                raise ConfigurationError(f"{name} must be a positive integer; got {count!r}")
+        self._brokers = by_provider
+        self._store = chosen
+        self._window = float(window)
+        self._idle_margin = float(idle_margin)
+        self._concurrency = concurrency
+        self._batch = batch
+        self._interval = float(interval)
+        self._clock = clock
+        self._on_sweep = on_sweep
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Refresher(providers={sorted(self._brokers)!r}, window={self._window:g}, "
+            f"concurrency={self._concurrency})"
+        )
+
+    # -- one sweep -----------------------------------------------------------------------------
+    async def _due(self, now: float) -> list[DueRecord]:
+        found: dict[str, DueRecord] = {}
+        for due in await self._store.aexpiring(now + self._window, limit=self._batch):
+            found[due.key.id] = due
+        for pid, broker in self._brokers.items():
+            limit = broker.provider.refresh_idle_limit
+            if limit is None:
+                continue
+            cutoff = now - max(limit - self._idle_margin, 0.0)
+            for due in await self._store.aidle(pid, cutoff, limit=self._batch):
+                found.setdefault(due.key.id, due)
+        return sorted(found.values(), key=lambda d: d.at)
+
+    async def asweep(self) -> SweepReport:
+        """Find what is due now and refresh it; returns what happened."""
+        due = await self._due(self._clock())
+        outcomes: Counter[str] = Counter()
+        errors: Counter[str] = Counter()
+        gate = asyncio.Semaphore(self._concurrency)
+
+        async def one(item: DueRecord) -> None:
+            broker = self._brokers.get(item.key.provider)
+            if broker is None:
+                outcomes["unknown_provider"] += 1
+                return
+            async with gate:
+                try:
+                    await broker.arefresh_key(item.key, if_version=item.version)
+                except AuthorizationRequired:
+                    outcomes["reauthorization_required"] += 1
+                except BrokerError as exc:
+                    outcomes["failed"] += 1
+                    errors[type(exc).__name__] += 1
+                    log.warning(
+                        "proactive refresh failed for provider=%s tenant=%s: %s",
+                        item.key.provider,
+                        item.key.tenant,
+                        type(exc).__name__,
+                    )
+                else:
+                    outcomes["refreshed"] += 1
+
+        await asyncio.gather(*(one(item) for item in due))
+        report = SweepReport(
+            due=len(due),
+            refreshed=outcomes["refreshed"],
+            reauthorization_required=outcomes["reauthorization_required"],
+            failed=outcomes["failed"],
+            unknown_provider=outcomes["unknown_provider"],
+            errors=dict(errors),
+        )
+        if self._on_sweep is not None:
+            self._on_sweep(report)
+        return report
+
+    def sweep(self) -> SweepReport:
+        """:meth:`asweep` from sync code (on a private event loop)."""
+        return asyncio.run(self.asweep())
+
+    # -- running -------------------------------------------------------------------------------
+    async def run(self, *, sweeps: int | None = None) -> None:
+        """Sweep every ``interval`` seconds (at once again after a full batch) until stopped.
+
+        Stop it by cancelling the task, calling :meth:`stop`, or with ``sweeps``.
+        """
+        done = 0
+        while not self._stop.is_set() and (sweeps is None or done < sweeps):
+            try:
+                report = await self.asweep()
+            except BrokerError as exc:  # the store is down: try again next interval
+                log.warning("refresher sweep failed: %s", type(exc).__name__)
+                report = SweepReport()
+            done += 1
+            if report.due >= self._batch and report.refreshed:
+                continue
+            # stop() may come from another thread (a threading.Event): poll it while waiting
+            deadline = time.monotonic() + self._interval
+            while not self._stop.is_set() and time.monotonic() < deadline:  # noqa: ASYNC110
+                await asyncio.sleep(min(0.2, self._interval))
+
+    def start(self) -> threading.Thread:
+        """Run :meth:`run` in a daemon thread with its own event loop; :meth:`stop` ends it."""
+        if self._thread is not None and self._thread.is_alive():
+            raise ConfigurationError("this Refresher is already running")
+        self._stop.clear()
+        self._thread = threading.Thread(
+            target=lambda: asyncio.run(self.run()), name="oauth2-broker-refresher", daemon=True
+        )
+        self._thread.start()
+        return self._thread
+
+    def stop(self, timeout: float | None = 10.0) -> None:
+        """Ask :meth:`run` to finish after the current sweep; joins the :meth:`start` thread."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
