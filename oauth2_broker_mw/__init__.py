@@ -24,12 +24,14 @@ if TYPE_CHECKING:
         InvalidScopeError,
         MalformedResponse,
         ProviderError,
+        ProviderNotEnabled,
         RefreshTimeout,
         StorageError,
         StoreUnavailable,
         TransientProviderError,
         TransportError,
         UnauthorizedClient,
+        UnknownTenant,
         UnsupportedTokenType,
     )
     from ._core.flows import AuthorizationRequest
@@ -56,6 +58,7 @@ if TYPE_CHECKING:
     from .auth import BrokerAuth, InsufficientScopeEvent
     from .broker import Broker
     from .discovery import adiscover, discover
+    from .registry import Registration, Registry
     from .stores import MemoryStore, SQLiteStore, TokenStore
 
 _LAZY: dict[str, str] = {
@@ -85,6 +88,10 @@ _LAZY: dict[str, str] = {
     "PrincipalId": "._core.model",
     "ProviderDescriptor": "._core.provider",
     "ProviderError": "._core.errors",
+    "ProviderNotEnabled": "._core.errors",
+    "Registration": ".registry",
+    "Registry": ".registry",
+    "UnknownTenant": "._core.errors",
     "ProviderId": "._core.model",
     "RefreshTimeout": "._core.errors",
     "SQLiteStore": ".stores",
@@ -135,7 +142,10 @@ __all__ = [
     "ProviderDescriptor",
     "ProviderError",
     "ProviderId",
+    "ProviderNotEnabled",
     "RefreshTimeout",
+    "Registration",
+    "Registry",
     "SQLiteStore",
     "ScopeSet",
     "Secret",
@@ -149,6 +159,7 @@ __all__ = [
     "TransientProviderError",
     "TransportError",
     "UnauthorizedClient",
+    "UnknownTenant",
     "UnsupportedTokenType",
     "__version__",
     "adiscover",

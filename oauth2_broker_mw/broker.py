@@ -75,6 +75,67 @@ class _Cached:
     refresh_at: float
 
 
+class SharedResources:
+    """What brokers may share: the HTTP clients they own (one sync, one per event loop)
+    and the in-process singleflight. One broker makes its own; a
+    :class:`~oauth2_broker_mw.Registry` makes one for all its brokers (one connection pool).
+    """
+
+    def __init__(
+        self,
+        *,
+        timeout: float = 10.0,
+        http_client: SyncClient | None = None,
+        async_http_client: AsyncClient | None = None,
+        flight_wait: float = 60.0,
+    ) -> None:
+        self._timeout = timeout
+        self._user_client = http_client
+        self._user_async_client = async_http_client
+        self._owned_client: httpx2.Client | None = None
+        self._owned_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient]
+        self._owned_async = weakref.WeakKeyDictionary()
+        self._client_lock = threading.Lock()
+        self.flights: SingleFlight[tuple[TokenRecord, Lease]] = SingleFlight(
+            wait_timeout=flight_wait
+        )
+
+    def sync_client(self) -> Any:
+        if self._user_client is not None:
+            return self._user_client
+        if self._owned_client is None:
+            with self._client_lock:
+                if self._owned_client is None:
+                    self._owned_client = httpx2.Client(
+                        timeout=httpx2.Timeout(self._timeout), follow_redirects=False
+                    )
+        return self._owned_client
+
+    def async_client(self) -> Any:
+        if self._user_async_client is not None:
+            return self._user_async_client
+        loop = asyncio.get_running_loop()
+        client = self._owned_async.get(loop)
+        if client is None:
+            client = httpx2.AsyncClient(
+                timeout=httpx2.Timeout(self._timeout), follow_redirects=False
+            )
+            self._owned_async[loop] = client
+        return client
+
+    def close(self) -> None:
+        if self._owned_client is not None:
+            self._owned_client.close()
+            self._owned_client = None
+
+    async def aclose(self) -> None:
+        loop = asyncio.get_running_loop()
+        client = self._owned_async.pop(loop, None)
+        if client is not None:
+            await client.aclose()
+        self.close()
+
+
 class Broker:
     """Owns one client registration at one provider and every token issued to it.
 
@@ -113,6 +174,7 @@ class Broker:
         telemetry: Telemetry | None = None,
         client_credentials_principals: Callable[[str, str], bool] | Collection[str] | None = None,
         dpop_key: Mapping[str, object] | str | None = None,
+        _shared: SharedResources | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -157,17 +219,18 @@ class Broker:
         self._store = store
         self._clock = clock
         self._timeout = timeout
-        self._user_client = http_client
-        self._user_async_client = async_http_client
-        self._owned_client: httpx2.Client | None = None
-        self._owned_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient]
-        self._owned_async = weakref.WeakKeyDictionary()
-        self._client_lock = threading.Lock()
+        self._owns_pool = _shared is None
+        if _shared is None:
+            _shared = SharedResources(
+                timeout=timeout,
+                http_client=http_client,
+                async_http_client=async_http_client,
+                flight_wait=lock_wait + 3 * timeout,
+            )
+        self._pool = _shared
         self._cache: cachetools.FIFOCache[str, _Cached] = cachetools.FIFOCache(cache_size)
         self._cache_lock = threading.Lock()
-        self._flights: SingleFlight[tuple[TokenRecord, Lease]] = SingleFlight(
-            wait_timeout=lock_wait + 3 * timeout
-        )
+        self._flights = _shared.flights
         self._telemetry = telemetry or Telemetry()
         self._sync = SyncDriver(
             store, self._sync_client, clock=clock, telemetry=self._telemetry, provider=provider.id
@@ -260,29 +323,12 @@ class Broker:
         with self._cache_lock:
             self._cache.pop(key.id, None)
 
-    # -- HTTP clients -------------------------------------------------------------------------
+    # -- HTTP clients ---------------------------------------------------------------------------
     def _sync_client(self) -> Any:
-        if self._user_client is not None:
-            return self._user_client
-        if self._owned_client is None:
-            with self._client_lock:
-                if self._owned_client is None:
-                    self._owned_client = httpx2.Client(
-                        timeout=httpx2.Timeout(self._timeout), follow_redirects=False
-                    )
-        return self._owned_client
+        return self._pool.sync_client()
 
     def _async_client(self) -> Any:
-        if self._user_async_client is not None:
-            return self._user_async_client
-        loop = asyncio.get_running_loop()
-        client = self._owned_async.get(loop)
-        if client is None:
-            client = httpx2.AsyncClient(
-                timeout=httpx2.Timeout(self._timeout), follow_redirects=False
-            )
-            self._owned_async[loop] = client
-        return client
+        return self._pool.async_client()
 
     # -- leases -------------------------------------------------------------------------------
     def _flight(
@@ -580,18 +626,18 @@ class Broker:
 
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
-        """Close the HTTP clients the broker created (not the ones passed in, nor the store)."""
-        if self._owned_client is not None:
-            self._owned_client.close()
-            self._owned_client = None
+        """Close the HTTP clients the broker created (not the ones passed in, nor the store).
+
+        A broker made by a :class:`~oauth2_broker_mw.Registry` shares the registry's clients;
+        closing it closes nothing (close the registry instead).
+        """
+        if self._owns_pool:
+            self._pool.close()
 
     async def aclose(self) -> None:
         """Close the HTTP clients the broker created on this loop and the sync one."""
-        loop = asyncio.get_running_loop()
-        client = self._owned_async.pop(loop, None)
-        if client is not None:
-            await client.aclose()
-        self.close()
+        if self._owns_pool:
+            await self._pool.aclose()
 
     def __enter__(self) -> Self:
         return self

@@ -8,6 +8,8 @@ constructors take only non-secret fields, and provider error bodies are truncate
     BrokerError
     ├── ConfigurationError (also ValueError)  our caller's mistake, found at build or call time
     │   └── InvalidIdentifier                  a tenant / principal / provider id or scope is bad
+    ├── UnknownTenant                          the tenant does not exist (refused before any I/O)
+    ├── ProviderNotEnabled                     the provider is not enabled for that tenant
     ├── AuthorizationRequired                  nobody has granted access for this key (yet/anymore)
     ├── AuthorizationFlowError                 a login transaction failed; ``.code`` says why
     ├── InsufficientScope                      required scopes were not granted
@@ -43,12 +45,14 @@ __all__ = [
     "InvalidScopeError",
     "MalformedResponse",
     "ProviderError",
+    "ProviderNotEnabled",
     "RefreshTimeout",
     "StorageError",
     "StoreUnavailable",
     "TransientProviderError",
     "TransportError",
     "UnauthorizedClient",
+    "UnknownTenant",
     "UnsupportedTokenType",
 ]
 
@@ -65,6 +69,29 @@ class ConfigurationError(BrokerError, ValueError):
 
 class InvalidIdentifier(ConfigurationError):
     """A tenant, principal or provider id, or a scope token, is not acceptable."""
+
+
+class UnknownTenant(BrokerError):
+    """The tenant is not one the application knows; nothing was redirected, called or stored."""
+
+    def __init__(self, tenant: str, reason: str = "no such tenant") -> None:
+        self.tenant = tenant
+        super().__init__(
+            f"unknown tenant {tenant!r}: {reason} (add it to the Registry's tenants= or "
+            f"registrations=, or make the resolver answer for it)"
+        )
+
+
+class ProviderNotEnabled(BrokerError):
+    """The tenant exists but has no registration for this provider."""
+
+    def __init__(self, tenant: str, provider: str) -> None:
+        self.tenant = tenant
+        self.provider = provider
+        super().__init__(
+            f"provider {provider!r} is not enabled for tenant {tenant!r} (give the Registry a "
+            f"Registration for ({tenant!r}, {provider!r}))"
+        )
 
 
 class AuthorizationRequired(BrokerError):
