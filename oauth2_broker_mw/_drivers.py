@@ -14,15 +14,18 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from typing import Any, TypeVar
 
-from ._core.effects import Effect, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
+from . import _driver
+from ._core.effects import Effect, Flow, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
 from ._core.errors import BrokerError, StorageError, TransportError
 from .stores.base import TokenStore
 from .telemetry import Telemetry
 
 __all__ = ["AsyncDriver", "SyncDriver"]
+
+R = TypeVar("R")
 
 log = logging.getLogger("oauth2_broker_mw")
 
@@ -78,30 +81,30 @@ class _Driver:
         client: Callable[[], Any],
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         telemetry: Telemetry | None = None,
         provider: str = "",
     ) -> None:
         self._store = store
         self._client = client
         self._clock = clock
+        self._monotonic = monotonic
         self._telemetry = telemetry or Telemetry()
         self._provider = provider
-
-    @staticmethod
-    def _advance(flow: Any, send: Any, error: BaseException | None) -> tuple[bool, Any]:
-        """Resume the flow: ``(True, result)`` when it finished, else ``(False, effect)``."""
-        try:
-            return False, (flow.send(send) if error is None else flow.throw(error))
-        except StopIteration as stop:
-            return True, stop.value
 
     @staticmethod
     def _store_failure(effect: StoreOp, exc: Exception) -> BrokerError:
         return StorageError(f"store {effect.op} failed: {type(exc).__name__}")
 
     @staticmethod
-    def _http_failure(effect: HttpRequest, exc: Exception) -> Exception:
-        return _transport_error(effect, exc) if _is_client_error(exc) else exc
+    def _held(held: dict[str, str], effect: Effect, result: Any) -> Any:
+        """Track the lease locks a flow holds, so the driver can release what it leaves."""
+        if isinstance(effect, StoreOp):
+            if effect.op == "acquire_lock" and result is True:
+                held[str(effect.args[0])] = str(effect.args[1])
+            elif effect.op == "release_lock":
+                held.pop(str(effect.args[0]), None)
+        return result
 
     @staticmethod
     def _request_kwargs(effect: HttpRequest) -> dict[str, Any]:
@@ -131,25 +134,25 @@ class SyncDriver(_Driver):
         client: Callable[[], Any],
         *,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
         telemetry: Telemetry | None = None,
         provider: str = "",
     ) -> None:
-        super().__init__(store, client, clock=clock, telemetry=telemetry, provider=provider)
+        super().__init__(
+            store, client, clock=clock, monotonic=monotonic, telemetry=telemetry, provider=provider
+        )
         self._sleep = sleep
 
-    def run(self, flow: Any) -> Any:
-        send: Any = None
-        error: BaseException | None = None
-        while True:
-            done, item = self._advance(flow, send, error)
-            if done:
-                return item
-            send, error = None, None
-            try:
-                send = self._execute(item)
-            except BrokerError as exc:
-                error = exc
+    def run(self, flow: Flow[R]) -> R:
+        """Run ``flow`` through :func:`._driver.run`; release any lock it leaves held."""
+        held: dict[str, str] = {}
+        try:
+            return _driver.run(flow, lambda effect: self._held(held, effect, self._execute(effect)))
+        finally:
+            for name, owner in held.items():  # a flow closed while holding its lock
+                with contextlib.suppress(Exception):
+                    self._store.release_lock(name, owner)
 
     def _execute(self, effect: Effect) -> Any:
         if isinstance(effect, StoreOp):
@@ -163,24 +166,26 @@ class SyncDriver(_Driver):
                 raise self._store_failure(effect, exc) from exc
         if isinstance(effect, HttpRequest):
             with (
-                self._renewing(effect.hold),
                 self._telemetry.provider_request(
                     effect.purpose, self._provider, effect.method
                 ) as record,
+                self._renewing(effect.hold),
             ):
                 try:
                     raw = self._client().request(
                         effect.method, effect.url, **self._request_kwargs(effect)
                     )
                 except Exception as exc:
-                    raise self._http_failure(effect, exc) from exc
+                    if not _is_client_error(exc):
+                        raise  # a bug in a custom transport: the flow sees it unchanged
+                    raise _transport_error(effect, exc) from exc
                 record(raw.status_code)
             return _to_response(raw)
         if isinstance(effect, Sleep):
             self._sleep(effect.seconds)
             return self._clock()
         if isinstance(effect, Now):
-            return self._clock()
+            return self._monotonic() if effect.monotonic else self._clock()
         raise TypeError(f"unknown effect {effect!r}")
 
     @contextlib.contextmanager
@@ -210,21 +215,40 @@ class SyncDriver(_Driver):
 
 
 class AsyncDriver(_Driver):
-    """Runs a flow as a task on the running event loop; never blocks it."""
+    """Runs a flow as a task on the running event loop; never blocks it.
 
-    async def run(self, flow: Any) -> Any:
-        send: Any = None
-        error: BaseException | None = None
-        while True:
-            done, item = self._advance(flow, send, error)
-            if done:
-                return item
-            send, error = None, None
-            try:
-                send = await self._execute(item)
-            except (BrokerError, asyncio.CancelledError) as exc:
-                # A cancelled task goes back into the flow too, so that it releases its lock.
-                error = exc
+    ``client`` is awaited: it returns the HTTP client of the running loop.
+    """
+
+    def __init__(
+        self,
+        store: TokenStore,
+        client: Callable[[], Awaitable[Any]],
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        telemetry: Telemetry | None = None,
+        provider: str = "",
+    ) -> None:
+        super().__init__(
+            store, client, clock=clock, monotonic=monotonic, telemetry=telemetry, provider=provider
+        )
+        self._sleep = sleep
+
+    async def run(self, flow: Flow[R]) -> R:
+        """Run ``flow`` through :func:`._driver.arun`; release any lock it leaves held."""
+        held: dict[str, str] = {}
+
+        async def execute(effect: Effect) -> Any:
+            return self._held(held, effect, await self._execute(effect))
+
+        try:
+            return await _driver.arun(flow, execute)
+        finally:
+            for name, owner in held.items():
+                with contextlib.suppress(Exception):
+                    await self._store.arelease_lock(name, owner)
 
     async def _execute(self, effect: Effect) -> Any:
         if isinstance(effect, StoreOp):
@@ -241,18 +265,21 @@ class AsyncDriver(_Driver):
             ) as record:
                 async with self._renewing(effect.hold):
                     try:
-                        raw = await self._client().request(
+                        client = await self._client()
+                        raw = await client.request(
                             effect.method, effect.url, **self._request_kwargs(effect)
                         )
                     except Exception as exc:
-                        raise self._http_failure(effect, exc) from exc
+                        if not _is_client_error(exc):
+                            raise
+                        raise _transport_error(effect, exc) from exc
                 record(raw.status_code)
             return _to_response(raw)
         if isinstance(effect, Sleep):
-            await asyncio.sleep(effect.seconds)
+            await self._sleep(effect.seconds)
             return self._clock()
         if isinstance(effect, Now):
-            return self._clock()
+            return self._monotonic() if effect.monotonic else self._clock()
         raise TypeError(f"unknown effect {effect!r}")
 
     @contextlib.asynccontextmanager

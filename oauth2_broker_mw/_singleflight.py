@@ -56,9 +56,30 @@ class _Flight(Generic[T]):
             return future
 
     def outcome(self) -> T:
+        """The leader's result, or a fresh copy of its exception chained from the original.
+
+        Every waiter raises its own object: a shared one would collect every waiter's frames
+        in one traceback, across threads, and one waiter's handler could mutate what the
+        others see.
+        """
         if self.error is not None:
-            raise self.error
+            raise _copy_of(self.error) from self.error
         return self.result  # type: ignore[return-value]
+
+
+def _copy_of(error: BaseException) -> BaseException:
+    """A new exception of ``error``'s class with its arguments and attributes, no traceback."""
+    cls = type(error)
+    try:
+        copy = cls.__new__(cls, *error.args)
+    except Exception:  # an exotic __new__: fall back to the base class's
+        copy = BaseException.__new__(cls)
+    copy.args = error.args
+    with contextlib.suppress(AttributeError, TypeError):  # classes with __slots__ only
+        copy.__dict__.update(error.__dict__)
+    copy.__context__ = None
+    copy.__traceback__ = None
+    return copy
 
 
 def _resolve(future: asyncio.Future[None]) -> None:
@@ -101,8 +122,11 @@ class SingleFlight(Generic[T]):
             if leader:
                 try:
                     result = work()
-                except BaseException as exc:
+                except Exception as exc:
                     self._land(key, flight, None, exc)
+                    raise
+                except BaseException:  # KeyboardInterrupt, SystemExit: the leader's own
+                    self._land(key, flight, None, _Abandoned())
                     raise
                 self._land(key, flight, result, None)
                 return result
@@ -120,11 +144,11 @@ class SingleFlight(Generic[T]):
             if leader:
                 try:
                     result = await work()
-                except asyncio.CancelledError:
-                    self._land(key, flight, None, _Abandoned())
-                    raise
-                except BaseException as exc:
+                except Exception as exc:
                     self._land(key, flight, None, exc)
+                    raise
+                except BaseException:  # cancelled, KeyboardInterrupt: never shared
+                    self._land(key, flight, None, _Abandoned())
                     raise
                 self._land(key, flight, result, None)
                 return result

@@ -9,13 +9,11 @@ Must not import: starlette, requests, store driver modules (redis, psycopg).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import hashlib
 import logging
 import threading
 import time
-import weakref
 from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from types import TracebackType
@@ -53,6 +51,7 @@ from ._core.policy import RefreshPolicy
 from ._core.provider import ClientConfig, ProviderDescriptor
 from ._drivers import AsyncDriver, SyncDriver
 from ._singleflight import SingleFlight
+from .stores._commands import PerLoop
 from .stores.base import TokenStore
 from .telemetry import Telemetry
 
@@ -75,6 +74,10 @@ class _Cached:
     refresh_at: float
 
 
+async def _close_async_client(client: httpx2.AsyncClient) -> None:
+    await client.aclose()
+
+
 class SharedResources:
     """What brokers may share: the HTTP clients they own (one sync, one per event loop)
     and the in-process singleflight. One broker makes its own; a
@@ -93,8 +96,11 @@ class SharedResources:
         self._user_client = http_client
         self._user_async_client = async_http_client
         self._owned_client: httpx2.Client | None = None
-        self._owned_async: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, httpx2.AsyncClient]
-        self._owned_async = weakref.WeakKeyDictionary()
+        # One owned async client per event loop, closed when its loop shuts down (or by
+        # aclose()): asyncio.run() once per job does not leak a client per loop.
+        self._owned_async: PerLoop[httpx2.AsyncClient] = PerLoop(
+            self._new_async_client, _close_async_client
+        )
         self._client_lock = threading.Lock()
         self.flights: SingleFlight[tuple[TokenRecord, Lease]] = SingleFlight(
             wait_timeout=flight_wait
@@ -111,17 +117,13 @@ class SharedResources:
                     )
         return self._owned_client
 
-    def async_client(self) -> Any:
+    async def async_client(self) -> Any:
         if self._user_async_client is not None:
             return self._user_async_client
-        loop = asyncio.get_running_loop()
-        client = self._owned_async.get(loop)
-        if client is None:
-            client = httpx2.AsyncClient(
-                timeout=httpx2.Timeout(self._timeout), follow_redirects=False
-            )
-            self._owned_async[loop] = client
-        return client
+        return await self._owned_async.get()
+
+    async def _new_async_client(self) -> httpx2.AsyncClient:
+        return httpx2.AsyncClient(timeout=httpx2.Timeout(self._timeout), follow_redirects=False)
 
     def close(self) -> None:
         if self._owned_client is not None:
@@ -129,10 +131,7 @@ class SharedResources:
             self._owned_client = None
 
     async def aclose(self) -> None:
-        loop = asyncio.get_running_loop()
-        client = self._owned_async.pop(loop, None)
-        if client is not None:
-            await client.aclose()
+        await self._owned_async.aclose_current()
         self.close()
 
 
@@ -327,8 +326,8 @@ class Broker:
     def _sync_client(self) -> Any:
         return self._pool.sync_client()
 
-    def _async_client(self) -> Any:
-        return self._pool.async_client()
+    async def _async_client(self) -> Any:
+        return await self._pool.async_client()
 
     # -- leases -------------------------------------------------------------------------------
     def _flight(

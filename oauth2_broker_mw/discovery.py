@@ -73,7 +73,11 @@ async def adiscover(
     """Async :func:`discover`."""
     client = http_client or httpx2.AsyncClient(timeout=timeout, follow_redirects=False)
     try:
-        driver = AsyncDriver(MemoryStore(), lambda: client, provider=id)
+
+        async def current() -> httpx2.AsyncClient | httpx.AsyncClient:
+            return client
+
+        driver = AsyncDriver(MemoryStore(), current, provider=id)
         result: ProviderDescriptor = await driver.run(discovery_flow(id, issuer, overrides))
         return result
     finally:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias
+from typing import Any, TypeAlias, TypeVar
 
 from .model import PendingAuthorization, StoreKey, TokenRecord
 
@@ -97,8 +97,14 @@ class Sleep:
 
 @dataclass(frozen=True, slots=True)
 class Now:
-    """Ask for the current wall-clock time (seconds since the epoch)."""
+    """Ask for the current time: wall-clock seconds since the epoch, or, with
+    ``monotonic=True``, a monotonic reading for deadlines (never steps backwards)."""
 
+    monotonic: bool = False
+
+
+R = TypeVar("R")
 
 Effect: TypeAlias = HttpRequest | StoreOp | Sleep | Now
-Flow: TypeAlias = Generator[Effect, Any, Any]
+#: A flow that yields effects and returns an ``R``: ``Flow[TokenRecord]``.
+Flow: TypeAlias = Generator[Effect, Any, R]

@@ -272,17 +272,18 @@ def _locked(
     """
     owner = secrets.token_hex(16)
     name = key.lock_name
-    now: float = yield Now()
-    deadline = now + cfg.lock_wait
+    started: float = yield Now(monotonic=True)  # a wall-clock step never stretches the wait
+    deadline = started + cfg.lock_wait
     while True:
         acquired: bool = yield StoreOp("acquire_lock", (name, owner, cfg.lock_ttl))
         if acquired:
             break
-        now = yield Sleep(cfg.poll_interval)
+        now: float = yield Sleep(cfg.poll_interval)
         current = yield from _read(key)
         if acceptable(current, now):
             return current
-        if now >= deadline:
+        elapsed: float = yield Now(monotonic=True)
+        if elapsed >= deadline:
             raise RefreshTimeout(
                 f"another process kept the refresh lock for provider={key.provider!r} "
                 f"longer than {cfg.lock_wait:g}s"

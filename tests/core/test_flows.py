@@ -258,6 +258,8 @@ def test_waiter_uses_the_lock_holders_result_without_calling_the_provider() -> N
     s.send(NOW + 0.1)
     s.expect(StoreOp, "get")
     s.send(stale)  # not yet
+    assert s.expect(Now).monotonic  # the deadline reads the monotonic clock
+    s.send(NOW + 0.1)
     s.expect(StoreOp, "acquire_lock")
     s.send(False)
     s.expect(Sleep)
@@ -282,6 +284,8 @@ def test_waiter_gives_up_with_a_typed_error() -> None:
             s.send(NOW + 0.1 * (step + 1))
             s.expect(StoreOp, "get")
             s.send(stale)
+            assert s.expect(Now).monotonic
+            s.send(NOW + 0.1 * (step + 1))
 
 
 def test_transport_error_is_not_retried_and_releases_the_lock() -> None:
