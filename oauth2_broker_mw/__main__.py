@@ -1,4 +1,5 @@
-"""Command line: ``oauth2-broker demo`` (also ``python -m oauth2_broker_mw demo``).
+"""Command line: ``oauth2-broker demo`` (also ``python -m oauth2_broker_mw demo``) and the
+admin commands (``connections``, ``migrate``, ``refresher``...; see :mod:`oauth2_broker_mw.cli`).
 
 Owns: argument parsing and the console output of the demo. The demo itself lives in
 :mod:`oauth2_broker_mw.demo`.
@@ -46,6 +47,9 @@ def _parser() -> argparse.ArgumentParser:
         help="smoke test: start, log in over HTTP as a browser would, print the outcome, exit",
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    from .cli import add_commands
+
+    add_commands(commands)
     return parser
 
 
@@ -105,7 +109,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "demo":
         return _run_demo(args)
-    return 2  # pragma: no cover - argparse rejects unknown commands
+    from .cli import run
+
+    return run(args)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,18 @@ Must not import: redis, psycopg, cryptography.
 
 from __future__ import annotations
 
-from .base import ThreadedAsyncMixin, TokenStore
+from ._url import StoreURLError, open_store
+from .base import DueRecord, RefreshIndex, ThreadedAsyncMixin, TokenStore
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
-__all__ = ["MemoryStore", "SQLiteStore", "ThreadedAsyncMixin", "TokenStore"]
+__all__ = [
+    "DueRecord",
+    "MemoryStore",
+    "RefreshIndex",
+    "SQLiteStore",
+    "StoreURLError",
+    "ThreadedAsyncMixin",
+    "TokenStore",
+    "open_store",
+]
