@@ -15,6 +15,13 @@ Run: ``.venv/bin/python benchmarks/lease.py`` (``--quick`` for a short smoke run
    endpoint takes 50 ms. The count of token requests the provider saw must be 1, for client
    credentials and for a stored refresh token, on the memory and the SQLite store.
 
+3. Event handlers. Two brokers make token requests (``lease(force_refresh=True)``, client
+   credentials, in-process MockProvider with no added latency), taking turns call by call:
+   one has no subscriber, the other a handler that raises and a handler that sleeps 5 s per
+   event. Each such call emits one ``TokenIssued``. The row reports the median latency of
+   each and their ratio (about 1.0: handlers run on the dispatcher thread, off the lease
+   path), and how many events the blocked dispatcher had to drop (its queue is kept small).
+
 No assertion depends on speed; the burst rows print ``ok`` only when exactly one token request
 was made and every caller got the same token (and the exit status is 1 otherwise).
 """
@@ -23,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import statistics
 import sys
 import tempfile
 import threading
@@ -122,6 +130,77 @@ async def interleaved_best_async_ns(
         for name, make in cases:
             best[name] = min(best[name], await run(make, numbers[name]))
     return {name: seconds * 1e9 for name, seconds in best.items()}
+
+
+# -- event handlers -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    calls: int
+    plain_us: float
+    handlers_us: float
+    dropped: int
+    handler_errors: int
+
+    @property
+    def ratio(self) -> float:
+        return self.handlers_us / self.plain_us
+
+
+def event_row(provider: MockProvider, calls: int) -> EventRow:
+    """Median token-request lease latency without and with a raising and a sleeping handler."""
+    plain = make_broker(provider)
+    noisy = Broker(
+        provider.descriptor(),
+        client_id="test-client",
+        client_secret="test-secret",
+        http_client=provider.client(),
+        async_http_client=provider.async_client(),
+        event_queue_size=16,
+    )
+
+    def raising(event: object) -> None:
+        raise RuntimeError("handler bug")
+
+    def sleeping(event: object) -> None:
+        time.sleep(5.0)
+
+    noisy.subscribe(raising)
+    noisy.subscribe(sleeping)
+    timings: dict[str, list[float]] = {"plain": [], "noisy": []}
+    try:
+        for broker in (plain, noisy):  # warm up connections and caches
+            broker.lease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES, force_refresh=True)
+        for _ in range(calls):
+            for name, broker in (("plain", plain), ("noisy", noisy)):
+                started = time.perf_counter()
+                broker.lease(tenant=TENANT, principal=PRINCIPAL, scopes=SCOPES, force_refresh=True)
+                timings[name].append(time.perf_counter() - started)
+        return EventRow(
+            calls,
+            statistics.median(timings["plain"]) * 1e6,
+            statistics.median(timings["noisy"]) * 1e6,
+            noisy.events.dropped,
+            noisy.events.handler_errors,
+        )
+    finally:
+        plain.close()
+        noisy.close()
+        noisy.events.close()
+
+
+def event_table(row: EventRow, markdown: bool) -> list[str]:
+    if markdown:
+        return [
+            "| calls | no handler (µs, median) | raising + 5 s handler (µs) | ratio | dropped |",
+            "|---:|---:|---:|---:|---:|",
+            f"| {row.calls} | {row.plain_us:,.0f} | {row.handlers_us:,.0f} | {row.ratio:.2f} "
+            f"| {row.dropped} |",
+        ]
+    return [
+        f"calls {row.calls}: no handler {row.plain_us:,.0f} µs, raising + 5 s-sleeping handler "
+        f"{row.handlers_us:,.0f} µs (median); ratio {row.ratio:.2f}; events dropped "
+        f"{row.dropped}",
+    ]
 
 
 # -- warm path ------------------------------------------------------------------------------------
@@ -341,6 +420,10 @@ def main(argv: list[str] | None = None) -> int:
         f"token endpoint latency {BURST_LATENCY * 1000:.0f} ms):"
     )
     print("\n".join(burst_table(bursts, args.markdown)))
+    with MockProvider() as provider:
+        events = event_row(provider, 20 if args.quick else 300)
+    print("\nToken-request lease latency, with and without slow and raising event handlers:")
+    print("\n".join(event_table(events, args.markdown)))
     print(f"\n({time.perf_counter() - started:.1f} s)")
     return 0 if all(b.ok for b in bursts) else 1
 

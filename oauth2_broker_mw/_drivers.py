@@ -15,13 +15,26 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _driver
-from ._core.effects import Effect, Flow, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
+from ._core.effects import (
+    Effect,
+    Emit,
+    Flow,
+    HttpRequest,
+    HttpResponse,
+    LockHold,
+    Now,
+    Sleep,
+    StoreOp,
+)
 from ._core.errors import BrokerError, StorageError, TransportError
 from .stores.base import TokenStore
 from .telemetry import Telemetry
+
+if TYPE_CHECKING:
+    from .events import EventBus
 
 __all__ = ["AsyncDriver", "SyncDriver"]
 
@@ -84,6 +97,7 @@ class _Driver:
         monotonic: Callable[[], float] = time.monotonic,
         telemetry: Telemetry | None = None,
         provider: str = "",
+        events: EventBus | None = None,
     ) -> None:
         self._store = store
         self._client = client
@@ -91,6 +105,11 @@ class _Driver:
         self._monotonic = monotonic
         self._telemetry = telemetry or Telemetry()
         self._provider = provider
+        self._events = events
+
+    def _emit(self, effect: Emit) -> None:
+        if self._events is not None:
+            self._events.publish(effect.event)
 
     @staticmethod
     def _store_failure(effect: StoreOp, exc: Exception) -> BrokerError:
@@ -138,9 +157,16 @@ class SyncDriver(_Driver):
         sleep: Callable[[float], None] = time.sleep,
         telemetry: Telemetry | None = None,
         provider: str = "",
+        events: EventBus | None = None,
     ) -> None:
         super().__init__(
-            store, client, clock=clock, monotonic=monotonic, telemetry=telemetry, provider=provider
+            store,
+            client,
+            clock=clock,
+            monotonic=monotonic,
+            telemetry=telemetry,
+            provider=provider,
+            events=events,
         )
         self._sleep = sleep
 
@@ -186,6 +212,8 @@ class SyncDriver(_Driver):
             return self._clock()
         if isinstance(effect, Now):
             return self._monotonic() if effect.monotonic else self._clock()
+        if isinstance(effect, Emit):
+            return self._emit(effect)
         raise TypeError(f"unknown effect {effect!r}")
 
     @contextlib.contextmanager
@@ -230,9 +258,16 @@ class AsyncDriver(_Driver):
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         telemetry: Telemetry | None = None,
         provider: str = "",
+        events: EventBus | None = None,
     ) -> None:
         super().__init__(
-            store, client, clock=clock, monotonic=monotonic, telemetry=telemetry, provider=provider
+            store,
+            client,
+            clock=clock,
+            monotonic=monotonic,
+            telemetry=telemetry,
+            provider=provider,
+            events=events,
         )
         self._sleep = sleep
 
@@ -280,6 +315,8 @@ class AsyncDriver(_Driver):
             return self._clock()
         if isinstance(effect, Now):
             return self._monotonic() if effect.monotonic else self._clock()
+        if isinstance(effect, Emit):
+            return self._emit(effect)
         raise TypeError(f"unknown effect {effect!r}")
 
     @contextlib.asynccontextmanager

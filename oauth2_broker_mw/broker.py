@@ -51,6 +51,7 @@ from ._core.policy import RefreshPolicy
 from ._core.provider import ClientConfig, ProviderDescriptor
 from ._drivers import AsyncDriver, SyncDriver
 from ._singleflight import SingleFlight
+from .events import EventBus, EventHandler
 from .stores._commands import PerLoop
 from .stores.base import TokenStore
 from .telemetry import Telemetry
@@ -79,8 +80,8 @@ async def _close_async_client(client: httpx2.AsyncClient) -> None:
 
 
 class SharedResources:
-    """What brokers may share: the HTTP clients they own (one sync, one per event loop)
-    and the in-process singleflight. One broker makes its own; a
+    """What brokers may share: the HTTP clients they own (one sync, one per event loop),
+    the in-process singleflight and the lifecycle event bus. One broker makes its own; a
     :class:`~oauth2_broker_mw.Registry` makes one for all its brokers (one connection pool).
     """
 
@@ -91,8 +92,14 @@ class SharedResources:
         http_client: SyncClient | None = None,
         async_http_client: AsyncClient | None = None,
         flight_wait: float = 60.0,
+        event_queue_size: int = 10_000,
+        telemetry: Telemetry | None = None,
     ) -> None:
         self._timeout = timeout
+        self.events = EventBus(
+            maxsize=event_queue_size,
+            on_drop=None if telemetry is None else telemetry.event_dropped,
+        )
         self._user_client = http_client
         self._user_async_client = async_http_client
         self._owned_client: httpx2.Client | None = None
@@ -129,6 +136,7 @@ class SharedResources:
         if self._owned_client is not None:
             self._owned_client.close()
             self._owned_client = None
+        self.events.close()
 
     async def aclose(self) -> None:
         await self._owned_async.aclose_current()
@@ -174,6 +182,7 @@ class Broker:
         client_credentials_principals: Callable[[str, str], bool] | Collection[str] | None = None,
         dpop_key: Mapping[str, object] | str | None = None,
         _shared: SharedResources | None = None,
+        event_queue_size: int = 10_000,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -219,23 +228,36 @@ class Broker:
         self._clock = clock
         self._timeout = timeout
         self._owns_pool = _shared is None
+        self._telemetry = telemetry or Telemetry()
         if _shared is None:
             _shared = SharedResources(
                 timeout=timeout,
                 http_client=http_client,
                 async_http_client=async_http_client,
                 flight_wait=lock_wait + 3 * timeout,
+                event_queue_size=event_queue_size,
+                telemetry=self._telemetry,
             )
         self._pool = _shared
         self._cache: cachetools.FIFOCache[str, _Cached] = cachetools.FIFOCache(cache_size)
         self._cache_lock = threading.Lock()
         self._flights = _shared.flights
-        self._telemetry = telemetry or Telemetry()
+        self._events = _shared.events
         self._sync = SyncDriver(
-            store, self._sync_client, clock=clock, telemetry=self._telemetry, provider=provider.id
+            store,
+            self._sync_client,
+            clock=clock,
+            telemetry=self._telemetry,
+            provider=provider.id,
+            events=self._events,
         )
         self._async = AsyncDriver(
-            store, self._async_client, clock=clock, telemetry=self._telemetry, provider=provider.id
+            store,
+            self._async_client,
+            clock=clock,
+            telemetry=self._telemetry,
+            provider=provider.id,
+            events=self._events,
         )
         self._key_for = functools.lru_cache(maxsize=4096)(self._build_key)
         self._default_scopes = tuple(provider.default_scopes)
@@ -272,6 +294,20 @@ class Broker:
             nonce=nonce,
             access_token=access_token,
         )
+
+    # -- lifecycle events ---------------------------------------------------------------------
+    def subscribe(self, handler: EventHandler) -> Callable[[], None]:
+        """Call ``handler(event)`` (a function or a coroutine function) for every lifecycle event.
+
+        Handlers run on a dispatcher thread, off the lease path: one that raises or is slow
+        never fails or delays a lease. Returns the function that unsubscribes ``handler``.
+        """
+        return self._events.subscribe(handler)
+
+    @property
+    def events(self) -> EventBus:
+        """The broker's event bus (``dropped``, ``handler_errors``, ``flush()``)."""
+        return self._events
 
     def __repr__(self) -> str:
         return f"Broker(provider={self._provider.id!r}, client_id={self.client_id!r})"

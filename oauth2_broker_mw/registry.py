@@ -27,6 +27,7 @@ from ._core.model import Secret, TenantId
 from ._core.provider import ProviderDescriptor
 from ._driver import arun, run
 from .broker import Broker, SharedResources
+from .events import EventBus, EventHandler
 from .stores.base import TokenStore
 from .telemetry import Telemetry
 
@@ -154,7 +155,10 @@ class Registry:
         # with OpenTelemetry's global proxy, which never forgets them (a leak per broker).
         self._options.setdefault("telemetry", Telemetry())
         self._shared = SharedResources(
-            timeout=timeout, http_client=http_client, async_http_client=async_http_client
+            timeout=timeout,
+            http_client=http_client,
+            async_http_client=async_http_client,
+            telemetry=self._options["telemetry"],
         )
         self._cache: cachetools.TTLCache[tuple[str, str], _Entry] = cachetools.TTLCache(
             maxsize=max_brokers, ttl=ttl, timer=clock
@@ -385,6 +389,20 @@ class Registry:
             for slot in slots:
                 self._cache.pop(slot, None)
         return len(slots)
+
+    # -- lifecycle events -----------------------------------------------------------------------
+    def subscribe(self, handler: EventHandler) -> Callable[[], None]:
+        """Call ``handler(event)`` for the lifecycle events of every broker of this registry.
+
+        See :meth:`Broker.subscribe`: handlers run off the lease path, on one dispatcher
+        shared by the registry's brokers. Returns the function that unsubscribes ``handler``.
+        """
+        return self._shared.events.subscribe(handler)
+
+    @property
+    def events(self) -> EventBus:
+        """The registry's event bus (``dropped``, ``handler_errors``, ``flush()``)."""
+        return self._shared.events
 
     # -- lifecycle ------------------------------------------------------------------------------
     def close(self) -> None:

@@ -34,6 +34,7 @@ class Telemetry:
             self._tracer: Any = None
             self._operations: Any = None
             self._requests: Any = None
+            self._dropped: Any = None
             return
         from . import __version__
 
@@ -49,6 +50,15 @@ class Telemetry:
             "oauth2_broker.provider_requests",
             description="HTTP requests sent to the provider, by purpose and status class",
         )
+        self._dropped = meter.create_counter(
+            "oauth2_broker.events_dropped",
+            description="Lifecycle events dropped because the event queue was full, by event",
+        )
+
+    def event_dropped(self, event: object) -> None:
+        """Count one lifecycle event dropped because the event queue was full."""
+        if self._dropped is not None:
+            self._dropped.add(1, {"oauth2_broker.event": getattr(event, "kind", "event")})
 
     @property
     def enabled(self) -> bool:

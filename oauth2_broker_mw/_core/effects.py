@@ -11,10 +11,12 @@ from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias, TypeVar
 
+from .events import Event
 from .model import PendingAuthorization, StoreKey, TokenRecord
 
 __all__ = [
     "Effect",
+    "Emit",
     "Flow",
     "HttpRequest",
     "HttpResponse",
@@ -105,6 +107,14 @@ class Now:
 
 R = TypeVar("R")
 
-Effect: TypeAlias = HttpRequest | StoreOp | Sleep | Now
+
+@dataclass(frozen=True, slots=True)
+class Emit:
+    """Publish a lifecycle event to the subscribers. Never blocks, never fails; result ``None``."""
+
+    event: Event
+
+
+Effect: TypeAlias = HttpRequest | StoreOp | Sleep | Now | Emit
 #: A flow that yields effects and returns an ``R``: ``Flow[TokenRecord]``.
 Flow: TypeAlias = Generator[Effect, Any, R]

@@ -25,7 +25,7 @@ from urllib.parse import urlsplit
 
 from . import oauth
 from .dpop import DPoPKey, NonceCache, make_proof
-from .effects import Effect, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
+from .effects import Effect, Emit, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
 from .errors import (
     AuthorizationFlowError,
     AuthorizationRequired,
@@ -36,6 +36,15 @@ from .errors import (
     RefreshTimeout,
     StorageError,
     TransientProviderError,
+    TransportError,
+)
+from .events import (
+    ConnectionRevoked,
+    LockContended,
+    ReauthorizationRequired,
+    RefreshFailed,
+    TokenIssued,
+    TokenRefreshed,
 )
 from .model import (
     JSONValue,
@@ -274,11 +283,15 @@ def _locked(
     name = key.lock_name
     started: float = yield Now(monotonic=True)  # a wall-clock step never stretches the wait
     deadline = started + cfg.lock_wait
+    contended = False
     while True:
         acquired: bool = yield StoreOp("acquire_lock", (name, owner, cfg.lock_ttl))
         if acquired:
             break
         now: float = yield Sleep(cfg.poll_interval)
+        if not contended:
+            contended = True
+            yield Emit(LockContended.for_key(key, now, None))
         current = yield from _read(key)
         if acceptable(current, now):
             return current
@@ -331,7 +344,10 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
         response = yield from _send_token_request(cfg, replace(request, hold=hold))
         now = yield Now()
         parsed = oauth.parse_token_response(cfg.provider, response, now=now)
-    except InvalidGrant:
+    except (TransientProviderError, TransportError) as exc:
+        yield Emit(_refresh_failed(key, now, record, exc, permanent=False))
+        raise
+    except InvalidGrant as exc:
         # Someone else may have rotated it (another host whose lock we could not see, or
         # the lock expired). Re-read before concluding anything: revoke nothing.
         current = yield from _read(key)
@@ -341,13 +357,22 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
         # Keep a tombstone (no refresh token, revoked_at set) rather than deleting: the key
         # must not silently fall back to client credentials for a user whose grant died.
         tombstone = replace(record, refresh_token=None, revoked_at=now)
-        yield StoreOp("compare_and_swap", (tombstone,), (("expected_version", record.version),))
+        dead = yield StoreOp(
+            "compare_and_swap", (tombstone,), (("expected_version", record.version),)
+        )
+        version = None if dead is None else dead.version
+        yield Emit(_refresh_failed(key, now, record, exc, permanent=True, version=version))
+        yield Emit(ReauthorizationRequired.for_key(key, now, version))
+        raise
+    except BrokerError as exc:
+        yield Emit(_refresh_failed(key, now, record, exc, permanent=True))
         raise
     merged = _merge(record, parsed, now)
     stored: TokenRecord | None = yield StoreOp(
         "compare_and_swap", (merged,), (("expected_version", record.version),)
     )
     if stored is not None:
+        yield from _refreshed(key, record, parsed, stored, now)
         return stored
     # The fence moved: our lock expired and someone else wrote. Prefer what is stored.
     current = yield from _read(key)
@@ -362,8 +387,40 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
             (("expected_version", None if current is None else current.version),),
         )
         if stored is not None:
+            yield from _refreshed(key, record, parsed, stored, now)
             return stored
     raise StorageError("the token record changed during refresh and the stored one is unusable")
+
+
+def _refreshed(
+    key: StoreKey,
+    old: TokenRecord,
+    parsed: oauth.TokenResponse,
+    stored: TokenRecord,
+    now: float,
+) -> FlowGen:
+    rotated = parsed.refresh_token is not None and (
+        old.refresh_token is None or not _same_secret(parsed.refresh_token, old.refresh_token)
+    )
+    yield Emit(TokenRefreshed.for_key(key, now, stored.version, rotated=rotated))
+
+
+def _refresh_failed(
+    key: StoreKey,
+    now: float,
+    record: TokenRecord,
+    exc: BaseException,
+    *,
+    permanent: bool,
+    version: int | None = None,
+) -> RefreshFailed:
+    return RefreshFailed.for_key(
+        key,
+        now,
+        record.version if version is None else version,
+        permanent=permanent,
+        error=type(exc).__name__,
+    )
 
 
 def _merge(record: TokenRecord, parsed: oauth.TokenResponse, now: float) -> TokenRecord:
@@ -404,6 +461,7 @@ def _client_credentials(
     record = _new_record(key, parsed, requested, now, grant=GrantType.CLIENT_CREDENTIALS.value)
     # We hold the lock; a client-credentials token has no rotation hazard: last write wins.
     stored: TokenRecord = yield StoreOp("put", (record,))
+    yield Emit(TokenIssued.for_key(key, now, stored.version, grant=record.grant))
     return stored
 
 
@@ -624,6 +682,7 @@ def exchange_code_flow(
         extra_metadata=extra,
     )
     stored: TokenRecord = yield StoreOp("put", (record,))
+    yield Emit(TokenIssued.for_key(key, now, stored.version, grant=record.grant))
     return stored
 
 
@@ -667,4 +726,6 @@ def revoke_flow(cfg: FlowConfig, key: StoreKey) -> FlowGen:
                     response.status_code,
                 )
     yield StoreOp("delete", (key,))
+    now: float = yield Now()
+    yield Emit(ConnectionRevoked.for_key(key, now, record.version))
     return True

@@ -25,7 +25,7 @@ from oauth2_broker_mw import (
     StoreKey,
     TokenRecord,
 )
-from oauth2_broker_mw._core.effects import HttpRequest, HttpResponse, Now, Sleep, StoreOp
+from oauth2_broker_mw._core.effects import Emit, HttpRequest, HttpResponse, Now, Sleep, StoreOp
 from oauth2_broker_mw._core.flows import (
     FlowConfig,
     exchange_code_flow,
@@ -91,7 +91,15 @@ class Script:
 
     def __init__(self, flow: Generator[Any, Any, Any]) -> None:
         self.flow = flow
-        self.effect: Any = next(flow)
+        self.events: list[Any] = []
+        self.effect: Any = self._skip_emits(next(flow))
+
+    def _skip_emits(self, effect: Any) -> Any:
+        """Lifecycle events are collected in ``events``, not scripted step by step."""
+        while isinstance(effect, Emit):
+            self.events.append(effect.event)
+            effect = self.flow.send(None)
+        return effect
 
     def expect(self, kind: type, op: str | None = None) -> Any:
         assert isinstance(self.effect, kind), self.effect
@@ -101,7 +109,7 @@ class Script:
 
     def send(self, value: Any) -> Any:
         try:
-            self.effect = self.flow.send(value)
+            self.effect = self._skip_emits(self.flow.send(value))
         except StopIteration as stop:
             self.effect = None
             return stop.value
@@ -109,7 +117,7 @@ class Script:
 
     def throw(self, exc: BaseException) -> Any:
         try:
-            self.effect = self.flow.throw(exc)
+            self.effect = self._skip_emits(self.flow.throw(exc))
         except StopIteration as stop:
             self.effect = None
             return stop.value
@@ -455,7 +463,12 @@ def test_revoke_sends_refresh_token_first_then_deletes() -> None:
     assert b"token_type_hint=access_token" in (second.body or b"")
     s.send(HttpResponse(200))
     s.expect(StoreOp, "delete")
-    assert s.send(True) is True
+    s.send(True)
+    s.expect(Now)
+    assert s.send(NOW) is True
+    # The one event: the connection is gone (no secret in it).
+    assert [type(e).__name__ for e in s.events] == ["ConnectionRevoked"]
+    assert s.events[0].version == 3
 
 
 def test_revoke_keeps_the_record_when_the_provider_says_503() -> None:

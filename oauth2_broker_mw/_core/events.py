@@ -1,0 +1,114 @@
+"""The lifecycle event types: frozen, slotted, and free of secrets.
+
+Owns: the event classes flows emit (through the ``Emit`` effect) and subscribers receive.
+Every event carries identifiers and metadata only: tenant, principal, provider, scopes
+fingerprint, time, record version. Never a token, a code, a state or a client secret.
+Must not import: anything outside ``_core``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, ClassVar, Self
+
+from .model import StoreKey
+
+__all__ = [
+    "ConnectionRevoked",
+    "Event",
+    "LockContended",
+    "RateLimited",
+    "ReauthorizationRequired",
+    "RefreshFailed",
+    "TokenIssued",
+    "TokenRefreshed",
+]
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Event:
+    """What every lifecycle event carries; never a secret."""
+
+    kind: ClassVar[str] = "event"
+    tenant: str
+    principal: str
+    provider: str
+    scopes: str
+    """The scopes fingerprint of the store key (not the scopes themselves)."""
+    at: float
+    """Wall-clock time of the occurrence (seconds since the epoch)."""
+    version: int | None = None
+    """The record version after the occurrence (``None`` when there is no record)."""
+
+    @classmethod
+    def for_key(cls, key: StoreKey, at: float, version: int | None, **fields: Any) -> Self:
+        """The event of this type about ``key``."""
+        return cls(
+            tenant=str(key.tenant),
+            principal=str(key.principal),
+            provider=str(key.provider),
+            scopes=key.scope_fingerprint,
+            at=at,
+            version=version,
+            **fields,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict with a ``type`` field (what the webhook sink sends)."""
+        return {"type": self.kind, **asdict(self)}
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenIssued(Event):
+    """A new grant was stored (authorization code exchanged, client credentials issued)."""
+
+    kind: ClassVar[str] = "token_issued"
+    grant: str
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TokenRefreshed(Event):
+    """A refresh token was redeemed; ``rotated`` when the provider returned a new one."""
+
+    kind: ClassVar[str] = "token_refreshed"
+    rotated: bool
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RefreshFailed(Event):
+    """A refresh attempt failed; ``permanent`` failures need a new login."""
+
+    kind: ClassVar[str] = "refresh_failed"
+    permanent: bool
+    error: str
+    """The broker error class name (``TransientProviderError``, ``InvalidGrant``, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ReauthorizationRequired(Event):
+    """The provider rejected the stored grant: the user must log in again."""
+
+    kind: ClassVar[str] = "reauthorization_required"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ConnectionRevoked(Event):
+    """The connection was revoked (at the provider when it can) and forgotten locally."""
+
+    kind: ClassVar[str] = "connection_revoked"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RateLimited(Event):
+    """A token-endpoint call was refused by the rate-limit policy."""
+
+    kind: ClassVar[str] = "rate_limited"
+    grant: str
+    retry_after: float
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class LockContended(Event):
+    """This process found another holder of the key's refresh lock and waited for it."""
+
+    kind: ClassVar[str] = "lock_contended"
