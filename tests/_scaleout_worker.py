@@ -33,7 +33,7 @@ def build_store(spec: dict[str, Any]) -> TokenStore:
     if kind == "redis":
         from oauth2_broker_mw.stores.redis import RedisStore
 
-        return RedisStore(spec["url"], prefix=spec["prefix"])
+        return RedisStore(spec["url"], prefix=spec["prefix"], cluster=spec.get("cluster", False))
     if kind == "postgres":
         from oauth2_broker_mw.stores.postgres import PostgresStore
 

@@ -8,7 +8,8 @@ for the scheme asked for, so ``memory://`` and ``sqlite://`` work with no extras
 ``sqlite:///tokens.db``            :class:`SQLiteStore`, path relative to the working directory
 ``sqlite:////var/lib/x/tokens.db`` the same, absolute path (four slashes, as in SQLAlchemy)
 ``redis://host:6379/0``            :class:`RedisStore`; ``rediss://`` for TLS;
-                                   ``?prefix=app:`` sets the key prefix
+                                   ``?prefix=app:`` sets the key prefix,
+                                   ``?cluster=1`` talks to a Redis Cluster
 ``postgresql://user@host/db``      :class:`PostgresStore` (also ``postgres://``);
                                    ``?schema=name`` sets the schema
 =================================  =============================================================
@@ -77,6 +78,9 @@ def open_store(url: str, *, keyring: Any = None, **options: Any) -> TokenStore:
         rest, prefix = _pop_query(url, "prefix")
         if prefix is not None:
             options.setdefault("prefix", prefix)
+        rest, cluster = _pop_query(rest, "cluster")
+        if cluster is not None:
+            options.setdefault("cluster", cluster.lower() in ("1", "true", "yes"))
         store = RedisStore(rest, **options)
     elif scheme in ("postgresql", "postgres"):
         from .postgres import PostgresStore

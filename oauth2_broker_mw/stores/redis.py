@@ -15,9 +15,13 @@ Key layout (``P`` is the prefix, ``oauth2broker:`` by default)::
     P lock:<name>                string owner, with a PX expiry (Redis's own clock)
     P pend:<state_key>           string pending authorization JSON, with a PX expiry
 
-Expired locks and pending logins vanish by Redis expiry: no cron job. A single Redis (or a
-primary with replicas / Sentinel) is supported; Redis Cluster is not (the scripts touch the
-record and its index keys together).
+    P tenants                    set   every tenant with a record
+
+Expired locks and pending logins vanish by Redis expiry: no cron job. A single Redis, a
+primary with replicas behind Sentinel (pass ``client=sentinel.master_for(...)``) and Redis
+Cluster (``cluster=True``) are supported. On a cluster every key of a tenant carries the hash
+tag of one of 16 shards (``P{s<n>}tok:...``, ``P{s<n>}exp``...), so each script touches one
+slot; refresh-index queries read the 16 shards, and ``list_tenants`` reads their tenant sets.
 
 Must not import: psycopg, httpx/httpx2, the broker. redis-py is imported here only.
 """
@@ -28,6 +32,7 @@ import asyncio
 import json
 import math
 import time
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final, TypeVar
@@ -56,9 +61,9 @@ __all__ = ["RedisStore"]
 
 T = TypeVar("T")
 
-# KEYS: record, tenant index, principal index, expiry zset, provider idle zset.
+# KEYS: record, tenant index, principal index, expiry zset, provider idle zset, tenant set.
 # ARGV: mode ("put" | "cas"), expected version ("" = must be absent), data, index member,
-# expiry score ("" = not indexed), idle score ("" = not indexed), StoreKey.id.
+# expiry score ("" = not indexed), idle score ("" = not indexed), StoreKey.id, tenant.
 _WRITE: Final = """
 local cur = redis.call('HGET', KEYS[1], 'version')
 if ARGV[1] == 'cas' then
@@ -76,10 +81,11 @@ if ARGV[5] == '' then redis.call('ZREM', KEYS[4], ARGV[7])
 else redis.call('ZADD', KEYS[4], ARGV[5], ARGV[7]) end
 if ARGV[6] == '' then redis.call('ZREM', KEYS[5], ARGV[7])
 else redis.call('ZADD', KEYS[5], ARGV[6], ARGV[7]) end
+redis.call('SADD', KEYS[6], ARGV[8])
 return new
 """
 
-# KEYS: as _WRITE. ARGV: expected version ("" = any), member, StoreKey.id.
+# KEYS: as _WRITE. ARGV: expected version ("" = any), member, StoreKey.id, tenant.
 _DELETE: Final = """
 local cur = redis.call('HGET', KEYS[1], 'version')
 if not cur then return 0 end
@@ -89,6 +95,7 @@ redis.call('SREM', KEYS[2], ARGV[2])
 redis.call('SREM', KEYS[3], ARGV[2])
 redis.call('ZREM', KEYS[4], ARGV[3])
 redis.call('ZREM', KEYS[5], ARGV[3])
+if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[6], ARGV[4]) end
 return 1
 """
 
@@ -133,6 +140,9 @@ if redis.call('GET', KEYS[1]) == ARGV[1] then
 end
 return 0
 """
+
+# Hash tags a cluster's keys are spread over (per tenant); a refresh-index query reads each.
+_SHARDS: Final = 16
 
 _SCRIPTS: Final = {
     "write": _WRITE,
@@ -204,19 +214,34 @@ class RedisStore(CommandStore):
         socket_timeout: float = 2.0,
         max_connections: int = 50,
         clock: Callable[[], float] = time.time,
+        cluster: bool = False,
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ConfigurationError("RedisStore needs a url, a client or an async_client")
         if not prefix:
             raise ConfigurationError("RedisStore prefix must not be empty")
+        if cluster and ("{" in prefix or "}" in prefix):
+            raise ConfigurationError(
+                "a Redis Cluster prefix must not contain '{' or '}' (they mark hash tags)"
+            )
+        self._cluster = cluster
         self._url = url
         self._prefix = prefix
         self._clock = clock
         self._socket_timeout = socket_timeout
         self._max_connections = max_connections
         self._owns_client = client is None and url is not None
-        self._client = client
-        if self._owns_client:
+        self._client: Any = client
+        if self._owns_client and cluster:
+            from redis.cluster import RedisCluster
+
+            self._client = RedisCluster.from_url(
+                url or "",
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_timeout,
+                max_connections=max_connections,
+            )
+        elif self._owns_client:
             # A blocking pool: more concurrent callers than connections wait (up to the
             # socket timeout) instead of failing with "Too many connections".
             self._client = redis.Redis.from_pool(
@@ -245,8 +270,19 @@ class RedisStore(CommandStore):
 
     # -- clients and drivers ----------------------------------------------------------------
     async def _new_async(self) -> tuple[aioredis.Redis, dict[str, Any]]:
+        client: Any
         if self._given_async is not None:
             client = self._given_async
+        elif self._cluster:
+            from redis.asyncio.cluster import RedisCluster as AsyncRedisCluster
+
+            assert self._url is not None
+            client = AsyncRedisCluster.from_url(
+                self._url,
+                socket_timeout=self._socket_timeout,
+                socket_connect_timeout=self._socket_timeout,
+                max_connections=self._max_connections,
+            )
         else:
             assert self._url is not None
             client = aioredis.Redis.from_pool(
@@ -311,28 +347,47 @@ class RedisStore(CommandStore):
         self.close()
 
     # -- key layout -------------------------------------------------------------------------
+    def _tag(self, tenant: str) -> str:
+        """The hash tag of a tenant's keys on Redis Cluster ("" on one node).
+
+        Every key a script touches (record, tenant and principal indexes, the shard's
+        refresh-index sorted sets and tenant set) carries the same tag, so it lives in one
+        slot; tenants are spread over ``_SHARDS`` tags.
+        """
+        if not self._cluster:
+            return ""
+        return _shard_tag(zlib.crc32(tenant.encode("utf-8")) % _SHARDS)
+
+    def _tags(self) -> list[str]:
+        return [_shard_tag(n) for n in range(_SHARDS)] if self._cluster else [""]
+
     def _record_key(self, key: StoreKey) -> str:
-        return f"{self._prefix}tok:{key.id}"
+        return f"{self._prefix}{self._tag(key.tenant)}tok:{key.id}"
 
     def _tenant_index(self, tenant: str) -> str:
-        return f"{self._prefix}tidx:{tenant}"
+        return f"{self._prefix}{self._tag(tenant)}tidx:{tenant}"
 
     def _principal_index(self, tenant: str, principal: str) -> str:
-        return f"{self._prefix}pidx:{len(tenant)}:{tenant}|{principal}"
+        return f"{self._prefix}{self._tag(tenant)}pidx:{len(tenant)}:{tenant}|{principal}"
 
-    def _expiry_index(self) -> str:
-        return f"{self._prefix}exp"
+    def _expiry_index(self, tag: str) -> str:
+        return f"{self._prefix}{tag}exp"
 
-    def _idle_index(self, provider: str) -> str:
-        return f"{self._prefix}idle:{provider}"
+    def _idle_index(self, tag: str, provider: str) -> str:
+        return f"{self._prefix}{tag}idle:{provider}"
+
+    def _tenant_set(self, tag: str) -> str:
+        return f"{self._prefix}{tag}tenants"
 
     def _index_keys(self, key: StoreKey) -> list[str]:
+        tag = self._tag(key.tenant)
         return [
             self._record_key(key),
             self._tenant_index(key.tenant),
             self._principal_index(key.tenant, key.principal),
-            self._expiry_index(),
-            self._idle_index(key.provider),
+            self._expiry_index(tag),
+            self._idle_index(tag, key.provider),
+            self._tenant_set(tag),
         ]
 
     def _lock_key(self, name: str) -> str:
@@ -380,19 +435,26 @@ class RedisStore(CommandStore):
             "" if expires_at is None else repr(float(expires_at)),
             "" if idle_since is None else repr(float(idle_since)),
             record.key.id,
+            record.key.tenant,
         ]
 
     def _op_delete(self, key: StoreKey, expected_version: int | None) -> Op[bool]:
         expected = "" if expected_version is None else str(int(expected_version))
         removed = yield RedisCall(
-            "script", ("delete", self._index_keys(key), [expected, _member(key), key.id])
+            "script",
+            ("delete", self._index_keys(key), [expected, _member(key), key.id, key.tenant]),
         )
         return bool(removed)
 
-    def _op_due(self, index: str, before: float, limit: int) -> Op[list[DueRecord]]:
-        flat = yield RedisCall(
-            "script", ("due", [index], [repr(float(before)), limit, f"{self._prefix}tok:"])
-        )
+    def _op_due(
+        self, index: Callable[[str], str], before: float, limit: int
+    ) -> Op[list[DueRecord]]:
+        flat: list[Any] = []
+        for tag in self._tags():  # one sorted set per hash tag on a cluster, else one
+            flat += yield RedisCall(
+                "script",
+                ("due", [index(tag)], [repr(float(before)), limit, f"{self._prefix}{tag}tok:"]),
+            )
         due: list[DueRecord] = []
         for i in range(0, len(flat), 3):
             version = int(_text(flat[i + 2]) or "0")
@@ -402,13 +464,13 @@ class RedisStore(CommandStore):
                 continue  # a damaged index entry is skipped; the record itself is untouched
             if version > 0:
                 due.append(DueRecord(key, version, float(_text(flat[i + 1]) or "nan")))
-        return due
+        return sorted(due, key=lambda d: d.at)[:limit]
 
     def _op_expiring(self, before: float, limit: int) -> Op[list[DueRecord]]:
-        return self._op_due(self._expiry_index(), before, limit)
+        return self._op_due(self._expiry_index, before, limit)
 
     def _op_idle(self, provider: str, issued_before: float, limit: int) -> Op[list[DueRecord]]:
-        return self._op_due(self._idle_index(provider), issued_before, limit)
+        return self._op_due(lambda tag: self._idle_index(tag, provider), issued_before, limit)
 
     def _op_list_keys(self, tenant: TenantId, principal: str | None) -> Op[list[StoreKey]]:
         if principal is None:
@@ -425,6 +487,12 @@ class RedisStore(CommandStore):
         return sorted(keys, key=lambda k: k.id)
 
     def _op_list_tenants(self) -> Op[list[TenantId]]:
+        if self._cluster:  # SCAN is per node on a cluster: read the shards' tenant sets
+            names: set[str] = set()
+            for tag in self._tags():
+                members = yield RedisCall("smembers", (self._tenant_set(tag),))
+                names.update(_text(m) or "" for m in members)
+            return [TenantId(t) for t in sorted(names) if t]
         start = f"{self._prefix}tidx:"
         pattern = _glob_escape(start) + "*"
         tenants: set[str] = set()
@@ -470,6 +538,10 @@ class RedisStore(CommandStore):
         if pending.expires_at <= self._clock():
             return None
         return pending
+
+
+def _shard_tag(n: int) -> str:
+    return "{" + f"s{n}" + "}"
 
 
 def _key_from_id(key_id: str) -> StoreKey:
