@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-import json
 import logging
 import secrets
 from collections.abc import Callable, Generator, Mapping
@@ -23,7 +22,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
 
-from . import oauth
+from . import jsonsafe, oauth
 from .dpop import DPoPKey, NonceCache, make_proof
 from .effects import Effect, Emit, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
 from .errors import (
@@ -264,7 +263,7 @@ def obtain_flow(
 
 
 def _same_secret(a: Secret, b: Secret) -> bool:
-    return hmac.compare_digest(a.get_secret_value().encode(), b.get_secret_value().encode())
+    return a == b  # constant time; a lone surrogate never raises (Secret.__eq__)
 
 
 def _locked(
@@ -598,9 +597,7 @@ def exchange_code_flow(
         )
     except CorruptRecord:
         pending = None
-    if pending is None or not hmac.compare_digest(
-        pending.state.get_secret_value().encode(), state.encode()
-    ):
+    if pending is None or pending.state != Secret(state):
         raise AuthorizationFlowError("state_unknown", "unknown, already used or expired state")
     now: float = yield Now()
     if now >= pending.expires_at:
@@ -610,7 +607,7 @@ def exchange_code_flow(
     expected_issuer = pending.issuer
     if iss is not None:
         if expected_issuer is None or not hmac.compare_digest(
-            iss.encode(), expected_issuer.encode()
+            iss.encode("utf-8", "surrogatepass"), expected_issuer.encode("utf-8", "surrogatepass")
         ):
             raise AuthorizationFlowError(
                 "issuer_mismatch", "the authorization response came from another issuer"
@@ -645,8 +642,8 @@ def exchange_code_flow(
         if jwks_response.status_code != 200:
             raise TransientProviderError("jwks_unavailable", status_code=jwks_response.status_code)
         try:
-            jwks = json.loads(jwks_response.body)
-        except ValueError:
+            jwks = jsonsafe.loads(jwks_response.body)
+        except jsonsafe.JSONRejected:
             raise TransientProviderError("jwks_unavailable", status_code=200) from None
         claims = oauth.verify_id_token(
             parsed.id_token.get_secret_value(),

@@ -15,6 +15,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeAlias
 
+from . import jsonsafe
 from .errors import CorruptRecord, InvalidIdentifier
 
 __all__ = [
@@ -69,10 +70,10 @@ class Secret:
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Secret):
             return NotImplemented
-        return hmac.compare_digest(self._value.encode(), other._value.encode())
+        return hmac.compare_digest(_utf8(self._value), _utf8(other._value))
 
     def __hash__(self) -> int:
-        return hash(hashlib.sha256(self._value.encode()).digest())
+        return hash(hashlib.sha256(_utf8(self._value)).digest())
 
     def __bool__(self) -> bool:
         return bool(self._value)
@@ -250,6 +251,11 @@ class TokenStatus(enum.Enum):
     REVOKED = "revoked"
 
 
+def _utf8(value: str) -> bytes:
+    """UTF-8 bytes of ``value``; a lone surrogate is encoded, never ``UnicodeEncodeError``."""
+    return value.encode("utf-8", "surrogatepass")
+
+
 def _secret_or_none(value: object) -> Secret | None:
     if value is None:
         return None
@@ -344,6 +350,7 @@ class TokenRecord:
         try:
             if data.get("format") != RECORD_FORMAT:
                 raise ValueError("unknown record format")
+            jsonsafe.check_tree(data)  # no deep nesting, NaN or unstorable strings
             secrets = data["secrets"]
             access = secrets["access_token"]
             if not isinstance(access, str) or not access:
@@ -374,15 +381,17 @@ class TokenRecord:
             )
         except CorruptRecord:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CorruptRecord(f"stored token record cannot be decoded: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise CorruptRecord(
+                f"stored token record cannot be decoded: {str(exc)[:120]}"
+            ) from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TokenRecord:
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
-            raise CorruptRecord("stored token record is not valid JSON") from None
+            data = jsonsafe.loads(text)
+        except jsonsafe.JSONRejected as exc:
+            raise CorruptRecord(f"stored token record is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise CorruptRecord("stored token record is not a JSON object")
         return cls.from_dict(data)
@@ -410,7 +419,7 @@ class PendingAuthorization:
 
     @staticmethod
     def key_for(state: str) -> str:
-        return hashlib.sha256(state.encode()).hexdigest()
+        return hashlib.sha256(_utf8(state)).hexdigest()
 
     @property
     def state_key(self) -> str:
@@ -472,15 +481,17 @@ class PendingAuthorization:
             )
         except CorruptRecord:
             raise
-        except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise CorruptRecord(f"pending authorization cannot be decoded: {exc}") from None
+        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
+            raise CorruptRecord(
+                f"pending authorization cannot be decoded: {str(exc)[:120]}"
+            ) from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PendingAuthorization:
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError):
-            raise CorruptRecord("pending authorization is not valid JSON") from None
+            data = jsonsafe.loads(text)
+        except jsonsafe.JSONRejected as exc:
+            raise CorruptRecord(f"pending authorization is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise CorruptRecord("pending authorization is not a JSON object")
         return cls.from_dict(data)

@@ -32,6 +32,7 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
 
+from . import jsonsafe
 from .effects import HttpRequest, HttpResponse
 from .errors import (
     AuthorizationFlowError,
@@ -616,8 +617,13 @@ class TokenResponse:
         )
 
 
-def _decode_body(response: HttpResponse) -> dict[str, Any] | None:
-    """A JSON object, or a form-encoded body (GitHub's default), or ``None``."""
+def _decode_body(response: HttpResponse, *, strict: bool = False) -> dict[str, Any] | None:
+    """A JSON object, or a form-encoded body (GitHub's default), or ``None``.
+
+    JSON goes through :func:`jsonsafe.loads` (no duplicate members, no NaN, bounded numbers
+    and depth, only storable strings). With ``strict``, a JSON body it refuses raises
+    :class:`MalformedResponse` naming the defect instead of returning ``None``.
+    """
     raw = response.body or b""
     try:
         text = raw.decode("utf-8")
@@ -629,8 +635,14 @@ def _decode_body(response: HttpResponse) -> dict[str, Any] | None:
     ctype = response.content_type
     if stripped.startswith("{") or ctype.endswith("json"):
         try:
-            data = json.loads(stripped)
-        except (ValueError, RecursionError):
+            data = jsonsafe.loads(stripped)
+        except jsonsafe.JSONRejected as exc:
+            if strict and stripped.startswith("{"):
+                raise MalformedResponse(
+                    "malformed_response",
+                    error_description=f"JSON response refused: {exc}",
+                    status_code=response.status_code,
+                ) from None
             return None
         return data if isinstance(data, dict) else None
     if stripped.startswith("<") or ctype in ("text/html", "application/xhtml+xml"):
@@ -646,6 +658,16 @@ def _decode_body(response: HttpResponse) -> dict[str, Any] | None:
         if key in form:  # a repeated parameter is ambiguous (RFC 6749 §3.1)
             return None
         form[key] = value
+    try:
+        jsonsafe.check_tree(form)
+    except jsonsafe.JSONRejected as exc:
+        if strict:
+            raise MalformedResponse(
+                "malformed_response",
+                error_description=f"form response refused: {exc}",
+                status_code=response.status_code,
+            ) from None
+        return None
     return form
 
 
@@ -676,7 +698,10 @@ def parse_retry_after(response: HttpResponse, *, now: float | None = None) -> fl
         return None
     value = value.strip()
     if value.isascii() and value.isdigit():
-        return float(min(int(value), 10**9))
+        # Bounded before int(): 4,301+ digits would raise ValueError (int max str digits).
+        return float(min(int(value), 10**9)) if len(value) <= 10 else float(10**9)
+    if len(value) > 64:  # an HTTP-date is 29 characters
+        return None
     try:
         when = email.utils.parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError, OverflowError):
@@ -685,8 +710,8 @@ def parse_retry_after(response: HttpResponse, *, now: float | None = None) -> fl
     date_header = response.headers.get("date")
     if date_header:
         try:
-            reference = email.utils.parsedate_to_datetime(date_header).timestamp()
-        except (TypeError, ValueError, IndexError):
+            reference = email.utils.parsedate_to_datetime(date_header[:64]).timestamp()
+        except (TypeError, ValueError, IndexError, OverflowError):
             reference = None
     if reference is None:
         reference = time.time() if now is None else now
@@ -872,7 +897,7 @@ def parse_token_response(
     """
     if not 200 <= response.status_code < 300:
         raise classify_error(response, now=now, aliases=desc.error_aliases)
-    data = _decode_body(response)
+    data = _decode_body(response, strict=True)
     if data is None:
         raise MalformedResponse(
             "malformed_response",
@@ -991,7 +1016,7 @@ def parse_introspection_response(
     """Read an RFC 7662 response; ``active`` must be the JSON ``true`` to count as active."""
     if not 200 <= response.status_code < 300:
         raise classify_error(response, now=now, aliases=desc.error_aliases)
-    data = _decode_body(response)
+    data = _decode_body(response, strict=True)
     if data is None:
         raise MalformedResponse(
             "malformed_response",
@@ -1134,10 +1159,16 @@ def _id_token_error(message: str) -> AuthorizationFlowError:
     return AuthorizationFlowError("id_token_invalid", message)
 
 
+_MAX_JOSE_HEADER: Final = 8192
+_MAX_ID_TOKEN: Final = 64 * 1024
+
+
 def _b64json(segment: str) -> dict[str, Any]:
+    if len(segment) > _MAX_JOSE_HEADER:  # refused before decoding (a 14 MB header was decoded)
+        raise _id_token_error(f"ID token header is longer than {_MAX_JOSE_HEADER} characters")
     padded = segment + "=" * (-len(segment) % 4)
     try:
-        value = json.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
+        value = jsonsafe.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
     except (ValueError, binascii.Error, UnicodeEncodeError):
         raise _id_token_error("ID token header is not valid base64url JSON") from None
     if not isinstance(value, dict):
@@ -1171,7 +1202,9 @@ def verify_id_token(
     allowed = [a for a in algorithms if a != "none" and not a.upper().startswith("HS")]
     if not allowed:
         raise ConfigurationError("verify_id_token needs at least one asymmetric algorithm")
-    if not isinstance(id_token, str) or id_token.count(".") != 2:
+    if not isinstance(id_token, str) or len(id_token) > _MAX_ID_TOKEN:
+        raise _id_token_error(f"ID token is not a string of at most {_MAX_ID_TOKEN} characters")
+    if id_token.count(".") != 2:
         raise _id_token_error("ID token is not a compact JWS")
     header = _b64json(id_token.split(".", 1)[0])
     alg = header.get("alg")
@@ -1230,7 +1263,7 @@ def verify_id_token(
     if nonce is not None:
         claimed = claims.get("nonce")
         if not isinstance(claimed, str) or not hmac.compare_digest(
-            claimed.encode(), nonce.encode()
+            claimed.encode("utf-8", "surrogatepass"), nonce.encode("utf-8", "surrogatepass")
         ):
             raise AuthorizationFlowError("nonce_mismatch", "ID token nonce does not match")
     at_hash = claims.get("at_hash")

@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
-import json
 import math
 import re
 import tomllib
@@ -22,6 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any, Final
 from urllib.parse import urlsplit
 
+from . import jsonsafe
 from .dpop import DPOP_ALGS
 from .errors import ConfigurationError, InvalidIdentifier
 from .model import JSONValue, ProviderId, ScopeSet, Secret
@@ -586,8 +586,8 @@ class ProviderDescriptor:
     def from_json(cls, text: str | bytes) -> ProviderDescriptor:
         """Build from a JSON object (see :meth:`from_dict`)."""
         try:
-            data = json.loads(text)
-        except (ValueError, UnicodeDecodeError, RecursionError) as exc:
+            data = jsonsafe.loads(text)
+        except jsonsafe.JSONRejected as exc:
             raise ConfigurationError(f"provider descriptor is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ConfigurationError("provider descriptor JSON must be an object")
@@ -598,8 +598,15 @@ class ProviderDescriptor:
         """Build from TOML; ``table`` (dotted, e.g. ``"providers.acme"``) selects a sub-table."""
         try:
             data: Any = tomllib.loads(text)
+            jsonsafe.check_tree(data)
         except tomllib.TOMLDecodeError as exc:
             raise ConfigurationError(f"provider descriptor is not valid TOML: {exc}") from None
+        except RecursionError:
+            raise ConfigurationError(
+                f"provider descriptor TOML is nested deeper than {jsonsafe.MAX_DEPTH} levels"
+            ) from None
+        except jsonsafe.JSONRejected as exc:
+            raise ConfigurationError(f"provider descriptor TOML refused: {exc}") from None
         if table:
             for part in table.split("."):
                 if not isinstance(data, dict) or part not in data:
@@ -734,9 +741,9 @@ def parse_metadata(document: bytes | str | Mapping[str, object]) -> dict[str, JS
     """
     if isinstance(document, bytes | str):
         try:
-            data: Any = json.loads(document)
-        except (ValueError, UnicodeDecodeError, RecursionError):
-            raise ConfigurationError("discovery document is not valid JSON") from None
+            data: Any = jsonsafe.loads(document)
+        except jsonsafe.JSONRejected as exc:
+            raise ConfigurationError(f"discovery document is not valid JSON: {exc}") from None
     else:
         data = document
     if not isinstance(data, Mapping):
