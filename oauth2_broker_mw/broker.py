@@ -48,7 +48,7 @@ from ._core.model import (
     TokenRecord,
 )
 from ._core.policy import RefreshPolicy
-from ._core.provider import ClientConfig, ProviderDescriptor
+from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth
 from ._drivers import AsyncDriver, SyncDriver
 from ._singleflight import SingleFlight
 from .events import EventBus, EventHandler
@@ -195,6 +195,7 @@ class Broker:
             private_key=private_key,
             private_key_id=private_key_id,
         )
+        check_client_auth(provider, self._client_config)
         self._dpop_key: DPoPKey | None = None
         if provider.dpop:
             if dpop_key is not None:

@@ -63,7 +63,10 @@ def store_spec(request: pytest.FixtureRequest) -> Iterator[dict[str, Any]]:
 
 def _seed(provider: MockProvider, store: Any, descriptor: Any) -> dict[StoreKey, float]:
     """RECORDS rotating grants whose access tokens expire one after another (virtual time)."""
-    keying = Broker(descriptor, client_id=provider.default_client.client_id, store=store)
+    client = provider.default_client
+    keying = Broker(
+        descriptor, client_id=client.client_id, client_secret=client.client_secret, store=store
+    )
 
     def put(i: int) -> tuple[StoreKey, float]:
         issued = provider.issue_tokens(subject=f"p{i}", scopes=SCOPES)

@@ -832,3 +832,37 @@ class ClientConfig:
 
     def __hash__(self) -> int:
         return hash((self.client_id, self.client_secret, self.private_key_id))
+
+
+def check_client_auth(provider: ProviderDescriptor, client: ClientConfig) -> None:
+    """Refuse a registration that cannot authenticate the way ``provider`` requires.
+
+    Checked when a ``Broker`` is built, so a forgotten secret shows at start-up and not as an
+    ``exchange_failed`` after the user has logged in at the provider. Names the provider and
+    the parameter, never a value.
+    """
+    method = provider.client_auth_method
+    where = f"provider {provider.id!r} authenticates with {method.value}"
+    if method in (
+        ClientAuthMethod.CLIENT_SECRET_BASIC,
+        ClientAuthMethod.CLIENT_SECRET_POST,
+        ClientAuthMethod.CLIENT_SECRET_JWT,
+    ):
+        secret = client.client_secret
+        if secret is None:
+            raise ConfigurationError(
+                f"{where} but no client_secret was given: pass client_secret=... (from the "
+                "provider's app registration, e.g. an environment variable), or set "
+                "client_auth_method='none' for a public client"
+            )
+        if not secret.get_secret_value().strip():
+            raise ConfigurationError(
+                f"{where} but client_secret is empty: check the variable it is read from"
+            )
+    elif method is ClientAuthMethod.PRIVATE_KEY_JWT:
+        key = client.private_key
+        if key is None or (isinstance(key, str) and not key.strip()) or key == {}:
+            raise ConfigurationError(
+                f"{where} but no private_key was given: pass private_key=... (a JWK dict or "
+                "a PEM string of the key registered with the provider)"
+            )

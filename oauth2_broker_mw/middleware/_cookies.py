@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import base64
 import binascii
+import collections
 import hashlib
 import hmac
 import json
+import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -54,14 +56,33 @@ def _derive(secret: bytes, purpose: bytes) -> bytes:
     ).derive(secret)
 
 
-def _secret_bytes(value: str | Secret) -> bytes:
+_HINT = "generate one with: python -c 'import secrets; print(secrets.token_urlsafe(32))'"
+_MIN_ENTROPY_BITS = 96.0
+
+
+def _entropy_bits(text: str) -> float:
+    """Shannon entropy of ``text``'s characters times its length (an optimistic estimate)."""
+    counts = collections.Counter(text)
+    return -sum(n * math.log2(n / len(text)) for n in counts.values())
+
+
+def _secret_bytes(value: object) -> bytes:
     raw = value.get_secret_value() if isinstance(value, Secret) else value
+    if isinstance(raw, bytes | bytearray | memoryview):
+        raise ConfigurationError(
+            "secret_key must be a str or a Secret, not bytes: keep it as text in your "
+            f"configuration (for example an environment variable); {_HINT}"
+        )
     if not isinstance(raw, str):
-        raise ConfigurationError("secret_key must be a str or a Secret")
+        raise ConfigurationError(
+            f"secret_key must be a str or a Secret, not {type(raw).__name__}; {_HINT}"
+        )
     if len(raw) < _MIN_SECRET_LEN:
         raise ConfigurationError(
-            f"secret_key must be at least {_MIN_SECRET_LEN} characters of random data"
+            f"secret_key must be at least {_MIN_SECRET_LEN} characters of random data; {_HINT}"
         )
+    if len(set(raw)) < 8 or _entropy_bits(raw) < _MIN_ENTROPY_BITS:
+        raise ConfigurationError(f"secret_key looks like a placeholder, not random data; {_HINT}")
     return raw.encode("utf-8")
 
 
@@ -71,7 +92,14 @@ class CookieSealer:
     __slots__ = ("_aeads", "_mac_key")
 
     def __init__(self, secret_key: str | Secret | Sequence[str | Secret]) -> None:
-        secrets = [secret_key] if isinstance(secret_key, str | Secret) else list(secret_key)
+        given: object = secret_key
+        secrets: list[object]
+        if isinstance(given, str | Secret | bytes | bytearray | memoryview):
+            secrets = [given]
+        elif isinstance(given, Sequence):
+            secrets = list(given)
+        else:
+            secrets = [given]  # refused below with the reason
         if not secrets:
             raise ConfigurationError("secret_key must not be empty")
         raw = [_secret_bytes(s) for s in secrets]

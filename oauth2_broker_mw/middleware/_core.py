@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias, TypeVar, cast
 from urllib.parse import parse_qsl, quote, urlsplit
 
+from .. import _driver
 from .._core.errors import (
     AuthorizationFlowError,
     AuthorizationRequired,
@@ -153,33 +154,17 @@ Handler: TypeAlias = Generator[BrokerCall, object, "Response"]
 
 
 def drive(handler: Handler) -> Response:
-    """Run a handler with the broker's sync methods."""
-    try:
-        call = next(handler)
-        while True:
-            try:
-                result = call.run()
-            except Exception as exc:  # handed to the handler, which decides
-                call = handler.throw(exc)
-            else:
-                call = handler.send(result)
-    except StopIteration as stop:
-        return cast(Response, stop.value)
+    """Run a handler with the broker's sync methods (through the one generator driver)."""
+    return _driver.run(handler, lambda call: call.run())
 
 
 async def adrive(handler: Handler) -> Response:
     """Run a handler with the broker's async methods."""
-    try:
-        call = next(handler)
-        while True:
-            try:
-                result = await call.arun()
-            except Exception as exc:
-                call = handler.throw(exc)
-            else:
-                call = handler.send(result)
-    except StopIteration as stop:
-        return cast(Response, stop.value)
+
+    async def execute(call: BrokerCall) -> object:
+        return await call.arun()
+
+    return await _driver.arun(handler, execute)
 
 
 # -- request and response data ------------------------------------------------------------------
@@ -566,6 +551,11 @@ class MiddlewareCore:
         max_flows: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        if not isinstance(brokers, Mapping):
+            raise ConfigurationError(
+                "brokers must be a mapping of provider name to Broker, not "
+                f"{type(brokers).__name__}: brokers={{'github': github_broker}}"
+            )
         if not brokers:
             raise ConfigurationError("brokers must name at least one provider")
         for name in brokers:

@@ -31,6 +31,8 @@ from typing import Any, Generic, TypeAlias, TypeVar
 
 from .._core.errors import ConfigurationError
 from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
+from .._driver import arun as adrive  # the one generator driver (psycopg's waiting.py)
+from .._driver import run as drive
 from .base import DueRecord, check_limit
 
 __all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url"]
@@ -40,45 +42,6 @@ C = TypeVar("C")
 
 #: An operation: yields commands, receives each command's result, returns the answer.
 Op: TypeAlias = Generator[Any, Any, T]
-
-
-def drive(op: Op[T], execute: Callable[[Any], Any]) -> T:
-    """Run ``op`` to completion, executing each yielded command with blocking ``execute``.
-
-    A command that raises has its exception thrown into ``op`` at the ``yield``.
-    """
-    try:
-        command = next(op)
-        while True:
-            try:
-                result = execute(command)
-            except Exception as exc:  # the op may handle it; if not, it comes back out
-                command = op.throw(exc)
-            else:
-                command = op.send(result)
-    except StopIteration as stop:
-        answer: T = stop.value
-        return answer
-    finally:
-        op.close()
-
-
-async def adrive(op: Op[T], execute: Callable[[Any], Awaitable[Any]]) -> T:
-    """Run ``op`` to completion, awaiting ``execute`` for each yielded command."""
-    try:
-        command = next(op)
-        while True:
-            try:
-                result = await execute(command)
-            except Exception as exc:
-                command = op.throw(exc)
-            else:
-                command = op.send(result)
-    except StopIteration as stop:
-        answer: T = stop.value
-        return answer
-    finally:
-        op.close()
 
 
 def redact_url(url: str) -> str:

@@ -27,7 +27,7 @@ from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 BASE = "http://127.0.0.1"
 HTTPS_BASE = "https://app.example.test"
-SECRET = "test-secret-key-" + "k" * 32
+SECRET = "test-secret-key-" + "Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0Fg"
 SCOPES = ["openid", "email"]
 FRAMEWORKS = ["starlette", "fastapi", "flask", "django"]
 

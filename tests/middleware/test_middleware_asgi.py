@@ -19,7 +19,7 @@ from oauth2_broker_mw.middleware import BrokerMiddleware
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 BASE = "http://127.0.0.1"
-SECRET = "asgi-test-secret-" + "s" * 32
+SECRET = "asgi-test-secret-" + "Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0Fg"
 
 
 @pytest.fixture

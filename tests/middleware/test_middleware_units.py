@@ -19,7 +19,7 @@ from oauth2_broker_mw.middleware import (
 from oauth2_broker_mw.middleware._cookies import CookieSealer, parse_cookie_header
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
-KEY = "unit-test-secret-" + "u" * 32
+KEY = "unit-test-secret-" + "Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0Fg"
 NOW = 1_800_000_000.0
 
 
@@ -43,7 +43,9 @@ def test_sealed_cookie_rejects_tampering_moving_age_and_other_keys() -> None:
     assert sealer.open("obm_flow_a", value, now=NOW + 61, max_age=60) is None
     assert sealer.open("obm_flow_a", value, now=NOW - 3600, max_age=60) is None  # from the future
     assert (
-        CookieSealer("another-secret-" + "o" * 32).open("obm_flow_a", value, now=NOW, max_age=60)
+        CookieSealer("another-secret-" + "gF0cB5yJ3dN6wK1sH4pZ8tV2rL7x9mQ").open(
+            "obm_flow_a", value, now=NOW, max_age=60
+        )
         is None
     )
     for junk in ("", "v1.", "v1.!!!", "v2." + value[3:], "garbage"):
@@ -51,7 +53,10 @@ def test_sealed_cookie_rejects_tampering_moving_age_and_other_keys() -> None:
 
 
 def test_key_rotation_opens_cookies_sealed_with_the_old_key() -> None:
-    old, new = "old-secret-" + "o" * 32, Secret("new-secret-" + "n" * 32)
+    old, new = (
+        "old-secret-" + "gF0cB5yJ3dN6wK1sH4pZ8tV2rL7x9mQ",
+        Secret("new-secret-" + "Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0Fg"),
+    )
     value = CookieSealer(old).seal("c", {"v": 1}, NOW)
     assert CookieSealer([new, old]).open("c", value, now=NOW, max_age=60) is not None
     assert CookieSealer([new]).open("c", value, now=NOW, max_age=60) is None

@@ -376,7 +376,7 @@ def test_slow_or_down_postgres_is_retryable_and_warm_leases_are_still_served(
     store = PostgresStore(
         f"{dsn} host=127.0.0.1 port={proxy.port}", schema=schema, timeout=1, statement_timeout=0.5
     )
-    broker = Broker(_DESCRIPTOR, client_id="client", store=store)
+    broker = Broker(_DESCRIPTOR, client_id="client", client_secret="secret", store=store)
     try:
         for name in "wxyz":
             key = broker.key(tenant="acme", principal=name, scopes=["read"])

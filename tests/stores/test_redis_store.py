@@ -269,7 +269,7 @@ def test_slow_or_down_redis_is_retryable_and_warm_leases_are_still_served(
     store = RedisStore(
         f"redis://127.0.0.1:{proxy.port}{target.path}", prefix=prefix, socket_timeout=0.3
     )
-    broker = Broker(_DESCRIPTOR, client_id="client", store=store)
+    broker = Broker(_DESCRIPTOR, client_id="client", client_secret="secret", store=store)
     try:
         keys = {n: broker.key(tenant="acme", principal=n, scopes=["read"]) for n in "wxyz"}
         for name, key in keys.items():

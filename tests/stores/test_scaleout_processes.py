@@ -127,7 +127,12 @@ def test_one_token_request_per_key_per_expiry_window(store_spec: dict[str, Any])
         with provider.serve():
             descriptor = provider.descriptor()
             client = provider.default_client
-            seeding = Broker(descriptor, client_id=client.client_id, store=store)
+            seeding = Broker(
+                descriptor,
+                client_id=client.client_id,
+                client_secret=client.client_secret,
+                store=store,
+            )
             now = time.time()
             for principal in principals:
                 issued = provider.issue_tokens(subject=principal, scopes=SCOPES)
@@ -231,7 +236,10 @@ def test_one_token_request_per_key_per_expiry_window(store_spec: dict[str, Any])
 
 # -- faults -----------------------------------------------------------------------------------
 def _seed(provider: MockProvider, store: TokenStore, descriptor: Any, principal: str) -> Any:
-    broker = Broker(descriptor, client_id=provider.default_client.client_id, store=store)
+    client = provider.default_client
+    broker = Broker(
+        descriptor, client_id=client.client_id, client_secret=client.client_secret, store=store
+    )
     key = broker.key(tenant=TENANT, principal=principal, scopes=SCOPES)
     broker.close()
     issued = provider.issue_tokens(subject=principal, scopes=SCOPES)
