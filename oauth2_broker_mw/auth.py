@@ -39,7 +39,7 @@ import httpx2
 
 from ._core.dpop import NonceCache
 from ._core.errors import ConfigurationError, InsufficientScope
-from ._core.model import Lease, ScopeSet, StoreKey
+from ._core.model import DEFAULT_TENANT, SERVICE_PRINCIPAL, Lease, ScopeSet, StoreKey
 from ._core.oauth import parse_www_authenticate
 from ._core.provider import is_allowed_endpoint
 
@@ -390,8 +390,13 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
     ``requests`` (``requests.get(url, auth=auth)``, ``Session.auth = auth``) at once, from any
     number of threads and tasks::
 
-        auth = BrokerAuth(broker, tenant="acme", principal="svc-router", scopes=["email.read"])
+        auth = BrokerAuth(broker, tenant="acme", principal="alice", scopes=["email.read"])
         httpx2.Client(auth=auth); httpx.AsyncClient(auth=auth); requests.get(url, auth=auth)
+
+    A single service calling an API as itself (client credentials) needs no tenant or
+    principal: ``httpx.Client(auth=BrokerAuth.for_service(broker, scopes=["read"]))``, the same
+    as ``BrokerAuth(broker, scopes=["read"])``; its token is stored under tenant
+    ``"default"`` and the reserved principal ``"@app"`` (``Broker.service_lease``).
 
     * With a valid cached token the per-request work is a cache lookup and one header; a miss
       asks the broker (``lease_for_key`` on the calling thread, ``alease_for_key`` on the event
@@ -415,8 +420,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self,
         broker: LeaseSource,
         *,
-        tenant: str,
-        principal: str,
+        tenant: str = DEFAULT_TENANT,
+        principal: str = SERVICE_PRINCIPAL,
         scopes: ScopeSet | str | Iterable[str] | None = None,
         required_scopes: Iterable[str] | None = None,
         allowed_origins: Iterable[str] | None = None,
@@ -455,6 +460,21 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self._on_insufficient_scope = on_insufficient_scope
         # DPoP (RFC 9449): the latest DPoP-Nonce each resource origin asked for.
         self._dpop_nonces = NonceCache()
+
+    @classmethod
+    def for_service(
+        cls,
+        broker: LeaseSource,
+        scopes: ScopeSet | str | Iterable[str] | None = None,
+        *,
+        tenant: str = DEFAULT_TENANT,
+        **options: Any,
+    ) -> BrokerAuth:
+        """Sign as the application itself (client credentials), not as any user.
+
+        ``tenant`` is only needed when one app serves several tenants with its own identity.
+        """
+        return cls(broker, tenant=tenant, principal=SERVICE_PRINCIPAL, scopes=scopes, **options)
 
     # -- introspection -------------------------------------------------------------------------
     @property

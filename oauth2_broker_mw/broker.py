@@ -38,6 +38,8 @@ from ._core.flows import (
     start_authorization_flow,
 )
 from ._core.model import (
+    DEFAULT_TENANT,
+    SERVICE_PRINCIPAL,
     Lease,
     PrincipalId,
     ProviderId,
@@ -148,7 +150,10 @@ class Broker:
 
     ``lease()`` / ``alease()`` return a valid access token for (tenant, principal, scopes):
     the cached one while it is fresh; else a refresh when a refresh token is stored; else
-    client credentials when the provider offers them; else :class:`AuthorizationRequired`.
+    :class:`AuthorizationRequired`. The application's own token (client credentials) comes
+    only from ``service_lease()`` (or for principals the app names in
+    ``client_credentials_principals``, or from a descriptor with no user grant at all): it
+    never stands in for a user whose grant is missing, revoked or unreadable.
     Concurrent callers of one key, threads and tasks alike, share one provider call; across
     processes and hosts the store's lease lock and compare-and-swap do the same.
 
@@ -509,6 +514,46 @@ class Broker:
             key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
         )
 
+    def service_lease(
+        self,
+        *,
+        scopes: ScopesArg = None,
+        tenant: str = DEFAULT_TENANT,
+        required_scopes: Iterable[str] | None = None,
+        force_refresh: bool = False,
+    ) -> Lease:
+        """The application's own token (client credentials), never a user's.
+
+        This is the one way to get the app's identity from a descriptor that also logs users
+        in: :meth:`lease` for a user principal never falls back to client credentials. The
+        token is stored under ``tenant`` (default ``"default"``) and the reserved principal
+        ``"@app"``, which no user principal can have.
+        """
+        return self.lease(
+            tenant=tenant,
+            principal=SERVICE_PRINCIPAL,
+            scopes=scopes,
+            required_scopes=required_scopes,
+            force_refresh=force_refresh,
+        )
+
+    async def aservice_lease(
+        self,
+        *,
+        scopes: ScopesArg = None,
+        tenant: str = DEFAULT_TENANT,
+        required_scopes: Iterable[str] | None = None,
+        force_refresh: bool = False,
+    ) -> Lease:
+        """Async :meth:`service_lease`."""
+        return await self.alease(
+            tenant=tenant,
+            principal=SERVICE_PRINCIPAL,
+            scopes=scopes,
+            required_scopes=required_scopes,
+            force_refresh=force_refresh,
+        )
+
     def replace_lease(self, stale: Lease) -> Lease:
         """The token in ``stale`` was rejected: return a newer one (at most one refresh)."""
         return self.lease_for_key(stale.key, scopes=stale.scopes, _stale=stale.access_token)
@@ -701,7 +746,7 @@ class Broker:
 def _principal_predicate(
     allowed: Callable[[str, str], bool] | Collection[str] | None,
 ) -> Callable[[StoreKey], bool] | None:
-    """``None``: any principal may use client credentials; else a set or ``(tenant, principal)``."""
+    """``None``: see :meth:`FlowConfig.allows_client_credentials`; else a set or a predicate."""
     if allowed is None:
         return None
     if callable(allowed):

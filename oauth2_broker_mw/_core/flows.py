@@ -46,6 +46,7 @@ from .events import (
     TokenRefreshed,
 )
 from .model import (
+    SERVICE_PRINCIPAL,
     JSONValue,
     PendingAuthorization,
     PrincipalId,
@@ -85,14 +86,22 @@ class FlowConfig:
     pending_ttl: float = 600.0
 
     client_credentials_principals: Callable[[StoreKey], bool] | None = None
+    """Principals (besides :data:`SERVICE_PRINCIPAL`) the app marks as services. ``None``: none
+    when the descriptor also offers a user grant (authorization code), every principal when
+    client credentials is the only way to get a token (there are no users)."""
     dpop_key: DPoPKey | None = None
     """Signs DPoP proofs for token requests when the descriptor has ``dpop=True``."""
     dpop_nonces: NonceCache | None = None
     """The latest ``DPoP-Nonce`` per authorization-server origin (in memory, per broker)."""
 
     def allows_client_credentials(self, key: StoreKey) -> bool:
+        """The app's own token may be used for ``key``: never for a user principal."""
+        if key.principal == SERVICE_PRINCIPAL:
+            return True
         predicate = self.client_credentials_principals
-        return predicate is None or predicate(key)
+        if predicate is None:
+            return not self.provider.supports(GrantType.AUTHORIZATION_CODE)
+        return predicate(key)
 
     @property
     def can_client_credentials(self) -> bool:
@@ -256,6 +265,9 @@ def obtain_flow(
         scopes=requested.scopes,
         reason="the provider rejected the stored grant; log in again"
         if record is not None and record.revoked_at is not None
+        else "no stored grant for this user; log in (the app's own client-credentials token "
+        "never stands in for a user: use service_lease() for the app's identity)"
+        if record is None and cfg.can_client_credentials
         else "no stored token can be refreshed and the provider offers no client credentials"
         if record is None or record.refresh_token is None
         else "the stored token cannot be refreshed",
@@ -508,6 +520,11 @@ def start_authorization_flow(
         )
     if not oauth.is_allowed_endpoint(redirect_uri):
         raise ConfigurationError("redirect_uri must be https (or http on loopback)")
+    if principal == SERVICE_PRINCIPAL:
+        raise ConfigurationError(
+            f"principal {SERVICE_PRINCIPAL!r} is reserved for the app's own token; a user "
+            "principal must have another name"
+        )
     if principal is None and not cfg.provider.is_oidc:
         raise ConfigurationError(
             "principal=None (take it from the ID token) needs an OpenID Connect provider"
@@ -684,6 +701,8 @@ def exchange_code_flow(
 
 
 def _principal_from_sub(sub: str) -> PrincipalId:
+    if sub == SERVICE_PRINCIPAL:  # a user can never take the app's own principal
+        return PrincipalId("sub-" + hashlib.sha256(sub.encode()).hexdigest()[:40])
     try:
         return PrincipalId(sub)
     except BrokerError:

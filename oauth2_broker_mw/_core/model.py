@@ -19,6 +19,8 @@ from . import jsonsafe
 from .errors import CorruptRecord, InvalidIdentifier
 
 __all__ = [
+    "DEFAULT_TENANT",
+    "SERVICE_PRINCIPAL",
     "JSONValue",
     "Lease",
     "PendingAuthorization",
@@ -117,6 +119,14 @@ class PrincipalId(str):
         if type(value) is cls:
             return value
         return super().__new__(cls, _validate_identifier("principal", value))
+
+
+#: The tenant of a single-service app that has no tenants (``service_lease``, ``BrokerAuth``).
+DEFAULT_TENANT: Final = TenantId("default")
+#: The principal under which the application's own client-credentials token is stored. A user
+#: principal can never have this name (a login refuses it; an ID token ``sub`` equal to it is
+#: hashed), so the app's token can never be read as a user's.
+SERVICE_PRINCIPAL: Final = PrincipalId("@app")
 
 
 class ProviderId(str):

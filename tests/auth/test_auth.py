@@ -155,18 +155,27 @@ class Env:
         return self.world.provider.counters
 
 
+def services(tenant: str, principal: str) -> bool:
+    """The principals these tests sign as are the app's services (J6: explicit)."""
+    return principal.startswith("svc") or principal == "p"
+
+
 def make_broker(world: World, **overrides: Any) -> Broker:
     descriptor = world.provider.descriptor(**overrides)
+    clients: dict[str, Any] = {}
     if world.kind == "inprocess":
-        return Broker(
-            descriptor,
-            client_id=CLIENT_ID,
-            client_secret=CLIENT_SECRET,
-            http_client=world.provider.client(),
-            async_http_client=world.provider.async_client(),
-            clock=world.clock,
-        )
-    return Broker(descriptor, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, clock=world.clock)
+        clients = {
+            "http_client": world.provider.client(),
+            "async_http_client": world.provider.async_client(),
+        }
+    return Broker(
+        descriptor,
+        client_id=CLIENT_ID,
+        client_secret=CLIENT_SECRET,
+        clock=world.clock,
+        client_credentials_principals=services,
+        **clients,
+    )
 
 
 @pytest.fixture(params=CLIENTS)
@@ -453,7 +462,12 @@ def test_another_callers_replacement_is_used_without_a_refresh(inprocess_world: 
 async def test_cold_cache_200_tasks_and_16_threads_make_one_token_request() -> None:
     provider = MockProvider(latency={"token": 0.2})
     with provider.serve():
-        broker = Broker(provider.descriptor(), client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+        broker = Broker(
+            provider.descriptor(),
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            client_credentials_principals=services,
+        )
         auth = BrokerAuth(broker, tenant="acme", principal="svc-crowd", scopes=["read"])
         url = provider.resource_url
         barrier = threading.Barrier(16)
@@ -682,7 +696,12 @@ async def test_async_clients_never_block_the_loop_while_a_token_is_fetched(kind:
         provider.issuer = f"http://127.0.0.1:{port}"
 
     with serve_app(gate, on_port=set_issuer):
-        broker = Broker(provider.descriptor(), client_id=CLIENT_ID, client_secret=CLIENT_SECRET)
+        broker = Broker(
+            provider.descriptor(),
+            client_id=CLIENT_ID,
+            client_secret=CLIENT_SECRET,
+            client_credentials_principals=services,
+        )
         auth = BrokerAuth(broker, tenant="acme", principal="svc-loop", scopes=["read"])
         d = Driver(kind, auth, inprocess_app=None, loop=None)
         try:

@@ -38,6 +38,10 @@ TENANT, USER = "acme", "alice"
 Call = Callable[..., Any]
 
 
+def SERVICES(tenant: str, principal: str) -> bool:
+    return principal.startswith("svc")
+
+
 @pytest.fixture(params=["sync", "async"])
 def call(request: pytest.FixtureRequest) -> Call:
     """``call(broker, "lease", **kw)`` runs ``lease`` or ``alease`` depending on the param."""
@@ -64,6 +68,8 @@ def make_broker(mp: MockProvider, clock: Clock | None = None, **kwargs: Any) -> 
         "client_secret": "test-secret",
         "http_client": mp.client(),
         "async_http_client": mp.async_client(),
+        # The app's own token is explicit (J6): the "svc..." principals are its services.
+        "client_credentials_principals": SERVICES,
     }
     if clock is not None:
         options["clock"] = clock
@@ -473,7 +479,7 @@ def test_unreachable_provider_is_a_transport_error(call: Call) -> None:
         mp.descriptor(), client_id="test-client", client_secret="test-secret", timeout=2
     )
     with pytest.raises(TransportError) as info:
-        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+        call(broker, "service_lease", tenant=TENANT, scopes=["x"])
     assert "test-secret" not in str(info.value)
 
 
@@ -486,9 +492,12 @@ def test_corrupt_row_is_treated_as_absent(
     with sqlite3.connect(path) as conn:
         conn.execute("UPDATE tokens SET data = '{not json'")
     fresh = make_broker(provider, store=SQLiteStore(str(path)))
-    # No refresh token can be read back, but client credentials still get a token.
-    lease = call(fresh, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
-    assert lease.access_token != record.access_token
+    provider.reset_counters()
+    # J6: nothing can be read back, and the app's own token never stands in for the user.
+    with pytest.raises(AuthorizationRequired):
+        call(fresh, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
+    assert provider.counters["token:client_credentials"] == 0
+    assert record.key.principal == USER
 
 
 def test_httpx_clients_over_loopback_work(provider: MockProvider) -> None:
@@ -503,7 +512,7 @@ def test_httpx_clients_over_loopback_work(provider: MockProvider) -> None:
                 client_secret="test-secret",
                 http_client=sync_client,
             )
-            assert broker.lease(tenant=TENANT, principal="svc", scopes=["x"]).access_token
+            assert broker.service_lease(tenant=TENANT, scopes=["x"]).access_token
 
         async def run_async() -> None:
             async with httpx.AsyncClient() as async_client:
@@ -513,18 +522,16 @@ def test_httpx_clients_over_loopback_work(provider: MockProvider) -> None:
                     client_secret="test-secret",
                     async_http_client=async_client,
                 )
-                lease = await broker.alease(tenant=TENANT, principal="svc-a", scopes=["x"])
+                lease = await broker.aservice_lease(tenant=TENANT, scopes=["x"])
                 assert lease.access_token
             async with Broker(
                 descriptor, client_id="test-client", client_secret="test-secret"
             ) as own:
-                assert (
-                    await own.alease(tenant=TENANT, principal="svc-b", scopes=["x"])
-                ).access_token
+                assert (await own.aservice_lease(tenant="other", scopes=["x"])).access_token
 
         asyncio.run(run_async())
         with Broker(descriptor, client_id="test-client", client_secret="test-secret") as default:
-            assert default.lease(tenant=TENANT, principal="svc-c", scopes=["x"]).access_token
+            assert default.service_lease(tenant="third", scopes=["x"]).access_token
     assert provider.counters["token:client_credentials"] == 4
 
 

@@ -35,8 +35,8 @@ def test_spans_and_counters_carry_no_secrets() -> None:
         http_client=mp.client(),
         telemetry=telemetry,
     )
-    lease = broker.lease(tenant="acme", principal="svc", scopes=["x"])
-    broker.lease(tenant="acme", principal="svc", scopes=["x"])  # cached: no span
+    lease = broker.service_lease(tenant="acme", scopes=["x"])
+    broker.service_lease(tenant="acme", scopes=["x"])  # cached: no span
     mp.faults.add("token", "error", status=400, error="invalid_grant")
     no_cc = Broker(
         mp.descriptor(grants=["authorization_code", "refresh_token"]),
@@ -78,4 +78,4 @@ def test_without_providers_configured_it_is_harmless() -> None:
         client_secret="test-secret",
         http_client=mp.client(),
     )
-    assert broker.lease(tenant="acme", principal="svc", scopes=["x"]).access_token
+    assert broker.service_lease(tenant="acme", scopes=["x"]).access_token

@@ -32,7 +32,7 @@ def test_discovered_descriptor_drives_a_login(run: Any) -> None:
     broker = Broker(
         descriptor, client_id="test-client", client_secret="test-secret", http_client=mp.client()
     )
-    assert broker.lease(tenant="acme", principal="svc", scopes=["x"]).access_token
+    assert broker.service_lease(tenant="acme", scopes=["x"]).access_token
 
 
 def test_issuer_mismatch_is_refused(run: Any) -> None:
