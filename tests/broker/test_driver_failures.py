@@ -56,6 +56,7 @@ def _brokers(mp: MockProvider, clock: Clock) -> tuple[Broker, Broker, _Armed, _A
     store = MemoryStore()
     sync, asyn = _Armed(mp.client()), _AsyncArmed(mp.async_client())
     common: dict[str, Any] = {
+        "client_credentials_principals": {"svc"},  # the app's service (J6: explicit)
         "client_id": "test-client",
         "client_secret": "test-secret",
         "store": store,
@@ -208,7 +209,11 @@ def test_asyncio_run_per_call_does_not_leak_clients(tmp_path: Any) -> None:
         served = mp.serve()
         next(iter([served.__enter__()]))
         # The broker owns its async clients: real sockets to the provider on loopback.
-        broker = Broker(mp.descriptor(), client_id="test-client", client_secret="test-secret")
+        broker = Broker(
+            mp.descriptor(grants=["client_credentials"]),
+            client_id="test-client",
+            client_secret="test-secret",
+        )
 
         jobs = iter(range(10**6))
 
@@ -249,6 +254,7 @@ def test_a_backwards_wall_clock_does_not_stretch_the_lock_wait(mp: MockProvider)
     store = MemoryStore()
     broker = Broker(
         mp.descriptor(),
+        client_credentials_principals={"svc"},
         client_id="test-client",
         client_secret="test-secret",
         store=store,
