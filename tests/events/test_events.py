@@ -58,6 +58,7 @@ def make_broker(mp: MockProvider, clock: FakeClock, **kwargs: Any) -> Broker:
         "http_client": mp.client(),
         "async_http_client": mp.async_client(),
         "clock": clock,
+        "client_credentials_principals": ["svc"],  # "svc" is a service, not a user
     }
     options.update(kwargs)
     return Broker(mp.descriptor(), **options)
@@ -348,6 +349,7 @@ def test_registry_subscribe_sees_every_tenants_events(
         http_client=provider.client(),
         async_http_client=provider.async_client(),
         clock=clock,
+        broker_options={"client_credentials_principals": ["svc"]},
     )
     seen = Collector()
     registry.subscribe(seen)  # before any broker exists
