@@ -14,7 +14,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _driver
@@ -86,7 +86,13 @@ def _store_call(op: StoreOp) -> str:
 
 
 class _Driver:
-    """What both drivers share: configuration and every step that has no ``await`` in it."""
+    """What both drivers share: configuration and every step that has no ``await`` in it.
+
+    ``client`` returns the HTTP client (the async driver awaits it); ``sleep`` blocks the
+    thread (sync) or is awaited (async), defaulting to ``time.sleep`` / ``asyncio.sleep``.
+    """
+
+    _default_sleep: Callable[[float], Any]
 
     def __init__(
         self,
@@ -95,6 +101,7 @@ class _Driver:
         *,
         clock: Callable[[], float] = time.time,
         monotonic: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Any] | None = None,
         telemetry: Telemetry | None = None,
         provider: str = "",
         events: EventBus | None = None,
@@ -103,6 +110,7 @@ class _Driver:
         self._client = client
         self._clock = clock
         self._monotonic = monotonic
+        self._sleep = sleep or type(self)._default_sleep
         self._telemetry = telemetry or Telemetry()
         self._provider = provider
         self._events = events
@@ -147,28 +155,7 @@ class _Driver:
 class SyncDriver(_Driver):
     """Runs a flow on the calling thread."""
 
-    def __init__(
-        self,
-        store: TokenStore,
-        client: Callable[[], Any],
-        *,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], None] = time.sleep,
-        telemetry: Telemetry | None = None,
-        provider: str = "",
-        events: EventBus | None = None,
-    ) -> None:
-        super().__init__(
-            store,
-            client,
-            clock=clock,
-            monotonic=monotonic,
-            telemetry=telemetry,
-            provider=provider,
-            events=events,
-        )
-        self._sleep = sleep
+    _default_sleep = staticmethod(time.sleep)
 
     def run(self, flow: Flow[R]) -> R:
         """Run ``flow`` through :func:`._driver.run`; release any lock it leaves held."""
@@ -248,28 +235,7 @@ class AsyncDriver(_Driver):
     ``client`` is awaited: it returns the HTTP client of the running loop.
     """
 
-    def __init__(
-        self,
-        store: TokenStore,
-        client: Callable[[], Awaitable[Any]],
-        *,
-        clock: Callable[[], float] = time.time,
-        monotonic: Callable[[], float] = time.monotonic,
-        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
-        telemetry: Telemetry | None = None,
-        provider: str = "",
-        events: EventBus | None = None,
-    ) -> None:
-        super().__init__(
-            store,
-            client,
-            clock=clock,
-            monotonic=monotonic,
-            telemetry=telemetry,
-            provider=provider,
-            events=events,
-        )
-        self._sleep = sleep
+    _default_sleep = staticmethod(asyncio.sleep)
 
     async def run(self, flow: Flow[R]) -> R:
         """Run ``flow`` through :func:`._driver.arun`; release any lock it leaves held."""
