@@ -32,6 +32,7 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+	$(PY) scripts/unasync.py --check
 
 typecheck: $(STAMP)
 	$(PY) -m mypy

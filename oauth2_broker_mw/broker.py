@@ -412,6 +412,7 @@ class Broker:
         error.__cause__ = exc
         return error
 
+    # unasync: generated from _aobtain; edit that one, then run scripts/unasync.py
     def _obtain(
         self,
         key: StoreKey,
@@ -420,7 +421,7 @@ class Broker:
         stale: Secret | None,
         if_version: int | None = None,
     ) -> tuple[TokenRecord, Lease]:
-        """Run the obtain flow once for all concurrent callers of this key (sync)."""
+        """Run the obtain flow once for all concurrent callers of this key."""
         flight, flow = self._flight(key, scopes, force, stale, if_version)
 
         def work() -> tuple[TokenRecord, Lease]:
@@ -441,7 +442,7 @@ class Broker:
         stale: Secret | None,
         if_version: int | None = None,
     ) -> tuple[TokenRecord, Lease]:
-        """Async :meth:`_obtain`."""
+        """Run the obtain flow once for all concurrent callers of this key."""
         flight, flow = self._flight(key, scopes, force, stale, if_version)
 
         async def work() -> tuple[TokenRecord, Lease]:
@@ -454,6 +455,7 @@ class Broker:
         except InvalidGrant as exc:
             raise self._auth_required(key, exc) from exc
 
+    # unasync: generated from alease_for_key; edit that one, then run scripts/unasync.py
     def lease_for_key(
         self,
         key: StoreKey,
@@ -463,7 +465,7 @@ class Broker:
         force_refresh: bool = False,
         _stale: Secret | None = None,
     ) -> Lease:
-        """:meth:`lease` for a key built with :meth:`key` (sync)."""
+        """:meth:`lease` for a key built with :meth:`key`."""
         cached = None if force_refresh or _stale is not None else self.cached_lease(key)
         if cached is None:
             cached = self._obtain(key, scopes, force_refresh, _stale)[1]
@@ -478,12 +480,13 @@ class Broker:
         force_refresh: bool = False,
         _stale: Secret | None = None,
     ) -> Lease:
-        """:meth:`alease` for a key built with :meth:`key` (async)."""
+        """:meth:`lease` for a key built with :meth:`key`."""
         cached = None if force_refresh or _stale is not None else self.cached_lease(key)
         if cached is None:
             cached = (await self._aobtain(key, scopes, force_refresh, _stale))[1]
         return _check_required(cached, required_scopes)
 
+    # unasync: generated from alease; edit that one, then run scripts/unasync.py
     def lease(
         self,
         *,
@@ -493,7 +496,10 @@ class Broker:
         required_scopes: Iterable[str] | None = None,
         force_refresh: bool = False,
     ) -> Lease:
-        """A valid access token for (tenant, principal, scopes). Thread-safe."""
+        """A valid access token for (tenant, principal, scopes).
+
+        Thread-safe; the async twin never blocks the event loop.
+        """
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         return self.lease_for_key(
             key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
@@ -508,12 +514,16 @@ class Broker:
         required_scopes: Iterable[str] | None = None,
         force_refresh: bool = False,
     ) -> Lease:
-        """A valid access token for (tenant, principal, scopes). Never blocks the loop."""
+        """A valid access token for (tenant, principal, scopes).
+
+        Thread-safe; the async twin never blocks the event loop.
+        """
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         return await self.alease_for_key(
             key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
         )
 
+    # unasync: generated from aservice_lease; edit that one, then run scripts/unasync.py
     def service_lease(
         self,
         *,
@@ -545,7 +555,13 @@ class Broker:
         required_scopes: Iterable[str] | None = None,
         force_refresh: bool = False,
     ) -> Lease:
-        """Async :meth:`service_lease`."""
+        """The application's own token (client credentials), never a user's.
+
+        This is the one way to get the app's identity from a descriptor that also logs users
+        in: :meth:`lease` for a user principal never falls back to client credentials. The
+        token is stored under ``tenant`` (default ``"default"``) and the reserved principal
+        ``"@app"``, which no user principal can have.
+        """
         return await self.alease(
             tenant=tenant,
             principal=SERVICE_PRINCIPAL,
@@ -554,14 +570,16 @@ class Broker:
             force_refresh=force_refresh,
         )
 
+    # unasync: generated from areplace_lease; edit that one, then run scripts/unasync.py
     def replace_lease(self, stale: Lease) -> Lease:
         """The token in ``stale`` was rejected: return a newer one (at most one refresh)."""
         return self.lease_for_key(stale.key, scopes=stale.scopes, _stale=stale.access_token)
 
     async def areplace_lease(self, stale: Lease) -> Lease:
-        """Async :meth:`replace_lease`."""
+        """The token in ``stale`` was rejected: return a newer one (at most one refresh)."""
         return await self.alease_for_key(stale.key, scopes=stale.scopes, _stale=stale.access_token)
 
+    # unasync: generated from arefresh; edit that one, then run scripts/unasync.py
     def refresh(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> TokenRecord:
         """Force one refresh (shared with concurrent callers) and return the stored record."""
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
@@ -570,10 +588,11 @@ class Broker:
     async def arefresh(
         self, *, tenant: str, principal: str, scopes: ScopesArg = None
     ) -> TokenRecord:
-        """Async :meth:`refresh`."""
+        """Force one refresh (shared with concurrent callers) and return the stored record."""
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         return (await self._aobtain(key, scopes, True, None))[0]
 
+    # unasync: generated from arefresh_key; edit that one, then run scripts/unasync.py
     def refresh_key(self, key: StoreKey, *, if_version: int | None = None) -> TokenRecord:
         """Refresh ``key`` once and return the stored record.
 
@@ -585,7 +604,13 @@ class Broker:
         return self._obtain(key, None, True, None, if_version)[0]
 
     async def arefresh_key(self, key: StoreKey, *, if_version: int | None = None) -> TokenRecord:
-        """Async :meth:`refresh_key`."""
+        """Refresh ``key`` once and return the stored record.
+
+        With ``if_version``, only while the stored record is still at that version: when
+        another process (another refresher) already renewed it, its record is returned and no
+        token request is made. This is how proactive refreshers on several hosts avoid
+        refreshing one grant twice.
+        """
         return (await self._aobtain(key, None, True, None, if_version))[0]
 
     # -- authorization code -------------------------------------------------------------------
@@ -606,6 +631,7 @@ class Broker:
             extra_params=extra_params,
         )
 
+    # unasync: generated from astart_authorization; edit that one, then run scripts/unasync.py
     def start_authorization(
         self,
         *,
@@ -630,12 +656,13 @@ class Broker:
         redirect_uri: str,
         extra_params: Mapping[str, str] | None = None,
     ) -> AuthorizationRequest:
-        """Async :meth:`start_authorization`."""
+        """Begin a login: returns the provider URL; state, PKCE verifier and nonce are kept."""
         flow = self._start_flow(tenant, principal, scopes, redirect_uri, extra_params)
         with self._telemetry.operation("start_authorization", self._provider.id):
             result: AuthorizationRequest = await self._async.run(flow)
         return result
 
+    # unasync: generated from aexchange_code; edit that one, then run scripts/unasync.py
     def exchange_code(
         self,
         *,
@@ -662,7 +689,7 @@ class Broker:
         iss: str | None = None,
         callback_params: Mapping[str, str] | None = None,
     ) -> TokenRecord:
-        """Async :meth:`exchange_code`."""
+        """Finish a login started with :meth:`start_authorization`; stores the tokens."""
         with self._telemetry.operation("exchange_code", self._provider.id):
             record: TokenRecord = await self._async.run(
                 exchange_code_flow(
@@ -673,6 +700,7 @@ class Broker:
         return record
 
     # -- revocation and listing ---------------------------------------------------------------
+    # unasync: generated from arevoke; edit that one, then run scripts/unasync.py
     def revoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
         """Revoke at the provider (RFC 7009) when it can, then forget locally."""
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
@@ -685,7 +713,7 @@ class Broker:
         return revoked
 
     async def arevoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
-        """Async :meth:`revoke`."""
+        """Revoke at the provider (RFC 7009) when it can, then forget locally."""
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         self._forget(key)
         try:
@@ -695,13 +723,14 @@ class Broker:
             self._forget(key)
         return revoked
 
+    # unasync: generated from aconnections; edit that one, then run scripts/unasync.py
     def connections(self, *, tenant: str, principal: str) -> list[StoreKey]:
         """Keys stored for this principal with this provider."""
         keys = self._store.list_keys(TenantId(tenant), PrincipalId(principal))
         return [k for k in keys if k.provider == self._provider.id]
 
     async def aconnections(self, *, tenant: str, principal: str) -> list[StoreKey]:
-        """Async :meth:`connections`."""
+        """Keys stored for this principal with this provider."""
         keys = await self._store.alist_keys(TenantId(tenant), PrincipalId(principal))
         return [k for k in keys if k.provider == self._provider.id]
 
@@ -720,9 +749,11 @@ class Broker:
         if self._owns_pool:
             await self._pool.aclose()
 
+    # unasync: generated from __aenter__; edit that one, then run scripts/unasync.py
     def __enter__(self) -> Self:
         return self
 
+    # unasync: generated from __aexit__; edit that one, then run scripts/unasync.py
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

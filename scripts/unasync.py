@@ -1,0 +1,207 @@
+"""Generate the sync twin of every async method that has one, and check that they are current.
+
+The async code is the one source (as in httpcore's ``scripts/unasync.py``). A sync twin is a
+function ``lease`` next to an ``async def alease`` in the same class or module. For each such
+pair this script either
+
+* **generates** the sync twin: when the twin is preceded by the marker comment
+  ``# unasync: generated from <async name>``, its text is the async function's text with the
+  :data:`RULES` applied, then formatted by ``ruff format``; or
+* **accepts** a thin hand-written shell: a twin whose body (docstring aside) is at most
+  :data:`THIN` lines, i.e. a pair shrunk to the line that differs; or
+* **accepts** a pair named in :data:`HAND_WRITTEN`, with the reason it cannot be generated.
+
+Any other pair is a hand-copied twin and an error, as is a rule that no generated twin used.
+
+    python scripts/unasync.py           # rewrite the generated twins
+    python scripts/unasync.py --check   # exit 1 when one is stale, or a pair is unchecked
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import re
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+MARKER = "# unasync: generated from {name}; edit that one, then run scripts/unasync.py"
+MARKER_RE = re.compile(r"^\s*# unasync: generated from (\w+)")
+
+#: (pattern, replacement), applied in order to the async source of a generated twin.
+RULES: list[tuple[str, str]] = [
+    (r"\basync def (_*)a(enter|exit)__", r"def \1\2__"),
+    (r"\basync def (_*)a(\w+)\((\s*)self\b", r"def \1\2(\3self"),
+    (r"\basync def\b", "def"),
+    (r"\(await ([\w.]+\([^()]*\))\)", r"await \1"),
+    (r"\bawait self\._async\.run\(", "self._sync.run("),
+    (r"\bawait self\._flights\.ado\(", "self._flights.do("),
+    (r"\bawait self\.(_*)a(\w+)\(", r"self.\1\2("),
+    (r"\bawait self\._store\.a(\w+)\(", r"self._store.\1("),
+]
+
+#: Pairs whose sync side is at most this many body lines count as a thin shell.
+THIN = 3
+
+#: Pairs that differ by more than the rules can say, with the reason. Key: "path:Class.name".
+HAND_WRITTEN: dict[str, str] = {
+    "_driver.py:.arun": "the driver itself: the one place where awaiting differs from calling",
+    "_singleflight.py:SingleFlight.ado": "threading.Event against asyncio futures",
+    "discovery.py:.adiscover": "fetches with a per-loop async client",
+    "broker.py:SharedResources.async_client": "a per-event-loop client (PerLoop)",
+    "broker.py:Broker.aclose": "closes every loop's client through PerLoop",
+    "broker.py:SharedResources.aclose": "closes every loop's client through PerLoop",
+    "refresher.py:Refresher.asweep": "the async sweep is the source; sync runs it on a loop",
+    "stores/postgres.py:PostgresStore._arun": "psycopg ConnectionPool against AsyncConnectionPool",
+    "stores/postgres.py:PostgresStore._arun_on": "psycopg's Connection against AsyncConnection",
+    "stores/redis.py:RedisStore._arun": "redis.Redis against redis.asyncio.Redis pipelines",
+    "stores/encrypted.py:EncryptedStore._arun": "awaits the inner store's async methods",
+    "stores/encrypted.py:EncryptedStore.areencrypt_all": "iterates the async key listing",
+    "stores/base.py:ThreadedAsyncMixin.aidle": "runs the sync call in a worker thread",
+    "stores/base.py:ThreadedAsyncMixin.acompare_and_swap": "runs the sync call in a worker thread",
+    "stores/_commands.py:CommandStore.aidle": "one command, awaited",
+    "middleware/_core.py:.adrive": "the middleware's executor for the one driver",
+    "middleware/_core.py:StartAuthorization.arun": "calls the broker's async twin",
+    "middleware/_core.py:ExchangeCode.arun": "calls the broker's async twin",
+    "middleware/_core.py:BrokerContext.alease": "calls the broker's async twin",
+    "auth.py:BrokerAuth.async_auth_flow": "httpx's Auth protocol: two generator kinds",
+    "auth.py:LeaseSource.alease_for_key": "a Protocol stub",
+}
+
+
+def sync_name(name: str) -> str | None:
+    """The sync twin's name of an async function's name, or None."""
+    if name.startswith("async_"):
+        return "sync_" + name[len("async_") :]
+    match = re.fullmatch(r"(_*)a(\w+)", name)
+    return match.group(1) + match.group(2) if match else None
+
+
+@dataclass
+class Pair:
+    label: str
+    source: ast.AsyncFunctionDef
+    twin: ast.FunctionDef
+    start: int  # first line of the twin's text (its marker or first decorator), 1-based
+    generated: bool
+
+
+def _start(node: ast.FunctionDef | ast.AsyncFunctionDef) -> int:
+    return min([node.lineno, *(d.lineno for d in node.decorator_list)])
+
+
+def _body_lines(node: ast.FunctionDef) -> int:
+    body = node.body
+    if body and isinstance(body[0], ast.Expr) and isinstance(body[0].value, ast.Constant):
+        body = body[1:]
+    if not body:
+        return 0
+    return (body[-1].end_lineno or body[-1].lineno) - body[0].lineno + 1
+
+
+def pairs(package: Path, path: Path, lines: list[str]) -> list[Pair]:
+    tree = ast.parse("\n".join(lines))
+    rel = path.relative_to(package).as_posix()
+    scopes: list[tuple[str, list[ast.stmt]]] = [("", tree.body)]
+    scopes += [(n.name, n.body) for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    found = []
+    for owner, body in scopes:
+        syncs = {n.name: n for n in body if isinstance(n, ast.FunctionDef)}
+        for node in body:
+            if not isinstance(node, ast.AsyncFunctionDef):
+                continue
+            twin = syncs.get(sync_name(node.name) or "")
+            if twin is None:
+                continue
+            start = _start(twin)
+            marker = MARKER_RE.match(lines[start - 2]) if start >= 2 else None
+            generated = marker is not None and marker.group(1) == node.name
+            found.append(Pair(f"{rel}:{owner}.{node.name}", node, twin, start, generated))
+    return found
+
+
+def generate(pair: Pair, lines: list[str], used: set[int]) -> list[str]:
+    """The twin's new text: the marker, then the async source with the rules applied."""
+    source = "\n".join(lines[_start(pair.source) - 1 : pair.source.end_lineno])
+    for index, (pattern, replacement) in enumerate(RULES):
+        source, count = re.subn(pattern, replacement, source)
+        if count:
+            used.add(index)
+    indent = re.match(r"\s*", lines[pair.twin.lineno - 1]).group(0)  # type: ignore[union-attr]
+    return [indent + MARKER.format(name=pair.source.name), *source.split("\n")]
+
+
+def ruff_format(path: Path, text: str) -> str:
+    done = subprocess.run(  # noqa: S603 (our own interpreter, a fixed argv)
+        [sys.executable, "-m", "ruff", "format", "--stdin-filename", str(path), "-"],
+        input=text,
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=path.parent,
+    )
+    return done.stdout
+
+
+def process(package: Path, path: Path, used: set[int], errors: list[str]) -> str | None:
+    """The file's text with its twins regenerated, or None when it has no generated twin."""
+    lines = path.read_text().split("\n")
+    found = pairs(package, path, lines)
+    out = list(lines)
+    changed = False
+    for pair in sorted(found, key=lambda p: p.start, reverse=True):
+        if pair.generated:
+            out[pair.start - 2 : pair.twin.end_lineno] = generate(pair, lines, used)
+            changed = True
+        elif pair.label in HAND_WRITTEN or _body_lines(pair.twin) <= THIN:
+            continue
+        else:
+            errors.append(
+                f"{pair.label}: a hand-copied sync/async pair. Put "
+                f"'{MARKER.format(name=pair.source.name)}' above its sync twin and run "
+                "scripts/unasync.py, or shrink the twin, or name it in HAND_WRITTEN with why."
+            )
+    return ruff_format(path, "\n".join(out)) if changed else None
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--check", action="store_true", help="fail when anything is stale")
+    parser.add_argument("--root", type=Path, default=ROOT, help="the project (default: this one)")
+    args = parser.parse_args(argv)
+    package = args.root / "oauth2_broker_mw"
+    used: set[int] = set()
+    errors: list[str] = []
+    stale: list[str] = []
+    labels: set[str] = set()
+    for path in sorted(package.rglob("*.py")):
+        labels |= {p.label for p in pairs(package, path, path.read_text().split("\n"))}
+        new = process(package, path, used, errors)
+        if new is None or new == path.read_text():
+            continue
+        if args.check:
+            stale.append(str(path.relative_to(args.root)))
+        else:
+            path.write_text(new)
+            print(f"generated the sync twins in {path.relative_to(args.root)}")
+    errors += [f"stale generated sync code in {name}: run scripts/unasync.py" for name in stale]
+    errors += [
+        f"rule {rule[0]!r} is never used: remove it"
+        for i, rule in enumerate(RULES)
+        if i not in used
+    ]
+    errors += [
+        f"HAND_WRITTEN names {name}, which is no pair: remove it"
+        for name in HAND_WRITTEN
+        if name not in labels
+    ]
+    for error in errors:
+        print(f"unasync: {error}", file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

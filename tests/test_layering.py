@@ -1,0 +1,91 @@
+"""The layers, checked for every module: what each one may not import (docs/architecture.md)."""
+
+from __future__ import annotations
+
+import ast
+import sys
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "oauth2_broker_mw"
+IO = {"httpx", "httpx2", "asyncio", "threading", "sqlite3", "redis", "psycopg", "psycopg_pool"}
+IO |= {"starlette", "requests", "socket", "selectors", "subprocess", "urllib3", "anyio"}
+UPPER = {"oauth2_broker_mw.broker", "oauth2_broker_mw.auth", "oauth2_broker_mw.middleware"}
+UPPER |= {"oauth2_broker_mw.registry", "oauth2_broker_mw.refresher", "oauth2_broker_mw.cli"}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> set[str]:
+    """Every module ``path`` imports, at any depth of the file, relative imports resolved."""
+    package = module_name(path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = package[: len(package) - node.level + 1] if node.level else []
+            stem = ".".join([*base, *([node.module] if node.module else [])])
+            found.add(stem)
+            found |= {f"{stem}.{alias.name}" for alias in node.names}
+    return found
+
+
+def hits(found: set[str], banned: set[str]) -> list[str]:
+    return sorted(
+        name for name in found if any(name == b or name.startswith(b + ".") for b in banned)
+    )
+
+
+MODULES = sorted(PACKAGE.rglob("*.py"))
+
+
+def ids(path: Path) -> str:
+    return module_name(path)
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "_core" in p.parts], ids=ids)
+def test_the_core_does_no_io_and_imports_nothing_above_it(path: Path) -> None:
+    found = imports(path)
+    outside = {n for n in found if n.startswith("oauth2_broker_mw.") and "._core" not in n}
+    assert not hits(found, IO), f"{module_name(path)} is sans-IO; it imports {hits(found, IO)}"
+    assert not outside, f"{module_name(path)} imports {sorted(outside)} from above the core"
+
+
+@pytest.mark.parametrize("path", [p for p in MODULES if "stores" in p.parts], ids=ids)
+def test_the_stores_import_no_broker_auth_or_middleware(path: Path) -> None:
+    assert not hits(imports(path), UPPER)
+
+
+@pytest.mark.parametrize("name", ["broker.py", "_driver.py", "_drivers.py", "_singleflight.py"])
+def test_the_broker_imports_no_auth_or_middleware(name: str) -> None:
+    banned = {"oauth2_broker_mw.auth", "oauth2_broker_mw.middleware", "oauth2_broker_mw.cli"}
+    assert not hits(imports(PACKAGE / name), banned)
+
+
+def test_the_driver_does_no_io() -> None:
+    assert not hits(imports(PACKAGE / "_driver.py"), IO | UPPER)
+
+
+@pytest.mark.parametrize("name", ["flows.py", "effects.py", "events.py"])
+def test_the_flows_read_time_only_through_the_now_effect(name: str) -> None:
+    found = imports(PACKAGE / "_core" / name)
+    assert not hits(found, {"time", "datetime"}), f"_core/{name} reads a clock of its own"
+
+
+def test_the_checker_sees_a_banned_import(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The rules above only mean something if the scan finds imports at any depth, relative too.
+    assert hits(imports(PACKAGE / "stores" / "redis.py"), {"redis"})
+    core = tmp_path / "oauth2_broker_mw" / "_core"
+    core.mkdir(parents=True)
+    (core / "sneaky.py").write_text("def f():\n    import httpx\n    from ..broker import Broker\n")
+    monkeypatch.setattr(sys.modules[__name__], "PACKAGE", tmp_path / "oauth2_broker_mw")
+    found = imports(core / "sneaky.py")
+    assert hits(found, IO) == ["httpx"]
+    assert "oauth2_broker_mw.broker.Broker" in found

@@ -1,0 +1,90 @@
+"""scripts/unasync.py: the sync twins are generated from the async source, and checked."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+SCRIPT = ROOT / "scripts" / "unasync.py"
+
+
+def unasync(root: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, str(SCRIPT), "--root", str(root), *args],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    shutil.copytree(ROOT / "oauth2_broker_mw", tmp_path / "oauth2_broker_mw")
+    shutil.copy(ROOT / "pyproject.toml", tmp_path / "pyproject.toml")
+    return tmp_path
+
+
+def test_the_repository_is_current() -> None:
+    done = unasync(ROOT, "--check")
+    assert done.returncode == 0, done.stderr
+
+
+def test_an_edited_async_source_makes_the_check_fail_until_regenerated(project: Path) -> None:
+    broker = project / "oauth2_broker_mw" / "broker.py"
+    text = broker.read_text()
+    edited = text.replace(
+        "cached = (await self._aobtain(key, scopes, force_refresh, _stale))[1]",
+        "cached = (await self._aobtain(key, scopes, True, _stale))[1]",
+    )
+    assert edited != text
+    broker.write_text(edited)
+
+    check = unasync(project, "--check")
+    assert check.returncode == 1
+    assert "stale generated sync code in oauth2_broker_mw/broker.py" in check.stderr
+
+    assert unasync(project).returncode == 0
+    regenerated = broker.read_text()
+    assert "cached = self._obtain(key, scopes, True, _stale)[1]" in regenerated
+    assert unasync(project, "--check").returncode == 0
+
+
+def test_a_hand_edit_of_a_generated_twin_is_stale(project: Path) -> None:
+    broker = project / "oauth2_broker_mw" / "broker.py"
+    text = broker.read_text()
+    edited = text.replace(
+        "return self._obtain(key, scopes, True, None)[0]",
+        "return self._obtain(key, scopes, False, None)[0]",
+    )
+    assert edited != text
+    broker.write_text(edited)
+    check = unasync(project, "--check")
+    assert check.returncode == 1
+    assert "stale" in check.stderr
+
+
+def test_a_new_hand_copied_pair_is_refused(project: Path) -> None:
+    module = project / "oauth2_broker_mw" / "twins.py"
+    body = "    x = 1\n    y = x + 1\n    z = y + 1\n    return z\n"
+    module.write_text(
+        "async def await_me() -> int:\n    return 1\n\n\n"
+        f"def thing() -> int:\n{body}\n\nasync def athing() -> int:\n{body}"
+    )
+    check = unasync(project, "--check")
+    assert check.returncode == 1
+    assert "twins.py:.athing: a hand-copied sync/async pair" in check.stderr
+    assert "await_me" not in check.stderr
+
+
+def test_a_rule_no_twin_uses_is_an_error(project: Path) -> None:
+    # Without the broker's generated twins, the rules that only they use are unused.
+    broker = project / "oauth2_broker_mw" / "broker.py"
+    broker.write_text(broker.read_text().replace("# unasync: generated from", "# hand: from"))
+    check = unasync(project, "--check")
+    assert check.returncode == 1
+    assert "is never used: remove it" in check.stderr
