@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import _driver
 from ._core.effects import (
+    AcquireLock,
     Effect,
     Emit,
     Flow,
@@ -26,8 +27,10 @@ from ._core.effects import (
     HttpResponse,
     LockHold,
     Now,
+    ReleaseLock,
     Sleep,
     StoreOp,
+    store_call,
 )
 from ._core.errors import BrokerError, StorageError, TransportError
 from .stores.base import TokenStore
@@ -41,23 +44,6 @@ __all__ = ["AsyncDriver", "SyncDriver"]
 R = TypeVar("R")
 
 log = logging.getLogger("oauth2_broker_mw")
-
-# Store operations a flow may ask for (anything else is a bug in a flow).
-_STORE_OPS = frozenset(
-    {
-        "get",
-        "put",
-        "compare_and_swap",
-        "delete",
-        "list_keys",
-        "acquire_lock",
-        "renew_lock",
-        "release_lock",
-        "put_pending",
-        "take_pending",
-    }
-)
-
 
 _CLIENT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "ssl"})
 
@@ -77,12 +63,6 @@ def _transport_error(request: HttpRequest, exc: BaseException) -> TransportError
     return TransportError(
         f"{request.purpose} request to {request.url.split('?', 1)[0]} failed: {type(exc).__name__}"
     )
-
-
-def _store_call(op: StoreOp) -> str:
-    if op.op not in _STORE_OPS:
-        raise StorageError(f"unknown store operation {op.op!r}")
-    return op.op
 
 
 class _Driver:
@@ -126,11 +106,10 @@ class _Driver:
     @staticmethod
     def _held(held: dict[str, str], effect: Effect, result: Any) -> Any:
         """Track the lease locks a flow holds, so the driver can release what it leaves."""
-        if isinstance(effect, StoreOp):
-            if effect.op == "acquire_lock" and result is True:
-                held[str(effect.args[0])] = str(effect.args[1])
-            elif effect.op == "release_lock":
-                held.pop(str(effect.args[0]), None)
+        if isinstance(effect, AcquireLock) and result is True:
+            held[effect.name] = effect.owner
+        elif isinstance(effect, ReleaseLock):
+            held.pop(effect.name, None)
         return result
 
     @staticmethod
@@ -169,10 +148,9 @@ class SyncDriver(_Driver):
 
     def _execute(self, effect: Effect) -> Any:
         if isinstance(effect, StoreOp):
+            name, args, kwargs = store_call(effect)
             try:
-                return getattr(self._store, _store_call(effect))(
-                    *effect.args, **dict(effect.kwargs)
-                )
+                return getattr(self._store, name)(*args, **kwargs)
             except BrokerError:
                 raise
             except Exception as exc:
@@ -253,9 +231,9 @@ class AsyncDriver(_Driver):
 
     async def _execute(self, effect: Effect) -> Any:
         if isinstance(effect, StoreOp):
+            name, args, kwargs = store_call(effect)
             try:
-                method = getattr(self._store, "a" + _store_call(effect))
-                return await method(*effect.args, **dict(effect.kwargs))
+                return await getattr(self._store, "a" + name)(*args, **kwargs)
             except BrokerError:
                 raise
             except Exception as exc:

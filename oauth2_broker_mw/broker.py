@@ -23,6 +23,7 @@ import cachetools
 import httpx2
 
 from ._core.dpop import DPoPKey, NonceCache, make_proof
+from ._core.effects import Flow
 from ._core.errors import (
     AuthorizationRequired,
     ConfigurationError,
@@ -379,7 +380,7 @@ class Broker:
         force: bool,
         stale: Secret | None,
         if_version: int | None = None,
-    ) -> tuple[str, Callable[[], Any]]:
+    ) -> tuple[str, Callable[[], Flow[TokenRecord]]]:
         """The singleflight key and the flow that obtains a token for ``key``."""
         flow = functools.partial(
             obtain_flow,
@@ -426,7 +427,7 @@ class Broker:
 
         def work() -> tuple[TokenRecord, Lease]:
             with self._telemetry.operation("lease", self._provider.id):
-                record: TokenRecord = self._sync.run(flow())
+                record = self._sync.run(flow())
             return record, self._remember(record)
 
         try:
@@ -447,7 +448,7 @@ class Broker:
 
         async def work() -> tuple[TokenRecord, Lease]:
             with self._telemetry.operation("lease", self._provider.id):
-                record: TokenRecord = await self._async.run(flow())
+                record = await self._async.run(flow())
             return record, self._remember(record)
 
         try:
@@ -621,7 +622,7 @@ class Broker:
         scopes: ScopesArg,
         redirect_uri: str,
         extra_params: Mapping[str, str] | None,
-    ) -> Any:
+    ) -> Flow[AuthorizationRequest]:
         return start_authorization_flow(
             self._config,
             tenant=TenantId(tenant),
@@ -644,7 +645,7 @@ class Broker:
         """Begin a login: returns the provider URL; state, PKCE verifier and nonce are kept."""
         flow = self._start_flow(tenant, principal, scopes, redirect_uri, extra_params)
         with self._telemetry.operation("start_authorization", self._provider.id):
-            result: AuthorizationRequest = self._sync.run(flow)
+            result = self._sync.run(flow)
         return result
 
     async def astart_authorization(
@@ -659,7 +660,7 @@ class Broker:
         """Begin a login: returns the provider URL; state, PKCE verifier and nonce are kept."""
         flow = self._start_flow(tenant, principal, scopes, redirect_uri, extra_params)
         with self._telemetry.operation("start_authorization", self._provider.id):
-            result: AuthorizationRequest = await self._async.run(flow)
+            result = await self._async.run(flow)
         return result
 
     # unasync: generated from aexchange_code; edit that one, then run scripts/unasync.py
@@ -673,7 +674,7 @@ class Broker:
     ) -> TokenRecord:
         """Finish a login started with :meth:`start_authorization`; stores the tokens."""
         with self._telemetry.operation("exchange_code", self._provider.id):
-            record: TokenRecord = self._sync.run(
+            record = self._sync.run(
                 exchange_code_flow(
                     self._config, state=state, code=code, iss=iss, callback_params=callback_params
                 )
@@ -691,7 +692,7 @@ class Broker:
     ) -> TokenRecord:
         """Finish a login started with :meth:`start_authorization`; stores the tokens."""
         with self._telemetry.operation("exchange_code", self._provider.id):
-            record: TokenRecord = await self._async.run(
+            record = await self._async.run(
                 exchange_code_flow(
                     self._config, state=state, code=code, iss=iss, callback_params=callback_params
                 )
@@ -707,7 +708,7 @@ class Broker:
         self._forget(key)
         try:
             with self._telemetry.operation("revoke", self._provider.id):
-                revoked: bool = self._sync.run(revoke_flow(self._config, key))
+                revoked = self._sync.run(revoke_flow(self._config, key))
         finally:
             self._forget(key)
         return revoked
@@ -718,7 +719,7 @@ class Broker:
         self._forget(key)
         try:
             with self._telemetry.operation("revoke", self._provider.id):
-                revoked: bool = await self._async.run(revoke_flow(self._config, key))
+                revoked = await self._async.run(revoke_flow(self._config, key))
         finally:
             self._forget(key)
         return revoked

@@ -9,20 +9,31 @@ from __future__ import annotations
 
 from collections.abc import Generator, Mapping
 from dataclasses import dataclass, field
-from typing import Any, TypeAlias, TypeVar
+from typing import Any, ClassVar, TypeAlias, TypeVar
 
 from .events import Event
 from .model import PendingAuthorization, StoreKey, TokenRecord
 
 __all__ = [
+    "AcquireLock",
+    "CompareAndSwap",
+    "Delete",
     "Effect",
     "Emit",
     "Flow",
     "HttpRequest",
     "HttpResponse",
+    "Load",
     "LockHold",
+    "Now",
+    "Put",
+    "PutPending",
+    "ReleaseLock",
+    "RenewLock",
     "Sleep",
     "StoreOp",
+    "TakePending",
+    "store_call",
 ]
 
 
@@ -77,17 +88,166 @@ class HttpResponse:
         return self.headers.get("content-type", "").split(";", 1)[0].strip().lower()
 
 
-@dataclass(frozen=True, slots=True)
 class StoreOp:
-    """Call ``store.<op>(*args, **kwargs)`` (sync) or ``store.a<op>(...)`` (async).
+    """A call on the token store. One frozen, slotted subclass per operation.
 
-    ``op`` is one of: get, put, compare_and_swap, delete, list_keys, acquire_lock,
-    renew_lock, release_lock, put_pending, take_pending.
+    ``op`` names the store method (``store.<op>`` sync, ``store.a<op>`` async) and ``args``
+    are its positional arguments; ``kwargs`` its keyword arguments. The drivers dispatch
+    on the subclass with :func:`store_call`, never on a string a flow built.
     """
 
-    op: str
-    args: tuple[StoreKey | TokenRecord | PendingAuthorization | str | float | None, ...] = ()
-    kwargs: tuple[tuple[str, int | None], ...] = ()
+    __slots__ = ()
+    op: ClassVar[str]
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return ()
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {}
+
+
+@dataclass(frozen=True, slots=True)
+class Load(StoreOp):
+    """Read the record at ``key``; result ``TokenRecord | None``."""
+
+    op: ClassVar[str] = "get"
+    key: StoreKey
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.key,)
+
+
+@dataclass(frozen=True, slots=True)
+class Put(StoreOp):
+    """Write ``record`` unconditionally; result the stored ``TokenRecord``."""
+
+    op: ClassVar[str] = "put"
+    record: TokenRecord
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.record,)
+
+
+@dataclass(frozen=True, slots=True)
+class CompareAndSwap(StoreOp):
+    """Write ``record`` if the stored version is ``expected_version`` (``None``: absent);
+    result the stored ``TokenRecord``, or ``None`` when the fence moved."""
+
+    op: ClassVar[str] = "compare_and_swap"
+    record: TokenRecord
+    expected_version: int | None
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.record,)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"expected_version": self.expected_version}
+
+
+@dataclass(frozen=True, slots=True)
+class Delete(StoreOp):
+    """Delete the record at ``key``; result ``bool``."""
+
+    op: ClassVar[str] = "delete"
+    key: StoreKey
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.key,)
+
+
+@dataclass(frozen=True, slots=True)
+class AcquireLock(StoreOp):
+    """Take the lease lock ``name`` for ``owner`` for ``ttl`` seconds; result ``bool``."""
+
+    op: ClassVar[str] = "acquire_lock"
+    name: str
+    owner: str
+    ttl: float
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.name, self.owner, self.ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class RenewLock(StoreOp):
+    """Extend a held lease lock; result ``bool`` (``False``: it was lost)."""
+
+    op: ClassVar[str] = "renew_lock"
+    name: str
+    owner: str
+    ttl: float
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.name, self.owner, self.ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class ReleaseLock(StoreOp):
+    """Release a lease lock if ``owner`` still holds it; result ``bool``."""
+
+    op: ClassVar[str] = "release_lock"
+    name: str
+    owner: str
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.name, self.owner)
+
+
+@dataclass(frozen=True, slots=True)
+class PutPending(StoreOp):
+    """Keep a login in flight (state, PKCE verifier, nonce); result ``None``."""
+
+    op: ClassVar[str] = "put_pending"
+    pending: PendingAuthorization
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.pending,)
+
+
+@dataclass(frozen=True, slots=True)
+class TakePending(StoreOp):
+    """Take (read and delete, once) the login at ``state_key``; result
+    ``PendingAuthorization | None``."""
+
+    op: ClassVar[str] = "take_pending"
+    state_key: str
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.state_key,)
+
+
+def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
+    """The store method name, positional and keyword arguments for ``effect``.
+
+    The one dispatch of store effects: the sync driver calls ``store.<name>``, the async one
+    ``store.a<name>``. An effect class this does not know is a bug in a flow.
+    """
+    match effect:
+        case (
+            Load()
+            | Put()
+            | CompareAndSwap()
+            | Delete()
+            | AcquireLock()
+            | RenewLock()
+            | ReleaseLock()
+            | PutPending()
+            | TakePending()
+        ):
+            return effect.op, effect.args, effect.kwargs
+    raise TypeError(f"unknown store effect {type(effect).__name__}")
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,14 +17,30 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
 from . import jsonsafe, oauth
 from .dpop import DPoPKey, NonceCache, make_proof
-from .effects import Effect, Emit, HttpRequest, HttpResponse, LockHold, Now, Sleep, StoreOp
+from .effects import (
+    AcquireLock,
+    CompareAndSwap,
+    Delete,
+    Emit,
+    Flow,
+    HttpRequest,
+    HttpResponse,
+    Load,
+    LockHold,
+    Now,
+    Put,
+    PutPending,
+    ReleaseLock,
+    Sleep,
+    TakePending,
+)
 from .errors import (
     AuthorizationFlowError,
     AuthorizationRequired,
@@ -69,8 +85,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("oauth2_broker_mw")
-
-FlowGen = Generator[Effect, Any, Any]
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,19 +146,19 @@ class AuthorizationRequest:
 
 
 # -- store helpers ----------------------------------------------------------------------------
-def _read(key: StoreKey) -> FlowGen:
+def _read(key: StoreKey) -> Flow[TokenRecord | None]:
     """Load the record; a corrupt one is logged and treated as absent (fail closed)."""
     try:
-        record: TokenRecord | None = yield StoreOp("get", (key,))
+        record: TokenRecord | None = yield Load(key)
     except CorruptRecord as exc:
         log.warning("corrupt token record for provider=%s treated as absent: %s", key.provider, exc)
         return None
     return record
 
 
-def _release(name: str, owner: str) -> FlowGen:
+def _release(name: str, owner: str) -> Flow[None]:
     try:
-        yield StoreOp("release_lock", (name, owner))
+        yield ReleaseLock(name, owner)
     except StorageError as exc:  # the lock expires on its own; never mask the real outcome
         log.warning("could not release refresh lock: %s", exc)
 
@@ -166,7 +180,7 @@ def _asks_for_nonce(response: HttpResponse) -> str | None:
     return nonce
 
 
-def _send_token_request(cfg: FlowConfig, request: HttpRequest) -> FlowGen:
+def _send_token_request(cfg: FlowConfig, request: HttpRequest) -> Flow[HttpResponse]:
     """Send a token-endpoint request; with DPoP, add a fresh proof (and the AS nonce).
 
     Without DPoP this is exactly one ``yield request``.
@@ -208,7 +222,7 @@ def obtain_flow(
     force: bool = False,
     stale: Secret | None = None,
     if_version: int | None = None,
-) -> FlowGen:
+) -> Flow[TokenRecord]:
     """Return a usable :class:`TokenRecord` for ``key``.
 
     Order: a fresh stored token; else refresh when a refresh token is stored; else client
@@ -225,7 +239,7 @@ def obtain_flow(
     if if_version is not None:
         force, seen_version = True, if_version
 
-    def acceptable(candidate: TokenRecord | None, at: float) -> bool:
+    def acceptable(candidate: TokenRecord | None, at: float) -> TypeGuard[TokenRecord]:
         if candidate is None or not cfg.policy.is_usable(candidate, at):
             return False
         if stale is not None:
@@ -281,9 +295,9 @@ def _same_secret(a: Secret, b: Secret) -> bool:
 def _locked(
     cfg: FlowConfig,
     key: StoreKey,
-    acceptable: Callable[[TokenRecord | None, float], bool],
-    body: Callable[[TokenRecord | None, LockHold], FlowGen],
-) -> FlowGen:
+    acceptable: Callable[[TokenRecord | None, float], TypeGuard[TokenRecord]],
+    body: Callable[[TokenRecord | None, LockHold], Flow[TokenRecord]],
+) -> Flow[TokenRecord]:
     """Run ``body`` under the key's lease lock, unless another holder delivers first.
 
     Waiters poll the store; when the record changes into an acceptable one they use it and
@@ -296,7 +310,7 @@ def _locked(
     deadline = started + cfg.lock_wait
     contended = False
     while True:
-        acquired: bool = yield StoreOp("acquire_lock", (name, owner, cfg.lock_ttl))
+        acquired: bool = yield AcquireLock(name, owner, cfg.lock_ttl)
         if acquired:
             break
         now: float = yield Sleep(cfg.poll_interval)
@@ -328,7 +342,9 @@ def _locked(
     return result
 
 
-def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: LockHold) -> FlowGen:
+def _refresh(
+    cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: LockHold
+) -> Flow[TokenRecord]:
     """Redeem the stored refresh token once; store the rotation with compare-and-swap."""
     if record is None or record.refresh_token is None:
         raise AuthorizationRequired(
@@ -368,9 +384,7 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
         # Keep a tombstone (no refresh token, revoked_at set) rather than deleting: the key
         # must not silently fall back to client credentials for a user whose grant died.
         tombstone = replace(record, refresh_token=None, revoked_at=now)
-        dead = yield StoreOp(
-            "compare_and_swap", (tombstone,), (("expected_version", record.version),)
-        )
+        dead = yield CompareAndSwap(tombstone, record.version)
         version = None if dead is None else dead.version
         yield Emit(_refresh_failed(key, now, record, exc, permanent=True, version=version))
         yield Emit(ReauthorizationRequired.for_key(key, now, version))
@@ -379,9 +393,7 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
         yield Emit(_refresh_failed(key, now, record, exc, permanent=True))
         raise
     merged = _merge(record, parsed, now)
-    stored: TokenRecord | None = yield StoreOp(
-        "compare_and_swap", (merged,), (("expected_version", record.version),)
-    )
+    stored: TokenRecord | None = yield CompareAndSwap(merged, record.version)
     if stored is not None:
         yield from _refreshed(key, record, parsed, stored, now)
         return stored
@@ -392,11 +404,7 @@ def _refresh(cfg: FlowConfig, key: StoreKey, record: TokenRecord | None, hold: L
     if current is None or (current.refresh_token is None and current.revoked_at is not None):
         # A loser of a lock-less race tombstoned (or removed) the grant while our rotation
         # was in flight: ours is the only live refresh token, so it must not be lost.
-        stored = yield StoreOp(
-            "compare_and_swap",
-            (merged,),
-            (("expected_version", None if current is None else current.version),),
-        )
+        stored = yield CompareAndSwap(merged, None if current is None else current.version)
         if stored is not None:
             yield from _refreshed(key, record, parsed, stored, now)
             return stored
@@ -409,7 +417,7 @@ def _refreshed(
     parsed: oauth.TokenResponse,
     stored: TokenRecord,
     now: float,
-) -> FlowGen:
+) -> Flow[None]:
     rotated = parsed.refresh_token is not None and (
         old.refresh_token is None or not _same_secret(parsed.refresh_token, old.refresh_token)
     )
@@ -457,7 +465,7 @@ def _merge(record: TokenRecord, parsed: oauth.TokenResponse, now: float) -> Toke
 
 def _client_credentials(
     cfg: FlowConfig, key: StoreKey, requested: ScopeSet, hold: LockHold
-) -> FlowGen:
+) -> Flow[TokenRecord]:
     now: float = yield Now()
     request = oauth.token_request(
         cfg.provider,
@@ -471,7 +479,7 @@ def _client_credentials(
     parsed = oauth.parse_token_response(cfg.provider, response, now=now)
     record = _new_record(key, parsed, requested, now, grant=GrantType.CLIENT_CREDENTIALS.value)
     # We hold the lock; a client-credentials token has no rotation hazard: last write wins.
-    stored: TokenRecord = yield StoreOp("put", (record,))
+    stored: TokenRecord = yield Put(record)
     yield Emit(TokenIssued.for_key(key, now, stored.version, grant=record.grant))
     return stored
 
@@ -513,7 +521,7 @@ def start_authorization_flow(
     scopes: ScopeSet,
     redirect_uri: str,
     extra_params: Mapping[str, str] | None = None,
-) -> FlowGen:
+) -> Flow[AuthorizationRequest]:
     if not cfg.provider.supports(GrantType.AUTHORIZATION_CODE):
         raise ConfigurationError(
             f"provider {cfg.provider.id!r} does not offer the authorization_code grant"
@@ -582,7 +590,7 @@ def start_authorization_flow(
         issuer=cfg.provider.issuer,
         extra={"principal_from_id_token": principal is None},
     )
-    yield StoreOp("put_pending", (pending,))
+    yield PutPending(pending)
     return AuthorizationRequest(
         url=url,
         state=state,
@@ -602,15 +610,15 @@ def exchange_code_flow(
     code: str,
     iss: str | None = None,
     callback_params: Mapping[str, str] | None = None,
-) -> FlowGen:
+) -> Flow[TokenRecord]:
     """Finish a login: redeem the single-use state, check ``iss``, redeem the code."""
     if not state:
         raise AuthorizationFlowError("state_missing", "the callback carries no state")
     if not code:
         raise AuthorizationFlowError("invalid_request", "the callback carries no code")
     try:
-        pending: PendingAuthorization | None = yield StoreOp(
-            "take_pending", (PendingAuthorization.key_for(state),)
+        pending: PendingAuthorization | None = yield TakePending(
+            PendingAuthorization.key_for(state)
         )
     except CorruptRecord:
         pending = None
@@ -695,7 +703,7 @@ def exchange_code_flow(
         grant=GrantType.AUTHORIZATION_CODE.value,
         extra_metadata=extra,
     )
-    stored: TokenRecord = yield StoreOp("put", (record,))
+    stored: TokenRecord = yield Put(record)
     yield Emit(TokenIssued.for_key(key, now, stored.version, grant=record.grant))
     return stored
 
@@ -710,7 +718,7 @@ def _principal_from_sub(sub: str) -> PrincipalId:
 
 
 # -- revocation -------------------------------------------------------------------------------
-def revoke_flow(cfg: FlowConfig, key: StoreKey) -> FlowGen:
+def revoke_flow(cfg: FlowConfig, key: StoreKey) -> Flow[bool]:
     """RFC 7009 at the provider (refresh token first), then remove the record locally.
 
     A 503 means the token may still be valid (RFC 7009 §2.2.1): the record is kept and a
@@ -741,7 +749,7 @@ def revoke_flow(cfg: FlowConfig, key: StoreKey) -> FlowGen:
                     key.provider,
                     response.status_code,
                 )
-    yield StoreOp("delete", (key,))
+    yield Delete(key)
     now: float = yield Now()
     yield Emit(ConnectionRevoked.for_key(key, now, record.version))
     return True
