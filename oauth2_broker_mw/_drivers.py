@@ -96,6 +96,7 @@ class _Driver:
         self._events = events
 
     def _emit(self, effect: Emit) -> None:
+        self._telemetry.observe(effect.event)
         if self._events is not None:
             self._events.publish(effect.event)
 

@@ -99,6 +99,7 @@ class SharedResources:
         telemetry: Telemetry | None = None,
     ) -> None:
         self._timeout = timeout
+        self._telemetry = telemetry or Telemetry()
         self.events = EventBus(
             maxsize=event_queue_size,
             on_drop=None if telemetry is None else telemetry.event_dropped,
@@ -122,8 +123,8 @@ class SharedResources:
         if self._owned_client is None:
             with self._client_lock:
                 if self._owned_client is None:
-                    self._owned_client = httpx2.Client(
-                        timeout=httpx2.Timeout(self._timeout), follow_redirects=False
+                    self._owned_client = self._telemetry.instrument(
+                        httpx2.Client(timeout=httpx2.Timeout(self._timeout), follow_redirects=False)
                     )
         return self._owned_client
 
@@ -133,7 +134,9 @@ class SharedResources:
         return await self._owned_async.get()
 
     async def _new_async_client(self) -> httpx2.AsyncClient:
-        return httpx2.AsyncClient(timeout=httpx2.Timeout(self._timeout), follow_redirects=False)
+        client = httpx2.AsyncClient(timeout=httpx2.Timeout(self._timeout), follow_redirects=False)
+        instrumented: httpx2.AsyncClient = self._telemetry.instrument(client)
+        return instrumented
 
     def close(self) -> None:
         if self._owned_client is not None:
@@ -273,6 +276,11 @@ class Broker:
     @property
     def provider(self) -> ProviderDescriptor:
         return self._provider
+
+    @property
+    def telemetry(self) -> Telemetry:
+        """The OpenTelemetry spans and metrics this broker reports to."""
+        return self._telemetry
 
     @property
     def store(self) -> TokenStore:
@@ -431,7 +439,8 @@ class Broker:
             return record, self._remember(record)
 
         try:
-            return self._flights.do(flight, work)
+            with self._telemetry.lease_wait(self._provider.id):
+                return self._flights.do(flight, work)
         except InvalidGrant as exc:
             raise self._auth_required(key, exc) from exc
 
@@ -452,7 +461,8 @@ class Broker:
             return record, self._remember(record)
 
         try:
-            return await self._flights.ado(flight, work)
+            with self._telemetry.lease_wait(self._provider.id):
+                return await self._flights.ado(flight, work)
         except InvalidGrant as exc:
             raise self._auth_required(key, exc) from exc
 

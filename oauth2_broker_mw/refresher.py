@@ -137,7 +137,9 @@ class Refresher:
             if limit is None:
                 continue
             cutoff = now - max(limit - self._idle_margin, 0.0)
-            for due in await self._store.aidle(pid, cutoff, limit=self._batch):
+            idle = await self._store.aidle(pid, cutoff, limit=self._batch)
+            broker.telemetry.nearing_idle_expiry(pid, len(idle))
+            for due in idle:
                 found.setdefault(due.key.id, due)
         return sorted(found.values(), key=lambda d: d.at)
 

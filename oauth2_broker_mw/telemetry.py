@@ -1,10 +1,11 @@
 """OpenTelemetry spans and metrics for the broker; a no-op when opentelemetry is not installed.
 
 Owns: the span per broker operation that reaches past the in-process cache (``lease`` misses,
-``exchange_code``, ``revoke``, ...), the span per provider HTTP call, and two counters:
-
-* ``oauth2_broker.operations`` — ``{operation, provider, outcome}``
-* ``oauth2_broker.provider_requests`` — ``{purpose, provider, status_class}``
+``exchange_code``, ``revoke``, ...), the span per provider HTTP call (with the httpx
+instrumentation's client span nested under it, on the broker's own clients only), and the
+metrics listed in ``docs/observability.md``: counters of operations, provider requests,
+refresh failures, rate-limited calls and dropped events; histograms of provider request
+duration, lease wait and token age at refresh; a gauge of refresh tokens nearing idle expiry.
 
 Attributes and labels are enum-like values only: operation and purpose names, the provider id,
 an outcome (``ok`` or the error class name), an HTTP status class. Never a token, a code, a
@@ -16,8 +17,10 @@ Must not import: opentelemetry at module level (it is the optional ``otel`` extr
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Iterator
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 __all__ = ["Telemetry"]
 
@@ -32,14 +35,13 @@ class Telemetry:
             from opentelemetry import metrics, trace
         except ImportError:  # the otel extra is not installed: everything is a no-op
             self._tracer: Any = None
-            self._operations: Any = None
-            self._requests: Any = None
-            self._dropped: Any = None
             return
         from . import __version__
 
         tracer_provider = tracer_provider or trace.get_tracer_provider()
         meter_provider = meter_provider or metrics.get_meter_provider()
+        self._tracer_provider = tracer_provider
+        self._meter_provider = meter_provider
         self._tracer = tracer_provider.get_tracer(_NAME, __version__)
         meter = meter_provider.get_meter(_NAME, __version__)
         self._operations = meter.create_counter(
@@ -54,11 +56,112 @@ class Telemetry:
             "oauth2_broker.events_dropped",
             description="Lifecycle events dropped because the event queue was full, by event",
         )
+        self._refresh_failures = meter.create_counter(
+            "oauth2_broker.refresh_failures",
+            description="Failed refreshes, by provider, permanence and error class",
+        )
+        self._rate_limited = meter.create_counter(
+            "oauth2_broker.rate_limited",
+            description="Token-endpoint calls refused by the rate limit or the provider back-off",
+        )
+        self._request_duration = meter.create_histogram(
+            "oauth2_broker.provider_request.duration",
+            unit="s",
+            description="Duration of HTTP requests to the provider, by purpose and status class",
+        )
+        self._lease_wait = meter.create_histogram(
+            "oauth2_broker.lease.wait",
+            unit="s",
+            description="Time a lease past the in-process cache waited for its token "
+            "(singleflight, refresh lock and provider call included)",
+        )
+        self._refresh_age = meter.create_histogram(
+            "oauth2_broker.refresh.age",
+            unit="s",
+            description="Age of the access token when it was refreshed",
+        )
+        self._idle_due = meter.create_gauge(
+            "oauth2_broker.refresh_tokens.nearing_idle_expiry",
+            description="Refresh tokens the last refresher sweep found close to the "
+            "provider's idle limit, by provider",
+        )
 
     def event_dropped(self, event: object) -> None:
         """Count one lifecycle event dropped because the event queue was full."""
-        if self._dropped is not None:
+        if self._tracer is not None:
             self._dropped.add(1, {"oauth2_broker.event": getattr(event, "kind", "event")})
+
+    def observe(self, event: object) -> None:
+        """Record the metrics a lifecycle event stands for (called as the flow emits it)."""
+        if self._tracer is None:
+            return
+        from ._core.events import RateLimited, RefreshFailed, TokenRefreshed
+
+        provider = {"oauth2_broker.provider": getattr(event, "provider", "")}
+        if isinstance(event, TokenRefreshed) and event.age is not None:
+            self._refresh_age.record(max(event.age, 0.0), provider)
+        elif isinstance(event, RefreshFailed):
+            attributes = {
+                **provider,
+                "oauth2_broker.permanent": event.permanent,
+                "error.type": event.error,
+            }
+            self._refresh_failures.add(1, attributes)
+        elif isinstance(event, RateLimited):
+            self._rate_limited.add(1, provider)
+
+    def nearing_idle_expiry(self, provider: str, count: int) -> None:
+        """Set the gauge of refresh tokens close to ``provider``'s idle limit."""
+        if self._tracer is not None:
+            self._idle_due.set(count, {"oauth2_broker.provider": provider})
+
+    @contextlib.contextmanager
+    def lease_wait(self, provider: str) -> Iterator[None]:
+        """Time one lease that missed the in-process cache, whatever it waited for."""
+        if self._tracer is None:
+            yield
+            return
+        started = time.perf_counter()
+        outcome = "ok"
+        try:
+            yield
+        except BaseException as exc:
+            outcome = type(exc).__name__
+            raise
+        finally:
+            self._lease_wait.record(
+                time.perf_counter() - started,
+                {"oauth2_broker.provider": provider, "oauth2_broker.outcome": outcome},
+            )
+
+    def instrument(self, client: Any) -> Any:
+        """Instrument one HTTP client the broker owns with opentelemetry-instrumentation-httpx.
+
+        Only this client, never globally; its spans nest under our provider-request span, and
+        carry no query string, body or credential header. Without the instrumentation package
+        (or with telemetry off) the client is returned as it is.
+        """
+        if self._tracer is None:
+            return client
+        try:
+            from opentelemetry.instrumentation import httpx as otel_httpx
+        except ImportError:
+            return client
+        httpx2_client = type(client).__module__.split(".", 1)[0] == "httpx2"
+        instrumentor = (
+            otel_httpx.HTTPX2ClientInstrumentor
+            if httpx2_client
+            else otel_httpx.HTTPXClientInstrumentor
+        )
+        is_async = hasattr(client, "aclose")
+        instrumentor.instrument_client(
+            client,
+            tracer_provider=self._tracer_provider,
+            meter_provider=self._meter_provider,
+            request_hook=_scrub_async_request if is_async else _scrub,
+            response_hook=_scrub_async_response if is_async else _scrub_response,
+        )
+        return client
 
     @property
     def enabled(self) -> bool:
@@ -106,6 +209,7 @@ class Telemetry:
             record_exception=False,
         ) as span:
             status_class = "error"
+            started = time.perf_counter()
 
             def record(status: int) -> None:
                 nonlocal status_class
@@ -119,14 +223,13 @@ class Telemetry:
                 _set_error(span)
                 raise
             finally:
-                self._requests.add(
-                    1,
-                    {
-                        "oauth2_broker.purpose": purpose,
-                        "oauth2_broker.provider": provider,
-                        "oauth2_broker.status_class": status_class,
-                    },
-                )
+                labels = {
+                    "oauth2_broker.purpose": purpose,
+                    "oauth2_broker.provider": provider,
+                    "oauth2_broker.status_class": status_class,
+                }
+                self._requests.add(1, labels)
+                self._request_duration.record(time.perf_counter() - started, labels)
 
 
 def _ignore(status: int) -> None:
@@ -138,3 +241,34 @@ def _set_error(span: Any) -> None:
 
     # The description is the class name only: exception messages stay out of spans.
     span.set_status(Status(StatusCode.ERROR))
+
+
+#: Span attributes of the httpx instrumentation that may carry a credential or a query.
+_URL_ATTRIBUTES = ("url.full", "http.url")
+_SECRET_HEADERS = ("authorization", "dpop", "cookie", "set_cookie", "proxy_authorization")
+
+
+def _scrub(span: Any, request: Any = None, response: Any = None) -> None:
+    """Strip the query and fragment from the URL attributes, and redact credential headers
+    that an operator's ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` may have captured."""
+    attributes = getattr(span, "attributes", None) or {}
+    for name in _URL_ATTRIBUTES:
+        value = attributes.get(name)
+        if isinstance(value, str):
+            parts = urlsplit(value)
+            span.set_attribute(name, urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")))
+    for name in list(attributes):
+        if name.rsplit(".", 1)[-1] in _SECRET_HEADERS and ".header." in name:
+            span.set_attribute(name, ["[redacted]"])
+
+
+def _scrub_response(span: Any, request: Any, response: Any) -> None:
+    _scrub(span)
+
+
+async def _scrub_async_request(span: Any, request: Any) -> None:
+    _scrub(span)
+
+
+async def _scrub_async_response(span: Any, request: Any, response: Any) -> None:
+    _scrub(span)

@@ -72,6 +72,8 @@ class TokenRefreshed(Event):
 
     kind: ClassVar[str] = "token_refreshed"
     rotated: bool
+    age: float | None = None
+    """Seconds from the refreshed access token's issue to its refresh (``None``: unknown)."""
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

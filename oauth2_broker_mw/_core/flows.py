@@ -421,7 +421,8 @@ def _refreshed(
     rotated = parsed.refresh_token is not None and (
         old.refresh_token is None or not _same_secret(parsed.refresh_token, old.refresh_token)
     )
-    yield Emit(TokenRefreshed.for_key(key, now, stored.version, rotated=rotated))
+    age = now - old.issued_at if old.issued_at else None
+    yield Emit(TokenRefreshed.for_key(key, now, stored.version, rotated=rotated, age=age))
 
 
 def _refresh_failed(
