@@ -13,6 +13,7 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
+from typing import Any, TextIO
 
 __all__ = ["main"]
 
@@ -47,6 +48,11 @@ def _parser() -> argparse.ArgumentParser:
         help="smoke test: start, log in over HTTP as a browser would, print the outcome, exit",
     )
     demo.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    demo.add_argument(
+        "--trace",
+        action="store_true",
+        help="print the trace tree of every broker operation (OpenTelemetry, needs [otel])",
+    )
     from .cli import add_commands
 
     add_commands(commands)
@@ -77,6 +83,16 @@ def _run_demo(args: argparse.Namespace) -> int:
     for name in ("httpx", "httpx2", "httpcore", "httpcore2"):
         logging.getLogger(name).setLevel(logging.WARNING)
 
+    if args.trace:
+        try:
+            _print_traces(sys.stdout)
+        except ImportError as exc:
+            print(
+                f"oauth2-broker demo --trace needs the otel extra ({exc}); "
+                "pip install 'oauth2-broker-mw[otel]'",
+                file=sys.stderr,
+            )
+            return 2
     with contextlib.ExitStack() as stack:
         try:
             server = stack.enter_context(
@@ -102,6 +118,70 @@ def _run_demo(args: argparse.Namespace) -> int:
         except KeyboardInterrupt:
             print("\nstopping", file=sys.stderr)
     return 0
+
+
+def _print_traces(stream: TextIO) -> None:
+    """Send every span to a printer of trace trees, and trace the demo's HTTP clients.
+
+    The demo is an application, so it may instrument httpx2 globally; the library never does.
+    """
+    from opentelemetry import trace
+    from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
+    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+    from .telemetry import scrub_span, scrub_span_async
+
+    class TreePrinter(SpanExporter):
+        """Buffer the spans of each trace; print the tree when its root span ends."""
+
+        def __init__(self) -> None:
+            self._pending: dict[int, list[ReadableSpan]] = {}
+            self._lock = threading.Lock()
+
+        def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+            for span in spans:
+                assert span.context is not None
+                with self._lock:
+                    self._pending.setdefault(span.context.trace_id, []).append(span)
+                    done = span.parent is None
+                    tree = self._pending.pop(span.context.trace_id) if done else []
+                if tree:
+                    stream.write(_tree_text(tree))
+                    stream.flush()
+            return SpanExportResult.SUCCESS
+
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(TreePrinter()))
+    trace.set_tracer_provider(provider)
+    HTTPX2ClientInstrumentor().instrument(
+        tracer_provider=provider,
+        request_hook=scrub_span,
+        response_hook=scrub_span,
+        async_request_hook=scrub_span_async,
+        async_response_hook=scrub_span_async,
+    )
+
+
+def _tree_text(spans: Sequence[Any]) -> str:
+    """``spans`` of one trace as an indented tree: name, duration, status code if any."""
+    children: dict[int | None, list[Any]] = {}
+    for span in spans:
+        children.setdefault(span.parent.span_id if span.parent else None, []).append(span)
+    lines = ["trace"]
+
+    def walk(parent: int | None, depth: int) -> None:
+        for span in sorted(children.get(parent, []), key=lambda s: s.start_time or 0):
+            ms = ((span.end_time or 0) - (span.start_time or 0)) / 1e6
+            attributes = dict(span.attributes or {})
+            status = attributes.get("http.response.status_code", attributes.get("http.status_code"))
+            outcome = attributes.get("oauth2_broker.outcome")
+            detail = " ".join(str(x) for x in (status, outcome) if x is not None)
+            lines.append(f"{'  ' * depth}- {span.name} [{ms:.1f} ms] {detail}".rstrip())
+            walk(span.context.span_id, depth + 1)
+
+    walk(None, 1)
+    return "\n".join(lines) + "\n"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -158,8 +158,8 @@ class Telemetry:
             client,
             tracer_provider=self._tracer_provider,
             meter_provider=self._meter_provider,
-            request_hook=_scrub_async_request if is_async else _scrub,
-            response_hook=_scrub_async_response if is_async else _scrub_response,
+            request_hook=scrub_span_async if is_async else scrub_span,
+            response_hook=scrub_span_async if is_async else scrub_span,
         )
         return client
 
@@ -248,7 +248,7 @@ _URL_ATTRIBUTES = ("url.full", "http.url")
 _SECRET_HEADERS = ("authorization", "dpop", "cookie", "set_cookie", "proxy_authorization")
 
 
-def _scrub(span: Any, request: Any = None, response: Any = None) -> None:
+def scrub_span(span: Any, request: Any = None, response: Any = None) -> None:
     """Strip the query and fragment from the URL attributes, and redact credential headers
     that an operator's ``OTEL_INSTRUMENTATION_HTTP_CAPTURE_HEADERS_*`` may have captured."""
     attributes = getattr(span, "attributes", None) or {}
@@ -262,13 +262,6 @@ def _scrub(span: Any, request: Any = None, response: Any = None) -> None:
             span.set_attribute(name, ["[redacted]"])
 
 
-def _scrub_response(span: Any, request: Any, response: Any) -> None:
-    _scrub(span)
-
-
-async def _scrub_async_request(span: Any, request: Any) -> None:
-    _scrub(span)
-
-
-async def _scrub_async_response(span: Any, request: Any, response: Any) -> None:
-    _scrub(span)
+async def scrub_span_async(span: Any, request: Any = None, response: Any = None) -> None:
+    """:func:`scrub_span` as the async hook of an instrumented ``AsyncClient``."""
+    scrub_span(span)

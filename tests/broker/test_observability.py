@@ -17,7 +17,7 @@ from _fakes import FakeClock
 from _services import require_module
 
 from oauth2_broker_mw import Broker
-from oauth2_broker_mw.telemetry import Telemetry, _scrub
+from oauth2_broker_mw.telemetry import Telemetry, scrub_span
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 sdk_trace = require_module("opentelemetry.sdk.trace", "otel")
@@ -215,7 +215,7 @@ def test_scrub_strips_the_query_and_redacts_credential_headers() -> None:
             "http.request.header.accept": ["application/json"],
         }
     )
-    _scrub(span)
+    scrub_span(span)
     assert span.attributes == {
         "url.full": "https://as.example/token",
         "http.url": "https://as.example/token",
