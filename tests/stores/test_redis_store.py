@@ -205,11 +205,14 @@ def test_lock_renewal_keeps_others_out_past_the_first_ttl(redis_url: str, prefix
     holder = RedisStore(redis_url, prefix=prefix)
     other = RedisStore(redis_url, prefix=prefix)  # another process, as far as Redis knows
     try:
-        assert holder.acquire_lock("refresh:k", "holder", 0.3)
-        for _ in range(4):  # 0.6 s in total, twice the first ttl
-            time.sleep(0.15)
-            assert holder.renew_lock("refresh:k", "holder", 0.3)
-            assert not other.acquire_lock("refresh:k", "other", 30)
+        # Renew at once to a long ttl, then wait past the first one: however slow this
+        # machine is, the renewed lock is still held (no race between a sleep and a ttl).
+        assert holder.acquire_lock("refresh:k", "holder", 0.5)
+        assert holder.renew_lock("refresh:k", "holder", 60)
+        time.sleep(0.8)
+        assert not other.acquire_lock("refresh:k", "other", 30)
+        assert holder.renew_lock("refresh:k", "holder", 60)  # still the holder's to renew
+        assert not other.acquire_lock("refresh:k", "other", 30)
         assert not other.release_lock("refresh:k", "other")
         assert holder.release_lock("refresh:k", "holder")
         assert other.acquire_lock("refresh:k", "other", 30)
