@@ -23,6 +23,11 @@ Cluster (``cluster=True``) are supported. On a cluster every key of a tenant car
 tag of one of 16 shards (``P{s<n>}tok:...``, ``P{s<n>}exp``...), so each script touches one
 slot; refresh-index queries read the 16 shards, and ``list_tenants`` reads their tenant sets.
 
+Redis replicates asynchronously: a write the primary acknowledged can be lost if the primary
+crashes before a replica has it and that replica is promoted. With ``replicas=N`` every record
+write and delete is followed, on the same connection, by ``WAIT N timeout``, so the write is on
+``N`` replicas before the caller gets its token (a warning names a write that is not).
+
 Must not import: psycopg, httpx/httpx2, the broker. redis-py is imported here only.
 """
 
@@ -30,6 +35,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 import zlib
@@ -154,6 +160,9 @@ _SCRIPTS: Final = {
 }
 
 
+log = logging.getLogger("oauth2_broker_mw")
+
+
 @dataclass(frozen=True, slots=True)
 class RedisCall:
     """One command for a runner: a redis-py client method, or ``"script"`` (name, keys, args)."""
@@ -215,6 +224,8 @@ class RedisStore(CommandStore):
         max_connections: int = 50,
         clock: Callable[[], float] = time.time,
         cluster: bool = False,
+        replicas: int = 0,
+        replica_timeout: float = 0.5,
     ) -> None:
         if url is None and client is None and async_client is None:
             raise ConfigurationError("RedisStore needs a url, a client or an async_client")
@@ -224,6 +235,21 @@ class RedisStore(CommandStore):
             raise ConfigurationError(
                 "a Redis Cluster prefix must not contain '{' or '}' (they mark hash tags)"
             )
+        if isinstance(replicas, bool) or not isinstance(replicas, int) or replicas < 0:
+            raise ConfigurationError(
+                f"RedisStore replicas must be an integer >= 0; got {replicas!r}"
+            )
+        if not replica_timeout > 0:
+            raise ConfigurationError(
+                f"RedisStore replica_timeout must be > 0 seconds; got {replica_timeout!r}"
+            )
+        if cluster and replicas:
+            raise ConfigurationError(
+                "RedisStore(cluster=True) does not support replicas= yet: WAIT must reach the "
+                "node that owns the key; leave replicas=0 on a cluster"
+            )
+        self._replicas = replicas
+        self._replica_timeout = replica_timeout
         self._cluster = cluster
         self._url = url
         self._prefix = prefix
@@ -314,6 +340,12 @@ class RedisStore(CommandStore):
         def execute(call: RedisCall) -> Any:
             if call.method == "script":
                 name, keys, args = call.args
+                if self._replicas and call.kwargs.get("replicated"):
+                    pipe = client.pipeline(transaction=False)  # one connection: WAIT sees it
+                    scripts[name](keys=keys, args=args, client=pipe)
+                    pipe.wait(self._replicas, _ms(self._replica_timeout))
+                    result, acked = pipe.execute()
+                    return self._replicated(result, acked, name)
                 return scripts[name](keys=keys, args=args, client=client)
             return getattr(client, call.method)(*call.args, **call.kwargs)
 
@@ -331,12 +363,31 @@ class RedisStore(CommandStore):
             async def execute(call: RedisCall) -> Any:
                 if call.method == "script":
                     name, keys, args = call.args
+                    if self._replicas and call.kwargs.get("replicated"):
+                        async with client.pipeline(transaction=False) as pipe:
+                            await scripts[name](keys=keys, args=args, client=pipe)
+                            pipe.wait(self._replicas, _ms(self._replica_timeout))
+                            result, acked = await pipe.execute()
+                        return self._replicated(result, acked, name)
                     return await scripts[name](keys=keys, args=args)
                 return await getattr(client, call.method)(*call.args, **call.kwargs)
 
             return await adrive(op, execute)
         except (redis.exceptions.RedisError, OSError) as exc:
             raise _convert(exc) from exc
+
+    def _replicated(self, result: Any, acked: int, script: str) -> Any:
+        """The write's result, after warning when fewer replicas than asked have it."""
+        if int(acked) < self._replicas:
+            log.warning(
+                "Redis %s reached %d of %d replicas within %gs: a crash of the primary now "
+                "could lose it",
+                "write" if script == "write" else script,
+                int(acked),
+                self._replicas,
+                self._replica_timeout,
+            )
+        return result
 
     def close(self) -> None:
         if self._owns_client and self._client is not None:
@@ -416,7 +467,9 @@ class RedisStore(CommandStore):
         mode = "put" if unconditional else "cas"
         expected = "" if expected_version is None else str(int(expected_version))
         new_version = yield RedisCall(
-            "script", ("write", *self._write_script_args(record, mode, expected))
+            "script",
+            ("write", *self._write_script_args(record, mode, expected)),
+            {"replicated": True},
         )
         if new_version is None:
             return None
@@ -443,6 +496,7 @@ class RedisStore(CommandStore):
         removed = yield RedisCall(
             "script",
             ("delete", self._index_keys(key), [expected, _member(key), key.id, key.tenant]),
+            {"replicated": True},
         )
         return bool(removed)
 

@@ -2,18 +2,20 @@
 
 The module starts a primary, a replica and three sentinels on loopback ports (helper range
 7730-7749) and stops them by PID. A burst of leases on rotating, reuse-detecting MockProvider
-grants (1 s access tokens) runs while ``SENTINEL FAILOVER`` promotes the replica.
+grants (1 s access tokens) runs while ``SENTINEL FAILOVER`` promotes the replica, and again
+while the primary is killed (SIGKILL) and the sentinels promote the replica on their own.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -50,7 +52,9 @@ def _wait(predicate: object, what: str, seconds: float = 30.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def sentinel_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tuple[str, int]]]:
+def sentinel_setup(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[list[tuple[str, int]], dict[int, subprocess.Popen[bytes]]]]:
     server = shutil.which("redis-server")
     if server is None:
         if os.environ.get("CI") == "true":
@@ -59,16 +63,17 @@ def sentinel_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tu
     base = tmp_path_factory.mktemp("sentinel")
     procs: list[subprocess.Popen[bytes]] = []
 
-    def start(args: list[str], cwd: Path) -> None:
+    def start(args: list[str], cwd: Path) -> subprocess.Popen[bytes]:
         cwd.mkdir(exist_ok=True)
         procs.append(
             subprocess.Popen(args, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         )
+        return procs[-1]
 
     common = ["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]
     try:
-        start([server, "--port", str(PRIMARY), *common], base / "primary")
-        start(
+        servers = {PRIMARY: start([server, "--port", str(PRIMARY), *common], base / "primary")}
+        servers[REPLICA] = start(
             [server, "--port", str(REPLICA), *common, "--replicaof", "127.0.0.1", str(PRIMARY)],
             base / "replica",
         )
@@ -91,7 +96,7 @@ def sentinel_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tu
             ),
             "the sentinels to see the replica",
         )
-        yield [("127.0.0.1", p) for p in SENTINELS]
+        yield [("127.0.0.1", p) for p in SENTINELS], servers
     finally:
         for proc in procs:
             proc.terminate()
@@ -103,12 +108,58 @@ def sentinel_hosts(tmp_path_factory: pytest.TempPathFactory) -> Iterator[list[tu
                 proc.wait()
 
 
+@pytest.fixture
+def sentinel_hosts(
+    sentinel_setup: tuple[list[tuple[str, int]], dict[int, subprocess.Popen[bytes]]],
+) -> list[tuple[str, int]]:
+    return sentinel_setup[0]
+
+
 def test_a_failover_during_a_burst_loses_no_rotation(
     sentinel_hosts: list[tuple[str, int]],
 ) -> None:
+    _burst_through_a_failover(sentinel_hosts, _graceful_failover(sentinel_hosts))
+
+
+def test_a_crash_of_the_primary_during_a_burst_loses_no_rotation(
+    sentinel_setup: tuple[list[tuple[str, int]], dict[int, subprocess.Popen[bytes]]],
+) -> None:
+    hosts, servers = sentinel_setup
+    sentinel = Sentinel(hosts, socket_timeout=1.0)
+    primary = sentinel.discover_master("m")
+    replica = next(port for port in servers if port != primary[1])
+    _wait(
+        lambda: redis.Redis(port=replica).info("replication").get("master_link_status") == "up",
+        "the replica to sync with the current primary",
+    )
+
+    def crash() -> None:
+        servers[primary[1]].send_signal(signal.SIGKILL)  # no shutdown, no last sync
+
+    # replicas=1: each record write waits until the replica has it, so the write the primary
+    # acknowledged last before it died is on the replica the sentinels promote.
+    _burst_through_a_failover(hosts, crash, replicas=1)
+
+
+def _graceful_failover(sentinel_hosts: list[tuple[str, int]]) -> Callable[[], None]:
+    def failover() -> None:
+        sentinel_client = redis.Redis(host=sentinel_hosts[0][0], port=sentinel_hosts[0][1])
+        sentinel_client.execute_command("SENTINEL", "FAILOVER", "m")
+
+    return failover
+
+
+def _burst_through_a_failover(
+    sentinel_hosts: list[tuple[str, int]], fail_over: Callable[[], None], replicas: int = 0
+) -> None:
     sentinel = Sentinel(sentinel_hosts, socket_timeout=1.0)
     client = sentinel.master_for("m", socket_timeout=1.0, socket_connect_timeout=1.0)
-    store = RedisStore(client=client, prefix=unique_name("sent") + ":")
+    store = RedisStore(
+        client=client,
+        prefix=unique_name("sent") + ":",
+        replicas=replicas,
+        replica_timeout=0.2,
+    )
     provider = MockProvider(access_ttl=1, rotation=True, reuse_detection=True)
     broker = Broker(
         provider.descriptor(),
@@ -157,8 +208,7 @@ def test_a_failover_during_a_burst_loses_no_rotation(
         t.start()
     time.sleep(3)
     old = sentinel.discover_master("m")
-    sentinel_client = redis.Redis(host=sentinel_hosts[0][0], port=sentinel_hosts[0][1])
-    sentinel_client.execute_command("SENTINEL", "FAILOVER", "m")
+    fail_over()
     _wait(lambda: sentinel.discover_master("m") != old, "the replica to be promoted")
     time.sleep(4)  # keep rotating on the new primary
     stop.set()
