@@ -27,6 +27,67 @@ __all__ = ["Telemetry"]
 _NAME = "oauth2_broker_mw"
 
 
+#: Every metric: attribute -> (instrument kind, name, unit, description). The one list,
+#: mirrored in docs/observability.md.
+_INSTRUMENTS: dict[str, tuple[str, str, str, str]] = {
+    "operations": (
+        "counter",
+        "oauth2_broker.operations",
+        "1",
+        "Broker operations that went past the in-process cache, by outcome",
+    ),
+    "requests": (
+        "counter",
+        "oauth2_broker.provider_requests",
+        "1",
+        "HTTP requests sent to the provider, by purpose and status class",
+    ),
+    "dropped": (
+        "counter",
+        "oauth2_broker.events_dropped",
+        "1",
+        "Lifecycle events dropped because the event queue was full, by event",
+    ),
+    "refresh_failures": (
+        "counter",
+        "oauth2_broker.refresh_failures",
+        "1",
+        "Failed refreshes, by provider, permanence and error class",
+    ),
+    "rate_limited": (
+        "counter",
+        "oauth2_broker.rate_limited",
+        "1",
+        "Token-endpoint calls refused by the rate limit or the provider back-off",
+    ),
+    "request_duration": (
+        "histogram",
+        "oauth2_broker.provider_request.duration",
+        "s",
+        "Duration of HTTP requests to the provider, by purpose and status class",
+    ),
+    "lease_wait": (
+        "histogram",
+        "oauth2_broker.lease.wait",
+        "s",
+        "Time a lease past the in-process cache waited for its token "
+        "(singleflight, refresh lock and provider call included)",
+    ),
+    "refresh_age": (
+        "histogram",
+        "oauth2_broker.refresh.age",
+        "s",
+        "Age of the access token when it was refreshed",
+    ),
+    "idle_due": (
+        "gauge",
+        "oauth2_broker.refresh_tokens.nearing_idle_expiry",
+        "1",
+        "Refresh tokens the last refresher sweep found close to the provider's idle limit",
+    ),
+}
+
+
 class Telemetry:
     """Spans and counters through the global (or given) OpenTelemetry providers."""
 
@@ -44,47 +105,19 @@ class Telemetry:
         self._meter_provider = meter_provider
         self._tracer = tracer_provider.get_tracer(_NAME, __version__)
         meter = meter_provider.get_meter(_NAME, __version__)
-        self._operations = meter.create_counter(
-            "oauth2_broker.operations",
-            description="Broker operations that went past the in-process cache, by outcome",
-        )
-        self._requests = meter.create_counter(
-            "oauth2_broker.provider_requests",
-            description="HTTP requests sent to the provider, by purpose and status class",
-        )
-        self._dropped = meter.create_counter(
-            "oauth2_broker.events_dropped",
-            description="Lifecycle events dropped because the event queue was full, by event",
-        )
-        self._refresh_failures = meter.create_counter(
-            "oauth2_broker.refresh_failures",
-            description="Failed refreshes, by provider, permanence and error class",
-        )
-        self._rate_limited = meter.create_counter(
-            "oauth2_broker.rate_limited",
-            description="Token-endpoint calls refused by the rate limit or the provider back-off",
-        )
-        self._request_duration = meter.create_histogram(
-            "oauth2_broker.provider_request.duration",
-            unit="s",
-            description="Duration of HTTP requests to the provider, by purpose and status class",
-        )
-        self._lease_wait = meter.create_histogram(
-            "oauth2_broker.lease.wait",
-            unit="s",
-            description="Time a lease past the in-process cache waited for its token "
-            "(singleflight, refresh lock and provider call included)",
-        )
-        self._refresh_age = meter.create_histogram(
-            "oauth2_broker.refresh.age",
-            unit="s",
-            description="Age of the access token when it was refreshed",
-        )
-        self._idle_due = meter.create_gauge(
-            "oauth2_broker.refresh_tokens.nearing_idle_expiry",
-            description="Refresh tokens the last refresher sweep found close to the "
-            "provider's idle limit, by provider",
-        )
+        made = {
+            attr: getattr(meter, f"create_{kind}")(name, unit=unit, description=description)
+            for attr, (kind, name, unit, description) in _INSTRUMENTS.items()
+        }
+        self._operations = made["operations"]
+        self._requests = made["requests"]
+        self._dropped = made["dropped"]
+        self._refresh_failures = made["refresh_failures"]
+        self._rate_limited = made["rate_limited"]
+        self._request_duration = made["request_duration"]
+        self._lease_wait = made["lease_wait"]
+        self._refresh_age = made["refresh_age"]
+        self._idle_due = made["idle_due"]
 
     def event_dropped(self, event: object) -> None:
         """Count one lifecycle event dropped because the event queue was full."""

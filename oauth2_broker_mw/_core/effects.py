@@ -8,7 +8,7 @@ thrown into it). Must not import: httpx/httpx2, asyncio, threading, store driver
 from __future__ import annotations
 
 from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
 from .events import Event
@@ -91,21 +91,23 @@ class HttpResponse:
 class StoreOp:
     """A call on the token store. One frozen, slotted subclass per operation.
 
-    ``op`` names the store method (``store.<op>`` sync, ``store.a<op>`` async) and ``args``
-    are its positional arguments; ``kwargs`` its keyword arguments. The drivers dispatch
-    on the subclass with :func:`store_call`, never on a string a flow built.
+    ``op`` names the store method (``store.<op>`` sync, ``store.a<op>`` async); the fields
+    are its arguments, positional in order, except those named in ``keywords``. The drivers
+    dispatch on the subclass with :func:`store_call`, never on a string a flow built.
     """
 
     __slots__ = ()
     op: ClassVar[str]
+    keywords: ClassVar[tuple[str, ...]] = ()
 
     @property
     def args(self) -> tuple[Any, ...]:
-        return ()
+        own = fields(self)  # type: ignore[arg-type]  # every subclass is a dataclass
+        return tuple(getattr(self, f.name) for f in own if f.name not in self.keywords)
 
     @property
     def kwargs(self) -> dict[str, Any]:
-        return {}
+        return {name: getattr(self, name) for name in self.keywords}
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,10 +117,6 @@ class Load(StoreOp):
     op: ClassVar[str] = "get"
     key: StoreKey
 
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.key,)
-
 
 @dataclass(frozen=True, slots=True)
 class Put(StoreOp):
@@ -127,10 +125,6 @@ class Put(StoreOp):
     op: ClassVar[str] = "put"
     record: TokenRecord
 
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.record,)
-
 
 @dataclass(frozen=True, slots=True)
 class CompareAndSwap(StoreOp):
@@ -138,16 +132,9 @@ class CompareAndSwap(StoreOp):
     result the stored ``TokenRecord``, or ``None`` when the fence moved."""
 
     op: ClassVar[str] = "compare_and_swap"
+    keywords: ClassVar[tuple[str, ...]] = ("expected_version",)
     record: TokenRecord
     expected_version: int | None
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.record,)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return {"expected_version": self.expected_version}
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,50 +144,34 @@ class Delete(StoreOp):
     op: ClassVar[str] = "delete"
     key: StoreKey
 
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.key,)
+
+@dataclass(frozen=True, slots=True)
+class _Lock(StoreOp):
+    name: str
+    owner: str
 
 
 @dataclass(frozen=True, slots=True)
-class AcquireLock(StoreOp):
+class AcquireLock(_Lock):
     """Take the lease lock ``name`` for ``owner`` for ``ttl`` seconds; result ``bool``."""
 
     op: ClassVar[str] = "acquire_lock"
-    name: str
-    owner: str
     ttl: float
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.name, self.owner, self.ttl)
 
 
 @dataclass(frozen=True, slots=True)
-class RenewLock(StoreOp):
+class RenewLock(_Lock):
     """Extend a held lease lock; result ``bool`` (``False``: it was lost)."""
 
     op: ClassVar[str] = "renew_lock"
-    name: str
-    owner: str
     ttl: float
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.name, self.owner, self.ttl)
 
 
 @dataclass(frozen=True, slots=True)
-class ReleaseLock(StoreOp):
+class ReleaseLock(_Lock):
     """Release a lease lock if ``owner`` still holds it; result ``bool``."""
 
     op: ClassVar[str] = "release_lock"
-    name: str
-    owner: str
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.name, self.owner)
 
 
 @dataclass(frozen=True, slots=True)
@@ -210,10 +181,6 @@ class PutPending(StoreOp):
     op: ClassVar[str] = "put_pending"
     pending: PendingAuthorization
 
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.pending,)
-
 
 @dataclass(frozen=True, slots=True)
 class TakePending(StoreOp):
@@ -222,10 +189,6 @@ class TakePending(StoreOp):
 
     op: ClassVar[str] = "take_pending"
     state_key: str
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.state_key,)
 
 
 def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:

@@ -15,7 +15,7 @@ from oauth2_broker_mw.stores.base import TokenStore
 
 STORE_EFFECTS = [
     cls
-    for cls in vars(effects).values()
+    for cls in (getattr(effects, name) for name in effects.__all__)
     if isinstance(cls, type) and issubclass(cls, StoreOp) and cls is not StoreOp
 ]
 
