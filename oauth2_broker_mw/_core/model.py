@@ -274,6 +274,25 @@ def _secret_or_none(value: object) -> Secret | None:
     return Secret(value)
 
 
+#: What decoding a stored row can raise besides CorruptRecord (which passes through as is).
+_DECODE_ERRORS = (KeyError, TypeError, ValueError, AttributeError, OverflowError)
+
+
+def _undecodable(what: str, exc: Exception) -> CorruptRecord:
+    return CorruptRecord(f"{what} cannot be decoded: {str(exc)[:120]}")
+
+
+def _json_object(text: str | bytes, what: str) -> Mapping[str, Any]:
+    """``text`` parsed by the strict bounded parser; a JSON object, or CorruptRecord."""
+    try:
+        data = jsonsafe.loads(text)
+    except jsonsafe.JSONRejected as exc:
+        raise CorruptRecord(f"{what} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise CorruptRecord(f"{what} is not a JSON object")
+    return data
+
+
 @dataclass(frozen=True, slots=True, repr=False)
 class TokenRecord:
     """A stored grant. Secrets are :class:`Secret`; ``metadata`` keeps extra response fields.
@@ -389,22 +408,12 @@ class TokenRecord:
                 version=int(data["version"]),
                 revoked_at=opt_float("revoked_at"),
             )
-        except CorruptRecord:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise CorruptRecord(
-                f"stored token record cannot be decoded: {str(exc)[:120]}"
-            ) from None
+        except _DECODE_ERRORS as exc:
+            raise _undecodable("stored token record", exc) from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> TokenRecord:
-        try:
-            data = jsonsafe.loads(text)
-        except jsonsafe.JSONRejected as exc:
-            raise CorruptRecord(f"stored token record is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise CorruptRecord("stored token record is not a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(_json_object(text, "stored token record"))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
@@ -489,22 +498,12 @@ class PendingAuthorization:
                 issuer=None if data.get("issuer") is None else str(data["issuer"]),
                 extra=extra,
             )
-        except CorruptRecord:
-            raise
-        except (KeyError, TypeError, ValueError, AttributeError, OverflowError) as exc:
-            raise CorruptRecord(
-                f"pending authorization cannot be decoded: {str(exc)[:120]}"
-            ) from None
+        except _DECODE_ERRORS as exc:
+            raise _undecodable("pending authorization", exc) from None
 
     @classmethod
     def from_json(cls, text: str | bytes) -> PendingAuthorization:
-        try:
-            data = jsonsafe.loads(text)
-        except jsonsafe.JSONRejected as exc:
-            raise CorruptRecord(f"pending authorization is not valid JSON: {exc}") from None
-        if not isinstance(data, dict):
-            raise CorruptRecord("pending authorization is not a JSON object")
-        return cls.from_dict(data)
+        return cls.from_dict(_json_object(text, "pending authorization"))
 
 
 @dataclass(frozen=True, slots=True, repr=False)
