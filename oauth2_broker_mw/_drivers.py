@@ -95,6 +95,14 @@ class _Driver:
         self._provider = provider
         self._events = events
 
+    def _local(self, effect: Effect) -> Any:
+        """The effects both drivers answer without waiting: the clock and events."""
+        if isinstance(effect, Now):
+            return self._monotonic() if effect.monotonic else self._clock()
+        if isinstance(effect, Emit):
+            return self._emit(effect)
+        raise TypeError(f"unknown effect {effect!r}")
+
     def _emit(self, effect: Emit) -> None:
         self._telemetry.observe(effect.event)
         if self._events is not None:
@@ -176,11 +184,7 @@ class SyncDriver(_Driver):
         if isinstance(effect, Sleep):
             self._sleep(effect.seconds)
             return self._clock()
-        if isinstance(effect, Now):
-            return self._monotonic() if effect.monotonic else self._clock()
-        if isinstance(effect, Emit):
-            return self._emit(effect)
-        raise TypeError(f"unknown effect {effect!r}")
+        return self._local(effect)
 
     @contextlib.contextmanager
     def _renewing(self, hold: LockHold | None) -> Iterator[None]:
@@ -258,11 +262,7 @@ class AsyncDriver(_Driver):
         if isinstance(effect, Sleep):
             await self._sleep(effect.seconds)
             return self._clock()
-        if isinstance(effect, Now):
-            return self._monotonic() if effect.monotonic else self._clock()
-        if isinstance(effect, Emit):
-            return self._emit(effect)
-        raise TypeError(f"unknown effect {effect!r}")
+        return self._local(effect)
 
     @contextlib.asynccontextmanager
     async def _renewing(self, hold: LockHold | None) -> AsyncIterator[None]:

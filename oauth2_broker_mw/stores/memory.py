@@ -115,26 +115,28 @@ class MemoryStore(ThreadedAsyncMixin):
 
     # -- the refresh index: a scan (an in-process store holds few records) ------------------
     def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
-        check_limit(limit)
-        with self._mutex:
-            rows = list(self._tokens.values())
-        due = [
-            DueRecord(r.key, r.version, r.expires_at)
-            for r in rows
-            if r.expires_at is not None and r.expires_at < before
-        ]
-        return sorted(due, key=lambda d: (d.at, d.key.id))[:limit]
+        return self._due(lambda r: r.expires_at, before, limit, None)
 
     def idle(self, provider: str, issued_before: float, *, limit: int = 1000) -> list[DueRecord]:
+        return self._due(lambda r: r.idle_since, issued_before, limit, provider)
+
+    def _due(
+        self,
+        at: Callable[[_Row], float | None],
+        before: float,
+        limit: int,
+        provider: str | None,
+    ) -> list[DueRecord]:
+        """Rows whose ``at`` is before ``before`` (of ``provider``), soonest first."""
         check_limit(limit)
         with self._mutex:
             rows = list(self._tokens.values())
         due = [
-            DueRecord(r.key, r.version, r.idle_since)
+            DueRecord(r.key, r.version, when)
             for r in rows
-            if r.idle_since is not None
-            and r.idle_since < issued_before
-            and r.key.provider == provider
+            if (when := at(r)) is not None
+            and when < before
+            and (provider is None or r.key.provider == provider)
         ]
         return sorted(due, key=lambda d: (d.at, d.key.id))[:limit]
 
