@@ -283,22 +283,39 @@ class _Session:
     connections: tuple[str, ...]
     created_at: float
     seen_at: float
+    #: the issuer whose ID token named the principal (J1: the identity is (issuer, sub)); None
+    #: for a per-browser principal or one the app's principal_resolver gave
+    issuer: str | None = None
 
     def payload(self) -> dict[str, JSONValue]:
         return {
             "sid": self.sid,
             "t": self.tenant,
             "p": self.principal,
+            "i": self.issuer,
             "c": list(self.connections),
             "ca": self.created_at,
             "sa": self.seen_at,
         }
 
+    def seen(self, now: float) -> _Session:
+        return _Session(
+            self.sid,
+            self.tenant,
+            self.principal,
+            self.connections,
+            self.created_at,
+            now,
+            self.issuer,
+        )
+
 
 def _parse_session(data: Mapping[str, JSONValue]) -> _Session | None:
     sid, tenant, principal = data.get("sid"), data.get("t"), data.get("p")
-    conns, created, seen = data.get("c"), data.get("ca"), data.get("sa")
+    conns, created, seen, issuer = data.get("c"), data.get("ca"), data.get("sa"), data.get("i")
     if not isinstance(sid, str) or not sid:
+        return None
+    if issuer is not None and not isinstance(issuer, str):
         return None
     if tenant is not None and not isinstance(tenant, str):
         return None
@@ -309,7 +326,13 @@ def _parse_session(data: Mapping[str, JSONValue]) -> _Session | None:
     if not isinstance(created, int | float) or not isinstance(seen, int | float):
         return None
     return _Session(
-        sid, tenant, principal, tuple(cast(list[str], conns)), float(created), float(seen)
+        sid,
+        tenant,
+        principal,
+        tuple(cast(list[str], conns)),
+        float(created),
+        float(seen),
+        issuer,
     )
 
 
@@ -320,9 +343,22 @@ class BrokerContext:
     ``tenant`` and ``principal`` are ``None`` when unknown (no tenant for this path, nobody
     logged in); ``auth``/``lease`` then raise :class:`AuthorizationRequired`, which the
     middleware turns into a login redirect (browsers) or a 401 problem document (APIs).
+    ``auth``/``lease`` answer only for a provider in ``connections`` (one this session logged
+    in to), or for any provider when the principal came from the app's ``principal_resolver``
+    and the middleware was built with ``lease_for_resolved_principals=True`` (SECURITY J1).
+    ``issuer`` is the issuer whose ID token named the principal (``None`` otherwise).
     """
 
-    __slots__ = ("_core", "_sid", "authorization_required", "connections", "principal", "tenant")
+    __slots__ = (
+        "_core",
+        "_resolved",
+        "_sid",
+        "authorization_required",
+        "connections",
+        "issuer",
+        "principal",
+        "tenant",
+    )
 
     def __init__(
         self,
@@ -332,11 +368,15 @@ class BrokerContext:
         principal: str | None,
         connections: tuple[str, ...],
         session_id: str | None,
+        issuer: str | None = None,
+        resolved: bool = False,
     ) -> None:
         self._core = core
         self.tenant = tenant
         self.principal = principal
         self.connections = connections
+        self.issuer = issuer
+        self._resolved = resolved
         self._sid = session_id
         #: the last AuthorizationRequired raised through lease()/alease() (WSGI uses it to turn
         #: a framework's 500 page back into a login redirect).
@@ -377,17 +417,25 @@ class BrokerContext:
     ) -> tuple[str, str, tuple[str, ...]]:
         broker = self._core.broker(provider)
         wanted = self._scopes(provider, scopes)
-        if self.tenant is None or self.principal is None:
-            exc = AuthorizationRequired(
-                tenant=self.tenant or "-",
-                principal=self.principal or "-",
-                provider=broker.provider.id,
-                scopes=wanted,
-                reason="nobody is logged in on this request",
-            )
-            self.authorization_required = exc
-            raise exc
-        return self.tenant, self.principal, wanted
+        tenant, principal = self.tenant, self.principal
+        if tenant is None or principal is None:
+            reason = "nobody is logged in on this request"
+        elif provider in self.connections or (
+            self._resolved and self._core.lease_for_resolved_principals
+        ):
+            return tenant, principal, wanted
+        else:
+            # J1: a login at one issuer never reads a token obtained from another.
+            reason = f"this session has not connected provider {provider!r}; log in with it"
+        exc = AuthorizationRequired(
+            tenant=tenant or "-",
+            principal=principal or "-",
+            provider=broker.provider.id,
+            scopes=wanted,
+            reason=reason,
+        )
+        self.authorization_required = exc
+        raise exc
 
     def auth(self, provider: str, scopes: Iterable[str] | None = None) -> BrokerAuth:
         """A ready :class:`~oauth2_broker_mw.BrokerAuth` for this tenant and principal."""
@@ -506,6 +554,7 @@ class MiddlewareShell(Generic[AppT]):
         prefix: str = "/oauth2",
         tenant_resolver: TenantResolver | None = None,
         principal_resolver: PrincipalResolver | None = None,
+        lease_for_resolved_principals: bool = False,
         flow_ttl: float = 300.0,
         session_idle_timeout: float = 8 * 3600.0,
         session_absolute_timeout: float = 7 * 24 * 3600.0,
@@ -521,6 +570,7 @@ class MiddlewareShell(Generic[AppT]):
             prefix=prefix,
             tenant_resolver=tenant_resolver,
             principal_resolver=principal_resolver,
+            lease_for_resolved_principals=lease_for_resolved_principals,
             flow_ttl=flow_ttl,
             session_idle_timeout=session_idle_timeout,
             session_absolute_timeout=session_absolute_timeout,
@@ -545,6 +595,7 @@ class MiddlewareCore:
         prefix: str = "/oauth2",
         tenant_resolver: TenantResolver | None = None,
         principal_resolver: PrincipalResolver | None = None,
+        lease_for_resolved_principals: bool = False,
         flow_ttl: float = 300.0,
         session_idle_timeout: float = 8 * 3600.0,
         session_absolute_timeout: float = 7 * 24 * 3600.0,
@@ -599,6 +650,7 @@ class MiddlewareCore:
         self.flow_cookie_prefix = self.cookies.name_prefix + _FLOW_COOKIE
         self.tenant_resolver = tenant_resolver
         self.principal_resolver = principal_resolver
+        self.lease_for_resolved_principals = bool(lease_for_resolved_principals)
         if flow_ttl <= 0 or session_idle_timeout <= 0 or session_absolute_timeout <= 0:
             raise ConfigurationError("timeouts must be positive")
         if max_flows < 1:
@@ -748,27 +800,26 @@ class MiddlewareCore:
             now = self._now()
             session = self._open_session(parse_cookie_header(cookie_header), now)
             if session is not None and now - session.seen_at > self.refresh_after:
-                session = _Session(
-                    session.sid,
-                    session.tenant,
-                    session.principal,
-                    session.connections,
-                    session.created_at,
-                    now,
-                )
+                session = session.seen(now)
                 set_cookies.append(self._session_cookie(session, now))
         connections: tuple[str, ...] = ()
-        if session is not None:
+        resolved = principal is not None
+        issuer = None
+        # J2: a session made in another tenant gives this request no principal.
+        if session is not None and session.tenant == tenant:
             if principal is None:
                 principal = session.principal
-            if session.tenant == tenant and session.principal == principal:
+            if session.principal == principal:
                 connections = tuple(c for c in session.connections if c in self.brokers)
+                issuer = session.issuer
         context = BrokerContext(
             self,
             tenant=tenant,
             principal=principal,
             connections=connections,
             session_id=None if session is None else session.sid,
+            issuer=issuer,
+            resolved=resolved,
         )
         return Prepared(context, set_cookies)
 
@@ -778,8 +829,8 @@ class MiddlewareCore:
         """What ``AuthorizationRequired`` from the app becomes: a login redirect or a 401."""
         name = self._provider_name(exc.provider)
         accept = request.header("accept") or ""
+        target = request.path + ("?" + request.query_string if request.query_string else "")
         if name is not None and request.method in ("GET", "HEAD") and "text/html" in accept:
-            target = request.path + ("?" + request.query_string if request.query_string else "")
             return _redirect(self.login_url(name, target), 302)
         problem: dict[str, JSONValue] = {
             "type": "about:blank",
@@ -790,7 +841,7 @@ class MiddlewareCore:
         }
         if name is not None:
             problem["provider"] = name
-            problem["login_url"] = self.login_url(name, "/")
+            problem["login_url"] = self.login_url(name, target)
         body = json.dumps(problem, separators=(",", ":")).encode()
         return Response(
             401,
@@ -836,14 +887,12 @@ class MiddlewareCore:
         if tenant is None:
             raise _Reject(400, "tenant_required", "This login needs a tenant.")
         principal = self._resolve_principal(request)
+        resolved = principal is not None
         cookies = parse_cookie_header(request.header("cookie"))
         if principal is None and not self._is_oidc_login(provider):
-            session = self._open_session(cookies, now)
-            principal = (
-                session.principal
-                if session is not None and session.principal is not None
-                else "browser-" + secrets.token_urlsafe(18)
-            )
+            # J10: a fresh principal on every login, never one from a pre-login session (a
+            # planted session must not receive the victim's token under the attacker's name).
+            principal = "browser-" + secrets.token_urlsafe(18)
         broker = self.brokers[provider]
         try:
             result = yield StartAuthorization(
@@ -875,6 +924,8 @@ class MiddlewareCore:
             "t": tenant,
             "r": return_to,
             "i": issuer,
+            "rp": resolved,
+            "oidc": principal is None,
         }
         name = self._flow_cookie_name(state)
         response = _redirect(auth_request.url, 302)
@@ -997,7 +1048,14 @@ class MiddlewareCore:
             principal = str(record.key.principal)
             old = self._open_session(cookies, now)
             connections: tuple[str, ...] = (provider,)
-            if old is not None and old.tenant == tenant and old.principal == principal:
+            # J10: nothing from a pre-login session carries into the new one, except the other
+            # connections of a principal the app itself resolved (it vouches for the identity).
+            if (
+                flow.get("rp") is True
+                and old is not None
+                and old.tenant == tenant
+                and old.principal == principal
+            ):
                 connections = tuple(dict.fromkeys((*old.connections, provider)))
             if old is not None:
                 self._forget_sid(old.sid, now)
@@ -1009,6 +1067,8 @@ class MiddlewareCore:
                 connections=connections,
                 created_at=now,
                 seen_at=now,
+                # J1: the session records the issuer with a principal taken from an ID token.
+                issuer=str(issuer) if flow.get("oidc") is True and issuer is not None else None,
             )
             response = _redirect(return_to, 303)
             response.headers.append(self._session_cookie(session, now))

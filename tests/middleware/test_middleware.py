@@ -726,7 +726,7 @@ def test_authorization_required_is_a_401_problem_for_apis(env: Env) -> None:
     problem = response.json()
     assert problem["status"] == 401
     assert problem["code"] == "authorization_required"
-    assert problem["login_url"] == f"{BASE}/oauth2/acme/login?return_to=/"
+    assert problem["login_url"] == f"{BASE}/oauth2/acme/login?return_to=/api/data"
 
 
 def test_authorization_required_raised_directly_by_a_view(env: Env) -> None:
@@ -816,8 +816,8 @@ def test_non_oidc_provider_gets_a_per_browser_principal(make_env: MakeEnv) -> No
     assert p2
     assert p1 != p2
     assert p1.startswith("browser-")
-    env.login(one)  # logging in again keeps the browser's principal
-    assert env.whoami(one)["principal"] == p1
+    env.login(one)  # J10: every login is a fresh principal, nothing from the old session
+    assert env.whoami(one)["principal"] not in (p1, None)
 
 
 # -- sessions (G2) ------------------------------------------------------------------------------
@@ -1004,11 +1004,13 @@ def test_one_user_connects_two_providers_and_logout_revokes_both(make_env: MakeE
     env = make_env(
         brokers={"acme": first.broker, "other": other},
         scopes={"acme": SCOPES, "other": ["email"]},  # not an OIDC login
+        # the app knows its user: it vouches for the principal across providers (J1, J10)
+        principal_resolver=lambda request: request.header("x-app-user"),
     )
     env.mp.close()
     env.mp = first.mp
-    browser = env.browser()
-    assert env.login(browser).status_code == 303  # OIDC: the principal is the subject
+    browser = env.browser(headers={"x-app-user": "user-1"})
+    assert env.login(browser).status_code == 303
     start = browser.get("/oauth2/other/login")
     with other_mp.client() as idp:
         callback = idp.get(start.headers["location"]).headers["location"]

@@ -1,0 +1,302 @@
+"""Identities and sessions across issuers, logins, workers and tenants (SECURITY J1, J2, J10).
+
+Each test runs through ASGI (Starlette, ``BrokerMiddleware``) and WSGI (Flask,
+``BrokerWSGIMiddleware``), against real :class:`Broker` objects and in-process
+:class:`MockProvider` instances sharing one store. Each ``browser()`` is a client with its own
+cookie jar (attacker and victim). A "worker" is one middleware instance with its own memory;
+two workers share only the store.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import httpx2
+import pytest
+from _fakes import FakeClock
+
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware
+from oauth2_broker_mw.stores.base import TokenStore
+from oauth2_broker_mw.stores.memory import MemoryStore
+from oauth2_broker_mw.testing.mock_provider import MockProvider
+
+BASE = "http://127.0.0.1"
+SECRET = "identity-test-secret-" + "Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0Fg"
+FRAMEWORKS = ["starlette", "flask"]
+
+
+def _lease_json(lease: Any) -> dict[str, Any]:
+    token = lease.access_token.get_secret_value().encode()
+    return {
+        "principal": str(lease.key.principal),
+        "provider": str(lease.key.provider),
+        "token": hashlib.sha256(token).hexdigest()[:16],
+    }
+
+
+def _context_json(ctx: Any) -> dict[str, Any]:
+    return {
+        "tenant": ctx.tenant,
+        "principal": ctx.principal,
+        "issuer": getattr(ctx, "issuer", None),
+        "connections": list(ctx.connections),
+        "csrf_token": ctx.csrf_token,
+    }
+
+
+def _starlette_app(options: dict[str, Any]) -> Any:
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    async def whoami(request: Request) -> JSONResponse:
+        return JSONResponse(_context_json(request.state.oauth2_broker))
+
+    async def lease(request: Request) -> JSONResponse:
+        provider = request.path_params["provider"]
+        return JSONResponse(_lease_json(await request.state.oauth2_broker.alease(provider)))
+
+    app = Starlette(
+        routes=[
+            Route("/whoami", whoami),
+            Route("/t/{tenant}/whoami", whoami),
+            Route("/lease/{provider}", lease),
+            Route("/t/{tenant}/lease/{provider}", lease),
+        ]
+    )
+    app.add_middleware(BrokerMiddleware, **options)
+    return app
+
+
+def _flask_app(options: dict[str, Any]) -> Any:
+    from flask import Flask, jsonify, request
+
+    app = Flask("obm_identity_test")
+
+    @app.get("/whoami")
+    @app.get("/t/<tenant>/whoami")
+    def whoami(tenant: str | None = None) -> Any:
+        return jsonify(_context_json(request.environ["oauth2_broker"]))
+
+    @app.get("/lease/<provider>")
+    @app.get("/t/<tenant>/lease/<provider>")
+    def lease(provider: str, tenant: str | None = None) -> Any:
+        return jsonify(_lease_json(request.environ["oauth2_broker"].lease(provider)))
+
+    app.wsgi_app = BrokerWSGIMiddleware(app.wsgi_app, **options)  # type: ignore[method-assign]
+    return app
+
+
+@dataclass
+class World:
+    """Two OIDC providers: ``honest`` (Y) and ``evil`` (X, run by the attacker), one store."""
+
+    framework: str
+    providers: dict[str, MockProvider]
+    brokers: dict[str, Broker]
+    store: TokenStore
+    clock: FakeClock
+    options: dict[str, Any]
+    _clients: list[httpx2.Client] = field(default_factory=list)
+    _apps: list[Any] = field(default_factory=list)
+
+    def worker(self, **options: Any) -> Any:
+        """A new middleware instance (its own memory) over the same brokers and store."""
+        config = {**self.options, **options}
+        build = _starlette_app if self.framework == "starlette" else _flask_app
+        app = build(config)
+        self._apps.append(app)
+        return app
+
+    def browser(self, app: Any, **kwargs: Any) -> httpx2.Client:
+        if self.framework == "starlette":
+            from starlette.testclient import TestClient
+
+            client: httpx2.Client = TestClient(app, base_url=BASE, follow_redirects=False, **kwargs)
+        else:
+            client = httpx2.Client(
+                transport=httpx2.WSGITransport(app=app),
+                base_url=BASE,
+                follow_redirects=False,
+                **kwargs,
+            )
+        self._clients.append(client)
+        return client
+
+    def login(
+        self,
+        browser: httpx2.Client,
+        provider: str,
+        subject: str | None = None,
+        return_to: str = "/whoami",
+        headers: dict[str, str] | None = None,
+    ) -> httpx2.Response:
+        start = browser.get(
+            f"/oauth2/{provider}/login", params={"return_to": return_to}, headers=headers
+        )
+        assert start.status_code == 302, start.text
+        url = start.headers["location"]
+        if subject is not None:
+            url += "&" + urlencode({"login_hint": subject})
+        with self.providers[provider].client() as idp:
+            approved = idp.get(url)
+        assert approved.status_code == 302, approved.text
+        done = browser.get(approved.headers["location"], headers=headers)
+        assert done.status_code == 303, done.text
+        return done
+
+    def close(self) -> None:
+        for client in self._clients:
+            client.close()
+        for mp in self.providers.values():
+            mp.close()
+
+
+@pytest.fixture(params=FRAMEWORKS)
+def world(request: pytest.FixtureRequest) -> Iterator[World]:
+    clock = FakeClock()
+    store = MemoryStore()
+    providers = {
+        "honest": MockProvider(issuer="https://honest-idp.test"),
+        "evil": MockProvider(issuer="https://evil-idp.test"),
+    }
+    brokers = {
+        name: Broker(
+            mp.descriptor(id=name),
+            client_id="test-client",
+            client_secret="test-secret",
+            store=store,
+            http_client=mp.client(),
+            async_http_client=mp.async_client(),
+        )
+        for name, mp in providers.items()
+    }
+    options: dict[str, Any] = {
+        "brokers": brokers,
+        "scopes": {"honest": ["openid", "email"], "evil": ["openid", "email"]},
+        "secret_key": SECRET,
+        "base_url": BASE,
+        "clock": clock,
+    }
+    w = World(request.param, providers, brokers, store, clock, options)
+    yield w
+    w.close()
+
+
+# -- J1: the identity is (issuer, sub) -------------------------------------------------------
+def test_a_login_at_one_issuer_never_leases_the_token_of_another(world: World) -> None:
+    app = world.worker()
+    victim, attacker = world.browser(app), world.browser(app)
+    world.login(victim, "honest", subject="victim")
+    victims_lease = victim.get("/lease/honest")
+    assert victims_lease.status_code == 200
+    assert victims_lease.json()["principal"] == "victim"
+
+    # The attacker runs their own OIDC provider and makes it assert sub=victim.
+    world.login(attacker, "evil", subject="victim")
+    me = attacker.get("/whoami").json()
+    assert (me["principal"], me["connections"]) == ("victim", ["evil"])
+    stolen = attacker.get("/lease/honest", headers={"accept": "application/json"})
+    assert stolen.status_code == 401, stolen.text
+    assert me["issuer"] == "https://evil-idp.test"
+    assert stolen.json()["provider"] == "honest"
+    assert victims_lease.json()["token"] not in stolen.text
+    # The attacker's own connection works; the victim's is untouched.
+    assert attacker.get("/lease/evil").json()["provider"] == "evil"
+    assert victim.get("/lease/honest").json() == victims_lease.json()
+
+
+def test_the_session_records_the_issuer_of_its_principal(world: World) -> None:
+    app = world.worker()
+    browser = world.browser(app)
+    world.login(browser, "honest", subject="alice")
+    me = browser.get("/whoami").json()
+    assert (me["principal"], me["issuer"]) == ("alice", "https://honest-idp.test")
+    world.login(browser, "evil", subject="alice")  # the same sub at another issuer
+    me = browser.get("/whoami").json()
+    assert (me["issuer"], me["connections"]) == ("https://evil-idp.test", ["evil"])
+    assert browser.get("/lease/honest").status_code == 401
+
+
+def test_a_resolved_principal_leases_only_when_the_app_allows_it(world: World) -> None:
+    def from_header(request: Any) -> str | None:
+        value: str | None = request.header("x-user")
+        return value
+
+    strict = world.worker(principal_resolver=from_header)
+    trusting = world.worker(principal_resolver=from_header, lease_for_resolved_principals=True)
+    browser = world.browser(strict, headers={"x-user": "u-42"})
+    world.login(browser, "honest")
+    world.login(browser, "evil")
+    me = browser.get("/whoami").json()
+    # The app vouches for u-42, so its connections accumulate in the session.
+    assert (me["principal"], me["connections"]) == ("u-42", ["honest", "evil"])
+    api = world.browser(strict, headers={"x-user": "u-42", "accept": "application/json"})
+    assert api.get("/lease/honest").status_code == 401  # no session: not allowed by default
+    allowed = world.browser(trusting, headers={"x-user": "u-42"})
+    assert allowed.get("/lease/honest").json()["principal"] == "u-42"
+
+
+# -- J10: no fixation --------------------------------------------------------------------------
+@pytest.fixture
+def plain_world(world: World) -> World:
+    """The honest provider used without ``openid``: principals are per-browser ids."""
+    world.options["scopes"] = {"honest": ["email"], "evil": ["openid"]}
+    return world
+
+
+@pytest.mark.parametrize("second_worker", [False, True])
+def test_a_planted_pre_login_session_gives_the_attacker_nothing(
+    plain_world: World, second_worker: bool
+) -> None:
+    world = plain_world
+    app = world.worker()
+    attacker = world.browser(app)
+    world.login(attacker, "honest")
+    planted = dict(attacker.cookies)
+    assert list(planted) == ["obm_session"]
+    attackers = attacker.get("/whoami").json()["principal"]
+    assert attackers.startswith("browser-")
+
+    victim = world.browser(app)
+    victim.cookies.set("obm_session", planted["obm_session"], domain="127.0.0.1")  # planted
+    world.login(victim, "honest")
+    me = victim.get("/whoami").json()
+    assert me["principal"] != attackers  # a fresh principal, nothing carried in
+    victims = victim.get("/lease/honest").json()
+    assert victims["principal"] == me["principal"]
+
+    other = world.worker() if second_worker else app
+    replay = world.browser(other, cookies=planted)
+    assert replay.get("/whoami").json()["principal"] in (attackers, None)
+    leased = replay.get("/lease/honest", headers={"accept": "application/json"})
+    assert victims["token"] not in leased.text
+    assert leased.status_code == 401 or leased.json()["principal"] == attackers
+
+
+def test_logging_in_again_issues_a_fresh_principal(plain_world: World) -> None:
+    world = plain_world
+    browser = world.browser(world.worker())
+    world.login(browser, "honest")
+    first = browser.get("/whoami").json()["principal"]
+    world.login(browser, "honest")
+    second = browser.get("/whoami").json()["principal"]
+    assert first.startswith("browser-")
+    assert second.startswith("browser-")
+    assert first != second
+
+
+# -- the 401 problem keeps the current path -------------------------------------------------
+def test_the_401_login_url_returns_to_the_current_path(world: World) -> None:
+    browser = world.browser(world.worker(), headers={"accept": "application/json"})
+    response = browser.get("/lease/honest?x=1")
+    assert response.status_code == 401
+    assert response.json()["login_url"] == (
+        f"{BASE}/oauth2/honest/login?return_to=/lease/honest%3Fx%3D1"
+    )
