@@ -147,9 +147,10 @@ class InsufficientScope(BrokerError):
 class UnsupportedTokenType(BrokerError):
     """RFC 6749 §7.1: the client must not use a token whose type it does not understand."""
 
-    def __init__(self, token_type: str) -> None:
+    def __init__(self, token_type: str, *, reason: str | None = None) -> None:
         self.token_type = token_type[:40]
-        super().__init__(f"unsupported token type {self.token_type!r}")
+        message = f"unsupported token type {self.token_type!r}"
+        super().__init__(f"{message}: {reason}" if reason else message)
 
 
 class StorageError(BrokerError):

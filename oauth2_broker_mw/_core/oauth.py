@@ -101,6 +101,9 @@ ASSERTION_LIFETIME: Final = 300
 _PREVIEW_LEN: Final = 200
 _DESCRIPTION_LEN: Final = 300
 _VERIFIER_RE: Final = re.compile(r"^[A-Za-z0-9\-._~]{43,128}$")
+# An access token must fit in ``Authorization: Bearer <token>``: visible ASCII, no space.
+# (RFC 6750's b64token is stricter, but real tokens carry "!" (Salesforce) and the like.)
+_HEADER_TOKEN_RE: Final = re.compile(r"[\x21-\x7e]+")
 # Long runs of token alphabet characters (opaque tokens, JWT segments, secrets) in a preview.
 _TOKENISH_RE: Final = re.compile(r"[A-Za-z0-9\-._~+/=]{24,}")
 _SECRET_PARAM_RE: Final = re.compile(
@@ -848,15 +851,34 @@ def _parse_scope(value: object, delimiter: str) -> ScopeSet | None:
     return ScopeSet(tuple(valid))
 
 
-def _normalise_token_type(desc: ProviderDescriptor, value: object) -> str:
+def _normalise_token_type(desc: ProviderDescriptor, value: object, status: int) -> str:
     if value is None or value == "":
-        return "Bearer"
+        if desc.missing_token_type is None:
+            # RFC 6749 §5.1, SECURITY C3: token_type is REQUIRED; guessing Bearer would also
+            # hide a DPoP downgrade.
+            raise MalformedResponse(
+                "malformed_response",
+                error_description=f"token response from provider {desc.id!r} has no "
+                "token_type; if this provider is known to leave it out, set "
+                "missing_token_type='Bearer' on its descriptor",
+                status_code=status,
+            )
+        value = desc.missing_token_type
     if not isinstance(value, str):
         raise UnsupportedTokenType(str(value))
     alias = desc.token_type_aliases.get(value) or desc.token_type_aliases.get(value.lower())
     name = (alias or value).strip()
     lowered = name.lower()
     if lowered == "bearer":
+        if desc.dpop:
+            # RFC 9449 §5: we sent a DPoP proof and asked for a bound token; a Bearer answer
+            # is a downgrade (a stolen token would work without our key). Not stored.
+            raise UnsupportedTokenType(
+                name,
+                reason=f"provider {desc.id!r} is configured with dpop=True but answered with "
+                "a Bearer token (a downgrade); set dpop=False if the provider does not "
+                "support DPoP",
+            )
         return "Bearer"
     if lowered == "dpop" and desc.dpop:
         # RFC 9449: a sender-constrained token; BrokerAuth signs a proof for every request.
@@ -939,7 +961,16 @@ def parse_token_response(
             error_description="token response has no access_token",
             status_code=response.status_code,
         )
-    token_type = _normalise_token_type(desc, token_obj.get("token_type"))
+    if not _HEADER_TOKEN_RE.fullmatch(access_token):
+        # It goes into an Authorization header: CR, LF, spaces, non-ASCII or a lone surrogate
+        # would make the HTTP library fail later, with the token in its message.
+        raise MalformedResponse(
+            "malformed_response",
+            error_description="access_token is not a valid header value: only visible ASCII "
+            "characters are allowed (RFC 6750 §2.1)",
+            status_code=response.status_code,
+        )
+    token_type = _normalise_token_type(desc, token_obj.get("token_type"), response.status_code)
 
     raw_expiry: object = None
     if desc.expires_in_path:
@@ -948,7 +979,13 @@ def parse_token_response(
             raw_expiry = _walk(data, desc.expires_in_path)
     if raw_expiry is None:
         raw_expiry = token_obj.get("expires_in")
-    expires_at = _expiry(_coerce_seconds(raw_expiry), desc.expires_in_unit, now)
+    seconds = _coerce_seconds(raw_expiry)
+    if seconds is not None and seconds <= 0:
+        # ``expires_in: 0`` or negative: already expired. The caller gets it once (it was just
+        # issued) and the next lease refreshes; never the 3600 s default (issue 10).
+        expires_at: float | None = now
+    else:
+        expires_at = _expiry(seconds, desc.expires_in_unit, now)
     if expires_at is None and desc.expiry_policy is ExpiryPolicy.DEFAULT_TTL:
         expires_at = now + min(desc.default_ttl, MAX_TTL)
 

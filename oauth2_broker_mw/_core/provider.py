@@ -331,6 +331,10 @@ class ProviderDescriptor:
     """Seconds a refresh token may go unused before the provider expires it (Google: about six
     months, Xero: 60 days); ``None`` when the provider has no such limit or does not say. The
     :class:`~oauth2_broker_mw.refresher.Refresher` refreshes idle tokens before they reach it."""
+    missing_token_type: str | None = None
+    """The ``token_type`` to assume when a token response has none (LinkedIn, Shopify and
+    Figma leave it out). ``None``, the default, refuses such a response as
+    :class:`~oauth2_broker_mw.MalformedResponse` (RFC 6749 §5.1, SECURITY C3)."""
 
     def __post_init__(self) -> None:
         try:
@@ -406,6 +410,9 @@ class ProviderDescriptor:
                 _number("refresh_idle_limit", self.refresh_idle_limit, minimum=0, strict=True),
             )
 
+        missing = self.missing_token_type
+        if missing is not None and (not isinstance(missing, str) or not missing.strip()):
+            raise ConfigurationError("missing_token_type must be a token type such as 'Bearer'")
         for name in (
             "authorize_params",
             "token_params",
@@ -629,10 +636,12 @@ class ProviderDescriptor:
 
         ``metadata["issuer"]`` must equal ``expected_issuer`` exactly (the issuer used to build
         the metadata URL), or :class:`ConfigurationError` is raised. Picks the endpoints,
-        ``authorization_response_iss_parameter_supported``, PKCE (``unsupported`` when the
-        document lists ``code_challenge_methods_supported`` without ``S256``) and the client
+        ``authorization_response_iss_parameter_supported`` and the client
         authentication method (``client_secret_basic`` if offered, else
         ``client_secret_post``, else the JWT methods, else ``none``). ``overrides`` win.
+        PKCE stays on with ``S256`` whatever ``code_challenge_methods_supported`` says (a
+        ``["plain"]`` or ``[]`` list is a downgrade, SECURITY A3); pass ``pkce="unsupported"``
+        to opt out for a server that breaks on it.
         DPoP is only enabled when the caller passes ``dpop=True`` and the document lists
         ``dpop_signing_alg_values_supported`` (``ES256`` preferred).
         """
@@ -667,9 +676,9 @@ class ProviderDescriptor:
             grant_names = ["client_credentials"]
         values["grants"] = grant_names
 
-        methods = doc.get("code_challenge_methods_supported")
-        if isinstance(methods, list) and "S256" not in methods:
-            values["pkce"] = PkceMode.UNSUPPORTED
+        # code_challenge_methods_supported never turns PKCE off (SECURITY A2, A3): a document
+        # that lists only "plain", or nothing, still gets S256, which a server that ignores
+        # PKCE ignores too. Only the caller opts out, with pkce="unsupported".
         values["authorization_response_iss_parameter_supported"] = (
             doc.get("authorization_response_iss_parameter_supported") is True
         )

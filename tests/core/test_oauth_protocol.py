@@ -579,16 +579,15 @@ def test_slack_ok_false_and_nested_user_token() -> None:
     ],
 )
 def test_scope_variants(scope: object, delimiter: str, expected: tuple[str, ...]) -> None:
-    resp = json_response({"access_token": "x", "scope": scope})
+    resp = json_response({"access_token": "x", "token_type": "Bearer", "scope": scope})
     parsed = parse_token_response(desc(scope_delimiter=delimiter), resp, now=NOW)
     assert parsed.scopes is not None
     assert parsed.scopes.scopes == expected
 
 
 def test_scope_absent_is_none() -> None:
-    assert (
-        parse_token_response(desc(), json_response({"access_token": "x"}), now=NOW).scopes is None
-    )
+    response = json_response({"access_token": "x", "token_type": "bearer"})
+    assert parse_token_response(desc(), response, now=NOW).scopes is None
 
 
 @pytest.mark.parametrize(
@@ -601,8 +600,9 @@ def test_scope_absent_is_none() -> None:
         ({}, {"expiry_policy": ExpiryPolicy.UNKNOWN}, None),
         ({"expires_in": 3_600_000}, {"expires_in_unit": 0.001}, NOW + 3600),
         ({"expires_in": 10**12}, {}, NOW + MAX_TTL),
-        ({"expires_in": -5}, {}, NOW + 3600),
-        ({"expires_in": -5}, {"expiry_policy": "unknown"}, None),
+        ({"expires_in": -5}, {}, NOW),  # already expired, never the default TTL
+        ({"expires_in": 0}, {}, NOW),
+        ({"expires_in": "-1"}, {"expiry_policy": "unknown"}, NOW),
         ({"expires_in": "soon"}, {}, NOW + 3600),
         ({"expires_in": True}, {"expiry_policy": "unknown"}, None),
         ({"expiresIn": 120}, {"expires_in_path": ("expiresIn",)}, NOW + 120),
@@ -615,14 +615,19 @@ def test_scope_absent_is_none() -> None:
 )
 def test_expiry_leniency(extra: dict[str, Any], kw: dict[str, Any], expected: float | None) -> None:
     parsed = parse_token_response(
-        desc(**kw), json_response({"access_token": "x", **extra}), now=NOW
+        desc(**kw), json_response({"access_token": "x", "token_type": "Bearer", **extra}), now=NOW
     )
     assert parsed.expires_at == expected
 
 
 def test_x_refresh_token_expires_in_quickbooks() -> None:
     resp = json_response(
-        {"access_token": "x", "x_refresh_token_expires_in": "8726400", "refresh_token": "r"}
+        {
+            "access_token": "x",
+            "token_type": "Bearer",
+            "x_refresh_token_expires_in": "8726400",
+            "refresh_token": "r",
+        }
     )
     parsed = parse_token_response(desc(), resp, now=NOW)
     assert parsed.refresh_token_expires_at == NOW + 8726400
@@ -634,7 +639,6 @@ def test_x_refresh_token_expires_in_quickbooks() -> None:
         ("bearer", "Bearer"),
         ("BEARER", "Bearer"),
         ("Bearer", "Bearer"),
-        (None, "Bearer"),
     ],
 )
 def test_token_type_normalised(raw: str | None, normalised: str) -> None:
@@ -668,6 +672,7 @@ def test_token_response_metadata_excludes_secrets_and_standard_fields() -> None:
     resp = json_response(
         {
             "access_token": "A",
+            "token_type": "Bearer",
             "refresh_token": "R",
             "expires_in": 5,
             "api_domain": "https://www.zohoapis.eu",

@@ -339,7 +339,7 @@ def test_from_metadata_choices_and_overrides() -> None:
         "grant_types_supported": ["authorization_code"],
     }
     d = ProviderDescriptor.from_metadata("idp", doc, expected_issuer="https://idp.example")
-    assert d.pkce is PkceMode.UNSUPPORTED  # never plain (SECURITY A3)
+    assert d.pkce is PkceMode.OPTIONAL  # S256 still sent, never plain (SECURITY A3)
     assert d.client_auth_method is ClientAuthMethod.CLIENT_SECRET_POST
     assert d.grants == (GrantType.AUTHORIZATION_CODE,)
     jwt_only = {**doc, "token_endpoint_auth_methods_supported": ["private_key_jwt"]}

@@ -1,0 +1,156 @@
+"""Token-endpoint semantics a provider can get wrong, and the broker must not follow (issue 10).
+
+PKCE downgrades in metadata, a missing ``token_type``, a DPoP-to-Bearer downgrade, a zero or
+negative ``expires_in``, and access tokens that cannot go into an ``Authorization`` header.
+Driven through the sans-IO parser and, where the user would notice, a real Broker against the
+MockProvider.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+from oauth2_broker_mw._core.effects import HttpResponse
+from oauth2_broker_mw._core.errors import MalformedResponse, UnsupportedTokenType
+from oauth2_broker_mw._core.model import ScopeSet, Secret
+from oauth2_broker_mw._core.oauth import authorization_url, parse_token_response
+from oauth2_broker_mw._core.provider import ClientConfig, PkceMode, ProviderDescriptor
+from oauth2_broker_mw.broker import Broker
+from oauth2_broker_mw.presets import preset
+from oauth2_broker_mw.testing.mock_provider import MockProvider
+
+NOW = 1_700_000_000.0
+ISSUER = "https://idp.example"
+METADATA: dict[str, Any] = {
+    "issuer": ISSUER,
+    "authorization_endpoint": f"{ISSUER}/authorize",
+    "token_endpoint": f"{ISSUER}/token",
+}
+DESC = ProviderDescriptor(
+    id="idp", token_endpoint=f"{ISSUER}/token", authorization_endpoint=f"{ISSUER}/authorize"
+)
+
+
+def token_body(data: dict[str, Any], status: int = 200) -> HttpResponse:
+    return HttpResponse(
+        status, {"content-type": "application/json"}, json.dumps(data).encode("utf-8")
+    )
+
+
+def broker_for(provider: MockProvider, **kwargs: Any) -> Broker:
+    descriptor = kwargs.pop("descriptor", None) or provider.descriptor()
+    return Broker(
+        descriptor,
+        client_id="test-client",
+        client_secret="test-secret",
+        http_client=provider.client(),
+        async_http_client=provider.async_client(),
+        client_credentials_principals={"svc"},
+        **kwargs,
+    )
+
+
+@pytest.fixture(params=["sync", "async"])
+def lease(request: pytest.FixtureRequest) -> Any:
+    def run(broker: Broker, **kwargs: Any) -> Any:
+        if request.param == "sync":
+            return broker.lease(**kwargs)
+        return asyncio.run(broker.alease(**kwargs))
+
+    return run
+
+
+# -- 1. PKCE is never turned off by the provider's metadata (SECURITY A2, A3) ------------------
+@pytest.mark.parametrize("methods", [["plain"], [], ["plain", "S384"]])
+def test_metadata_without_s256_still_sends_s256(methods: list[str]) -> None:
+    doc = {**METADATA, "code_challenge_methods_supported": methods}
+    desc = ProviderDescriptor.from_metadata("idp", doc, expected_issuer=ISSUER)
+    url = authorization_url(
+        desc,
+        ClientConfig.create("client-1", "s3cret"),
+        redirect_uri="https://app.example/cb",
+        scopes=ScopeSet(("openid",)),
+        state="st",
+        code_challenge="challenge",
+        nonce=None,
+    )
+    query = parse_qs(urlsplit(url).query)
+    assert query["code_challenge"] == ["challenge"]
+    assert query["code_challenge_method"] == ["S256"]
+
+
+def test_only_the_user_turns_pkce_off() -> None:
+    doc = {**METADATA, "code_challenge_methods_supported": ["plain"]}
+    desc = ProviderDescriptor.from_metadata("idp", doc, expected_issuer=ISSUER, pkce="unsupported")
+    assert desc.pkce is PkceMode.UNSUPPORTED
+
+
+# -- 2. token_type is required, and a DPoP client never accepts Bearer (SECURITY C3) -----------
+@pytest.mark.parametrize("token_type", [None, ""])
+def test_missing_token_type_is_malformed(token_type: str | None) -> None:
+    data: dict[str, Any] = {"access_token": "at-SECRET-1", "expires_in": 60}
+    if token_type is not None:
+        data["token_type"] = token_type
+    with pytest.raises(MalformedResponse) as info:
+        parse_token_response(DESC, token_body(data), now=NOW)
+    assert "token_type" in str(info.value) and "missing_token_type" in str(info.value)
+    assert "at-SECRET-1" not in str(info.value)
+
+
+def test_a_provider_known_to_omit_token_type_says_so_in_its_descriptor() -> None:
+    linkedin = preset("linkedin")
+    assert linkedin.missing_token_type == "Bearer"
+    parsed = parse_token_response(linkedin, token_body({"access_token": "AQX"}), now=NOW)
+    assert parsed.token_type == "Bearer"
+
+
+def test_dpop_client_refuses_a_bearer_answer_and_stores_nothing(lease: Any) -> None:
+    # The server ignores DPoP (mode "off") and hands out a Bearer token: a downgrade.
+    with MockProvider() as provider:
+        broker = broker_for(provider, descriptor=provider.descriptor(dpop=True))
+        with pytest.raises(UnsupportedTokenType) as info:
+            lease(broker, tenant="acme", principal="svc", scopes=["read"])
+        assert "downgrade" in str(info.value)
+        assert len(provider.requests_to("token")) == 1
+        assert broker.store.list_keys("acme") == []
+
+
+# -- 3. expires_in <= 0 means already expired, not an hour -------------------------------------
+@pytest.mark.parametrize("expires_in", [0, -5, "0", -3600.5])
+def test_non_positive_expires_in_is_already_expired(expires_in: object) -> None:
+    data = {"access_token": "at", "token_type": "Bearer", "expires_in": expires_in}
+    assert parse_token_response(DESC, token_body(data), now=NOW).expires_at == NOW
+
+
+def test_zero_expires_in_token_is_used_once_then_replaced(lease: Any) -> None:
+    with MockProvider() as provider:
+        provider.quirks.extra_token_fields = {"expires_in": 0}
+        broker = broker_for(provider)
+        first = lease(broker, tenant="acme", principal="svc", scopes=["read"])
+        second = lease(broker, tenant="acme", principal="svc", scopes=["read"])
+        assert first.access_token != second.access_token  # not kept for 3600 s
+        assert len(provider.requests_to("token")) == 2
+
+
+# -- 7. the access token must fit in an Authorization header -----------------------------------
+@pytest.mark.parametrize(
+    "token",
+    ["at-SECRET\r\nX-Evil: 1", "at-SECRET two", "at-SECRET-\u00e9", "at-SECRET-\u20ac", "\t"],
+)
+def test_access_token_that_is_not_a_header_value_is_malformed(token: str) -> None:
+    data = {"access_token": token, "token_type": "Bearer"}
+    with pytest.raises(MalformedResponse) as info:
+        parse_token_response(DESC, token_body(data), now=NOW)
+    assert "header value" in str(info.value)
+    assert "at-SECRET" not in str(info.value) and token not in repr(info.value)
+
+
+@pytest.mark.parametrize("token", ["00D5e000000!AQ4AQ.x", "ya29.a0Af-_~+/=", "eyJ.eyJ.sig"])
+def test_real_world_token_alphabets_are_accepted(token: str) -> None:
+    data = {"access_token": token, "token_type": "bearer"}
+    assert parse_token_response(DESC, token_body(data), now=NOW).access_token == Secret(token)
