@@ -257,9 +257,26 @@ def obtain_flow(
         and record.refresh_token is not None
         and (cfg.provider.supports(GrantType.REFRESH_TOKEN))
     ):
-        return (
-            yield from _locked(cfg, key, acceptable, lambda r, hold: _refresh(cfg, key, r, hold))
-        )
+        try:
+            return (
+                yield from _locked(
+                    cfg, key, acceptable, lambda r, hold: _refresh(cfg, key, r, hold)
+                )
+            )
+        except (TransientProviderError, TransportError, RefreshTimeout) as exc:
+            # The provider (or the lock holder) failed us early, inside the refresh window:
+            # the token we have is still valid, so serve it and try again on a later lease.
+            now = yield Now()
+            if force or stale is not None or not cfg.policy.is_usable(record, now):
+                raise
+            log.warning(
+                "refresh failed for provider=%s (%s); serving the stored token, valid for "
+                "%.0f more seconds",
+                key.provider,
+                type(exc).__name__,
+                (record.expires_at or now) - now,
+            )
+            return record
     # Client credentials never stand in for a user's grant: only where nothing but a
     # client-credentials token was ever stored, and only for principals the broker allows.
     user_grant = record is not None and record.grant != GrantType.CLIENT_CREDENTIALS.value
