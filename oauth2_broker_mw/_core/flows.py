@@ -266,8 +266,10 @@ def obtain_flow(
         except (TransientProviderError, TransportError, RefreshTimeout) as exc:
             # The provider (or the lock holder) failed us early, inside the refresh window:
             # the token we have is still valid, so serve it and try again on a later lease.
-            now = yield Now()
             if force or stale is not None or not cfg.policy.is_usable(record, now):
+                raise
+            now = yield Now()  # the lock wait and the provider call took time
+            if not cfg.policy.is_usable(record, now):
                 raise
             log.warning(
                 "refresh failed for provider=%s (%s); serving the stored token, valid for "
