@@ -49,6 +49,7 @@ from ._redirects import safe_return_to
 if TYPE_CHECKING:
     from ..auth import BrokerAuth, LeaseSource
     from ..broker import Broker
+    from ..stores.base import TokenStore
 
 __all__ = [
     "BrokerCall",
@@ -149,16 +150,52 @@ class Revoke:
         )
 
 
-BrokerCall: TypeAlias = StartAuthorization | ExchangeCode | Revoke
-Handler: TypeAlias = Generator[BrokerCall, object, "Response"]
+#: The owner of the lock that marks a session id revoked (a lock name nobody else uses).
+_REVOKED: Final = "obm-revoked"
 
 
-def drive(handler: Handler) -> Response:
+@dataclass(frozen=True, slots=True)
+class MarkRevoked:
+    """Revoke a session id on every worker: a lock held in the shared store until it expires."""
+
+    store: TokenStore
+    name: str
+    ttl: float
+
+    def run(self) -> object:
+        return self.store.acquire_lock(self.name, _REVOKED, self.ttl)
+
+    async def arun(self) -> object:
+        return await self.store.aacquire_lock(self.name, _REVOKED, self.ttl)
+
+
+@dataclass(frozen=True, slots=True)
+class IsRevoked:
+    """True when the session id was revoked by any worker (the revocation lock is held)."""
+
+    store: TokenStore
+    name: str
+    ttl: float
+
+    def run(self) -> object:
+        return self.store.renew_lock(self.name, _REVOKED, self.ttl)
+
+    async def arun(self) -> object:
+        return await self.store.arenew_lock(self.name, _REVOKED, self.ttl)
+
+
+BrokerCall: TypeAlias = StartAuthorization | ExchangeCode | Revoke | MarkRevoked | IsRevoked
+T = TypeVar("T")
+Step: TypeAlias = Generator[BrokerCall, object, T]
+Handler: TypeAlias = Step["Response"]
+
+
+def drive(handler: Step[T]) -> T:
     """Run a handler with the broker's sync methods (through the one generator driver)."""
     return _driver.run(handler, lambda call: call.run())
 
 
-async def adrive(handler: Handler) -> Response:
+async def adrive(handler: Step[T]) -> T:
     """Run a handler with the broker's async methods."""
 
     async def execute(call: BrokerCall) -> object:
@@ -555,6 +592,7 @@ class MiddlewareShell(Generic[AppT]):
         tenant_resolver: TenantResolver | None = None,
         principal_resolver: PrincipalResolver | None = None,
         lease_for_resolved_principals: bool = False,
+        session_store: TokenStore | None = None,
         flow_ttl: float = 300.0,
         session_idle_timeout: float = 8 * 3600.0,
         session_absolute_timeout: float = 7 * 24 * 3600.0,
@@ -571,6 +609,7 @@ class MiddlewareShell(Generic[AppT]):
             tenant_resolver=tenant_resolver,
             principal_resolver=principal_resolver,
             lease_for_resolved_principals=lease_for_resolved_principals,
+            session_store=session_store,
             flow_ttl=flow_ttl,
             session_idle_timeout=session_idle_timeout,
             session_absolute_timeout=session_absolute_timeout,
@@ -596,6 +635,7 @@ class MiddlewareCore:
         tenant_resolver: TenantResolver | None = None,
         principal_resolver: PrincipalResolver | None = None,
         lease_for_resolved_principals: bool = False,
+        session_store: TokenStore | None = None,
         flow_ttl: float = 300.0,
         session_idle_timeout: float = 8 * 3600.0,
         session_absolute_timeout: float = 7 * 24 * 3600.0,
@@ -651,6 +691,10 @@ class MiddlewareCore:
         self.tenant_resolver = tenant_resolver
         self.principal_resolver = principal_resolver
         self.lease_for_resolved_principals = bool(lease_for_resolved_principals)
+        #: where revoked session ids are kept, shared by every worker (J10)
+        self.session_store: TokenStore = (
+            session_store if session_store is not None else next(iter(self.brokers.values())).store
+        )
         if flow_ttl <= 0 or session_idle_timeout <= 0 or session_absolute_timeout <= 0:
             raise ConfigurationError("timeouts must be positive")
         if max_flows < 1:
@@ -742,7 +786,26 @@ class MiddlewareCore:
                 400, "invalid_principal", "The principal of this request is not valid."
             ) from None
 
-    def _open_session(self, cookies: Mapping[str, str], now: float) -> _Session | None:
+    def _revoked_name(self, sid: str) -> str:
+        return "obm-session-revoked:" + self.sealer.tag("revoked", sid, 40)
+
+    def _open_session(self, cookies: Mapping[str, str], now: float) -> Step[_Session | None]:
+        """The browser's live session: sealed, in time, and not revoked on any worker."""
+        session = self._read_session(cookies, now)
+        if session is None:
+            return None
+        remaining = max(1.0, self.absolute_timeout - (now - session.created_at))
+        try:
+            revoked = yield IsRevoked(self.session_store, self._revoked_name(session.sid), remaining)
+        except StorageError as exc:  # fail closed: a session we cannot check is refused
+            log.warning("session check failed: %s", type(exc).__name__)
+            raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+        if revoked is True:
+            self._remember_revoked(session.sid, now)
+            return None
+        return session
+
+    def _read_session(self, cookies: Mapping[str, str], now: float) -> _Session | None:
         value = cookies.get(self.session_cookie)
         if not value:
             return None
@@ -776,7 +839,18 @@ class MiddlewareCore:
     def csrf_for(self, session_id: str) -> str:
         return self.sealer.tag("csrf", session_id, 43)
 
-    def _forget_sid(self, sid: str, now: float) -> None:
+    def _forget_sid(self, session: _Session, now: float) -> Step[None]:
+        """Revoke ``session`` here and, through the shared store, on every other worker."""
+        self._remember_revoked(session.sid, now)
+        remaining = max(1.0, self.absolute_timeout - (now - session.created_at))
+        try:
+            yield MarkRevoked(self.session_store, self._revoked_name(session.sid), remaining)
+        except StorageError as exc:
+            log.warning("session revocation failed: %s", type(exc).__name__)
+            raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+
+    def _remember_revoked(self, sid: str, now: float) -> None:
+        """This worker's bounded cache of revoked ids (saves the store read for them)."""
         if len(self._logged_out) >= _DENYLIST_MAX:
             for old, until in list(self._logged_out.items()):
                 if until <= now:
@@ -786,19 +860,25 @@ class MiddlewareCore:
         self._logged_out[sid] = now + self.absolute_timeout
 
     # -- pass-through requests -------------------------------------------------------------
-    def prepare(self, request: BrokerRequest) -> Prepared | Response:
-        """The context for a request the app will answer, or an error response (fail closed)."""
+    def prepare(self, request: BrokerRequest) -> Step[Prepared | Response]:
+        """The context for a request the app will answer, or an error response (fail closed).
+
+        A generator like the handlers: drive it with :func:`drive` / :func:`adrive`.
+        """
         try:
-            tenant = self._resolve_tenant(request)
-            principal = self._resolve_principal(request)
+            return (yield from self._prepare(request))
         except _Reject as reject:
             return self._error(request, reject)
+
+    def _prepare(self, request: BrokerRequest) -> Step[Prepared | Response]:
+        tenant = self._resolve_tenant(request)
+        principal = self._resolve_principal(request)
         session = None
         set_cookies: list[tuple[str, str]] = []
         cookie_header = request.cookie
         if cookie_header and self.session_cookie in cookie_header:
             now = self._now()
-            session = self._open_session(parse_cookie_header(cookie_header), now)
+            session = yield from self._open_session(parse_cookie_header(cookie_header), now)
             if session is not None and now - session.seen_at > self.refresh_after:
                 session = session.seen(now)
                 set_cookies.append(self._session_cookie(session, now))
@@ -1046,7 +1126,7 @@ class MiddlewareCore:
                 raise _Reject(400, "exchange_failed", "The login could not be completed.") from None
             record = cast(TokenRecord, result)
             principal = str(record.key.principal)
-            old = self._open_session(cookies, now)
+            old = yield from self._open_session(cookies, now)
             connections: tuple[str, ...] = (provider,)
             # J10: nothing from a pre-login session carries into the new one, except the other
             # connections of a principal the app itself resolved (it vouches for the identity).
@@ -1058,7 +1138,7 @@ class MiddlewareCore:
             ):
                 connections = tuple(dict.fromkeys((*old.connections, provider)))
             if old is not None:
-                self._forget_sid(old.sid, now)
+                yield from self._forget_sid(old, now)
             # B8: a new session id on every login (no fixation).
             session = _Session(
                 sid=secrets.token_urlsafe(24),
@@ -1086,7 +1166,7 @@ class MiddlewareCore:
             return response
         now = self._now()
         cookies = parse_cookie_header(request.header("cookie"))
-        session = self._open_session(cookies, now)
+        session = yield from self._open_session(cookies, now)
         form: dict[str, str] = {}
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
         if content_type == "application/x-www-form-urlencoded" and body:
@@ -1131,7 +1211,7 @@ class MiddlewareCore:
                         provider,
                         type(exc).__name__,
                     )
-            self._forget_sid(session.sid, now)
+            yield from self._forget_sid(session, now)
         response = _redirect(target, 303)
         response.headers.append(("set-cookie", self.cookies.delete_cookie(self.session_cookie)))
         return response

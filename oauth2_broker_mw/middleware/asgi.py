@@ -111,7 +111,7 @@ class BrokerMiddleware(MiddlewareShell[ASGIApp]):
             response = await adrive(core.handle(route, request, body))
             await _send_response(response, send, head=request.method == "HEAD")
             return
-        prepared = core.prepare(request)
+        prepared = await adrive(core.prepare(request))
         if isinstance(prepared, Response):
             await _send_response(prepared, send, head=request.method == "HEAD")
             return

@@ -139,7 +139,7 @@ class BrokerWSGIMiddleware(MiddlewareShell[WSGIApp]):
                 else b""
             )
             return _respond(drive(core.handle(route, request, body)), start_response, head)
-        prepared = core.prepare(request)
+        prepared = drive(core.prepare(request))
         if isinstance(prepared, Response):
             return _respond(prepared, start_response, head)
         context = prepared.context

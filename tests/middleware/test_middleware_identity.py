@@ -10,6 +10,7 @@ two workers share only the store.
 from __future__ import annotations
 
 import hashlib
+from pathlib import Path
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,8 +19,16 @@ from urllib.parse import urlencode
 import httpx2
 import pytest
 from _fakes import FakeClock
+from _services import (
+    postgres_drop_schema,
+    redis_cleanup,
+    require_module,
+    require_postgres,
+    require_redis,
+    unique_name,
+)
 
-from oauth2_broker_mw import Broker
+from oauth2_broker_mw import Broker, StorageError
 from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware
 from oauth2_broker_mw.stores.base import TokenStore
 from oauth2_broker_mw.stores.memory import MemoryStore
@@ -158,10 +167,41 @@ class World:
             mp.close()
 
 
+@pytest.fixture
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TokenStore]:
+    """The store both workers share: memory unless a test asks for a real one (indirect)."""
+    kind = getattr(request, "param", "memory")
+    made: TokenStore
+    if kind == "memory":
+        made = MemoryStore()
+    elif kind == "sqlite":
+        from oauth2_broker_mw.stores.sqlite import SQLiteStore
+
+        made = SQLiteStore(tmp_path / "tokens.db")
+    elif kind == "redis":
+        require_module("redis", "redis")
+        from oauth2_broker_mw.stores.redis import RedisStore
+
+        prefix = unique_name("redis") + ":"
+        made = RedisStore(require_redis(), prefix=prefix)
+        request.addfinalizer(lambda: redis_cleanup(prefix))
+    else:
+        require_module("psycopg", "postgres")
+        from oauth2_broker_mw.stores.postgres import PostgresStore
+
+        schema = unique_name("pg")
+        made = PostgresStore(require_postgres(), schema=schema)
+        request.addfinalizer(lambda: postgres_drop_schema(schema))
+    yield made
+    made.close()
+
+
+REAL_STORES = ["memory", "sqlite", "redis", "postgres"]
+
+
 @pytest.fixture(params=FRAMEWORKS)
-def world(request: pytest.FixtureRequest) -> Iterator[World]:
+def world(request: pytest.FixtureRequest, store: TokenStore) -> Iterator[World]:
     clock = FakeClock()
-    store = MemoryStore()
     providers = {
         "honest": MockProvider(issuer="https://honest-idp.test"),
         "evil": MockProvider(issuer="https://evil-idp.test"),
@@ -251,6 +291,7 @@ def plain_world(world: World) -> World:
     return world
 
 
+@pytest.mark.parametrize("store", REAL_STORES, indirect=True)
 @pytest.mark.parametrize("second_worker", [False, True])
 def test_a_planted_pre_login_session_gives_the_attacker_nothing(
     plain_world: World, second_worker: bool
@@ -300,3 +341,60 @@ def test_the_401_login_url_returns_to_the_current_path(world: World) -> None:
     assert response.json()["login_url"] == (
         f"{BASE}/oauth2/honest/login?return_to=/lease/honest%3Fx%3D1"
     )
+
+
+# -- J10, G2: a logged-out session is refused by every worker ---------------------------------
+def _logout(browser: httpx2.Client) -> None:
+    response = browser.post("/oauth2/logout", headers={"origin": BASE})
+    assert response.status_code == 303, response.text
+
+
+@pytest.mark.parametrize("store", REAL_STORES, indirect=True)
+def test_a_logged_out_session_is_refused_on_every_worker(world: World) -> None:
+    one, two = world.worker(), world.worker()  # two processes' worth of memory, one store
+    browser = world.browser(one)
+    world.login(browser, "honest", subject="alice")
+    captured = dict(browser.cookies)
+    warm = world.browser(two, cookies=captured)  # worker two has seen the session, too
+    assert warm.get("/whoami").json()["principal"] == "alice"
+    _logout(browser)
+    for worker in (one, two):
+        replay = world.browser(worker, cookies=captured)
+        assert replay.get("/whoami").json()["principal"] is None
+        denied = replay.get("/lease/honest", headers={"accept": "application/json"})
+        assert denied.status_code == 401
+
+
+def test_a_login_revokes_the_previous_session_on_every_worker(world: World) -> None:
+    one, two = world.worker(), world.worker()
+    browser = world.browser(one)
+    world.login(browser, "honest", subject="alice")
+    before = dict(browser.cookies)
+    world.login(browser, "honest", subject="alice")  # B8: a new session id
+    assert dict(browser.cookies) != before
+    assert world.browser(two, cookies=before).get("/whoami").json()["principal"] is None
+
+
+class _RevocationStoreDown(MemoryStore):
+    """A store whose lock table is unreachable (the session revocation check fails)."""
+
+    down = False
+
+    def renew_lock(self, name: str, owner: str, ttl: float) -> bool:
+        if self.down and name.startswith("obm-session-revoked:"):
+            raise StorageError("store unreachable")
+        return super().renew_lock(name, owner, ttl)
+
+
+@pytest.mark.parametrize("store", ["memory"], indirect=True)
+def test_a_session_that_cannot_be_checked_is_refused(world: World) -> None:
+    flaky = _RevocationStoreDown()
+    app = world.worker(session_store=flaky)
+    browser = world.browser(app)
+    world.login(browser, "honest", subject="alice")
+    flaky.down = True
+    response = browser.get("/whoami", headers={"accept": "application/json"})
+    assert response.status_code == 503
+    assert response.json()["error"] == "store_unavailable"
+    flaky.down = False
+    assert browser.get("/whoami").json()["principal"] == "alice"
