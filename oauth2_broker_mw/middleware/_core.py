@@ -796,7 +796,9 @@ class MiddlewareCore:
             return None
         remaining = max(1.0, self.absolute_timeout - (now - session.created_at))
         try:
-            revoked = yield IsRevoked(self.session_store, self._revoked_name(session.sid), remaining)
+            revoked = yield IsRevoked(
+                self.session_store, self._revoked_name(session.sid), remaining
+            )
         except StorageError as exc:  # fail closed: a session we cannot check is refused
             log.warning("session check failed: %s", type(exc).__name__)
             raise _Reject(503, "store_unavailable", "Try again in a moment.") from None

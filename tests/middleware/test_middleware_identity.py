@@ -10,9 +10,9 @@ two workers share only the store.
 from __future__ import annotations
 
 import hashlib
-from pathlib import Path
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -172,6 +172,7 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TokenStore
     """The store both workers share: memory unless a test asks for a real one (indirect)."""
     kind = getattr(request, "param", "memory")
     made: TokenStore
+    cleanups: list[Callable[[], None]] = []
     if kind == "memory":
         made = MemoryStore()
     elif kind == "sqlite":
@@ -184,16 +185,18 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TokenStore
 
         prefix = unique_name("redis") + ":"
         made = RedisStore(require_redis(), prefix=prefix)
-        request.addfinalizer(lambda: redis_cleanup(prefix))
+        cleanups.append(lambda: redis_cleanup(prefix))
     else:
         require_module("psycopg", "postgres")
         from oauth2_broker_mw.stores.postgres import PostgresStore
 
         schema = unique_name("pg")
         made = PostgresStore(require_postgres(), schema=schema)
-        request.addfinalizer(lambda: postgres_drop_schema(schema))
+        cleanups.append(lambda: postgres_drop_schema(schema))
     yield made
     made.close()
+    for cleanup in cleanups:
+        cleanup()
 
 
 REAL_STORES = ["memory", "sqlite", "redis", "postgres"]
