@@ -755,7 +755,7 @@ def classify_error(
     now: float | None = None,
     aliases: Mapping[str, str] | None = None,
 ) -> ProviderError:
-    """Map an error response to the exception tree (C5, quirk 24).
+    """Map an error response to the exception tree (SECURITY C5, quirk 24).
 
     1. An RFC 6749 §5.2 ``error`` member (or Slack ``ok: false``) decides the class;
        ``aliases`` (a descriptor's ``error_aliases``) first maps provider-specific codes to

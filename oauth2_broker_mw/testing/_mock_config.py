@@ -126,7 +126,7 @@ class MockQuirks:
     """Ways the token endpoint (and the redirect) bend the RFCs, as real providers do.
 
     Every field is independent and may be changed at run time (``provider.quirks.x = ...``).
-    Numbers refer to rows of the project's ``PROVIDER_QUIRKS.md``.
+    Numbers are the quirk rows of ``docs/quirks.md``.
     """
 
     #: GitHub (1): the token response is form-encoded unless ``Accept: application/json``.

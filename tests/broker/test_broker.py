@@ -1,6 +1,6 @@
 """The Broker end to end against MockProvider, every flow sync and async.
 
-Covers the quirk rows 1-9 and 22 of PROVIDER_QUIRKS.md, the refresh contract inside one
+Covers the quirk rows 1-9 and 22 of docs/quirks.md, the refresh contract inside one
 process, typed errors, and that no secret reaches a log line.
 """
 
