@@ -48,6 +48,7 @@ from .errors import (
     ConfigurationError,
     CorruptRecord,
     InvalidGrant,
+    ProviderError,
     RefreshTimeout,
     StorageError,
     TransientProviderError,
@@ -762,6 +763,16 @@ def revoke_flow(cfg: FlowConfig, key: StoreKey) -> Flow[bool]:
                     "temporarily_unavailable",
                     status_code=response.status_code,
                     retry_after=oauth.classify_error(response).retry_after,
+                )
+            if 300 <= response.status_code < 400:
+                # Never followed (SECURITY C7: it would re-send the token elsewhere), and not a
+                # success either: the token may still be live, so it is kept here.
+                raise ProviderError(
+                    "unexpected_redirect",
+                    error_description=f"the revocation endpoint of provider {key.provider!r} "
+                    "answered with a redirect, which is not followed; the token was kept. "
+                    "Check revocation_endpoint in the descriptor",
+                    status_code=response.status_code,
                 )
             if response.status_code >= 400:
                 log.warning(
