@@ -33,12 +33,12 @@ from collections.abc import (
 )
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast, overload
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx2
 
 from ._core.dpop import NonceCache
-from ._core.errors import ConfigurationError, InsufficientScope
+from ._core.errors import ConfigurationError, InsufficientScope, UnsafeRequest
 from ._core.model import DEFAULT_TENANT, SERVICE_PRINCIPAL, Lease, ScopeSet, StoreKey
 from ._core.oauth import parse_www_authenticate
 from ._core.provider import is_allowed_endpoint
@@ -60,7 +60,7 @@ else:
     _HttpxAuth = _optional_base("httpx", "Auth")
     _RequestsAuthBase = _optional_base("requests.auth", "AuthBase")
 
-__all__ = ["BrokerAuth", "InsufficientScopeEvent", "LeaseSource"]
+__all__ = ["BrokerAuth", "InsufficientScopeEvent", "LeaseSource", "UnsafeRequest"]
 
 logger: Final = logging.getLogger("oauth2_broker_mw.auth")
 
@@ -212,6 +212,8 @@ class _Adapter(Protocol[_Req, _RespIn]):
 
     def public_url(self, request: _Req) -> str: ...
 
+    def query(self, request: _Req) -> str: ...
+
     def method(self, request: _Req) -> str: ...
 
 
@@ -265,6 +267,9 @@ class _HttpxURL(Protocol):
     @property
     def port(self) -> int | None: ...
 
+    @property
+    def query(self) -> bytes: ...
+
 
 class _HttpxResponseLike(Protocol):
     @property
@@ -314,6 +319,9 @@ class _HttpxAdapter:
 
     def public_url(self, request: _HttpxLike) -> str:
         return _without_query(str(request.url))
+
+    def query(self, request: _HttpxLike) -> str:
+        return request.url.query.decode("ascii", "replace")
 
     def method(self, request: _HttpxLike) -> str:
         return request.method
@@ -374,6 +382,10 @@ class _RequestsAdapter:
 
     def public_url(self, request: requests.PreparedRequest) -> str:
         return _without_query(request.url or "")
+
+    def query(self, request: requests.PreparedRequest) -> str:
+        url = (request.url or "").split("#", 1)[0]
+        return url.split("?", 1)[1] if "?" in url else ""
 
     def method(self, request: requests.PreparedRequest) -> str:
         return request.method or "GET"
@@ -519,6 +531,39 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             self._memo[key] = decision
         return decision
 
+    def _preflight(self, a: _Adapter[_Req, _RespIn], request: _Req) -> bool:
+        """Checks before signing a request bound for a signed origin; ``False``: leave it alone.
+
+        * A token in the URL (``access_token=`` in the query) is refused (SECURITY F1): URLs
+          end up in logs, proxies and ``Referer`` headers.
+        * An ``Authorization`` header the caller set is kept and the request is not signed (no
+          token, no DPoP proof, no 401 handling): BrokerAuth never overwrites it silently.
+          The header of our own current lease (a redirect re-sent by hand) is ours to renew.
+        """
+        query = a.query(request)
+        if "access_token" in query and any(
+            name == "access_token" for name, _ in parse_qsl(query, keep_blank_values=True)
+        ):
+            raise UnsafeRequest(
+                f"refusing to sign a request to {a.public_url(request)} whose URL carries an "
+                "access_token query parameter: tokens go only in the Authorization header "
+                "(RFC 6750 §2.3); remove the parameter from the URL"
+            )
+        existing = request.headers.get("Authorization")
+        if existing is None or (
+            self._sign_cache[0] is not None and existing == self._sign_cache[1]
+        ):
+            return True
+        logger.debug(
+            "request to %s already has an Authorization header: kept, not signed "
+            "(tenant=%r principal=%r provider=%r)",
+            a.public_url(request),
+            self._key.tenant,
+            self._key.principal,
+            self._provider_id,
+        )
+        return False
+
     def _signing(self, lease: Lease) -> _Signing:
         """The header and requests hook for ``lease``, built once per lease (not per request).
 
@@ -654,9 +699,10 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
     def sync_auth_flow(self, request: _HttpxLike) -> Generator[_HttpxLike, Any, None]:
         """``Client``: broker calls run on the calling thread."""
         # `_https_anywhere and https` is _signs' own first test, inlined for speed.
-        if not (self._https_anywhere and request.url.scheme == "https") and not self._signs(
-            _HTTPX, request
-        ):
+        if (
+            not (self._https_anywhere and request.url.scheme == "https")
+            and not self._signs(_HTTPX, request)
+        ) or not self._preflight(_HTTPX, request):
             yield request
             return
         broker = self._broker
@@ -696,9 +742,10 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
     async def async_auth_flow(self, request: _HttpxLike) -> AsyncGenerator[_HttpxLike, Any]:
         """``AsyncClient``: broker calls are awaited; the event loop is never blocked."""
         # `_https_anywhere and https` is _signs' own first test, inlined for speed.
-        if not (self._https_anywhere and request.url.scheme == "https") and not self._signs(
-            _HTTPX, request
-        ):
+        if (
+            not (self._https_anywhere and request.url.scheme == "https")
+            and not self._signs(_HTTPX, request)
+        ) or not self._preflight(_HTTPX, request):
             yield request
             return
         broker = self._broker
@@ -743,9 +790,10 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         """Sign a prepared request; its response hook handles 401 and redirects."""
         # `_https_anywhere and https://` is _signs' own first test, inlined for speed.
-        if not (self._https_anywhere and (r.url or "")[:8] == "https://") and not self._signs(
-            _REQUESTS, r
-        ):
+        if (
+            not (self._https_anywhere and (r.url or "")[:8] == "https://")
+            and not self._signs(_REQUESTS, r)
+        ) or not self._preflight(_REQUESTS, r):
             return r
         lease = self._cached(self._key) or self._broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required

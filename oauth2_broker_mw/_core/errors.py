@@ -53,6 +53,7 @@ __all__ = [
     "TransportError",
     "UnauthorizedClient",
     "UnknownTenant",
+    "UnsafeRequest",
     "UnsupportedTokenType",
 ]
 
@@ -65,6 +66,10 @@ class BrokerError(Exception):
 
 class ConfigurationError(BrokerError, ValueError):
     """The caller configured or called the broker wrongly (not the provider's fault)."""
+
+
+class UnsafeRequest(ConfigurationError):
+    """A request BrokerAuth was asked to sign would expose a token (e.g. one in its URL)."""
 
 
 class InvalidIdentifier(ConfigurationError):

@@ -26,6 +26,7 @@ from oauth2_broker_mw._core.errors import (
     AuthorizationRequired,
     ConfigurationError,
     InsufficientScope,
+    UnsafeRequest,
 )
 from oauth2_broker_mw.auth import BrokerAuth, InsufficientScopeEvent
 from oauth2_broker_mw.broker import Broker
@@ -260,6 +261,27 @@ class TestBehaviour:
         assert result.json == {"signed": True}
         token = f"Bearer {env.token(auth)}"
         assert w.rec_a.authorizations() == [token, token]
+
+    async def test_the_callers_own_authorization_header_is_kept_and_not_signed(
+        self, env: Env
+    ) -> None:
+        d = env.driver(env.auth())
+        w = env.world
+        result = await d.send_raw("GET", f"{w.a}/echo", headers={"Authorization": "Basic dTpw"})
+        assert result.status == 200
+        assert w.rec_a.authorizations() == ["Basic dTpw"]
+        assert env.counters["token"] == 0  # nothing was signed, so no token was fetched
+
+    async def test_a_url_carrying_access_token_is_refused_before_sending(self, env: Env) -> None:
+        d = env.driver(env.auth())
+        w = env.world
+        with pytest.raises(UnsafeRequest) as caught:
+            await d.send("GET", f"{w.a}/echo?page=2&access_token=leaked-value")
+        assert "leaked-value" not in str(caught.value)
+        assert "access_token" in str(caught.value)
+        assert w.rec_a.authorizations() == []
+        # A parameter that only contains the name is fine.
+        assert (await d.send("GET", f"{w.a}/echo?my_access_token_hint=1")).status == 200
 
     async def test_401_from_another_origin_after_redirect_does_not_refresh(self, env: Env) -> None:
         d = env.driver(env.auth())
