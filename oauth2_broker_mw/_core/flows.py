@@ -391,6 +391,7 @@ def _refresh(
         response = yield from _send_token_request(cfg, replace(request, hold=hold))
         now = yield Now()
         parsed = oauth.parse_token_response(cfg.provider, response, now=now)
+        parsed = yield from _refreshed_id_token(cfg, record, parsed, now)
     except (TransientProviderError, TransportError) as exc:
         yield Emit(_refresh_failed(key, now, record, exc, permanent=False))
         raise
@@ -681,21 +682,10 @@ def exchange_code_flow(
 
     extra: dict[str, JSONValue] = {}
     claims: dict[str, JSONValue] | None = None
-    if parsed.id_token is not None and cfg.provider.jwks_uri and cfg.provider.issuer:
-        jwks_response = yield HttpRequest(
-            "GET", cfg.provider.jwks_uri, (("Accept", "application/json"),), purpose="jwks"
-        )
-        if jwks_response.status_code != 200:
-            raise TransientProviderError("jwks_unavailable", status_code=jwks_response.status_code)
-        try:
-            jwks = jsonsafe.loads(jwks_response.body)
-        except jsonsafe.JSONRejected:
-            raise TransientProviderError("jwks_unavailable", status_code=200) from None
-        claims = oauth.verify_id_token(
-            parsed.id_token.get_secret_value(),
-            jwks=jwks,
-            issuer=cfg.provider.issuer,
-            client_id=cfg.client.client_id,
+    if parsed.id_token is not None and cfg.provider.issuer:
+        claims = yield from _id_token_claims(
+            cfg,
+            parsed.id_token,
             nonce=None if pending.nonce is None else pending.nonce.get_secret_value(),
             now=now,
         )
@@ -727,6 +717,76 @@ def exchange_code_flow(
     stored: TokenRecord = yield Put(record)
     yield Emit(TokenIssued.for_key(key, now, stored.version, grant=record.grant))
     return stored
+
+
+def _id_token_claims(
+    cfg: FlowConfig, id_token: Secret, *, nonce: str | None, now: float
+) -> Flow[dict[str, JSONValue]]:
+    """Fetch the provider's JWKS and verify ``id_token`` with it (OIDC Core §3.1.3.7).
+
+    A provider with an ``issuer`` but no ``jwks_uri`` cannot have its ID tokens verified:
+    refused, never accepted unsigned (an ``alg=none`` token was accepted at login).
+    """
+    issuer, jwks_uri = cfg.provider.issuer, cfg.provider.jwks_uri
+    if issuer is None or jwks_uri is None:
+        raise AuthorizationFlowError(
+            "id_token_invalid",
+            f"provider {cfg.provider.id!r} sent an ID token but has no issuer and jwks_uri "
+            "to verify it with: set both on its descriptor",
+        )
+    jwks_response = yield HttpRequest(
+        "GET", jwks_uri, (("Accept", "application/json"),), purpose="jwks"
+    )
+    if jwks_response.status_code != 200:
+        raise TransientProviderError("jwks_unavailable", status_code=jwks_response.status_code)
+    try:
+        jwks = jsonsafe.loads(jwks_response.body)
+    except jsonsafe.JSONRejected:
+        raise TransientProviderError("jwks_unavailable", status_code=200) from None
+    return oauth.verify_id_token(
+        id_token.get_secret_value(),
+        jwks=jwks,
+        issuer=issuer,
+        client_id=cfg.client.client_id,
+        nonce=nonce,
+        now=now,
+    )
+
+
+def _refreshed_id_token(
+    cfg: FlowConfig, record: TokenRecord, parsed: oauth.TokenResponse, now: float
+) -> Flow[oauth.TokenResponse]:
+    """Verify the ID token of a refresh response (OIDC Core §12.2), or leave it out.
+
+    It must verify like a login's and name the same ``iss`` and ``sub`` as the stored one;
+    otherwise :class:`AuthorizationFlowError`. One that cannot be checked (no issuer or
+    JWKS configured, JWKS unreachable) is dropped, never stored: the stored one stays.
+    """
+    if parsed.id_token is None:
+        return parsed
+    reason = "no issuer and jwks_uri configured"
+    if cfg.provider.issuer is not None and cfg.provider.jwks_uri is not None:
+        try:
+            claims = yield from _id_token_claims(cfg, parsed.id_token, nonce=None, now=now)
+        except (TransientProviderError, TransportError) as exc:
+            reason = type(exc).__name__
+        else:
+            original = record.metadata.get("id_token_claims")
+            if isinstance(original, Mapping) and any(
+                claims.get(name) != original.get(name) for name in ("iss", "sub")
+            ):
+                raise AuthorizationFlowError(
+                    "id_token_invalid",
+                    "the ID token of the refresh response names another issuer or subject "
+                    "than the login's (OIDC Core §12.2)",
+                )
+            return parsed
+    log.warning(
+        "ID token of a refresh response for provider=%s not stored: cannot verify it (%s)",
+        cfg.provider.id,
+        reason,
+    )
+    return replace(parsed, id_token=None)
 
 
 def _principal_from_sub(sub: str) -> PrincipalId:

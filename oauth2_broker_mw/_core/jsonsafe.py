@@ -7,7 +7,9 @@ surrogates and ``NaN``/``Infinity``) and no input can raise anything but :class:
 
 - duplicate object members are refused (a provider's ``{"access_token": a, "access_token": b}``
   is ambiguous; RFC 8259 §4 leaves it undefined, so we refuse rather than take the last);
-- ``NaN``, ``Infinity``, ``-Infinity`` and floats that overflow are refused;
+- ``NaN``, ``Infinity``, ``-Infinity`` and floats that overflow are refused, and so are
+  numbers that PostgreSQL would print back unreadably (magnitude 1e64 and beyond, below
+  1e-300, more than 40 significant digits);
 - integers longer than :data:`MAX_INT_DIGITS` digits are refused (before Python's own 4,300
   digit limit raises a bare ``ValueError``);
 - nesting deeper than :data:`MAX_DEPTH` is refused (never ``RecursionError``);
@@ -16,6 +18,7 @@ surrogates and ``NaN``/``Infinity``) and no input can raise anything but :class:
 
 from __future__ import annotations
 
+import decimal
 import json
 import math
 from typing import Any, Final
@@ -25,6 +28,8 @@ __all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "JSONRejected", "check_tree", "loads"]
 MAX_DEPTH: Final = 32
 MAX_INT_DIGITS: Final = 64
 _MAX_FLOAT_CHARS: Final = 400
+_MIN_EXPONENT: Final = 300
+_MAX_SIGNIFICANT: Final = 40
 
 
 class JSONRejected(ValueError):
@@ -55,6 +60,15 @@ def _float(text: str) -> float:
         raise JSONRejected("number too long")
     value = float(text)
     if not math.isfinite(value):
+        raise JSONRejected("number out of range")
+    # PostgreSQL jsonb keeps the exact decimal and prints it without an exponent: 1e300 comes
+    # back as a 301-digit integer, 1e-500 as 500 zeros. Only numbers that come back readable
+    # are accepted, so a stored row is never unreadable (issue 10).
+    number = decimal.Decimal(text)
+    if number and not (
+        -_MIN_EXPONENT <= number.adjusted() < MAX_INT_DIGITS
+        and len(number.as_tuple().digits) <= _MAX_SIGNIFICANT
+    ):
         raise JSONRejected("number out of range")
     return value
 

@@ -1200,16 +1200,18 @@ _MAX_JOSE_HEADER: Final = 8192
 _MAX_ID_TOKEN: Final = 64 * 1024
 
 
-def _b64json(segment: str) -> dict[str, Any]:
-    if len(segment) > _MAX_JOSE_HEADER:  # refused before decoding (a 14 MB header was decoded)
-        raise _id_token_error(f"ID token header is longer than {_MAX_JOSE_HEADER} characters")
+def _b64json(segment: str, part: str = "header", limit: int = _MAX_JOSE_HEADER) -> dict[str, Any]:
+    """A JOSE segment through :func:`jsonsafe.loads` (no duplicate members, bounded)."""
+    if len(segment) > limit:  # refused before decoding (a 14 MB header was decoded)
+        raise _id_token_error(f"ID token {part} is longer than {limit} characters")
     padded = segment + "=" * (-len(segment) % 4)
     try:
         value = jsonsafe.loads(base64.urlsafe_b64decode(padded.encode("ascii")))
     except (ValueError, binascii.Error, UnicodeEncodeError):
-        raise _id_token_error("ID token header is not valid base64url JSON") from None
+        # JSONRejected included: a duplicate "sub" would otherwise resolve to the last one
+        raise _id_token_error(f"ID token {part} is not valid base64url JSON") from None
     if not isinstance(value, dict):
-        raise _id_token_error("ID token header is not a JSON object")
+        raise _id_token_error(f"ID token {part} is not a JSON object")
     return value
 
 
@@ -1224,13 +1226,15 @@ def verify_id_token(
     algorithms: Sequence[str] = ("RS256", "ES256", "PS256"),
     leeway: float = 60.0,
     access_token: str | None = None,
+    trusted_audiences: Sequence[str] = (),
 ) -> dict[str, JSONValue]:
     """Verify an OIDC ID token and return its claims (OIDC Core §3.1.3.7, SECURITY E1-E4).
 
     The signature must verify with a key from ``jwks`` (``jku``, ``jwk`` and ``x5u`` headers
     are ignored), the ``alg`` must be one of ``algorithms`` (never ``none`` or an HMAC alg),
-    ``iss`` must equal ``issuer`` exactly, ``aud`` must contain ``client_id`` (``azp`` must
-    equal it when present or when there are several audiences), ``exp`` and ``iat`` are
+    ``iss`` must equal ``issuer`` exactly, ``aud`` must contain ``client_id`` and no other
+    audience unless it is in ``trusted_audiences`` (``azp`` must equal ``client_id`` when
+    present or when there are several audiences), ``exp`` and ``iat`` are
     checked with ``leeway``, and ``nonce`` must match when given. When ``access_token`` is
     given and the token has an ``at_hash`` claim, it must match (OIDC Core §3.1.3.8). Failures raise
     :class:`AuthorizationFlowError` with code ``id_token_invalid`` or ``nonce_mismatch``.
@@ -1268,10 +1272,11 @@ def verify_id_token(
     if len(candidates) != 1:
         raise _id_token_error("no single key in the provider's JWKS matches the ID token")
     try:
-        decoded = jwt.decode(id_token, candidates[0], algorithms=[alg])
+        jwt.decode(id_token, candidates[0], algorithms=[alg])
     except Exception:  # any library error fails closed
         raise _id_token_error("ID token signature does not verify") from None
-    claims: dict[str, Any] = dict(decoded.claims)
+    # The claims come from our strict parser, not the library's json.loads (duplicates).
+    claims = _b64json(id_token.split(".")[1], "payload", _MAX_ID_TOKEN)
 
     if claims.get("iss") != issuer:
         raise _id_token_error("ID token issuer does not match")
@@ -1279,6 +1284,12 @@ def verify_id_token(
     audiences = [aud] if isinstance(aud, str) else aud if isinstance(aud, list) else []
     if client_id not in audiences:
         raise _id_token_error("ID token audience does not contain this client")
+    untrusted = [a for a in audiences if a != client_id and a not in trusted_audiences]
+    if untrusted:  # OIDC Core §3.1.3.7 (3): additional audiences not trusted by the client
+        raise _id_token_error(
+            f"ID token has {len(untrusted)} audience(s) besides this client that are not "
+            "trusted (pass trusted_audiences to accept them)"
+        )
     azp = claims.get("azp")
     if (len(audiences) > 1 or azp is not None) and azp != client_id:
         raise _id_token_error("ID token azp does not equal this client")

@@ -884,7 +884,8 @@ def test_id_token_good(rsa_key: RSAKey, ec_key: ECKey) -> None:
     assert _verify(_sign(rsa_key, _claims()), jwks)["sub"] == "user-1"
     assert _verify(_sign(ec_key, _claims(), "ES256"), jwks)["sub"] == "user-1"
     multi = _claims(aud=["client-1", "other"], azp="client-1")
-    assert _verify(_sign(rsa_key, multi), jwks)["azp"] == "client-1"
+    trusted = _verify(_sign(rsa_key, multi), jwks, trusted_audiences=["other"])
+    assert trusted["azp"] == "client-1"
     # nonce not checked when the caller has none; leeway accepts slightly expired tokens
     assert _verify(_sign(rsa_key, _claims(exp=int(NOW) - 30)), jwks, nonce=None)
 
@@ -896,6 +897,7 @@ def test_id_token_good(rsa_key: RSAKey, ec_key: ECKey) -> None:
         (_claims(iss=ISSUER + "/"), "id_token_invalid"),
         (_claims(aud="someone-else"), "id_token_invalid"),
         (_claims(aud=["client-1", "other"]), "id_token_invalid"),  # no azp
+        (_claims(aud=["client-1", "evil-rp"], azp="client-1"), "id_token_invalid"),  # untrusted
         (_claims(aud=["client-1", "other"], azp="other"), "id_token_invalid"),
         (_claims(exp=int(NOW) - 120), "id_token_invalid"),
         (_claims(iat=int(NOW) + 600), "id_token_invalid"),

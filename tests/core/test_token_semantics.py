@@ -16,7 +16,11 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 
 from oauth2_broker_mw._core.effects import HttpResponse
-from oauth2_broker_mw._core.errors import MalformedResponse, UnsupportedTokenType
+from oauth2_broker_mw._core.errors import (
+    AuthorizationFlowError,
+    MalformedResponse,
+    UnsupportedTokenType,
+)
 from oauth2_broker_mw._core.model import ScopeSet, Secret
 from oauth2_broker_mw._core.oauth import authorization_url, parse_token_response
 from oauth2_broker_mw._core.provider import ClientConfig, PkceMode, ProviderDescriptor
@@ -154,3 +158,158 @@ def test_access_token_that_is_not_a_header_value_is_malformed(token: str) -> Non
 def test_real_world_token_alphabets_are_accepted(token: str) -> None:
     data = {"access_token": token, "token_type": "bearer"}
     assert parse_token_response(DESC, token_body(data), now=NOW).access_token == Secret(token)
+
+
+# -- 5. ID tokens: verified at login and in refresh responses (OIDC Core §3.1.3.7, §12.2) -----
+LOGIN_SCOPES = ["openid", "email"]
+
+
+def login(broker: Broker, provider: MockProvider, call: Any) -> Any:
+    from urllib.parse import parse_qsl
+
+    request = call(
+        broker,
+        "start_authorization",
+        tenant="acme",
+        principal="user-1",
+        scopes=LOGIN_SCOPES,
+        redirect_uri="https://app.example/callback",
+    )
+    response = provider.client().get(request.url)
+    assert response.status_code in (302, 303), response.text
+    query = dict(parse_qsl(urlsplit(response.headers["location"]).query))
+    return call(broker, "exchange_code", state=query["state"], code=query["code"])
+
+
+@pytest.fixture(params=["sync", "async"])
+def call(request: pytest.FixtureRequest) -> Any:
+    def run(obj: Any, name: str, **kwargs: Any) -> Any:
+        if request.param == "sync":
+            return getattr(obj, name)(**kwargs)
+        return asyncio.run(getattr(obj, "a" + name)(**kwargs))
+
+    return run
+
+
+def refresh(broker: Broker, call: Any) -> Any:
+    return call(broker, "refresh", tenant="acme", principal="user-1", scopes=LOGIN_SCOPES)
+
+
+@pytest.mark.parametrize(
+    ("signing", "overrides"),
+    [
+        ("none", {"sub": "mallory"}),  # unsigned, another subject
+        ("none", {}),  # unsigned, same claims
+        ("valid", {"sub": "mallory"}),  # signed, another subject
+        ("valid", {"iss": "https://evil.example"}),
+        ("foreign_key", {}),
+    ],
+)
+def test_refresh_response_id_token_is_verified(
+    call: Any, signing: str, overrides: dict[str, Any]
+) -> None:
+    with MockProvider() as provider:
+        broker = broker_for(provider)
+        original = login(broker, provider, call)
+        assert original.id_token is not None
+        provider.id_token_signing = signing  # type: ignore[assignment]
+        provider.id_token_overrides = overrides
+        with pytest.raises(AuthorizationFlowError) as info:
+            refresh(broker, call)
+        assert info.value.code == "id_token_invalid"
+        stored = broker.store.get(original.key)
+        assert stored is not None and stored.id_token == original.id_token
+
+
+def test_a_good_refresh_id_token_is_kept(call: Any) -> None:
+    with MockProvider() as provider:
+        broker = broker_for(provider)
+        original = login(broker, provider, call)
+        refreshed = refresh(broker, call)
+        assert refreshed.id_token is not None and refreshed.id_token != original.id_token
+
+
+def test_refresh_id_token_that_cannot_be_verified_is_dropped(call: Any) -> None:
+    with MockProvider() as provider:
+        broker = broker_for(provider)
+        original = login(broker, provider, call)
+        unverifiable = broker_for(
+            provider, descriptor=provider.descriptor(jwks_uri=None), store=broker.store
+        )
+        provider.id_token_signing = "none"
+        provider.id_token_overrides = {"sub": "mallory"}
+        refreshed = refresh(unverifiable, call)
+        assert refreshed.id_token == original.id_token  # the unchecked one is not stored
+
+
+def test_issuer_without_jwks_uri_refuses_an_unsigned_login_id_token(call: Any) -> None:
+    with MockProvider() as provider:
+        provider.id_token_signing = "none"
+        broker = broker_for(provider, descriptor=provider.descriptor(jwks_uri=None))
+        assert broker.provider.issuer is not None
+        with pytest.raises(AuthorizationFlowError) as info:
+            login(broker, provider, call)
+        assert info.value.code == "id_token_invalid" and "jwks_uri" in str(info.value)
+
+
+def test_untrusted_extra_audience_is_refused_at_login(call: Any) -> None:
+    with MockProvider() as provider:
+        provider.id_token_overrides = {"aud": ["test-client", "evil-rp"], "azp": "test-client"}
+        broker = broker_for(provider)
+        with pytest.raises(AuthorizationFlowError) as info:
+            login(broker, provider, call)
+        assert info.value.code == "id_token_invalid" and "audience" in str(info.value)
+
+
+# -- 6. duplicate JSON members are refused everywhere, ID-token claims included ----------------
+def test_signed_id_token_with_a_duplicate_sub_is_refused() -> None:
+    from joserfc import jws
+    from joserfc.jwk import RSAKey
+
+    from oauth2_broker_mw._core.oauth import verify_id_token
+
+    key = RSAKey.generate_key(2048, parameters={"kid": "k1", "use": "sig"})
+    payload = (
+        '{"iss": "https://idp.example", "sub": "alice", "aud": "client-1", '
+        f'"iat": {int(NOW)}, "exp": {int(NOW) + 600}, "sub": "mallory"}}'
+    )
+    token = jws.serialize_compact({"alg": "RS256", "kid": "k1"}, payload.encode(), key)
+    jwks = {"keys": [key.as_dict(private=False)]}
+    with pytest.raises(AuthorizationFlowError) as info:
+        verify_id_token(token, jwks=jwks, issuer=ISSUER, client_id="client-1", nonce=None, now=NOW)
+    assert "payload" in str(info.value) and "mallory" not in str(info.value)
+    good = payload.replace(', "sub": "mallory"', "")
+    token = jws.serialize_compact({"alg": "RS256", "kid": "k1"}, good.encode(), key)
+    claims = verify_id_token(
+        token, jwks=jwks, issuer=ISSUER, client_id="client-1", nonce=None, now=NOW
+    )
+    assert claims["sub"] == "alice"
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"access_token": "a", "token_type": "Bearer", "token_type": "DPoP"}',
+        b'{"access_token": "a", "token_type": "Bearer", "access_token": "b"}',
+        b'{"access_token": "a", "token_type": "Bearer", "x": {"k": 1, "k": 2}}',
+    ],
+)
+def test_duplicate_members_in_a_token_response_are_malformed(body: bytes) -> None:
+    response = HttpResponse(200, {"content-type": "application/json"}, body)
+    with pytest.raises(MalformedResponse, match="duplicate member"):
+        parse_token_response(DESC, response, now=NOW)
+
+
+def test_repeated_form_parameter_is_malformed() -> None:
+    body = b"access_token=a&token_type=bearer&access_token=b"
+    response = HttpResponse(200, {"content-type": "application/x-www-form-urlencoded"}, body)
+    with pytest.raises(MalformedResponse):
+        parse_token_response(DESC, response, now=NOW)
+
+
+def test_duplicate_members_in_metadata_are_a_configuration_error() -> None:
+    from oauth2_broker_mw._core.errors import ConfigurationError
+
+    doc = json.dumps(METADATA)[:-1] + ', "issuer": "https://evil.example"}'
+    with pytest.raises(ConfigurationError, match="duplicate member"):
+        ProviderDescriptor.from_metadata("idp", doc, expected_issuer=ISSUER)
