@@ -388,6 +388,7 @@ class BrokerContext:
 
     __slots__ = (
         "_core",
+        "_path",
         "_resolved",
         "_sid",
         "authorization_required",
@@ -407,8 +408,10 @@ class BrokerContext:
         session_id: str | None,
         issuer: str | None = None,
         resolved: bool = False,
+        path: str = "/",
     ) -> None:
         self._core = core
+        self._path = path
         self.tenant = tenant
         self.principal = principal
         self.connections = connections
@@ -437,7 +440,11 @@ class BrokerContext:
 
     @property
     def logout_url(self) -> str:
-        return self._core.base_path + self._core.prefix + "/logout"
+        """The logout route (POST); it returns to the current path, which names the tenant."""
+        target = safe_return_to(self._path, base_url=self._core.base_url)
+        return (
+            f"{self._core.base_path}{self._core.prefix}/logout?return_to={quote(target, safe='/')}"
+        )
 
     def login_url(self, provider: str, return_to: str = "/") -> str:
         """The login route for ``provider``; ``return_to`` is validated (falls back to ``/``)."""
@@ -708,6 +715,7 @@ class MiddlewareCore:
         self._route_prefix = prefix + "/"
         self._logged_out: dict[str, float] = {}
         self._opened: dict[str, _Session] = {}
+        self._cookie_names: dict[str, str] = {}
 
     def __repr__(self) -> str:
         return f"MiddlewareCore(base_url={self.base_url!r}, providers={sorted(self.brokers)!r})"
@@ -789,9 +797,27 @@ class MiddlewareCore:
     def _revoked_name(self, sid: str) -> str:
         return "obm-session-revoked:" + self.sealer.tag("revoked", sid, 40)
 
-    def _open_session(self, cookies: Mapping[str, str], now: float) -> Step[_Session | None]:
-        """The browser's live session: sealed, in time, and not revoked on any worker."""
-        session = self._read_session(cookies, now)
+    def session_cookie_name(self, tenant: str) -> str:
+        """The session cookie of ``tenant``: one per tenant, so one browser holds several (J2).
+
+        ``obm_session`` for the tenant ``default`` (an app without tenants), else
+        ``obm_session_`` plus a keyed hash of the tenant id (``__Host-`` first on https).
+        """
+        name = self._cookie_names.get(tenant)
+        if name is None:
+            name = self.session_cookie
+            if tenant != "default":
+                name += "_" + self.sealer.tag("session-name", tenant, 16)
+            if len(self._cookie_names) >= _OPENED_MAX:
+                self._cookie_names.clear()
+            self._cookie_names[tenant] = name
+        return name
+
+    def _open_session(
+        self, cookies: Mapping[str, str], now: float, tenant: str
+    ) -> Step[_Session | None]:
+        """``tenant``'s live session: sealed, in time, of that tenant, not revoked anywhere."""
+        session = self._read_session(cookies, now, tenant)
         if session is None:
             return None
         remaining = max(1.0, self.absolute_timeout - (now - session.created_at))
@@ -807,15 +833,16 @@ class MiddlewareCore:
             return None
         return session
 
-    def _read_session(self, cookies: Mapping[str, str], now: float) -> _Session | None:
-        value = cookies.get(self.session_cookie)
+    def _read_session(self, cookies: Mapping[str, str], now: float, tenant: str) -> _Session | None:
+        name = self.session_cookie_name(tenant)
+        value = cookies.get(name)
         if not value:
             return None
         session = self._opened.get(value)
         if session is None:
-            data = self.sealer.open(
-                self.session_cookie, value, now=now, max_age=self.absolute_timeout
-            )
+            # The cookie name is the AEAD's associated data: a value moved to another tenant's
+            # cookie does not open.
+            data = self.sealer.open(name, value, now=now, max_age=self.absolute_timeout)
             session = None if data is None else _parse_session(data)
             if session is None:
                 return None
@@ -823,6 +850,8 @@ class MiddlewareCore:
             while len(self._opened) >= _OPENED_MAX:
                 self._opened.pop(next(iter(self._opened)), None)
             self._opened[value] = session
+        if session.tenant != tenant:  # J2: a session answers only in its own tenant
+            return None
         if (
             now - session.created_at > self.absolute_timeout
             or now - session.seen_at > self.idle_timeout
@@ -835,8 +864,9 @@ class MiddlewareCore:
     def _session_cookie(self, session: _Session, now: float) -> tuple[str, str]:
         remaining = self.absolute_timeout - (now - session.created_at)
         max_age = max(1, int(min(self.idle_timeout, remaining)))
-        value = self.sealer.seal(self.session_cookie, session.payload(), now)
-        return ("set-cookie", self.cookies.set_cookie(self.session_cookie, value, max_age))
+        name = self.session_cookie_name(session.tenant or "default")
+        value = self.sealer.seal(name, session.payload(), now)
+        return ("set-cookie", self.cookies.set_cookie(name, value, max_age))
 
     def csrf_for(self, session_id: str) -> str:
         return self.sealer.tag("csrf", session_id, 43)
@@ -878,9 +908,10 @@ class MiddlewareCore:
         session = None
         set_cookies: list[tuple[str, str]] = []
         cookie_header = request.cookie
-        if cookie_header and self.session_cookie in cookie_header:
+        if tenant is not None and cookie_header and self.session_cookie in cookie_header:
             now = self._now()
-            session = yield from self._open_session(parse_cookie_header(cookie_header), now)
+            cookies = parse_cookie_header(cookie_header)
+            session = yield from self._open_session(cookies, now, tenant)
             if session is not None and now - session.seen_at > self.refresh_after:
                 session = session.seen(now)
                 set_cookies.append(self._session_cookie(session, now))
@@ -902,6 +933,7 @@ class MiddlewareCore:
             session_id=None if session is None else session.sid,
             issuer=issuer,
             resolved=resolved,
+            path=request.path,
         )
         return Prepared(context, set_cookies)
 
@@ -1073,6 +1105,10 @@ class MiddlewareCore:
             tenant, return_to, issuer = flow.get("t"), flow.get("r"), flow.get("i")
             if not isinstance(tenant, str) or not isinstance(return_to, str):
                 raise _Reject(400, "state_mismatch", "This login cannot be completed.")
+            # J2: a callback that arrives in another tenant (a header, a host) is refused.
+            here = self._resolve_tenant(request) if self.tenant_resolver is not None else None
+            if here is not None and here != tenant:
+                raise _Reject(400, "tenant_mismatch", "This login was started in another tenant.")
             # B7: provider errors only after the state check, and never trusted.
             if "error" in params:
                 error = params["error"]
@@ -1128,7 +1164,7 @@ class MiddlewareCore:
                 raise _Reject(400, "exchange_failed", "The login could not be completed.") from None
             record = cast(TokenRecord, result)
             principal = str(record.key.principal)
-            old = yield from self._open_session(cookies, now)
+            old = yield from self._open_session(cookies, now, tenant)
             connections: tuple[str, ...] = (provider,)
             # J10: nothing from a pre-login session carries into the new one, except the other
             # connections of a principal the app itself resolved (it vouches for the identity).
@@ -1168,11 +1204,20 @@ class MiddlewareCore:
             return response
         now = self._now()
         cookies = parse_cookie_header(request.header("cookie"))
-        session = yield from self._open_session(cookies, now)
         form: dict[str, str] = {}
         content_type = (request.header("content-type") or "").split(";")[0].strip().lower()
         if content_type == "application/x-www-form-urlencoded" and body:
             form = dict(reversed(parse_qsl(body.decode("latin-1"), keep_blank_values=True)))
+        query = dict(reversed(request.query_pairs()))
+        target = safe_return_to(
+            form.get("return_to") or query.get("return_to"), base_url=self.base_url
+        )
+        # Logout ends the session of one tenant: the one this request (or return_to) names.
+        request.return_to = target
+        tenant = self._resolve_tenant(request)
+        if tenant is None:
+            raise _Reject(400, "tenant_required", "This logout needs a tenant.")
+        session = yield from self._open_session(cookies, now, tenant)
         # G3: POST plus an Origin check, or a CSRF token when the client sends no Origin.
         origin = request.header("origin")
         fetch_site = request.header("sec-fetch-site")
@@ -1191,10 +1236,6 @@ class MiddlewareCore:
                 sent.encode(), self.csrf_for(session.sid).encode()
             ):
                 raise _Reject(403, "csrf_failed", "The CSRF token is missing or wrong.")
-        query = dict(reversed(request.query_pairs()))
-        target = safe_return_to(
-            form.get("return_to") or query.get("return_to"), base_url=self.base_url
-        )
         if session is not None and session.tenant is not None and session.principal is not None:
             for provider in session.connections:
                 broker = self.brokers.get(provider)
@@ -1215,7 +1256,8 @@ class MiddlewareCore:
                     )
             yield from self._forget_sid(session, now)
         response = _redirect(target, 303)
-        response.headers.append(("set-cookie", self.cookies.delete_cookie(self.session_cookie)))
+        name = self.session_cookie_name(tenant)
+        response.headers.append(("set-cookie", self.cookies.delete_cookie(name)))
         return response
 
     # -- error pages -----------------------------------------------------------------------

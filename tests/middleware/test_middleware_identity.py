@@ -401,3 +401,82 @@ def test_a_session_that_cannot_be_checked_is_refused(world: World) -> None:
     assert response.json()["error"] == "store_unavailable"
     flaky.down = False
     assert browser.get("/whoami").json()["principal"] == "alice"
+
+
+# -- J2: sessions bound to their tenant; several tenants in one browser -------------------------
+def _tenant_worker(world: World) -> Any:
+    from oauth2_broker_mw.middleware import path_prefix_tenant
+
+    return world.worker(tenant_resolver=path_prefix_tenant("/t"))
+
+
+@pytest.mark.parametrize("store", REAL_STORES, indirect=True)
+def test_two_tenants_in_one_browser_stay_connected_each_with_its_own_logout(
+    world: World,
+) -> None:
+    app = _tenant_worker(world)
+    browser = world.browser(app)
+    world.login(browser, "honest", subject="alice", return_to="/t/tenant-a/whoami")
+    world.login(browser, "evil", subject="bob", return_to="/t/tenant-b/whoami")
+    a = browser.get("/t/tenant-a/whoami").json()
+    b = browser.get("/t/tenant-b/whoami").json()
+    assert (a["tenant"], a["principal"], a["connections"]) == ("tenant-a", "alice", ["honest"])
+    assert (b["tenant"], b["principal"], b["connections"]) == ("tenant-b", "bob", ["evil"])
+    assert browser.get("/t/tenant-a/lease/honest").json()["principal"] == "alice"
+    assert browser.get("/t/tenant-b/lease/evil").json()["principal"] == "bob"
+    # Neither tenant's session answers in the other, nor in a third.
+    json = {"accept": "application/json"}
+    assert browser.get("/t/tenant-b/lease/honest", headers=json).status_code == 401
+    assert browser.get("/t/tenant-c/whoami").json()["principal"] is None
+
+    out = browser.post(
+        "/oauth2/logout", data={"return_to": "/t/tenant-a/whoami"}, headers={"origin": BASE}
+    )
+    assert (out.status_code, out.headers["location"]) == (303, "/t/tenant-a/whoami")
+    assert browser.get("/t/tenant-a/whoami").json()["principal"] is None
+    still = browser.get("/t/tenant-b/whoami").json()
+    assert (still["principal"], still["connections"]) == ("bob", ["evil"])
+    assert world.providers["evil"].counters["revoke"] == 0  # tenant-b's grant untouched
+
+
+def test_a_tenant_a_cookie_never_works_in_tenant_b(world: World) -> None:
+    app = _tenant_worker(world)
+    browser = world.browser(app)
+    world.login(browser, "honest", subject="alice", return_to="/t/tenant-a/whoami")
+    (name_a,) = list(browser.cookies)
+    other = world.browser(app)
+    world.login(other, "honest", subject="someone", return_to="/t/tenant-b/whoami")
+    (name_b,) = list(other.cookies)
+    assert name_a != name_b
+    moved = world.browser(app, cookies={name_b: browser.cookies[name_a]})
+    assert moved.get("/t/tenant-b/whoami").json()["principal"] is None
+    denied = moved.get("/t/tenant-b/lease/honest", headers={"accept": "application/json"})
+    assert denied.status_code == 401
+
+
+def test_a_session_is_refused_when_the_resolved_tenant_differs(world: World) -> None:
+    app = world.worker(tenant_resolver=lambda request: request.header("x-tenant"))
+    browser = world.browser(app)
+    world.login(browser, "honest", subject="alice", headers={"x-tenant": "tenant-a"})
+    cookie = dict(browser.cookies)
+    same = world.browser(app, cookies=cookie, headers={"x-tenant": "tenant-a"})
+    assert same.get("/whoami").json()["principal"] == "alice"
+    # The same cookie replayed with another tenant (a proxy header, another host): no principal.
+    other = world.browser(app, cookies=cookie, headers={"x-tenant": "tenant-b"})
+    seen = other.get("/whoami").json()
+    assert (seen["tenant"], seen["principal"], seen["connections"]) == ("tenant-b", None, [])
+
+
+def test_tenant_a_state_and_code_never_complete_in_tenant_b(world: World) -> None:
+    app = world.worker(tenant_resolver=lambda request: request.header("x-tenant"))
+    browser = world.browser(app)
+    start = browser.get(
+        "/oauth2/honest/login", params={"return_to": "/whoami"}, headers={"x-tenant": "tenant-a"}
+    )
+    with world.providers["honest"].client() as idp:
+        callback = idp.get(start.headers["location"]).headers["location"]
+    response = browser.get(callback, headers={"x-tenant": "tenant-b"})
+    assert response.status_code == 400
+    assert "tenant_mismatch" in response.text
+    assert world.providers["honest"].counters["token"] == 0
+    assert world.brokers["honest"].connections(tenant="tenant-b", principal="user-1") == []
