@@ -961,6 +961,7 @@ def test_path_prefix_tenant_end_to_end(make_env: MakeEnv) -> None:
     me = browser.get("/t/acme/whoami").json()
     assert (me["tenant"], me["principal"], me["connections"]) == ("acme", "user-1", ["acme"])
     assert browser.get("/t/globex/whoami").json()["connections"] == []
+    assert browser.get("/t/globex/whoami").json()["principal"] is None  # SECURITY J2
     assert browser.get("/t/bad%20tenant/whoami").status_code == 400
 
 
