@@ -214,6 +214,8 @@ class _Adapter(Protocol[_Req, _RespIn]):
 
     def query(self, request: _Req) -> str: ...
 
+    def authorize(self, request: _Req, value: str) -> None: ...
+
     def method(self, request: _Req) -> str: ...
 
 
@@ -323,6 +325,9 @@ class _HttpxAdapter:
     def query(self, request: _HttpxLike) -> str:
         return request.url.query.decode("ascii", "replace")
 
+    def authorize(self, request: _HttpxLike, value: str) -> None:
+        request.headers["Authorization"] = value
+
     def method(self, request: _HttpxLike) -> str:
         return request.method
 
@@ -386,6 +391,27 @@ class _RequestsAdapter:
     def query(self, request: requests.PreparedRequest) -> str:
         url = (request.url or "").split("#", 1)[0]
         return url.split("?", 1)[1] if "?" in url else ""
+
+    def authorize(self, request: requests.PreparedRequest, value: str) -> None:
+        headers: Any = request.headers
+        if isinstance(headers, _bound_headers_type()):
+            headers.bind(value)
+        else:
+            headers["Authorization"] = value
+
+    def keep_on_redirect(self, request: requests.PreparedRequest) -> None:
+        """Our token stays on the Session's next (same-origin) hop, whatever rebuilds it.
+
+        ``Session.rebuild_auth`` applies a ``.netrc`` entry (``trust_env``) to every redirect
+        hop, replacing an explicit auth's header, which requests itself never does on the
+        first hop. The hop is a ``copy()`` of this request, so its headers keep the binding.
+        """
+        bound = _bound_headers_type()
+        headers: Any = request.headers
+        if not isinstance(headers, bound):
+            headers = bound(headers)
+            request.headers = headers
+        headers.bind(headers["Authorization"])
 
     def method(self, request: requests.PreparedRequest) -> str:
         return request.method or "GET"
@@ -660,7 +686,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             return
         retry = a.retry_request(request, response, mark)
         signing = self._signing(fresh)
-        retry.headers["Authorization"] = signing[1]
+        a.authorize(retry, signing[1])
         if signing[3]:
             self._prove(a, retry, fresh)
         yield retry  # its answer is final: one refresh and one retry per request, never a loop
@@ -836,7 +862,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
                 final.history.append(r)
                 final.request = retry
                 # Redirects after the retry are built from `original`: give it the new token.
-                original.headers["Authorization"] = retry.headers["Authorization"]
+                _REQUESTS.authorize(original, retry.headers["Authorization"])
                 if "DPoP" in retry.headers:
                     original.headers["DPoP"] = retry.headers["DPoP"]
         if final.is_redirect and "Authorization" in original.headers:
@@ -848,10 +874,43 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
                 final.request.headers.pop("Authorization", None)
                 original.headers.pop("DPoP", None)
                 final.request.headers.pop("DPoP", None)
+            else:
+                _REQUESTS.keep_on_redirect(original)
         return final
 
 
 # -- helpers -------------------------------------------------------------------------------
+@functools.cache
+def _bound_headers_type() -> type[Any]:
+    """requests' header dict, with an ``Authorization`` value only BrokerAuth may replace."""
+    from requests.structures import CaseInsensitiveDict
+
+    class BoundHeaders(CaseInsensitiveDict[str]):
+        _bound: str | None = None
+
+        def bind(self, value: str) -> None:
+            self._bound = value
+            super().__setitem__("Authorization", value)
+
+        def __setitem__(self, key: str, value: str) -> None:
+            if self._bound is not None and key.lower() == "authorization":
+                logger.debug("kept BrokerAuth's Authorization on a redirect (netrc not applied)")
+                return
+            super().__setitem__(key, value)
+
+        def __delitem__(self, key: str) -> None:
+            if key.lower() == "authorization":
+                self._bound = None  # stripped (another origin): rebuild_auth may apply netrc
+            super().__delitem__(key)
+
+        def copy(self) -> BoundHeaders:
+            twin = BoundHeaders(self)
+            twin._bound = self._bound
+            return twin
+
+    return BoundHeaders
+
+
 _Step = TypeVar("_Step")
 
 

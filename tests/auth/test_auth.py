@@ -766,3 +766,35 @@ async def test_a_raising_scope_callback_turns_the_403_into_an_error(
         await d.aclose()
         await broker.aclose()
     assert w.provider.counters["resource"] == 1
+
+
+def test_requests_netrc_never_replaces_the_token_on_a_same_origin_redirect(
+    loopback_world: World, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``trust_env`` and a .netrc entry, requests' rebuild_auth applies netrc Basic to
+    every redirect hop; our token must stay (requests itself prefers explicit auth)."""
+    w = loopback_world
+    w.reset()
+    netrc = tmp_path / "netrc"
+    netrc.write_text("machine 127.0.0.1 login netrc-user password netrc-pass\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "http_proxy", "https_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "*")
+    broker = make_broker(w)
+    auth = BrokerAuth(broker, tenant="acme", principal="svc-netrc", scopes=["read"])
+    with broker, requests.Session() as session:
+        assert session.trust_env
+        response = session.get(f"{w.a}/redirect?to=/redirect%3Fto%3D/echo", auth=auth, timeout=10)
+        assert response.status_code == 200
+        assert response.json() == {"signed": True}
+        lease = broker.cached_lease(auth.key)
+        assert lease is not None
+        bearer = f"Bearer {lease.access_token.get_secret_value()}"
+        assert w.rec_a.authorizations() == [bearer, bearer, bearer]
+        # Another origin: the token stays behind, and netrc applies there as requests wants.
+        w.rec_a.clear()
+        response = session.get(f"{w.a}/redirect?to={w.b}/echo", auth=auth, timeout=10)
+        assert w.rec_a.authorizations() == [bearer]
+        assert w.rec_b.authorizations() != [bearer]
