@@ -915,7 +915,7 @@ def parse_token_response(
     holds an ``access_token``, the top level is used (Slack refresh responses). Non-2xx goes
     through :func:`classify_error`. A 2xx body without ``access_token`` raises
     :class:`MalformedResponse`; an unknown ``token_type`` raises
-    :class:`~oauth2_broker_mw.UnsupportedTokenType` (C4).
+    :class:`~oauth2_broker_mw.UnsupportedTokenType` (SECURITY C4).
     """
     if not 200 <= response.status_code < 300:
         raise classify_error(response, now=now, aliases=desc.error_aliases)
