@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from . import _driver
 from ._core.effects import (
     AcquireLock,
+    BackoffUntil,
     Effect,
     Emit,
     Flow,
@@ -28,12 +29,14 @@ from ._core.effects import (
     LockHold,
     Now,
     ReleaseLock,
+    SetBackoff,
     Sleep,
     StoreOp,
+    TakeToken,
     store_call,
 )
 from ._core.errors import BrokerError, StorageError, TransportError
-from .stores.base import TokenStore
+from .stores.base import ProviderGate, TokenStore
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -44,6 +47,19 @@ __all__ = ["AsyncDriver", "SyncDriver"]
 R = TypeVar("R")
 
 log = logging.getLogger("oauth2_broker_mw")
+
+_PROCESS_GATE: ProviderGate | None = None
+
+
+def _process_gate() -> ProviderGate:
+    """The in-process gate for stores without one (custom stores): shared by this process."""
+    global _PROCESS_GATE
+    if _PROCESS_GATE is None:
+        from .stores.memory import MemoryStore
+
+        _PROCESS_GATE = MemoryStore()
+    return _PROCESS_GATE
+
 
 _CLIENT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "ssl"})
 
@@ -87,6 +103,7 @@ class _Driver:
         events: EventBus | None = None,
     ) -> None:
         self._store = store
+        self._gate: Any = store if isinstance(store, ProviderGate) else _process_gate()
         self._client = client
         self._clock = clock
         self._monotonic = monotonic
@@ -107,6 +124,12 @@ class _Driver:
         self._telemetry.observe(effect.event)
         if self._events is not None:
             self._events.publish(effect.event)
+
+    def _target(self, effect: StoreOp) -> Any:
+        """The store that executes ``effect``: the gate's for gate effects."""
+        return (
+            self._gate if isinstance(effect, BackoffUntil | SetBackoff | TakeToken) else self._store
+        )
 
     @staticmethod
     def _store_failure(effect: StoreOp, exc: Exception) -> BrokerError:
@@ -159,7 +182,7 @@ class SyncDriver(_Driver):
         if isinstance(effect, StoreOp):
             name, args, kwargs = store_call(effect)
             try:
-                return getattr(self._store, name)(*args, **kwargs)
+                return getattr(self._target(effect), name)(*args, **kwargs)
             except BrokerError:
                 raise
             except Exception as exc:
@@ -238,7 +261,7 @@ class AsyncDriver(_Driver):
         if isinstance(effect, StoreOp):
             name, args, kwargs = store_call(effect)
             try:
-                return await getattr(self._store, "a" + name)(*args, **kwargs)
+                return await getattr(self._target(effect), "a" + name)(*args, **kwargs)
             except BrokerError:
                 raise
             except Exception as exc:

@@ -52,6 +52,7 @@ from ._core.model import (
 )
 from ._core.policy import RefreshPolicy
 from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth
+from ._core.ratelimit import Backoff, RateLimitPolicy
 from ._drivers import AsyncDriver, SyncDriver
 from ._singleflight import SingleFlight
 from .events import EventBus, EventHandler
@@ -166,6 +167,11 @@ class Broker:
     tokens are bound to that key's thumbprint. Without ``dpop_key`` an ephemeral EC P-256 key
     is generated: tokens are then usable by this process only. Every process and host that
     shares a store must pass the same ``dpop_key``.
+
+    Every token-endpoint request passes the provider's gate, shared through the store: after
+    a 429/503 with ``Retry-After`` (``backoff``), and beyond the ``rate_limit`` policy's budget
+    (for example ``TokenBucket(10, per=60)``), callers get :class:`RateLimited` carrying
+    ``retry_after`` and the provider gets no request.
     """
 
     def __init__(
@@ -192,6 +198,8 @@ class Broker:
         dpop_key: Mapping[str, object] | str | None = None,
         _shared: SharedResources | None = None,
         event_queue_size: int = 10_000,
+        rate_limit: RateLimitPolicy | None = None,
+        backoff: Backoff | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -233,6 +241,8 @@ class Broker:
             client_credentials_principals=_principal_predicate(client_credentials_principals),
             dpop_key=self._dpop_key,
             dpop_nonces=NonceCache() if self._dpop_key is not None else None,
+            backoff=backoff or Backoff(),
+            rate_limit=rate_limit,
         )
         self._store = store
         self._clock = clock

@@ -33,6 +33,7 @@ EXPECTED = [
     "ProviderError",
     "ProviderId",
     "ProviderNotEnabled",
+    "RateLimited",
     "RefreshTimeout",
     "Registration",
     "Registry",

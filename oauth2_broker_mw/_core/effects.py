@@ -16,6 +16,7 @@ from .model import PendingAuthorization, StoreKey, TokenRecord
 
 __all__ = [
     "AcquireLock",
+    "BackoffUntil",
     "CompareAndSwap",
     "Delete",
     "Effect",
@@ -30,9 +31,11 @@ __all__ = [
     "PutPending",
     "ReleaseLock",
     "RenewLock",
+    "SetBackoff",
     "Sleep",
     "StoreOp",
     "TakePending",
+    "TakeToken",
     "store_call",
 ]
 
@@ -191,6 +194,69 @@ class TakePending(StoreOp):
     state_key: str
 
 
+@dataclass(frozen=True, slots=True)
+class BackoffUntil(StoreOp):
+    """Read the provider gate ``name``: the wall time before which no request may be sent
+    (``0.0``: open); result ``float``."""
+
+    op: ClassVar[str] = "backoff_until"
+    name: str
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.name,)
+
+
+@dataclass(frozen=True, slots=True)
+class SetBackoff(StoreOp):
+    """Close the gate ``name`` until ``until`` (the later of this and the stored time wins);
+    result the stored ``float``. ``now`` bounds how long the store keeps the entry."""
+
+    op: ClassVar[str] = "set_backoff"
+    name: str
+    until: float
+    now: float
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.name, self.until)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"now": self.now}
+
+
+@dataclass(frozen=True, slots=True)
+class TakeToken(StoreOp):
+    """Take one call from the shared token bucket ``name`` (one call per ``interval`` seconds,
+    ``burst`` at once), atomically; result ``(granted, wait)``.
+
+    Granted when the call may go out within ``max_wait`` seconds: the bucket is debited and
+    ``wait`` is how long to wait first (``0.0``: now). Otherwise nothing changes and ``wait``
+    is how long until a call would be granted at once.
+    """
+
+    op: ClassVar[str] = "take_token"
+    name: str
+    now: float
+    interval: float
+    burst: int
+    max_wait: float = 0.0
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.name,)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {
+            "now": self.now,
+            "interval": self.interval,
+            "burst": self.burst,
+            "max_wait": self.max_wait,
+        }
+
+
 def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     """The store method name, positional and keyword arguments for ``effect``.
 
@@ -208,6 +274,9 @@ def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
             | ReleaseLock()
             | PutPending()
             | TakePending()
+            | BackoffUntil()
+            | SetBackoff()
+            | TakeToken()
         ):
             return effect.op, effect.args, effect.kwargs
     raise TypeError(f"unknown store effect {type(effect).__name__}")

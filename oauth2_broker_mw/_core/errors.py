@@ -25,6 +25,7 @@ constructors take only non-secret fields, and provider error bodies are truncate
         ├── InvalidScopeError                  the provider rejected the requested scope
         ├── UnauthorizedClient                 this client may not use this grant
         ├── TransientProviderError             5xx, 429, HTML pages, temporarily_unavailable
+        │   └── RateLimited                    no request sent: provider back-off or budget spent
         └── MalformedResponse                  a success status with a body we cannot use
 """
 
@@ -46,6 +47,7 @@ __all__ = [
     "MalformedResponse",
     "ProviderError",
     "ProviderNotEnabled",
+    "RateLimited",
     "RefreshTimeout",
     "StorageError",
     "StoreUnavailable",
@@ -237,3 +239,27 @@ class TransientProviderError(ProviderError):
 
 class MalformedResponse(ProviderError):
     """A success status with a body we cannot use (no ``access_token``, not JSON or form)."""
+
+
+class RateLimited(TransientProviderError):
+    """No request was sent to the token endpoint: ``retry_after`` seconds must pass first.
+
+    ``reason`` is ``"backoff"`` (the provider answered 429/503 with ``Retry-After`` to some
+    caller, in any process sharing the store) or ``"policy"`` (the rate-limit policy's budget
+    for this tenant and provider is spent). ``status_code`` is ``None``: the provider was not
+    asked.
+    """
+
+    def __init__(self, provider: str, retry_after: float, *, reason: str = "backoff") -> None:
+        super().__init__("rate_limited", retry_after=retry_after)
+        self.provider = provider
+        self.reason = reason
+        why = (
+            "the provider asked every caller to back off (429/503 with Retry-After)"
+            if reason == "backoff"
+            else "the rate-limit budget for this tenant and provider is spent"
+        )
+        self.args = (
+            f"no token request sent to provider {provider!r}: {why}; "
+            f"retry after {retry_after:.3g}s",
+        )

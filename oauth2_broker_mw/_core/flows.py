@@ -75,6 +75,7 @@ from .model import (
 )
 from .policy import RefreshPolicy
 from .provider import ClientConfig, GrantType, PkceMode, ProviderDescriptor
+from .ratelimit import Backoff, RateLimitPolicy, after_token_response, before_token_request
 
 __all__ = [
     "AuthorizationRequest",
@@ -108,6 +109,10 @@ class FlowConfig:
     """Signs DPoP proofs for token requests when the descriptor has ``dpop=True``."""
     dpop_nonces: NonceCache | None = None
     """The latest ``DPoP-Nonce`` per authorization-server origin (in memory, per broker)."""
+    backoff: Backoff = field(default_factory=Backoff)
+    """The provider back-off shared through the store (429/503 with ``Retry-After``)."""
+    rate_limit: RateLimitPolicy | None = None
+    """Consulted before every token-endpoint request (``None``: no budget)."""
 
     def allows_client_credentials(self, key: StoreKey) -> bool:
         """The app's own token may be used for ``key``: never for a user principal."""
@@ -181,7 +186,37 @@ def _asks_for_nonce(response: HttpResponse) -> str | None:
     return nonce
 
 
-def _send_token_request(cfg: FlowConfig, request: HttpRequest) -> Flow[HttpResponse]:
+def _send_token_request(
+    cfg: FlowConfig,
+    request: HttpRequest,
+    who: StoreKey | PendingAuthorization,
+    grant: GrantType,
+    now: float,
+) -> Flow[tuple[HttpResponse, float]]:
+    """Send a token-endpoint request through the provider's gate; the response and the time
+    it arrived.
+
+    The gate (shared through the store): the provider's back-off, then the rate-limit policy;
+    when closed, :class:`RateLimited` and no request. A 429/503 answer with ``Retry-After``
+    closes it for every caller. ``who`` names the key (or the login) the request is for.
+    """
+    yield from before_token_request(
+        cfg.backoff,
+        cfg.rate_limit,
+        tenant=str(who.tenant),
+        principal=str(who.principal),
+        provider=cfg.provider.id,
+        grant=grant.value,
+        now=now,
+        scopes=who.scope_fingerprint if isinstance(who, StoreKey) else "",
+    )
+    response = yield from _send_with_proof(cfg, request)
+    now = yield Now()
+    yield from after_token_response(cfg.backoff, cfg.provider.id, response, now)
+    return response, now
+
+
+def _send_with_proof(cfg: FlowConfig, request: HttpRequest) -> Flow[HttpResponse]:
     """Send a token-endpoint request; with DPoP, add a fresh proof (and the AS nonce).
 
     Without DPoP this is exactly one ``yield request``.
@@ -388,8 +423,9 @@ def _refresh(
         url=cfg.provider.refresh_url,
     )
     try:
-        response = yield from _send_token_request(cfg, replace(request, hold=hold))
-        now = yield Now()
+        response, now = yield from _send_token_request(
+            cfg, replace(request, hold=hold), key, GrantType.REFRESH_TOKEN, now
+        )
         parsed = oauth.parse_token_response(cfg.provider, response, now=now)
         parsed = yield from _refreshed_id_token(cfg, record, parsed, now)
     except (TransientProviderError, TransportError) as exc:
@@ -496,8 +532,9 @@ def _client_credentials(
         oauth.client_credentials_params(cfg.provider, scopes=requested),
         now=now,
     )
-    response = yield from _send_token_request(cfg, replace(request, hold=hold))
-    now = yield Now()
+    response, now = yield from _send_token_request(
+        cfg, replace(request, hold=hold), key, GrantType.CLIENT_CREDENTIALS, now
+    )
     parsed = oauth.parse_token_response(cfg.provider, response, now=now)
     record = _new_record(key, parsed, requested, now, grant=GrantType.CLIENT_CREDENTIALS.value)
     # We hold the lock; a client-credentials token has no rotation hazard: last write wins.
@@ -676,8 +713,9 @@ def exchange_code_flow(
         ),
         now=now,
     )
-    response = yield from _send_token_request(cfg, request)
-    now = yield Now()
+    response, now = yield from _send_token_request(
+        cfg, request, pending, GrantType.AUTHORIZATION_CODE, now
+    )
     parsed = oauth.parse_token_response(cfg.provider, response, now=now)
 
     extra: dict[str, JSONValue] = {}

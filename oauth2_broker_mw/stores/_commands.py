@@ -33,7 +33,7 @@ from .._core.errors import ConfigurationError
 from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
 from .._driver import arun as adrive  # the one generator driver (psycopg's waiting.py)
 from .._driver import run as drive
-from .base import DueRecord, check_limit
+from .base import DueRecord, check_bucket, check_limit
 
 __all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url"]
 
@@ -184,6 +184,17 @@ class CommandStore(abc.ABC):
     @abc.abstractmethod
     def _op_take_pending(self, state_key: str) -> Op[PendingAuthorization | None]: ...
 
+    @abc.abstractmethod
+    def _op_backoff_until(self, name: str) -> Op[float]: ...
+
+    @abc.abstractmethod
+    def _op_set_backoff(self, name: str, until: float, now: float) -> Op[float]: ...
+
+    @abc.abstractmethod
+    def _op_take_token(
+        self, name: str, now: float, interval: float, burst: int, max_wait: float
+    ) -> Op[tuple[bool, float]]: ...
+
     # -- the TokenStore surface, sync -------------------------------------------------------
     def get(self, key: StoreKey) -> TokenRecord | None:
         return self._run(self._op_get(key))
@@ -230,6 +241,19 @@ class CommandStore(abc.ABC):
 
     def take_pending(self, state_key: str) -> PendingAuthorization | None:
         return self._run(self._op_take_pending(state_key))
+
+    def backoff_until(self, name: str) -> float:
+        return self._run(self._op_backoff_until(name))
+
+    def set_backoff(self, name: str, until: float, *, now: float) -> float:
+        return self._run(self._op_set_backoff(name, float(until), float(now)))
+
+    def take_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]:
+        return self._run(
+            self._op_take_token(name, float(now), *check_bucket(interval, burst, max_wait))
+        )
 
     # -- the TokenStore surface, async ------------------------------------------------------
     async def aget(self, key: StoreKey) -> TokenRecord | None:
@@ -278,3 +302,16 @@ class CommandStore(abc.ABC):
 
     async def atake_pending(self, state_key: str) -> PendingAuthorization | None:
         return await self._arun(self._op_take_pending(state_key))
+
+    async def abackoff_until(self, name: str) -> float:
+        return await self._arun(self._op_backoff_until(name))
+
+    async def aset_backoff(self, name: str, until: float, *, now: float) -> float:
+        return await self._arun(self._op_set_backoff(name, float(until), float(now)))
+
+    async def atake_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]:
+        return await self._arun(
+            self._op_take_token(name, float(now), *check_bucket(interval, burst, max_wait))
+        )

@@ -33,6 +33,19 @@ The refresh index (``RefreshIndex``, implemented by every built-in store, used b
   token issued (last used) before ``issued_before``, oldest first.
 * ``list_tenants()`` lists every tenant with a stored record.
 
+The provider gate (``ProviderGate``, implemented by every built-in store, used before every
+token-endpoint request; see ``docs/operations.md``):
+
+* ``set_backoff(name, until, now=...)`` closes the gate ``name`` until the wall time
+  ``until``; a later time already stored wins (two callers that both saw a 429 never shorten
+  the back-off). It returns the stored time. ``backoff_until(name)`` reads it (``0.0``: never
+  closed). Times are the broker's clock; ``now`` only bounds how long the entry is kept.
+* ``take_token(name, now=, interval=, burst=, max_wait=)`` is a token bucket shared by every
+  process (GCRA: one stored "theoretical arrival time" per name), updated atomically: it
+  returns ``(True, wait)`` and debits the bucket when a call may go out within ``max_wait``
+  seconds (``wait`` is how long to wait first), else ``(False, wait)`` without debiting
+  (``wait``: how long until a call would go out at once).
+
 Finer points the conformance suite pins down:
 
 * ``put`` ignores the version in the record it is given; after ``delete`` versions restart at 1.
@@ -55,7 +68,15 @@ from typing import Final, ParamSpec, Protocol, TypeVar, runtime_checkable
 from .._core.errors import ConfigurationError
 from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
 
-__all__ = ["DueRecord", "RefreshIndex", "ThreadedAsyncMixin", "TokenStore", "refresh_index"]
+__all__ = [
+    "DueRecord",
+    "ProviderGate",
+    "RefreshIndex",
+    "ThreadedAsyncMixin",
+    "TokenStore",
+    "gcra",
+    "refresh_index",
+]
 
 #: What an encrypted record keeps in its ``refresh_token`` slot: "there is one, sealed".
 SEALED_REFRESH_TOKEN: Final = "o2bm-enc:sealed"
@@ -178,6 +199,56 @@ class RefreshIndex(Protocol):
     async def alist_tenants(self) -> list[TenantId]: ...
 
 
+@runtime_checkable
+class ProviderGate(Protocol):
+    """The shared back-off and token buckets in front of a provider's token endpoint."""
+
+    def backoff_until(self, name: str) -> float: ...
+
+    def set_backoff(self, name: str, until: float, *, now: float) -> float: ...
+
+    def take_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]: ...
+
+    async def abackoff_until(self, name: str) -> float: ...
+
+    async def aset_backoff(self, name: str, until: float, *, now: float) -> float: ...
+
+    async def atake_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]: ...
+
+
+def check_bucket(interval: float, burst: int, max_wait: float) -> tuple[float, int, float]:
+    """Validated token-bucket arguments (a positive interval and burst, a wait of >= 0)."""
+    interval, max_wait = float(interval), float(max_wait)
+    if not interval > 0 or not interval < float("inf"):
+        raise ConfigurationError(f"token bucket interval must be positive; got {interval!r}")
+    if isinstance(burst, bool) or not isinstance(burst, int) or burst < 1:
+        raise ConfigurationError(f"token bucket burst must be a positive integer; got {burst!r}")
+    if not max_wait >= 0:
+        raise ConfigurationError(f"max_wait must be >= 0 seconds; got {max_wait!r}")
+    return interval, burst, max_wait
+
+
+def gcra(
+    tat: float | None, now: float, interval: float, burst: int, max_wait: float
+) -> tuple[bool, float, float]:
+    """One token-bucket decision (GCRA): ``(granted, wait, new_tat)``.
+
+    ``tat`` is the stored theoretical arrival time (``None``: never used). A call is granted
+    when it conforms within ``max_wait`` seconds; ``new_tat`` is what to store then (the old
+    ``tat`` otherwise). The Redis and PostgreSQL stores compute the same in Lua and SQL.
+    """
+    base = now if tat is None or tat < now else tat
+    new_tat = base + interval
+    wait = max(0.0, new_tat - now - burst * interval)
+    if wait <= max_wait:
+        return True, wait, new_tat
+    return False, wait, base
+
+
 class ThreadedAsyncMixin(abc.ABC):
     """Base for stores with blocking sync methods: the async twins run them in a thread.
 
@@ -285,3 +356,28 @@ class ThreadedAsyncMixin(abc.ABC):
 
     async def alist_tenants(self) -> list[TenantId]:
         return await self._call(self.list_tenants)
+
+    # -- the provider gate (ProviderGate) ----------------------------------------------------
+    @abc.abstractmethod
+    def backoff_until(self, name: str) -> float: ...
+
+    @abc.abstractmethod
+    def set_backoff(self, name: str, until: float, *, now: float) -> float: ...
+
+    @abc.abstractmethod
+    def take_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]: ...
+
+    async def abackoff_until(self, name: str) -> float:
+        return await self._call(self.backoff_until, name)
+
+    async def aset_backoff(self, name: str, until: float, *, now: float) -> float:
+        return await self._call(self.set_backoff, name, until, now=now)
+
+    async def atake_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]:
+        return await self._call(
+            self.take_token, name, now=now, interval=interval, burst=burst, max_wait=max_wait
+        )

@@ -381,6 +381,24 @@ class EncryptedStore(CommandStore):
         got: bool = yield StoreCall("release_lock", (name, owner))
         return got
 
+    def _op_backoff_until(self, name: str) -> Op[float]:
+        until: float = yield StoreCall("backoff_until", (name,))
+        return until
+
+    def _op_set_backoff(self, name: str, until: float, now: float) -> Op[float]:
+        stored: float = yield StoreCall("set_backoff", (name, until), {"now": now})
+        return stored
+
+    def _op_take_token(
+        self, name: str, now: float, interval: float, burst: int, max_wait: float
+    ) -> Op[tuple[bool, float]]:
+        taken: tuple[bool, float] = yield StoreCall(
+            "take_token",
+            (name,),
+            {"now": now, "interval": interval, "burst": burst, "max_wait": max_wait},
+        )
+        return taken
+
     def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
         yield StoreCall("put_pending", (self._seal_pending(pending),))
         return None

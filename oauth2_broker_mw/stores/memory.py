@@ -19,7 +19,7 @@ from typing import Final
 
 from .._core.errors import ConfigurationError, CorruptRecord
 from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
-from .base import DueRecord, ThreadedAsyncMixin, check_limit, refresh_index
+from .base import DueRecord, ThreadedAsyncMixin, check_bucket, check_limit, gcra, refresh_index
 
 __all__ = ["MemoryStore"]
 
@@ -59,6 +59,8 @@ class MemoryStore(ThreadedAsyncMixin):
         self._tokens: dict[str, _Row] = {}
         self._locks: dict[str, _LockRow] = {}
         self._pending: dict[str, tuple[str, float]] = {}
+        self._gates: dict[str, float] = {}  # back-off until, per gate name
+        self._buckets: dict[str, float] = {}  # token bucket theoretical arrival time
         self._writes_since_purge = 0
 
     def __repr__(self) -> str:
@@ -174,6 +176,27 @@ class MemoryStore(ThreadedAsyncMixin):
                 return False
             del self._locks[name]
             return held.expires_at > now
+
+    # -- the provider gate -------------------------------------------------------------------
+    def backoff_until(self, name: str) -> float:
+        with self._mutex:
+            return self._gates.get(name, 0.0)
+
+    def set_backoff(self, name: str, until: float, *, now: float) -> float:
+        with self._mutex:
+            stored = max(self._gates.get(name, 0.0), float(until))
+            self._gates[name] = stored
+            return stored
+
+    def take_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]:
+        interval, burst, max_wait = check_bucket(interval, burst, max_wait)
+        with self._mutex:
+            granted, wait, tat = gcra(self._buckets.get(name), now, interval, burst, max_wait)
+            if granted:
+                self._buckets[name] = tat
+        return granted, wait
 
     # -- pending authorizations -------------------------------------------------------------
     def put_pending(self, pending: PendingAuthorization) -> None:

@@ -15,6 +15,7 @@ Schema (``S`` is the schema, ``oauth2_broker`` by default)::
              indexes (expires_at) and (provider, idle_since): the refresh index
     S.locks(name PK, owner, expires_at)        expiry against the database's clock
     S.pending(state_key PK, data jsonb, expires_at)   index (expires_at)
+    S.gates(name PK, backoff_until, tat)       provider back-off and token buckets (broker clock)
 
 Expired locks and pending logins are purged opportunistically (every ``purge_every``-th
 lock/pending write of a store instance): no cron job.
@@ -104,6 +105,17 @@ _MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
             "WHERE expires_at IS NOT NULL",
             "CREATE INDEX tokens_idle_since ON {s}.tokens (provider, idle_since) "
             "WHERE idle_since IS NOT NULL",
+        ),
+    ),
+    (
+        3,
+        "provider gate: shared back-off and token buckets",
+        (
+            """CREATE TABLE {s}.gates (
+                name text PRIMARY KEY,
+                backoff_until double precision NOT NULL DEFAULT 0,
+                tat double precision
+            )""",
         ),
     ),
 )
@@ -632,6 +644,42 @@ class PostgresStore(CommandStore):
             (name, owner),
         )
         return bool(rows and rows[0][0])
+
+    def _op_backoff_until(self, name: str) -> Op[float]:
+        rows = yield Sql(f"SELECT backoff_until FROM {self._s}.gates WHERE name = %s", (name,))  # noqa: S608
+        return float(rows[0][0]) if rows else 0.0
+
+    def _op_set_backoff(self, name: str, until: float, now: float) -> Op[float]:
+        rows = yield Sql(
+            f"INSERT INTO {self._s}.gates AS g (name, backoff_until) VALUES (%s, %s) "  # noqa: S608
+            "ON CONFLICT (name) DO UPDATE SET "
+            "backoff_until = greatest(g.backoff_until, EXCLUDED.backoff_until) "
+            "RETURNING backoff_until",
+            (name, until),
+        )
+        return float(rows[0][0])
+
+    def _op_take_token(
+        self, name: str, now: float, interval: float, burst: int, max_wait: float
+    ) -> Op[tuple[bool, float]]:
+        # GCRA in one statement (as stores.base.gcra): the row is updated only when granted.
+        s, tolerance = self._s, burst * interval
+        params = (name, now + interval, now, interval, now, interval, now, tolerance, max_wait)
+        rows = yield Sql(
+            f"INSERT INTO {s}.gates AS g (name, tat) VALUES (%s, %s) "  # noqa: S608
+            "ON CONFLICT (name) DO UPDATE SET tat = greatest(g.tat, %s) + %s "
+            "WHERE greatest(greatest(g.tat, %s) + %s - %s - %s, 0) <= %s "
+            "RETURNING greatest(g.tat - %s - %s, 0)",
+            (*params, now, tolerance),
+        )
+        if rows:
+            return True, float(rows[0][0])
+        rows = yield Sql(
+            f"SELECT greatest(greatest(tat, %s) + %s - %s - %s, 0) FROM {s}.gates "  # noqa: S608
+            "WHERE name = %s",
+            (now, interval, now, tolerance, name),
+        )
+        return False, float(rows[0][0]) if rows else 0.0
 
     def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
         yield from self._op_purge()

@@ -16,6 +16,8 @@ Key layout (``P`` is the prefix, ``oauth2broker:`` by default)::
     P pend:<state_key>           string pending authorization JSON, with a PX expiry
 
     P tenants                    set   every tenant with a record
+    P gate:<name>                string provider back-off until (broker clock), with a PX expiry
+    P bucket:<name>              string token bucket theoretical arrival time, with a PX expiry
 
 Expired locks and pending logins vanish by Redis expiry: no cron job. A single Redis, a
 primary with replicas behind Sentinel (pass ``client=sentinel.master_for(...)``) and Redis
@@ -147,6 +149,33 @@ end
 return 0
 """
 
+# KEYS: gate. ARGV: until, ttl in ms. The later time wins; the stored value is returned.
+_SET_BACKOFF: Final = """
+local cur = redis.call('GET', KEYS[1])
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return cur end
+redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+return ARGV[1]
+"""
+
+# KEYS: bucket. ARGV: now, interval, burst, max_wait. GCRA, as stores.base.gcra.
+# Returns {granted (1/0), wait as text}.
+_TAKE_TOKEN: Final = """
+local now, interval = tonumber(ARGV[1]), tonumber(ARGV[2])
+local burst, max_wait = tonumber(ARGV[3]), tonumber(ARGV[4])
+local tat = tonumber(redis.call('GET', KEYS[1]) or '')
+local base = now
+if tat and tat > now then base = tat end
+local new_tat = base + interval
+local wait = new_tat - now - burst * interval
+if wait < 0 then wait = 0 end
+if wait <= max_wait then
+  local ttl = math.ceil((new_tat - now) * 1000) + 60000
+  redis.call('SET', KEYS[1], string.format('%.17g', new_tat), 'PX', ttl)
+  return {1, string.format('%.17g', wait)}
+end
+return {0, string.format('%.17g', wait)}
+"""
+
 # Hash tags a cluster's keys are spread over (per tenant); a refresh-index query reads each.
 _SHARDS: Final = 16
 
@@ -157,6 +186,8 @@ _SCRIPTS: Final = {
     "renew": _RENEW,
     "release": _RELEASE,
     "due": _DUE,
+    "set_backoff": _SET_BACKOFF,
+    "take_token": _TAKE_TOKEN,
 }
 
 
@@ -178,6 +209,15 @@ def _text(value: object) -> str | None:
     if isinstance(value, bytes):
         return value.decode("utf-8")
     return str(value)
+
+
+def _float(value: object) -> float:
+    """A stored gate time; absent or damaged counts as ``0.0`` (open)."""
+    try:
+        number = float(_text(value) or "0")
+    except ValueError:
+        return 0.0
+    return number if math.isfinite(number) else 0.0
 
 
 def _member(key: StoreKey) -> str:
@@ -571,6 +611,30 @@ class RedisStore(CommandStore):
     def _op_release_lock(self, name: str, owner: str) -> Op[bool]:
         got = yield RedisCall("script", ("release", [self._lock_key(name)], [owner]))
         return bool(got)
+
+    def _op_backoff_until(self, name: str) -> Op[float]:
+        value = yield RedisCall("get", (f"{self._prefix}gate:{name}",))
+        return _float(value)
+
+    def _op_set_backoff(self, name: str, until: float, now: float) -> Op[float]:
+        ttl = _ms(max(0.0, until - now) + 60.0)
+        stored = yield RedisCall(
+            "script", ("set_backoff", [f"{self._prefix}gate:{name}"], [repr(until), ttl])
+        )
+        return _float(stored)
+
+    def _op_take_token(
+        self, name: str, now: float, interval: float, burst: int, max_wait: float
+    ) -> Op[tuple[bool, float]]:
+        granted, wait = yield RedisCall(
+            "script",
+            (
+                "take_token",
+                [f"{self._prefix}bucket:{name}"],
+                [repr(now), repr(interval), burst, repr(max_wait)],
+            ),
+        )
+        return bool(int(granted)), _float(wait)
 
     def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
         name = self._pending_key(pending.state_key)

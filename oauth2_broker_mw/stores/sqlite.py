@@ -38,11 +38,11 @@ from .._core.model import (
     TenantId,
     TokenRecord,
 )
-from .base import DueRecord, ThreadedAsyncMixin, check_limit, refresh_index
+from .base import DueRecord, ThreadedAsyncMixin, check_bucket, check_limit, gcra, refresh_index
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION: Final = 2
+SCHEMA_VERSION: Final = 3
 _POOL_SIZE: Final = 8
 
 # ``DELETE ... RETURNING`` exists since SQLite 3.35.0.
@@ -114,10 +114,22 @@ def _add_refresh_index(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_gates(conn: sqlite3.Connection) -> None:
+    """v3: the provider gate (shared back-off and token buckets), one row per gate name."""
+    conn.execute(
+        "CREATE TABLE gates (name TEXT PRIMARY KEY, backoff_until REAL NOT NULL DEFAULT 0, "
+        "tat REAL)"
+    )
+
+
 # MIGRATIONS[n] brings a database from user_version n to n + 1, inside the caller's
 # IMMEDIATE transaction. Version 0 is "empty file". Add an entry and bump SCHEMA_VERSION
 # to change the schema; never edit a shipped step.
-MIGRATIONS: Final[dict[int, Migration]] = {0: _create_v1, 1: _add_refresh_index}
+MIGRATIONS: Final[dict[int, Migration]] = {
+    0: _create_v1,
+    1: _add_refresh_index,
+    2: _add_gates,
+}
 
 _UPSERT_TOKEN: Final = """
     INSERT INTO tokens (key_id, tenant, principal, provider, scope_fingerprint, version,
@@ -435,6 +447,38 @@ class SQLiteStore(ThreadedAsyncMixin):
                 (name, owner, now),
             )
             return cursor.rowcount > 0
+
+    # -- the provider gate (BEGIN IMMEDIATE: one writer decides at a time) -------------------
+    def backoff_until(self, name: str) -> float:
+        with self._connection() as conn:
+            row = conn.execute("SELECT backoff_until FROM gates WHERE name = ?", (name,)).fetchone()
+        return 0.0 if row is None else float(row[0])
+
+    def set_backoff(self, name: str, until: float, *, now: float) -> float:
+        with self._connection() as conn, _transaction(conn):
+            conn.execute(
+                "INSERT INTO gates (name, backoff_until) VALUES (?, ?) ON CONFLICT (name) "
+                "DO UPDATE SET backoff_until = max(backoff_until, excluded.backoff_until)",
+                (name, float(until)),
+            )
+            row = conn.execute("SELECT backoff_until FROM gates WHERE name = ?", (name,)).fetchone()
+        return float(row[0])
+
+    def take_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]:
+        interval, burst, max_wait = check_bucket(interval, burst, max_wait)
+        with self._connection() as conn, _transaction(conn):
+            row = conn.execute("SELECT tat FROM gates WHERE name = ?", (name,)).fetchone()
+            tat = None if row is None or row[0] is None else float(row[0])
+            granted, wait, new_tat = gcra(tat, now, interval, burst, max_wait)
+            if granted:
+                conn.execute(
+                    "INSERT INTO gates (name, tat) VALUES (?, ?) "
+                    "ON CONFLICT (name) DO UPDATE SET tat = excluded.tat",
+                    (name, new_tat),
+                )
+        return granted, wait
 
     # -- pending authorizations -------------------------------------------------------------
     def put_pending(self, pending: PendingAuthorization) -> None:

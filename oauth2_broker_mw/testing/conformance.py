@@ -36,6 +36,7 @@ from typing import Any, Final, Literal, ParamSpec, TypeAlias, TypeVar
 
 import pytest
 
+from .._core.errors import ConfigurationError
 from .._core.model import (
     JSONValue,
     PendingAuthorization,
@@ -47,7 +48,7 @@ from .._core.model import (
     TenantId,
     TokenRecord,
 )
-from ..stores.base import DueRecord, RefreshIndex, TokenStore
+from ..stores.base import DueRecord, ProviderGate, RefreshIndex, TokenStore
 
 __all__ = ["StoreConformance", "StoreRunner", "make_pending", "make_record"]
 
@@ -178,6 +179,34 @@ class StoreRunner:
 
     def take_pending(self, state_key: str) -> PendingAuthorization | None:
         return self._do(self.store.take_pending, self.store.atake_pending, state_key)
+
+    def _gate(self) -> ProviderGate:
+        store = self.store
+        if not isinstance(store, ProviderGate):
+            pytest.skip(f"{type(store).__name__} has no provider gate (ProviderGate)")
+        return store
+
+    def backoff_until(self, name: str) -> float:
+        gate = self._gate()
+        return self._do(gate.backoff_until, gate.abackoff_until, name)
+
+    def set_backoff(self, name: str, until: float, *, now: float) -> float:
+        gate = self._gate()
+        return self._do(gate.set_backoff, gate.aset_backoff, name, until, now=now)
+
+    def take_token(
+        self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
+    ) -> tuple[bool, float]:
+        gate = self._gate()
+        return self._do(
+            gate.take_token,
+            gate.atake_token,
+            name,
+            now=now,
+            interval=interval,
+            burst=burst,
+            max_wait=max_wait,
+        )
 
     def concurrently(
         self,
@@ -681,6 +710,61 @@ class StoreConformance:
         calls: list[Call] = [((name, f"owner-{i}", 30), {}) for i in range(RACERS)]
         results = api.concurrently(api.store.acquire_lock, api.store.aacquire_lock, calls)
         assert results.count(True) == 1
+
+    # -- the provider gate: back-off and token buckets ---------------------------------------
+    def test_backoff_is_open_until_set(self, api: StoreRunner) -> None:
+        assert api.backoff_until(f"backoff|{uuid.uuid4().hex}") == 0.0
+
+    def test_backoff_keeps_the_later_time(self, api: StoreRunner) -> None:
+        name, now = f"backoff|{uuid.uuid4().hex}", 1_900_000_000.0
+        assert api.set_backoff(name, now + 30.5, now=now) == now + 30.5
+        assert api.set_backoff(name, now + 10, now=now) == now + 30.5  # never shortened
+        assert api.backoff_until(name) == now + 30.5
+        assert api.set_backoff(name, now + 60.25, now=now) == now + 60.25
+        assert api.backoff_until(name) == now + 60.25
+
+    def test_backoffs_are_independent_by_name(self, api: StoreRunner) -> None:
+        one, two, now = f"backoff|{uuid.uuid4().hex}", f"backoff|{uuid.uuid4().hex}", 1e9
+        api.set_backoff(one, now + 5, now=now)
+        assert api.backoff_until(two) == 0.0
+        assert api.take_token(one, now=now, interval=1.0, burst=1) == (True, 0.0)
+        assert api.backoff_until(one) == now + 5  # a bucket of that name left it alone
+
+    def test_token_bucket_grants_the_burst_then_denies_with_the_wait(
+        self, api: StoreRunner
+    ) -> None:
+        name, now = f"bucket|{uuid.uuid4().hex}", 1_900_000_000.0
+        for _ in range(3):
+            assert api.take_token(name, now=now, interval=6.0, burst=3) == (True, 0.0)
+        granted, wait = api.take_token(name, now=now, interval=6.0, burst=3)
+        assert not granted
+        assert abs(wait - 6.0) < 1e-6
+        granted, wait = api.take_token(name, now=now + 2, interval=6.0, burst=3)
+        assert not granted
+        assert abs(wait - 4.0) < 1e-6
+        assert api.take_token(name, now=now + 6, interval=6.0, burst=3) == (True, 0.0)
+        assert api.take_token(name, now=now + 6, interval=6.0, burst=3)[0] is False
+
+    def test_token_bucket_reserves_up_to_max_wait(self, api: StoreRunner) -> None:
+        name, now = f"bucket|{uuid.uuid4().hex}", 1_900_000_000.0
+        waits = [
+            api.take_token(name, now=now, interval=10.0, burst=1, max_wait=25.0) for _ in range(4)
+        ]
+        assert [granted for granted, _ in waits] == [True, True, True, False]
+        assert [round(wait, 6) for _, wait in waits] == [0.0, 10.0, 20.0, 30.0]
+
+    def test_token_bucket_refuses_bad_arguments(self, api: StoreRunner) -> None:
+        for bad in ({"interval": 0.0, "burst": 1}, {"interval": 1.0, "burst": 0}):
+            with pytest.raises(ConfigurationError):
+                api.take_token("bucket|bad", now=1e9, **bad)  # type: ignore[arg-type]
+
+    def test_token_bucket_race_grants_exactly_the_burst(self, api: StoreRunner) -> None:
+        gate = api._gate()
+        name, now = f"bucket|{uuid.uuid4().hex}", 1_900_000_000.0
+        kwargs = {"now": now, "interval": 60.0, "burst": 5}
+        calls: list[Call] = [((name,), kwargs) for _ in range(RACERS)]
+        results = api.concurrently(gate.take_token, gate.atake_token, calls)
+        assert [granted for granted, _ in results].count(True) == 5
 
     # -- pending authorizations -------------------------------------------------------------
     def test_pending_can_be_taken_exactly_once(self, api: StoreRunner) -> None:

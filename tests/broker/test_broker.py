@@ -26,6 +26,7 @@ from oauth2_broker_mw import (
     MalformedResponse,
     MemoryStore,
     ProviderError,
+    RateLimited,
     SQLiteStore,
     TransientProviderError,
     TransportError,
@@ -430,15 +431,21 @@ def test_quirk9_without_flag_the_provider_refuses(call: Call) -> None:
 
 
 # -- failures ---------------------------------------------------------------------------------
-def test_transient_error_carries_retry_after(provider: MockProvider, call: Call) -> None:
+def test_transient_error_carries_retry_after(
+    provider: MockProvider, clock: Clock, call: Call
+) -> None:
     provider.faults.add(
         "token", "error", status=503, error="temporarily_unavailable", retry_after=7
     )
-    broker = make_broker(provider)
+    broker = make_broker(provider, clock)
     with pytest.raises(TransientProviderError) as info:
         call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
     assert info.value.retry_after == 7
     assert info.value.retryable
+    # The provider asked for 7 s: until then no request (RateLimited, docs/operations.md).
+    with pytest.raises(RateLimited):
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    clock.advance(7)
     # Nothing was cached or stored: the next call goes through.
     assert call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"]).access_token
 

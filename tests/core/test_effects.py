@@ -11,7 +11,7 @@ import pytest
 from oauth2_broker_mw._core import effects
 from oauth2_broker_mw._core.effects import CompareAndSwap, StoreOp, store_call
 from oauth2_broker_mw._core.model import TokenRecord
-from oauth2_broker_mw.stores.base import TokenStore
+from oauth2_broker_mw.stores.base import ProviderGate, TokenStore
 
 STORE_EFFECTS = [
     cls
@@ -33,6 +33,9 @@ def test_there_is_one_class_per_store_operation() -> None:
             "release_lock",
             "put_pending",
             "take_pending",
+            "backoff_until",
+            "set_backoff",
+            "take_token",
         ]
     )
 
@@ -44,7 +47,8 @@ def test_each_effect_is_frozen_slotted_and_names_a_store_method_with_its_argumen
     assert dataclasses.is_dataclass(cls)
     assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
     assert "__slots__" in vars(cls)
-    sync, async_ = getattr(TokenStore, cls.op), getattr(TokenStore, "a" + cls.op)
+    owner = TokenStore if hasattr(TokenStore, cls.op) else ProviderGate
+    sync, async_ = getattr(owner, cls.op), getattr(owner, "a" + cls.op)
     assert inspect.iscoroutinefunction(async_)
     params = [
         p

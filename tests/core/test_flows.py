@@ -25,7 +25,16 @@ from oauth2_broker_mw import (
     StoreKey,
     TokenRecord,
 )
-from oauth2_broker_mw._core.effects import Emit, HttpRequest, HttpResponse, Now, Sleep, StoreOp
+from oauth2_broker_mw._core.effects import (
+    BackoffUntil,
+    Emit,
+    HttpRequest,
+    HttpResponse,
+    Now,
+    SetBackoff,
+    Sleep,
+    StoreOp,
+)
 from oauth2_broker_mw._core.flows import (
     FlowConfig,
     exchange_code_flow,
@@ -95,10 +104,13 @@ class Script:
         self.effect: Any = self._skip_emits(next(flow))
 
     def _skip_emits(self, effect: Any) -> Any:
-        """Lifecycle events are collected in ``events``, not scripted step by step."""
-        while isinstance(effect, Emit):
-            self.events.append(effect.event)
-            effect = self.flow.send(None)
+        """Lifecycle events are collected in ``events``, not scripted step by step; the
+        provider gate is open (its own tests are in ``tests/broker/test_ratelimit.py``)."""
+        while isinstance(effect, Emit | BackoffUntil | SetBackoff):
+            if isinstance(effect, Emit):
+                self.events.append(effect.event)
+            answer = effect.until if isinstance(effect, SetBackoff) else None
+            effect = self.flow.send(0.0 if isinstance(effect, BackoffUntil) else answer)
         return effect
 
     def expect(self, kind: type, op: str | None = None) -> Any:

@@ -1,0 +1,249 @@
+"""The gate in front of the token endpoint: shared provider back-off and the rate-limit policy.
+
+Owns: ``Backoff`` (how a 429/503 answer closes the provider's gate for every caller sharing
+the store), the ``RateLimitPolicy`` extension point with its ``Allow`` / ``Delay`` / ``Deny``
+decisions, the shipped ``TokenBucket`` policy (one budget per tenant and provider, counted in
+the store), and the two flow steps the grant flows run around every token-endpoint request.
+Must not import: httpx/httpx2, asyncio, threading, store drivers; no clock (``Now`` only).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import NoReturn, Protocol, TypeAlias, runtime_checkable
+
+from . import oauth
+from .effects import BackoffUntil, Emit, Flow, HttpResponse, SetBackoff, Sleep, TakeToken
+from .errors import ConfigurationError, RateLimited, StorageError
+from .events import RateLimited as RateLimitedEvent
+
+__all__ = [
+    "Allow",
+    "Backoff",
+    "Decision",
+    "Delay",
+    "Deny",
+    "RateLimitCall",
+    "RateLimitPolicy",
+    "TokenBucket",
+    "after_token_response",
+    "before_token_request",
+]
+
+log = logging.getLogger("oauth2_broker_mw")
+
+
+@dataclass(frozen=True, slots=True)
+class Allow:
+    """Send the request now."""
+
+
+@dataclass(frozen=True, slots=True)
+class Delay:
+    """Wait ``seconds``, then send the request (the budget is already reserved)."""
+
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class Deny:
+    """Send nothing: the caller gets :class:`~oauth2_broker_mw.RateLimited`."""
+
+    retry_after: float
+
+
+Decision: TypeAlias = Allow | Delay | Deny
+
+
+@dataclass(frozen=True, slots=True)
+class RateLimitCall:
+    """What a policy decides about: one token-endpoint request about to be sent."""
+
+    tenant: str
+    principal: str
+    provider: str
+    grant: str
+    """``refresh_token``, ``client_credentials`` or ``authorization_code``."""
+    now: float
+    """The broker's wall clock (seconds since the epoch)."""
+
+
+@runtime_checkable
+class RateLimitPolicy(Protocol):
+    """Consulted before every token-endpoint request, after the provider back-off.
+
+    ``check`` is a flow (a generator, like every decision of the broker): it may yield store
+    effects such as :class:`~oauth2_broker_mw._core.effects.TakeToken` to count calls in the
+    store shared by every process, and returns a :data:`Decision`. A policy that needs no
+    counts returns at once::
+
+        class NoCodeExchangesAtNight:
+            def check(self, call):
+                if call.grant == "authorization_code" and is_night(call.now):
+                    return Deny(retry_after=3600.0)
+                return Allow()
+                yield  # makes this a generator
+    """
+
+    def check(self, call: RateLimitCall) -> Flow[Decision]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class TokenBucket:
+    """At most ``rate`` token-endpoint calls per ``per`` seconds, per tenant and provider.
+
+    The budget is shared by every process and host on the store (an atomic store operation:
+    GCRA, one stored time per bucket). ``burst`` calls may go at once (default ``rate``).
+    A call beyond the budget waits for it when that takes at most ``max_delay`` seconds
+    (``Delay``), else it is refused (``Deny``) with the time until the budget allows one.
+    ``per_tenant=False`` shares one budget among every tenant of the provider.
+    """
+
+    rate: int
+    per: float = 60.0
+    burst: int | None = None
+    max_delay: float = 0.0
+    per_tenant: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.rate, bool) or not isinstance(self.rate, int) or self.rate < 1:
+            raise ConfigurationError(
+                f"TokenBucket rate must be a positive integer; got {self.rate!r}"
+            )
+        if not self.per > 0:
+            raise ConfigurationError(f"TokenBucket per must be positive seconds; got {self.per!r}")
+        if self.burst is not None and (isinstance(self.burst, bool) or self.burst < 1):
+            raise ConfigurationError(f"TokenBucket burst must be >= 1; got {self.burst!r}")
+        if not self.max_delay >= 0:
+            raise ConfigurationError(f"TokenBucket max_delay must be >= 0; got {self.max_delay!r}")
+
+    def bucket_name(self, call: RateLimitCall) -> str:
+        if self.per_tenant:
+            return f"bucket|{len(call.tenant)}:{call.tenant}|{call.provider}"
+        return f"bucket|*|{call.provider}"
+
+    def check(self, call: RateLimitCall) -> Flow[Decision]:
+        granted, wait = yield TakeToken(
+            self.bucket_name(call),
+            now=call.now,
+            interval=self.per / self.rate,
+            burst=self.burst or self.rate,
+            max_wait=self.max_delay,
+        )
+        if not granted:
+            return Deny(wait)
+        return Allow() if wait <= 0 else Delay(wait)
+
+
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """How the provider's 429 / 503 answers close its gate for every caller on the store.
+
+    A 429 or 503 with ``Retry-After`` closes it for that long (at most ``maximum`` seconds);
+    a 429 without one for ``default`` seconds. ``enabled=False`` turns the shared back-off off.
+    """
+
+    enabled: bool = True
+    default: float = 1.0
+    maximum: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not (0 <= self.default <= self.maximum):
+            raise ConfigurationError("Backoff needs 0 <= default <= maximum seconds")
+
+    @staticmethod
+    def gate_name(provider: str) -> str:
+        return f"backoff|{provider}"
+
+    def seconds(self, response: HttpResponse, now: float) -> float | None:
+        """How long ``response`` closes the gate (``None``: it does not)."""
+        if not self.enabled or response.status_code not in (429, 503):
+            return None
+        retry_after = oauth.parse_retry_after(response, now=now)
+        if retry_after is None:
+            retry_after = self.default if response.status_code == 429 else None
+        if retry_after is None or retry_after <= 0:
+            return None
+        return min(retry_after, self.maximum)
+
+
+def _refuse(call: RateLimitCall, scopes: str, retry_after: float, reason: str) -> Flow[NoReturn]:
+    yield Emit(
+        RateLimitedEvent(
+            tenant=call.tenant,
+            principal=call.principal,
+            provider=call.provider,
+            scopes=scopes,
+            at=call.now,
+            grant=call.grant,
+            retry_after=retry_after,
+        )
+    )
+    raise RateLimited(call.provider, retry_after, reason=reason)
+
+
+def _closed_for(backoff: Backoff, provider: str, now: float) -> Flow[float]:
+    """Seconds the provider's gate stays closed (``0.0``: open). A store failure opens it."""
+    if not backoff.enabled:
+        return 0.0
+    try:
+        until: float = yield BackoffUntil(backoff.gate_name(provider))
+    except StorageError as exc:  # the back-off is a courtesy; the store's failure is not ours
+        log.warning("could not read the back-off of provider=%s: %s", provider, exc)
+        return 0.0
+    return max(0.0, until - now)
+
+
+def before_token_request(
+    backoff: Backoff,
+    policy: RateLimitPolicy | None,
+    *,
+    tenant: str,
+    principal: str,
+    provider: str,
+    grant: str,
+    now: float,
+    scopes: str = "",
+) -> Flow[None]:
+    """Raise :class:`RateLimited` (and emit the event) unless a request may go out at ``now``.
+
+    First the provider's shared back-off, then the policy; after a ``Delay`` the back-off is
+    read again, since another caller may have been told to back off meanwhile.
+    """
+    call = RateLimitCall(tenant, principal, provider, grant, now)
+    closed = yield from _closed_for(backoff, provider, now)
+    if closed > 0:
+        yield from _refuse(call, scopes, closed, "backoff")
+    if policy is None:
+        return
+    decision = yield from policy.check(call)
+    if isinstance(decision, Deny):
+        yield from _refuse(call, scopes, max(0.0, decision.retry_after), "policy")
+    if isinstance(decision, Delay) and decision.seconds > 0:
+        now = yield Sleep(decision.seconds)
+        closed = yield from _closed_for(backoff, provider, now)
+        if closed > 0:
+            yield from _refuse(
+                RateLimitCall(tenant, principal, provider, grant, now), scopes, closed, "backoff"
+            )
+
+
+def after_token_response(
+    backoff: Backoff, provider: str, response: HttpResponse, now: float
+) -> Flow[None]:
+    """Close the provider's gate for everyone when ``response`` (received at ``now``) asks
+    to back off."""
+    seconds = backoff.seconds(response, now)
+    if seconds is None:
+        return
+    try:
+        yield SetBackoff(backoff.gate_name(provider), now + seconds, now)
+    except StorageError as exc:
+        log.warning("could not record the back-off of provider=%s: %s", provider, exc)
+    log.warning(
+        "provider=%s answered HTTP %s: no token request for %.3gs (shared through the store)",
+        provider,
+        response.status_code,
+        seconds,
+    )

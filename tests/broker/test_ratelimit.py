@@ -1,0 +1,251 @@
+"""The provider gate in one process: shared back-off after 429/503, and the rate-limit policy.
+
+The cross-process proofs (4 OS processes on SQLite, PostgreSQL and Redis) are in
+``tests/test_ratelimit_processes.py``; here a FakeClock moves time, so nothing is timed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from _fakes import FakeClock
+
+from oauth2_broker_mw import Broker, RateLimited, TransientProviderError
+from oauth2_broker_mw._core.effects import BackoffUntil, Emit, Sleep, TakeToken
+from oauth2_broker_mw._core.events import Event
+from oauth2_broker_mw._core.events import RateLimited as RateLimitedEvent
+from oauth2_broker_mw._core.ratelimit import before_token_request
+from oauth2_broker_mw.ratelimit import Allow, Backoff, Delay, Deny, RateLimitCall, TokenBucket
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.testing.mock_provider import MockProvider
+
+T0 = 1_900_000_000.0
+
+
+@pytest.fixture
+def provider() -> Iterator[MockProvider]:
+    provider = MockProvider(access_ttl=3600)
+    yield provider
+    provider.close()
+
+
+def _broker(provider: MockProvider, clock: FakeClock, **kwargs: Any) -> Broker:
+    client = provider.default_client
+    return Broker(
+        provider.descriptor(),
+        client_id=client.client_id,
+        client_secret=client.client_secret,
+        store=kwargs.pop("store", None) or MemoryStore(clock=clock),
+        http_client=provider.client(),
+        async_http_client=provider.async_client(),
+        clock=clock,
+        client_credentials_principals=lambda tenant, principal: True,
+        **kwargs,
+    )
+
+
+def _token_calls(provider: MockProvider) -> int:
+    return provider.counters["token"]
+
+
+def test_a_429_with_retry_after_stops_every_caller_until_the_time_has_passed(
+    provider: MockProvider,
+) -> None:
+    clock = FakeClock(T0)
+    broker = _broker(provider, clock)
+    events: list[Event] = []
+    broker.subscribe(events.append)
+    provider.faults.add("token", status=429, error="slow_down", retry_after=30, times=None)
+    with pytest.raises(TransientProviderError) as first:
+        broker.lease(tenant="acme", principal="svc-0", scopes=["read"])
+    assert not isinstance(first.value, RateLimited)
+    assert first.value.status_code == 429 and first.value.retry_after == 30
+    assert _token_calls(provider) == 1
+
+    clock.advance(10)
+    for i in range(5):  # other keys, sync and async: the back-off is per provider
+        with pytest.raises(RateLimited) as waited:
+            if i % 2:
+                asyncio.run(broker.alease(tenant="acme", principal=f"svc-{i}", scopes=["read"]))
+            else:
+                broker.lease(tenant="other", principal=f"svc-{i}", scopes=["read"])
+        assert waited.value.retry_after == pytest.approx(20.0)
+        assert waited.value.reason == "backoff" and waited.value.retryable
+        assert "svc" not in str(waited.value) and "retry after 20s" in str(waited.value)
+    assert _token_calls(provider) == 1  # the measured failure: 5 more requests went out
+
+    provider.faults.clear()
+    clock.advance(20)  # exactly the Retry-After has passed
+    assert broker.lease(tenant="acme", principal="svc-0", scopes=["read"]).access_token
+    assert _token_calls(provider) == 2
+    broker.events.flush()
+    limited = [e for e in events if isinstance(e, RateLimitedEvent)]
+    assert len(limited) == 5 and {e.grant for e in limited} == {"client_credentials"}
+    broker.close()
+
+
+def test_a_503_with_retry_after_closes_the_gate_and_one_without_does_not(
+    provider: MockProvider,
+) -> None:
+    clock = FakeClock(T0)
+    broker = _broker(provider, clock)
+    provider.faults.add("token", status=503, error="temporarily_unavailable")
+    with pytest.raises(TransientProviderError):
+        broker.lease(tenant="acme", principal="svc-a", scopes=["read"])
+    assert broker.lease(tenant="acme", principal="svc-a", scopes=["read"])  # no back-off
+    provider.faults.add("token", status=503, error="temporarily_unavailable", retry_after=5)
+    with pytest.raises(TransientProviderError):
+        broker.lease(tenant="acme", principal="svc-b", scopes=["read"])
+    with pytest.raises(RateLimited):
+        broker.lease(tenant="acme", principal="svc-b", scopes=["read"])
+    assert _token_calls(provider) == 3
+    broker.close()
+
+
+def test_a_hostile_retry_after_is_capped_by_backoff_maximum(provider: MockProvider) -> None:
+    clock = FakeClock(T0)
+    broker = _broker(provider, clock, backoff=Backoff(maximum=60.0))
+    provider.faults.add("token", status=429, error="slow_down", retry_after="9" * 5000)
+    with pytest.raises(TransientProviderError):
+        broker.lease(tenant="acme", principal="svc", scopes=["read"])
+    with pytest.raises(RateLimited) as waited:
+        broker.lease(tenant="acme", principal="svc", scopes=["read"])
+    assert waited.value.retry_after == pytest.approx(60.0)
+    clock.advance(60)
+    assert broker.lease(tenant="acme", principal="svc", scopes=["read"])
+    broker.close()
+
+
+def test_backoff_disabled_sends_every_request(provider: MockProvider) -> None:
+    broker = _broker(provider, FakeClock(T0), backoff=Backoff(enabled=False))
+    provider.faults.add("token", status=429, error="slow_down", retry_after=30, times=3)
+    for _ in range(3):
+        with pytest.raises(TransientProviderError) as excinfo:
+            broker.lease(tenant="acme", principal="svc", scopes=["read"])
+        assert not isinstance(excinfo.value, RateLimited)
+    assert _token_calls(provider) == 3
+    broker.close()
+
+
+def test_a_token_bucket_budget_per_tenant_refuses_the_rest(provider: MockProvider) -> None:
+    clock = FakeClock(T0)
+    broker = _broker(provider, clock, rate_limit=TokenBucket(3, per=60.0))
+    events: list[Event] = []
+    broker.subscribe(events.append)
+    for i in range(3):
+        broker.lease(tenant="acme", principal=f"svc-{i}", scopes=["read"])
+    with pytest.raises(RateLimited) as refused:
+        broker.lease(tenant="acme", principal="svc-3", scopes=["read"])
+    assert refused.value.reason == "policy"
+    assert refused.value.retry_after == pytest.approx(20.0)  # one call per 20 s comes back
+    assert broker.lease(tenant="globex", principal="svc-0", scopes=["read"])  # its own budget
+    assert broker.lease(tenant="acme", principal="svc-0", scopes=["read"])  # cached: no call
+    assert _token_calls(provider) == 4
+    clock.advance(20)
+    assert broker.lease(tenant="acme", principal="svc-3", scopes=["read"])
+    assert _token_calls(provider) == 5
+    broker.events.flush()
+    limited = [e for e in events if isinstance(e, RateLimitedEvent)]
+    assert [(e.tenant, e.principal) for e in limited] == [("acme", "svc-3")]
+    broker.close()
+
+
+def test_a_store_without_a_gate_gets_the_in_process_one(provider: MockProvider) -> None:
+    class PlainStore:
+        """A custom store with no provider gate methods."""
+
+        def __init__(self) -> None:
+            self._inner = MemoryStore()
+
+        def __getattr__(self, name: str) -> Any:
+            if name in {"backoff_until", "set_backoff", "take_token"} or name.startswith(
+                ("abackoff", "aset_backoff", "atake_token")
+            ):
+                raise AttributeError(name)
+            return getattr(self._inner, name)
+
+    clock = FakeClock(T0)
+    broker = _broker(provider, clock, store=PlainStore(), rate_limit=TokenBucket(1, per=60.0))
+    broker.lease(tenant="acme", principal="svc-0", scopes=["read"])
+    with pytest.raises(RateLimited):
+        broker.lease(tenant="acme", principal="svc-1", scopes=["read"])
+    broker.close()
+
+
+# -- the gate flow itself: Delay sleeps, then re-reads the back-off ------------------------------
+def _drive(flow: Any, answers: dict[type, Any]) -> list[Any]:
+    """Run ``flow`` answering each effect from ``answers`` (by type); the effects it yielded."""
+    seen: list[Any] = []
+    result: Any = None
+    try:
+        effect = next(flow)
+        while True:
+            seen.append(effect)
+            answer = answers[type(effect)]
+            result = answer(effect) if callable(answer) else answer
+            effect = flow.send(result)
+    except StopIteration:
+        return seen
+
+
+def _gate(policy: Any, grant: str = "refresh_token") -> Any:
+    return before_token_request(
+        Backoff(),
+        policy,
+        tenant="acme",
+        principal="svc",
+        provider="example",
+        grant=grant,
+        now=T0,
+    )
+
+
+def test_a_delay_decision_sleeps_then_checks_the_backoff_again() -> None:
+    flow = _gate(TokenBucket(1, per=10.0, max_delay=15.0))
+    effects = _drive(flow, {BackoffUntil: 0.0, TakeToken: (True, 10.0), Sleep: T0 + 10, Emit: None})
+    kinds = [type(e) for e in effects]
+    assert kinds == [BackoffUntil, TakeToken, Sleep, BackoffUntil]
+    assert effects[2] == Sleep(10.0)
+    take = effects[1]
+    assert take.interval == 10.0 and take.burst == 1 and take.max_wait == 15.0
+
+
+def test_a_backoff_recorded_during_the_delay_refuses_the_call() -> None:
+    flow = _gate(TokenBucket(1, per=10.0, max_delay=15.0))
+    reads = iter([0.0, T0 + 40])
+    with pytest.raises(RateLimited) as excinfo:
+        _drive(
+            flow,
+            {
+                BackoffUntil: lambda _: next(reads),
+                TakeToken: (True, 10.0),
+                Sleep: T0 + 10,
+                Emit: None,
+            },
+        )
+    assert excinfo.value.retry_after == pytest.approx(30.0)
+
+
+def test_a_custom_policy_decides_with_the_call_it_is_given() -> None:
+    seen: list[RateLimitCall] = []
+
+    class NoCodeExchanges:
+        def check(self, call: RateLimitCall) -> Any:
+            seen.append(call)
+            if call.grant == "authorization_code":
+                return Deny(retry_after=60.0)
+            return Allow()
+            yield  # a generator, like every flow
+
+    for grant, refused in (("refresh_token", False), ("authorization_code", True)):
+        flow = _gate(NoCodeExchanges(), grant)
+        if refused:
+            with pytest.raises(RateLimited):
+                _drive(flow, {BackoffUntil: 0.0, Emit: None})
+        else:
+            _drive(flow, {BackoffUntil: 0.0, Emit: None})
+    assert [c.grant for c in seen] == ["refresh_token", "authorization_code"]
+    assert Delay(1.0) != Allow()
