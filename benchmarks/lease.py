@@ -94,6 +94,7 @@ def make_broker(
         store=store,
         http_client=provider.client(),
         async_http_client=provider.async_client(),
+        client_credentials_principals=[PRINCIPAL],  # a service: client credentials apply
     )
 
 
@@ -155,6 +156,7 @@ def event_row(provider: MockProvider, calls: int) -> EventRow:
         client_secret="test-secret",
         http_client=provider.client(),
         async_http_client=provider.async_client(),
+        client_credentials_principals=[PRINCIPAL],
         event_queue_size=16,
     )
 
