@@ -687,12 +687,17 @@ class Broker:
     def exchange_code(
         self,
         *,
-        state: str,
-        code: str,
+        state: str | Secret,
+        code: str | Secret,
         iss: str | None = None,
         callback_params: Mapping[str, str] | None = None,
     ) -> TokenRecord:
-        """Finish a login started with :meth:`start_authorization`; stores the tokens."""
+        """Finish a login started with :meth:`start_authorization`; stores the tokens.
+
+        ``state`` and ``code`` are wrapped in :class:`Secret` at once: no frame of ours holds
+        them raw (error reporters that record traceback locals never see them).
+        """
+        state, code = Secret(state), Secret(code)
         with self._telemetry.operation("exchange_code", self._provider.id):
             record = self._sync.run(
                 exchange_code_flow(
@@ -705,12 +710,17 @@ class Broker:
     async def aexchange_code(
         self,
         *,
-        state: str,
-        code: str,
+        state: str | Secret,
+        code: str | Secret,
         iss: str | None = None,
         callback_params: Mapping[str, str] | None = None,
     ) -> TokenRecord:
-        """Finish a login started with :meth:`start_authorization`; stores the tokens."""
+        """Finish a login started with :meth:`start_authorization`; stores the tokens.
+
+        ``state`` and ``code`` are wrapped in :class:`Secret` at once: no frame of ours holds
+        them raw (error reporters that record traceback locals never see them).
+        """
+        state, code = Secret(state), Secret(code)
         with self._telemetry.operation("exchange_code", self._provider.id):
             record = await self._async.run(
                 exchange_code_flow(

@@ -665,23 +665,28 @@ def start_authorization_flow(
 def exchange_code_flow(
     cfg: FlowConfig,
     *,
-    state: str,
-    code: str,
+    state: Secret | str,
+    code: Secret | str,
     iss: str | None = None,
     callback_params: Mapping[str, str] | None = None,
 ) -> Flow[TokenRecord]:
-    """Finish a login: redeem the single-use state, check ``iss``, redeem the code."""
+    """Finish a login: redeem the single-use state, check ``iss``, redeem the code.
+
+    ``state`` and ``code`` stay in :class:`Secret` wrappers (traceback locals never hold them
+    raw); their values are read only where they are used.
+    """
+    state, code = Secret(state), Secret(code)
     if not state:
         raise AuthorizationFlowError("state_missing", "the callback carries no state")
     if not code:
         raise AuthorizationFlowError("invalid_request", "the callback carries no code")
     try:
         pending: PendingAuthorization | None = yield TakePending(
-            PendingAuthorization.key_for(state)
+            PendingAuthorization.key_for(state.get_secret_value())
         )
     except CorruptRecord:
         pending = None
-    if pending is None or pending.state != Secret(state):
+    if pending is None or pending.state != state:
         raise AuthorizationFlowError("state_unknown", "unknown, already used or expired state")
     now: float = yield Now()
     if now >= pending.expires_at:
@@ -705,7 +710,7 @@ def exchange_code_flow(
         cfg.client,
         GrantType.AUTHORIZATION_CODE,
         oauth.authorization_code_params(
-            code=code,
+            code=code.get_secret_value(),
             redirect_uri=pending.redirect_uri,
             code_verifier=None
             if pending.code_verifier is None
