@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ._core import BrokerContext, BrokerRequest, PrincipalResolver, TenantResolver
 from ._redirects import safe_return_to
+from ._tenants import validate_tenant
 from .asgi import BrokerMiddleware
 from .resolvers import header_tenant, path_prefix_tenant, subdomain_tenant
 from .wsgi import BrokerWSGIMiddleware
@@ -24,4 +25,5 @@ __all__ = [
     "path_prefix_tenant",
     "safe_return_to",
     "subdomain_tenant",
+    "validate_tenant",
 ]

@@ -42,9 +42,10 @@ from .._core.errors import (
     TransportError,
 )
 from .._core.flows import AuthorizationRequest
-from .._core.model import JSONValue, Lease, PrincipalId, ProviderId, Secret, TenantId, TokenRecord
+from .._core.model import JSONValue, Lease, PrincipalId, ProviderId, Secret, TokenRecord
 from ._cookies import CookieAttributes, CookieSealer, parse_cookie_header
 from ._redirects import safe_return_to
+from ._tenants import validate_tenant
 
 if TYPE_CHECKING:
     from ..auth import BrokerAuth, LeaseSource
@@ -777,7 +778,7 @@ class MiddlewareCore:
             return "default"
         try:
             value = self.tenant_resolver(request)
-            return None if value is None else TenantId(value)
+            return None if value is None else validate_tenant(value)
         except (ValueError, TypeError):
             raise _Reject(
                 400, "invalid_tenant", "The tenant of this request is not valid."

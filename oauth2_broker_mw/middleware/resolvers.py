@@ -5,7 +5,9 @@ A resolver is ``callable(request: BrokerRequest) -> str | None``. It returns the
 tenant, and the login route answers 400 ``tenant_required``). It raises ``ValueError`` when the
 request names a tenant it must not (a foreign host, a header from an untrusted peer): the
 middleware answers 400 ``invalid_tenant`` and never falls back to a default (SECURITY G6).
-Whatever a resolver returns is validated as a tenant id (``TenantId``) before use.
+Whatever a resolver returns is validated by the one strict rule (:func:`validate_tenant`:
+ASCII letters, digits, ``.``, ``_``, ``-``; no ``..``, ``/``, percent-escapes, non-NFC,
+zero-width, full-width or look-alike characters) before use.
 
 Owns: :func:`path_prefix_tenant`, :func:`subdomain_tenant`, :func:`header_tenant`.
 Must not import: the broker, any web framework, httpx.

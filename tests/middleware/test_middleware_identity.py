@@ -127,7 +127,10 @@ class World:
         if self.framework == "starlette":
             from starlette.testclient import TestClient
 
-            client: httpx2.Client = TestClient(app, base_url=BASE, follow_redirects=False, **kwargs)
+            peer = ("127.0.0.1", 50000)  # as the WSGI transport's REMOTE_ADDR
+            client: httpx2.Client = TestClient(
+                app, base_url=BASE, follow_redirects=False, client=peer, **kwargs
+            )
         else:
             client = httpx2.Client(
                 transport=httpx2.WSGITransport(app=app),
@@ -480,3 +483,47 @@ def test_tenant_a_state_and_code_never_complete_in_tenant_b(world: World) -> Non
     assert "tenant_mismatch" in response.text
     assert world.providers["honest"].counters["token"] == 0
     assert world.brokers["honest"].connections(tenant="tenant-b", principal="user-1") == []
+
+
+# -- J3: one strict tenant rule, for every resolver --------------------------------------------
+BAD_TENANTS = [
+    "..",
+    "a..b",
+    "acme/evil",
+    "acme%2Fevil",
+    "%61cme",
+    "\u0430cme",  # Cyrillic a
+    "ac\u200bme",  # zero-width space
+    "\uff41cme",  # full-width a
+    "acme\\evil",
+    "cafe\u0301",  # not NFC
+    "-acme",
+    "a" * 129,
+]
+
+
+@pytest.mark.parametrize("bad", BAD_TENANTS)
+def test_the_header_resolver_refuses_every_tenant_trick(world: World, bad: str) -> None:
+    from oauth2_broker_mw.middleware import header_tenant
+
+    if world.framework == "flask" and not bad.isascii():
+        pytest.skip("httpx2's WSGI transport cannot send non-ASCII header bytes (ASGI runs it)")
+    app = world.worker(tenant_resolver=header_tenant(trusted_proxies=["127.0.0.1"]))
+    browser = world.browser(app)
+    headers = {"x-tenant-id": bad.encode("utf-8")}  # the bytes on the wire
+    page = browser.get("/whoami", headers=headers)
+    login = browser.get("/oauth2/honest/login", headers=headers)
+    assert (page.status_code, login.status_code) == (400, 400)
+    assert "invalid_tenant" in login.text
+    assert "location" not in login.headers  # no flow started, nothing stored
+
+
+def test_validate_tenant_accepts_plain_ids_and_names_what_is_wrong() -> None:
+    from oauth2_broker_mw.middleware import validate_tenant
+
+    for good in ("acme", "acme-corp", "tenant_1", "acme.example.com", "0b7e2f"):
+        assert validate_tenant(good) == good
+    with pytest.raises(ValueError, match=r"\.\."):
+        validate_tenant("a..b")
+    with pytest.raises(ValueError, match="ASCII"):
+        validate_tenant("\u0430cme")

@@ -222,6 +222,7 @@ def test_public_names_of_the_middleware_package() -> None:
         "path_prefix_tenant",
         "safe_return_to",
         "subdomain_tenant",
+        "validate_tenant",
     ]
     for name in middleware.__all__:
         assert getattr(middleware, name) is not None
