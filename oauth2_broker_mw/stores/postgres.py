@@ -373,7 +373,8 @@ class PostgresStore(CommandStore):
     # after the operation yields BEGIN: from there on, one transaction, committed at the end.
     # If the very first statement fails because the pooled connection was dead (server
     # restarted, pg_terminate_backend, idle timeout), nothing was done yet, so it is sent once
-    # more on a fresh connection.
+    # more on a fresh connection: the sync pool's idle connections are checked (and the dead
+    # ones replaced) first, the async free list drops every idle one with the broken one.
 
     def _run(self, op: Op[T]) -> T:
         try:
@@ -413,6 +414,9 @@ class PostgresStore(CommandStore):
                 return result
             except psycopg.OperationalError:
                 if attempt == 1 and not started and conn is not None and conn.broken:
+                    # The idle connections died with it (a restart kills them all): test and
+                    # replace them now, so the retry gets a live one, not the next dead one.
+                    pool.check()
                     continue
                 raise
         raise AssertionError("unreachable")  # pragma: no cover
