@@ -168,6 +168,9 @@ def test_the_pages_have_every_row() -> None:
     assert set(table_rows(SECURITY_PAGE)) == wanted
     for ident, cells in table_rows(SECURITY_PAGE).items():
         assert len(cells) == 4 and all(cells[:3]), f"docs/security.md row {ident}: {cells}"
+    for number, cells in table_rows(QUIRKS_PAGE).items():  # quirk, seen at, handled by, tests
+        assert len(cells) == 4 and all(cells[:3]), f"docs/quirks.md row {number}: {cells}"
+        assert _TEST_REF.search(cells[3]), f"docs/quirks.md row {number} names no test"
 
 
 def test_every_citation_resolves_to_a_row() -> None:
