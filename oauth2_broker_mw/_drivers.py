@@ -14,8 +14,8 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Final, TypeVar
 
 from . import _driver
 from ._core.effects import (
@@ -35,14 +35,14 @@ from ._core.effects import (
     TakeToken,
     store_call,
 )
-from ._core.errors import BrokerError, StorageError, TransportError
+from ._core.errors import BrokerError, ConfigurationError, StorageError, TransportError
 from .stores.base import ProviderGate, TokenStore
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from .events import EventBus
 
-__all__ = ["AsyncDriver", "SyncDriver"]
+__all__ = ["MAX_RESPONSE_BYTES", "AsyncDriver", "SyncDriver"]
 
 R = TypeVar("R")
 
@@ -69,9 +69,86 @@ def _is_client_error(exc: BaseException) -> bool:
     return type(exc).__module__.split(".", 1)[0] in _CLIENT_MODULES
 
 
-def _to_response(raw: Any) -> HttpResponse:
-    headers = {str(k).lower(): str(v) for k, v in raw.headers.items()}
-    return HttpResponse(int(raw.status_code), headers, bytes(raw.content))
+MAX_RESPONSE_BYTES: Final = 1 << 20
+"""Default cap on a provider's response body (token endpoint, metadata, JWKS): 1 MiB."""
+
+
+class _Body:
+    """One provider call's response, read under a size cap and a total deadline.
+
+    The cap is checked against ``Content-Length`` before reading and against the decoded
+    bytes while streaming (a gzip bomb counts by what it expands to). The deadline covers
+    connect, headers and body: the sync driver lowers the HTTP library's per-read timeout to
+    what is left before each read, the async driver wraps the call in ``asyncio.timeout``.
+    Neither a trickling nor a bloated body can hold a call (or its refresh lock) longer.
+    """
+
+    def __init__(self, request: HttpRequest, limit: int, budget: float | None, now: float) -> None:
+        self.request = request
+        self.limit = limit
+        self.budget = budget
+        self.deadline = None if budget is None else now + budget
+        self.chunks: list[bytes] = []
+        self.size = 0
+        self.timeouts: dict[str, float | None] | None = None
+
+    def _where(self) -> str:
+        return f"{self.request.purpose} request to {self.request.url.split('?', 1)[0]}"
+
+    def remaining(self, now: float) -> float | None:
+        if self.deadline is None:
+            return None
+        left = self.deadline - now
+        if left <= 0:
+            raise self.timed_out()
+        return left
+
+    def timed_out(self) -> TransportError:
+        return TransportError(
+            f"{self._where()} did not complete within {self.budget:g}s (connect, headers and "
+            "body); the provider is too slow or trickles its answer (Broker(timeout=...))"
+        )
+
+    def start(self, raw: Any) -> None:
+        declared = str(raw.headers.get("content-length") or "").strip()
+        if (
+            declared.isascii()
+            and declared.isdigit()
+            and (len(declared) > 18 or int(declared) > self.limit)
+        ):
+            raise self.too_large()
+
+    def add(self, chunk: bytes) -> None:
+        self.size += len(chunk)
+        if self.size > self.limit:
+            raise self.too_large()
+        self.chunks.append(chunk)
+
+    def too_large(self) -> TransportError:
+        return TransportError(
+            f"{self._where()} answered with a body larger than {self.limit} bytes; refused "
+            "while reading (Broker(max_response_bytes=...) if the provider really sends that)"
+        )
+
+    def tighten(self, request: Any, now: float, phases: Iterable[str]) -> None:
+        """Lower an httpx/httpx2 request's per-phase timeouts to what the deadline leaves.
+
+        httpcore reads ``request.extensions["timeout"]`` before every network read, so
+        lowering the read timeout between chunks bounds the whole body, not only each read.
+        """
+        remaining = self.remaining(now)
+        timeouts = getattr(request, "extensions", {}).get("timeout")
+        if remaining is None or not isinstance(timeouts, dict):
+            return
+        if self.timeouts is None:
+            self.timeouts = dict(timeouts)
+        for phase in phases:
+            limit = self.timeouts.get(phase)
+            timeouts[phase] = remaining if limit is None else min(limit, remaining)
+
+    def response(self, raw: Any) -> HttpResponse:
+        headers = {str(k).lower(): str(v) for k, v in raw.headers.items()}
+        return HttpResponse(int(raw.status_code), headers, b"".join(self.chunks))
 
 
 def _transport_error(request: HttpRequest, exc: BaseException) -> TransportError:
@@ -101,7 +178,15 @@ class _Driver:
         telemetry: Telemetry | None = None,
         provider: str = "",
         events: EventBus | None = None,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
+        deadline: float | None = None,
     ) -> None:
+        if max_response_bytes < 1:
+            raise ConfigurationError("max_response_bytes must be a positive number of bytes")
+        if deadline is not None and not deadline > 0:
+            raise ConfigurationError("the provider-call deadline must be > 0 seconds")
+        self._max_body = max_response_bytes
+        self._deadline = deadline
         self._store = store
         self._gate: Any = store if isinstance(store, ProviderGate) else _process_gate()
         self._client = client
@@ -152,6 +237,20 @@ class _Driver:
             "follow_redirects": False,
         }
 
+    def _body(self, effect: HttpRequest) -> _Body:
+        return _Body(effect, self._max_body, self._deadline, self._monotonic())
+
+    def _prepare(self, client: Any, effect: HttpRequest, body: _Body) -> Any:
+        """An httpx/httpx2 request to ``send(stream=True)``, or ``None`` for a client that
+        only has ``request()`` (a test double: its whole body is checked once read)."""
+        if not (hasattr(client, "build_request") and hasattr(client, "send")):
+            return None
+        kwargs = self._request_kwargs(effect)
+        del kwargs["follow_redirects"]
+        request = client.build_request(effect.method, effect.url, **kwargs)
+        body.tighten(request, self._monotonic(), ("connect", "read", "write", "pool"))
+        return request
+
     @staticmethod
     def _renewed(ok: bool | BrokerError) -> bool:
         """Log a failed renewal; ``False`` stops the renewal loop."""
@@ -194,20 +293,43 @@ class SyncDriver(_Driver):
                 ) as record,
                 self._renewing(effect.hold),
             ):
+                body = self._body(effect)
                 try:
-                    raw = self._client().request(
-                        effect.method, effect.url, **self._request_kwargs(effect)
-                    )
+                    raw = self._fetch(self._client(), effect, body)
+                except BrokerError:
+                    raise
                 except Exception as exc:
                     if not _is_client_error(exc):
                         raise  # a bug in a custom transport: the flow sees it unchanged
+                    if body.deadline is not None and self._monotonic() >= body.deadline:
+                        raise body.timed_out() from exc
                     raise _transport_error(effect, exc) from exc
                 record(raw.status_code)
-            return _to_response(raw)
+            return body.response(raw)
         if isinstance(effect, Sleep):
             self._sleep(effect.seconds)
             return self._clock()
         return self._local(effect)
+
+    def _fetch(self, client: Any, effect: HttpRequest, body: _Body) -> Any:
+        request = self._prepare(client, effect, body)
+        if request is None:
+            raw = client.request(effect.method, effect.url, **self._request_kwargs(effect))
+            body.start(raw)
+            body.add(bytes(raw.content))
+            return raw
+        raw = client.send(request, stream=True, follow_redirects=False)
+        try:
+            body.start(raw)
+            chunks = raw.iter_bytes()
+            while True:
+                body.tighten(request, self._monotonic(), ("read",))
+                chunk = next(chunks, None)
+                if chunk is None:
+                    return raw
+                body.add(chunk)
+        finally:
+            raw.close()
 
     @contextlib.contextmanager
     def _renewing(self, hold: LockHold | None) -> Iterator[None]:
@@ -271,21 +393,40 @@ class AsyncDriver(_Driver):
                 effect.purpose, self._provider, effect.method
             ) as record:
                 async with self._renewing(effect.hold):
+                    body = self._body(effect)
                     try:
-                        client = await self._client()
-                        raw = await client.request(
-                            effect.method, effect.url, **self._request_kwargs(effect)
-                        )
+                        async with asyncio.timeout(body.remaining(self._monotonic())):
+                            raw = await self._fetch(await self._client(), effect, body)
+                    except BrokerError:
+                        raise
+                    except TimeoutError as exc:  # our deadline (asyncio.timeout)
+                        raise body.timed_out() from exc
                     except Exception as exc:
                         if not _is_client_error(exc):
                             raise
                         raise _transport_error(effect, exc) from exc
                 record(raw.status_code)
-            return _to_response(raw)
+            return body.response(raw)
         if isinstance(effect, Sleep):
             await self._sleep(effect.seconds)
             return self._clock()
         return self._local(effect)
+
+    async def _fetch(self, client: Any, effect: HttpRequest, body: _Body) -> Any:
+        request = self._prepare(client, effect, body)
+        if request is None:
+            raw = await client.request(effect.method, effect.url, **self._request_kwargs(effect))
+            body.start(raw)
+            body.add(bytes(raw.content))
+            return raw
+        raw = await client.send(request, stream=True, follow_redirects=False)
+        try:
+            body.start(raw)
+            async for chunk in raw.aiter_bytes():
+                body.add(chunk)
+            return raw
+        finally:
+            await raw.aclose()
 
     @contextlib.asynccontextmanager
     async def _renewing(self, hold: LockHold | None) -> AsyncIterator[None]:

@@ -53,7 +53,7 @@ from ._core.model import (
 from ._core.policy import RefreshPolicy
 from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth
 from ._core.ratelimit import Backoff, RateLimitPolicy
-from ._drivers import AsyncDriver, SyncDriver
+from ._drivers import MAX_RESPONSE_BYTES, AsyncDriver, SyncDriver
 from ._singleflight import SingleFlight
 from .events import EventBus, EventHandler
 from .stores._commands import PerLoop
@@ -172,6 +172,10 @@ class Broker:
     a 429/503 with ``Retry-After`` (``backoff``), and beyond the ``rate_limit`` policy's budget
     (for example ``TokenBucket(10, per=60)``), callers get :class:`RateLimited` carrying
     ``retry_after`` and the provider gets no request.
+
+    ``timeout`` bounds each provider call as a whole (connect, headers and body, sync and
+    async); ``max_response_bytes`` (1 MiB) caps a provider's response body, checked while it
+    streams. Either failure is a :class:`TransportError`.
     """
 
     def __init__(
@@ -191,6 +195,7 @@ class Broker:
         lock_wait: float = 30.0,
         pending_ttl: float = 600.0,
         timeout: float = 10.0,
+        max_response_bytes: int = MAX_RESPONSE_BYTES,
         cache_size: int = 10_000,
         clock: Callable[[], float] = time.time,
         telemetry: Telemetry | None = None,
@@ -270,6 +275,8 @@ class Broker:
             telemetry=self._telemetry,
             provider=provider.id,
             events=self._events,
+            max_response_bytes=max_response_bytes,
+            deadline=timeout,
         )
         self._async = AsyncDriver(
             store,
@@ -278,6 +285,8 @@ class Broker:
             telemetry=self._telemetry,
             provider=provider.id,
             events=self._events,
+            max_response_bytes=max_response_bytes,
+            deadline=timeout,
         )
         self._key_for = functools.lru_cache(maxsize=4096)(self._build_key)
         self._default_scopes = tuple(provider.default_scopes)

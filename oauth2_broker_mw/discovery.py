@@ -54,7 +54,7 @@ def discover(
     """Fetch and validate ``issuer``'s metadata; keyword ``overrides`` adjust the descriptor."""
     client = http_client or httpx2.Client(timeout=timeout, follow_redirects=False)
     try:
-        driver = SyncDriver(MemoryStore(), lambda: client, provider=id)
+        driver = SyncDriver(MemoryStore(), lambda: client, provider=id, deadline=timeout)
         result: ProviderDescriptor = driver.run(discovery_flow(id, issuer, overrides))
         return result
     finally:
@@ -67,7 +67,7 @@ async def adiscover(
     *,
     id: str,
     http_client: httpx2.AsyncClient | httpx.AsyncClient | None = None,
-    timeout: float = 10.0,  # noqa: ASYNC109 - the owned HTTP client's timeout, not a deadline
+    timeout: float = 10.0,  # noqa: ASYNC109 - a deadline per provider call, as in discover()
     **overrides: Any,
 ) -> ProviderDescriptor:
     """Async :func:`discover`."""
@@ -77,7 +77,7 @@ async def adiscover(
         async def current() -> httpx2.AsyncClient | httpx.AsyncClient:
             return client
 
-        driver = AsyncDriver(MemoryStore(), current, provider=id)
+        driver = AsyncDriver(MemoryStore(), current, provider=id, deadline=timeout)
         result: ProviderDescriptor = await driver.run(discovery_flow(id, issuer, overrides))
         return result
     finally:
