@@ -75,7 +75,13 @@ from .model import (
 )
 from .policy import RefreshPolicy
 from .provider import ClientConfig, GrantType, PkceMode, ProviderDescriptor
-from .ratelimit import Backoff, RateLimitPolicy, after_token_response, before_token_request
+from .ratelimit import (
+    Backoff,
+    RateLimitPolicy,
+    after_token_response,
+    before_token_request,
+    record_failure,
+)
 
 __all__ = [
     "AuthorizationRequest",
@@ -210,7 +216,12 @@ def _send_token_request(
         now=now,
         scopes=who.scope_fingerprint if isinstance(who, StoreKey) else "",
     )
-    response = yield from _send_with_proof(cfg, request)
+    try:
+        response = yield from _send_with_proof(cfg, request)
+    except TransportError:
+        now = yield Now()
+        yield from record_failure(cfg.backoff, cfg.provider.id, now)
+        raise
     now = yield Now()
     yield from after_token_response(cfg.backoff, cfg.provider.id, response, now)
     return response, now

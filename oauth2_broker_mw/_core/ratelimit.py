@@ -29,6 +29,7 @@ __all__ = [
     "TokenBucket",
     "after_token_response",
     "before_token_request",
+    "record_failure",
 ]
 
 log = logging.getLogger("oauth2_broker_mw")
@@ -138,23 +139,39 @@ class TokenBucket:
 
 @dataclass(frozen=True, slots=True)
 class Backoff:
-    """How the provider's 429 / 503 answers close its gate for every caller on the store.
+    """How the provider's answers close its gate for every caller on the store.
 
     A 429 or 503 with ``Retry-After`` closes it for that long (at most ``maximum`` seconds);
-    a 429 without one for ``default`` seconds. ``enabled=False`` turns the shared back-off off.
+    a 429 without one for ``default`` seconds. The circuit breaker: more than ``failures``
+    transient failures (5xx, 429, transport errors) within ``window`` seconds, counted in the
+    store across processes, close it for ``open_for`` seconds (``failures=0``: no breaker).
+    ``enabled=False`` turns the shared back-off and the breaker off.
     """
 
     enabled: bool = True
     default: float = 1.0
     maximum: float = 300.0
+    failures: int = 5
+    window: float = 10.0
+    open_for: float = 10.0
 
     def __post_init__(self) -> None:
         if not (0 <= self.default <= self.maximum):
             raise ConfigurationError("Backoff needs 0 <= default <= maximum seconds")
+        if isinstance(self.failures, bool) or not isinstance(self.failures, int):
+            raise ConfigurationError(f"Backoff failures must be an integer; got {self.failures!r}")
+        if self.failures < 0 or not self.window > 0 or not 0 <= self.open_for <= self.maximum:
+            raise ConfigurationError(
+                "Backoff needs failures >= 0, window > 0 and 0 <= open_for <= maximum"
+            )
 
     @staticmethod
     def gate_name(provider: str) -> str:
         return f"backoff|{provider}"
+
+    @staticmethod
+    def failures_name(provider: str) -> str:
+        return f"failures|{provider}"
 
     def seconds(self, response: HttpResponse, now: float) -> float | None:
         """How long ``response`` closes the gate (``None``: it does not)."""
@@ -233,17 +250,49 @@ def after_token_response(
     backoff: Backoff, provider: str, response: HttpResponse, now: float
 ) -> Flow[None]:
     """Close the provider's gate for everyone when ``response`` (received at ``now``) asks
-    to back off."""
-    seconds = backoff.seconds(response, now)
-    if seconds is None:
+    to back off, or when it is one transient failure too many (the circuit breaker)."""
+    status = response.status_code
+    if not backoff.enabled or not (status == 429 or status >= 500):
         return
+    seconds = backoff.seconds(response, now)
+    if seconds is not None:
+        yield from _close(backoff, provider, now, seconds, f"answered HTTP {status}")
+    yield from record_failure(backoff, provider, now)
+
+
+def record_failure(backoff: Backoff, provider: str, now: float) -> Flow[None]:
+    """Count one transient failure in the store; one too many opens the circuit."""
+    if not backoff.enabled or backoff.failures < 1 or backoff.open_for <= 0:
+        return
+    try:
+        within, _ = yield TakeToken(
+            backoff.failures_name(provider),
+            now=now,
+            interval=backoff.window / backoff.failures,
+            burst=backoff.failures,
+        )
+    except StorageError as exc:
+        log.warning("could not count a failure of provider=%s: %s", provider, exc)
+        return
+    if not within:
+        yield from _close(
+            backoff,
+            provider,
+            now,
+            backoff.open_for,
+            f"failed more than {backoff.failures} times in {backoff.window:g}s (circuit open)",
+        )
+
+
+def _close(backoff: Backoff, provider: str, now: float, seconds: float, why: str) -> Flow[None]:
     try:
         yield SetBackoff(backoff.gate_name(provider), now + seconds, now)
     except StorageError as exc:
         log.warning("could not record the back-off of provider=%s: %s", provider, exc)
+        return
     log.warning(
-        "provider=%s answered HTTP %s: no token request for %.3gs (shared through the store)",
+        "provider=%s %s: no token request for %.3gs (shared through the store)",
         provider,
-        response.status_code,
+        why,
         seconds,
     )

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from _fakes import FakeClock
 
-from oauth2_broker_mw import Broker, RateLimited, TransientProviderError
+from oauth2_broker_mw import Broker, RateLimited, TransientProviderError, TransportError
 from oauth2_broker_mw._core.effects import BackoffUntil, Emit, Sleep, TakeToken
 from oauth2_broker_mw._core.events import Event
 from oauth2_broker_mw._core.events import RateLimited as RateLimitedEvent
@@ -249,3 +249,64 @@ def test_a_custom_policy_decides_with_the_call_it_is_given() -> None:
             _drive(flow, {BackoffUntil: 0.0, Emit: None})
     assert [c.grant for c in seen] == ["refresh_token", "authorization_code"]
     assert Delay(1.0) != Allow()
+
+
+# -- the circuit breaker: failures counted in the store open the gate ---------------------------
+def test_repeated_5xx_open_the_circuit_for_every_caller(provider: MockProvider) -> None:
+    clock = FakeClock(T0)
+    broker = _broker(provider, clock, backoff=Backoff(failures=2, window=60.0, open_for=30.0))
+    provider.faults.add("token", status=503, error="temporarily_unavailable", times=None)
+    for i in range(3):  # two failures are tolerated; the third opens the circuit
+        with pytest.raises(TransientProviderError) as failed:
+            broker.lease(tenant="acme", principal=f"svc-{i}", scopes=["read"])
+        assert not isinstance(failed.value, RateLimited)
+    with pytest.raises(RateLimited) as refused:
+        broker.lease(tenant="acme", principal="svc-9", scopes=["read"])
+    assert refused.value.retry_after == pytest.approx(30.0)
+    assert _token_calls(provider) == 3
+    provider.faults.clear()
+    clock.advance(30)
+    assert broker.lease(tenant="acme", principal="svc-9", scopes=["read"])
+    broker.close()
+
+
+def test_transport_errors_count_for_the_circuit_breaker(provider: MockProvider) -> None:
+    import httpx2
+
+    sent: list[str] = []
+
+    def unreachable(request: httpx2.Request) -> httpx2.Response:
+        sent.append(str(request.url))
+        raise httpx2.ConnectError("connection refused", request=request)
+
+    clock = FakeClock(T0)
+    client = provider.default_client
+    broker = Broker(
+        provider.descriptor(),
+        client_id=client.client_id,
+        client_secret=client.client_secret,
+        store=MemoryStore(clock=clock),
+        http_client=httpx2.Client(transport=httpx2.MockTransport(unreachable)),
+        clock=clock,
+        client_credentials_principals=lambda tenant, principal: True,
+        backoff=Backoff(failures=1, window=60.0, open_for=15.0),
+    )
+    for _ in range(2):
+        with pytest.raises(TransportError):
+            broker.lease(tenant="acme", principal="svc", scopes=["read"])
+    with pytest.raises(RateLimited) as refused:
+        broker.lease(tenant="acme", principal="svc", scopes=["read"])
+    assert refused.value.retry_after == pytest.approx(15.0)
+    assert len(sent) == 2
+    broker.close()
+
+
+def test_failures_zero_turns_the_breaker_off(provider: MockProvider) -> None:
+    broker = _broker(provider, FakeClock(T0), backoff=Backoff(failures=0))
+    provider.faults.add("token", status=500, error="server_error", times=8)
+    for _ in range(8):
+        with pytest.raises(TransientProviderError) as failed:
+            broker.lease(tenant="acme", principal="svc", scopes=["read"])
+        assert not isinstance(failed.value, RateLimited)
+    assert _token_calls(provider) == 8
+    broker.close()

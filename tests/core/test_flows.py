@@ -34,6 +34,7 @@ from oauth2_broker_mw._core.effects import (
     SetBackoff,
     Sleep,
     StoreOp,
+    TakeToken,
 )
 from oauth2_broker_mw._core.flows import (
     FlowConfig,
@@ -106,11 +107,17 @@ class Script:
     def _skip_emits(self, effect: Any) -> Any:
         """Lifecycle events are collected in ``events``, not scripted step by step; the
         provider gate is open (its own tests are in ``tests/broker/test_ratelimit.py``)."""
-        while isinstance(effect, Emit | BackoffUntil | SetBackoff):
+        while isinstance(effect, Emit | BackoffUntil | SetBackoff | TakeToken):
+            answer: Any = None
             if isinstance(effect, Emit):
                 self.events.append(effect.event)
-            answer = effect.until if isinstance(effect, SetBackoff) else None
-            effect = self.flow.send(0.0 if isinstance(effect, BackoffUntil) else answer)
+            elif isinstance(effect, BackoffUntil):
+                answer = 0.0
+            elif isinstance(effect, SetBackoff):
+                answer = effect.until
+            elif isinstance(effect, TakeToken):
+                answer = (True, 0.0)
+            effect = self.flow.send(answer)
         return effect
 
     def expect(self, kind: type, op: str | None = None) -> Any:
@@ -322,6 +329,7 @@ def test_transport_error_is_not_retried_and_releases_the_lock() -> None:
     s.answer_now()
     s.expect(HttpRequest)
     s.throw(TransportError("boom"))
+    s.answer_now()  # the failure counts for the provider's circuit breaker
     s.expect(StoreOp, "release_lock")  # the only thing it does next: no second request
     with pytest.raises(TransportError):
         s.send(True)
