@@ -28,6 +28,7 @@ try:
 except ImportError:  # run as a script: python examples/fastapi_app.py
     from _provider import provider_config  # type: ignore[no-redef]
 
+# --8<-- [start:app]
 BASE_URL = os.environ.get("APP_BASE_URL", "http://127.0.0.1:8000")
 config = provider_config("acme")
 store = SQLiteStore(os.environ.get("TOKENS_DB", "tokens.db"))
@@ -77,3 +78,6 @@ async def profile(request: Request) -> dict[str, Any]:
     async with httpx2.AsyncClient(auth=ctx.auth("acme")) as client:
         response = await client.get(config.api_url)
     return {"status": response.status_code, "body": response.json()}
+
+
+# --8<-- [end:app]

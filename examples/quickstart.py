@@ -19,6 +19,7 @@ from oauth2_broker_mw import Broker, BrokerAuth, SQLiteStore
 from oauth2_broker_mw.testing import MockProvider
 
 
+# --8<-- [start:main]
 def main() -> None:
     provider = MockProvider()  # issuer https://mock-idp.test, client test-client / test-secret
     descriptor = provider.descriptor(grants=["client_credentials"])
@@ -57,6 +58,9 @@ def main() -> None:
         broker.close()
         store.close()
     provider.close()
+
+
+# --8<-- [end:main]
 
 
 if __name__ == "__main__":
