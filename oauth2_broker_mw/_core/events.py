@@ -102,7 +102,8 @@ class ConnectionRevoked(Event):
 
 @dataclass(frozen=True, slots=True, kw_only=True)
 class RateLimited(Event):
-    """A token-endpoint call was refused by the rate-limit policy."""
+    """A token-endpoint call was not sent: the provider's shared back-off (or circuit breaker)
+    was closed, or the rate-limit policy refused it."""
 
     kind: ClassVar[str] = "rate_limited"
     grant: str

@@ -310,3 +310,52 @@ def test_failures_zero_turns_the_breaker_off(provider: MockProvider) -> None:
         assert not isinstance(failed.value, RateLimited)
     assert _token_calls(provider) == 8
     broker.close()
+
+
+# -- a Registry: one back-off per provider, one budget per tenant --------------------------------
+def test_a_registry_shares_the_backoff_and_keeps_a_budget_per_tenant(
+    provider: MockProvider,
+) -> None:
+    from oauth2_broker_mw import Registration, Registry
+
+    clock = FakeClock(T0)
+    registrations = {
+        (tenant, "mock"): Registration(
+            provider="mock",
+            descriptor=provider.descriptor(),
+            client_id=provider.default_client.client_id,
+            client_secret=provider.default_client.client_secret,
+        )
+        for tenant in ("acme", "globex")
+    }
+    registry = Registry(
+        store=MemoryStore(clock=clock),
+        registrations=registrations,
+        http_client=provider.client(),
+        async_http_client=provider.async_client(),
+        clock=clock,
+        broker_options={
+            "clock": clock,
+            "client_credentials_principals": lambda tenant, principal: True,
+            "rate_limit": TokenBucket(2, per=60.0),
+        },
+    )
+    acme = registry.broker(tenant="acme", provider="mock")
+    globex = registry.broker(tenant="globex", provider="mock")
+    for i in range(2):
+        acme.lease(tenant="acme", principal=f"svc-{i}", scopes=["read"])
+    with pytest.raises(RateLimited) as spent:
+        acme.lease(tenant="acme", principal="svc-2", scopes=["read"])
+    assert spent.value.reason == "policy"
+    globex.lease(tenant="globex", principal="svc-0", scopes=["read"])  # its own budget
+    provider.faults.add("token", status=429, error="slow_down", retry_after=5)
+    with pytest.raises(TransientProviderError):
+        globex.lease(tenant="globex", principal="svc-1", scopes=["read"])
+    with pytest.raises(RateLimited) as backed_off:  # the provider's back-off: every tenant
+        acme.lease(tenant="acme", principal="svc-2", scopes=["read"])
+    assert backed_off.value.reason == "backoff"
+    assert backed_off.value.retry_after == pytest.approx(5.0)
+    clock.advance(60)  # the back-off is over and both budgets are full again
+    assert acme.lease(tenant="acme", principal="svc-2", scopes=["read"])
+    assert _token_calls(provider) == 5
+    registry.close()
