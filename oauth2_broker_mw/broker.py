@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, Self
 import cachetools
 import httpx2
 
+from ._core import oauth
 from ._core.dpop import DPoPKey, NonceCache, make_proof
 from ._core.effects import Flow
 from ._core.errors import (
@@ -499,7 +500,7 @@ class Broker:
         cached = None if force_refresh or _stale is not None else self.cached_lease(key)
         if cached is None:
             cached = self._obtain(key, scopes, force_refresh, _stale)[1]
-        return _check_required(cached, required_scopes)
+        return _check_required(cached, required_scopes, self._provider, self._scopes(scopes))
 
     async def alease_for_key(
         self,
@@ -514,7 +515,7 @@ class Broker:
         cached = None if force_refresh or _stale is not None else self.cached_lease(key)
         if cached is None:
             cached = (await self._aobtain(key, scopes, force_refresh, _stale))[1]
-        return _check_required(cached, required_scopes)
+        return _check_required(cached, required_scopes, self._provider, self._scopes(scopes))
 
     # unasync: generated from alease; edit that one, then run scripts/unasync.py
     def lease(
@@ -528,7 +529,9 @@ class Broker:
     ) -> Lease:
         """A valid access token for (tenant, principal, scopes).
 
-        Thread-safe; the async twin never blocks the event loop.
+        Thread-safe; the async twin never blocks the event loop. Every scope asked for must
+        have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
+        (``()`` accepts any grant).
         """
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         return self.lease_for_key(
@@ -546,7 +549,9 @@ class Broker:
     ) -> Lease:
         """A valid access token for (tenant, principal, scopes).
 
-        Thread-safe; the async twin never blocks the event loop.
+        Thread-safe; the async twin never blocks the event loop. Every scope asked for must
+        have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
+        (``()`` accepts any grant).
         """
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         return await self.alease_for_key(
@@ -827,9 +832,15 @@ def _principal_predicate(
     return lambda key: key.principal in names
 
 
-def _check_required(lease: Lease, required: Iterable[str] | None) -> Lease:
-    if required:
+def _check_required(
+    lease: Lease, required: Iterable[str] | None, provider: ProviderDescriptor, asked: ScopeSet
+) -> Lease:
+    """``required_scopes`` must be granted; by default, every scope asked for (issue 10: a
+    narrower grant was handed out silently). ``required_scopes=()`` accepts any grant."""
+    if required is None:
+        missing = oauth.missing_scopes(provider, asked, lease.scopes)
+    else:
         missing = lease.scopes.missing(required)
-        if missing:
-            raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
+    if missing:
+        raise InsufficientScope(missing=missing, granted=lease.scopes.scopes)
     return lease

@@ -511,6 +511,24 @@ def _refresh_failed(
     )
 
 
+def _granted(key: StoreKey, parsed: oauth.TokenResponse, requested: ScopeSet) -> ScopeSet:
+    """The scopes to store: the echoed grant, else what was asked (RFC 6749 §3.3).
+
+    A broader grant is stored as granted, with a warning naming the extra scopes (Google's
+    incremental union, a misconfigured app): the token can do more than the caller asked.
+    """
+    if parsed.scopes is None:
+        return requested
+    extra = sorted(set(parsed.scopes.scopes) - set(requested.scopes) - oauth.UNECHOED_SCOPES)
+    if extra and requested.scopes:
+        log.warning(
+            "provider=%s granted more scopes than requested: %s",
+            key.provider,
+            " ".join(extra)[:300],
+        )
+    return parsed.scopes
+
+
 def _merge(record: TokenRecord, parsed: oauth.TokenResponse, now: float) -> TokenRecord:
     """RFC 6749 §6: keep the stored refresh token when none is returned; keep metadata."""
     metadata: dict[str, JSONValue] = dict(record.metadata)
@@ -526,7 +544,9 @@ def _merge(record: TokenRecord, parsed: oauth.TokenResponse, now: float) -> Toke
         refresh_token_expires_at=parsed.refresh_token_expires_at
         if parsed.refresh_token is not None
         else record.refresh_token_expires_at,
-        scopes=parsed.scopes if parsed.scopes is not None else record.scopes,
+        scopes=record.scopes
+        if parsed.scopes is None
+        else _granted(record.key, parsed, record.requested_scopes),
         metadata=metadata,
         revoked_at=None,
     )
@@ -575,7 +595,7 @@ def _new_record(
         issued_at=now,
         expires_at=parsed.expires_at,
         refresh_token_expires_at=parsed.refresh_token_expires_at,
-        scopes=parsed.scopes if parsed.scopes is not None else requested,
+        scopes=_granted(key, parsed, requested),
         requested_scopes=requested,
         grant=grant,
         metadata=metadata,

@@ -331,6 +331,10 @@ class ProviderDescriptor:
     """Seconds a refresh token may go unused before the provider expires it (Google: about six
     months, Xero: 60 days); ``None`` when the provider has no such limit or does not say. The
     :class:`~oauth2_broker_mw.refresher.Refresher` refreshes idle tokens before they reach it."""
+    scope_aliases: Mapping[str, str] = field(default_factory=dict)
+    """A requested scope -> the name the provider echoes when it grants it (Google grants
+    ``email`` as ``https://www.googleapis.com/auth/userinfo.email``). Used to tell a narrower
+    grant from a renamed one."""
     missing_token_type: str | None = None
     """The ``token_type`` to assume when a token response has none (LinkedIn, Shopify and
     Figma leave it out). ``None``, the default, refuses such a response as
@@ -419,6 +423,7 @@ class ProviderDescriptor:
             "param_renames",
             "token_type_aliases",
             "error_aliases",
+            "scope_aliases",
         ):
             set_(self, name, _str_map(name, getattr(self, name)))
         set_(self, "token_path", _str_tuple("token_path", self.token_path, split="."))

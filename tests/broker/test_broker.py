@@ -256,8 +256,20 @@ def test_connections_lists_this_principal(provider: MockProvider, call: Call) ->
 def test_required_scopes_missing_is_typed(provider: MockProvider, call: Call) -> None:
     provider.quirks.narrow_scopes = frozenset({"admin"})
     broker = make_broker(provider)
-    lease = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["read", "admin"])
-    assert lease.scopes.scopes == ("read",)  # quirk 22: what was granted
+    # By default every scope asked for is required: a narrower grant is a typed error.
+    with pytest.raises(InsufficientScope) as info:
+        call(broker, "lease", tenant=TENANT, principal="svc", scopes=["read", "admin"])
+    assert info.value.missing == ("admin",) and info.value.granted == ("read",)
+    # required_scopes=() takes what was granted (quirk 22).
+    lease = call(
+        broker,
+        "lease",
+        tenant=TENANT,
+        principal="svc",
+        scopes=["read", "admin"],
+        required_scopes=(),
+    )
+    assert lease.scopes.scopes == ("read",)
     with pytest.raises(InsufficientScope) as info:
         call(
             broker,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
@@ -313,3 +314,63 @@ def test_duplicate_members_in_metadata_are_a_configuration_error() -> None:
     doc = json.dumps(METADATA)[:-1] + ', "issuer": "https://evil.example"}'
     with pytest.raises(ConfigurationError, match="duplicate member"):
         ProviderDescriptor.from_metadata("idp", doc, expected_issuer=ISSUER)
+
+
+# -- 4. scope: a narrower grant is an error for lease(scopes=...), a broader one a warning ------
+def test_narrower_grant_than_asked_is_insufficient_scope(lease: Any) -> None:
+    from oauth2_broker_mw._core.errors import BrokerError, InsufficientScope
+
+    with MockProvider() as provider:
+        provider.quirks.narrow_scopes = frozenset({"write"})
+        broker = broker_for(provider)
+        with pytest.raises(InsufficientScope) as info:
+            lease(broker, tenant="acme", principal="svc", scopes=["read", "write"])
+        assert isinstance(info.value, BrokerError)
+        assert info.value.missing == ("write",) and info.value.granted == ("read",)
+        # Asked again: still refused, from the stored record (no new token request).
+        with pytest.raises(InsufficientScope):
+            lease(broker, tenant="acme", principal="svc", scopes=["read", "write"])
+        assert len(provider.requests_to("token")) == 1
+        # The caller who accepts a narrower grant says so.
+        granted = lease(
+            broker, tenant="acme", principal="svc", scopes=["read", "write"], required_scopes=()
+        )
+        assert granted.scopes.scopes == ("read",)
+
+
+def test_broader_grant_is_stored_with_a_warning(
+    lease: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="oauth2_broker_mw")
+    with MockProvider() as provider:
+        provider.quirks.widen_scopes = ("admin",)
+        broker = broker_for(provider)
+        got = lease(broker, tenant="acme", principal="svc", scopes=["read"])
+        assert "admin" in got.scopes
+        warnings = [r.getMessage() for r in caplog.records if "more scopes" in r.getMessage()]
+        assert warnings == ["provider=mock granted more scopes than requested: admin"]
+        assert got.access_token.get_secret_value() not in caplog.text
+
+
+@pytest.mark.parametrize(
+    ("asked", "granted", "missing"),
+    [
+        (["openid", "offline_access", "User.Read"], ["User.Read"], set()),  # Microsoft's echo
+        (["openid", "email"], ["openid", "https://www.googleapis.com/auth/userinfo.email"], set()),
+        (["openid", "email", "drive"], ["openid"], {"email", "drive"}),
+    ],
+)
+def test_unechoed_and_renamed_scopes_are_not_missing(
+    asked: list[str], granted: list[str], missing: set[str]
+) -> None:
+    from oauth2_broker_mw._core.oauth import missing_scopes
+
+    google = preset("google")
+    assert missing_scopes(google, asked, ScopeSet(tuple(granted))) == missing
+
+
+@pytest.mark.parametrize("scope", ["a " * 40_000, "x" * 70_000, ["s"] * 1001])
+def test_an_oversized_scope_is_malformed_not_parsed_for_seconds(scope: object) -> None:
+    data = {"access_token": "at", "token_type": "Bearer", "scope": scope}
+    with pytest.raises(MalformedResponse, match="scope is longer"):
+        parse_token_response(DESC, token_body(data), now=NOW)
