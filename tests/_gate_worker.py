@@ -7,12 +7,14 @@ on the store the config names, prints ``ready``, then runs one round per line of
 
 A round sets the worker's logical clock to ``now`` (it stands still in between, so no test
 depends on how long anything takes), starts one thread per principal at once, each calling
-``lease``, and prints one JSON line: every caller's outcome (ok, or the error class, its
-``retry_after``, ``reason`` and ``status_code``). ``quit`` ends the worker.
+``lease`` (odd ones ``alease`` on their own event loop), and prints one JSON line: every
+caller's outcome (ok, or the error class, its ``retry_after``, ``reason`` and
+``status_code``). ``quit`` ends the worker.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import pickle
@@ -25,10 +27,15 @@ from _scaleout_worker import build_store
 from oauth2_broker_mw import Broker, BrokerError
 
 
-def _outcome(principal: str, broker: Broker, tenant: str, go: threading.Barrier) -> dict[str, Any]:
+def _outcome(
+    principal: str, broker: Broker, tenant: str, go: threading.Barrier, use_async: bool
+) -> dict[str, Any]:
     go.wait(60)
     try:
-        broker.lease(tenant=tenant, principal=principal, scopes=["read"])
+        if use_async:  # its own event loop: sync and async callers share one gate
+            asyncio.run(broker.alease(tenant=tenant, principal=principal, scopes=["read"]))
+        else:
+            broker.lease(tenant=tenant, principal=principal, scopes=["read"])
     except BrokerError as exc:
         return {
             "principal": principal,
@@ -46,7 +53,7 @@ def _round(broker: Broker, tenant: str, principals: list[str]) -> list[dict[str,
     results: list[dict[str, Any]] = [{} for _ in principals]
 
     def run(i: int, principal: str) -> None:
-        results[i] = _outcome(principal, broker, tenant, go)
+        results[i] = _outcome(principal, broker, tenant, go, use_async=i % 2 == 1)
 
     threads = [
         threading.Thread(target=run, args=(i, p), daemon=True) for i, p in enumerate(principals)
@@ -56,6 +63,14 @@ def _round(broker: Broker, tenant: str, principals: list[str]) -> list[dict[str,
     for thread in threads:
         thread.join()
     return results
+
+
+def _store(spec: dict[str, Any]) -> Any:
+    if spec["kind"] == "sqlite":  # 4 processes x 8 writers on one file on 2 shared CPUs
+        from oauth2_broker_mw import SQLiteStore
+
+        return SQLiteStore(spec["path"], timeout=30.0)
+    return build_store(spec)
 
 
 def main() -> None:
@@ -71,7 +86,7 @@ def main() -> None:
         descriptor,
         client_id=config["client_id"],
         client_secret=config["client_secret"],
-        store=build_store(config["store"]),
+        store=_store(config["store"]),
         clock=lambda: now[0],
         client_credentials_principals=lambda tenant, principal: True,  # services (J6)
         **options,

@@ -117,9 +117,11 @@ def test_a_429_with_retry_after_lets_exactly_one_request_out_across_4_processes(
         try:
             # 16 callers in 4 processes on one key, all at once.
             shared = workers.round(T0, [["svc-shared"] * 4] * PROCESSES)
-            assert provider.counters["token"] == 1
+            assert provider.counters["token"] == 1, shared
             outcomes = _flat(shared)
-            assert all(o["error"] in {"TransientProviderError", "RateLimited"} for o in outcomes)
+            assert all(o["error"] in {"TransientProviderError", "RateLimited"} for o in outcomes), (
+                shared
+            )
             assert all(0 < o["retry_after"] <= 30 for o in outcomes)
             told = [i for i, per in enumerate(shared) if per[0]["error"] != "RateLimited"]
             assert len(told) == 1  # one process talked to the provider (its callers share it)
@@ -129,14 +131,14 @@ def test_a_429_with_retry_after_lets_exactly_one_request_out_across_4_processes(
 
             # 10 s later, 16 other keys: still no request, 20 s left for everyone.
             later = _flat(workers.round(T0 + 10, _distinct("svc-later", 4)))
-            assert provider.counters["token"] == 1  # main sent 5 more in the same second
-            assert {o["error"] for o in later} == {"RateLimited"}
+            assert provider.counters["token"] == 1, later  # main sent 5 more in the same second
+            assert {o["error"] for o in later} == {"RateLimited"}, later
             assert all(o["retry_after"] == pytest.approx(20.0) for o in later)
 
             # The Retry-After has passed: every key gets its token.
             provider.faults.clear()
             after = _flat(workers.round(T0 + 30, _distinct("svc-after", 4)))
-            assert [o["error"] for o in after] == [None] * 16
+            assert [o["error"] for o in after] == [None] * 16, after
             assert provider.counters["token"] == 17
         finally:
             workers.close()
@@ -151,16 +153,16 @@ def test_a_budget_of_10_per_minute_per_tenant_across_4_processes_gives_10_calls(
         workers = Workers(provider, store_spec, rate_limit={"rate": 10, "per": 60.0})
         try:
             first = _flat(workers.round(T0, _distinct("svc", 8)))  # 32 keys, all at once
-            assert provider.counters["token"] == 10
+            assert provider.counters["token"] == 10, first
             errors = Counter((o["error"], o.get("reason")) for o in first)
-            assert errors == {(None, None): 10, ("RateLimited", "policy"): 22}
+            assert errors == {(None, None): 10, ("RateLimited", "policy"): 22}, first
             assert all(0 < o["retry_after"] <= 60 for o in first if o["error"])
 
             # Another tenant has its own budget; this one gets one call back every 6 s.
             other = _flat(workers.round(T0, _distinct("svc", 1), tenant="globex"))
-            assert [o["error"] for o in other] == [None] * 4
+            assert [o["error"] for o in other] == [None] * 4, other
             refill = _flat(workers.round(T0 + 6, _distinct("svc-refill", 2)))
-            assert Counter(o["error"] for o in refill) == {None: 1, "RateLimited": 7}
+            assert Counter(o["error"] for o in refill) == {None: 1, "RateLimited": 7}, refill
             assert provider.counters["token"] == 10 + 4 + 1
         finally:
             workers.close()
