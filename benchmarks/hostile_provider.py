@@ -18,7 +18,7 @@ import time
 from typing import Any
 
 from oauth2_broker_mw._core.errors import TransportError
-from oauth2_broker_mw._core.provider import ProviderDescriptor
+from oauth2_broker_mw._core.provider import GrantType, ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 
 QUICK = "--quick" in sys.argv
@@ -82,7 +82,9 @@ def _serve() -> str:
 
 def _broker(base: str, mode: str) -> Broker:
     descriptor = ProviderDescriptor(
-        id="hostile", token_endpoint=f"{base}/{mode}/token", grants=["client_credentials"]
+        id="hostile",
+        token_endpoint=f"{base}/{mode}/token",
+        grants=(GrantType.CLIENT_CREDENTIALS,),
     )
     return Broker(descriptor, client_id="c", client_secret="s", timeout=1.0)
 

@@ -768,6 +768,12 @@ def exchange_code_flow(
         raise AuthorizationFlowError(
             "id_token_invalid", "an ID token was expected but the provider sent none"
         )
+    elif parsed.id_token is not None:  # no issuer to verify it against: never stored unchecked
+        log.warning(
+            "ID token from provider=%s not stored: the descriptor has no issuer to verify it",
+            cfg.provider.id,
+        )
+        parsed = replace(parsed, id_token=None)
     if callback_params:
         wanted = set(cfg.provider.callback_params)
         captured = {k: v for k, v in callback_params.items() if k in wanted}

@@ -374,3 +374,11 @@ def test_an_oversized_scope_is_malformed_not_parsed_for_seconds(scope: object) -
     data = {"access_token": "at", "token_type": "Bearer", "scope": scope}
     with pytest.raises(MalformedResponse, match="scope is longer"):
         parse_token_response(DESC, token_body(data), now=NOW)
+
+
+def test_an_id_token_without_an_issuer_to_check_it_is_not_stored(call: Any) -> None:
+    with MockProvider() as provider:
+        provider.id_token_signing = "none"
+        broker = broker_for(provider, descriptor=provider.descriptor(issuer=None, jwks_uri=None))
+        record = login(broker, provider, call)
+        assert record.id_token is None
