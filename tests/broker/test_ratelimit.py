@@ -359,3 +359,32 @@ def test_a_registry_shares_the_backoff_and_keeps_a_budget_per_tenant(
     assert acme.lease(tenant="acme", principal="svc-2", scopes=["read"])
     assert _token_calls(provider) == 5
     registry.close()
+
+
+def test_a_backed_off_refresh_serves_the_still_valid_token(provider: MockProvider) -> None:
+    from oauth2_broker_mw import ScopeSet, Secret, TokenRecord
+
+    clock = FakeClock(T0)
+    store = MemoryStore(clock=clock)
+    broker = _broker(provider, clock, store=store)
+    issued = provider.issue_tokens(subject="alice", scopes=["read"])
+    key = broker.key(tenant="acme", principal="alice", scopes=["read"])
+    store.put(
+        TokenRecord(
+            key=key,
+            access_token=Secret(issued["access_token"]),
+            refresh_token=Secret(issued["refresh_token"]),
+            issued_at=T0 - 3570,
+            expires_at=T0 + 30,  # inside the refresh window, still valid for 30 s
+            scopes=ScopeSet.of(["read"]),
+            requested_scopes=ScopeSet.of(["read"]),
+        )
+    )
+    store.set_backoff("backoff|mock", T0 + 20, now=T0)  # another process got a 429
+    lease = broker.lease(tenant="acme", principal="alice", scopes=["read"])
+    assert lease.access_token.get_secret_value() == issued["access_token"]
+    assert _token_calls(provider) == 0
+    clock.advance(31)  # expired, and the back-off is over: the refresh goes out
+    assert broker.lease(tenant="acme", principal="alice", scopes=["read"]).access_token
+    assert _token_calls(provider) == 1
+    broker.close()
