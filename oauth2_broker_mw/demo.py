@@ -43,7 +43,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from ._core.errors import AuthorizationRequired, BrokerError
 from .broker import Broker
 from .middleware import BrokerMiddleware
-from .stores import SQLiteStore
+from .stores import SQLiteStore, check_store
 from .testing.mock_provider import MockProvider
 
 __all__ = [
@@ -306,6 +306,7 @@ def create_demo_app(
         user_claims={DEMO_USERNAME: {"name": "Alice Liddell", "email": "alice@example.test"}},
     )
     store = SQLiteStore(directory / "tokens.db")
+    check_store(store)  # an unwritable data_dir fails here, naming the path, not at login
     token_client = httpx2.AsyncClient(timeout=10.0)
     api_client = httpx2.AsyncClient(timeout=10.0)
     broker = Broker(

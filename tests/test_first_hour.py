@@ -5,11 +5,15 @@ Each test here failed on the main of 2026-12-05.
 
 from __future__ import annotations
 
+import asyncio
 import os
+import pathlib
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
-from oauth2_broker_mw import Broker, ConfigurationError
+from oauth2_broker_mw import Broker, ConfigurationError, StorageError, StoreUnavailable
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 
@@ -87,3 +91,121 @@ def test_brokers_as_a_list_says_it_must_be_a_mapping(mp: MockProvider) -> None:
     broker = Broker(mp.descriptor(), client_id="test-client", client_secret="test-secret")
     with pytest.raises(ConfigurationError, match="brokers must be a mapping"):
         _middleware(mp, brokers=[broker])
+
+
+# -- item 2: store problems show at boot, with the path or address and what to do ----------
+def test_sqlite_check_names_a_missing_directory(tmp_path: pathlib.Path) -> None:
+    from oauth2_broker_mw.stores import SQLiteStore, check_store
+
+    path = tmp_path / "no-such-dir" / "tokens.db"
+    store = SQLiteStore(path)
+    with pytest.raises(StoreUnavailable) as caught:
+        check_store(store)
+    message = str(caught.value)
+    assert str(path.parent) in message and "does not exist" in message and "mkdir" in message
+
+
+def test_sqlite_check_names_an_unwritable_directory(tmp_path: pathlib.Path) -> None:
+    from oauth2_broker_mw.stores import SQLiteStore
+
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    if os.geteuid() == 0:  # root ignores permission bits; sysfs refuses new files even to root
+        locked = pathlib.Path("/sys")
+    try:
+        store = SQLiteStore(locked / "tokens.db")
+        with pytest.raises(StoreUnavailable) as caught:
+            store.check()
+        message = str(caught.value)
+        assert str(locked / "tokens.db") in message
+        assert "Permission denied" in message and "writable" in message
+    finally:
+        (tmp_path / "locked").chmod(0o700)
+
+
+def test_sqlite_check_names_a_file_that_is_not_a_database(tmp_path: pathlib.Path) -> None:
+    from oauth2_broker_mw.stores import SQLiteStore
+
+    path = tmp_path / "tokens.db"
+    path.write_text("hello, I am a text file\n" * 100)
+    with pytest.raises(StorageError) as caught:
+        asyncio.run(SQLiteStore(path).acheck())
+    message = str(caught.value)
+    assert str(path) in message and "not a SQLite database" in message
+
+
+def test_every_store_passes_check_when_healthy(tmp_path: pathlib.Path) -> None:
+    from oauth2_broker_mw.stores import MemoryStore, SQLiteStore, acheck_store, check_store
+
+    for store in (MemoryStore(), SQLiteStore(tmp_path / "ok.db")):
+        check_store(store)
+        asyncio.run(acheck_store(store))
+        store.close()
+
+
+def _redis_store(url: str) -> object:
+    from oauth2_broker_mw.stores.redis import RedisStore
+
+    return RedisStore(url, socket_timeout=0.5)
+
+
+def _postgres_store(url: str) -> object:
+    from oauth2_broker_mw.stores.postgres import PostgresStore
+
+    return PostgresStore(url, timeout=1)
+
+
+@pytest.mark.parametrize(
+    ("build", "down", "up"),
+    [
+        pytest.param(
+            _redis_store,
+            "redis://:hunter2-pw@127.0.0.1:1/0",
+            "redis://127.0.0.1:6379/0",
+            marks=pytest.mark.redis,
+            id="redis",
+        ),
+        pytest.param(
+            _postgres_store,
+            "postgresql://u:hunter2-pw@127.0.0.1:1/test",
+            "postgresql://127.0.0.1:5432/test",
+            marks=pytest.mark.postgres,
+            id="postgres",
+        ),
+    ],
+)
+def test_server_store_check_names_host_and_port_never_the_password(
+    build: Callable[[str], Any], down: str, up: str
+) -> None:
+    store = build(down)
+    for check in (store.check, lambda: asyncio.run(store.acheck())):
+        with pytest.raises(StoreUnavailable) as caught:
+            check()
+        message = str(caught.value)
+        assert "127.0.0.1:1" in message and "hunter2" not in message
+        assert "is the server running" in message
+    store.close()
+    healthy = build(up)
+    healthy.check()
+    asyncio.run(healthy.acheck())
+    healthy.close()
+
+
+def test_encrypted_store_checks_its_inner_store(tmp_path: pathlib.Path) -> None:
+    pytest.importorskip("cryptography")
+    from oauth2_broker_mw.stores import SQLiteStore, check_store
+    from oauth2_broker_mw.stores.encrypted import EncryptedStore
+
+    inner = SQLiteStore(tmp_path / "missing" / "t.db")
+    with pytest.raises(StoreUnavailable, match="does not exist"):
+        check_store(EncryptedStore(inner, {"k1": os.urandom(32)}, "k1"))
+
+
+def test_the_demo_checks_its_store_when_it_is_built(tmp_path: pathlib.Path) -> None:
+    from oauth2_broker_mw.demo import create_demo_app
+
+    not_a_db = tmp_path / "tokens.db"
+    not_a_db.write_text("not a database\n" * 100)
+    with pytest.raises(StorageError, match=r"tokens\.db'? is not a SQLite database"):
+        create_demo_app("http://127.0.0.1:8000", data_dir=tmp_path)

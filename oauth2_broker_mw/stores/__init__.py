@@ -9,7 +9,14 @@ Must not import: redis, psycopg, cryptography.
 from __future__ import annotations
 
 from ._url import StoreURLError, open_store
-from .base import DueRecord, RefreshIndex, ThreadedAsyncMixin, TokenStore
+from .base import (
+    DueRecord,
+    RefreshIndex,
+    ThreadedAsyncMixin,
+    TokenStore,
+    acheck_store,
+    check_store,
+)
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 
@@ -21,5 +28,7 @@ __all__ = [
     "StoreURLError",
     "ThreadedAsyncMixin",
     "TokenStore",
+    "acheck_store",
+    "check_store",
     "open_store",
 ]

@@ -29,13 +29,13 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from .._core.errors import ConfigurationError
+from .._core.errors import ConfigurationError, StoreUnavailable
 from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
 from .._driver import arun as adrive  # the one generator driver (psycopg's waiting.py)
 from .._driver import run as drive
-from .base import DueRecord, check_bucket, check_limit
+from .base import PROBE_KEY, DueRecord, check_bucket, check_limit
 
-__all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url"]
+__all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url", "unreachable"]
 
 T = TypeVar("T")
 C = TypeVar("C")
@@ -59,6 +59,14 @@ def redact_url(url: str) -> str:
     port = f":{parts.port}" if parts.port is not None else ""
     netloc = f"{user}:***@{host}{port}"
     return urllib.parse.urlunsplit(parts._replace(netloc=netloc))
+
+
+def unreachable(server: str, host: object, port: object, exc: StoreUnavailable) -> StoreUnavailable:
+    """The error a store's ``check()`` raises when its server does not answer."""
+    return StoreUnavailable(
+        f"cannot reach {server} at {host or 'localhost'}:{port}: {exc}; is the server running, "
+        "and are the host and port in the store's URL right?"
+    )
 
 
 class PerLoop(Generic[C]):
@@ -194,6 +202,28 @@ class CommandStore(abc.ABC):
     def _op_take_token(
         self, name: str, now: float, interval: float, burst: int, max_wait: float
     ) -> Op[tuple[bool, float]]: ...
+
+    # -- the health check (check_store) -----------------------------------------------------
+    def _op_check(self) -> Op[None]:
+        """One cheap round trip: read a key nothing is ever stored under."""
+        yield from self._op_get(PROBE_KEY)
+
+    def _explain_unavailable(self, exc: StoreUnavailable) -> StoreUnavailable:
+        """``exc`` as :meth:`check` raises it: name the server and say what to do."""
+        return exc
+
+    def check(self) -> None:
+        """Raise :class:`~oauth2_broker_mw.StorageError` now if the store cannot be used."""
+        try:
+            self._run(self._op_check())
+        except StoreUnavailable as exc:
+            raise self._explain_unavailable(exc) from exc
+
+    async def acheck(self) -> None:
+        try:
+            await self._arun(self._op_check())
+        except StoreUnavailable as exc:
+            raise self._explain_unavailable(exc) from exc
 
     # -- the TokenStore surface, sync -------------------------------------------------------
     def get(self, key: StoreKey) -> TokenRecord | None:

@@ -22,6 +22,10 @@ Semantics every store must provide (checked by ``oauth2_broker_mw.testing.confor
   ``take_pending(state_key)`` atomically returns and removes it (``None`` if absent or
   expired), so a state can be redeemed once.
 * Failures of the backing service raise :class:`~oauth2_broker_mw.StoreUnavailable`.
+* ``check()`` / ``acheck()`` (optional; every built-in store has them): one cheap round trip
+  that raises a :class:`~oauth2_broker_mw.StorageError` naming the path or ``host:port`` and
+  what to do, so a misconfigured store shows at boot. :func:`check_store` calls it, or a
+  ``get`` for a store without one.
 
 The refresh index (``RefreshIndex``, implemented by every built-in store, used by the
 :class:`~oauth2_broker_mw.refresher.Refresher` and the admin CLI):
@@ -61,12 +65,19 @@ from __future__ import annotations
 
 import abc
 import asyncio
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Final, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from .._core.errors import ConfigurationError
-from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
+from .._core.model import (
+    PendingAuthorization,
+    PrincipalId,
+    ProviderId,
+    StoreKey,
+    TenantId,
+    TokenRecord,
+)
 
 __all__ = [
     "DueRecord",
@@ -74,6 +85,8 @@ __all__ = [
     "RefreshIndex",
     "ThreadedAsyncMixin",
     "TokenStore",
+    "acheck_store",
+    "check_store",
     "gcra",
     "refresh_index",
 ]
@@ -140,6 +153,39 @@ class TokenStore(Protocol):
     async def atake_pending(self, state_key: str) -> PendingAuthorization | None: ...
 
     async def aclose(self) -> None: ...
+
+
+#: The key a health check reads: no record is ever stored under it.
+PROBE_KEY: Final = StoreKey(
+    tenant=TenantId("o2bm-check"),
+    principal=PrincipalId("o2bm-check"),
+    provider=ProviderId("o2bm-check"),
+    scope_fingerprint="0" * 64,
+)
+
+
+def check_store(store: TokenStore) -> None:
+    """Fail now, not at the first login, if ``store`` cannot be used.
+
+    Calls ``store.check()`` (every built-in store has one: it names the SQLite path or the
+    server's ``host:port`` and says what to do), or reads one key from a store without it.
+    Raises :class:`~oauth2_broker_mw.StorageError` (``StoreUnavailable`` when it may pass).
+    Call it at startup, for example in the application's lifespan.
+    """
+    check: Callable[[], None] | None = getattr(store, "check", None)
+    if check is not None:
+        check()
+    else:
+        store.get(PROBE_KEY)
+
+
+async def acheck_store(store: TokenStore) -> None:
+    """The async twin of :func:`check_store` (``store.acheck()``, or one ``aget``)."""
+    acheck: Callable[[], Awaitable[None]] | None = getattr(store, "acheck", None)
+    if acheck is not None:
+        await acheck()
+    else:
+        await store.aget(PROBE_KEY)
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,6 +344,13 @@ class ThreadedAsyncMixin(abc.ABC):
 
     def close(self) -> None:
         return None
+
+    def check(self) -> None:
+        """Raise :class:`~oauth2_broker_mw.StorageError` now if the store cannot be used."""
+        self.get(PROBE_KEY)
+
+    async def acheck(self) -> None:
+        await self._call(self.check)
 
     async def aget(self, key: StoreKey) -> TokenRecord | None:
         return await self._call(self.get, key)

@@ -43,7 +43,7 @@ from typing import Any, Final, TypeVar
 from .._core.errors import ConfigurationError, CorruptRecord
 from .._core.model import PendingAuthorization, Secret, StoreKey, TenantId, TokenRecord
 from ._commands import CommandStore, Op, adrive, drive
-from .base import SEALED_REFRESH_TOKEN, DueRecord, TokenStore
+from .base import SEALED_REFRESH_TOKEN, DueRecord, TokenStore, acheck_store, check_store
 
 __all__ = ["EncryptedStore", "KeyRing", "ReencryptReport"]
 
@@ -262,6 +262,12 @@ class EncryptedStore(CommandStore):
 
     async def aclose(self) -> None:
         await self._inner.aclose()
+
+    def check(self) -> None:
+        check_store(self._inner)
+
+    async def acheck(self) -> None:
+        await acheck_store(self._inner)
 
     # -- sealing ----------------------------------------------------------------------------
     def seal_record(self, record: TokenRecord) -> TokenRecord:

@@ -47,7 +47,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 
 from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
 from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
-from ._commands import CommandStore, Op, PerLoop
+from ._commands import CommandStore, Op, PerLoop, unreachable
 from .base import DueRecord, refresh_index
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -294,6 +294,12 @@ class PostgresStore(CommandStore):
     def __repr__(self) -> str:
         where = redact_dsn(self._dsn) if self._dsn is not None else "<pool>"
         return f"PostgresStore({where!r}, schema={self._schema!r})"
+
+    def _explain_unavailable(self, exc: StoreUnavailable) -> StoreUnavailable:
+        pool = self._given_pool or self._given_async_pool
+        dsn = self._dsn if self._dsn is not None else getattr(pool, "conninfo", "")
+        params = psycopg.conninfo.conninfo_to_dict(dsn or "")
+        return unreachable("PostgreSQL", params.get("host"), params.get("port") or 5432, exc)
 
     # -- pools ------------------------------------------------------------------------------
     def _kwargs(self) -> dict[str, Any]:

@@ -40,6 +40,7 @@ import json
 import logging
 import math
 import time
+import urllib.parse
 import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -62,7 +63,7 @@ from .._core.model import (
     TenantId,
     TokenRecord,
 )
-from ._commands import CommandStore, Op, PerLoop, adrive, drive, redact_url
+from ._commands import CommandStore, Op, PerLoop, adrive, drive, redact_url, unreachable
 from .base import DueRecord, refresh_index
 
 __all__ = ["RedisStore"]
@@ -333,6 +334,14 @@ class RedisStore(CommandStore):
     def __repr__(self) -> str:
         where = redact_url(self._url) if self._url is not None else "<client>"
         return f"RedisStore({where!r}, prefix={self._prefix!r})"
+
+    def _explain_unavailable(self, exc: StoreUnavailable) -> StoreUnavailable:
+        if self._url is not None:
+            parts = urllib.parse.urlsplit(self._url)
+            return unreachable("Redis", parts.hostname, parts.port or 6379, exc)
+        client = self._client if self._client is not None else self._given_async
+        options = getattr(getattr(client, "connection_pool", None), "connection_kwargs", {})
+        return unreachable("Redis", options.get("host"), options.get("port", 6379), exc)
 
     # -- clients and drivers ----------------------------------------------------------------
     async def _new_async(self) -> tuple[aioredis.Redis, dict[str, Any]]:

@@ -20,6 +20,7 @@ Concurrency design:
 
 from __future__ import annotations
 
+import errno
 import os
 import sqlite3
 import threading
@@ -50,6 +51,9 @@ _HAS_RETURNING: Final = sqlite3.sqlite_version_info >= (3, 35, 0)
 
 # Primary result codes that mean "try again later": busy/locked, I/O, disk full,
 # cannot open, locking protocol. Everything else is a plain StorageError.
+_SQLITE_READONLY: Final = 8
+_SQLITE_CANTOPEN: Final = 14
+_SQLITE_NOTADB: Final = 26
 _RETRYABLE_CODES: Final = frozenset({5, 6, 10, 13, 14, 15})
 
 _SCHEMA_V1: Final = (
@@ -222,10 +226,18 @@ class SQLiteStore(ThreadedAsyncMixin):
         except FileExistsError:
             return
         except OSError as exc:
-            raise StoreUnavailable(
-                f"cannot create the SQLite file: {exc.strerror or type(exc).__name__}"
-            ) from exc
+            raise StoreUnavailable(_cannot_create(self._path, exc)) from exc
         os.close(fd)
+
+    def check(self) -> None:
+        """Open the file (creating it and its tables if needed) and read from it.
+
+        Raises :class:`~oauth2_broker_mw.StoreUnavailable` naming the path and what to do if
+        its directory is missing or not writable, :class:`~oauth2_broker_mw.StorageError` if
+        the file is not a SQLite database.
+        """
+        with self._connection() as conn:
+            conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
 
     def _prepare(self, conn: sqlite3.Connection) -> None:
         # WAL is a property of the file: set once, kept by every later connection.
@@ -283,7 +295,7 @@ class SQLiteStore(ThreadedAsyncMixin):
             if conn is not None:  # it may be broken (I/O error): do not pool it
                 conn.close()
                 conn = None
-            raise _translate(exc) from exc
+            raise _translate(exc, self._path) from exc
         finally:
             if conn is not None:
                 self._give_back(conn)
@@ -572,11 +584,39 @@ def _check_ttl(ttl: float) -> None:
         raise ConfigurationError("lock ttl must be a positive number of seconds")
 
 
-def _translate(exc: sqlite3.Error) -> StorageError:
+def _cannot_create(path: str, exc: OSError) -> str:
+    directory = os.path.dirname(os.path.abspath(path))
+    reason = exc.strerror or type(exc).__name__
+    if not os.path.isdir(directory):
+        hint = (
+            f"the directory {directory!r} does not exist: create it (mkdir -p) or pass another path"
+        )
+    elif exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        hint = (
+            f"make the directory {directory!r} writable by this process (uid {os.getuid()}) "
+            "or pass another path"
+        )
+    else:
+        hint = "check the path"
+    return f"cannot create the SQLite file {path!r}: {reason}; {hint}"
+
+
+def _translate(exc: sqlite3.Error, path: str) -> StorageError:
     code = getattr(exc, "sqlite_errorcode", None)
     name = getattr(exc, "sqlite_errorname", None) or type(exc).__name__
     # sqlite3 messages carry SQL text and column names, never bound values.
-    message = f"SQLite error {name}: {str(exc)[:200]}"
+    message = f"SQLite error {name} on {path!r}: {str(exc)[:200]}"
+    if isinstance(code, int) and (code & 0xFF) == _SQLITE_NOTADB:
+        return StorageError(
+            f"{path!r} is not a SQLite database (SQLite error {name}); "
+            "point the store at a new path, or move that file away"
+        )
+    if isinstance(code, int) and (code & 0xFF) in (_SQLITE_READONLY, _SQLITE_CANTOPEN):
+        directory = os.path.dirname(os.path.abspath(path))
+        message += (
+            f"; the file and its directory {directory!r} must be writable by this process "
+            "(SQLite writes -wal and -shm files beside it)"
+        )
     if isinstance(code, int) and (code & 0xFF) in _RETRYABLE_CODES:
         return StoreUnavailable(message)
     if code is None and isinstance(exc, sqlite3.OperationalError):
