@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import threading
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from .._core.errors import ConfigurationError, StoreUnavailable
@@ -212,18 +212,21 @@ class CommandStore(abc.ABC):
         """``exc`` as :meth:`check` raises it: name the server and say what to do."""
         return exc
 
-    def check(self) -> None:
-        """Raise :class:`~oauth2_broker_mw.StorageError` now if the store cannot be used."""
+    @contextlib.contextmanager
+    def _explaining(self) -> Iterator[None]:
         try:
-            self._run(self._op_check())
+            yield
         except StoreUnavailable as exc:
             raise self._explain_unavailable(exc) from exc
 
+    def check(self) -> None:
+        """Raise :class:`~oauth2_broker_mw.StorageError` now if the store cannot be used."""
+        with self._explaining():
+            self._run(self._op_check())
+
     async def acheck(self) -> None:
-        try:
+        with self._explaining():
             await self._arun(self._op_check())
-        except StoreUnavailable as exc:
-            raise self._explain_unavailable(exc) from exc
 
     # -- the TokenStore surface, sync -------------------------------------------------------
     def get(self, key: StoreKey) -> TokenRecord | None:

@@ -67,6 +67,7 @@ import abc
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Final, ParamSpec, Protocol, TypeVar, runtime_checkable
 
 from .._core.errors import ConfigurationError
@@ -172,20 +173,16 @@ def check_store(store: TokenStore) -> None:
     Raises :class:`~oauth2_broker_mw.StorageError` (``StoreUnavailable`` when it may pass).
     Call it at startup, for example in the application's lifespan.
     """
-    check: Callable[[], None] | None = getattr(store, "check", None)
-    if check is not None:
-        check()
-    else:
-        store.get(PROBE_KEY)
+    check: Callable[[], object] = getattr(store, "check", None) or partial(store.get, PROBE_KEY)
+    check()
 
 
 async def acheck_store(store: TokenStore) -> None:
     """The async twin of :func:`check_store` (``store.acheck()``, or one ``aget``)."""
-    acheck: Callable[[], Awaitable[None]] | None = getattr(store, "acheck", None)
-    if acheck is not None:
-        await acheck()
-    else:
-        await store.aget(PROBE_KEY)
+    acheck: Callable[[], Awaitable[object]] = getattr(store, "acheck", None) or partial(
+        store.aget, PROBE_KEY
+    )
+    await acheck()
 
 
 @dataclass(frozen=True, slots=True)
