@@ -65,7 +65,7 @@ def _stores(tmp: Path) -> list[tuple[str, Any, Callable[[], object] | None, Call
             redis_store.close()
 
         found.append(("redis", redis_store, client.ping, redis_cleanup))
-    except Exception as exc:  # noqa: BLE001 - a missing service is skipped
+    except Exception as exc:  # a missing service is skipped
         print(f"redis skipped: {type(exc).__name__}", file=sys.stderr)
     try:
         import psycopg
@@ -87,7 +87,7 @@ def _stores(tmp: Path) -> list[tuple[str, Any, Callable[[], object] | None, Call
                 conn.execute(f'DROP SCHEMA "{schema}" CASCADE')
 
         found.append(("postgres", pg, pg_ping, pg_cleanup))
-    except Exception as exc:  # noqa: BLE001
+    except Exception as exc:  # a missing service is skipped
         print(f"postgres skipped: {type(exc).__name__}", file=sys.stderr)
     return found
 
