@@ -49,6 +49,7 @@ from .errors import (
     CorruptRecord,
     InvalidGrant,
     ProviderError,
+    RateLimited,
     RefreshTimeout,
     StorageError,
     TransientProviderError,
@@ -439,6 +440,8 @@ def _refresh(
         )
         parsed = oauth.parse_token_response(cfg.provider, response, now=now)
         parsed = yield from _refreshed_id_token(cfg, record, parsed, now)
+    except RateLimited:  # not attempted: the gate emitted its own event
+        raise
     except (TransientProviderError, TransportError) as exc:
         yield Emit(_refresh_failed(key, now, record, exc, permanent=False))
         raise

@@ -388,3 +388,39 @@ def test_a_backed_off_refresh_serves_the_still_valid_token(provider: MockProvide
     assert broker.lease(tenant="acme", principal="alice", scopes=["read"]).access_token
     assert _token_calls(provider) == 1
     broker.close()
+
+
+def test_a_refused_refresh_is_one_rate_limited_event_not_a_refresh_failure(
+    provider: MockProvider,
+) -> None:
+    from oauth2_broker_mw import ScopeSet, Secret, TokenRecord
+    from oauth2_broker_mw._core.events import RefreshFailed
+
+    clock = FakeClock(T0)
+    store = MemoryStore(clock=clock)
+    broker = _broker(provider, clock, store=store)
+    events: list[Event] = []
+    broker.subscribe(events.append)
+    issued = provider.issue_tokens(subject="alice", scopes=["read"])
+    store.put(
+        TokenRecord(
+            key=broker.key(tenant="acme", principal="alice", scopes=["read"]),
+            access_token=Secret(issued["access_token"]),
+            refresh_token=Secret(issued["refresh_token"]),
+            issued_at=T0 - 3600,
+            expires_at=T0 - 1,  # expired: only a refresh can help
+            scopes=ScopeSet.of(["read"]),
+            requested_scopes=ScopeSet.of(["read"]),
+        )
+    )
+    store.set_backoff("backoff|mock", T0 + 20, now=T0)
+    with pytest.raises(RateLimited) as refused:
+        broker.lease(tenant="acme", principal="alice", scopes=["read"])
+    assert refused.value.retry_after == pytest.approx(20.0)
+    broker.events.flush()
+    assert [type(e) for e in events if isinstance(e, RateLimitedEvent | RefreshFailed)] == [
+        RateLimitedEvent
+    ]
+    assert [e.grant for e in events if isinstance(e, RateLimitedEvent)] == ["refresh_token"]
+    assert _token_calls(provider) == 0
+    broker.close()
