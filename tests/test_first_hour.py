@@ -209,3 +209,72 @@ def test_the_demo_checks_its_store_when_it_is_built(tmp_path: pathlib.Path) -> N
     not_a_db.write_text("not a database\n" * 100)
     with pytest.raises(StorageError, match=r"tokens\.db'? is not a SQLite database"):
         create_demo_app("http://127.0.0.1:8000", data_dir=tmp_path)
+
+
+# -- item 8: MockProvider.serve() leaves the host's logging alone --------------------------
+def test_serve_leaves_global_logging_configuration_alone(mp: MockProvider) -> None:
+    import logging
+
+    import httpx2
+
+    names = ["", "uvicorn", "uvicorn.error", "uvicorn.access", "uvicorn.asgi"]
+    handler = logging.NullHandler()
+    access = logging.getLogger("uvicorn.access")
+    access.addHandler(handler)
+    access.setLevel(logging.INFO)
+    try:
+        before = {
+            n: (
+                list(logging.getLogger(n).handlers),
+                logging.getLogger(n).level,
+                logging.getLogger(n).propagate,
+            )
+            for n in names
+        }
+        with mp.serve() as base:
+            assert httpx2.get(f"{base}/.well-known/openid-configuration").status_code == 200
+        after = {
+            n: (
+                list(logging.getLogger(n).handlers),
+                logging.getLogger(n).level,
+                logging.getLogger(n).propagate,
+            )
+            for n in names
+        }
+        assert after == before
+    finally:
+        access.removeHandler(handler)
+        access.setLevel(logging.NOTSET)
+
+
+# -- item 2: the middleware's log says why the store failed --------------------------------
+def test_the_middleware_logs_the_store_failure_with_its_path(
+    mp: MockProvider, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from oauth2_broker_mw.middleware import BrokerMiddleware
+    from oauth2_broker_mw.stores import SQLiteStore
+
+    path = tmp_path / "gone" / "tokens.db"
+    broker = Broker(
+        mp.descriptor(),
+        client_id="test-client",
+        client_secret="test-secret",
+        store=SQLiteStore(path),
+        http_client=mp.client(),
+    )
+    app = BrokerMiddleware(
+        Starlette(),
+        brokers={"mock": broker},
+        secret_key="Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0FgXa",
+        base_url="https://testserver",
+    )
+    with caplog.at_level(logging.WARNING), TestClient(app, base_url="https://testserver") as client:
+        response = client.get("/oauth2/mock/login", follow_redirects=False)
+    assert response.status_code == 503
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert str(path) in logged and "does not exist" in logged

@@ -81,6 +81,13 @@ _DENYLIST_MAX: Final = 10_000
 _OPENED_MAX: Final = 1024
 
 
+def _reason(exc: BrokerError) -> str:
+    """The log line's reason: the error's type and message (BrokerError messages hold no
+    secret), so an operator sees "cannot create the SQLite file '/x': ..." and not a bare
+    class name."""
+    return f"{type(exc).__name__}: {exc}"
+
+
 # -- broker calls: the effects a handler yields -----------------------------------------------
 @dataclass(frozen=True, slots=True)
 class StartAuthorization:
@@ -1023,7 +1030,7 @@ class MiddlewareCore:
                 502, "provider_unavailable", "The provider could not be reached."
             ) from None
         except StorageError as exc:
-            log.warning("login for provider=%s failed: %s", provider, type(exc).__name__)
+            log.warning("login for provider=%s failed: %s", provider, _reason(exc))
             raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
         except ProviderError as exc:  # e.g. a pushed authorization request was refused
             log.warning("login for provider=%s refused: %s", provider, exc.error)
@@ -1154,14 +1161,10 @@ class MiddlewareCore:
                     400, "exchange_failed", "The provider rejected the authorization code."
                 ) from None
             except StorageError as exc:
-                log.warning(
-                    "code exchange for provider=%s failed: %s", provider, type(exc).__name__
-                )
+                log.warning("code exchange for provider=%s failed: %s", provider, _reason(exc))
                 raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
             except BrokerError as exc:
-                log.warning(
-                    "code exchange for provider=%s failed: %s", provider, type(exc).__name__
-                )
+                log.warning("code exchange for provider=%s failed: %s", provider, _reason(exc))
                 raise _Reject(400, "exchange_failed", "The login could not be completed.") from None
             record = cast(TokenRecord, result)
             principal = str(record.key.principal)

@@ -179,12 +179,23 @@ def serve_app(
     port = int(sock.getsockname()[1])
     if on_port is not None:
         on_port(port)
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class QuietH11(H11Protocol):
+        """No access log (it would show states), without emptying the host's logger."""
+
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.access_log = False
+
+    # log_config=None, log_level=None: uvicorn.Config otherwise reconfigures the process-wide
+    # "uvicorn.*" loggers, and the host app's own uvicorn logs would change or vanish.
     config = uvicorn.Config(
         app,
-        log_level="warning",
-        access_log=False,
+        log_config=None,
+        log_level=None,
         lifespan="off",
-        http="h11",
+        http=QuietH11,
         ws="none",
         loop="asyncio",
         timeout_graceful_shutdown=2,
