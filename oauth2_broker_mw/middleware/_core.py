@@ -27,7 +27,17 @@ import secrets
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Final, Generic, Literal, TypeAlias, TypeVar, cast
+from typing import (
+    TYPE_CHECKING,
+    Any,
+    Final,
+    Generic,
+    Literal,
+    Protocol,
+    TypeAlias,
+    TypeVar,
+    cast,
+)
 from urllib.parse import parse_qsl, quote, urlsplit
 
 from .. import _driver
@@ -37,9 +47,11 @@ from .._core.errors import (
     BrokerError,
     ConfigurationError,
     ProviderError,
+    ProviderNotEnabled,
     StorageError,
     TransientProviderError,
     TransportError,
+    UnknownTenant,
 )
 from .._core.flows import AuthorizationRequest
 from .._core.model import JSONValue, Lease, PrincipalId, ProviderId, Secret, TokenRecord
@@ -50,6 +62,7 @@ from ._tenants import validate_tenant
 if TYPE_CHECKING:
     from ..auth import BrokerAuth, LeaseSource
     from ..broker import Broker
+    from ..registry import Registry
     from ..stores.base import TokenStore
 
 __all__ = [
@@ -192,7 +205,51 @@ class IsRevoked:
         return await self.store.arenew_lock(self.name, _REVOKED, self.ttl)
 
 
-BrokerCall: TypeAlias = StartAuthorization | ExchangeCode | Revoke | MarkRevoked | IsRevoked
+class BrokerSource(Protocol):
+    """Where the broker of a (tenant, provider) comes from: a :class:`Registry`, or the fixed
+    ``brokers=`` mapping. Raises ``UnknownTenant`` / ``ProviderNotEnabled``."""
+
+    def broker(self, *, tenant: str, provider: str) -> Broker: ...
+
+    async def abroker(self, *, tenant: str, provider: str) -> Broker: ...
+
+
+class _FixedBrokers:
+    """``brokers=``: one Broker per provider name, the same for every tenant."""
+
+    __slots__ = ("brokers",)
+
+    def __init__(self, brokers: Mapping[str, Broker]) -> None:
+        self.brokers = brokers
+
+    def broker(self, *, tenant: str, provider: str) -> Broker:
+        found = self.brokers.get(provider)
+        if found is None:
+            raise ProviderNotEnabled(tenant, provider)
+        return found
+
+    async def abroker(self, *, tenant: str, provider: str) -> Broker:
+        return self.broker(tenant=tenant, provider=provider)
+
+
+@dataclass(frozen=True, slots=True)
+class GetBroker:
+    """The broker of (tenant, provider): a registry lookup may await the app's resolver."""
+
+    source: BrokerSource
+    tenant: str
+    provider: str
+
+    def run(self) -> object:
+        return self.source.broker(tenant=self.tenant, provider=self.provider)
+
+    async def arun(self) -> object:
+        return await self.source.abroker(tenant=self.tenant, provider=self.provider)
+
+
+BrokerCall: TypeAlias = (
+    StartAuthorization | ExchangeCode | Revoke | MarkRevoked | IsRevoked | GetBroker
+)
 T = TypeVar("T")
 Step: TypeAlias = Generator[BrokerCall, object, T]
 Handler: TypeAlias = Step["Response"]
@@ -438,8 +495,8 @@ class BrokerContext:
 
     @property
     def providers(self) -> tuple[str, ...]:
-        """Every configured provider name."""
-        return tuple(self._core.brokers)
+        """Every configured provider name (with ``registry=``: the names given in ``scopes``)."""
+        return self._core.provider_names
 
     @property
     def csrf_token(self) -> str | None:
@@ -461,29 +518,24 @@ class BrokerContext:
     def is_connected(self, provider: str) -> bool:
         return provider in self.connections
 
-    def _scopes(self, provider: str, scopes: Iterable[str] | None) -> tuple[str, ...]:
-        return tuple(scopes) if scopes is not None else self._core.scopes_for(provider)
-
-    def _key_parts(
-        self, provider: str, scopes: Iterable[str] | None
-    ) -> tuple[str, str, tuple[str, ...]]:
-        broker = self._core.broker(provider)
-        wanted = self._scopes(provider, scopes)
+    def _who(self, provider: str) -> tuple[str, str]:
+        """(tenant, principal) allowed to use ``provider`` here, or ``AuthorizationRequired``."""
+        self._core.check_provider(provider)
         tenant, principal = self.tenant, self.principal
         if tenant is None or principal is None:
             reason = "nobody is logged in on this request"
         elif provider in self.connections or (
             self._resolved and self._core.lease_for_resolved_principals
         ):
-            return tenant, principal, wanted
+            return tenant, principal
         else:
             # J1: a login at one issuer never reads a token obtained from another.
             reason = f"this session has not connected provider {provider!r}; log in with it"
         exc = AuthorizationRequired(
             tenant=tenant or "-",
             principal=principal or "-",
-            provider=broker.provider.id,
-            scopes=wanted,
+            provider=provider,
+            scopes=self._core.configured_scopes(provider),
             reason=reason,
         )
         self.authorization_required = exc
@@ -493,26 +545,28 @@ class BrokerContext:
         """A ready :class:`~oauth2_broker_mw.BrokerAuth` for this tenant and principal."""
         from ..auth import BrokerAuth
 
-        tenant, principal, wanted = self._key_parts(provider, scopes)
-        source = cast("LeaseSource", _Recorder(self._core.broker(provider), self))
+        tenant, principal = self._who(provider)
+        broker = drive(self._core.broker_step(tenant, provider))
+        wanted = self._core.scopes_of(provider, broker, scopes)
+        source = cast("LeaseSource", _Recorder(broker, self))
         return BrokerAuth(source, tenant=tenant, principal=principal, scopes=wanted)
 
     def lease(self, provider: str, scopes: Iterable[str] | None = None) -> Lease:
-        tenant, principal, wanted = self._key_parts(provider, scopes)
+        tenant, principal = self._who(provider)
+        broker = drive(self._core.broker_step(tenant, provider))
+        wanted = self._core.scopes_of(provider, broker, scopes)
         try:
-            return self._core.broker(provider).lease(
-                tenant=tenant, principal=principal, scopes=wanted
-            )
+            return broker.lease(tenant=tenant, principal=principal, scopes=wanted)
         except AuthorizationRequired as exc:
             self.authorization_required = exc
             raise
 
     async def alease(self, provider: str, scopes: Iterable[str] | None = None) -> Lease:
-        tenant, principal, wanted = self._key_parts(provider, scopes)
+        tenant, principal = self._who(provider)
+        broker = await adrive(self._core.broker_step(tenant, provider))
+        wanted = self._core.scopes_of(provider, broker, scopes)
         try:
-            return await self._core.broker(provider).alease(
-                tenant=tenant, principal=principal, scopes=wanted
-            )
+            return await broker.alease(tenant=tenant, principal=principal, scopes=wanted)
         except AuthorizationRequired as exc:
             self.authorization_required = exc
             raise
@@ -599,7 +653,8 @@ class MiddlewareShell(Generic[AppT]):
         self,
         app: AppT,
         *,
-        brokers: Mapping[str, Broker],
+        brokers: Mapping[str, Broker] | None = None,
+        registry: Registry | None = None,
         secret_key: str | Secret | Sequence[str | Secret],
         base_url: str,
         scopes: Mapping[str, Iterable[str]] | None = None,
@@ -617,6 +672,7 @@ class MiddlewareShell(Generic[AppT]):
         self.app = app
         self.core = MiddlewareCore(
             brokers=brokers,
+            registry=registry,
             secret_key=secret_key,
             base_url=base_url,
             scopes=scopes,
@@ -642,7 +698,8 @@ class MiddlewareCore:
     def __init__(
         self,
         *,
-        brokers: Mapping[str, Broker],
+        brokers: Mapping[str, Broker] | None = None,
+        registry: Registry | None = None,
         secret_key: str | Secret | Sequence[str | Secret],
         base_url: str,
         scopes: Mapping[str, Iterable[str]] | None = None,
@@ -657,22 +714,32 @@ class MiddlewareCore:
         max_flows: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        if not isinstance(brokers, Mapping):
+        if (brokers is None) == (registry is None):
+            raise ConfigurationError(
+                "give the middleware exactly one of brokers= (provider name -> Broker) or "
+                "registry= (a Registry of tenants and their registrations)"
+            )
+        if registry is None and not isinstance(brokers, Mapping):
             raise ConfigurationError(
                 "brokers must be a mapping of provider name to Broker, not "
                 f"{type(brokers).__name__}: brokers={{'github': github_broker}}"
             )
-        if not brokers:
+        if brokers is not None and not brokers:
             raise ConfigurationError("brokers must name at least one provider")
-        for name in brokers:
+        self.registry = registry
+        self.brokers: dict[str, Broker] = dict(brokers or {})
+        scopes = scopes or {}
+        for name in (*self.brokers, *scopes):
             ProviderId(name)
             if "/" in name:
                 raise ConfigurationError(f"provider name {name!r} must not contain '/'")
-        self.brokers: dict[str, Broker] = dict(brokers)
-        scopes = scopes or {}
         unknown = set(scopes) - set(self.brokers)
-        if unknown:
+        if unknown and registry is None:
             raise ConfigurationError(f"scopes given for unknown providers: {sorted(unknown)}")
+        self._source: BrokerSource = (
+            registry if registry is not None else _FixedBrokers(self.brokers)
+        )
+        self.provider_names: tuple[str, ...] = tuple(self.brokers) or tuple(scopes)
         # Without scopes[name], a login asks for the descriptor's default_scopes.
         self._scopes: dict[str, tuple[str, ...]] = {
             name: tuple(broker.provider.default_scopes) for name, broker in self.brokers.items()
@@ -708,7 +775,11 @@ class MiddlewareCore:
         self.lease_for_resolved_principals = bool(lease_for_resolved_principals)
         #: where revoked session ids are kept, shared by every worker (J10)
         self.session_store: TokenStore = (
-            session_store if session_store is not None else next(iter(self.brokers.values())).store
+            session_store
+            if session_store is not None
+            else registry.store
+            if registry is not None
+            else next(iter(self.brokers.values())).store
         )
         if flow_ttl <= 0 or session_idle_timeout <= 0 or session_absolute_timeout <= 0:
             raise ConfigurationError("timeouts must be positive")
@@ -729,21 +800,43 @@ class MiddlewareCore:
         return f"MiddlewareCore(base_url={self.base_url!r}, providers={sorted(self.brokers)!r})"
 
     # -- small helpers ---------------------------------------------------------------------
-    def broker(self, provider: str) -> Broker:
-        try:
-            return self.brokers[provider]
-        except KeyError:
-            raise ConfigurationError(f"unknown provider {provider!r}") from None
+    def check_provider(self, provider: str) -> None:
+        """A provider name the app asks for must exist (with ``brokers=``) and be well-formed."""
+        if self.registry is None and provider not in self.brokers:
+            raise ConfigurationError(f"unknown provider {provider!r}")
+        ProviderId(provider)
 
-    def scopes_for(self, provider: str) -> tuple[str, ...]:
-        self.broker(provider)
+    def broker_step(self, tenant: str, provider: str) -> Step[Broker]:
+        """The broker of (tenant, provider), as a step (a registry may await a resolver)."""
+        return cast("Broker", (yield GetBroker(self._source, tenant, provider)))
+
+    def _route_broker(self, tenant: str, provider: str) -> Step[Broker]:
+        """A route's broker: an unknown tenant or provider is a 404, before any I/O (J3)."""
+        try:
+            return (yield from self.broker_step(tenant, provider))
+        except UnknownTenant:
+            raise _Reject(404, "unknown_tenant", "No such tenant.") from None
+        except ProviderNotEnabled:
+            raise _Reject(
+                404, "unknown_provider", "This provider is not enabled for this tenant."
+            ) from None
+
+    def configured_scopes(self, provider: str) -> tuple[str, ...]:
         return self._scopes.get(provider, ())
+
+    def scopes_of(
+        self, provider: str, broker: Broker, scopes: Iterable[str] | None = None
+    ) -> tuple[str, ...]:
+        """``scopes``, else ``scopes=[provider]``, else the broker's descriptor's defaults."""
+        if scopes is not None:
+            return tuple(scopes)
+        return self._scopes.get(provider) or tuple(broker.provider.default_scopes)
 
     def redirect_uri(self, provider: str) -> str:
         return f"{self.base_url}{self.prefix}/{provider}/callback"
 
     def login_url(self, provider: str, return_to: str = "/") -> str:
-        self.broker(provider)
+        self.check_provider(provider)
         target = safe_return_to(return_to, base_url=self.base_url)
         return (
             f"{self.base_url}{self.prefix}/{quote(provider, safe='')}/login"
@@ -760,7 +853,11 @@ class MiddlewareCore:
         provider, sep, action = rest.partition("/")
         if not sep or action not in ("login", "callback"):
             return None
-        if provider not in self.brokers:
+        if self.registry is None and provider not in self.brokers:
+            return Route("unknown_provider", provider)
+        try:
+            ProviderId(provider)
+        except ValueError:
             return Route("unknown_provider", provider)
         return Route(cast(Literal["login", "callback"], action), provider)
 
@@ -774,10 +871,8 @@ class MiddlewareCore:
     def _now(self) -> float:
         return float(self.clock())
 
-    def _is_oidc_login(self, provider: str) -> bool:
-        return self.brokers[provider].provider.issuer is not None and "openid" in self._scopes.get(
-            provider, ()
-        )
+    def _is_oidc_login(self, provider: str, broker: Broker) -> bool:
+        return broker.provider.issuer is not None and "openid" in self.scopes_of(provider, broker)
 
     # -- tenant, principal, session --------------------------------------------------------
     def _resolve_tenant(self, request: BrokerRequest) -> str | None:
@@ -931,7 +1026,9 @@ class MiddlewareCore:
             if principal is None:
                 principal = session.principal
             if session.principal == principal:
-                connections = tuple(c for c in session.connections if c in self.brokers)
+                connections = tuple(
+                    c for c in session.connections if self.registry is not None or c in self.brokers
+                )
                 issuer = session.issuer
         context = BrokerContext(
             self,
@@ -972,7 +1069,7 @@ class MiddlewareCore:
         )
 
     def _provider_name(self, provider_id: str) -> str | None:
-        if provider_id in self.brokers:
+        if provider_id in self.brokers or self.registry is not None:
             return provider_id
         matches = [n for n, b in self.brokers.items() if b.provider.id == provider_id]
         return matches[0] if len(matches) == 1 else None
@@ -1011,17 +1108,17 @@ class MiddlewareCore:
         principal = self._resolve_principal(request)
         resolved = principal is not None
         cookies = parse_cookie_header(request.header("cookie"))
-        if principal is None and not self._is_oidc_login(provider):
+        broker = yield from self._route_broker(tenant, provider)
+        if principal is None and not self._is_oidc_login(provider, broker):
             # J10: a fresh principal on every login, never one from a pre-login session (a
             # planted session must not receive the victim's token under the attacker's name).
             principal = "browser-" + secrets.token_urlsafe(18)
-        broker = self.brokers[provider]
         try:
             result = yield StartAuthorization(
                 broker,
                 tenant=tenant,
                 principal=principal,
-                scopes=self._scopes.get(provider, ()),
+                scopes=self.scopes_of(provider, broker),
                 redirect_uri=self.redirect_uri(provider),
             )
         except (TransportError, TransientProviderError) as exc:
@@ -1129,7 +1226,7 @@ class MiddlewareCore:
                 )
             # B2: RFC 9207 mix-up defence.
             iss = params.get("iss")
-            broker = self.brokers[provider]
+            broker = yield from self._route_broker(tenant, provider)
             if iss is not None:
                 if issuer is not None and not hmac.compare_digest(
                     iss.encode(), str(issuer).encode()
@@ -1242,15 +1339,13 @@ class MiddlewareCore:
                 raise _Reject(403, "csrf_failed", "The CSRF token is missing or wrong.")
         if session is not None and session.tenant is not None and session.principal is not None:
             for provider in session.connections:
-                broker = self.brokers.get(provider)
-                if broker is None:
-                    continue
                 try:
+                    broker = yield from self.broker_step(session.tenant, provider)
                     yield Revoke(
                         broker,
                         tenant=session.tenant,
                         principal=session.principal,
-                        scopes=self._scopes.get(provider, ()),
+                        scopes=self.scopes_of(provider, broker),
                     )
                 except BrokerError as exc:
                     log.warning(

@@ -28,7 +28,7 @@ from _services import (
     unique_name,
 )
 
-from oauth2_broker_mw import Broker, StorageError
+from oauth2_broker_mw import Broker, StorageError, TenantId
 from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware
 from oauth2_broker_mw.stores.base import TokenStore
 from oauth2_broker_mw.stores.memory import MemoryStore
@@ -527,3 +527,90 @@ def test_validate_tenant_accepts_plain_ids_and_names_what_is_wrong() -> None:
         validate_tenant("a..b")
     with pytest.raises(ValueError, match="ASCII"):
         validate_tenant("\u0430cme")
+
+
+# -- registry=: tenants and registrations; unknown ones are 404 with no store write -------------
+class _CountingStore(MemoryStore):
+    """Counts every write the middleware and its brokers make."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.writes = 0
+
+    def put(self, record: Any) -> Any:
+        self.writes += 1
+        return super().put(record)
+
+    def put_pending(self, pending: Any) -> None:
+        self.writes += 1
+        super().put_pending(pending)
+
+    def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
+        self.writes += 1
+        return super().acquire_lock(name, owner, ttl)
+
+
+@pytest.fixture
+def registry_app(world: World) -> tuple[Any, _CountingStore]:
+    from oauth2_broker_mw import Registration, Registry
+    from oauth2_broker_mw.middleware import path_prefix_tenant
+
+    mp = world.providers["honest"]
+    store = _CountingStore()
+    registrations = {
+        (tenant, "honest"): Registration(
+            provider="honest",
+            descriptor=mp.descriptor(id="honest"),
+            client_id="test-client",
+            client_secret="test-secret",
+            scopes=("openid", "email"),
+        )
+        for tenant in ("tenant-a", "tenant-b")
+    }
+    registry = Registry(
+        store=store,
+        registrations=registrations,
+        http_client=mp.client(),
+        async_http_client=mp.async_client(),
+    )
+    app = world.worker(
+        brokers=None, registry=registry, scopes={}, tenant_resolver=path_prefix_tenant("/t")
+    )
+    return app, store
+
+
+def test_the_middleware_takes_a_registry(world: World, registry_app: tuple[Any, Any]) -> None:
+    app, store = registry_app
+    browser = world.browser(app)
+    world.login(browser, "honest", subject="alice", return_to="/t/tenant-a/whoami")
+    me = browser.get("/t/tenant-a/whoami").json()
+    assert (me["tenant"], me["principal"], me["connections"]) == ("tenant-a", "alice", ["honest"])
+    assert browser.get("/t/tenant-a/lease/honest").json()["principal"] == "alice"
+    assert store.list_keys(TenantId("tenant-a"))  # the registry's store holds the token
+    out = browser.post(
+        "/oauth2/logout", data={"return_to": "/t/tenant-a/whoami"}, headers={"origin": BASE}
+    )
+    assert out.status_code == 303
+    assert world.providers["honest"].counters["revoke"] >= 1
+    assert store.list_keys(TenantId("tenant-a")) == []
+
+
+@pytest.mark.parametrize(
+    ("return_to", "provider", "code"),
+    [
+        ("/t/nosuchtenant/whoami", "honest", "unknown_tenant"),
+        ("/t/tenant-a/whoami", "evil", "unknown_provider"),
+        ("/t/tenant-a/whoami", "nosuchprovider", "unknown_provider"),
+    ],
+)
+def test_unknown_tenants_and_providers_are_404_with_no_store_write(
+    world: World, registry_app: tuple[Any, Any], return_to: str, provider: str, code: str
+) -> None:
+    app, store = registry_app
+    browser = world.browser(app)
+    response = browser.get(f"/oauth2/{provider}/login", params={"return_to": return_to})
+    assert response.status_code == 404
+    assert code in response.text
+    assert "location" not in response.headers
+    assert store.writes == 0
+    assert world.providers["honest"].counters["token"] == 0

@@ -240,7 +240,7 @@ def test_providers_without_configured_scopes_use_the_descriptors_defaults() -> N
     core = BrokerMiddleware(
         lambda *a: None, brokers={"acme": broker}, secret_key=KEY, base_url="https://a.example"
     ).core
-    assert core.scopes_for("acme") == ("openid", "profile")
+    assert core.scopes_of("acme", broker) == ("openid", "profile")
     request = BrokerRequest(
         method="GET",
         path="/oauth2/acme/login",
