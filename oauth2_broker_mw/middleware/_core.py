@@ -223,13 +223,17 @@ class _FixedBrokers:
         self.brokers = brokers
 
     def broker(self, *, tenant: str, provider: str) -> Broker:
-        found = self.brokers.get(provider)
-        if found is None:
-            raise ProviderNotEnabled(tenant, provider)
-        return found
+        return _fixed_broker(self.brokers, tenant, provider)
 
     async def abroker(self, *, tenant: str, provider: str) -> Broker:
-        return self.broker(tenant=tenant, provider=provider)
+        return _fixed_broker(self.brokers, tenant, provider)
+
+
+def _fixed_broker(brokers: Mapping[str, Broker], tenant: str, provider: str) -> Broker:
+    found = brokers.get(provider)
+    if found is None:
+        raise ProviderNotEnabled(tenant, provider)
+    return found
 
 
 @dataclass(frozen=True, slots=True)
