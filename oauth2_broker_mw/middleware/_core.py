@@ -517,7 +517,7 @@ class BrokerContext:
 
     def login_url(self, provider: str, return_to: str = "/") -> str:
         """The login route for ``provider``; ``return_to`` is validated (falls back to ``/``)."""
-        return self._core.login_url(provider, return_to)
+        return self._core.login_url(provider, return_to, self.tenant)
 
     def is_connected(self, provider: str) -> bool:
         return provider in self.connections
@@ -667,6 +667,7 @@ class MiddlewareShell(Generic[AppT]):
         principal_resolver: PrincipalResolver | None = None,
         lease_for_resolved_principals: bool = False,
         session_store: TokenStore | None = None,
+        tenant_base_url: str | None = None,
         flow_ttl: float = 300.0,
         session_idle_timeout: float = 8 * 3600.0,
         session_absolute_timeout: float = 7 * 24 * 3600.0,
@@ -685,6 +686,7 @@ class MiddlewareShell(Generic[AppT]):
             principal_resolver=principal_resolver,
             lease_for_resolved_principals=lease_for_resolved_principals,
             session_store=session_store,
+            tenant_base_url=tenant_base_url,
             flow_ttl=flow_ttl,
             session_idle_timeout=session_idle_timeout,
             session_absolute_timeout=session_absolute_timeout,
@@ -712,6 +714,7 @@ class MiddlewareCore:
         principal_resolver: PrincipalResolver | None = None,
         lease_for_resolved_principals: bool = False,
         session_store: TokenStore | None = None,
+        tenant_base_url: str | None = None,
         flow_ttl: float = 300.0,
         session_idle_timeout: float = 8 * 3600.0,
         session_absolute_timeout: float = 7 * 24 * 3600.0,
@@ -755,21 +758,27 @@ class MiddlewareCore:
         if not prefix.startswith("/") or prefix.endswith("/") or "//" in prefix:
             raise ConfigurationError("prefix must start with '/' and not end with '/'")
         self.prefix = prefix
-        parts = urlsplit(base_url)
-        host = (parts.hostname or "").lower()
-        if parts.scheme not in ("https", "http") or not host:
-            raise ConfigurationError("base_url must be an absolute http(s) URL")
-        if parts.query or parts.fragment or parts.username or parts.password:
-            raise ConfigurationError("base_url must not carry a query, fragment or userinfo")
-        if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
-            raise ConfigurationError(
-                "base_url must use https; plain http is allowed only on a loopback host"
-            )
-        self.secure = parts.scheme == "https"
-        netloc = parts.netloc.lower()
-        self.origin = f"{parts.scheme}://{netloc}"
-        self.base_path = parts.path.rstrip("/")
+        self.origin, self.base_path = _check_base_url(base_url, "base_url")
+        self.secure = self.origin.startswith("https:")
         self.base_url = self.origin + self.base_path
+        # Subdomain tenants: each tenant's login and callback run on its own host (host-only
+        # cookies), e.g. "https://{tenant}.example.com"; never built from the Host header.
+        if tenant_base_url is not None:
+            if tenant_base_url.count("{tenant}") != 1 or "{tenant}" not in urlsplit(
+                tenant_base_url
+            ).netloc.replace("%7Btenant%7D", "{tenant}"):
+                raise ConfigurationError(
+                    "tenant_base_url must hold '{tenant}' once, in the host: "
+                    "'https://{tenant}.example.com'"
+                )
+            origin, path = _check_base_url(
+                tenant_base_url.replace("{tenant}", "tenant"), "tenant_base_url"
+            )
+            if origin.startswith("https:") != self.secure or path != self.base_path:
+                raise ConfigurationError(
+                    "tenant_base_url must have base_url's scheme and path, only another host"
+                )
+        self.tenant_base_url = tenant_base_url
         self.cookies = CookieAttributes(secure=self.secure)
         self.sealer = CookieSealer(secret_key)
         self.session_cookie = self.cookies.name_prefix + _SESSION_COOKIE
@@ -836,15 +845,21 @@ class MiddlewareCore:
             return tuple(scopes)
         return self._scopes.get(provider) or tuple(broker.provider.default_scopes)
 
-    def redirect_uri(self, provider: str) -> str:
-        return f"{self.base_url}{self.prefix}/{provider}/callback"
+    def origin_for(self, tenant: str | None) -> str:
+        """The origin a tenant's logins run on: its own host with ``tenant_base_url``."""
+        if self.tenant_base_url is None or tenant is None:
+            return self.origin
+        return _check_base_url(self.tenant_base_url.replace("{tenant}", tenant.lower()), "")[0]
 
-    def login_url(self, provider: str, return_to: str = "/") -> str:
+    def redirect_uri(self, provider: str, tenant: str | None = None) -> str:
+        return f"{self.origin_for(tenant)}{self.base_path}{self.prefix}/{provider}/callback"
+
+    def login_url(self, provider: str, return_to: str = "/", tenant: str | None = None) -> str:
         self.check_provider(provider)
         target = safe_return_to(return_to, base_url=self.base_url)
         return (
-            f"{self.base_url}{self.prefix}/{quote(provider, safe='')}/login"
-            f"?return_to={quote(target, safe='/')}"
+            f"{self.origin_for(tenant)}{self.base_path}{self.prefix}/"
+            f"{quote(provider, safe='')}/login?return_to={quote(target, safe='/')}"
         )
 
     def match(self, path: str) -> Route | None:
@@ -1053,8 +1068,12 @@ class MiddlewareCore:
         name = self._provider_name(exc.provider)
         accept = request.header("accept") or ""
         target = request.path + ("?" + request.query_string if request.query_string else "")
+        try:
+            tenant: str | None = validate_tenant(exc.tenant)
+        except ValueError:
+            tenant = None
         if name is not None and request.method in ("GET", "HEAD") and "text/html" in accept:
-            return _redirect(self.login_url(name, target), 302)
+            return _redirect(self.login_url(name, target, tenant), 302)
         problem: dict[str, JSONValue] = {
             "type": "about:blank",
             "title": "Authorization required",
@@ -1064,7 +1083,7 @@ class MiddlewareCore:
         }
         if name is not None:
             problem["provider"] = name
-            problem["login_url"] = self.login_url(name, target)
+            problem["login_url"] = self.login_url(name, target, tenant)
         body = json.dumps(problem, separators=(",", ":")).encode()
         return Response(
             401,
@@ -1123,7 +1142,7 @@ class MiddlewareCore:
                 tenant=tenant,
                 principal=principal,
                 scopes=self.scopes_of(provider, broker),
-                redirect_uri=self.redirect_uri(provider),
+                redirect_uri=self.redirect_uri(provider, tenant),
             )
         except (TransportError, TransientProviderError) as exc:
             log.warning("login for provider=%s failed: %s", provider, type(exc).__name__)
@@ -1333,7 +1352,9 @@ class MiddlewareCore:
             # nothing either way, so the CSRF token must.
             origin = None
         if origin is not None:
-            if not hmac.compare_digest(origin.lower().encode(), self.origin.encode()):
+            if not hmac.compare_digest(
+                origin.lower().encode(), self.origin_for(tenant).encode()
+            ) and not hmac.compare_digest(origin.lower().encode(), self.origin.encode()):
                 raise _Reject(403, "csrf_failed", "The request came from another origin.")
         else:
             sent = request.header("x-csrf-token") or form.get("csrf_token") or ""
@@ -1382,6 +1403,21 @@ class MiddlewareCore:
                 ("content-security-policy", "default-src 'none'; frame-ancestors 'none'")
             )
         return Response(reject.status, headers, body)
+
+
+def _check_base_url(url: str, what: str) -> tuple[str, str]:
+    """(origin, path) of an absolute https URL (plain http only on a loopback host)."""
+    parts = urlsplit(url)
+    host = (parts.hostname or "").lower()
+    if parts.scheme not in ("https", "http") or not host:
+        raise ConfigurationError(f"{what} must be an absolute http(s) URL")
+    if parts.query or parts.fragment or parts.username or parts.password:
+        raise ConfigurationError(f"{what} must not carry a query, fragment or userinfo")
+    if parts.scheme == "http" and host not in _LOOPBACK_HOSTS:
+        raise ConfigurationError(
+            f"{what} must use https; plain http is allowed only on a loopback host"
+        )
+    return f"{parts.scheme}://{parts.netloc.lower()}", parts.path.rstrip("/")
 
 
 _ERROR_PAGE: Final = (

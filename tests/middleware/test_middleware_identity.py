@@ -614,3 +614,44 @@ def test_unknown_tenants_and_providers_are_404_with_no_store_write(
     assert "location" not in response.headers
     assert store.writes == 0
     assert world.providers["honest"].counters["token"] == 0
+
+
+# -- subdomain tenants end to end: each tenant's callback on its own host -----------------------
+def test_subdomain_tenants_log_in_end_to_end_on_their_own_hosts(world: World) -> None:
+    from oauth2_broker_mw.middleware import subdomain_tenant
+
+    app = world.worker(
+        base_url="https://example.test",
+        tenant_base_url="https://{tenant}.example.test",
+        tenant_resolver=subdomain_tenant("example.test"),
+    )
+    browser = world.browser(app)
+    a, b = "https://tenant-a.example.test", "https://tenant-b.example.test"
+    for host, subject in ((a, "alice"), (b, "bob")):
+        start = browser.get(f"{host}/oauth2/honest/login", params={"return_to": "/whoami"})
+        assert start.status_code == 302, start.text
+        assert (
+            f"redirect_uri={host.replace(':', '%3A').replace('/', '%2F')}"
+            in (start.headers["location"])
+        )
+        url = start.headers["location"] + "&" + urlencode({"login_hint": subject})
+        with world.providers["honest"].client() as idp:
+            callback = idp.get(url).headers["location"]
+        assert callback.startswith(f"{host}/oauth2/honest/callback?")
+        done = browser.get(callback)
+        assert (done.status_code, done.headers["location"]) == (303, "/whoami")
+    me_a = browser.get(f"{a}/whoami").json()
+    me_b = browser.get(f"{b}/whoami").json()
+    assert (me_a["tenant"], me_a["principal"]) == ("tenant-a", "alice")
+    assert (me_b["tenant"], me_b["principal"]) == ("tenant-b", "bob")
+    assert browser.get(f"{a}/lease/honest").json()["principal"] == "alice"
+    # tenant-a's cookie is host-only: replayed on tenant-b's host it is another tenant's name.
+    (cookie_a,) = [c for c in browser.cookies.jar if c.domain == "tenant-a.example.test"]
+    stray = world.browser(app)
+    stray.cookies.set(cookie_a.name, cookie_a.value or "", domain="tenant-b.example.test")
+    assert stray.get(f"{b}/whoami").json()["principal"] is None
+    # logout on tenant-a's own origin ends only tenant-a's session
+    out = browser.post(f"{a}/oauth2/logout", headers={"origin": a})
+    assert out.status_code == 303
+    assert browser.get(f"{a}/whoami").json()["principal"] is None
+    assert browser.get(f"{b}/whoami").json()["principal"] == "bob"
