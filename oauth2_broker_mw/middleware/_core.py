@@ -463,6 +463,7 @@ class BrokerContext:
         "authorization_required",
         "connections",
         "issuer",
+        "not_found",
         "principal",
         "tenant",
     )
@@ -490,6 +491,9 @@ class BrokerContext:
         #: the last AuthorizationRequired raised through lease()/alease() (WSGI uses it to turn
         #: a framework's 500 page back into a login redirect).
         self.authorization_required: AuthorizationRequired | None = None
+        #: the last UnknownTenant / ProviderNotEnabled raised through lease()/auth(): the
+        #: middleware answers 404 for it (WSGI: in place of the framework's 500 page).
+        self.not_found: UnknownTenant | ProviderNotEnabled | None = None
 
     def __repr__(self) -> str:
         return (
@@ -545,19 +549,26 @@ class BrokerContext:
         self.authorization_required = exc
         raise exc
 
+    def _broker_step(self, tenant: str, provider: str) -> Step[Broker]:
+        try:
+            return (yield from self._core.broker_step(tenant, provider))
+        except (UnknownTenant, ProviderNotEnabled) as exc:
+            self.not_found = exc
+            raise
+
     def auth(self, provider: str, scopes: Iterable[str] | None = None) -> BrokerAuth:
         """A ready :class:`~oauth2_broker_mw.BrokerAuth` for this tenant and principal."""
         from ..auth import BrokerAuth
 
         tenant, principal = self._who(provider)
-        broker = drive(self._core.broker_step(tenant, provider))
+        broker = drive(self._broker_step(tenant, provider))
         wanted = self._core.scopes_of(provider, broker, scopes)
         source = cast("LeaseSource", _Recorder(broker, self))
         return BrokerAuth(source, tenant=tenant, principal=principal, scopes=wanted)
 
     def lease(self, provider: str, scopes: Iterable[str] | None = None) -> Lease:
         tenant, principal = self._who(provider)
-        broker = drive(self._core.broker_step(tenant, provider))
+        broker = drive(self._broker_step(tenant, provider))
         wanted = self._core.scopes_of(provider, broker, scopes)
         try:
             return broker.lease(tenant=tenant, principal=principal, scopes=wanted)
@@ -567,7 +578,7 @@ class BrokerContext:
 
     async def alease(self, provider: str, scopes: Iterable[str] | None = None) -> Lease:
         tenant, principal = self._who(provider)
-        broker = await adrive(self._core.broker_step(tenant, provider))
+        broker = await adrive(self._broker_step(tenant, provider))
         wanted = self._core.scopes_of(provider, broker, scopes)
         try:
             return await broker.alease(tenant=tenant, principal=principal, scopes=wanted)
@@ -1089,6 +1100,17 @@ class MiddlewareCore:
             401,
             [("content-type", "application/problem+json"), *_SECURITY_HEADERS],
             body,
+        )
+
+    def answer(self, request: BrokerRequest, exc: BrokerError) -> Response:
+        """The middleware's answer to ``exc`` raised by the app: a login, a 401 or a 404."""
+        if isinstance(exc, AuthorizationRequired):
+            return self.authorization_required(request, exc)
+        if isinstance(exc, UnknownTenant):
+            return self._error(request, _Reject(404, "unknown_tenant", "No such tenant."))
+        return self._error(
+            request,
+            _Reject(404, "unknown_provider", "This provider is not enabled for this tenant."),
         )
 
     def _provider_name(self, provider_id: str) -> str | None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, TypeAlias, cast
 
-from .._core.errors import AuthorizationRequired
+from .._core.errors import AuthorizationRequired, ProviderNotEnabled, UnknownTenant
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
@@ -135,10 +135,10 @@ class BrokerMiddleware(MiddlewareShell[ASGIApp]):
 
         try:
             await self.app(scope, receive, send_wrapper)
-        except AuthorizationRequired as exc:
+        except (AuthorizationRequired, UnknownTenant, ProviderNotEnabled) as exc:
             if started:
                 raise
-            response = core.authorization_required(request, exc)
+            response = core.answer(request, exc)
             await _send_response(response, send, head=request.method == "HEAD")
 
     @staticmethod

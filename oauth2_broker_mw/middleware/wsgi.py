@@ -17,7 +17,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, TypeAlias
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from .._core.errors import AuthorizationRequired
+from .._core.errors import AuthorizationRequired, ProviderNotEnabled, UnknownTenant
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
@@ -151,17 +151,17 @@ class BrokerWSGIMiddleware(MiddlewareShell[WSGIApp]):
         def start_wrapper(
             status: str, headers: list[tuple[str, str]], exc_info: _ExcInfo | None = None, /
         ) -> _Write:
-            exc = context.authorization_required
+            exc = context.authorization_required or context.not_found
             if in_call and exc is not None and status[:1] == "5" and not replaced:
-                # The framework rendered AuthorizationRequired as an error page: replace it.
-                replaced.append(core.authorization_required(request, exc))
+                # The framework rendered the exception as an error page: replace it.
+                replaced.append(core.answer(request, exc))
                 return _discard
             return start_response(status, [*headers, *extra], exc_info)
 
         try:
             result = self.app(environ, start_wrapper)
-        except AuthorizationRequired as exc:
-            return _respond(core.authorization_required(request, exc), start_response, head)
+        except (AuthorizationRequired, UnknownTenant, ProviderNotEnabled) as exc:
+            return _respond(core.answer(request, exc), start_response, head)
         finally:
             in_call = False
         if replaced:

@@ -552,6 +552,10 @@ class _CountingStore(MemoryStore):
 
 @pytest.fixture
 def registry_app(world: World) -> tuple[Any, _CountingStore]:
+    return _registry_app(world)
+
+
+def _registry_app(world: World, **options: Any) -> tuple[Any, _CountingStore]:
     from oauth2_broker_mw import Registration, Registry
     from oauth2_broker_mw.middleware import path_prefix_tenant
 
@@ -574,7 +578,11 @@ def registry_app(world: World) -> tuple[Any, _CountingStore]:
         async_http_client=mp.async_client(),
     )
     app = world.worker(
-        brokers=None, registry=registry, scopes={}, tenant_resolver=path_prefix_tenant("/t")
+        brokers=None,
+        registry=registry,
+        scopes={},
+        tenant_resolver=path_prefix_tenant("/t"),
+        **options,
     )
     return app, store
 
@@ -640,6 +648,15 @@ def test_subdomain_tenants_log_in_end_to_end_on_their_own_hosts(world: World) ->
         assert callback.startswith(f"{host}/oauth2/honest/callback?")
         done = browser.get(callback)
         assert (done.status_code, done.headers["location"]) == (303, "/whoami")
+        # G1: the tenant's session cookie is __Host-, Secure, HttpOnly, SameSite=Lax, Path=/,
+        # with no Domain (host-only).
+        (session,) = [
+            c for c in done.headers.get_list("set-cookie") if c.startswith("__Host-obm_session_")
+        ]
+        attributes = {part.split("=", 1)[0].strip().lower() for part in session.split(";")[1:]}
+        assert {"secure", "httponly", "samesite", "path"} <= attributes
+        assert "domain" not in attributes
+        assert "SameSite=Lax" in session
     me_a = browser.get(f"{a}/whoami").json()
     me_b = browser.get(f"{b}/whoami").json()
     assert (me_a["tenant"], me_a["principal"]) == ("tenant-a", "alice")
@@ -655,3 +672,25 @@ def test_subdomain_tenants_log_in_end_to_end_on_their_own_hosts(world: World) ->
     assert out.status_code == 303
     assert browser.get(f"{a}/whoami").json()["principal"] is None
     assert browser.get(f"{b}/whoami").json()["principal"] == "bob"
+
+
+@pytest.mark.parametrize(
+    ("path", "code"),
+    [
+        ("/t/nosuchtenant/lease/honest", "unknown_tenant"),
+        ("/t/tenant-a/lease/evil", "unknown_provider"),
+    ],
+)
+def test_a_lease_for_an_unknown_tenant_or_provider_is_a_404(
+    world: World, path: str, code: str
+) -> None:
+    app, store = _registry_app(
+        world,
+        principal_resolver=lambda request: request.header("x-user"),
+        lease_for_resolved_principals=True,
+    )
+    api = world.browser(app, headers={"x-user": "u-1", "accept": "application/json"})
+    response = api.get(path)
+    assert response.status_code == 404
+    assert response.json()["error"] == code
+    assert store.writes == 0
