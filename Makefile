@@ -26,7 +26,14 @@ ifeq ($(CI),true)
 	bash scripts/services.sh
 endif
 
-demo: $(STAMP)
+# The demo needs only the [demo] extra (starlette, uvicorn), not the development toolchain.
+DEMO_STAMP := $(VENV)/.demo-installed
+
+$(DEMO_STAMP): $(PY) pyproject.toml
+	$(PY) -m pip install --quiet -e '.[demo]'
+	touch $(DEMO_STAMP)
+
+demo: $(DEMO_STAMP)
 	$(VENV)/bin/oauth2-broker demo
 
 lint: $(STAMP)

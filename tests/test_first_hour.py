@@ -278,3 +278,21 @@ def test_the_middleware_logs_the_store_failure_with_its_path(
     assert response.status_code == 503
     logged = "\n".join(r.getMessage() for r in caplog.records)
     assert str(path) in logged and "does not exist" in logged
+
+
+# -- item 4: the demo installs only what it needs -----------------------------------------
+def test_make_demo_installs_only_the_demo_extra() -> None:
+    import re
+    import tomllib
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    extras = tomllib.loads((root / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"
+    ]
+    names = {re.split(r"[\[<>=]", d)[0] for d in extras["demo"]}
+    assert {"uvicorn", "oauth2-broker-mw"} <= names and "mypy" not in names
+    assert "oauth2-broker-mw[starlette]" in extras["demo"]
+    makefile = (root / "Makefile").read_text()
+    (demo_rule,) = re.findall(r"^demo:(.*)$", makefile, re.M)
+    assert "$(STAMP)" not in demo_rule.split()
+    assert "-e '.[demo]'" in makefile
