@@ -72,7 +72,10 @@ def _run_demo(args: argparse.Namespace) -> int:
     try:
         import uvicorn  # noqa: F401
     except ImportError:  # pragma: no cover - depends on the environment
-        print("oauth2-broker demo needs the demo extra: pip install 'oauth2-broker-mw[demo]'", file=sys.stderr)
+        print(
+            "oauth2-broker demo needs the demo extra: pip install 'oauth2-broker-mw[demo]'",
+            file=sys.stderr,
+        )
         return 2
 
     logging.basicConfig(
