@@ -13,7 +13,7 @@ BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["lease", "signing", "middleware", "hostile_provider"])
+@pytest.mark.parametrize("name", ["lease", "signing", "middleware", "denylist", "hostile_provider"])
 def test_the_benchmark_runs_to_completion(name: str) -> None:
     done = subprocess.run(
         [sys.executable, str(BENCHMARKS / "run.py"), "--quick", name],

@@ -24,6 +24,7 @@ import inspect
 import json
 import logging
 import secrets
+import threading
 import time
 from collections.abc import Callable, Generator, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -34,8 +35,11 @@ from typing import (
     Generic,
     Literal,
     Protocol,
+    Required,
     TypeAlias,
+    TypedDict,
     TypeVar,
+    Unpack,
     cast,
 )
 from urllib.parse import parse_qsl, quote, urlsplit
@@ -657,6 +661,37 @@ class _Reject(Exception):
 AppT = TypeVar("AppT")
 
 
+def _bounded_put(cache: dict[str, Any], key: str, value: Any, limit: int) -> None:
+    """``cache[key] = value``, evicting the oldest entries past ``limit`` (call under a lock)."""
+    cache.pop(key, None)
+    while len(cache) >= limit:
+        del cache[next(iter(cache))]
+    cache[key] = value
+
+
+class MiddlewareOptions(TypedDict, total=False):
+    """The middleware's keyword options: the names and types of :class:`MiddlewareCore`'s
+    parameters, where their defaults and meaning are documented."""
+
+    brokers: Mapping[str, Broker] | None
+    registry: Registry | None
+    secret_key: Required[str | Secret | Sequence[str | Secret]]
+    base_url: Required[str]
+    scopes: Mapping[str, Iterable[str]] | None
+    prefix: str
+    tenant_resolver: TenantResolver | None
+    principal_resolver: PrincipalResolver | None
+    lease_for_resolved_principals: bool
+    session_store: TokenStore | None
+    session_check_interval: float
+    tenant_base_url: str | None
+    flow_ttl: float
+    session_idle_timeout: float
+    session_absolute_timeout: float
+    max_flows: int
+    clock: Callable[[], float]
+
+
 class MiddlewareShell(Generic[AppT]):
     """The configuration both middlewares take (the public names), held in one place.
 
@@ -664,46 +699,9 @@ class MiddlewareShell(Generic[AppT]):
     type; everything they decide is in :class:`MiddlewareCore`.
     """
 
-    def __init__(
-        self,
-        app: AppT,
-        *,
-        brokers: Mapping[str, Broker] | None = None,
-        registry: Registry | None = None,
-        secret_key: str | Secret | Sequence[str | Secret],
-        base_url: str,
-        scopes: Mapping[str, Iterable[str]] | None = None,
-        prefix: str = "/oauth2",
-        tenant_resolver: TenantResolver | None = None,
-        principal_resolver: PrincipalResolver | None = None,
-        lease_for_resolved_principals: bool = False,
-        session_store: TokenStore | None = None,
-        tenant_base_url: str | None = None,
-        flow_ttl: float = 300.0,
-        session_idle_timeout: float = 8 * 3600.0,
-        session_absolute_timeout: float = 7 * 24 * 3600.0,
-        max_flows: int = 8,
-        clock: Callable[[], float] = time.time,
-    ) -> None:
+    def __init__(self, app: AppT, **options: Unpack[MiddlewareOptions]) -> None:
         self.app = app
-        self.core = MiddlewareCore(
-            brokers=brokers,
-            registry=registry,
-            secret_key=secret_key,
-            base_url=base_url,
-            scopes=scopes,
-            prefix=prefix,
-            tenant_resolver=tenant_resolver,
-            principal_resolver=principal_resolver,
-            lease_for_resolved_principals=lease_for_resolved_principals,
-            session_store=session_store,
-            tenant_base_url=tenant_base_url,
-            flow_ttl=flow_ttl,
-            session_idle_timeout=session_idle_timeout,
-            session_absolute_timeout=session_absolute_timeout,
-            max_flows=max_flows,
-            clock=clock,
-        )
+        self.core = MiddlewareCore(**options)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.core!r})"
@@ -725,6 +723,7 @@ class MiddlewareCore:
         principal_resolver: PrincipalResolver | None = None,
         lease_for_resolved_principals: bool = False,
         session_store: TokenStore | None = None,
+        session_check_interval: float = 1.0,
         tenant_base_url: str | None = None,
         flow_ttl: float = 300.0,
         session_idle_timeout: float = 8 * 3600.0,
@@ -815,8 +814,20 @@ class MiddlewareCore:
         self.refresh_after = min(session_idle_timeout / 12, 3600.0)
         self.max_flows = max_flows
         self.clock = clock
+        if not session_check_interval >= 0:
+            raise ConfigurationError(
+                f"session_check_interval must be >= 0 seconds; got {session_check_interval!r}"
+            )
         self._route_prefix = prefix + "/"
-        self._logged_out: dict[str, float] = {}
+        # Per-worker caches, shared by the threads of a WSGI server: bounded dicts changed
+        # only under one lock, the oldest entry evicted first, so every change is O(1)
+        # however full they are (a revoked id evicted here is still refused by the store).
+        self._lock = threading.Lock()
+        self._check_interval = float(session_check_interval)
+        #: session ids revoked (seen here, or reported by the shared store)
+        self._logged_out: dict[str, bool] = {}
+        #: session id -> until when the shared store's "not revoked" answer is trusted
+        self._checked: dict[str, float] = {}
         self._opened: dict[str, _Session] = {}
         self._cookie_names: dict[str, str] = {}
 
@@ -953,6 +964,8 @@ class MiddlewareCore:
         session = self._read_session(cookies, now, tenant)
         if session is None:
             return None
+        if self._checked.get(session.sid, 0.0) > now:  # the store said so within the interval
+            return session
         remaining = max(1.0, self.absolute_timeout - (now - session.created_at))
         try:
             revoked = yield IsRevoked(
@@ -964,6 +977,9 @@ class MiddlewareCore:
         if revoked is True:
             self._remember_revoked(session.sid, now)
             return None
+        if self._check_interval > 0:
+            with self._lock:
+                _bounded_put(self._checked, session.sid, now + self._check_interval, _DENYLIST_MAX)
         return session
 
     def _read_session(self, cookies: Mapping[str, str], now: float, tenant: str) -> _Session | None:
@@ -971,7 +987,7 @@ class MiddlewareCore:
         value = cookies.get(name)
         if not value:
             return None
-        session = self._opened.get(value)
+        session = self._opened.get(value)  # a dict read is atomic; writes take the lock
         if session is None:
             # The cookie name is the AEAD's associated data: a value moved to another tenant's
             # cookie does not open.
@@ -980,9 +996,8 @@ class MiddlewareCore:
             if session is None:
                 return None
             # Authenticated values only; saves the AEAD and JSON work on every later request.
-            while len(self._opened) >= _OPENED_MAX:
-                self._opened.pop(next(iter(self._opened)), None)
-            self._opened[value] = session
+            with self._lock:
+                _bounded_put(self._opened, value, session, _OPENED_MAX)
         if session.tenant != tenant:  # J2: a session answers only in its own tenant
             return None
         if (
@@ -1016,13 +1031,9 @@ class MiddlewareCore:
 
     def _remember_revoked(self, sid: str, now: float) -> None:
         """This worker's bounded cache of revoked ids (saves the store read for them)."""
-        if len(self._logged_out) >= _DENYLIST_MAX:
-            for old, until in list(self._logged_out.items()):
-                if until <= now:
-                    self._logged_out.pop(old, None)
-            while len(self._logged_out) >= _DENYLIST_MAX:  # oldest first (insertion order)
-                self._logged_out.pop(next(iter(self._logged_out)), None)
-        self._logged_out[sid] = now + self.absolute_timeout
+        with self._lock:
+            _bounded_put(self._logged_out, sid, True, _DENYLIST_MAX)
+            self._checked.pop(sid, None)
 
     # -- pass-through requests -------------------------------------------------------------
     def prepare(self, request: BrokerRequest) -> Step[Prepared | Response]:

@@ -364,11 +364,39 @@ def test_a_logged_out_session_is_refused_on_every_worker(world: World) -> None:
     warm = world.browser(two, cookies=captured)  # worker two has seen the session, too
     assert warm.get("/whoami").json()["principal"] == "alice"
     _logout(browser)
+    # The worker that logged out refuses at once; another worker asks the shared store again
+    # once its check is older than session_check_interval (1 s by default).
+    assert world.browser(one, cookies=captured).get("/whoami").json()["principal"] is None
+    world.clock.advance(1.5)
     for worker in (one, two):
         replay = world.browser(worker, cookies=captured)
         assert replay.get("/whoami").json()["principal"] is None
         denied = replay.get("/lease/honest", headers={"accept": "application/json"})
         assert denied.status_code == 401
+
+
+@pytest.mark.parametrize("store", ["memory"], indirect=True)
+def test_a_live_session_costs_the_store_one_check_per_interval(world: World) -> None:
+    counting = _CountingChecks()
+    app = world.worker(session_store=counting)
+    browser = world.browser(app)
+    world.login(browser, "honest", subject="alice")
+    counting.checks = 0
+    for _ in range(20):  # the per-request hot path: no store I/O within the interval
+        assert browser.get("/whoami").json()["principal"] == "alice"
+    assert counting.checks == 1
+    world.clock.advance(1.5)
+    assert browser.get("/whoami").json()["principal"] == "alice"
+    assert counting.checks == 2
+
+
+class _CountingChecks(MemoryStore):
+    checks = 0
+
+    def renew_lock(self, name: str, owner: str, ttl: float) -> bool:
+        if name.startswith("obm-session-revoked:"):
+            self.checks += 1
+        return super().renew_lock(name, owner, ttl)
 
 
 def test_a_login_revokes_the_previous_session_on_every_worker(world: World) -> None:
@@ -399,6 +427,7 @@ def test_a_session_that_cannot_be_checked_is_refused(world: World) -> None:
     browser = world.browser(app)
     world.login(browser, "honest", subject="alice")
     flaky.down = True
+    world.clock.advance(1.5)  # past the last successful check
     response = browser.get("/whoami", headers={"accept": "application/json"})
     assert response.status_code == 503
     assert response.json()["error"] == "store_unavailable"
