@@ -53,9 +53,7 @@ def served() -> Iterator[tuple[str, MockProvider]]:
     server = make_server("127.0.0.1", 0, _whoami, _ThreadingServer, _Quiet)
     base = f"http://127.0.0.1:{server.server_port}"
     server.set_app(
-        BrokerWSGIMiddleware(
-            _whoami, brokers={"mock": broker}, secret_key=SECRET, base_url=base
-        )
+        BrokerWSGIMiddleware(_whoami, brokers={"mock": broker}, secret_key=SECRET, base_url=base)
     )
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
