@@ -6,6 +6,9 @@
 from __future__ import annotations
 
 import time
+import urllib.parse
+from collections.abc import Sequence
+from typing import Any
 
 
 class FakeClock:
@@ -36,3 +39,22 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self.offset += seconds
+
+
+def login(
+    broker: Any,
+    provider: Any,
+    *,
+    tenant: str = "acme",
+    principal: str | None = "alice",
+    scopes: Sequence[str] = ("openid",),
+    redirect_uri: str = "https://app.example/cb",
+) -> Any:
+    """Log ``principal`` in through ``provider`` (a MockProvider that auto-approves) and
+    return the stored record: start_authorization, the provider's redirect, exchange_code."""
+    request = broker.start_authorization(
+        tenant=tenant, principal=principal, scopes=list(scopes), redirect_uri=redirect_uri
+    )
+    response = provider.client().get(request.url)
+    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.headers["location"]).query))
+    return broker.exchange_code(state=query["state"], code=query["code"], iss=query.get("iss"))

@@ -7,13 +7,12 @@ from __future__ import annotations
 import asyncio
 import base64
 import json
-import urllib.parse
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _fakes import FakeClock
+from _fakes import FakeClock, login
 from _services import require_module
 
 from oauth2_broker_mw import Broker
@@ -98,15 +97,6 @@ def owned_client_broker(
     return broker
 
 
-def login(broker: Broker, mp: MockProvider) -> Any:
-    request = broker.start_authorization(
-        tenant=TENANT, principal=USER, scopes=["openid"], redirect_uri="https://app.example/cb"
-    )
-    response = mp.client().get(request.url)
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.headers["location"]).query))
-    return broker.exchange_code(state=query["state"], code=query["code"], iss=query.get("iss"))
-
-
 def test_the_httpx_client_span_is_the_child_of_our_provider_request_span_sync_and_async(
     served: MockProvider, otel: Otel, clock: FakeClock, brokers: list[Broker]
 ) -> None:
@@ -168,7 +158,7 @@ def test_histograms_record_request_duration_lease_wait_and_token_age_at_refresh(
     served: MockProvider, otel: Otel, clock: FakeClock, brokers: list[Broker]
 ) -> None:
     broker = owned_client_broker(served, otel, clock, brokers)
-    login(broker, served)
+    login(broker, served, tenant=TENANT, principal=USER, scopes=["openid"])
     clock.advance(4000)  # the access token is 4000 s old when it is refreshed
     broker.lease(tenant=TENANT, principal=USER, scopes=["openid"])
 
@@ -190,7 +180,7 @@ def test_refresh_failures_are_counted_by_class(
     served: MockProvider, otel: Otel, clock: FakeClock, brokers: list[Broker]
 ) -> None:
     broker = owned_client_broker(served, otel, clock, brokers)
-    login(broker, served)
+    login(broker, served, tenant=TENANT, principal=USER, scopes=["openid"])
     clock.advance(4000)
     served.faults.add("token", "error", status=400, error="invalid_grant")
     with pytest.raises(Exception, match="log in again"):

@@ -3,12 +3,10 @@ or a network error leaves the grant in the store for a later retry (SECURITY C7,
 
 from __future__ import annotations
 
-import urllib.parse
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
-from _fakes import FakeClock
+from _fakes import FakeClock, login
 
 from oauth2_broker_mw import Broker, ProviderError, TransientProviderError
 from oauth2_broker_mw.testing.mock_provider import MockProvider
@@ -37,20 +35,11 @@ def broker(provider: MockProvider, clock: FakeClock) -> Iterator[Broker]:
     b.close()
 
 
-def login(broker: Broker, mp: MockProvider) -> Any:
-    request = broker.start_authorization(
-        tenant=TENANT, principal=USER, scopes=SCOPES, redirect_uri="https://app.example/cb"
-    )
-    response = mp.client().get(request.url)
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.headers["location"]).query))
-    return broker.exchange_code(state=query["state"], code=query["code"], iss=query.get("iss"))
-
-
 @pytest.mark.parametrize("status", [301, 302, 307, 308])
 def test_a_redirect_from_the_revocation_endpoint_is_not_success_and_keeps_the_token(
     broker: Broker, provider: MockProvider, status: int
 ) -> None:
-    record = login(broker, provider)
+    record = login(broker, provider, scopes=SCOPES)
     provider.faults.add(
         "revoke", "redirect", status=status, location="https://elsewhere.example/revoke"
     )
@@ -73,7 +62,7 @@ def test_a_redirect_from_the_revocation_endpoint_is_not_success_and_keeps_the_to
 async def test_a_503_keeps_the_grant_for_a_retry_async(
     broker: Broker, provider: MockProvider
 ) -> None:
-    record = login(broker, provider)
+    record = login(broker, provider, scopes=SCOPES)
     provider.faults.add("revoke", "error", status=503, retry_after=5)
     with pytest.raises(TransientProviderError) as info:
         await broker.arevoke(tenant=TENANT, principal=USER, scopes=SCOPES)

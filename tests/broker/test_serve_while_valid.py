@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import urllib.parse
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
-from _fakes import FakeClock
+from _fakes import FakeClock, login
 
 from oauth2_broker_mw import Broker, TransientProviderError
 from oauth2_broker_mw.testing.mock_provider import MockProvider
@@ -52,15 +51,6 @@ def broker(provider: MockProvider, clock: FakeClock) -> Iterator[Broker]:
     b.close()
 
 
-def login(broker: Broker, mp: MockProvider) -> Any:
-    request = broker.start_authorization(
-        tenant=TENANT, principal=USER, scopes=SCOPES, redirect_uri="https://app.example/cb"
-    )
-    response = mp.client().get(request.url)
-    query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(response.headers["location"]).query))
-    return broker.exchange_code(state=query["state"], code=query["code"], iss=query.get("iss"))
-
-
 @pytest.mark.parametrize("fault", [{"status": 503}, {"status": 502, "body": "<html>bad gateway"}])
 def test_a_transient_failure_inside_the_refresh_window_serves_the_valid_token(
     broker: Broker,
@@ -70,7 +60,7 @@ def test_a_transient_failure_inside_the_refresh_window_serves_the_valid_token(
     caplog: pytest.LogCaptureFixture,
     fault: dict[str, Any],
 ) -> None:
-    record = login(broker, provider)
+    record = login(broker, provider, scopes=SCOPES)
     clock.advance(3600 - 30)  # 30 s left: inside the 60 s refresh window
     provider.faults.add("token", "error", **fault)
     with caplog.at_level(logging.WARNING, logger="oauth2_broker_mw"):
@@ -89,7 +79,7 @@ def test_a_transient_failure_inside_the_refresh_window_serves_the_valid_token(
 def test_once_the_token_has_expired_the_failure_is_raised(
     broker: Broker, provider: MockProvider, clock: FakeClock, call: Call
 ) -> None:
-    login(broker, provider)
+    login(broker, provider, scopes=SCOPES)
     clock.advance(3600 + 1)
     provider.faults.add("token", "error", status=503)
     with pytest.raises(TransientProviderError):
@@ -99,7 +89,7 @@ def test_once_the_token_has_expired_the_failure_is_raised(
 def test_a_forced_refresh_and_a_rejected_token_still_raise(
     broker: Broker, provider: MockProvider, clock: FakeClock, call: Call
 ) -> None:
-    login(broker, provider)
+    login(broker, provider, scopes=SCOPES)
     clock.advance(3600 - 30)
     provider.faults.add("token", "error", status=503, times=None)  # down until cleared
     with pytest.raises(TransientProviderError):  # refresh() asked for a new token
