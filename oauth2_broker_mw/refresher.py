@@ -33,6 +33,7 @@ from ._core.errors import (
     AuthorizationRequired,
     BrokerError,
     ConfigurationError,
+    RateLimited,
 )
 from .broker import Broker
 from .stores.base import DueRecord, RefreshIndex
@@ -53,6 +54,9 @@ class SweepReport:
     failed: int = 0
     unknown_provider: int = 0
     errors: Mapping[str, int] = field(default_factory=dict)
+    rate_limited: int = 0
+    """Records left for a later sweep: their provider's gate was closed (back-off, circuit
+    breaker or budget; see docs/operations.md), so the rest of its records were not tried."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -62,6 +66,7 @@ class SweepReport:
             "failed": self.failed,
             "unknown_provider": self.unknown_provider,
             "errors": dict(self.errors),
+            "rate_limited": self.rate_limited,
         }
 
 
@@ -156,6 +161,7 @@ class Refresher:
         outcomes: Counter[str] = Counter()
         errors: Counter[str] = Counter()
         gate = asyncio.Semaphore(self._concurrency)
+        limited: set[str] = set()
 
         async def one(item: DueRecord) -> None:
             broker = self._brokers.get(item.key.provider)
@@ -163,10 +169,23 @@ class Refresher:
                 outcomes["unknown_provider"] += 1
                 return
             async with gate:
+                if item.key.provider in limited:  # its gate is closed: no attempt, no event
+                    outcomes["rate_limited"] += 1
+                    return
                 try:
                     await broker.arefresh_key(item.key, if_version=item.version)
                 except AuthorizationRequired:
                     outcomes["reauthorization_required"] += 1
+                except RateLimited as exc:
+                    outcomes["rate_limited"] += 1
+                    if item.key.provider not in limited:
+                        limited.add(item.key.provider)
+                        log.warning(
+                            "provider=%s is rate limited for %.3gs: its due records wait for "
+                            "a later sweep",
+                            item.key.provider,
+                            exc.retry_after or 0.0,
+                        )
                 except BrokerError as exc:
                     outcomes["failed"] += 1
                     errors[type(exc).__name__] += 1
@@ -187,6 +206,7 @@ class Refresher:
             failed=outcomes["failed"],
             unknown_provider=outcomes["unknown_provider"],
             errors=dict(errors),
+            rate_limited=outcomes["rate_limited"],
         )
         if self._on_sweep is not None:
             self._on_sweep(report)

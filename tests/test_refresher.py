@@ -179,3 +179,24 @@ def test_configuration_errors_are_typed_and_name_the_problem() -> None:
 
     with pytest.raises(ConfigurationError, match="NoIndex has no refresh index"):
         Refresher([broker], store=NoIndex())  # type: ignore[arg-type]
+
+
+def test_a_sweep_under_the_providers_backoff_tries_no_more_than_it_must(
+    store: TokenStore,
+) -> None:
+    mp = MockProvider(access_ttl=3600, rotation=True, reuse_detection=True)
+    broker = broker_for(mp, store)
+    for i in range(40):
+        seed(mp, broker, f"due{i}", expires_in=60 + i)
+    limited: list[object] = []
+    broker.subscribe(lambda event: limited.append(event) if event.kind == "rate_limited" else None)
+    gate = broker.store
+    assert hasattr(gate, "set_backoff")
+    gate.set_backoff("backoff|mock", time.time() + 600, now=time.time())  # another host's 429
+    refresher = Refresher([broker], window=300, concurrency=4)
+    report = refresher.sweep()
+    assert (report.due, report.refreshed, report.failed) == (40, 0, 0)
+    assert report.rate_limited == 40  # left for a later sweep, not failures
+    assert mp.counters["token"] == 0
+    broker.events.flush()
+    assert len(limited) <= 4  # only the attempts already under way when the gate was found
