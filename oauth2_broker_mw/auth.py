@@ -535,7 +535,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
 
     # -- the decisions (one source for every client) ------------------------------------------
     def _should_sign(self, origin: Origin | None) -> bool:
-        """Does a token for this key go to ``origin``? (F2, F3: allowlist; no cleartext.)"""
+        """Does a token for this key go to ``origin``? (SECURITY F2, F3: allowlist, no cleartext)"""
         if origin is None:
             return False
         if self._origins is not None:
@@ -614,7 +614,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
     def _prove(
         self, a: _Adapter[_Req, _RespIn], request: _Req, lease: Lease, nonce: str | None = None
     ) -> None:
-        """Put a fresh DPoP proof for this request (method, URL, token) in its headers (F6)."""
+        """Add a fresh DPoP proof (method, URL, token) to the request's headers (SECURITY F6)."""
         if nonce is None:
             nonce = self._dpop_nonces.get(a.origin(request))
         signer = cast(_DPoPSigner, self._broker)
@@ -669,7 +669,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             yield retry  # its answer is final, like the refresh retry below
             return
         if error is not None and error != "invalid_token":
-            return  # e.g. invalid_request: a new token would not help (F5)
+            return  # e.g. invalid_request: a new token would not help (SECURITY F5)
         if header and not challenge:
             return  # a challenge for another scheme (Basic, Negotiate): not about our token
         replay = a.replayable(request, mark)
@@ -869,7 +869,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             location = final.headers.get("location") or ""
             here = final.url or ""
             if not _same_origin_redirect(here, location):
-                # The Session copies `original` for the next hop: the token stays behind (F3).
+                # The Session copies `original` for the next hop: no token goes (SECURITY F3).
                 del original.headers["Authorization"]
                 final.request.headers.pop("Authorization", None)
                 original.headers.pop("DPoP", None)

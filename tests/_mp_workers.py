@@ -84,7 +84,7 @@ def make_broker(spec: CallerSpec, clock: Callable[[], float] = time.time) -> Bro
         lock_ttl=spec.lock_ttl,
         lock_wait=spec.lock_wait,
         clock=clock,
-        client_credentials_principals=lambda tenant, principal: True,  # all are services (J6)
+        client_credentials_principals=lambda tenant, principal: True,  # services (SECURITY J6)
     )
 
 

@@ -157,7 +157,7 @@ class Env:
 
 
 def services(tenant: str, principal: str) -> bool:
-    """The principals these tests sign as are the app's services (J6: explicit)."""
+    """The principals these tests sign as are the app's services (SECURITY J6: explicit)."""
     return principal.startswith("svc") or principal == "p"
 
 

@@ -69,7 +69,7 @@ def make_broker(mp: MockProvider, clock: Clock | None = None, **kwargs: Any) -> 
         "client_secret": "test-secret",
         "http_client": mp.client(),
         "async_http_client": mp.async_client(),
-        # The app's own token is explicit (J6): the "svc..." principals are its services.
+        # The app's own token is explicit (SECURITY J6): the "svc..." principals are its services.
         "client_credentials_principals": SERVICES,
     }
     if clock is not None:
@@ -512,7 +512,7 @@ def test_corrupt_row_is_treated_as_absent(
         conn.execute("UPDATE tokens SET data = '{not json'")
     fresh = make_broker(provider, store=SQLiteStore(str(path)))
     provider.reset_counters()
-    # J6: nothing can be read back, and the app's own token never stands in for the user.
+    # SECURITY J6: nothing can be read back, and the app's own token never stands in for the user.
     with pytest.raises(AuthorizationRequired):
         call(fresh, "lease", tenant=TENANT, principal=USER, scopes=["openid", "email"])
     assert provider.counters["token:client_credentials"] == 0

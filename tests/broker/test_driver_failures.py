@@ -56,7 +56,7 @@ def _brokers(mp: MockProvider, clock: Clock) -> tuple[Broker, Broker, _Armed, _A
     store = MemoryStore()
     sync, asyn = _Armed(mp.client()), _AsyncArmed(mp.async_client())
     common: dict[str, Any] = {
-        "client_credentials_principals": {"svc"},  # the app's service (J6: explicit)
+        "client_credentials_principals": {"svc"},  # the app's service (SECURITY J6: explicit)
         "client_id": "test-client",
         "client_secret": "test-secret",
         "store": store,

@@ -67,7 +67,7 @@ def _broker(provider: MockProvider, *, inprocess: bool = True, **kwargs: Any) ->
             "http_client": provider.client(),
             "async_http_client": provider.async_client(),
         }
-    kwargs.setdefault("client_credentials_principals", {"svc"})  # the app's service (J6)
+    kwargs.setdefault("client_credentials_principals", {"svc"})  # the app's service (SECURITY J6)
     return Broker(descriptor, client_id=CLIENT_ID, client_secret=CLIENT_SECRET, **extra, **kwargs)
 
 

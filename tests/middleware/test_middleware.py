@@ -437,7 +437,7 @@ def test_session_is_rotated_on_login(env: Env) -> None:
     assert env.whoami(browser)["principal"] == "user-1"
 
 
-# -- CSRF on the callback: state bound to the browser (B1) -----------------------------------------
+# -- CSRF on the callback: state bound to the browser (SECURITY B1) --------------------------------
 def test_victim_callback_with_attackers_state_is_rejected(env: Env) -> None:
     attacker, victim = env.browser(), env.browser()
     # the attacker starts a login in its own browser and authorises its own account...
@@ -520,7 +520,7 @@ def test_duplicate_parameters_are_rejected(make_env: MakeEnv, param: str) -> Non
     assert env.mp.counters["token"] == 0
 
 
-# -- RFC 9207 (B2) ---------------------------------------------------------------------------------
+# -- RFC 9207 (SECURITY B2) ------------------------------------------------------------------------
 @pytest.fixture
 def iss_env(make_env: MakeEnv) -> Env:
     return make_env(
@@ -569,7 +569,7 @@ def test_unexpected_iss_is_rejected_even_when_not_advertised(env: Env) -> None:
     assert env.mp.counters["token"] == 0
 
 
-# -- error callbacks (B7) --------------------------------------------------------------------------
+# -- error callbacks (SECURITY B7) -----------------------------------------------------------------
 def test_error_callback_is_handled_after_the_state_check_and_escaped(env: Env) -> None:
     browser = env.browser()
     authorize_url = env.start(browser)
@@ -602,7 +602,7 @@ def test_errors_are_json_for_api_clients(env: Env) -> None:
     assert response.json()["error"] == "state_missing"
 
 
-# -- return_to (B6) --------------------------------------------------------------------------------
+# -- return_to (SECURITY B6) -----------------------------------------------------------------------
 @pytest.mark.parametrize(
     "return_to",
     [
@@ -625,7 +625,7 @@ def test_context_login_url_validates_return_to(env: Env) -> None:
     assert me["login_url"] == f"{BASE}/oauth2/acme/login?return_to=/page"
 
 
-# -- cookies (G1) ----------------------------------------------------------------------------------
+# -- cookies (SECURITY G1) -------------------------------------------------------------------------
 def _attributes(cookie: str) -> set[str]:
     return {part.strip().split("=", 1)[0].lower() for part in cookie.split(";")[1:]}
 
@@ -664,7 +664,7 @@ def test_plain_http_outside_loopback_is_refused(make_env: MakeEnv) -> None:
         env.browser().get("/whoami")  # Starlette builds its middleware stack lazily
 
 
-# -- logout (G3) -----------------------------------------------------------------------------------
+# -- logout (SECURITY G3) --------------------------------------------------------------------------
 def test_logout_with_foreign_origin_is_refused(env: Env) -> None:
     browser = env.browser()
     env.login(browser)
@@ -750,7 +750,7 @@ def test_full_cycle_from_401_to_a_working_api_call(env: Env) -> None:
     assert browser.get("/api/data").status_code == 200
 
 
-# -- tenants (G6) ----------------------------------------------------------------------------------
+# -- tenants (SECURITY G6) -------------------------------------------------------------------------
 def test_invalid_tenant_is_400_never_a_default(make_env: MakeEnv) -> None:
     env = make_env(tenant_resolver=lambda request: request.header("x-tenant"))
     browser = env.browser()
@@ -816,11 +816,11 @@ def test_non_oidc_provider_gets_a_per_browser_principal(make_env: MakeEnv) -> No
     assert p2
     assert p1 != p2
     assert p1.startswith("browser-")
-    env.login(one)  # J10: every login is a fresh principal, nothing from the old session
+    env.login(one)  # SECURITY J10: every login is a fresh principal, nothing from the old session
     assert env.whoami(one)["principal"] not in (p1, None)
 
 
-# -- sessions (G2) ------------------------------------------------------------------------------
+# -- sessions (SECURITY G2) ------------------------------------------------------------------------
 def test_session_idle_timeout(make_env: MakeEnv) -> None:
     env = make_env(session_idle_timeout=600, session_absolute_timeout=3600)
     browser = env.browser()
@@ -862,7 +862,7 @@ def test_tampered_session_cookie_is_ignored(env: Env) -> None:
     assert env.whoami(env.browser(cookies={"obm_session": tampered}))["principal"] is None
 
 
-# -- several providers: flows are bound to theirs (B1, A9) --------------------------------------
+# -- several providers: flows are bound to theirs (SECURITY B1, A9) --------------------------------
 def test_flow_for_one_provider_cannot_complete_at_another(make_env: MakeEnv) -> None:
     env = make_env()
     other_mp = MockProvider(issuer="https://other-idp.test")
@@ -1005,7 +1005,7 @@ def test_one_user_connects_two_providers_and_logout_revokes_both(make_env: MakeE
     env = make_env(
         brokers={"acme": first.broker, "other": other},
         scopes={"acme": SCOPES, "other": ["email"]},  # not an OIDC login
-        # the app knows its user: it vouches for the principal across providers (J1, J10)
+        # the app knows its user: it vouches for the principal across providers (SECURITY J1, J10)
         principal_resolver=lambda request: request.header("x-app-user"),
     )
     env.mp.close()
