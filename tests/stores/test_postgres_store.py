@@ -21,7 +21,7 @@ from _services import (
 )
 
 from oauth2_broker_mw._core.errors import CorruptRecord, StorageError, StoreUnavailable
-from oauth2_broker_mw._core.model import Lease, Secret, StoreKey, TenantId
+from oauth2_broker_mw._core.model import Lease, ScopeSet, Secret, StoreKey, TenantId
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
@@ -383,7 +383,14 @@ def test_slow_or_down_postgres_is_retryable_and_warm_leases_are_still_served(
     try:
         for name in "wxyz":
             key = broker.key(tenant="acme", principal=name, scopes=["read"])
-            store.put(make_record(key, f"at-{name}", expires_at=time.time() + 3600))
+            store.put(
+                make_record(
+                    key,
+                    f"at-{name}",
+                    expires_at=time.time() + 3600,
+                    scopes=ScopeSet.of(["read"]),  # granted, as a broker-written record says
+                )
+            )
         warm = broker.lease(tenant="acme", principal="w", scopes=["read"])
 
         # slow: another session locks the table; reads hit the statement timeout

@@ -12,7 +12,7 @@ import pytest
 from _services import TcpProxy, redis_cleanup, require_module, require_redis, unique_name
 
 from oauth2_broker_mw._core.errors import StoreUnavailable
-from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId
+from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TenantId
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
@@ -276,7 +276,14 @@ def test_slow_or_down_redis_is_retryable_and_warm_leases_are_still_served(
     try:
         keys = {n: broker.key(tenant="acme", principal=n, scopes=["read"]) for n in "wxyz"}
         for name, key in keys.items():
-            store.put(make_record(key, f"at-{name}", expires_at=time.time() + 3600))
+            store.put(
+                make_record(
+                    key,
+                    f"at-{name}",
+                    expires_at=time.time() + 3600,
+                    scopes=ScopeSet.of(["read"]),  # granted, as a broker-written record says
+                )
+            )
         assert broker.lease(tenant="acme", principal="w", scopes=["read"]).access_token == Secret(
             "at-w"
         )
