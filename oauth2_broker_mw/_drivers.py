@@ -15,19 +15,22 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, TypeVar
+from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
 
 from . import _driver
 from ._core.effects import (
     AcquireLock,
     BackoffUntil,
+    DropUnsaved,
     Effect,
     Emit,
     Flow,
     HttpRequest,
     HttpResponse,
+    KeepUnsaved,
     LockHold,
     Now,
+    PeekUnsaved,
     ReleaseLock,
     SetBackoff,
     Sleep,
@@ -36,13 +39,14 @@ from ._core.effects import (
     store_call,
 )
 from ._core.errors import BrokerError, ConfigurationError, StorageError, TransportError
+from ._core.model import StoreKey, TokenRecord
 from .stores.base import ProviderGate, TokenStore
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
     from .events import EventBus
 
-__all__ = ["MAX_RESPONSE_BYTES", "AsyncDriver", "SyncDriver"]
+__all__ = ["MAX_RESPONSE_BYTES", "AsyncDriver", "SyncDriver", "UnsavedRotations"]
 
 R = TypeVar("R")
 
@@ -59,6 +63,51 @@ def _process_gate() -> ProviderGate:
 
         _PROCESS_GATE = MemoryStore()
     return _PROCESS_GATE
+
+
+Held: TypeAlias = tuple[TokenRecord, int | None, LockHold | None]
+"""An unsaved rotation: the record, the stored version it replaces, the lock left held."""
+
+
+class UnsavedRotations:
+    """Rotated records the store refused to take, held in this process until it answers.
+
+    Once the provider has rotated a refresh token, the stored one is spent: presenting it
+    again makes a provider with reuse detection revoke the whole grant. So a rotation whose
+    write failed (after the bounded retries) is kept here, handed out instead of the stored
+    record, and written (compare-and-swap at the version it replaces) by the next flow that
+    reads the key or by :meth:`Broker.flush_unsaved`. Shared by a broker's two drivers.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, Held] = {}
+
+    def keep(
+        self, record: TokenRecord, expected_version: int | None, lock: LockHold | None
+    ) -> None:
+        with self._lock:
+            self._held[record.key.id] = (record, expected_version, lock)
+
+    def peek(self, key: StoreKey) -> Held | None:
+        return self._held.get(key.id)
+
+    def drop(self, record: TokenRecord) -> None:
+        """Forget ``record``; a newer record kept for the same key meanwhile stays."""
+        with self._lock:
+            held = self._held.get(record.key.id)
+            if held is not None and held[0] is record:
+                del self._held[record.key.id]
+
+    def held_keys(self) -> list[StoreKey]:
+        with self._lock:
+            return [held[0].key for held in self._held.values()]
+
+    def __len__(self) -> int:
+        return len(self._held)
+
+    def __repr__(self) -> str:
+        return f"UnsavedRotations(held={len(self._held)})"
 
 
 _CLIENT_MODULES = frozenset({"httpx", "httpx2", "httpcore", "httpcore2", "h11", "h2", "ssl"})
@@ -180,6 +229,7 @@ class _Driver:
         events: EventBus | None = None,
         max_response_bytes: int = MAX_RESPONSE_BYTES,
         deadline: float | None = None,
+        unsaved: UnsavedRotations | None = None,
     ) -> None:
         if max_response_bytes < 1:
             raise ConfigurationError("max_response_bytes must be a positive number of bytes")
@@ -196,13 +246,20 @@ class _Driver:
         self._telemetry = telemetry or Telemetry()
         self._provider = provider
         self._events = events
+        self.unsaved = unsaved if unsaved is not None else UnsavedRotations()
 
     def _local(self, effect: Effect) -> Any:
-        """The effects both drivers answer without waiting: the clock and events."""
+        """The effects both drivers answer without waiting: clock, events, unsaved rotations."""
         if isinstance(effect, Now):
             return self._monotonic() if effect.monotonic else self._clock()
         if isinstance(effect, Emit):
             return self._emit(effect)
+        if isinstance(effect, PeekUnsaved):
+            return self.unsaved.peek(effect.key) if len(self.unsaved) else None
+        if isinstance(effect, KeepUnsaved):
+            return self.unsaved.keep(effect.record, effect.expected_version, effect.lock)
+        if isinstance(effect, DropUnsaved):
+            return self.unsaved.drop(effect.record)
         raise TypeError(f"unknown effect {effect!r}")
 
     def _emit(self, effect: Emit) -> None:

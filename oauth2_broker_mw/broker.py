@@ -35,6 +35,7 @@ from ._core.flows import (
     AuthorizationRequest,
     FlowConfig,
     exchange_code_flow,
+    flush_unsaved_flow,
     obtain_flow,
     revoke_flow,
     start_authorization_flow,
@@ -54,7 +55,7 @@ from ._core.model import (
 from ._core.policy import RefreshPolicy
 from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth
 from ._core.ratelimit import Backoff, RateLimitPolicy
-from ._drivers import MAX_RESPONSE_BYTES, AsyncDriver, SyncDriver
+from ._drivers import MAX_RESPONSE_BYTES, AsyncDriver, SyncDriver, UnsavedRotations
 from ._singleflight import SingleFlight
 from .events import EventBus, EventHandler
 from .stores._commands import PerLoop
@@ -206,6 +207,7 @@ class Broker:
         event_queue_size: int = 10_000,
         rate_limit: RateLimitPolicy | None = None,
         backoff: Backoff | None = None,
+        write_retry_for: float = 5.0,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -244,6 +246,7 @@ class Broker:
             lock_ttl=lock_ttl,
             lock_wait=lock_wait,
             pending_ttl=pending_ttl,
+            write_retry_for=write_retry_for,
             client_credentials_principals=_principal_predicate(client_credentials_principals),
             dpop_key=self._dpop_key,
             dpop_nonces=NonceCache() if self._dpop_key is not None else None,
@@ -269,6 +272,7 @@ class Broker:
         self._cache_lock = threading.Lock()
         self._flights = _shared.flights
         self._events = _shared.events
+        self._unsaved = UnsavedRotations()
         self._sync = SyncDriver(
             store,
             self._sync_client,
@@ -278,6 +282,7 @@ class Broker:
             events=self._events,
             max_response_bytes=max_response_bytes,
             deadline=timeout,
+            unsaved=self._unsaved,
         )
         self._async = AsyncDriver(
             store,
@@ -288,6 +293,7 @@ class Broker:
             events=self._events,
             max_response_bytes=max_response_bytes,
             deadline=timeout,
+            unsaved=self._unsaved,
         )
         self._key_for = functools.lru_cache(maxsize=4096)(self._build_key)
         self._default_scopes = tuple(provider.default_scopes)
@@ -779,18 +785,66 @@ class Broker:
         keys = await self._store.alist_keys(TenantId(tenant), PrincipalId(principal))
         return [k for k in keys if k.provider == self._provider.id]
 
+    # -- rotations the store refused ----------------------------------------------------------
+    @property
+    def unsaved_rotations(self) -> int:
+        """How many rotated records this process holds because the store refused them."""
+        return len(self._unsaved)
+
+    # unasync: generated from aflush_unsaved; edit that one, then run scripts/unasync.py
+    def flush_unsaved(self) -> int:
+        """Write the rotations this process holds because the store refused them.
+
+        Each is written with compare-and-swap at the version it replaces (a record stored
+        meanwhile wins). Returns how many are still held: ``0`` once the store took them all.
+        A lease of such a key also writes it first; the :class:`Refresher` calls this on
+        every sweep, and :meth:`close` once more.
+        """
+        for key in self._unsaved.held_keys():
+            with self._telemetry.operation("flush", self._provider.id):
+                self._sync.run(flush_unsaved_flow(key))
+        return len(self._unsaved)
+
+    async def aflush_unsaved(self) -> int:
+        """Write the rotations this process holds because the store refused them.
+
+        Each is written with compare-and-swap at the version it replaces (a record stored
+        meanwhile wins). Returns how many are still held: ``0`` once the store took them all.
+        A lease of such a key also writes it first; the :class:`Refresher` calls this on
+        every sweep, and :meth:`close` once more.
+        """
+        for key in self._unsaved.held_keys():
+            with self._telemetry.operation("flush", self._provider.id):
+                await self._async.run(flush_unsaved_flow(key))
+        return len(self._unsaved)
+
+    def _lost_on_close(self, left: int) -> None:
+        if left:
+            log.error(
+                "closing with %d rotated token(s) for provider=%s that the store refused; "
+                "they are lost with this process, and their users may have to log in again "
+                "unless the provider has a refresh-token reuse grace period",
+                left,
+                self._provider.id,
+            )
+
     # -- lifecycle ----------------------------------------------------------------------------
     def close(self) -> None:
         """Close the HTTP clients the broker created (not the ones passed in, nor the store).
 
+        Rotations the store refused are written once more first (:meth:`flush_unsaved`).
         A broker made by a :class:`~oauth2_broker_mw.Registry` shares the registry's clients;
         closing it closes nothing (close the registry instead).
         """
+        if len(self._unsaved):
+            self._lost_on_close(self.flush_unsaved())
         if self._owns_pool:
             self._pool.close()
 
     async def aclose(self) -> None:
         """Close the HTTP clients the broker created on this loop and the sync one."""
+        if len(self._unsaved):
+            self._lost_on_close(await self.aflush_unsaved())
         if self._owns_pool:
             await self._pool.aclose()
 

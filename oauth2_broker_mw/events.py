@@ -38,6 +38,8 @@ from ._core.events import (
     RateLimited,
     ReauthorizationRequired,
     RefreshFailed,
+    RotationFlushed,
+    RotationUnsaved,
     TokenIssued,
     TokenRefreshed,
 )
@@ -52,6 +54,8 @@ __all__ = [
     "RateLimited",
     "ReauthorizationRequired",
     "RefreshFailed",
+    "RotationFlushed",
+    "RotationUnsaved",
     "TokenIssued",
     "TokenRefreshed",
     "WebhookSink",

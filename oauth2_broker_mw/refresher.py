@@ -57,6 +57,9 @@ class SweepReport:
     rate_limited: int = 0
     """Records left for a later sweep: their provider's gate was closed (back-off, circuit
     breaker or budget; see docs/operations.md), so the rest of its records were not tried."""
+    unsaved: int = 0
+    """Rotations the store refused that this process still holds after the sweep tried to
+    write them (:meth:`Broker.flush_unsaved`); above 0, the store is refusing writes."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -67,6 +70,7 @@ class SweepReport:
             "unknown_provider": self.unknown_provider,
             "errors": dict(self.errors),
             "rate_limited": self.rate_limited,
+            "unsaved": self.unsaved,
         }
 
 
@@ -156,7 +160,11 @@ class Refresher:
         return sorted(found.values(), key=lambda d: (math.floor(d.at), hash((salt, d.key.id))))
 
     async def asweep(self) -> SweepReport:
-        """Find what is due now and refresh it; returns what happened."""
+        """Write the rotations the store refused earlier, then find what is due now and
+        refresh it; returns what happened."""
+        unsaved = 0
+        for broker in self._brokers.values():
+            unsaved += await broker.aflush_unsaved()
         due = await self._due(self._clock())
         outcomes: Counter[str] = Counter()
         errors: Counter[str] = Counter()
@@ -207,6 +215,7 @@ class Refresher:
             unknown_provider=outcomes["unknown_provider"],
             errors=dict(errors),
             rate_limited=outcomes["rate_limited"],
+            unsaved=unsaved,
         )
         if self._on_sweep is not None:
             self._on_sweep(report)

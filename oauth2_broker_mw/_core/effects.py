@@ -19,14 +19,17 @@ __all__ = [
     "BackoffUntil",
     "CompareAndSwap",
     "Delete",
+    "DropUnsaved",
     "Effect",
     "Emit",
     "Flow",
     "HttpRequest",
     "HttpResponse",
+    "KeepUnsaved",
     "Load",
     "LockHold",
     "Now",
+    "PeekUnsaved",
     "Put",
     "PutPending",
     "ReleaseLock",
@@ -36,6 +39,7 @@ __all__ = [
     "StoreOp",
     "TakePending",
     "TakeToken",
+    "Unsaved",
     "store_call",
 ]
 
@@ -307,6 +311,42 @@ class Emit:
     event: Event
 
 
-Effect: TypeAlias = HttpRequest | StoreOp | Sleep | Now | Emit
+@dataclass(frozen=True, slots=True, repr=False)
+class KeepUnsaved:
+    """The provider rotated the token but the store refused the write: keep ``record`` in
+    this process (to write when the store answers again, at ``expected_version``) and hand
+    it out instead of the spent one. Result ``None``."""
+
+    record: TokenRecord
+    expected_version: int | None
+    lock: LockHold | None = None
+    """The lease lock whose release the store refused too: released once the record is
+    written, so the key's next refresh does not wait out its TTL."""
+
+    def __repr__(self) -> str:
+        return f"KeepUnsaved(key={self.record.key.id!r}, expected_version={self.expected_version})"
+
+
+@dataclass(frozen=True, slots=True)
+class PeekUnsaved:
+    """The record this process holds unsaved for ``key``; result
+    ``(record, expected_version, lock)`` or ``None``."""
+
+    key: StoreKey
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class DropUnsaved:
+    """``record`` reached the store (or a newer one did): stop holding it. Result ``None``.
+    A newer unsaved record for the same key (kept meanwhile) is not dropped."""
+
+    record: TokenRecord
+
+    def __repr__(self) -> str:
+        return f"DropUnsaved(key={self.record.key.id!r})"
+
+
+Unsaved: TypeAlias = KeepUnsaved | PeekUnsaved | DropUnsaved
+Effect: TypeAlias = HttpRequest | StoreOp | Sleep | Now | Emit | Unsaved
 #: A flow that yields effects and returns an ``R``: ``Flow[TokenRecord]``.
 Flow: TypeAlias = Generator[Effect, Any, R]

@@ -20,6 +20,8 @@ __all__ = [
     "RateLimited",
     "ReauthorizationRequired",
     "RefreshFailed",
+    "RotationFlushed",
+    "RotationUnsaved",
     "TokenIssued",
     "TokenRefreshed",
 ]
@@ -84,6 +86,28 @@ class RefreshFailed(Event):
     permanent: bool
     error: str
     """The broker error class name (``TransientProviderError``, ``InvalidGrant``, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotationUnsaved(Event):
+    """The provider rotated the token but the store refused the write after the retries.
+
+    The new record is held in this process and handed out (never the spent refresh token);
+    it is written when the store answers again (:class:`RotationFlushed`). Until then, other
+    processes still read the spent token; alert on this event. ``version`` is the stored
+    version the rotation replaces.
+    """
+
+    kind: ClassVar[str] = "rotation_unsaved"
+    error: str
+    """The broker error class name of the last refused write (``StoreUnavailable``, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RotationFlushed(Event):
+    """A rotation held in this process (:class:`RotationUnsaved`) reached the store."""
+
+    kind: ClassVar[str] = "rotation_flushed"
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

@@ -13,6 +13,7 @@ Must not import: httpx/httpx2, asyncio, threading, store drivers.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import hmac
 import logging
@@ -28,16 +29,20 @@ from .effects import (
     AcquireLock,
     CompareAndSwap,
     Delete,
+    DropUnsaved,
     Emit,
     Flow,
     HttpRequest,
     HttpResponse,
+    KeepUnsaved,
     Load,
     LockHold,
     Now,
+    PeekUnsaved,
     Put,
     PutPending,
     ReleaseLock,
+    RenewLock,
     Sleep,
     TakePending,
 )
@@ -60,6 +65,8 @@ from .events import (
     LockContended,
     ReauthorizationRequired,
     RefreshFailed,
+    RotationFlushed,
+    RotationUnsaved,
     TokenIssued,
     TokenRefreshed,
 )
@@ -88,6 +95,7 @@ __all__ = [
     "AuthorizationRequest",
     "FlowConfig",
     "exchange_code_flow",
+    "flush_unsaved_flow",
     "obtain_flow",
     "revoke_flow",
     "start_authorization_flow",
@@ -107,6 +115,9 @@ class FlowConfig:
     lock_wait: float = 30.0
     poll_interval: float = 0.05
     pending_ttl: float = 600.0
+    write_retry_for: float = 5.0
+    """How long a rotation the provider already issued is retried against a refusing store
+    before it is kept in this process (:class:`UnsavedRotations`)."""
 
     client_credentials_principals: Callable[[StoreKey], bool] | None = None
     """Principals (besides :data:`SERVICE_PRINCIPAL`) the app marks as services. ``None``: none
@@ -160,13 +171,111 @@ class AuthorizationRequest:
 
 # -- store helpers ----------------------------------------------------------------------------
 def _read(key: StoreKey) -> Flow[TokenRecord | None]:
-    """Load the record; a corrupt one is logged and treated as absent (fail closed)."""
+    """Load the record; a corrupt one is logged and treated as absent (fail closed).
+
+    A rotation this process holds unsaved (the store refused it) is written first; while the
+    store still refuses, that record is the answer: never the stored, spent refresh token.
+    """
+    held: tuple[TokenRecord, int | None, LockHold | None] | None = yield PeekUnsaved(key)
+    if held is not None:
+        newest = yield from _flush(*held)
+        if newest is not None:
+            return newest
     try:
         record: TokenRecord | None = yield Load(key)
     except CorruptRecord as exc:
         log.warning("corrupt token record for provider=%s treated as absent: %s", key.provider, exc)
         return None
     return record
+
+
+def _flush(
+    record: TokenRecord, expected_version: int | None, lock: LockHold | None
+) -> Flow[TokenRecord | None]:
+    """Write an unsaved rotation: the stored record, ``record`` itself while the store is
+    still down, or ``None`` when a newer record was stored meanwhile (the fence moved)."""
+    key = record.key
+    try:
+        stored: TokenRecord | None = yield CompareAndSwap(record, expected_version)
+    except CorruptRecord:
+        stored = None
+    except StorageError as exc:
+        log.warning(
+            "store still refuses the rotated token for provider=%s (%s); serving it from "
+            "this process",
+            key.provider,
+            type(exc).__name__,
+        )
+        return record
+    yield DropUnsaved(record)
+    if lock is not None:  # its release was refused with the write; the owner token fences it
+        yield from _release(lock.name, lock.owner)
+    now: float = yield Now()
+    if stored is None:
+        log.warning(
+            "an unsaved rotation for provider=%s was superseded by a newer stored record",
+            key.provider,
+        )
+        return None
+    log.info("stored the rotation held in memory for provider=%s", key.provider)
+    yield Emit(RotationFlushed.for_key(key, now, stored.version))
+    return stored
+
+
+def _store_rotation(
+    cfg: FlowConfig, merged: TokenRecord, expected_version: int | None, hold: LockHold
+) -> Flow[tuple[TokenRecord | None, bool]]:
+    """Compare-and-swap a rotation the provider already issued; ``(stored, saved)``.
+
+    A store that refuses the write (down, locked, a dead connection) is retried with
+    exponential back-off, renewing the lease lock, for ``cfg.write_retry_for`` seconds after
+    the first refusal (which may itself take the store's own timeout). Past
+    that the record is kept in this process (``saved`` is ``False``): the caller still gets
+    the new token, and the next read of the key writes it.
+    """
+    key = merged.key
+    started: float | None = None
+    delay = 0.05
+    while True:
+        try:
+            stored: TokenRecord | None = yield CompareAndSwap(merged, expected_version)
+        except CorruptRecord:
+            raise
+        except StorageError as exc:
+            elapsed: float = yield Now(monotonic=True)
+            started = elapsed if started is None else started
+            if elapsed - started + delay > cfg.write_retry_for:
+                yield KeepUnsaved(merged, expected_version, hold)
+                now: float = yield Now()
+                log.error(
+                    "could not store the rotated token for provider=%s for %.1fs (%s); "
+                    "keeping it in this process until the store answers",
+                    key.provider,
+                    elapsed - started,
+                    type(exc).__name__,
+                )
+                yield Emit(
+                    RotationUnsaved.for_key(key, now, expected_version, error=type(exc).__name__)
+                )
+                return merged, False
+            yield Sleep(delay)
+            delay = min(delay * 2, 1.0)
+            with contextlib.suppress(StorageError):  # still down: the swap is the fence anyway
+                yield RenewLock(hold.name, hold.owner, hold.ttl)
+            continue
+        if stored is not None:
+            yield DropUnsaved(merged)  # an older unsaved rotation of this key is superseded
+        return stored, True
+
+
+def flush_unsaved_flow(key: StoreKey) -> Flow[bool]:
+    """Write the rotation this process holds unsaved for ``key``; ``True`` once none is held
+    (stored, superseded by a newer stored record, or there was none)."""
+    held: tuple[TokenRecord, int | None, LockHold | None] | None = yield PeekUnsaved(key)
+    if held is None:
+        return True
+    newest = yield from _flush(*held)
+    return newest is not held[0]
 
 
 def _release(name: str, owner: str) -> Flow[None]:
@@ -464,7 +573,13 @@ def _refresh(
         yield Emit(_refresh_failed(key, now, record, exc, permanent=True))
         raise
     merged = _merge(record, parsed, now)
-    stored: TokenRecord | None = yield CompareAndSwap(merged, record.version)
+    held: tuple[TokenRecord, int | None, LockHold | None] | None = yield PeekUnsaved(key)
+    # ``record`` may itself be an unsaved rotation: its replacement takes over its fence.
+    expected = held[1] if held is not None and held[0] is record else record.version
+    stored, saved = yield from _store_rotation(cfg, merged, expected, hold)
+    if not saved:
+        yield from _refreshed(key, record, parsed, merged, now)
+        return merged
     if stored is not None:
         yield from _refreshed(key, record, parsed, stored, now)
         return stored
@@ -475,10 +590,12 @@ def _refresh(
     if current is None or (current.refresh_token is None and current.revoked_at is not None):
         # A loser of a lock-less race tombstoned (or removed) the grant while our rotation
         # was in flight: ours is the only live refresh token, so it must not be lost.
-        stored = yield CompareAndSwap(merged, None if current is None else current.version)
-        if stored is not None:
-            yield from _refreshed(key, record, parsed, stored, now)
-            return stored
+        again: TokenRecord | None = yield CompareAndSwap(
+            merged, None if current is None else current.version
+        )
+        if again is not None:
+            yield from _refreshed(key, record, parsed, again, now)
+            return again
     raise StorageError("the token record changed during refresh and the stored one is unusable")
 
 
@@ -924,6 +1041,7 @@ def revoke_flow(cfg: FlowConfig, key: StoreKey) -> Flow[bool]:
                     response.status_code,
                 )
     yield Delete(key)
+    yield DropUnsaved(record)  # a rotation held unsaved is revoked too: never written back
     now: float = yield Now()
     yield Emit(ConnectionRevoked.for_key(key, now, record.version))
     return True

@@ -27,10 +27,12 @@ from oauth2_broker_mw import (
 )
 from oauth2_broker_mw._core.effects import (
     BackoffUntil,
+    DropUnsaved,
     Emit,
     HttpRequest,
     HttpResponse,
     Now,
+    PeekUnsaved,
     SetBackoff,
     Sleep,
     StoreOp,
@@ -106,8 +108,11 @@ class Script:
 
     def _skip_emits(self, effect: Any) -> Any:
         """Lifecycle events are collected in ``events``, not scripted step by step; the
-        provider gate is open (its own tests are in ``tests/broker/test_ratelimit.py``)."""
-        while isinstance(effect, Emit | BackoffUntil | SetBackoff | TakeToken):
+        provider gate is open (its own tests are in ``tests/broker/test_ratelimit.py``), and
+        this process holds no unsaved rotation (those are in ``test_durable_rotation.py``)."""
+        while isinstance(
+            effect, Emit | BackoffUntil | SetBackoff | TakeToken | PeekUnsaved | DropUnsaved
+        ):
             answer: Any = None
             if isinstance(effect, Emit):
                 self.events.append(effect.event)
