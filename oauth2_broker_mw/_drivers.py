@@ -21,6 +21,7 @@ from . import _driver
 from ._core.effects import (
     AcquireLock,
     BackoffUntil,
+    CountCalls,
     DropUnsaved,
     Effect,
     Emit,
@@ -270,7 +271,9 @@ class _Driver:
     def _target(self, effect: StoreOp) -> Any:
         """The store that executes ``effect``: the gate's for gate effects."""
         return (
-            self._gate if isinstance(effect, BackoffUntil | SetBackoff | TakeToken) else self._store
+            self._gate
+            if isinstance(effect, BackoffUntil | SetBackoff | TakeToken | CountCalls)
+            else self._store
         )
 
     @staticmethod

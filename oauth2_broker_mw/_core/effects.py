@@ -18,6 +18,7 @@ __all__ = [
     "AcquireLock",
     "BackoffUntil",
     "CompareAndSwap",
+    "CountCalls",
     "Delete",
     "DropUnsaved",
     "Effect",
@@ -261,6 +262,26 @@ class TakeToken(StoreOp):
         }
 
 
+@dataclass(frozen=True, slots=True)
+class CountCalls(StoreOp):
+    """Count one call under ``name`` in the store shared by every process, atomically;
+    result ``int``: the calls counted under ``name`` in the ``window`` seconds before this
+    one (a sliding estimate over two fixed windows of ``window`` seconds)."""
+
+    op: ClassVar[str] = "count_calls"
+    name: str
+    now: float
+    window: float
+
+    @property
+    def args(self) -> tuple[Any, ...]:
+        return (self.name,)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return {"now": self.now, "window": self.window}
+
+
 def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
     """The store method name, positional and keyword arguments for ``effect``.
 
@@ -281,6 +302,7 @@ def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
             | BackoffUntil()
             | SetBackoff()
             | TakeToken()
+            | CountCalls()
         ):
             return effect.op, effect.args, effect.kwargs
     raise TypeError(f"unknown store effect {type(effect).__name__}")

@@ -10,15 +10,25 @@ Must not import: httpx/httpx2, asyncio, threading, store drivers; no clock (``No
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
-from typing import NoReturn, Protocol, TypeAlias, runtime_checkable
+from dataclasses import dataclass, replace
+from typing import Final, NoReturn, Protocol, TypeAlias, runtime_checkable
 
 from . import oauth
-from .effects import BackoffUntil, Emit, Flow, HttpResponse, SetBackoff, Sleep, TakeToken
+from .effects import (
+    BackoffUntil,
+    CountCalls,
+    Emit,
+    Flow,
+    HttpResponse,
+    SetBackoff,
+    Sleep,
+    TakeToken,
+)
 from .errors import ConfigurationError, RateLimited, StorageError
 from .events import RateLimited as RateLimitedEvent
 
 __all__ = [
+    "RECENT_WINDOW",
     "Allow",
     "Backoff",
     "Decision",
@@ -68,6 +78,16 @@ class RateLimitCall:
     """``refresh_token``, ``client_credentials`` or ``authorization_code``."""
     now: float
     """The broker's wall clock (seconds since the epoch)."""
+    recent: int = 0
+    """Token-endpoint calls for this tenant and provider in the last :data:`RECENT_WINDOW`
+    seconds, this one excluded: counted in the store, so every process and host on it sees
+    the same number (allowed and refused calls alike: each consulted the policy)."""
+    recent_provider: int = 0
+    """The same for the provider across every tenant."""
+
+
+RECENT_WINDOW: Final = 60.0
+"""The window of :attr:`RateLimitCall.recent` (seconds, sliding)."""
 
 
 @runtime_checkable
@@ -234,6 +254,9 @@ def before_token_request(
         yield from _refuse(call, scopes, closed, "backoff")
     if policy is None:
         return
+    recent = yield from _count(f"calls|{len(tenant)}:{tenant}|{provider}", now)
+    everyone = yield from _count(f"calls|*|{provider}", now)
+    call = replace(call, recent=recent, recent_provider=everyone)
     decision = yield from policy.check(call)
     if isinstance(decision, Deny):
         yield from _refuse(call, scopes, max(0.0, decision.retry_after), "policy")
@@ -244,6 +267,16 @@ def before_token_request(
             yield from _refuse(
                 RateLimitCall(tenant, principal, provider, grant, now), scopes, closed, "backoff"
             )
+
+
+def _count(name: str, now: float) -> Flow[int]:
+    """Count this call in the store; a store failure is logged and counts as nothing recent."""
+    try:
+        recent: int = yield CountCalls(name, now=now, window=RECENT_WINDOW)
+    except StorageError as exc:
+        log.warning("could not count a token-endpoint call (%s): %s", name.split("|")[-1], exc)
+        return 0
+    return recent
 
 
 def after_token_response(

@@ -33,7 +33,7 @@ from .._core.errors import ConfigurationError, StoreUnavailable
 from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
 from .._driver import arun as adrive  # the one generator driver (psycopg's waiting.py)
 from .._driver import run as drive
-from .base import PROBE_KEY, DueRecord, check_bucket, check_limit
+from .base import PROBE_KEY, DueRecord, check_bucket, check_limit, check_window
 
 __all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url", "unreachable"]
 
@@ -203,6 +203,9 @@ class CommandStore(abc.ABC):
         self, name: str, now: float, interval: float, burst: int, max_wait: float
     ) -> Op[tuple[bool, float]]: ...
 
+    @abc.abstractmethod
+    def _op_count_calls(self, name: str, now: float, window: float) -> Op[int]: ...
+
     # -- the health check (check_store) -----------------------------------------------------
     def _op_check(self) -> Op[None]:
         """One cheap round trip: read a key nothing is ever stored under."""
@@ -288,6 +291,9 @@ class CommandStore(abc.ABC):
             self._op_take_token(name, float(now), *check_bucket(interval, burst, max_wait))
         )
 
+    def count_calls(self, name: str, *, now: float, window: float) -> int:
+        return self._run(self._op_count_calls(name, float(now), check_window(window)))
+
     # -- the TokenStore surface, async ------------------------------------------------------
     async def aget(self, key: StoreKey) -> TokenRecord | None:
         return await self._arun(self._op_get(key))
@@ -348,3 +354,6 @@ class CommandStore(abc.ABC):
         return await self._arun(
             self._op_take_token(name, float(now), *check_bucket(interval, burst, max_wait))
         )
+
+    async def acount_calls(self, name: str, *, now: float, window: float) -> int:
+        return await self._arun(self._op_count_calls(name, float(now), check_window(window)))

@@ -49,6 +49,9 @@ token-endpoint request; see ``docs/operations.md``):
   returns ``(True, wait)`` and debits the bucket when a call may go out within ``max_wait``
   seconds (``wait`` is how long to wait first), else ``(False, wait)`` without debiting
   (``wait``: how long until a call would go out at once).
+* ``count_calls(name, now=, window=)`` counts one call under ``name`` atomically and returns
+  how many were counted in the ``window`` seconds before it (:func:`recent_calls`: two fixed
+  windows, the older one in proportion). Windows older than that are deleted as it goes.
 
 Finer points the conformance suite pins down:
 
@@ -65,6 +68,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import math
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import partial
@@ -88,7 +92,9 @@ __all__ = [
     "TokenStore",
     "acheck_store",
     "check_store",
+    "check_window",
     "gcra",
+    "recent_calls",
     "refresh_index",
 ]
 
@@ -262,6 +268,30 @@ class ProviderGate(Protocol):
         self, name: str, *, now: float, interval: float, burst: int, max_wait: float = 0.0
     ) -> tuple[bool, float]: ...
 
+    def count_calls(self, name: str, *, now: float, window: float) -> int: ...
+
+    async def acount_calls(self, name: str, *, now: float, window: float) -> int: ...
+
+
+def check_window(window: float) -> float:
+    """A validated call-counting window: positive and finite seconds."""
+    window = float(window)
+    if not window > 0 or not window < float("inf"):
+        raise ConfigurationError(f"call-count window must be positive seconds; got {window!r}")
+    return window
+
+
+def recent_calls(now: float, window: float, current: int, previous: int) -> int:
+    """The calls of the last ``window`` seconds, estimated from two fixed windows.
+
+    ``current`` were counted in the fixed window ``floor(now / window)``, ``previous`` in the
+    one before; the part of the previous window that still lies within ``window`` seconds of
+    ``now`` counts in proportion (the sliding-window counter of Cloudflare and nginx). Every
+    store counts the same way, so processes on one store see one number.
+    """
+    elapsed = now / window - math.floor(now / window)
+    return int(previous * (1.0 - elapsed)) + current
+
 
 def check_bucket(interval: float, burst: int, max_wait: float) -> tuple[float, int, float]:
     """Validated token-bucket arguments (a positive interval and burst, a wait of >= 0)."""
@@ -431,3 +461,9 @@ class ThreadedAsyncMixin(abc.ABC):
         return await self._call(
             self.take_token, name, now=now, interval=interval, burst=burst, max_wait=max_wait
         )
+
+    @abc.abstractmethod
+    def count_calls(self, name: str, *, now: float, window: float) -> int: ...
+
+    async def acount_calls(self, name: str, *, now: float, window: float) -> int:
+        return await self._call(self.count_calls, name, now=now, window=window)

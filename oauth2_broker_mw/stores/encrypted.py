@@ -405,6 +405,10 @@ class EncryptedStore(CommandStore):
         )
         return taken
 
+    def _op_count_calls(self, name: str, now: float, window: float) -> Op[int]:
+        counted: int = yield StoreCall("count_calls", (name,), {"now": now, "window": window})
+        return counted
+
     def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
         yield StoreCall("put_pending", (self._seal_pending(pending),))
         return None

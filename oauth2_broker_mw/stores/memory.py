@@ -11,6 +11,7 @@ Must not import: httpx/httpx2, asyncio, any store driver.
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable
@@ -19,7 +20,16 @@ from typing import Final
 
 from .._core.errors import ConfigurationError, CorruptRecord
 from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
-from .base import DueRecord, ThreadedAsyncMixin, check_bucket, check_limit, gcra, refresh_index
+from .base import (
+    DueRecord,
+    ThreadedAsyncMixin,
+    check_bucket,
+    check_limit,
+    check_window,
+    gcra,
+    recent_calls,
+    refresh_index,
+)
 
 __all__ = ["MemoryStore"]
 
@@ -61,6 +71,7 @@ class MemoryStore(ThreadedAsyncMixin):
         self._pending: dict[str, tuple[str, float]] = {}
         self._gates: dict[str, float] = {}  # back-off until, per gate name
         self._buckets: dict[str, float] = {}  # token bucket theoretical arrival time
+        self._calls: dict[str, tuple[int, int, int]] = {}  # (slot, current, previous)
         self._writes_since_purge = 0
 
     def __repr__(self) -> str:
@@ -197,6 +208,16 @@ class MemoryStore(ThreadedAsyncMixin):
             if granted:
                 self._buckets[name] = tat
         return granted, wait
+
+    def count_calls(self, name: str, *, now: float, window: float) -> int:
+        window = check_window(window)
+        slot = math.floor(now / window)
+        with self._mutex:
+            at, current, previous = self._calls.get(name, (slot, 0, 0))
+            if at != slot:  # the window moved on: one step keeps the count as "previous"
+                current, previous = 0, current if at == slot - 1 else 0
+            self._calls[name] = (slot, current + 1, previous)
+        return recent_calls(now, window, current, previous)
 
     # -- pending authorizations -------------------------------------------------------------
     def put_pending(self, pending: PendingAuthorization) -> None:

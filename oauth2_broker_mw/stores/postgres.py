@@ -29,6 +29,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import math
 import re
 import threading
 import time
@@ -48,7 +49,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
 from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
 from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
 from ._commands import CommandStore, Op, PerLoop, unreachable
-from .base import DueRecord, refresh_index
+from .base import DueRecord, recent_calls, refresh_index
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -115,6 +116,18 @@ _MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
                 name text PRIMARY KEY,
                 backoff_until double precision NOT NULL DEFAULT 0,
                 tat double precision
+            )""",
+        ),
+    ),
+    (
+        4,
+        "call counts for the rate-limit policy",
+        (
+            """CREATE TABLE {s}.calls (
+                name text NOT NULL,
+                slot bigint NOT NULL,
+                count bigint NOT NULL,
+                PRIMARY KEY (name, slot)
             )""",
         ),
     ),
@@ -690,6 +703,20 @@ class PostgresStore(CommandStore):
             (now, interval, now, tolerance, name),
         )
         return False, float(rows[0][0]) if rows else 0.0
+
+    def _op_count_calls(self, name: str, now: float, window: float) -> Op[int]:
+        # One statement: the old windows go, this one counts, the two recent ones are read.
+        s, slot = self._s, math.floor(now / window)
+        rows = yield Sql(
+            f"WITH gone AS (DELETE FROM {s}.calls WHERE name = %s AND slot < %s), "  # noqa: S608
+            f"counted AS (INSERT INTO {s}.calls AS c (name, slot, count) VALUES (%s, %s, 1) "
+            "ON CONFLICT (name, slot) DO UPDATE SET count = c.count + 1 RETURNING count) "
+            f"SELECT (SELECT count - 1 FROM counted), "
+            f"(SELECT count FROM {s}.calls WHERE name = %s AND slot = %s)",
+            (name, slot - 1, name, slot, name, slot - 1),
+        )
+        current, previous = rows[0] if rows else (0, None)
+        return recent_calls(now, window, int(current or 0), int(previous or 0))
 
     def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
         yield from self._op_purge()

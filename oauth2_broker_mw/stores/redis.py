@@ -18,6 +18,7 @@ Key layout (``P`` is the prefix, ``oauth2broker:`` by default)::
     P tenants                    set   every tenant with a record
     P gate:<name>                string provider back-off until (broker clock), with a PX expiry
     P bucket:<name>              string token bucket theoretical arrival time, with a PX expiry
+    P calls:<name>               hash   fixed window -> call count (two kept), with a PX expiry
 
 Expired locks and pending logins vanish by Redis expiry: no cron job. A single Redis, a
 primary with replicas behind Sentinel (pass ``client=sentinel.master_for(...)``) and Redis
@@ -64,7 +65,7 @@ from .._core.model import (
     TokenRecord,
 )
 from ._commands import CommandStore, Op, PerLoop, adrive, drive, redact_url, unreachable
-from .base import DueRecord, refresh_index
+from .base import DueRecord, recent_calls, refresh_index
 
 __all__ = ["RedisStore"]
 
@@ -177,6 +178,22 @@ end
 return {0, string.format('%.17g', wait)}
 """
 
+# KEYS: calls hash. ARGV: slot, ttl in ms. Fields are fixed windows; the hash is one key, so
+# one cluster slot. Returns the counts of this window (before this call) and the one before.
+_COUNT_CALLS: Final = """
+local slot = tonumber(ARGV[1])
+local fields = redis.call('HKEYS', KEYS[1])
+for _, field in ipairs(fields) do
+  if tonumber(field) == nil or tonumber(field) < slot - 1 then
+    redis.call('HDEL', KEYS[1], field)
+  end
+end
+local previous = redis.call('HGET', KEYS[1], tostring(slot - 1)) or '0'
+local current = redis.call('HINCRBY', KEYS[1], tostring(slot), 1) - 1
+redis.call('PEXPIRE', KEYS[1], ARGV[2])
+return {current, previous}
+"""
+
 # Hash tags a cluster's keys are spread over (per tenant); a refresh-index query reads each.
 _SHARDS: Final = 16
 
@@ -189,6 +206,7 @@ _SCRIPTS: Final = {
     "due": _DUE,
     "set_backoff": _SET_BACKOFF,
     "take_token": _TAKE_TOKEN,
+    "count_calls": _COUNT_CALLS,
 }
 
 
@@ -644,6 +662,14 @@ class RedisStore(CommandStore):
             ),
         )
         return bool(int(granted)), _float(wait)
+
+    def _op_count_calls(self, name: str, now: float, window: float) -> Op[int]:
+        slot = math.floor(now / window)
+        current, previous = yield RedisCall(
+            "script",
+            ("count_calls", [f"{self._prefix}calls:{name}"], [slot, _ms(2 * window) + 60_000]),
+        )
+        return recent_calls(now, window, int(current), int(_float(previous)))
 
     def _op_put_pending(self, pending: PendingAuthorization) -> Op[None]:
         name = self._pending_key(pending.state_key)

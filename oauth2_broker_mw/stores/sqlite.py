@@ -21,6 +21,7 @@ Concurrency design:
 from __future__ import annotations
 
 import errno
+import math
 import os
 import sqlite3
 import threading
@@ -39,11 +40,20 @@ from .._core.model import (
     TenantId,
     TokenRecord,
 )
-from .base import DueRecord, ThreadedAsyncMixin, check_bucket, check_limit, gcra, refresh_index
+from .base import (
+    DueRecord,
+    ThreadedAsyncMixin,
+    check_bucket,
+    check_limit,
+    check_window,
+    gcra,
+    recent_calls,
+    refresh_index,
+)
 
 __all__ = ["SQLiteStore"]
 
-SCHEMA_VERSION: Final = 3
+SCHEMA_VERSION: Final = 4
 _POOL_SIZE: Final = 8
 
 # ``DELETE ... RETURNING`` exists since SQLite 3.35.0.
@@ -126,6 +136,14 @@ def _add_gates(conn: sqlite3.Connection) -> None:
     )
 
 
+def _add_calls(conn: sqlite3.Connection) -> None:
+    """v4: call counts for the rate-limit policy, one row per name and fixed window."""
+    conn.execute(
+        "CREATE TABLE calls (name TEXT NOT NULL, slot INTEGER NOT NULL, "
+        "count INTEGER NOT NULL, PRIMARY KEY (name, slot)) WITHOUT ROWID"
+    )
+
+
 # MIGRATIONS[n] brings a database from user_version n to n + 1, inside the caller's
 # IMMEDIATE transaction. Version 0 is "empty file". Add an entry and bump SCHEMA_VERSION
 # to change the schema; never edit a shipped step.
@@ -133,6 +151,7 @@ MIGRATIONS: Final[dict[int, Migration]] = {
     0: _create_v1,
     1: _add_refresh_index,
     2: _add_gates,
+    3: _add_calls,
 }
 
 _UPSERT_TOKEN: Final = """
@@ -491,6 +510,24 @@ class SQLiteStore(ThreadedAsyncMixin):
                     (name, new_tat),
                 )
         return granted, wait
+
+    def count_calls(self, name: str, *, now: float, window: float) -> int:
+        window = check_window(window)
+        slot = math.floor(now / window)
+        with self._connection() as conn, _transaction(conn):
+            counts = dict(
+                conn.execute(
+                    "SELECT slot, count FROM calls WHERE name = ? AND slot IN (?, ?)",
+                    (name, slot, slot - 1),
+                ).fetchall()
+            )
+            conn.execute("DELETE FROM calls WHERE name = ? AND slot < ?", (name, slot - 1))
+            conn.execute(
+                "INSERT INTO calls (name, slot, count) VALUES (?, ?, 1) "
+                "ON CONFLICT (name, slot) DO UPDATE SET count = count + 1",
+                (name, slot),
+            )
+        return recent_calls(now, window, int(counts.get(slot, 0)), int(counts.get(slot - 1, 0)))
 
     # -- pending authorizations -------------------------------------------------------------
     def put_pending(self, pending: PendingAuthorization) -> None:

@@ -208,6 +208,10 @@ class StoreRunner:
             max_wait=max_wait,
         )
 
+    def count_calls(self, name: str, *, now: float, window: float) -> int:
+        gate = self._gate()
+        return self._do(gate.count_calls, gate.acount_calls, name, now=now, window=window)
+
     def concurrently(
         self,
         sync_fn: Callable[..., R],
@@ -765,6 +769,28 @@ class StoreConformance:
         calls: list[Call] = [((name,), kwargs) for _ in range(RACERS)]
         results = api.concurrently(gate.take_token, gate.atake_token, calls)
         assert [granted for granted, _ in results].count(True) == 5
+
+    def test_call_counts_slide_over_two_windows(self, api: StoreRunner) -> None:
+        name, start = f"calls|{uuid.uuid4().hex}", 1_900_000_020.0  # a window boundary
+        assert [api.count_calls(name, now=start, window=60.0) for _ in range(4)] == [0, 1, 2, 3]
+        # Half a window later: half of the previous window's 4 calls still count.
+        assert api.count_calls(name, now=start + 90, window=60.0) == 2
+        assert api.count_calls(name, now=start + 90, window=60.0) == 3
+        # Two windows on, nothing recent is left; other names never count.
+        assert api.count_calls(name, now=start + 240, window=60.0) == 0
+        assert api.count_calls(f"{name}-other", now=start + 240, window=60.0) == 0
+
+    def test_call_counts_refuse_a_bad_window(self, api: StoreRunner) -> None:
+        for bad in (0.0, -1.0, float("inf"), float("nan")):
+            with pytest.raises(ConfigurationError):
+                api.count_calls("calls|bad", now=1e9, window=bad)
+
+    def test_call_count_race_counts_every_call(self, api: StoreRunner) -> None:
+        gate = api._gate()
+        name, now = f"calls|{uuid.uuid4().hex}", 1_900_000_020.0
+        calls: list[Call] = [((name,), {"now": now, "window": 60.0}) for _ in range(RACERS)]
+        results = api.concurrently(gate.count_calls, gate.acount_calls, calls)
+        assert sorted(results) == list(range(RACERS))  # each saw a distinct count before it
 
     # -- pending authorizations -------------------------------------------------------------
     def test_pending_can_be_taken_exactly_once(self, api: StoreRunner) -> None:

@@ -14,12 +14,12 @@ import pytest
 from _fakes import FakeClock
 
 from oauth2_broker_mw import Broker, RateLimited, TransientProviderError, TransportError
-from oauth2_broker_mw._core.effects import BackoffUntil, Emit, Sleep, TakeToken
+from oauth2_broker_mw._core.effects import BackoffUntil, CountCalls, Emit, Sleep, TakeToken
 from oauth2_broker_mw._core.events import Event
 from oauth2_broker_mw._core.events import RateLimited as RateLimitedEvent
 from oauth2_broker_mw._core.ratelimit import before_token_request
 from oauth2_broker_mw.ratelimit import Allow, Backoff, Delay, Deny, RateLimitCall, TokenBucket
-from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 T0 = 1_900_000_000.0
@@ -205,11 +205,14 @@ def _gate(policy: Any, grant: str = "refresh_token") -> Any:
 
 def test_a_delay_decision_sleeps_then_checks_the_backoff_again() -> None:
     flow = _gate(TokenBucket(1, per=10.0, max_delay=15.0))
-    effects = _drive(flow, {BackoffUntil: 0.0, TakeToken: (True, 10.0), Sleep: T0 + 10, Emit: None})
+    effects = _drive(
+        flow,
+        {BackoffUntil: 0.0, CountCalls: 0, TakeToken: (True, 10.0), Sleep: T0 + 10, Emit: None},
+    )
     kinds = [type(e) for e in effects]
-    assert kinds == [BackoffUntil, TakeToken, Sleep, BackoffUntil]
-    assert effects[2] == Sleep(10.0)
-    take = effects[1]
+    assert kinds == [BackoffUntil, CountCalls, CountCalls, TakeToken, Sleep, BackoffUntil]
+    assert effects[4] == Sleep(10.0)
+    take = effects[3]
     assert take.interval == 10.0 and take.burst == 1 and take.max_wait == 15.0
 
 
@@ -221,6 +224,7 @@ def test_a_backoff_recorded_during_the_delay_refuses_the_call() -> None:
             flow,
             {
                 BackoffUntil: lambda _: next(reads),
+                CountCalls: 0,
                 TakeToken: (True, 10.0),
                 Sleep: T0 + 10,
                 Emit: None,
@@ -242,13 +246,55 @@ def test_a_custom_policy_decides_with_the_call_it_is_given() -> None:
 
     for grant, refused in (("refresh_token", False), ("authorization_code", True)):
         flow = _gate(NoCodeExchanges(), grant)
+        answers = {BackoffUntil: 0.0, CountCalls: 0, Emit: None}
         if refused:
             with pytest.raises(RateLimited):
-                _drive(flow, {BackoffUntil: 0.0, Emit: None})
+                _drive(flow, answers)
         else:
-            _drive(flow, {BackoffUntil: 0.0, Emit: None})
+            _drive(flow, answers)
     assert [c.grant for c in seen] == ["refresh_token", "authorization_code"]
     assert Delay(1.0) != Allow()
+
+
+def test_a_policy_sees_the_recent_calls_of_every_broker_on_the_store(
+    provider: MockProvider, tmp_path: Any
+) -> None:
+    """``RateLimitCall.recent`` is counted in the store: two brokers (as two processes would)
+    on one SQLite file see one count, per tenant, and across tenants in ``recent_provider``."""
+    seen: list[tuple[str, int, int]] = []
+
+    class AtMostThreePerMinute:
+        def check(self, call: RateLimitCall) -> Any:
+            seen.append((call.tenant, call.recent, call.recent_provider))
+            if call.recent >= 3:
+                return Deny(retry_after=60.0)
+            return Allow()
+            yield  # a generator, like every flow
+
+    clock = FakeClock(T0)
+    path = tmp_path / "tokens.db"
+    brokers = [
+        _broker(provider, clock, store=SQLiteStore(path), rate_limit=AtMostThreePerMinute())
+        for _ in range(2)
+    ]
+    for i in range(3):
+        brokers[i % 2].lease(tenant="acme", principal=f"svc-{i}", scopes=["read"])
+    with pytest.raises(RateLimited):
+        brokers[1].lease(tenant="acme", principal="svc-3", scopes=["read"])
+    brokers[0].lease(tenant="globex", principal="svc-0", scopes=["read"])  # its own count
+    assert seen == [
+        ("acme", 0, 0),
+        ("acme", 1, 1),
+        ("acme", 2, 2),
+        ("acme", 3, 3),
+        ("globex", 0, 4),
+    ]
+    assert _token_calls(provider) == 4
+    clock.advance(120.0)  # two windows on: nothing recent
+    brokers[1].lease(tenant="acme", principal="svc-3", scopes=["read"])
+    assert seen[-1] == ("acme", 0, 0)
+    for broker in brokers:
+        broker.close()
 
 
 # -- the circuit breaker: failures counted in the store open the gate ---------------------------

@@ -36,6 +36,7 @@ def test_there_is_one_class_per_store_operation() -> None:
             "backoff_until",
             "set_backoff",
             "take_token",
+            "count_calls",
         ]
     )
 

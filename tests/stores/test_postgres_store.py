@@ -105,7 +105,7 @@ def test_schema_is_created_and_versioned(dsn: str, schema: str) -> None:
                 "SELECT table_name FROM information_schema.tables WHERE table_schema = %s", schema
             )
         }
-        assert tables == {"schema_migrations", "tokens", "locks", "pending", "gates"}
+        assert tables == {"schema_migrations", "tokens", "locks", "pending", "gates", "calls"}
     finally:
         store.close()
 
@@ -434,7 +434,7 @@ def test_a_version_1_schema_gets_the_refresh_index_backfilled(dsn: str, schema: 
     store.close()
     s = f'"{schema}"'
     _sql(f"ALTER TABLE {s}.tokens DROP COLUMN expires_at, DROP COLUMN idle_since")
-    _sql(f"DROP TABLE {s}.gates")  # added by migration 3
+    _sql(f"DROP TABLE {s}.gates, {s}.calls")  # added by migrations 3 and 4
     _sql(f"DELETE FROM {s}.schema_migrations WHERE version > 1")
     upgraded = PostgresStore(dsn, schema=schema)
     try:

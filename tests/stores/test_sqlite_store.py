@@ -555,6 +555,7 @@ def test_a_version_1_file_gets_the_refresh_index_backfilled(db_path: Path) -> No
         conn.execute("ALTER TABLE tokens DROP COLUMN expires_at")
         conn.execute("ALTER TABLE tokens DROP COLUMN idle_since")
         conn.execute("DROP TABLE gates")  # added by version 3
+        conn.execute("DROP TABLE calls")  # added by version 4
         conn.execute("PRAGMA user_version = 1")
     conn.close()
     upgraded = SQLiteStore(db_path)
