@@ -10,6 +10,7 @@ token, the next refresh presented it, and MockProvider's reuse detection revoked
 from __future__ import annotations
 
 import asyncio
+import os
 import subprocess
 import sys
 import textwrap
@@ -319,3 +320,50 @@ def test_a_refresher_sweep_writes_what_the_store_refused(
     lock.release()
     assert refresher.sweep().unsaved == 0
     rig.assert_nothing_lost(rotated)
+
+
+# -- SQLite on a disk that fills up during the provider call --------------------------------
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 2 MiB tmpfs of our own (needs root and mount rights: skipped where the machine does
+    not allow it, as the issue says), unmounted afterwards."""
+    mountpoint = tmp_path / "small-disk"
+    mountpoint.mkdir()
+    done = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mountpoint)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a small tmpfs here ({done.stderr.strip() or 'not root'})")
+    try:
+        yield mountpoint
+    finally:
+        subprocess.run(["umount", "-l", str(mountpoint)], check=False)
+
+
+def _fill(directory: Path) -> Path:
+    """Write a file until the disk under ``directory`` is full; returns it (delete to free)."""
+    filler = directory / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        while True:
+            os.write(fd, b"\0" * 4096)
+    except OSError:
+        return filler  # ENOSPC: full
+    finally:
+        os.close(fd)
+
+
+def test_a_disk_that_fills_during_a_rotation_loses_nothing(small_disk: Path) -> None:
+    rig = _Rig(SQLiteStore(small_disk / "tokens.db", timeout=0.2), FakeClock(), write_retry_for=0.3)
+    try:
+        fillers: list[Path] = []
+        rig.strike(lambda: fillers.append(_fill(small_disk)))
+        rotated = rig.refresh("sync")  # main: StorageError (disk full), the new pair dropped
+        assert rig.broker.unsaved_rotations == 1
+        fillers[0].unlink()  # the operator frees space
+        assert rig.broker.flush_unsaved() == 0
+        rig.assert_nothing_lost(rotated)
+    finally:
+        rig.close()
