@@ -19,7 +19,6 @@ repr or an exception message.
 from __future__ import annotations
 
 import hmac
-import html
 import inspect
 import json
 import logging
@@ -60,6 +59,7 @@ from .._core.errors import (
 from .._core.flows import AuthorizationRequest
 from .._core.model import JSONValue, Lease, PrincipalId, ProviderId, Secret, TokenRecord
 from ._cookies import CookieAttributes, CookieSealer, parse_cookie_header
+from ._pages import PAGE_HEADERS, error_page, logout_page
 from ._redirects import safe_return_to
 from ._tenants import validate_tenant
 
@@ -94,6 +94,21 @@ _FLOW_COOKIE: Final = "obm_flow_"
 _MAX_FORM_BYTES: Final = 64 * 1024
 _LOOPBACK_HOSTS: Final = frozenset({"127.0.0.1", "::1", "[::1]", "localhost"})
 _SINGLE_PARAMS: Final = ("code", "state", "iss", "error")
+#: refusals that a fresh login mends: their error page links to the login route
+_RETRYABLE: Final = frozenset(
+    {
+        "state_missing",
+        "state_mismatch",
+        "state_expired",
+        "authorization_denied",
+        "exchange_failed",
+        "provider_unavailable",
+        "store_unavailable",
+        "issuer_mismatch",
+        "invalid_request",
+        "duplicate_parameter",
+    }
+)
 _DENYLIST_MAX: Final = 10_000
 _OPENED_MAX: Final = 1024
 
@@ -655,6 +670,8 @@ class _Reject(Exception):
         self.status = status
         self.code = code
         self.description = description
+        #: where "Start the sign-in again" goes (a login route), for refusals a new login mends
+        self.retry: str | None = None
 
 
 # -- the core ------------------------------------------------------------------------------------
@@ -973,7 +990,7 @@ class MiddlewareCore:
             )
         except StorageError as exc:  # fail closed: a session we cannot check is refused
             log.warning("session check failed: %s", type(exc).__name__)
-            raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+            raise _store_down() from None
         if revoked is True:
             self._remember_revoked(session.sid, now)
             return None
@@ -1027,7 +1044,7 @@ class MiddlewareCore:
             yield MarkRevoked(self.session_store, self._revoked_name(session.sid), remaining)
         except StorageError as exc:
             log.warning("session revocation failed: %s", type(exc).__name__)
-            raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+            raise _store_down() from None
 
     def _remember_revoked(self, sid: str, now: float) -> None:
         """This worker's bounded cache of revoked ids (saves the store read for them)."""
@@ -1145,8 +1162,16 @@ class MiddlewareCore:
                 assert route.provider is not None
                 response = yield from self._callback(route.provider, request)
         except _Reject as reject:
+            if route.provider is not None and route.kind != "unknown_provider":
+                reject.retry = self._retry_url(route.provider, reject.code)
             return self._error(request, reject)
         return response
+
+    def _retry_url(self, provider: str, code: str) -> str | None:
+        """A relative login URL (on the host the user is on) when a new login can help."""
+        if code not in _RETRYABLE:
+            return None
+        return f"{self.base_path}{self.prefix}/{quote(provider, safe='')}/login?return_to=/"
 
     def _flow_cookie_name(self, state: str) -> str:
         return self.flow_cookie_prefix + self.sealer.tag("flow-name", state, 16)
@@ -1184,7 +1209,7 @@ class MiddlewareCore:
             ) from None
         except StorageError as exc:
             log.warning("login for provider=%s failed: %s", provider, _reason(exc))
-            raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+            raise _store_down() from None
         except ProviderError as exc:  # e.g. a pushed authorization request was refused
             log.warning("login for provider=%s refused: %s", provider, exc.error)
             raise _Reject(502, "provider_error", "The provider refused the login.") from None
@@ -1275,11 +1300,7 @@ class MiddlewareCore:
                 error = params["error"]
                 shown = error if error.replace("_", "").isalnum() and len(error) <= 64 else "error"
                 description = params.get("error_description", "")[:300]
-                raise _Reject(
-                    400,
-                    "authorization_denied",
-                    f"The provider answered {shown!r}. {description}".strip(),
-                )
+                raise _Reject(400, "authorization_denied", _denied(shown, description))
             # B2: RFC 9207 mix-up defence.
             iss = params.get("iss")
             broker = yield from self._route_broker(tenant, provider)
@@ -1315,7 +1336,7 @@ class MiddlewareCore:
                 ) from None
             except StorageError as exc:
                 log.warning("code exchange for provider=%s failed: %s", provider, _reason(exc))
-                raise _Reject(503, "store_unavailable", "Try again in a moment.") from None
+                raise _store_down() from None
             except BrokerError as exc:
                 log.warning("code exchange for provider=%s failed: %s", provider, _reason(exc))
                 raise _Reject(400, "exchange_failed", "The login could not be completed.") from None
@@ -1348,11 +1369,14 @@ class MiddlewareCore:
             response = _redirect(return_to, 303)
             response.headers.append(self._session_cookie(session, now))
         except _Reject as reject:
+            reject.retry = self._retry_url(provider, reject.code)
             response = self._error(request, reject)
         response.headers.append(consume)
         return response
 
     def _logout(self, request: BrokerRequest, body: bytes) -> Handler:
+        if request.method in ("GET", "HEAD") and "text/html" in (request.header("accept") or ""):
+            return (yield from self._logout_form(request))
         if request.method != "POST":
             response = self._error(
                 request, _Reject(405, "method_not_allowed", "Log out with a POST request.")
@@ -1428,14 +1452,52 @@ class MiddlewareCore:
             ).encode()
             headers.insert(0, ("content-type", "application/json"))
         else:
-            body = _ERROR_PAGE.format(
-                code=html.escape(reject.code), description=html.escape(reject.description)
-            ).encode()
-            headers.insert(0, ("content-type", "text/html; charset=utf-8"))
-            headers.append(
-                ("content-security-policy", "default-src 'none'; frame-ancestors 'none'")
+            body = error_page(
+                reject.status,
+                reject.code,
+                reject.description,
+                home=self.base_path + "/",
+                retry=reject.retry,
             )
+            headers[:0] = PAGE_HEADERS
+        if reject.status == 503:
+            headers.append(("retry-after", "30"))
         return Response(reject.status, headers, body)
+
+    def _logout_form(self, request: BrokerRequest) -> Handler:
+        """``GET /logout`` from a browser: ask, with a POST form (SECURITY G3: GET never logs
+        out). The form carries the CSRF token and the validated ``return_to``."""
+        query = dict(reversed(request.query_pairs()))
+        target = safe_return_to(query.get("return_to"), base_url=self.base_url)
+        request.return_to = target
+        tenant = self._resolve_tenant(request)
+        session = None
+        if tenant is not None:
+            cookies = parse_cookie_header(request.header("cookie"))
+            session = yield from self._open_session(cookies, self._now(), tenant)
+        body = logout_page(
+            action=f"{self.base_path}{self.prefix}/logout",
+            return_to=target,
+            csrf_token=None if session is None else self.csrf_for(session.sid),
+            signed_in=session is not None and bool(session.connections),
+        )
+        return Response(200, [*PAGE_HEADERS, *_SECURITY_HEADERS], body)
+
+
+def _store_down() -> _Reject:
+    return _Reject(503, "store_unavailable", "The app's token store did not answer.")
+
+
+def _denied(error: str, description: str) -> str:
+    """ "The provider answered 'access_denied': The user denied access." (printable ASCII of
+    the untrusted description only, capitalised, one sentence end)."""
+    text = "".join(c for c in description if " " <= c <= "~").strip()
+    if not text:
+        return f"The provider answered {error!r}."
+    text = text[0].upper() + text[1:]
+    if text[-1] not in ".!?":
+        text += "."
+    return f"The provider answered {error!r}: {text}"
 
 
 def _check_base_url(url: str, what: str) -> tuple[str, str]:
@@ -1451,11 +1513,3 @@ def _check_base_url(url: str, what: str) -> tuple[str, str]:
             f"{what} must use https; plain http is allowed only on a loopback host"
         )
     return f"{parts.scheme}://{parts.netloc.lower()}", parts.path.rstrip("/")
-
-
-_ERROR_PAGE: Final = (
-    "<!doctype html><html lang=en><head><meta charset=utf-8>"
-    "<title>Sign-in failed</title></head><body><h1>Sign-in failed</h1>"
-    '<p>Error code: <code id="error-code">{code}</code></p><p>{description}</p>'
-    "</body></html>"
-)
