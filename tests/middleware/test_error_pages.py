@@ -88,9 +88,7 @@ def _title(body: str) -> str:
     return match.group(1)
 
 
-def _assert_safe_page(
-    response: object, *, secrets: tuple[str, ...] = (), home: bool = True
-) -> str:
+def _assert_safe_page(response: object, *, secrets: tuple[str, ...] = (), home: bool = True) -> str:
     headers = response.headers  # type: ignore[attr-defined]
     body: str = response.text  # type: ignore[attr-defined]
     assert headers["content-type"].startswith("text/html")
