@@ -258,6 +258,9 @@ class _HttpxLike(Protocol):
     @property
     def url(self) -> _HttpxURL: ...
 
+    @property
+    def extensions(self) -> dict[str, Any]: ...
+
 
 class _HttpxURL(Protocol):
     @property
@@ -330,6 +333,45 @@ class _HttpxAdapter:
 
     def method(self, request: _HttpxLike) -> str:
         return request.method
+
+
+def _one_hop_proof(request: _HttpxLike, asynchronous: bool) -> None:
+    """The DPoP proof goes to the URL it was made for, never to a redirect target.
+
+    httpx and httpx2 follow redirects inside one auth-flow step, copying every header but
+    ``Authorization`` (and that one only across origins) into the next request. The proof is
+    bound to this method and URL (RFC 9449 §4.2), so it is dropped from the request as soon as
+    the response headers arrive, through httpcore's ``trace`` extension (sync or async, as the
+    client is; a caller's own trace callback still runs). A transport that is not httpcore's
+    (a ``MockTransport``) never calls it: there the proof stays.
+    """
+    previous = request.extensions.get("trace")
+    if "DPoP" not in request.headers or getattr(previous, "_o2bm_one_hop", False):
+        return
+    headers = request.headers
+
+    def spend(event: str) -> None:
+        if event.endswith(".receive_response_headers.complete"):
+            headers.pop("DPoP", None)
+
+    if asynchronous:
+
+        async def atrace(event: str, info: dict[str, Any]) -> None:
+            spend(event)
+            if previous is not None:
+                await previous(event, info)
+
+        hook: Any = atrace
+    else:
+
+        def trace(event: str, info: dict[str, Any]) -> None:
+            spend(event)
+            if previous is not None:
+                previous(event, info)
+
+        hook = trace
+    hook._o2bm_one_hop = True
+    request.extensions["trace"] = hook
 
 
 class _RequestsAdapter:
@@ -742,6 +784,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         request.headers["Authorization"] = signing[1]
         if signing[3]:  # DPoP: the only branch a Bearer request takes for it
             self._prove(_HTTPX, request, lease)
+            _one_hop_proof(request, False)
             response = yield request
             self._learn_nonce(_HTTPX, request, response)
         else:
@@ -753,6 +796,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         while isinstance(step, _NeedReplacement):
             step = _advance(flow, broker.replace_lease(step.stale))
         if step is not None:
+            _one_hop_proof(cast(_HttpxLike, step), False)
             yield cast(_HttpxLike, step)
 
     @overload
@@ -785,6 +829,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         request.headers["Authorization"] = signing[1]
         if signing[3]:  # DPoP: the only branch a Bearer request takes for it
             self._prove(_HTTPX, request, lease)
+            _one_hop_proof(request, True)
             response = yield request
             self._learn_nonce(_HTTPX, request, response)
         else:
@@ -796,6 +841,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         while isinstance(step, _NeedReplacement):
             step = _advance(flow, await broker.areplace_lease(step.stale))
         if step is not None:
+            _one_hop_proof(cast(_HttpxLike, step), True)
             yield cast(_HttpxLike, step)
 
     @overload

@@ -41,6 +41,7 @@ class Seen:
     path: str
     authorization: str | None
     body: bytes
+    dpop: str | None = None
 
 
 @dataclass
@@ -67,6 +68,11 @@ class Recorder:
         with self.lock:
             return [s.authorization for s in self.seen]
 
+    def proofs(self) -> list[str | None]:
+        """The ``DPoP`` header of each recorded request (``None``: none)."""
+        with self.lock:
+            return [s.dpop for s in self.seen]
+
     async def _record(self, request: Request) -> None:
         body = await request.body()
         with self.lock:
@@ -78,6 +84,7 @@ class Recorder:
                     request.url.path,
                     request.headers.get("authorization"),
                     body,
+                    request.headers.get("dpop"),
                 )
             )
 

@@ -10,16 +10,18 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import json
 import logging
 import time
 import urllib.parse
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
+import httpx
 import httpx2
 import pytest
 import requests
-from auth.test_auth_support import CLIENTS, Driver
+from auth.test_auth_support import CLIENTS, Driver, Recorder
 from joserfc import jws, jwt
 from joserfc.jwk import ECKey, JWKRegistry
 
@@ -28,7 +30,7 @@ from oauth2_broker_mw._core.errors import ConfigurationError, UnsupportedTokenTy
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.auth import BrokerAuth
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.testing._mock_transport import LoopThread
+from oauth2_broker_mw.testing._mock_transport import LoopThread, serve_app
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 CLIENT_ID, CLIENT_SECRET = "test-client", "test-secret"
@@ -477,3 +479,77 @@ def test_requests_loopback_signs_with_dpop() -> None:
         assert claims["ath"] == _b64(hashlib.sha256(token.encode()).digest())
         assert "d" not in _decode(final.headers["DPoP"])[0]["jwk"]
         broker.close()
+
+
+# -- a redirect never carries the proof (issue 10: httpx and httpx2 forwarded it) ----------
+@pytest.fixture(scope="module")
+def redirecting() -> Iterator[tuple[MockProvider, Recorder, Recorder, str, str]]:
+    """A DPoP MockProvider and two header-recording servers, all on loopback ports."""
+    provider = MockProvider(dpop="required")
+    a, b = Recorder(), Recorder()
+    with provider.serve(), serve_app(a.app) as (_, port_a), serve_app(b.app) as (_, port_b):
+        yield provider, a, b, f"http://127.0.0.1:{port_a}", f"http://127.0.0.1:{port_b}"
+    provider.close()
+
+
+def _follow(library: Any, asynchronous: bool, auth: BrokerAuth, url: str) -> int:
+    """GET ``url`` with a client of ``library`` that follows redirects; the final status."""
+    if asynchronous:
+
+        async def go() -> int:
+            async with library.AsyncClient(auth=auth, follow_redirects=True) as client:
+                return int((await client.get(url)).status_code)
+
+        return asyncio.run(go())
+    with library.Client(auth=auth, follow_redirects=True) as client:
+        return int(client.get(url).status_code)
+
+
+@pytest.mark.parametrize("asynchronous", [False, True], ids=["sync", "async"])
+@pytest.mark.parametrize("library", [httpx2, httpx], ids=["httpx2", "httpx"])
+@pytest.mark.parametrize("target", ["other-origin", "same-origin"])
+def test_a_followed_redirect_never_carries_the_dpop_proof(
+    redirecting: tuple[MockProvider, Recorder, Recorder, str, str],
+    library: Any,
+    asynchronous: bool,
+    target: str,
+) -> None:
+    provider, a, b, origin_a, origin_b = redirecting
+    a.clear()
+    b.clear()
+    broker = _broker(provider, inprocess=False)
+    auth = BrokerAuth(broker, principal="svc", scopes=["read"], allowed_origins=[origin_a])
+    to = f"{origin_b}/echo" if target == "other-origin" else "/echo"
+    try:
+        assert _follow(library, asynchronous, auth, f"{origin_a}/redirect?to={to}") == 200
+    finally:
+        broker.close()
+    first = a.proofs()[0]
+    assert first is not None  # the request it was made for carried it
+    payload = first.split(".")[1]
+    claims = json.loads(base64.urlsafe_b64decode(payload + "=" * (-len(payload) % 4)))
+    assert claims["htu"] == f"{origin_a}/redirect"
+    hops = b.seen if target == "other-origin" else a.seen[1:]
+    assert len(hops) == 1 and hops[0].dpop is None  # main: the same proof, bound to /redirect
+    if target == "other-origin":
+        assert hops[0].authorization is None  # and the token stayed behind (SECURITY F3)
+
+
+def test_the_callers_own_trace_callback_still_runs(
+    redirecting: tuple[MockProvider, Recorder, Recorder, str, str],
+) -> None:
+    provider, a, b, origin_a, origin_b = redirecting
+    a.clear()
+    b.clear()
+    broker = _broker(provider, inprocess=False)
+    auth = BrokerAuth(broker, principal="svc", scopes=["read"], allowed_origins=[origin_a])
+    events: list[str] = []
+    try:
+        with httpx2.Client(auth=auth, follow_redirects=True) as client:
+            url = f"{origin_a}/redirect?to={origin_b}/echo"
+            response = client.get(url, extensions={"trace": lambda e, _: events.append(e)})
+    finally:
+        broker.close()
+    assert response.status_code == 200
+    assert "http11.receive_response_headers.complete" in events
+    assert b.proofs() == [None]
