@@ -19,6 +19,7 @@ Must not import at module level: uvicorn (only :func:`serve_demo` needs it).
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import html
 import json
 import logging
@@ -31,7 +32,7 @@ from collections.abc import AsyncIterator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
-from urllib.parse import urljoin, urlsplit
+from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx2
 from starlette.applications import Starlette
@@ -102,6 +103,10 @@ pre {{ background: #f3f5f7; padding: .8rem; overflow-x: auto; border-radius: 6px
           background: #1f6feb; color: #fff; text-decoration: none; font: inherit;
           cursor: pointer; }}
 .muted {{ color: #57606a; }} .ok {{ color: #1a7f37; }} .err {{ color: #cf222e; }}
+.notice {{ background: #dafbe1; border-radius: 6px; padding: .6rem .9rem; }}
+ol#sequence {{ font-family: ui-monospace, monospace; font-size: .9rem; padding-left: 1.6rem; }}
+ol#sequence li {{ margin: .15rem 0; }}
+form {{ display: inline; }}
 </style>
 </head>
 <body>
@@ -137,6 +142,17 @@ def _login_html(ctx: Any) -> str:
         f"at <code>{IDP_PATH}</code> on this server) shows its login form; use "
         f"<code>{DEMO_USERNAME}</code> / <code>{DEMO_PASSWORD}</code>.</p>\n"
         f'<p><a class="button" id="login" href="{_e(login_url)}">Log in</a></p>\n'
+        '<p class="muted">Try also: <a id="api-link" href="/api/me">/api/me</a> (the JSON API: '
+        "a 401 problem document until you log in).</p>\n"
+    )
+
+
+def _signed_out_html(revoked: int) -> str:
+    return (
+        '<p class="notice" id="signed-out"><strong>You are signed out.</strong> The '
+        "middleware revoked the tokens at the provider (RFC 7009), the broker deleted them "
+        "from the store, and the session cookie is gone. Tokens the provider has revoked so "
+        f'far: <span id="revoked">{revoked}</span>.</p>\n'
     )
 
 
@@ -146,8 +162,11 @@ def _logout_html(ctx: Any) -> str:
         f'<input type="hidden" name="csrf_token" value="{_e(csrf)}">' if csrf is not None else ""
     )
     return (
-        f'<form method="post" action="{_e(ctx.logout_url)}">{hidden}'
-        '<button class="button" id="logout" type="submit">Log out</button></form>\n'
+        f'<p><form method="post" action="{_e(ctx.logout_url)}">{hidden}'
+        '<input type="hidden" name="return_to" value="/?signed_out=1">'
+        '<button class="button" id="logout" type="submit">Log out</button></form> '
+        '<span class="muted">revokes the tokens at the provider and ends the session; '
+        'the same data as JSON: <a id="api-link" href="/api/me">/api/me</a></span></p>\n'
     )
 
 
@@ -186,6 +205,28 @@ class _CallResult:
     error: str | None = None
 
 
+#: the HTTP exchanges of the current page load, for the page's "what happened" list
+_CALLS: contextvars.ContextVar[list[str] | None] = contextvars.ContextVar(
+    "oauth2_broker_demo_calls", default=None
+)
+
+
+async def _record_response(response: httpx2.Response) -> None:
+    calls = _CALLS.get()
+    if calls is None:
+        return
+    request = response.request
+    what = f"{request.method} {request.url.path}"
+    if request.url.path.endswith("/token"):
+        # Only the grant type of the form body; never a code, token or secret.
+        try:
+            form = dict(parse_qsl(request.content.decode("latin-1")))
+        except httpx2.RequestNotRead:
+            form = {}
+        what += f" (grant_type={form.get('grant_type', '?')})"
+    calls.append(f"{what} \u2192 {response.status_code}")
+
+
 async def _call_resource(ctx: Any, client: httpx2.AsyncClient, url: str) -> _CallResult:
     try:
         response = await client.get(url, auth=ctx.auth(DEMO_PROVIDER))
@@ -198,6 +239,28 @@ async def _call_resource(ctx: Any, client: httpx2.AsyncClient, url: str) -> _Cal
     except ValueError:
         body = response.text[:200]
     return _CallResult(url, response.status_code, _public_resource(body))
+
+
+def _sequence_html(calls: list[str]) -> str:
+    if not calls:
+        return ""
+    items = "".join(f"<li>{_e(c)}</li>" for c in calls)
+    refreshed = any("grant_type=refresh_token" in c for c in calls)
+    if any(c.endswith("\u2192 401") for c in calls) and refreshed:
+        note = (
+            '<p id="sequence-note">The provider answered <strong>401</strong>: it no longer '
+            "knew the access token. <code>BrokerAuth</code> asked the broker for a new one "
+            "(<strong>one</strong> refresh, with the rotated refresh token) and retried the "
+            "call once, which succeeded.</p>"
+        )
+    elif refreshed:
+        note = '<p id="sequence-note">The broker refreshed the token before it expired.</p>'
+    else:
+        note = (
+            '<p id="sequence-note" class="muted">The cached access token was valid: no token '
+            "request.</p>"
+        )
+    return f'<h2>What happened on this page load</h2>\n<ol id="sequence">{items}</ol>\n{note}\n'
 
 
 async def _lease_html(ctx: Any) -> str:
@@ -307,8 +370,9 @@ def create_demo_app(
     )
     store = SQLiteStore(directory / "tokens.db")
     check_store(store)  # an unwritable data_dir fails here, naming the path, not at login
-    token_client = httpx2.AsyncClient(timeout=10.0)
-    api_client = httpx2.AsyncClient(timeout=10.0)
+    hooks = {"response": [_record_response]}
+    token_client = httpx2.AsyncClient(timeout=10.0, event_hooks=hooks)
+    api_client = httpx2.AsyncClient(timeout=10.0, event_hooks=hooks)
     broker = Broker(
         # Users log in; no client-credentials fallback for a principal without a token.
         provider.descriptor(
@@ -326,11 +390,18 @@ def create_demo_app(
         ctx = request.state.oauth2_broker
         body = _context_html(ctx)
         if DEMO_PROVIDER in set(getattr(ctx, "connections", None) or ()):
-            result = await _call_resource(ctx, api_client, resource_url)
-            body += _result_html(result)
-            body += await _lease_html(ctx)
+            calls: list[str] = []
+            token = _CALLS.set(calls)
+            try:
+                result = await _call_resource(ctx, api_client, resource_url)
+                lease = await _lease_html(ctx)
+            finally:
+                _CALLS.reset(token)
+            body += _result_html(result) + _sequence_html(calls) + lease
             body += _grants_html(provider) + _logout_html(ctx)
         else:
+            if request.query_params.get("signed_out") == "1":
+                body += _signed_out_html(provider.counters["revoked"])
             body += _login_html(ctx)
         return HTMLResponse(_PAGE.format(body=body), headers=_SECURITY_HEADERS)
 

@@ -234,3 +234,103 @@ def test_a_callback_from_another_browser_is_rejected(
     assert victim.inner_text("#principal") == "(none)"
     assert all(c["name"] != "obm_session" for c in browser_context.cookies(server.url))
     assert server.store.list_keys(TenantId("default"), "mallory") == []
+
+
+# -- the pages a new user sees, at desktop and phone widths (issue 12, item 7) ----------------
+WIDTHS = {"desktop": 1280, "phone": 390}
+
+
+def _shots_dir(tmp_path: Path) -> Path:
+    """Where the screenshots go: ``OBM_SCREENSHOTS`` (docs/images when the docs are refreshed:
+    ``OBM_SCREENSHOTS=docs/images pytest tests/test_browser.py -k pages``), else tmp_path."""
+    target = Path(os.environ.get("OBM_SCREENSHOTS") or tmp_path)
+    target.mkdir(parents=True, exist_ok=True)
+    return target
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_the_pages_explain_each_state(
+    browser: Any, server: demo.DemoServer, tmp_path: Path, width: str
+) -> None:
+    shots = _shots_dir(tmp_path)
+    context = browser.new_context(viewport={"width": WIDTHS[width], "height": 800})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+
+    def shot(name: str) -> None:
+        path = shots / f"{name}-{width}.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert path.stat().st_size > 1000
+        # Nothing wider than the window: no sideways scrolling on a phone.
+        assert page.evaluate("document.documentElement.scrollWidth") <= WIDTHS[width]
+
+    try:
+        page.goto(server.url + "/")
+        assert "You are not connected to the demo provider yet" in page.inner_text("body")
+        assert page.get_attribute("#api-link", "href") == "/api/me"
+        shot("demo-start")
+
+        page.click("#login")
+        page.wait_for_url(f"{server.url}/idp/authorize?*")
+        body = page.inner_text("body")
+        assert "Sign in to continue" in body and "not a real sign-in" in body
+        assert "test-client asks for: openid, profile" in body
+        assert page.inner_text("#deny") == "Cancel and go back to the app"
+        shot("provider-login")
+
+        page.fill("#username", demo.DEMO_USERNAME)
+        page.fill("#password", "wrong")
+        page.click("#login")
+        page.wait_for_selector("#message")
+        assert "Invalid username or password" in page.inner_text("#message")
+
+        page.click("#deny")  # the user cancels at the provider
+        page.wait_for_selector("#error-title")
+        assert page.title() == "The provider did not grant access"
+        assert "The provider answered 'access_denied': The user denied access." in (
+            page.inner_text("#error-description")
+        )
+        assert "If you cancelled, nothing has changed" in page.inner_text("#error-todo")
+        shot("error-denied")
+
+        page.click("#retry")  # "Start the sign-in again" leads back to the provider's form
+        page.wait_for_url(f"{server.url}/idp/authorize?*")
+        _sign_in(page)
+        page.wait_for_selector("#sequence")
+        assert page.inner_text("#principal") == demo.DEMO_USERNAME
+        assert "no token request" in page.inner_text("#sequence-note")
+        shot("demo-logged-in")
+
+        page.click("#expire")
+        page.wait_for_selector("#sequence")
+        steps = page.inner_text("#sequence").splitlines()
+        assert steps[0].startswith("GET /idp/resource") and steps[0].endswith("401")
+        assert "POST /idp/token (grant_type=refresh_token)" in steps[1]
+        assert steps[-1].startswith("GET /idp/resource") and steps[-1].endswith("200")
+        assert "one refresh" in page.inner_text("#sequence-note")
+        shot("demo-refreshed")
+
+        # A plain link to the logout route asks first; Cancel changes nothing.
+        page.goto(server.url + "/oauth2/logout?return_to=/%3Fsigned_out%3D1")
+        assert page.inner_text("#logout-title") == "Sign out?"
+        shot("logout-confirm")
+        page.click("#cancel")
+        page.wait_for_selector("#logout")
+        assert page.inner_text("#principal") == demo.DEMO_USERNAME
+        page.goto(server.url + "/oauth2/logout?return_to=/%3Fsigned_out%3D1")
+        page.click("#logout")  # the confirmation's own form (no-referrer: Origin null + token)
+        page.wait_for_selector("#signed-out")
+        assert "You are signed out." in page.inner_text("#signed-out")
+        assert page.inner_text("#revoked") != "0"
+        assert page.inner_text("#principal") == "(none)"
+        shot("demo-signed-out")
+
+        response = page.goto(server.url + "/oauth2/mock/callback?state=forged&code=stolen")
+        assert response is not None and response.status == 400
+        assert page.title() == "This sign-in was not started here"
+        assert "stolen" not in page.content() and "forged" not in page.content()
+        shot("error-state")
+        page.click("#home")
+        page.wait_for_selector("#login")
+    finally:
+        context.close()

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import html
 import logging
+import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -258,6 +259,29 @@ def test_expired_access_token_is_refreshed_by_brokerauth(server: demo.DemoServer
     assert '<dd id="grant-refresh">1</dd>' in page
     assert '<dd id="lease-version">2</dd>' in page  # the refreshed record
     assert server.provider.counters["token:refresh_token"] == 1
+    # The page shows the sequence: the 401, the one refresh, the retry (issue 12, item 7).
+    steps = re.findall(r"<li>([^<]*)</li>", page.split('id="sequence"', 1)[1].split("</ol>")[0])
+    assert steps[0] == "GET /idp/resource \u2192 401", steps
+    assert steps[1] == "POST /idp/token (grant_type=refresh_token) \u2192 200", steps
+    assert steps[-1] == "GET /idp/resource \u2192 200", steps
+    assert "one</strong> refresh" in page
+    assert 'href="/api/me"' in page  # the JSON API is linked
+
+
+def test_logout_shows_a_confirmation(server: demo.DemoServer) -> None:
+    with httpx2.Client(timeout=10) as browser:
+        page = demo.drive_login(server.url, client=browser).page
+        hidden = dict(re.findall(r'<input type="hidden" name="([^"]+)" value="([^"]*)"', page))
+        assert hidden["return_to"] == "/?signed_out=1"
+        done = browser.post(
+            server.url + "/oauth2/logout", data=hidden, headers={"origin": server.url}
+        )
+        assert done.headers["location"] == "/?signed_out=1"
+        signed_out = browser.get(server.url + done.headers["location"]).text
+    assert "You are signed out." in signed_out
+    assert 'id="login"' in signed_out
+    assert f'<span id="revoked">{server.provider.counters["revoked"]}</span>' in signed_out
+    assert server.provider.counters["revoked"] >= 1
 
 
 # -- the benchmark stays runnable ----------------------------------------------------------------

@@ -194,13 +194,62 @@ def basic_challenge() -> dict[str, str]:
     return {"WWW-Authenticate": 'Basic realm="mock-provider"'}
 
 
-def error_page(error: str, description: str, status: int) -> Response:
+_PAGE_STYLE = (
+    "body{font:16px/1.5 system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;"
+    "background:#eef1f5;color:#1d232a}"
+    "main{max-width:24rem;margin:3rem auto;padding:1.6rem;background:#fff;"
+    "border:1px solid #d0d7de;border-radius:12px;box-shadow:0 1px 3px #0001}"
+    "@media (max-width:30rem){main{margin:1rem;padding:1.2rem}}"
+    ".brand{font-weight:700;color:#6639ba;letter-spacing:.02em}"
+    ".test{font-size:.8rem;color:#57606a;border:1px dashed #d0d7de;border-radius:6px;"
+    "padding:.3rem .6rem;margin:.4rem 0 1rem}"
+    "h1{font-size:1.25rem;margin:.2rem 0 .8rem}"
+    "label{display:block;font-weight:600;margin:.7rem 0 .2rem}"
+    "input[type=text],input[type=password]{box-sizing:border-box;width:100%;font:inherit;"
+    "padding:.5rem .6rem;border:1px solid #8c959f;border-radius:6px}"
+    ".asks{background:#f6f8fa;border-radius:6px;padding:.5rem .7rem;font-size:.9rem}"
+    ".asks code{font-family:ui-monospace,monospace}"
+    ".row{display:flex;flex-wrap:wrap;gap:.6rem;margin-top:1.2rem}"
+    "button{font:inherit;padding:.5rem 1.1rem;border-radius:6px;cursor:pointer;"
+    "border:1px solid #6639ba}"
+    "#login{background:#6639ba;color:#fff}#deny{background:#fff;color:#6639ba}"
+    "#message,#error{background:#ffebe9;color:#a40e26;border-radius:6px;padding:.5rem .7rem}"
+)
+_PAGE_HEADERS = {
+    "cache-control": "no-store",
+    "referrer-policy": "no-referrer",
+    "x-content-type-options": "nosniff",
+    "x-frame-options": "DENY",
+    # No form-action: the form's answer redirects to the client's redirect_uri, another origin.
+    "content-security-policy": (
+        "default-src 'none'; style-src 'sha256-"
+        + base64.b64encode(hashlib.sha256(_PAGE_STYLE.encode()).digest()).decode()
+        + "'; frame-ancestors 'none'; base-uri 'none'"
+    ),
+}
+
+
+def _page(title: str, inner: str, status: int) -> Response:
     page = (
-        "<!DOCTYPE html><html><head><title>Authorization error</title></head><body>"
-        f'<h1>Authorization error</h1><p id="error">{html.escape(error)}</p>'
-        f"<p>{html.escape(description)}</p></body></html>"
+        "<!DOCTYPE html><html lang=en><head><meta charset=utf-8>"
+        '<meta name=viewport content="width=device-width, initial-scale=1">'
+        f"<title>{html.escape(title)}</title><style>{_PAGE_STYLE}</style></head><body><main>"
+        '<div class="brand">Mock IdP</div>'
+        '<p class="test">A test OAuth 2.0 / OpenID provider (oauth2-broker-mw MockProvider), '
+        "not a real sign-in.</p>"
+        f"{inner}</main></body></html>"
     )
-    return HTMLResponse(page, status_code=status)
+    return HTMLResponse(page, status_code=status, headers=_PAGE_HEADERS)
+
+
+def error_page(error: str, description: str, status: int) -> Response:
+    inner = (
+        f'<h1>Authorization error</h1><p id="error">{html.escape(error)}</p>'
+        f"<p>{html.escape(description)}</p>"
+        "<p>The app sent a request this provider cannot take; go back to the app and start "
+        "again.</p>"
+    )
+    return _page("Authorization error", inner, status)
 
 
 def form_action(request: Request) -> str:
@@ -217,17 +266,26 @@ def login_page(
         for k, v in params.items()
     )
     notice = f'<p id="message" role="alert">{html.escape(message)}</p>' if message else ""
-    page = (
-        "<!DOCTYPE html><html><head><title>Mock IdP sign-in</title></head><body>"
-        f"<h1>Sign in to Mock IdP</h1>{notice}"
+    client = params.get("client_id", "")
+    scopes = params.get("scope", "").split()
+    asks = ""
+    if client:
+        wanted = ", ".join(f"<code>{html.escape(s)}</code>" for s in scopes) or "no scope"
+        asks = (
+            f'<p class="asks" id="asks"><code>{html.escape(client)}</code> asks for: {wanted}</p>'
+        )
+    inner = (
+        f"<h1>Sign in to continue</h1>{notice}{asks}"
         f'<form method="post" action="{html.escape(action)}">'
         f"{hidden}"
-        '<label>Username <input type="text" name="username" id="username" '
-        'autocomplete="username"></label>'
-        '<label>Password <input type="password" name="password" id="password" '
-        'autocomplete="current-password"></label>'
+        '<label for="username">Username</label><input type="text" name="username" '
+        'id="username" autocomplete="username" autofocus>'
+        '<label for="password">Password</label><input type="password" name="password" '
+        'id="password" autocomplete="current-password">'
+        '<div class="row">'
         '<button type="submit" name="action" value="approve" id="login">Sign in</button>'
-        '<button type="submit" name="action" value="deny" id="deny">Deny</button>'
-        "</form></body></html>"
+        '<button type="submit" name="action" value="deny" id="deny">'
+        "Cancel and go back to the app</button></div>"
+        "</form>"
     )
-    return HTMLResponse(page, status_code=status)
+    return _page("Mock IdP sign-in", inner, status)
