@@ -37,6 +37,7 @@ from urllib.parse import parse_qsl, urljoin, urlsplit
 
 import httpx2
 
+from . import _driver
 from ._core.dpop import NonceCache
 from ._core.errors import ConfigurationError, InsufficientScope, UnsafeRequest
 from ._core.model import DEFAULT_TENANT, SERVICE_PRINCIPAL, Lease, ScopeSet, StoreKey
@@ -158,16 +159,12 @@ class InsufficientScopeEvent:
     status_code: int = 403
 
 
-# -- the steps the flow yields ---------------------------------------------------------------
-class _BrokerStep:
-    """A step the shell answers by asking the broker (anything else the flow yields is sent)."""
-
-    __slots__ = ()
-
-
+# -- the step the response flow yields -------------------------------------------------------
 @dataclass(frozen=True, slots=True, repr=False)
-class _NeedReplacement(_BrokerStep):
-    """Step: "this lease was rejected by the resource server; give me its replacement"."""
+class _NeedReplacement:
+    """Step: "this lease was rejected by the resource server; give me its replacement".
+
+    The shells answer it by asking the broker (``replace_lease``), through the one driver."""
 
     stale: Lease
 
@@ -679,16 +676,17 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         lease: Lease,
         mark: object,
         response: _Resp,
-    ) -> Generator[_BrokerStep | _Req, Lease | _Resp, None]:
+    ) -> Generator[_NeedReplacement, Lease, _Req | None]:
         """What to do about a 401/403 to a request signed with ``lease`` (RFC 6750 §3).
 
-        Yields broker steps (answered with a Lease) and at most one retry request.
+        A flow run by the one driver (:mod:`._driver`): it yields broker steps (answered with
+        a Lease) and returns at most one retry request, whose answer is final.
         """
         status = response.status_code
         if status != 401 and status != 403:
-            return
+            return None
         if a.response_origin(response) != a.origin(request):
-            return  # redirected elsewhere: that origin never saw our token
+            return None  # redirected elsewhere: that origin never saw our token
         header = response.headers.get("www-authenticate") or ""
         challenge = parse_www_authenticate(header)
         error = challenge.get("error")
@@ -696,24 +694,23 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if status == 403:
             if error == "insufficient_scope":
                 self._report_scope(challenge.get("scope"), lease, url)
-            return
+            return None
         if error == "use_dpop_nonce" and lease.token_type == "DPoP":
             # RFC 9449 §9: the resource server wants its nonce in the proof. The token is
             # fine: no refresh; one retry with the nonce (when the body can be replayed).
             nonce = response.headers.get("dpop-nonce")
             if not nonce or challenge.get("scheme") != "DPoP":
-                return
+                return None
             self._dpop_nonces.put(a.origin(request), nonce)
             if not a.replayable(request, mark):
-                return
+                return None
             retry = a.retry_request(request, response, mark)
             self._prove(a, retry, lease, nonce)
-            yield retry  # its answer is final, like the refresh retry below
-            return
+            return retry  # its answer is final, like the refresh retry below
         if error is not None and error != "invalid_token":
-            return  # e.g. invalid_request: a new token would not help (SECURITY F5)
+            return None  # e.g. invalid_request: a new token would not help (SECURITY F5)
         if header and not challenge:
-            return  # a challenge for another scheme (Basic, Negotiate): not about our token
+            return None  # a challenge for another scheme (Basic, Negotiate): not about our token
         replay = a.replayable(request, mark)
         logger.debug(
             "401 from %s for tenant=%r principal=%r provider=%r: replacing the token%s",
@@ -723,15 +720,15 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             self._provider_id,
             "" if replay else " (body cannot be replayed: no retry)",
         )
-        fresh = cast(Lease, (yield _NeedReplacement(lease)))
+        fresh = yield _NeedReplacement(lease)
         if not replay or fresh.access_token == lease.access_token:
-            return
+            return None
         retry = a.retry_request(request, response, mark)
         signing = self._signing(fresh)
         a.authorize(retry, signing[1])
         if signing[3]:
             self._prove(a, retry, fresh)
-        yield retry  # its answer is final: one refresh and one retry per request, never a loop
+        return retry  # its answer is final: one refresh and one retry per request, never a loop
 
     def _report_scope(self, scope: str | None, lease: Lease, url: str) -> None:
         event = InsufficientScopeEvent(
@@ -791,13 +788,13 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
-        flow = self._respond(_HTTPX, request, lease, mark, response)
-        step = _advance(flow, None)
-        while isinstance(step, _NeedReplacement):
-            step = _advance(flow, broker.replace_lease(step.stale))
-        if step is not None:
-            _one_hop_proof(cast(_HttpxLike, step), False)
-            yield cast(_HttpxLike, step)
+        retry = _driver.run(
+            self._respond(_HTTPX, request, lease, mark, response),
+            lambda step: broker.replace_lease(step.stale),
+        )
+        if retry is not None:
+            _one_hop_proof(retry, False)
+            yield retry
 
     @overload
     def async_auth_flow(
@@ -836,13 +833,13 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             response = yield request
         if response.status_code != 401 and response.status_code != 403:
             return
-        flow = self._respond(_HTTPX, request, lease, mark, response)
-        step = _advance(flow, None)
-        while isinstance(step, _NeedReplacement):
-            step = _advance(flow, await broker.areplace_lease(step.stale))
-        if step is not None:
-            _one_hop_proof(cast(_HttpxLike, step), True)
-            yield cast(_HttpxLike, step)
+        retry = await _driver.arun(
+            self._respond(_HTTPX, request, lease, mark, response),
+            lambda step: broker.areplace_lease(step.stale),
+        )
+        if retry is not None:
+            _one_hop_proof(retry, True)
+            yield retry
 
     @overload
     def auth_flow(
@@ -898,12 +895,12 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         ) == lease.authorization_header:
             # This hop carried our token (not stripped by a cross-origin redirect).
             mark = original.__dict__.get(_MARK_ATTR)
-            flow = self._respond(_REQUESTS, original, lease, mark, r)
-            step = _advance(flow, None)
-            while isinstance(step, _NeedReplacement):
-                step = _advance(flow, self._broker.replace_lease(step.stale))
-            if step is not None:
-                retry = cast("requests.PreparedRequest", step)
+            broker = self._broker
+            retry = _driver.run(
+                self._respond(_REQUESTS, original, lease, mark, r),
+                lambda step: broker.replace_lease(step.stale),
+            )
+            if retry is not None:
                 final = r.connection.send(retry, **kwargs)
                 final.history.append(r)
                 final.request = retry
@@ -955,17 +952,6 @@ def _bound_headers_type() -> type[Any]:
             return twin
 
     return BoundHeaders
-
-
-_Step = TypeVar("_Step")
-
-
-def _advance(flow: Generator[_Step, Lease, None], answer: Lease | None) -> _Step | None:
-    """Send ``answer`` into a policy flow (``None`` starts it); ``None`` when it has finished."""
-    try:
-        return next(flow) if answer is None else flow.send(answer)
-    except StopIteration:
-        return None
 
 
 def _same_origin_redirect(url: str, location: str) -> bool:
