@@ -8,6 +8,7 @@ Django) share one implementation (``_core``); they differ only in how they call 
 from __future__ import annotations
 
 from ._core import BrokerContext, BrokerRequest, PrincipalResolver, TenantResolver
+from ._logfilter import RedactOAuthQuery
 from ._redirects import safe_return_to
 from ._tenants import validate_tenant
 from .asgi import BrokerMiddleware
@@ -20,6 +21,7 @@ __all__ = [
     "BrokerRequest",
     "BrokerWSGIMiddleware",
     "PrincipalResolver",
+    "RedactOAuthQuery",
     "TenantResolver",
     "header_tenant",
     "path_prefix_tenant",
