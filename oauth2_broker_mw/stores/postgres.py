@@ -46,6 +46,7 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "PostgresStore needs psycopg 3 and psycopg_pool: pip install 'oauth2-broker-mw[postgres]'"
     ) from exc
 
+from .. import _driver
 from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
 from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
 from ._commands import CommandStore, Op, PerLoop, unreachable
@@ -244,6 +245,100 @@ class _LoopConnections:
 _AsyncPool = psycopg_pool.AsyncConnectionPool[Any] | _LoopConnections
 
 
+class _Session:
+    """The connection of one operation, for the one driver (:func:`._driver.run`).
+
+    The connection is taken at the first statement and released when the operation ends
+    (``stack``: committed, or rolled back by the exception the driver threw through the
+    operation). ``BEGIN`` opens the operation's transaction. If the first statement fails
+    because the pooled connection was dead (server restarted, ``pg_terminate_backend``, idle
+    timeout), nothing was done yet: the idle connections are checked (the dead ones replaced)
+    and the statement is sent once more on a fresh connection.
+    """
+
+    def __init__(self, pool: psycopg_pool.ConnectionPool[Any], stack: contextlib.ExitStack) -> None:
+        self._pool, self._stack = pool, stack
+        self._held: contextlib.ExitStack | None = None
+        self._conn: psycopg.Connection[Any] | None = None
+        self._cur: psycopg.Cursor[Any] | None = None
+        self._started = False
+
+    def _take(self) -> tuple[psycopg.Connection[Any], psycopg.Cursor[Any]]:
+        if self._conn is None or self._cur is None or self._held is None:
+            self._held = self._stack.enter_context(contextlib.ExitStack())
+            self._conn = self._held.enter_context(self._pool.connection())
+            self._cur = self._held.enter_context(self._conn.cursor())
+        return self._conn, self._cur
+
+    def execute(self, command: Sql) -> list[Any]:
+        for attempt in (1, 2):
+            conn, cur = self._take()
+            try:
+                if command is BEGIN:
+                    assert self._held is not None
+                    self._held.enter_context(conn.transaction())
+                    rows: list[Any] = []
+                else:
+                    cur.execute(command.query, command.params)
+                    rows = cur.fetchall() if cur.description is not None else []
+            except psycopg.OperationalError:
+                if attempt == 2 or self._started or not conn.broken:
+                    raise
+                assert self._held is not None
+                self._held.close()  # the pool discards the broken connection
+                self._conn = self._cur = None
+                self._pool.check()
+                continue
+            self._started = True
+            return rows
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
+class _AsyncSession:
+    """:class:`_Session` for the async pools (the free list drops every idle connection
+    with a broken one, so there is nothing to check before the retry)."""
+
+    def __init__(self, pool: _AsyncPool, stack: contextlib.AsyncExitStack) -> None:
+        self._pool, self._stack = pool, stack
+        self._held: contextlib.AsyncExitStack | None = None
+        self._conn: psycopg.AsyncConnection[Any] | None = None
+        self._cur: psycopg.AsyncCursor[Any] | None = None
+        self._started = False
+
+    async def _take(self) -> tuple[psycopg.AsyncConnection[Any], psycopg.AsyncCursor[Any]]:
+        if self._conn is None or self._cur is None or self._held is None:
+            held = await self._stack.enter_async_context(contextlib.AsyncExitStack())
+            conn: psycopg.AsyncConnection[Any] = await held.enter_async_context(
+                self._pool.connection()
+            )
+            cur = await held.enter_async_context(conn.cursor())
+            self._held, self._conn, self._cur = held, conn, cur
+            return conn, cur
+        return self._conn, self._cur
+
+    async def execute(self, command: Sql) -> list[Any]:
+        for attempt in (1, 2):
+            conn, cur = await self._take()
+            try:
+                if command is BEGIN:
+                    assert self._held is not None
+                    await self._held.enter_async_context(conn.transaction())
+                    rows: list[Any] = []
+                else:
+                    await cur.execute(command.query, command.params)
+                    rows = await cur.fetchall() if cur.description is not None else []
+            except psycopg.OperationalError:
+                if attempt == 2 or self._started or not conn.broken:
+                    raise
+                assert self._held is not None
+                await self._held.aclose()
+                self._conn = self._cur = None
+                continue
+            self._started = True
+            return rows
+        raise AssertionError("unreachable")  # pragma: no cover
+
+
 class PostgresStore(CommandStore):
     """A ``TokenStore`` in PostgreSQL (≥ 12), shared by every process on every host.
 
@@ -408,37 +503,8 @@ class PostgresStore(CommandStore):
             op.close()
 
     def _run_on(self, pool: psycopg_pool.ConnectionPool[Any], op: Op[T]) -> T:
-        command: Sql = next(op)
-        for attempt in (1, 2):
-            started = False
-            conn: psycopg.Connection[Any] | None = None
-            try:
-                with (
-                    pool.connection() as conn,
-                    contextlib.ExitStack() as stack,
-                    conn.cursor() as cur,
-                ):
-                    try:
-                        while True:
-                            if command is BEGIN:
-                                stack.enter_context(conn.transaction())
-                                rows: list[Any] = []
-                            else:
-                                cur.execute(command.query, command.params)
-                                rows = cur.fetchall() if cur.description is not None else []
-                            started = True
-                            command = op.send(rows)
-                    except StopIteration as stop:
-                        result: T = stop.value
-                return result
-            except psycopg.OperationalError:
-                if attempt == 1 and not started and conn is not None and conn.broken:
-                    # The idle connections died with it (a restart kills them all): test and
-                    # replace them now, so the retry gets a live one, not the next dead one.
-                    pool.check()
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        with contextlib.ExitStack() as stack:
+            return _driver.run(op, _Session(pool, stack).execute)
 
     async def _arun(self, op: Op[T]) -> T:
         if self._dsn is None and self._given_async_pool is None:
@@ -455,34 +521,8 @@ class PostgresStore(CommandStore):
             op.close()
 
     async def _arun_on(self, pool: _AsyncPool, op: Op[T]) -> T:
-        command: Sql = next(op)
-        for attempt in (1, 2):
-            started = False
-            conn: psycopg.AsyncConnection[Any] | None = None
-            try:
-                async with (
-                    pool.connection() as conn,
-                    contextlib.AsyncExitStack() as stack,
-                    conn.cursor() as cur,
-                ):
-                    try:
-                        while True:
-                            if command is BEGIN:
-                                await stack.enter_async_context(conn.transaction())
-                                rows: list[Any] = []
-                            else:
-                                await cur.execute(command.query, command.params)
-                                rows = await cur.fetchall() if cur.description is not None else []
-                            started = True
-                            command = op.send(rows)
-                    except StopIteration as stop:
-                        result: T = stop.value
-                return result
-            except psycopg.OperationalError:
-                if attempt == 1 and not started and conn is not None and conn.broken:
-                    continue
-                raise
-        raise AssertionError("unreachable")  # pragma: no cover
+        async with contextlib.AsyncExitStack() as stack:
+            return await _driver.arun(op, _AsyncSession(pool, stack).execute)
 
     # -- schema -----------------------------------------------------------------------------
     def _op_migrate(self) -> Op[int]:
