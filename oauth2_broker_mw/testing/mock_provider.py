@@ -45,6 +45,7 @@ from joserfc.jwk import RSAKey
 
 from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
 from ._mock_dpop import DPOP_PROOF_ALGS, DPoPProofError, verify_proof
+from ._mock_login import async_login, sync_login
 from ._mock_records import (
     ASYMMETRIC_ALGS,
     CHALLENGE_RE,
@@ -435,6 +436,45 @@ class MockProvider:
             for family in families:
                 family.revoked = True
             return len(families)
+
+    def login(
+        self,
+        client: Any,
+        *,
+        user: str | None = None,
+        provider: str = "mock",
+        prefix: str = "/oauth2",
+        return_to: str = "/",
+    ) -> Any:
+        """Log ``client`` in to your app as ``user``, as a browser would; returns the callback's
+        ``303`` response (the client then holds the session cookie).
+
+        ``client`` is your app's test client: Starlette's ``TestClient``, an ``httpx`` /
+        ``httpx2`` client over an ASGI or WSGI transport, or Flask's ``app.test_client()``.
+        ``provider`` is the middleware's name for this provider (the ``brokers=`` key) and
+        ``prefix`` its route prefix. With ``auto_approve`` (the default) the provider approves
+        at once with ``user`` as the subject (``default_subject`` when not given); otherwise
+        its login form is filled in with ``user``'s password from ``users``. The broker must
+        reach this provider through :meth:`client` / :meth:`async_client`. Raises
+        ``AssertionError`` naming the step and the error code when a step does not redirect::
+
+            mock_provider.login(client, user="alice")
+            assert client.get("/me").json()["principal"] == "alice"
+        """
+        return sync_login(self, client, user, provider, prefix, return_to)
+
+    async def alogin(
+        self,
+        client: Any,
+        *,
+        user: str | None = None,
+        provider: str = "mock",
+        prefix: str = "/oauth2",
+        return_to: str = "/",
+    ) -> Any:
+        """:meth:`login` for an async client (``httpx.AsyncClient`` / ``httpx2.AsyncClient``
+        over an ASGI transport)."""
+        return await async_login(self, client, user, provider, prefix, return_to)
 
     def expire_access_tokens(self) -> int:
         """Make every live access token expired now; returns how many."""

@@ -1,6 +1,7 @@
 """pytest plugin (entry point ``pytest11``): fixtures for testing against a MockProvider.
 
-Owns: the ``mock_provider``, ``mock_provider_url`` and ``mock_provider_factory`` fixtures.
+Owns: the ``mock_provider``, ``mock_provider_url``, ``mock_provider_factory`` and
+``mock_login`` fixtures.
 Must not import at module level: starlette, uvicorn, httpx2, joserfc or the rest of
 oauth2_broker_mw; this module is loaded in every pytest run of anyone who installs
 oauth2-broker-mw, so it imports only pytest and the standard library and does nothing until one
@@ -15,6 +16,9 @@ Fixtures:
 ``mock_provider_url``
     Serves ``mock_provider`` on ``http://127.0.0.1:<ephemeral port>`` for the test and returns
     that base URL (which is also the provider's issuer while the test runs).
+``mock_login``
+    ``mock_provider.login``: ``mock_login(client, user="alice")`` logs your app's test client
+    in through the middleware and ``mock_provider`` (see ``MockProvider.login``).
 ``mock_provider_factory``
     A callable taking ``MockProvider`` arguments (or ``like="github"``) that returns a new
     provider, closed when the test ends; for tests that need several (mix-up, multi-tenant).
@@ -30,7 +34,7 @@ import pytest
 if TYPE_CHECKING:
     from .mock_provider import MockProvider
 
-__all__ = ["mock_provider", "mock_provider_factory", "mock_provider_url"]
+__all__ = ["mock_login", "mock_provider", "mock_provider_factory", "mock_provider_url"]
 
 _MISSING_EXTRA = (
     "the mock_provider fixtures need the optional dependencies of oauth2-broker-mw's "
@@ -69,6 +73,17 @@ def mock_provider_url(mock_provider: MockProvider) -> Iterator[str]:
         )
     with mock_provider.serve() as base_url:
         yield base_url
+
+
+@pytest.fixture
+def mock_login(mock_provider: MockProvider) -> Callable[..., Any]:
+    """Log a test client in to your app through ``mock_provider``, in one call::
+
+    def test_profile(client, mock_login):
+        mock_login(client, user="alice")
+        assert client.get("/profile").status_code == 200
+    """
+    return mock_provider.login
 
 
 @pytest.fixture

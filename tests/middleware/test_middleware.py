@@ -190,7 +190,10 @@ def _django_app(options: dict[str, Any], mp: MockProvider) -> Any:
         )
         django.setup()
     from django.core.wsgi import get_wsgi_application
+    from django.urls import clear_url_caches
 
+    settings.ROOT_URLCONF = "obm_test_urls"  # another module may have configured Django first
+    clear_url_caches()
     middleware = BrokerWSGIMiddleware(get_wsgi_application(), **options)
 
     def app(environ: dict[str, Any], start_response: Any) -> Any:

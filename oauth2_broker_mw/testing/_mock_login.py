@@ -1,0 +1,152 @@
+"""Log a test client in through the app's middleware and a MockProvider, in one call.
+
+Owns: the login as a browser does it (the app's login route, the provider's authorize page,
+approve or fill in the form, the app's callback), written once as a generator of steps, and
+the two small drivers that run it with a sync or an async test client. Used by
+:meth:`MockProvider.login` / :meth:`MockProvider.alogin` and the ``mock_login`` fixture.
+
+Clients: anything with httpx's interface (``starlette.testclient.TestClient``,
+``httpx.Client`` / ``httpx2.Client`` over an ASGI or WSGI transport, and their async twins)
+and Flask's test client. The provider is reached with its own in-process client, so the
+broker under test must use ``provider.client()`` / ``provider.async_client()`` (or
+``transport()``) as well.
+
+Must not import: the broker or the middleware (it speaks HTTP to them only).
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from collections.abc import Generator
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
+
+if TYPE_CHECKING:
+    from .mock_provider import MockProvider
+
+__all__ = ["async_login", "sync_login"]
+
+
+@dataclass(frozen=True, slots=True)
+class _Call:
+    to: Literal["app", "provider"]
+    method: Literal["GET", "POST"]
+    url: str
+    form: dict[str, str] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    status: int
+    location: str | None
+    text: str
+    raw: Any
+
+
+_Flow = Generator[_Call, _Answer, Any]
+_HIDDEN = re.compile(r'<input type="hidden" name="([^"]*)" value="([^"]*)">')
+
+
+def _fail(step: str, answer: _Answer) -> AssertionError:
+    code = re.search(r'id="error-code">([^<]*)<', answer.text)
+    detail = f" ({code.group(1)})" if code else ""
+    return AssertionError(
+        f"mock login: {step} answered {answer.status}{detail}, not a redirect; "
+        f"{answer.text[:300]!r}"
+    )
+
+
+def _flow(provider: MockProvider, user: str, name: str, prefix: str, return_to: str) -> _Flow:
+    start = yield _Call(
+        "app",
+        "GET",
+        f"{prefix}/{quote(name, safe='')}/login?return_to={quote(return_to, safe='/')}",
+    )
+    if start.status not in (302, 303) or start.location is None:
+        raise _fail(f"the app's login route {prefix}/{name}/login", start)
+    authorize = start.location
+    if provider.auto_approve:
+        parts = urlsplit(authorize)
+        query = urlencode([*parse_qsl(parts.query), ("login_hint", user)])
+        answer = yield _Call("provider", "GET", urlunsplit(parts._replace(query=query)))
+    else:
+        if provider.users is not None and user not in provider.users:
+            raise AssertionError(
+                f"mock login: the provider has no user {user!r} (users: {sorted(provider.users)})"
+            )
+        password = "x" if provider.users is None else provider.users[user]
+        page = yield _Call("provider", "GET", authorize)
+        hidden = {html.unescape(k): html.unescape(v) for k, v in _HIDDEN.findall(page.text)}
+        form = {**hidden, "username": user, "password": password, "action": "approve"}
+        parts = urlsplit(authorize)
+        target = urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
+        answer = yield _Call("provider", "POST", target, form)
+    if answer.status not in (302, 303) or answer.location is None:
+        raise _fail("the provider", answer)
+    callback = urlsplit(answer.location)
+    # Relative: the callback goes to the host the login started on (its cookies are there).
+    done = yield _Call("app", "GET", f"{callback.path}?{callback.query}")
+    if done.status != 303:
+        raise _fail(f"the app's callback {callback.path}", done)
+    return done.raw
+
+
+def _app_answer(response: Any) -> _Answer:
+    headers = response.headers
+    flask = hasattr(response, "get_data")
+    text = response.get_data(as_text=True) if flask else response.text
+    return _Answer(int(response.status_code), headers.get("location"), text, response)
+
+
+def _is_werkzeug(client: Any) -> bool:
+    return type(client).__module__.split(".")[0] in ("flask", "werkzeug")
+
+
+def sync_login(
+    provider: MockProvider,
+    client: Any,
+    user: str | None,
+    name: str,
+    prefix: str,
+    return_to: str,
+) -> Any:
+    flow = _flow(provider, user or provider.default_subject, name, prefix, return_to)
+    with provider.client() as idp:
+        answer: _Answer | None = None
+        try:
+            while True:
+                call = flow.send(answer) if answer is not None else next(flow)
+                if call.to == "provider":
+                    r = idp.request(call.method, call.url, data=call.form)
+                    answer = _Answer(r.status_code, r.headers.get("location"), r.text, r)
+                elif _is_werkzeug(client):
+                    answer = _app_answer(client.get(call.url))
+                else:
+                    answer = _app_answer(client.get(call.url, follow_redirects=False))
+        except StopIteration as stop:
+            return stop.value
+
+
+async def async_login(
+    provider: MockProvider,
+    client: Any,
+    user: str | None,
+    name: str,
+    prefix: str,
+    return_to: str,
+) -> Any:
+    flow = _flow(provider, user or provider.default_subject, name, prefix, return_to)
+    async with provider.async_client() as idp:
+        answer: _Answer | None = None
+        try:
+            while True:
+                call = flow.send(answer) if answer is not None else next(flow)
+                if call.to == "provider":
+                    r = await idp.request(call.method, call.url, data=call.form)
+                    answer = _Answer(r.status_code, r.headers.get("location"), r.text, r)
+                else:
+                    answer = _app_answer(await client.get(call.url, follow_redirects=False))
+        except StopIteration as stop:
+            return stop.value
