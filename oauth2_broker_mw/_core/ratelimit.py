@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import Final, NoReturn, Protocol, TypeAlias, runtime_checkable
+from typing import NoReturn, Protocol, TypeAlias, runtime_checkable
 
 from . import oauth
 from .effects import (
@@ -28,7 +28,6 @@ from .errors import ConfigurationError, RateLimited, StorageError
 from .events import RateLimited as RateLimitedEvent
 
 __all__ = [
-    "RECENT_WINDOW",
     "Allow",
     "Backoff",
     "Decision",
@@ -78,16 +77,13 @@ class RateLimitCall:
     """``refresh_token``, ``client_credentials`` or ``authorization_code``."""
     now: float
     """The broker's wall clock (seconds since the epoch)."""
-    recent: int = 0
-    """Token-endpoint calls for this tenant and provider in the last :data:`RECENT_WINDOW`
-    seconds, this one excluded: counted in the store, so every process and host on it sees
-    the same number (allowed and refused calls alike: each consulted the policy)."""
-    recent_provider: int = 0
+    recent: int | None = None
+    """Token-endpoint calls for this tenant and provider in the policy's ``recent_window``
+    seconds before this one: counted in the store, so every process and host on it sees the
+    same number (allowed and refused calls alike: each consulted the policy). ``None`` when
+    the policy has no ``recent_window`` (nothing is counted: no store round trip)."""
+    recent_provider: int | None = None
     """The same for the provider across every tenant."""
-
-
-RECENT_WINDOW: Final = 60.0
-"""The window of :attr:`RateLimitCall.recent` (seconds, sliding)."""
 
 
 @runtime_checkable
@@ -105,6 +101,10 @@ class RateLimitPolicy(Protocol):
                     return Deny(retry_after=3600.0)
                 return Allow()
                 yield  # makes this a generator
+
+    A policy with a ``recent_window`` attribute (seconds) is given the recent counts
+    (:attr:`RateLimitCall.recent`, :attr:`RateLimitCall.recent_provider`) over that sliding
+    window: each call it is consulted about is counted in the store first (two round trips).
     """
 
     def check(self, call: RateLimitCall) -> Flow[Decision]: ...
@@ -254,9 +254,11 @@ def before_token_request(
         yield from _refuse(call, scopes, closed, "backoff")
     if policy is None:
         return
-    recent = yield from _count(f"calls|{len(tenant)}:{tenant}|{provider}", now)
-    everyone = yield from _count(f"calls|*|{provider}", now)
-    call = replace(call, recent=recent, recent_provider=everyone)
+    window = getattr(policy, "recent_window", None)
+    if window is not None:  # the policy decides with recent counts: count this call
+        recent = yield from _count(f"calls|{len(tenant)}:{tenant}|{provider}", now, window)
+        everyone = yield from _count(f"calls|*|{provider}", now, window)
+        call = replace(call, recent=recent, recent_provider=everyone)
     decision = yield from policy.check(call)
     if isinstance(decision, Deny):
         yield from _refuse(call, scopes, max(0.0, decision.retry_after), "policy")
@@ -269,10 +271,10 @@ def before_token_request(
             )
 
 
-def _count(name: str, now: float) -> Flow[int]:
+def _count(name: str, now: float, window: float) -> Flow[int]:
     """Count this call in the store; a store failure is logged and counts as nothing recent."""
     try:
-        recent: int = yield CountCalls(name, now=now, window=RECENT_WINDOW)
+        recent: int = yield CountCalls(name, now=now, window=window)
     except StorageError as exc:
         log.warning("could not count a token-endpoint call (%s): %s", name.split("|")[-1], exc)
         return 0

@@ -14,7 +14,7 @@ import pytest
 from _fakes import FakeClock
 
 from oauth2_broker_mw import Broker, RateLimited, TransientProviderError, TransportError
-from oauth2_broker_mw._core.effects import BackoffUntil, CountCalls, Emit, Sleep, TakeToken
+from oauth2_broker_mw._core.effects import BackoffUntil, Emit, Sleep, TakeToken
 from oauth2_broker_mw._core.events import Event
 from oauth2_broker_mw._core.events import RateLimited as RateLimitedEvent
 from oauth2_broker_mw._core.ratelimit import before_token_request
@@ -205,14 +205,11 @@ def _gate(policy: Any, grant: str = "refresh_token") -> Any:
 
 def test_a_delay_decision_sleeps_then_checks_the_backoff_again() -> None:
     flow = _gate(TokenBucket(1, per=10.0, max_delay=15.0))
-    effects = _drive(
-        flow,
-        {BackoffUntil: 0.0, CountCalls: 0, TakeToken: (True, 10.0), Sleep: T0 + 10, Emit: None},
-    )
+    effects = _drive(flow, {BackoffUntil: 0.0, TakeToken: (True, 10.0), Sleep: T0 + 10, Emit: None})
     kinds = [type(e) for e in effects]
-    assert kinds == [BackoffUntil, CountCalls, CountCalls, TakeToken, Sleep, BackoffUntil]
-    assert effects[4] == Sleep(10.0)
-    take = effects[3]
+    assert kinds == [BackoffUntil, TakeToken, Sleep, BackoffUntil]  # the bucket counts nothing else
+    assert effects[2] == Sleep(10.0)
+    take = effects[1]
     assert take.interval == 10.0 and take.burst == 1 and take.max_wait == 15.0
 
 
@@ -224,7 +221,6 @@ def test_a_backoff_recorded_during_the_delay_refuses_the_call() -> None:
             flow,
             {
                 BackoffUntil: lambda _: next(reads),
-                CountCalls: 0,
                 TakeToken: (True, 10.0),
                 Sleep: T0 + 10,
                 Emit: None,
@@ -246,13 +242,14 @@ def test_a_custom_policy_decides_with_the_call_it_is_given() -> None:
 
     for grant, refused in (("refresh_token", False), ("authorization_code", True)):
         flow = _gate(NoCodeExchanges(), grant)
-        answers = {BackoffUntil: 0.0, CountCalls: 0, Emit: None}
+        answers = {BackoffUntil: 0.0, Emit: None}
         if refused:
             with pytest.raises(RateLimited):
                 _drive(flow, answers)
         else:
             _drive(flow, answers)
     assert [c.grant for c in seen] == ["refresh_token", "authorization_code"]
+    assert [c.recent for c in seen] == [None, None]  # no recent_window: nothing counted
     assert Delay(1.0) != Allow()
 
 
@@ -264,8 +261,11 @@ def test_a_policy_sees_the_recent_calls_of_every_broker_on_the_store(
     seen: list[tuple[str, int, int]] = []
 
     class AtMostThreePerMinute:
+        recent_window = 60.0
+
         def check(self, call: RateLimitCall) -> Any:
             seen.append((call.tenant, call.recent, call.recent_provider))
+            assert call.recent is not None
             if call.recent >= 3:
                 return Deny(retry_after=60.0)
             return Allow()
