@@ -30,10 +30,13 @@ from ._core.errors import (
     ConfigurationError,
     InsufficientScope,
     InvalidGrant,
+    InvalidIdentifier,
 )
 from ._core.flows import (
     AuthorizationRequest,
     FlowConfig,
+    RevocationDrain,
+    drain_revocations_flow,
     exchange_code_flow,
     flush_unsaved_flow,
     obtain_flow,
@@ -42,6 +45,7 @@ from ._core.flows import (
 )
 from ._core.model import (
     DEFAULT_TENANT,
+    REVOCATION_TENANT,
     SERVICE_PRINCIPAL,
     Lease,
     PrincipalId,
@@ -52,7 +56,7 @@ from ._core.model import (
     TenantId,
     TokenRecord,
 )
-from ._core.policy import RefreshPolicy
+from ._core.policy import RefreshPolicy, RevocationRetry
 from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth
 from ._core.ratelimit import Backoff, RateLimitPolicy
 from ._drivers import MAX_RESPONSE_BYTES, AsyncDriver, SyncDriver, UnsavedRotations
@@ -68,7 +72,7 @@ if TYPE_CHECKING:
     SyncClient = httpx2.Client | httpx.Client
     AsyncClient = httpx2.AsyncClient | httpx.AsyncClient
 
-__all__ = ["Broker"]
+__all__ = ["Broker", "RevocationDrain", "RevocationRetry"]
 
 log = logging.getLogger("oauth2_broker_mw")
 
@@ -208,6 +212,7 @@ class Broker:
         rate_limit: RateLimitPolicy | None = None,
         backoff: Backoff | None = None,
         write_retry_for: float = 5.0,
+        revocation_retry: RevocationRetry | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -253,6 +258,7 @@ class Broker:
             backoff=backoff or Backoff(),
             rate_limit=rate_limit,
         )
+        self._revocation_retry = revocation_retry or RevocationRetry()
         self._store = store
         self._clock = clock
         self._timeout = timeout
@@ -356,6 +362,10 @@ class Broker:
     # -- keys and the in-process cache --------------------------------------------------------
     def _build_key(self, tenant: str, principal: str, scopes: tuple[str, ...] | str) -> StoreKey:
         scope_set = ScopeSet.of(scopes, self._provider.scope_delimiter)
+        if tenant == REVOCATION_TENANT:
+            raise InvalidIdentifier(
+                f"tenant {REVOCATION_TENANT!r} is reserved for the revocation queue"
+            )
         return StoreKey(
             TenantId(tenant),
             PrincipalId(principal),
@@ -753,26 +763,73 @@ class Broker:
     # -- revocation and listing ---------------------------------------------------------------
     # unasync: generated from arevoke; edit that one, then run scripts/unasync.py
     def revoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
-        """Revoke at the provider (RFC 7009) when it can, then forget locally."""
+        """Revoke at the provider (RFC 7009) when it can, then forget locally.
+
+        Returns whether a connection was forgotten. When the provider cannot take the
+        revocation now (503, 429, a network error), the connection is forgotten all the same
+        and the revocation is queued in the store, to be delivered with back-off by
+        :meth:`drain_revocations` (every :class:`Refresher` sweep calls it), with a
+        ``RevocationQueued`` event. A redirect from the revocation endpoint raises
+        :class:`ProviderError` and keeps the connection.
+        """
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         self._forget(key)
         try:
             with self._telemetry.operation("revoke", self._provider.id):
-                revoked = self._sync.run(revoke_flow(self._config, key))
+                revoked = self._sync.run(revoke_flow(self._config, key, self._revocation_retry))
         finally:
             self._forget(key)
         return revoked
 
     async def arevoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
-        """Revoke at the provider (RFC 7009) when it can, then forget locally."""
+        """Revoke at the provider (RFC 7009) when it can, then forget locally.
+
+        Returns whether a connection was forgotten. When the provider cannot take the
+        revocation now (503, 429, a network error), the connection is forgotten all the same
+        and the revocation is queued in the store, to be delivered with back-off by
+        :meth:`drain_revocations` (every :class:`Refresher` sweep calls it), with a
+        ``RevocationQueued`` event. A redirect from the revocation endpoint raises
+        :class:`ProviderError` and keeps the connection.
+        """
         key = self.key(tenant=tenant, principal=principal, scopes=scopes)
         self._forget(key)
         try:
             with self._telemetry.operation("revoke", self._provider.id):
-                revoked = await self._async.run(revoke_flow(self._config, key))
+                revoked = await self._async.run(
+                    revoke_flow(self._config, key, self._revocation_retry)
+                )
         finally:
             self._forget(key)
         return revoked
+
+    # unasync: generated from adrain_revocations; edit that one, then run scripts/unasync.py
+    def drain_revocations(self, *, limit: int = 100) -> RevocationDrain:
+        """Deliver the queued revocations of this provider and client that are due.
+
+        The queue is in the store, shared by every process: of several processes draining at
+        once, one sends each revocation. A revocation that fails again waits longer
+        (``revocation_retry``: exponential, never before the provider's ``Retry-After``) and
+        is dropped with an error log and a ``RevocationDropped`` event after the last attempt.
+        At most ``limit`` revocations are sent per call.
+        """
+        with self._telemetry.operation("drain_revocations", self._provider.id):
+            return self._sync.run(
+                drain_revocations_flow(self._config, self._revocation_retry, limit=limit)
+            )
+
+    async def adrain_revocations(self, *, limit: int = 100) -> RevocationDrain:
+        """Deliver the queued revocations of this provider and client that are due.
+
+        The queue is in the store, shared by every process: of several processes draining at
+        once, one sends each revocation. A revocation that fails again waits longer
+        (``revocation_retry``: exponential, never before the provider's ``Retry-After``) and
+        is dropped with an error log and a ``RevocationDropped`` event after the last attempt.
+        At most ``limit`` revocations are sent per call.
+        """
+        with self._telemetry.operation("drain_revocations", self._provider.id):
+            return await self._async.run(
+                drain_revocations_flow(self._config, self._revocation_retry, limit=limit)
+            )
 
     # unasync: generated from aconnections; edit that one, then run scripts/unasync.py
     def connections(self, *, tenant: str, principal: str) -> list[StoreKey]:

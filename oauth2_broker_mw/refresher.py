@@ -1,9 +1,11 @@
 """``Refresher``: renew tokens before they expire, and refresh tokens before they go idle.
 
-Owns: the proactive refresh sweep. A sweep asks the store's refresh index for the records
-whose access token expires within ``window`` seconds (``expiring``) and, for providers whose
-descriptor has a ``refresh_idle_limit``, the records whose refresh token has not been used for
-``refresh_idle_limit - idle_margin`` seconds (``idle``). It refreshes each one through its
+Owns: the proactive refresh sweep. A sweep first delivers the queued revocations that are
+due (:meth:`Broker.adrain_revocations`: they are revoked, never refreshed), then asks the
+store's refresh index for the records whose access token expires within ``window`` seconds
+(``expiring``) and, for providers whose descriptor has a ``refresh_idle_limit``, the records
+whose refresh token has not been used for ``refresh_idle_limit - idle_margin`` seconds
+(``idle``). It refreshes each one through its
 provider's :class:`~oauth2_broker_mw.broker.Broker` with bounded concurrency, with the
 version the index reported as a fence (:meth:`Broker.arefresh_key`): the broker's lease lock
 and compare-and-swap make sure that any number of refreshers, on any number of hosts, send a
@@ -60,6 +62,13 @@ class SweepReport:
     unsaved: int = 0
     """Rotations the store refused that this process still holds after the sweep tried to
     write them (:meth:`Broker.flush_unsaved`); above 0, the store is refusing writes."""
+    revocations_delivered: int = 0
+    """Queued revocations (logouts the provider could not take at the time) that the provider
+    took in this sweep (:meth:`Broker.drain_revocations`)."""
+    revocations_pending: int = 0
+    """Queued revocations still waiting for a later attempt after this sweep."""
+    revocations_dropped: int = 0
+    """Queued revocations given up in this sweep after their last attempt (alert on it)."""
 
     def to_dict(self) -> dict[str, object]:
         return {
@@ -71,6 +80,9 @@ class SweepReport:
             "errors": dict(self.errors),
             "rate_limited": self.rate_limited,
             "unsaved": self.unsaved,
+            "revocations_delivered": self.revocations_delivered,
+            "revocations_pending": self.revocations_pending,
+            "revocations_dropped": self.revocations_dropped,
         }
 
 
@@ -159,12 +171,29 @@ class Refresher:
         salt = self._salt
         return sorted(found.values(), key=lambda d: (math.floor(d.at), hash((salt, d.key.id))))
 
+    async def _drain(self) -> Counter[str]:
+        """Deliver the queued revocations that are due (never refreshed: they are revoked)."""
+        counts: Counter[str] = Counter()
+        for pid, broker in self._brokers.items():
+            try:
+                drained = await broker.adrain_revocations(limit=self._batch)
+            except BrokerError as exc:  # the store is down: the queue waits for a later sweep
+                log.warning(
+                    "draining revocations for provider=%s failed: %s", pid, type(exc).__name__
+                )
+                continue
+            counts["delivered"] += drained.delivered
+            counts["pending"] += drained.pending
+            counts["dropped"] += drained.dropped
+        return counts
+
     async def asweep(self) -> SweepReport:
-        """Write the rotations the store refused earlier, then find what is due now and
-        refresh it; returns what happened."""
+        """Write the rotations the store refused earlier, deliver the queued revocations that
+        are due, then find what is due for a refresh and refresh it; returns what happened."""
         unsaved = 0
         for broker in self._brokers.values():
             unsaved += await broker.aflush_unsaved()
+        revocations = await self._drain()
         due = await self._due(self._clock())
         outcomes: Counter[str] = Counter()
         errors: Counter[str] = Counter()
@@ -216,6 +245,9 @@ class Refresher:
             errors=dict(errors),
             rate_limited=outcomes["rate_limited"],
             unsaved=unsaved,
+            revocations_delivered=revocations["delivered"],
+            revocations_pending=revocations["pending"],
+            revocations_dropped=revocations["dropped"],
         )
         if self._on_sweep is not None:
             self._on_sweep(report)

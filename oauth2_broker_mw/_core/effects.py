@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import Any, ClassVar, TypeAlias, TypeVar
 
 from .events import Event
-from .model import PendingAuthorization, StoreKey, TokenRecord
+from .model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
 
 __all__ = [
     "AcquireLock",
@@ -27,6 +27,7 @@ __all__ = [
     "HttpRequest",
     "HttpResponse",
     "KeepUnsaved",
+    "ListKeys",
     "Load",
     "LockHold",
     "Now",
@@ -147,10 +148,23 @@ class CompareAndSwap(StoreOp):
 
 @dataclass(frozen=True, slots=True)
 class Delete(StoreOp):
-    """Delete the record at ``key``; result ``bool``."""
+    """Delete the record at ``key`` (only at ``expected_version``, when given); result
+    ``bool``: whether something was removed."""
 
     op: ClassVar[str] = "delete"
+    keywords: ClassVar[tuple[str, ...]] = ("expected_version",)
     key: StoreKey
+    expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListKeys(StoreOp):
+    """The keys stored for ``tenant`` (and ``principal``); result ``list[StoreKey]``. No
+    secret is read."""
+
+    op: ClassVar[str] = "list_keys"
+    tenant: TenantId
+    principal: PrincipalId | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +308,7 @@ def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
             | Put()
             | CompareAndSwap()
             | Delete()
+            | ListKeys()
             | AcquireLock()
             | RenewLock()
             | ReleaseLock()

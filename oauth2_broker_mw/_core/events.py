@@ -20,6 +20,8 @@ __all__ = [
     "RateLimited",
     "ReauthorizationRequired",
     "RefreshFailed",
+    "RevocationDropped",
+    "RevocationQueued",
     "RotationFlushed",
     "RotationUnsaved",
     "TokenIssued",
@@ -122,6 +124,32 @@ class ConnectionRevoked(Event):
     """The connection was revoked (at the provider when it can) and forgotten locally."""
 
     kind: ClassVar[str] = "connection_revoked"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationQueued(Event):
+    """A revocation the provider could not take (503, 429, a network error) was queued in the
+    store, to be retried with back-off. The connection is already forgotten locally; once the
+    provider takes the revocation, :class:`ConnectionRevoked` follows (or, after the last
+    attempt, :class:`RevocationDropped`). ``version`` is the forgotten record's version."""
+
+    kind: ClassVar[str] = "revocation_queued"
+    attempts: int
+    """Attempts made so far (1 after the failed revocation at logout)."""
+    retry_at: float
+    """The wall time of the next attempt (never before the provider's ``Retry-After``)."""
+    error: str
+    """The broker error class name of the failed attempt (``TransientProviderError``, ...)."""
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RevocationDropped(Event):
+    """A queued revocation was given up (``RevocationRetry.max_attempts`` or ``max_age``): the
+    token stays valid at the provider until it expires. Alert on this event."""
+
+    kind: ClassVar[str] = "revocation_dropped"
+    attempts: int
+    error: str
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

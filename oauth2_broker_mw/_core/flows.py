@@ -20,7 +20,7 @@ import logging
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import TypeGuard
+from typing import Final, TypeAlias, TypeGuard
 from urllib.parse import urlsplit
 
 from . import jsonsafe, oauth
@@ -35,6 +35,7 @@ from .effects import (
     HttpRequest,
     HttpResponse,
     KeepUnsaved,
+    ListKeys,
     Load,
     LockHold,
     Now,
@@ -53,6 +54,7 @@ from .errors import (
     ConfigurationError,
     CorruptRecord,
     InvalidGrant,
+    InvalidIdentifier,
     ProviderError,
     RateLimited,
     RefreshTimeout,
@@ -65,12 +67,16 @@ from .events import (
     LockContended,
     ReauthorizationRequired,
     RefreshFailed,
+    RevocationDropped,
+    RevocationQueued,
     RotationFlushed,
     RotationUnsaved,
     TokenIssued,
     TokenRefreshed,
 )
 from .model import (
+    REVOCATION_PRINCIPAL,
+    REVOCATION_TENANT,
     SERVICE_PRINCIPAL,
     JSONValue,
     PendingAuthorization,
@@ -81,7 +87,7 @@ from .model import (
     TenantId,
     TokenRecord,
 )
-from .policy import RefreshPolicy
+from .policy import RefreshPolicy, RevocationRetry
 from .provider import ClientConfig, GrantType, PkceMode, ProviderDescriptor
 from .ratelimit import (
     Backoff,
@@ -94,6 +100,8 @@ from .ratelimit import (
 __all__ = [
     "AuthorizationRequest",
     "FlowConfig",
+    "RevocationDrain",
+    "drain_revocations_flow",
     "exchange_code_flow",
     "flush_unsaved_flow",
     "obtain_flow",
@@ -738,6 +746,10 @@ def start_authorization_flow(
         )
     if not oauth.is_allowed_endpoint(redirect_uri):
         raise ConfigurationError("redirect_uri must be https (or http on loopback)")
+    if tenant == REVOCATION_TENANT:
+        raise InvalidIdentifier(
+            f"tenant {REVOCATION_TENANT!r} is reserved for the revocation queue"
+        )
     if principal == SERVICE_PRINCIPAL:
         raise ConfigurationError(
             f"principal {SERVICE_PRINCIPAL!r} is reserved for the app's own token; a user "
@@ -999,49 +1011,287 @@ def _principal_from_sub(sub: str) -> PrincipalId:
 
 
 # -- revocation -------------------------------------------------------------------------------
-def revoke_flow(cfg: FlowConfig, key: StoreKey) -> Flow[bool]:
+#: The metadata member of a queued revocation (no secret: the key it was for, the client that
+#: must authenticate it, the attempts so far and when it was first tried).
+_QUEUED: Final = "o2bm_revocation"
+
+Transient: TypeAlias = TransportError | ProviderError
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationDrain:
+    """What one :meth:`Broker.drain_revocations` did with the revocation queue.
+
+    ``delivered``: the provider took them (removed from the queue); ``retrying``: attempted
+    and failed again, due again later; ``dropped``: given up after the last attempt;
+    ``waiting``: not due yet (or beyond ``limit``). Revocations of other providers or other
+    clients are not counted.
+    """
+
+    delivered: int = 0
+    retrying: int = 0
+    dropped: int = 0
+    waiting: int = 0
+
+    @property
+    def pending(self) -> int:
+        """Revocations still queued for this broker after the drain."""
+        return self.retrying + self.waiting
+
+
+@dataclass(frozen=True, slots=True)
+class _Queued:
+    entry: TokenRecord
+    key: StoreKey
+    attempts: int
+    queued_at: float
+
+
+def _targets(record: TokenRecord) -> list[tuple[Secret, str]]:
+    """What to revoke, refresh token first (RFC 7009 §2.1: it takes the grant with it)."""
+    targets: list[tuple[Secret, str]] = []
+    if record.refresh_token is not None:
+        targets.append((record.refresh_token, "refresh_token"))
+    targets.append((record.access_token, "access_token"))
+    return targets
+
+
+def _revoke_at_provider(
+    cfg: FlowConfig, provider: str, targets: list[tuple[Secret, str]]
+) -> Flow[tuple[list[tuple[Secret, str]], Transient | None]]:
+    """Send the revocations in order; returns what is left and why, or ``([], None)``.
+
+    A 503/429 (RFC 7009 §2.2.1: the token may still be valid) or a network error stops at the
+    token it hit. A redirect raises :class:`ProviderError` (never followed: SECURITY C7). Any
+    other error answer counts as done (the provider will not take it, retrying cannot help).
+    """
+    for index, (secret, hint) in enumerate(targets):
+        now: float = yield Now()
+        request = oauth.revocation_request(
+            cfg.provider, cfg.client, token=secret.get_secret_value(), token_type_hint=hint, now=now
+        )
+        try:
+            response: HttpResponse = yield request
+        except TransportError as exc:
+            return targets[index:], exc
+        if response.status_code == 503 or response.status_code == 429:
+            return targets[index:], TransientProviderError(
+                "temporarily_unavailable",
+                status_code=response.status_code,
+                retry_after=oauth.classify_error(response).retry_after,
+            )
+        if 300 <= response.status_code < 400:
+            # Never followed (SECURITY C7: it would re-send the token elsewhere), and not a
+            # success either: the token may still be live.
+            raise ProviderError(
+                "unexpected_redirect",
+                error_description=f"the revocation endpoint of provider {provider!r} "
+                "answered with a redirect, which is not followed; the token was kept. "
+                "Check revocation_endpoint in the descriptor",
+                status_code=response.status_code,
+            )
+        if response.status_code >= 400:
+            log.warning(
+                "revocation at provider=%s answered HTTP %s; removing locally anyway",
+                provider,
+                response.status_code,
+            )
+    return [], None
+
+
+def _queue_entry(
+    cfg: FlowConfig,
+    record: TokenRecord,
+    left: list[tuple[Secret, str]],
+    *,
+    attempts: int,
+    queued_at: float,
+    retry_at: float,
+    original: StoreKey,
+) -> TokenRecord:
+    """The revoked record kept in the queue: only the tokens still to revoke, its next
+    attempt as ``expires_at``; never usable (``revoked_at`` set, a tenant no caller can use,
+    a fingerprint no scope set has)."""
+    refresh = next((secret for secret, hint in left if hint == "refresh_token"), None)
+    key = StoreKey(
+        REVOCATION_TENANT,
+        REVOCATION_PRINCIPAL,
+        original.provider,
+        hashlib.sha256(f"{original.id}|{secrets.token_hex(16)}".encode()).hexdigest()
+        if record.key.tenant != REVOCATION_TENANT
+        else record.key.scope_fingerprint,
+    )
+    info: dict[str, JSONValue] = {
+        "key": dict(original.to_dict()),
+        "client_id": cfg.client.client_id,
+        "attempts": attempts,
+        "queued_at": queued_at,
+    }
+    return replace(
+        record,
+        key=key,
+        refresh_token=refresh,
+        id_token=None,
+        expires_at=retry_at,
+        refresh_token_expires_at=None,
+        metadata={_QUEUED: info},
+        revoked_at=queued_at,
+    )
+
+
+def _queued(cfg: FlowConfig, entry: TokenRecord | None) -> _Queued | None:
+    """The queue entry's bookkeeping, when it is this broker's to deliver."""
+    if entry is None or entry.key.provider != cfg.provider.id:
+        return None
+    info = entry.metadata.get(_QUEUED)
+    if not isinstance(info, dict) or info.get("client_id") != cfg.client.client_id:
+        return None
+    try:
+        key = StoreKey.from_dict(info["key"])  # type: ignore[arg-type]
+        attempts, queued_at = info["attempts"], info["queued_at"]
+    except (BrokerError, KeyError, TypeError):
+        return None
+    if isinstance(attempts, bool) or not isinstance(attempts, int):
+        return None
+    if isinstance(queued_at, bool) or not isinstance(queued_at, int | float):
+        return None
+    return _Queued(entry, key, attempts, float(queued_at))
+
+
+def _retry_after(failure: Transient) -> float | None:
+    return failure.retry_after if isinstance(failure, ProviderError) else None
+
+
+def revoke_flow(cfg: FlowConfig, key: StoreKey, retry: RevocationRetry | None = None) -> Flow[bool]:
     """RFC 7009 at the provider (refresh token first), then remove the record locally.
 
-    A 503 means the token may still be valid (RFC 7009 §2.2.1): the record is kept and a
-    :class:`TransientProviderError` raised so the caller can retry.
+    When the provider cannot take it now (503 or 429: RFC 7009 §2.2.1 says the token may still
+    be valid; or a network error), the tokens still to revoke are queued in the store (under
+    :data:`REVOCATION_TENANT`, shared by every process) for :func:`drain_revocations_flow`,
+    the record is removed all the same (the user logged out: nothing may serve it any more),
+    and :class:`RevocationQueued` is emitted instead of :class:`ConnectionRevoked`. A redirect
+    keeps the record and raises :class:`ProviderError`. Returns whether a record was removed.
     """
+    retry = retry or RevocationRetry()
     record = yield from _read(key)
     if record is None:
         return False
+    left: list[tuple[Secret, str]] = []
+    failure: Transient | None = None
     if cfg.provider.revocation_endpoint:
-        targets: list[tuple[Secret, str]] = []
-        if record.refresh_token is not None:
-            targets.append((record.refresh_token, "refresh_token"))
-        targets.append((record.access_token, "access_token"))
-        for secret, hint in targets:
-            request = oauth.revocation_request(
-                cfg.provider, cfg.client, token=secret.get_secret_value(), token_type_hint=hint
-            )
-            response = yield request
-            if response.status_code == 503 or response.status_code == 429:
-                raise TransientProviderError(
-                    "temporarily_unavailable",
-                    status_code=response.status_code,
-                    retry_after=oauth.classify_error(response).retry_after,
-                )
-            if 300 <= response.status_code < 400:
-                # Never followed (SECURITY C7: it would re-send the token elsewhere), and not a
-                # success either: the token may still be live, so it is kept here.
-                raise ProviderError(
-                    "unexpected_redirect",
-                    error_description=f"the revocation endpoint of provider {key.provider!r} "
-                    "answered with a redirect, which is not followed; the token was kept. "
-                    "Check revocation_endpoint in the descriptor",
-                    status_code=response.status_code,
-                )
-            if response.status_code >= 400:
-                log.warning(
-                    "revocation at provider=%s answered HTTP %s; removing locally anyway",
-                    key.provider,
-                    response.status_code,
-                )
+        left, failure = yield from _revoke_at_provider(cfg, key.provider, _targets(record))
+    now: float = yield Now()
+    retry_at = now
+    if failure is not None:
+        # Queued before the record goes: a crash in between leaves both, never neither.
+        retry_at = now + retry.delay(1, _retry_after(failure))
+        entry = _queue_entry(
+            cfg, record, left, attempts=1, queued_at=now, retry_at=retry_at, original=key
+        )
+        yield CompareAndSwap(entry, None)
     yield Delete(key)
     yield DropUnsaved(record)  # a rotation held unsaved is revoked too: never written back
-    now: float = yield Now()
-    yield Emit(ConnectionRevoked.for_key(key, now, record.version))
+    if failure is None:
+        yield Emit(ConnectionRevoked.for_key(key, now, record.version))
+    else:
+        log.warning(
+            "revocation at provider=%s failed (%s): forgotten locally, queued for a retry in %.0fs",
+            key.provider,
+            type(failure).__name__,
+            retry_at - now,
+        )
+        yield Emit(
+            RevocationQueued.for_key(
+                key,
+                now,
+                record.version,
+                attempts=1,
+                retry_at=retry_at,
+                error=type(failure).__name__,
+            )
+        )
     return True
+
+
+def drain_revocations_flow(
+    cfg: FlowConfig, retry: RevocationRetry | None = None, *, limit: int = 100
+) -> Flow[RevocationDrain]:
+    """Deliver the queued revocations of this provider and client that are due.
+
+    Each due entry is claimed first with a compare-and-swap that moves its next attempt
+    ``lock_ttl`` seconds on (so of several processes draining at once, one sends it), then
+    sent. Delivered: removed from the queue, :class:`ConnectionRevoked` emitted. Failed again:
+    due again after the back-off (never before ``Retry-After``), :class:`RevocationQueued`;
+    after the last attempt (``retry.max_attempts`` / ``retry.max_age``) dropped, with an error
+    log and :class:`RevocationDropped`. At most ``limit`` entries are attempted.
+    """
+    retry = retry or RevocationRetry()
+    keys: list[StoreKey] = yield ListKeys(REVOCATION_TENANT, REVOCATION_PRINCIPAL)
+    found: list[_Queued] = []
+    for qkey in keys:
+        if qkey.provider != cfg.provider.id:
+            continue
+        queued = _queued(cfg, (yield from _read(qkey)))
+        if queued is not None:
+            found.append(queued)
+    found.sort(key=lambda q: q.entry.expires_at or 0.0)
+    now: float = yield Now()
+    delivered = retrying = dropped = waiting = attempted = 0
+    for queued in found:
+        if (queued.entry.expires_at or 0.0) > now or attempted >= limit:
+            waiting += 1
+            continue
+        claim = replace(queued.entry, expires_at=now + cfg.lock_ttl)
+        claimed: TokenRecord | None = yield CompareAndSwap(claim, queued.entry.version)
+        if claimed is None:  # another process took it (or delivered it) meanwhile
+            continue
+        attempted += 1
+        failure: Transient | None
+        try:
+            left, failure = yield from _revoke_at_provider(
+                cfg, queued.key.provider, _targets(claimed)
+            )
+        except ProviderError as exc:  # a redirect: not a success, try again later
+            left, failure = _targets(claimed), exc
+        now = yield Now()
+        if failure is None:
+            yield Delete(claimed.key, expected_version=claimed.version)
+            yield Emit(ConnectionRevoked.for_key(queued.key, now, None))
+            delivered += 1
+            continue
+        attempts = queued.attempts + 1
+        error = type(failure).__name__
+        if retry.gives_up(attempts, now - queued.queued_at):
+            yield Delete(claimed.key, expected_version=claimed.version)
+            log.error(
+                "revocation at provider=%s for tenant=%s dropped after %d attempts over %.0fs "
+                "(%s): the token stays valid at the provider until it expires",
+                queued.key.provider,
+                queued.key.tenant,
+                attempts,
+                now - queued.queued_at,
+                error,
+            )
+            yield Emit(
+                RevocationDropped.for_key(queued.key, now, None, attempts=attempts, error=error)
+            )
+            dropped += 1
+            continue
+        retry_at = now + retry.delay(attempts, _retry_after(failure))
+        again = _queue_entry(
+            cfg,
+            claimed,
+            left,
+            attempts=attempts,
+            queued_at=queued.queued_at,
+            retry_at=retry_at,
+            original=queued.key,
+        )
+        yield CompareAndSwap(again, claimed.version)
+        yield Emit(
+            RevocationQueued.for_key(
+                queued.key, now, None, attempts=attempts, retry_at=retry_at, error=error
+            )
+        )
+        retrying += 1
+    return RevocationDrain(delivered, retrying, dropped, waiting)

@@ -20,6 +20,8 @@ from .errors import CorruptRecord, InvalidIdentifier
 
 __all__ = [
     "DEFAULT_TENANT",
+    "REVOCATION_PRINCIPAL",
+    "REVOCATION_TENANT",
     "SERVICE_PRINCIPAL",
     "JSONValue",
     "Lease",
@@ -127,6 +129,12 @@ DEFAULT_TENANT: Final = TenantId("default")
 #: principal can never have this name (a login refuses it; an ID token ``sub`` equal to it is
 #: hashed), so the app's token can never be read as a user's.
 SERVICE_PRINCIPAL: Final = PrincipalId("@app")
+#: The reserved tenant of the revocation queue: a revocation the provider could not take yet
+#: (RFC 7009 §2.2.1: a 503 means the token may still be valid) is kept as a revoked record
+#: under this tenant and :data:`REVOCATION_PRINCIPAL` until it is delivered or dropped. No
+#: broker operation accepts this tenant, so a queued token can never be read as a grant.
+REVOCATION_TENANT: Final = TenantId("@revocations")
+REVOCATION_PRINCIPAL: Final = PrincipalId("@revoke")
 
 
 class ProviderId(str):

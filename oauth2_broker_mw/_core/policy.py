@@ -1,6 +1,7 @@
 """Cache-window decisions: when a stored token is still good enough to hand out.
 
-Owns: the pre-emptive refresh deadline (margin + per-key jitter) and the "fresh" test.
+Owns: the pre-emptive refresh deadline (margin + per-key jitter) and the "fresh" test, and
+the back-off of a queued revocation (:class:`RevocationRetry`).
 Must not import: httpx/httpx2, asyncio, threading, store drivers.
 """
 
@@ -10,9 +11,10 @@ import hashlib
 import math
 from dataclasses import dataclass
 
+from .errors import ConfigurationError
 from .model import StoreKey, TokenRecord
 
-__all__ = ["RefreshPolicy"]
+__all__ = ["RefreshPolicy", "RevocationRetry"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -48,3 +50,45 @@ class RefreshPolicy:
 def _unit_fraction(key: StoreKey) -> float:
     digest = hashlib.sha256(key.id.encode()).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+@dataclass(frozen=True, slots=True)
+class RevocationRetry:
+    """How a revocation the provider could not take (503, 429, a network error) is retried.
+
+    The n-th failed attempt waits ``initial * factor ** (n - 1)`` seconds (at most
+    ``max_delay``), and never less than the provider's ``Retry-After`` (also capped at
+    ``max_delay``). After ``max_attempts`` attempts, or once the first attempt is ``max_age``
+    seconds old, the revocation is dropped with an error log and a ``RevocationDropped`` event:
+    the token then stays valid at the provider until it expires by itself.
+    """
+
+    initial: float = 30.0
+    factor: float = 2.0
+    max_delay: float = 3600.0
+    max_attempts: int = 20
+    max_age: float = 3 * 86_400.0
+
+    def __post_init__(self) -> None:
+        for name in ("initial", "max_delay", "max_age"):
+            value = getattr(self, name)
+            if not (isinstance(value, int | float) and 0 < value < math.inf):
+                raise ConfigurationError(f"RevocationRetry.{name} must be positive seconds")
+        if not (isinstance(self.factor, int | float) and 1 <= self.factor < math.inf):
+            raise ConfigurationError("RevocationRetry.factor must be >= 1")
+        attempts = self.max_attempts
+        if isinstance(attempts, bool) or not isinstance(attempts, int) or attempts < 1:
+            raise ConfigurationError("RevocationRetry.max_attempts must be a positive integer")
+
+    def delay(self, attempts: int, retry_after: float | None = None) -> float:
+        """Seconds to wait after the ``attempts``-th failed attempt."""
+        exponent = min(max(attempts - 1, 0), 64)  # bounded: no OverflowError
+        wait = min(self.max_delay, self.initial * float(self.factor) ** exponent)
+        if retry_after is not None and retry_after > 0:
+            wait = max(wait, min(float(retry_after), self.max_delay))
+        return wait
+
+    def gives_up(self, attempts: int, age: float) -> bool:
+        """``True`` when a revocation tried ``attempts`` times, first ``age`` seconds ago, is
+        dropped instead of tried again."""
+        return attempts >= self.max_attempts or age >= self.max_age

@@ -1,5 +1,6 @@
-"""Revocation that does not succeed keeps the token: a redirect is never a success, and a 503
-or a network error leaves the grant in the store for a later retry (SECURITY C7, D4)."""
+"""Revocation that does not succeed: a redirect is never a success and keeps the token
+(SECURITY C7); a 503 forgets the grant locally and queues the revocation in the store for a
+later retry (SECURITY D4; the queue itself: test_revocation_queue.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from collections.abc import Iterator
 import pytest
 from _fakes import FakeClock, login
 
-from oauth2_broker_mw import Broker, ProviderError, TransientProviderError
+from oauth2_broker_mw import AuthorizationRequired, Broker, ProviderError
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 TENANT, USER, SCOPES = "acme", "alice", ["openid"]
@@ -59,13 +60,18 @@ def test_a_redirect_from_the_revocation_endpoint_is_not_success_and_keeps_the_to
     assert refresh_info is not None and refresh_info["active"] is False
 
 
-async def test_a_503_keeps_the_grant_for_a_retry_async(
-    broker: Broker, provider: MockProvider
+async def test_a_503_forgets_the_grant_and_queues_the_revocation_async(
+    broker: Broker, provider: MockProvider, clock: FakeClock
 ) -> None:
     record = login(broker, provider, scopes=SCOPES)
     provider.faults.add("revoke", "error", status=503, retry_after=5)
-    with pytest.raises(TransientProviderError) as info:
-        await broker.arevoke(tenant=TENANT, principal=USER, scopes=SCOPES)
-    assert info.value.retry_after == 5
-    assert broker.store.get(record.key) is not None
-    assert await broker.arevoke(tenant=TENANT, principal=USER, scopes=SCOPES)
+    assert await broker.arevoke(tenant=TENANT, principal=USER, scopes=SCOPES) is True
+    assert broker.store.get(record.key) is None  # the user logged out: nothing to serve
+    with pytest.raises(AuthorizationRequired):
+        await broker.alease(tenant=TENANT, principal=USER, scopes=SCOPES)
+    assert not await broker.arevoke(tenant=TENANT, principal=USER, scopes=SCOPES)
+    clock.advance(30)  # the first back-off (longer than the Retry-After of 5 s)
+    drained = await broker.adrain_revocations()
+    assert drained.delivered == 1
+    refresh_info = provider.token_info(record.refresh_token.get_secret_value())
+    assert refresh_info is not None and refresh_info["active"] is False

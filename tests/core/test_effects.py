@@ -28,6 +28,7 @@ def test_there_is_one_class_per_store_operation() -> None:
             "put",
             "compare_and_swap",
             "delete",
+            "list_keys",
             "acquire_lock",
             "renew_lock",
             "release_lock",

@@ -481,29 +481,53 @@ def test_revoke_sends_refresh_token_first_then_deletes() -> None:
     s = Script(revoke_flow(config(), KEY))
     s.expect(StoreOp, "get")
     s.send(record())
+    s.answer_now()  # client assertions are signed at the broker's time
     first = s.expect(HttpRequest)
     assert b"token_type_hint=refresh_token" in (first.body or b"")
     s.send(HttpResponse(200))
+    s.answer_now()
     second = s.expect(HttpRequest)
     assert b"token_type_hint=access_token" in (second.body or b"")
     s.send(HttpResponse(200))
+    s.answer_now()
     s.expect(StoreOp, "delete")
-    s.send(True)
-    s.expect(Now)
-    assert s.send(NOW) is True
+    assert s.send(True) is True
     # The one event: the connection is gone (no secret in it).
     assert [type(e).__name__ for e in s.events] == ["ConnectionRevoked"]
     assert s.events[0].version == 3
 
 
-def test_revoke_keeps_the_record_when_the_provider_says_503() -> None:
-    from oauth2_broker_mw import TransientProviderError
+def test_revoke_queues_what_is_left_then_deletes_when_the_provider_says_503() -> None:
+    s = Script(revoke_flow(config(), KEY))
+    stored = record()
+    s.send(stored)
+    s.answer_now()
+    s.expect(HttpRequest)
+    s.send(HttpResponse(503, {"retry-after": "45"}))
+    s.answer_now()
+    queue = s.expect(StoreOp, "compare_and_swap")
+    assert queue.expected_version is None  # a new queue entry, written before the delete
+    entry = queue.record
+    assert (entry.key.tenant, entry.key.principal) == ("@revocations", "@revoke")
+    assert entry.key != KEY and entry.revoked_at == NOW and entry.expires_at == NOW + 45
+    assert entry.refresh_token == stored.refresh_token and entry.id_token is None
+    assert entry.metadata["o2bm_revocation"]["key"] == KEY.to_dict()
+    s.send(entry)
+    s.expect(StoreOp, "delete")
+    assert s.send(True) is True
+    assert [type(e).__name__ for e in s.events] == ["RevocationQueued"]
+    assert s.events[0].retry_at == NOW + 45
+
+
+def test_revoke_keeps_the_record_when_the_provider_redirects() -> None:
+    from oauth2_broker_mw import ProviderError
 
     s = Script(revoke_flow(config(), KEY))
     s.send(record())
+    s.answer_now()
     s.expect(HttpRequest)
-    with pytest.raises(TransientProviderError):
-        s.send(HttpResponse(503, {"retry-after": "5"}))
+    with pytest.raises(ProviderError):
+        s.send(HttpResponse(307, {"location": "https://elsewhere.example/"}))
     assert not (isinstance(s.effect, StoreOp) and s.effect.op == "delete")
 
 
