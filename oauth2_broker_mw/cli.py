@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from ._core.errors import BrokerError, ConfigurationError, CorruptRecord
+from ._core.events import RevocationQueued
 from ._core.model import JSONValue, StoreKey, TenantId, TokenRecord
 from ._core.provider import ProviderDescriptor
 from .stores import open_store
@@ -276,10 +277,24 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     key = _one_key(args, store)
     record = store.get(key)
     scopes = None if record is None else list(record.requested_scopes.scopes)
-    at_provider = broker.revoke(tenant=key.tenant, principal=key.principal, scopes=scopes)
+    queued: list[RevocationQueued] = []
+    broker.subscribe(lambda e: queued.append(e) if isinstance(e, RevocationQueued) else None)
+    removed = broker.revoke(tenant=key.tenant, principal=key.principal, scopes=scopes)
+    broker.events.flush()
     still = store.get(key)
-    result = {"revoked_at_provider": at_provider, "removed": still is None}
-    _emit(args, result, [f"revoked (at the provider: {'yes' if at_provider else 'no'})"])
+    at_provider = removed and not queued
+    result: dict[str, JSONValue] = {
+        "revoked_at_provider": at_provider,
+        "queued": bool(queued),
+        "removed": still is None,
+    }
+    line = (
+        f"forgotten; the provider is unavailable ({queued[0].error}): revocation queued, "
+        "delivered by the refresher"
+        if queued
+        else f"revoked (at the provider: {'yes' if at_provider else 'no'})"
+    )
+    _emit(args, result, [line])
     broker.close()
     return 0
 

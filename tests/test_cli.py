@@ -177,11 +177,46 @@ def test_refresh_and_revoke_go_through_the_broker(
         assert code == 0 and data["version"] == before.version + 1
         assert mp.counters["token:refresh_token"] == 1
         code, data, _ = cli(capsys, "revoke", *common)
-        assert code == 0 and data["revoked_at_provider"] is True
+        assert code == 0 and data["revoked_at_provider"] is True and data["queued"] is False
         assert mp.counters["revocation"] >= 1 or mp.counters["revoke"] >= 1
         assert store.list_keys("acme") == []  # type: ignore[arg-type]
         code, _, err = cli(capsys, "refresh", *common)
         assert code == 2 and "0 connections match" in err
+        store.close()
+
+
+def test_revoke_says_when_the_provider_was_unavailable_and_the_revocation_queued(
+    store_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    mp = MockProvider(access_ttl=3600)
+    with mp.serve():
+        descriptor_file = tmp_path / "mock.json"
+        descriptor_file.write_text(json.dumps(mp.descriptor(id="mock").to_dict()))
+        monkeypatch.setenv("OAUTH2_BROKER_CLIENT_SECRET", mp.default_client.client_secret or "")
+        store = open_store(store_url)
+        seed(store, mp, "acme", "alice")
+        mp.faults.add("revoke", "error", status=503)
+        code, data, _ = cli(
+            capsys,
+            "revoke",
+            "--store",
+            store_url,
+            "--provider",
+            str(descriptor_file),
+            "--client-id",
+            mp.default_client.client_id,
+            "--tenant",
+            "acme",
+            "--principal",
+            "alice",
+            "--json",
+        )
+        assert code == 0
+        assert data == {"revoked_at_provider": False, "queued": True, "removed": True}
+        assert store.list_keys("acme") == []  # type: ignore[arg-type]
         store.close()
 
 

@@ -40,6 +40,8 @@ from oauth2_broker_mw._core.effects import (
 )
 from oauth2_broker_mw._core.flows import (
     FlowConfig,
+    RevocationDrain,
+    drain_revocations_flow,
     exchange_code_flow,
     obtain_flow,
     revoke_flow,
@@ -517,6 +519,59 @@ def test_revoke_queues_what_is_left_then_deletes_when_the_provider_says_503() ->
     assert s.send(True) is True
     assert [type(e).__name__ for e in s.events] == ["RevocationQueued"]
     assert s.events[0].retry_at == NOW + 45
+
+
+def _queued_entry() -> TokenRecord:
+    """The queue entry revoke_flow writes when the provider says 503 (Retry-After: 45)."""
+    s = Script(revoke_flow(config(), KEY))
+    s.send(record())
+    s.answer_now()
+    s.send(HttpResponse(503, {"retry-after": "45"}))
+    s.answer_now()
+    entry: TokenRecord = s.expect(StoreOp, "compare_and_swap").record
+    return entry.with_version(1)
+
+
+def test_drain_claims_a_due_revocation_before_sending_and_skips_one_taken_elsewhere() -> None:
+    entry = _queued_entry()
+    s = Script(drain_revocations_flow(config()))
+    assert s.expect(StoreOp, "list_keys").args == ("@revocations", "@revoke")
+    s.send([entry.key])
+    s.expect(StoreOp, "get")
+    s.send(entry)
+    s.answer_now(NOW + 45)
+    claim = s.expect(StoreOp, "compare_and_swap")
+    assert claim.expected_version == 1 and claim.record.expires_at > NOW + 45
+    # another process claimed it first: nothing is sent
+    assert s.send(None) == RevocationDrain()
+
+
+def test_drain_delivers_a_due_revocation_and_removes_it_at_the_claimed_version() -> None:
+    entry = _queued_entry()
+    s = Script(drain_revocations_flow(config()))
+    s.send([entry.key])
+    s.send(entry)
+    s.answer_now(NOW + 45)
+    s.send(entry.with_version(2))  # claimed
+    for hint in (b"refresh_token", b"access_token"):
+        s.answer_now(NOW + 45)
+        assert b"token_type_hint=" + hint in (s.expect(HttpRequest).body or b"")
+        s.send(HttpResponse(200))
+    s.answer_now(NOW + 46)
+    delete = s.expect(StoreOp, "delete")
+    assert delete.kwargs == {"expected_version": 2}
+    assert s.send(True) == RevocationDrain(delivered=1)
+    assert [type(e).__name__ for e in s.events] == ["ConnectionRevoked"]
+    assert (s.events[0].tenant, s.events[0].principal) == (KEY.tenant, KEY.principal)
+
+
+def test_drain_leaves_a_revocation_that_is_not_due() -> None:
+    entry = _queued_entry()
+    s = Script(drain_revocations_flow(config()))
+    s.send([entry.key])
+    s.send(entry)
+    s.expect(Now)
+    assert s.send(NOW + 44) == RevocationDrain(waiting=1)  # nothing claimed, nothing sent
 
 
 def test_revoke_keeps_the_record_when_the_provider_redirects() -> None:
