@@ -272,6 +272,7 @@ def test_the_middleware_logs_the_store_failure_with_its_path(
         brokers={"mock": broker},
         secret_key="Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0FgXa",
         base_url="https://testserver",
+        check_stores=False,  # the store fails at the login here, not at startup
     )
     with caplog.at_level(logging.WARNING), TestClient(app, base_url="https://testserver") as client:
         response = client.get("/oauth2/mock/login", follow_redirects=False)
@@ -296,3 +297,89 @@ def test_make_demo_installs_only_the_demo_extra() -> None:
     (demo_rule,) = re.findall(r"^demo:(.*)$", makefile, re.M)
     assert "$(STAMP)" not in demo_rule.split()
     assert "-e '.[demo]'" in makefile
+
+
+# -- item 2: the middleware checks its stores at startup --------------------------------------
+def _broker_on(mp: MockProvider, path: pathlib.Path) -> Broker:
+    from oauth2_broker_mw.stores import SQLiteStore
+
+    return Broker(
+        mp.descriptor(),
+        client_id="test-client",
+        client_secret="test-secret",
+        store=SQLiteStore(path),
+        http_client=mp.client(),
+    )
+
+
+def test_an_asgi_app_with_an_unusable_store_fails_at_startup(
+    mp: MockProvider, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    from starlette.applications import Starlette
+    from starlette.testclient import TestClient
+
+    from oauth2_broker_mw.middleware import BrokerMiddleware
+
+    path = tmp_path / "gone" / "tokens.db"
+    app = BrokerMiddleware(
+        Starlette(),
+        brokers={"mock": _broker_on(mp, path)},
+        secret_key="Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0FgXa",
+        base_url="https://testserver",
+    )
+    client = TestClient(app, base_url="https://testserver")
+    with caplog.at_level(logging.ERROR), pytest.raises(StoreUnavailable, match="does not exist"):
+        client.__enter__()  # the lifespan startup
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "unusable at startup" in logged and str(path) in logged and "check_stores" in logged
+
+
+def test_uvicorn_refuses_to_start_with_an_unusable_store(
+    mp: MockProvider, tmp_path: pathlib.Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+    import socket
+
+    import uvicorn
+    from starlette.applications import Starlette
+
+    from oauth2_broker_mw.middleware import BrokerMiddleware
+
+    path = tmp_path / "gone" / "tokens.db"
+    app = Starlette()
+    app.add_middleware(
+        BrokerMiddleware,
+        brokers={"mock": _broker_on(mp, path)},
+        secret_key="Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0FgXa",
+        base_url="http://127.0.0.1",
+    )
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, lifespan="on"))
+    try:
+        with caplog.at_level(logging.INFO), pytest.raises(SystemExit) as exited:
+            asyncio.run(server.serve(sockets=[sock]))
+    finally:
+        sock.close()
+    assert exited.value.code == 3  # uvicorn's "startup failed" exit status
+    assert not server.started  # it never accepted a request
+    logged = "\n".join(r.getMessage() for r in caplog.records if r.name.startswith("uvicorn"))
+    assert str(path) in logged and "Application startup failed" in logged
+
+
+def test_a_wsgi_app_with_an_unusable_store_fails_when_it_is_built(
+    mp: MockProvider, tmp_path: pathlib.Path
+) -> None:
+    from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
+
+    path = tmp_path / "gone" / "tokens.db"
+    options: dict[str, Any] = {
+        "brokers": {"mock": _broker_on(mp, path)},
+        "secret_key": "Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0FgXa",
+        "base_url": "https://app.example",
+    }
+    with pytest.raises(StoreUnavailable, match=r"does not exist: create it"):
+        BrokerWSGIMiddleware(lambda e, s: [], **options)
+    BrokerWSGIMiddleware(lambda e, s: [], check_stores=False, **options)  # the opt-out

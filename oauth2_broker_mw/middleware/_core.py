@@ -706,6 +706,7 @@ class MiddlewareOptions(TypedDict, total=False):
     session_idle_timeout: float
     session_absolute_timeout: float
     max_flows: int
+    check_stores: bool
     clock: Callable[[], float]
 
 
@@ -746,6 +747,7 @@ class MiddlewareCore:
         session_idle_timeout: float = 8 * 3600.0,
         session_absolute_timeout: float = 7 * 24 * 3600.0,
         max_flows: int = 8,
+        check_stores: bool = True,
         clock: Callable[[], float] = time.time,
     ) -> None:
         if (brokers is None) == (registry is None):
@@ -825,6 +827,8 @@ class MiddlewareCore:
             raise ConfigurationError("timeouts must be positive")
         if max_flows < 1:
             raise ConfigurationError("max_flows must be at least 1")
+        #: check every store at startup (ASGI lifespan, WSGI construction): fail fast
+        self.check_stores = bool(check_stores)
         self.flow_ttl = flow_ttl
         self.idle_timeout = session_idle_timeout
         self.absolute_timeout = session_absolute_timeout
@@ -883,6 +887,15 @@ class MiddlewareCore:
         if scopes is not None:
             return tuple(scopes)
         return self._scopes.get(provider) or tuple(broker.provider.default_scopes)
+
+    def stores(self) -> list[TokenStore]:
+        """The stores known at startup, each once: the brokers' and the session store (with
+        ``registry=``, the registry's; its tenants' brokers are built later)."""
+        found: dict[int, TokenStore] = {}
+        for broker in self.brokers.values():
+            found.setdefault(id(broker.store), broker.store)
+        found.setdefault(id(self.session_store), self.session_store)
+        return list(found.values())
 
     def origin_for(self, tenant: str | None) -> str:
         """The origin a tenant's logins run on: its own host with ``tenant_base_url``."""

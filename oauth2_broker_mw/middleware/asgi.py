@@ -3,17 +3,21 @@
 Owns: turning an ASGI scope into a :class:`~._core.BrokerRequest`, reading the (small) logout
 form body, sending early responses as ASGI messages, adding the session cookie to the app's
 response start, and catching ``AuthorizationRequired`` before the response has started.
-Non-HTTP scopes (``websocket``, ``lifespan``) pass straight through.
+``websocket`` scopes pass straight through; on ``lifespan`` startup every store is checked
+first (``check_stores=True``), and a store that cannot be used fails the startup with its
+reason instead of the first login.
 
 Must not import: starlette (pure ASGI, no ``BaseHTTPMiddleware``), httpx, the WSGI shell.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable, Iterable, MutableMapping
 from typing import TYPE_CHECKING, TypeAlias, cast
 
-from .._core.errors import AuthorizationRequired, ProviderNotEnabled, UnknownTenant
+from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageError, UnknownTenant
+from ..stores import acheck_store
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
@@ -26,6 +30,8 @@ if TYPE_CHECKING:
     pass
 
 __all__ = ["BrokerMiddleware"]
+
+log = logging.getLogger("oauth2_broker_mw.middleware")
 
 Scope: TypeAlias = MutableMapping[str, object]
 Message: TypeAlias = MutableMapping[str, object]
@@ -99,6 +105,9 @@ class BrokerMiddleware(MiddlewareShell[ASGIApp]):
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
+            if scope["type"] == "lifespan" and self.core.check_stores:
+                await self._lifespan(scope, receive, send)
+                return
             await self.app(scope, receive, send)
             return
         core = self.core
@@ -140,6 +149,34 @@ class BrokerMiddleware(MiddlewareShell[ASGIApp]):
                 raise
             response = core.answer(request, exc)
             await _send_response(response, send, head=request.method == "HEAD")
+
+    async def _lifespan(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Check the stores on ``lifespan.startup``, before the app starts; on failure answer
+        ``lifespan.startup.failed`` with the reason (uvicorn logs it and exits) and raise the
+        store's error (``with TestClient(app)`` raises it)."""
+        first = await receive()
+        if first.get("type") == "lifespan.startup":
+            try:
+                for store in self.core.stores():
+                    await acheck_store(store)
+            except StorageError as exc:
+                reason = (
+                    f"oauth2-broker-mw: a token store is unusable at startup: {exc} "
+                    "(BrokerMiddleware(check_stores=False) starts without this check)"
+                )
+                log.error("%s", reason)
+                await send({"type": "lifespan.startup.failed", "message": reason})
+                raise  # as Starlette's router does: the server (or TestClient) ends the lifespan
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return first
+            return await receive()
+
+        await self.app(scope, replay, send)
 
     @staticmethod
     async def _read_body(receive: Receive, limit: int) -> bytes:

@@ -12,15 +12,18 @@ Must not import: flask, django, asyncio, httpx, the ASGI shell.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeAlias
+from typing import TYPE_CHECKING, TypeAlias, Unpack
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
-from .._core.errors import AuthorizationRequired, ProviderNotEnabled, UnknownTenant
+from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageError, UnknownTenant
+from ..stores import check_store
 from ._core import (
     CONTEXT_KEY,
     BrokerRequest,
+    MiddlewareOptions,
     MiddlewareShell,
     Response,
     drive,
@@ -30,6 +33,8 @@ if TYPE_CHECKING:
     pass
 
 __all__ = ["BrokerWSGIMiddleware"]
+
+log = logging.getLogger("oauth2_broker_mw.middleware")
 
 # The standard library's WSGI types (PEP 3333), so Flask's and Django's apps fit as they are.
 Environ: TypeAlias = WSGIEnvironment
@@ -126,6 +131,20 @@ class BrokerWSGIMiddleware(MiddlewareShell[WSGIApp]):
         app.wsgi_app = BrokerWSGIMiddleware(app.wsgi_app, brokers={"acme": broker},
                                             secret_key="...", base_url="https://app.example.com")
     """
+
+    def __init__(self, app: WSGIApp, **options: Unpack[MiddlewareOptions]) -> None:
+        super().__init__(app, **options)
+        if self.core.check_stores:  # WSGI has no lifespan: the app is built at boot
+            for store in self.core.stores():
+                try:
+                    check_store(store)
+                except StorageError as exc:
+                    log.error(
+                        "oauth2-broker-mw: a token store is unusable at startup: %s "
+                        "(BrokerWSGIMiddleware(check_stores=False) starts without this check)",
+                        exc,
+                    )
+                    raise
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
         core = self.core

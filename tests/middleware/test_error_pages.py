@@ -40,7 +40,9 @@ def mp() -> Iterator[MockProvider]:
     provider.close()
 
 
-def _app(mp: MockProvider, store: SQLiteStore, clock: FakeClock | None = None) -> Starlette:
+def _app(
+    mp: MockProvider, store: SQLiteStore, clock: FakeClock | None = None, **extra: object
+) -> Starlette:
     async def whoami(request: Request) -> JSONResponse:
         ctx = request.state.oauth2_broker
         return JSONResponse({"principal": ctx.principal, "connections": list(ctx.connections)})
@@ -57,6 +59,7 @@ def _app(mp: MockProvider, store: SQLiteStore, clock: FakeClock | None = None) -
     options: dict[str, object] = {"brokers": {"mock": broker}, "secret_key": KEY, "base_url": BASE}
     if clock is not None:
         options["clock"] = clock
+    options.update(extra)
     app.add_middleware(BrokerMiddleware, **options)
     return app
 
@@ -160,7 +163,9 @@ def test_the_store_down_says_try_again_later_with_retry_after(
     mp: MockProvider, tmp_path: Path
 ) -> None:
     store = SQLiteStore(tmp_path / "gone" / "tokens.db")  # the directory does not exist
-    with TestClient(_app(mp, store), base_url=BASE, follow_redirects=False) as c:
+    # check_stores=False: the store fails after startup (the startup check is tested apart)
+    app = _app(mp, store, check_stores=False)
+    with TestClient(app, base_url=BASE, follow_redirects=False) as c:
         response = c.get("/oauth2/mock/login", headers=HTML)
     assert response.status_code == 503
     assert response.headers["retry-after"] == "30"

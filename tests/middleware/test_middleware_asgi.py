@@ -35,13 +35,14 @@ def broker() -> Iterator[Broker]:
     mp.close()
 
 
-def _wrap(app: Any, broker: Broker) -> BrokerMiddleware:
+def _wrap(app: Any, broker: Broker, **options: Any) -> BrokerMiddleware:
     return BrokerMiddleware(
         app,
         brokers={"acme": broker},
         scopes={"acme": ["openid"]},
         secret_key=SECRET,
         base_url=BASE,
+        **options,
     )
 
 
@@ -51,7 +52,8 @@ async def test_non_http_scopes_pass_through_untouched(broker: Broker) -> None:
     async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
         seen.append((dict(scope), receive, send))
 
-    middleware = _wrap(inner, broker)
+    # check_stores=False: the lifespan untouched too (with the check, see test_startup_check)
+    middleware = _wrap(inner, broker, check_stores=False)
 
     async def receive() -> dict[str, Any]:
         return {"type": "lifespan.startup"}
@@ -69,6 +71,26 @@ async def test_non_http_scopes_pass_through_untouched(broker: Broker) -> None:
         assert "oauth2_broker" not in passed
         assert passed_receive is receive
         assert passed_send is send
+
+
+async def test_the_startup_check_hands_the_app_its_startup_message(broker: Broker) -> None:
+    """With the store check (the default), the app still gets the startup message first."""
+    seen: list[Any] = []
+
+    async def inner(scope: dict[str, Any], receive: Any, send: Any) -> None:
+        seen.append(await receive())
+        seen.append(await receive())
+
+    messages = iter([{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}])
+
+    async def receive() -> dict[str, Any]:
+        return next(messages)
+
+    async def send(message: dict[str, Any]) -> None:
+        raise AssertionError("nothing may be sent on the app's behalf")
+
+    await _wrap(inner, broker)({"type": "lifespan", "state": {}}, receive, send)
+    assert seen == [{"type": "lifespan.startup"}, {"type": "lifespan.shutdown"}]
 
 
 def test_lifespan_and_websocket_work_through_the_middleware(broker: Broker) -> None:

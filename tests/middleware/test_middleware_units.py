@@ -217,6 +217,7 @@ def test_public_names_of_the_middleware_package() -> None:
         "BrokerRequest",
         "BrokerWSGIMiddleware",
         "PrincipalResolver",
+        "RedactOAuthQuery",
         "TenantResolver",
         "header_tenant",
         "path_prefix_tenant",
