@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import time
 import types
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -704,6 +705,33 @@ def test_logout_revokes_at_the_provider_and_clears_the_session(env: Env) -> None
     assert env.whoami(browser)["principal"] is None
     api = browser.get("/api/data", headers={"accept": "application/json"})
     assert api.status_code == 401
+
+
+def test_logout_while_the_provider_is_down_signs_out_and_revokes_once_it_is_back(
+    env: Env,
+) -> None:
+    """SECURITY D4: a 503 at logout still signs the user out; the queued revocation reaches
+    the provider at the next drain (every Refresher sweep runs one)."""
+    browser = env.browser()
+    env.login(browser)
+    env.mp.faults.add("revoke", "error", status=503, retry_after=10)
+    response = browser.post("/oauth2/logout", headers={"origin": BASE})
+    assert response.status_code == 303
+    assert env.whoami(browser)["principal"] is None
+    assert browser.get("/api/data", headers={"accept": "application/json"}).status_code == 401
+    assert env.mp.live_tokens(subject="user-1")  # not revoked yet: the provider was down
+    # a refresher process on the same store, 31 s later (past the first back-off of 30 s)
+    later = Broker(
+        env.mp.descriptor(),
+        client_id="test-client",
+        client_secret="test-secret",
+        store=env.broker.store,
+        http_client=env.mp.client(),
+        clock=FakeClock(time.time() + 31),
+    )
+    assert later.drain_revocations().delivered == 1
+    assert env.mp.live_tokens(subject="user-1") == []
+    later.close()
 
 
 def test_get_logout_is_405(env: Env) -> None:
