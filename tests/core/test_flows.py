@@ -521,6 +521,20 @@ def test_revoke_queues_what_is_left_then_deletes_when_the_provider_says_503() ->
     assert s.events[0].retry_at == NOW + 45
 
 
+def test_revoke_queues_only_the_access_token_when_the_refresh_token_was_revoked() -> None:
+    s = Script(revoke_flow(config(), KEY))
+    stored = record()
+    s.send(stored)
+    s.answer_now()
+    s.send(HttpResponse(200))  # the refresh token is revoked
+    s.answer_now()
+    s.send(HttpResponse(503))  # the access token is not
+    s.answer_now()
+    entry = s.expect(StoreOp, "compare_and_swap").record
+    assert entry.refresh_token is None and entry.access_token == stored.access_token
+    assert entry.expires_at == NOW + 30  # no Retry-After: the first back-off
+
+
 def _queued_entry() -> TokenRecord:
     """The queue entry revoke_flow writes when the provider says 503 (Retry-After: 45)."""
     s = Script(revoke_flow(config(), KEY))
