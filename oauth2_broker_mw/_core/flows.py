@@ -1158,7 +1158,7 @@ def _queued(cfg: FlowConfig, entry: TokenRecord | None) -> _Queued | None:
     return _Queued(entry, key, attempts, float(queued_at))
 
 
-def _retry_after(failure: Transient) -> float | None:
+def _retry_after(failure: BrokerError) -> float | None:
     return failure.retry_after if isinstance(failure, ProviderError) else None
 
 
@@ -1246,12 +1246,14 @@ def drain_revocations_flow(
         if claimed is None:  # another process took it (or delivered it) meanwhile
             continue
         attempted += 1
-        failure: Transient | None
+        failure: BrokerError | None
         try:
             left, failure = yield from _revoke_at_provider(
                 cfg, queued.key.provider, _targets(claimed)
             )
-        except ProviderError as exc:  # a redirect: not a success, try again later
+        except BrokerError as exc:
+            # A redirect, or a descriptor that lost its revocation_endpoint: not a success,
+            # and an attempt that counts (so such an entry is dropped in the end, not kept).
             left, failure = _targets(claimed), exc
         now = yield Now()
         if failure is None:

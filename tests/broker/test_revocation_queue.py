@@ -198,6 +198,33 @@ def test_a_revocation_older_than_max_age_is_dropped(
     broker.close()
 
 
+def test_a_queued_revocation_the_descriptor_can_no_longer_send_is_dropped_not_kept(
+    provider: MockProvider, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = MemoryStore()
+    before = make_broker(provider, clock, store)
+    login(before, provider, scopes=SCOPES)
+    provider.faults.add("revoke", "error", status=503)
+    before.revoke(tenant=TENANT, principal=USER, scopes=SCOPES)
+    after = Broker(  # redeployed with a descriptor that has no revocation endpoint any more
+        provider.descriptor(
+            grants=["authorization_code", "refresh_token"], revocation_endpoint=None
+        ),
+        client_id="test-client",
+        client_secret="test-secret",
+        store=store,
+        http_client=provider.client(),
+        clock=clock,
+        revocation_retry=RevocationRetry(max_attempts=2),
+    )
+    clock.advance(30)
+    assert after.drain_revocations() == RevocationDrain(dropped=1)
+    assert "ConfigurationError" in caplog.text
+    assert queued(store) == []
+    before.close()
+    after.close()
+
+
 def test_a_network_error_at_logout_is_queued_and_delivered_when_the_provider_is_back(
     clock: FakeClock,
 ) -> None:
