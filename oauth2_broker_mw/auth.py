@@ -211,6 +211,12 @@ class _Adapter(Protocol[_Req, _RespIn]):
 
     def query(self, request: _Req) -> str: ...
 
+    def mentions_access_token(self, request: _Req) -> bool:
+        """Cheap pre-check: could the query carry ``access_token``? (then :meth:`query`)"""
+        ...
+
+    def has_authorization(self, request: _Req) -> bool: ...
+
     def authorize(self, request: _Req, value: str) -> None: ...
 
     def method(self, request: _Req) -> str: ...
@@ -325,6 +331,12 @@ class _HttpxAdapter:
     def query(self, request: _HttpxLike) -> str:
         return request.url.query.decode("ascii", "replace")
 
+    def mentions_access_token(self, request: _HttpxLike) -> bool:
+        return b"access_token" in request.url.query  # bytes: no decoding per request
+
+    def has_authorization(self, request: _HttpxLike) -> bool:
+        return "Authorization" in request.headers  # the hot path asks _plain_httpx first
+
     def authorize(self, request: _HttpxLike, value: str) -> None:
         request.headers["Authorization"] = value
 
@@ -369,6 +381,21 @@ def _one_hop_proof(request: _HttpxLike, asynchronous: bool) -> None:
         hook = trace
     hook._o2bm_one_hop = True
     request.extensions["trace"] = hook
+
+
+def _plain_httpx(request: _HttpxLike) -> bool:
+    """The per-request case of :meth:`BrokerAuth._preflight`, decided in a few instructions:
+    no ``access_token`` in the query and no ``Authorization`` header yet (httpx and httpx2
+    keep the lowercased raw header names in ``Headers._list``). ``False``: ask _preflight."""
+    if b"access_token" in request.url.query:
+        return False
+    items = getattr(request.headers, "_list", None)
+    if items is None:
+        return False
+    for _, name, _ in items:  # noqa: SIM110 (a generator in all() costs three times more)
+        if name == b"authorization":
+            return False
+    return True
 
 
 class _RequestsAdapter:
@@ -430,6 +457,12 @@ class _RequestsAdapter:
     def query(self, request: requests.PreparedRequest) -> str:
         url = (request.url or "").split("#", 1)[0]
         return url.split("?", 1)[1] if "?" in url else ""
+
+    def mentions_access_token(self, request: requests.PreparedRequest) -> bool:
+        return "access_token" in (request.url or "")
+
+    def has_authorization(self, request: requests.PreparedRequest) -> bool:
+        return "Authorization" in request.headers
 
     def authorize(self, request: requests.PreparedRequest, value: str) -> None:
         headers: Any = request.headers
@@ -605,19 +638,19 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
           token, no DPoP proof, no 401 handling): BrokerAuth never overwrites it silently.
           The header of our own current lease (a redirect re-sent by hand) is ours to renew.
         """
-        query = a.query(request)
-        if "access_token" in query and any(
-            name == "access_token" for name, _ in parse_qsl(query, keep_blank_values=True)
+        if a.mentions_access_token(request) and any(
+            name == "access_token"
+            for name, _ in parse_qsl(a.query(request), keep_blank_values=True)
         ):
             raise UnsafeRequest(
                 f"refusing to sign a request to {a.public_url(request)} whose URL carries an "
                 "access_token query parameter: tokens go only in the Authorization header "
                 "(RFC 6750 §2.3); remove the parameter from the URL"
             )
+        if not a.has_authorization(request):  # the per-request case: one membership test
+            return True
         existing = request.headers.get("Authorization")
-        if existing is None or (
-            self._sign_cache[0] is not None and existing == self._sign_cache[1]
-        ):
+        if self._sign_cache[0] is not None and existing == self._sign_cache[1]:
             return True
         logger.debug(
             "request to %s already has an Authorization header: kept, not signed "
@@ -767,7 +800,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if (
             not (self._https_anywhere and request.url.scheme == "https")
             and not self._signs(_HTTPX, request)
-        ) or not self._preflight(_HTTPX, request):
+        ) or not (_plain_httpx(request) or self._preflight(_HTTPX, request)):
             yield request
             return
         broker = self._broker
@@ -812,7 +845,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if (
             not (self._https_anywhere and request.url.scheme == "https")
             and not self._signs(_HTTPX, request)
-        ) or not self._preflight(_HTTPX, request):
+        ) or not (_plain_httpx(request) or self._preflight(_HTTPX, request)):
             yield request
             return
         broker = self._broker
