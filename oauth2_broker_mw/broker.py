@@ -57,7 +57,7 @@ from ._core.model import (
     TokenRecord,
 )
 from ._core.policy import RefreshPolicy, RevocationRetry
-from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth
+from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth, check_service_grant
 from ._core.ratelimit import Backoff, RateLimitPolicy
 from ._drivers import MAX_RESPONSE_BYTES, AsyncDriver, SyncDriver, UnsavedRotations
 from ._singleflight import SingleFlight
@@ -588,8 +588,10 @@ class Broker:
         This is the one way to get the app's identity from a descriptor that also logs users
         in: :meth:`lease` for a user principal never falls back to client credentials. The
         token is stored under ``tenant`` (default ``"default"``) and the reserved principal
-        ``"@app"``, which no user principal can have.
+        ``"@app"``, which no user principal can have. A public client, or a descriptor
+        without the ``client_credentials`` grant, is a ``ConfigurationError`` saying which.
         """
+        check_service_grant(self._provider, self._client_config)
         return self.lease(
             tenant=tenant,
             principal=SERVICE_PRINCIPAL,
@@ -611,8 +613,10 @@ class Broker:
         This is the one way to get the app's identity from a descriptor that also logs users
         in: :meth:`lease` for a user principal never falls back to client credentials. The
         token is stored under ``tenant`` (default ``"default"``) and the reserved principal
-        ``"@app"``, which no user principal can have.
+        ``"@app"``, which no user principal can have. A public client, or a descriptor
+        without the ``client_credentials`` grant, is a ``ConfigurationError`` saying which.
         """
+        check_service_grant(self._provider, self._client_config)
         return await self.alease(
             tenant=tenant,
             principal=SERVICE_PRINCIPAL,

@@ -13,7 +13,14 @@ from typing import Any
 
 import pytest
 
-from oauth2_broker_mw import Broker, ConfigurationError, StorageError, StoreUnavailable
+from oauth2_broker_mw import (
+    AuthorizationRequired,
+    Broker,
+    ConfigurationError,
+    InvalidClient,
+    StorageError,
+    StoreUnavailable,
+)
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 
@@ -53,6 +60,43 @@ def test_a_public_client_needs_no_secret(mp: MockProvider) -> None:
 def test_the_message_never_shows_a_secret(mp: MockProvider) -> None:
     broker = Broker(mp.descriptor(), client_id="x", client_secret="s3cr3t-value")
     assert "s3cr3t-value" not in repr(broker)
+
+
+def test_service_lease_without_the_grant_says_so(mp: MockProvider) -> None:
+    descriptor = mp.descriptor(grants=["authorization_code", "refresh_token"])
+    broker = Broker(descriptor, client_id="test-client", client_secret="s3cr3t-value")
+    with pytest.raises(ConfigurationError) as caught:
+        broker.service_lease(scopes=["email.read"])
+    message = str(caught.value)
+    assert "client_credentials grant" in message and "'mock'" in message
+    assert "s3cr3t-value" not in message
+    assert mp.counters["token:client_credentials"] == 0  # refused before any provider call
+
+
+async def test_service_lease_of_a_public_client_says_it_needs_a_secret(mp: MockProvider) -> None:
+    broker = Broker(mp.descriptor(client_auth_method="none"), client_id="spa")
+    with pytest.raises(ConfigurationError, match=r"public client .*client_secret="):
+        await broker.aservice_lease(scopes=["email.read"])
+
+
+def test_a_user_lease_without_a_login_says_log_in(mp: MockProvider) -> None:
+    descriptor = mp.descriptor(grants=["authorization_code", "refresh_token"])
+    broker = Broker(descriptor, client_id="test-client", client_secret="test-secret")
+    with pytest.raises(AuthorizationRequired) as caught:
+        broker.lease(tenant="t", principal="alice", scopes=["email.read"])
+    assert "no stored grant for this user; log in" in str(caught.value)
+    assert "client credentials" not in str(caught.value)
+
+
+def test_a_rejected_client_secret_names_what_to_check(mp: MockProvider) -> None:
+    broker = Broker(
+        mp.descriptor(), client_id="test-client", client_secret="wrong-1", http_client=mp.client()
+    )
+    with pytest.raises(InvalidClient) as caught:
+        broker.service_lease(scopes=["email.read"])
+    message = str(caught.value)
+    assert "client_id and client_secret" in message and "client_auth_method" in message
+    assert "wrong-1" not in message
 
 
 # -- item 6: errors that say what to do --------------------------------------------------

@@ -466,8 +466,14 @@ def obtain_flow(
         else "no stored grant for this user; log in (the app's own client-credentials token "
         "never stands in for a user: use service_lease() for the app's identity)"
         if record is None and cfg.can_client_credentials
-        else "no stored token can be refreshed and the provider offers no client credentials"
-        if record is None or record.refresh_token is None
+        else "no stored grant for this user; log in"
+        if record is None and not cfg.allows_client_credentials(key)
+        else "no stored token, and this broker cannot use client credentials (the descriptor "
+        "must enable the client_credentials grant and the client needs a client_secret or "
+        "private_key)"
+        if record is None
+        else "the stored token has no refresh token and cannot be renewed; log in again"
+        if record.refresh_token is None
         else "the stored token cannot be refreshed",
     )
 

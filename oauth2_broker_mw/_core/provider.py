@@ -880,3 +880,28 @@ def check_client_auth(provider: ProviderDescriptor, client: ClientConfig) -> Non
                 f"{where} but no private_key was given: pass private_key=... (a JWK dict or "
                 "a PEM string of the key registered with the provider)"
             )
+
+
+def check_service_grant(provider: ProviderDescriptor, client: ClientConfig) -> None:
+    """Refuse ``service_lease()`` (the app's own token) where it cannot work, saying why.
+
+    The client-credentials grant needs the grant in the descriptor and a confidential client
+    (a secret or a private key); a public client or a descriptor without the grant is a
+    configuration mistake, not a missing user login. Names the provider, never a value.
+    """
+    if client.client_secret is None and client.private_key is None:
+        raise ConfigurationError(
+            f"service_lease() needs a confidential client, but provider {provider.id!r} is "
+            f"configured as a public client (client_auth_method="
+            f"{provider.client_auth_method.value!r}, no client_secret or private_key): the "
+            "client_credentials grant authenticates the app itself. Pass client_secret=... "
+            "(or private_key=...) with the client_auth_method the provider registered"
+        )
+    if not provider.supports(GrantType.CLIENT_CREDENTIALS):
+        grants = ", ".join(sorted(g.value for g in provider.grants))
+        raise ConfigurationError(
+            f"service_lease() needs the client_credentials grant, which provider "
+            f"{provider.id!r} does not enable (grants: {grants}). If the provider offers it "
+            "for this client, add 'client_credentials' to the descriptor's grants; for a "
+            "user's token, use lease(tenant=..., principal=...) after the user logged in"
+        )
