@@ -1002,7 +1002,7 @@ class MiddlewareCore:
                 self.session_store, self._revoked_name(session.sid), remaining
             )
         except StorageError as exc:  # fail closed: a session we cannot check is refused
-            log.warning("session check failed: %s", type(exc).__name__)
+            log.warning("session check failed: %s", _reason(exc))
             raise _store_down() from None
         if revoked is True:
             self._remember_revoked(session.sid, now)
@@ -1056,7 +1056,7 @@ class MiddlewareCore:
         try:
             yield MarkRevoked(self.session_store, self._revoked_name(session.sid), remaining)
         except StorageError as exc:
-            log.warning("session revocation failed: %s", type(exc).__name__)
+            log.warning("session revocation failed: %s", _reason(exc))
             raise _store_down() from None
 
     def _remember_revoked(self, sid: str, now: float) -> None:
@@ -1216,7 +1216,7 @@ class MiddlewareCore:
                 redirect_uri=self.redirect_uri(provider, tenant),
             )
         except (TransportError, TransientProviderError) as exc:
-            log.warning("login for provider=%s failed: %s", provider, type(exc).__name__)
+            log.warning("login for provider=%s failed: %s", provider, _reason(exc))
             raise _Reject(
                 502, "provider_unavailable", "The provider could not be reached."
             ) from None
@@ -1336,9 +1336,7 @@ class MiddlewareCore:
             except AuthorizationFlowError as exc:
                 raise _Reject(400, exc.code, "The login could not be completed.") from None
             except (TransportError, TransientProviderError) as exc:
-                log.warning(
-                    "code exchange for provider=%s failed: %s", provider, type(exc).__name__
-                )
+                log.warning("code exchange for provider=%s failed: %s", provider, _reason(exc))
                 raise _Reject(
                     502, "provider_unavailable", "The provider could not be reached."
                 ) from None
@@ -1446,7 +1444,7 @@ class MiddlewareCore:
                     log.warning(
                         "revocation at logout failed for provider=%s: %s",
                         provider,
-                        type(exc).__name__,
+                        _reason(exc),
                     )
             yield from self._forget_sid(session, now)
         response = _redirect(target, 303)

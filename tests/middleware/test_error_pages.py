@@ -221,3 +221,22 @@ def test_refusals_are_titled_after_what_happened(client: TestClient) -> None:
     assert unknown.status_code == 404
     assert _title(_assert_safe_page(unknown)) == "No such sign-in provider"
     assert 'id="retry"' not in unknown.text
+
+
+def test_a_provider_down_at_the_exchange_is_explained_and_logged_with_its_reason(
+    client: TestClient, mp: MockProvider, caplog: pytest.LogCaptureFixture
+) -> None:
+    import logging
+
+    params = _start(client, mp)
+    mp.faults.add("token", status=503, times=None)
+    with caplog.at_level(logging.WARNING, logger="oauth2_broker_mw.middleware"):
+        response = client.get("/oauth2/mock/callback", params=params, headers=HTML)
+    assert response.status_code == 502
+    body = _assert_safe_page(response, secrets=(params["code"], params["state"]))
+    assert _title(body) == "The provider cannot be reached"
+    assert "Nothing is wrong with your account" in body
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "code exchange for provider=mock failed" in logged
+    assert "HTTP 503" in logged  # the reason, not only the class name
+    assert params["code"] not in logged and "test-secret" not in logged
