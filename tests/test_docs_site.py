@@ -40,7 +40,12 @@ def test_the_site_builds_strict_with_snippets_diagrams_and_the_reference(
     assert 'broker.lease(tenant="acme", principal="svc-router"' in text("getting-started").replace(
         "&quot;", '"'
     )
-    assert (site / "how-it-works" / "index.html").read_text().count('class="mermaid"') == 2
+    # the sequence diagrams of issue 12: a lease, the 401 -> refresh -> retry, a refresh
+    # shared by several hosts, a login
+    how = (site / "how-it-works" / "index.html").read_text()
+    assert how.count('class="mermaid"') == 4
+    for title in ("A 401: one refresh, one retry", "One refresh shared by several hosts"):
+        assert title in how
     reference = text("reference")
     for name in ("Broker", "BrokerAuth", "BrokerMiddleware", "Registry", "TokenStore"):
         assert name in reference
