@@ -29,7 +29,7 @@ import time
 import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Final
+from typing import Final, TypeGuard
 
 from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
 from .._core.model import (
@@ -114,7 +114,7 @@ def _add_refresh_index(conn: sqlite3.Connection) -> None:
     for key_id, data in rows:
         try:
             values = refresh_index(TokenRecord.from_json(data))
-        except (ValueError, TypeError, KeyError):
+        except (CorruptRecord, ValueError, TypeError, KeyError):
             continue  # a damaged row stays out of the index; get() reports it
         conn.execute(
             "UPDATE tokens SET expires_at = ?, idle_since = ? WHERE key_id = ?", (*values, key_id)
@@ -224,6 +224,10 @@ class SQLiteStore(ThreadedAsyncMixin):
             isolation_level=None,  # autocommit; we issue BEGIN IMMEDIATE ourselves
             check_same_thread=False,  # borrowed by one thread at a time via the pool
         )
+        # A TEXT cell that is not UTF-8 (a damaged file, another writer) would make sqlite3
+        # raise OperationalError with the cell's text, tokens included, in the message.
+        # Decoded leniently instead, the lone surrogates it leaves make the row CorruptRecord.
+        conn.text_factory = _lenient_text
         try:
             conn.execute(f"PRAGMA busy_timeout = {int(self._timeout * 1000)}")
             if not self._schema_ready:
@@ -428,7 +432,9 @@ class SQLiteStore(ThreadedAsyncMixin):
                 key = StoreKey(TenantId(t), PrincipalId(p), ProviderId(prov), fp)
             except (ValueError, TypeError):
                 continue  # a damaged index row: get() on it reports CorruptRecord
-            due.append(DueRecord(key, int(version), float(at)))
+            if not _valid_version(version) or not isinstance(at, int | float):
+                continue
+            due.append(DueRecord(key, version, float(at)))
         return due
 
     def expiring(self, before: float, *, limit: int = 1000) -> list[DueRecord]:
@@ -600,15 +606,28 @@ def _current_version(conn: sqlite3.Connection, key: StoreKey) -> int | None:
     row = conn.execute("SELECT version FROM tokens WHERE key_id = ?", (key.id,)).fetchone()
     if row is None:
         return None
-    if not isinstance(row[0], int) or row[0] < 0:
+    if not _valid_version(row[0]):
         return 0  # a damaged version: put() rewrites the row at version 1
     return row[0]
+
+
+#: Versions count writes; one near SQLite's INTEGER limit (2**63 - 1) is damage, and version
+#: + 1 would raise OverflowError in sqlite3's parameter binding.
+_MAX_VERSION: Final = 2**62
+
+
+def _valid_version(version: object) -> TypeGuard[int]:
+    return type(version) is int and 0 <= version < _MAX_VERSION
+
+
+def _lenient_text(raw: bytes) -> str:
+    return raw.decode("utf-8", "surrogateescape")
 
 
 def _decode_record(key: StoreKey, version: object, data: object) -> TokenRecord:
     if not isinstance(data, (str, bytes)):
         raise CorruptRecord("stored token record is not stored as text")
-    if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+    if not _valid_version(version) or version == 0:
         raise CorruptRecord("stored token record has no valid version")
     record = TokenRecord.from_json(data)
     if record.key != key:

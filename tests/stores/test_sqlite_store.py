@@ -66,8 +66,10 @@ CORRUPTIONS = {
     "bad float": ("data", None),  # filled in below: a real record with a broken expiry
     "another key": ("data", None),  # filled in below: a real record for another key
     "binary": ("data", b"\xff\xfe\x00garbage"),
+    "text not utf8": ("data", None),  # filled in below: a real record, then a stray byte
     "version text": ("version", "seven"),
     "version zero": ("version", 0),
+    "version at the integer limit": ("version", 2**63 - 1),
 }
 
 
@@ -85,8 +87,12 @@ def test_corrupt_row_raises_corrupt_record_and_others_stay_readable(
         good = make_record(victim, ACCESS).with_version(1).to_json()
         value = good.replace('"issued_at":1700000000.0', '"issued_at":"yesterday"')
         assert value != good
+    cell = "?"
+    if kind == "text not utf8":  # sqlite3 used to raise OperationalError quoting the row
+        value = make_record(victim, ACCESS).with_version(1).to_json().encode() + b"\xff"
+        cell = "CAST(? AS TEXT)"
     with raw(db_path) as conn:
-        conn.execute(f"UPDATE tokens SET {column} = ? WHERE key_id = ?", (value, victim.id))
+        conn.execute(f"UPDATE tokens SET {column} = {cell} WHERE key_id = ?", (value, victim.id))
     conn.close()
 
     with pytest.raises(CorruptRecord) as excinfo:
@@ -118,6 +124,25 @@ def test_put_overwrites_a_corrupt_row(store: SQLiteStore, db_path: Path) -> None
     loaded = store.get(key)
     assert loaded is not None
     assert loaded.access_token == Secret("at-2")
+
+
+def test_put_and_the_refresh_index_survive_a_version_at_the_integer_limit(
+    store: SQLiteStore, db_path: Path
+) -> None:
+    # version + 1 overflowed sqlite3's parameter binding: OverflowError, not a typed error.
+    key = key_for()
+    store.put(make_record(key, "at-1", refresh_token=Secret("rt-1"), expires_at=time.time() + 10))
+    with raw(db_path) as conn:
+        conn.execute("UPDATE tokens SET version = ? WHERE key_id = ?", (2**63 - 1, key.id))
+    conn.close()
+    assert store.expiring(time.time() + 3600) == []  # a damaged version is left out
+    with raw(db_path) as conn:
+        conn.execute("UPDATE tokens SET version = 'x' WHERE key_id = ?", (key.id,))
+    conn.close()
+    assert store.expiring(time.time() + 3600) == []  # int('x') raised ValueError
+    assert store.put(make_record(key, "at-2")).version == 1
+    loaded = store.get(key)
+    assert loaded is not None and loaded.access_token == Secret("at-2")
 
 
 def test_corrupt_pending_is_reported_once_then_gone(store: SQLiteStore, db_path: Path) -> None:
