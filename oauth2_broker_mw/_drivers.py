@@ -22,6 +22,8 @@ from ._core.effects import (
     AcquireLock,
     BackoffUntil,
     CountCalls,
+    DeleteKeys,
+    DeletePending,
     DropUnsaved,
     Effect,
     Emit,
@@ -41,7 +43,7 @@ from ._core.effects import (
 )
 from ._core.errors import BrokerError, ConfigurationError, StorageError, TransportError
 from ._core.model import StoreKey, TokenRecord
-from .stores.base import ProviderGate, TokenStore
+from .stores.base import Offboarding, PerKeyDeletion, ProviderGate, TokenStore
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:
@@ -269,12 +271,15 @@ class _Driver:
             self._events.publish(effect.event)
 
     def _target(self, effect: StoreOp) -> Any:
-        """The store that executes ``effect``: the gate's for gate effects."""
-        return (
-            self._gate
-            if isinstance(effect, BackoffUntil | SetBackoff | TakeToken | CountCalls)
-            else self._store
-        )
+        """The store that executes ``effect``: the gate's for gate effects; for bulk deletion
+        by a store without it (:class:`Offboarding`), one ``delete`` per key."""
+        if isinstance(effect, BackoffUntil | SetBackoff | TakeToken | CountCalls):
+            return self._gate
+        if isinstance(effect, DeleteKeys | DeletePending) and not isinstance(
+            self._store, Offboarding
+        ):
+            return PerKeyDeletion(self._store)
+        return self._store
 
     @staticmethod
     def _store_failure(effect: StoreOp, exc: Exception) -> BrokerError:

@@ -9,12 +9,14 @@ Must not import: starlette, requests, store driver modules (redis, psycopg).
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import hashlib
 import logging
 import threading
 import time
 from collections.abc import Callable, Collection, Iterable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Self
@@ -35,10 +37,13 @@ from ._core.errors import (
 from ._core.flows import (
     AuthorizationRequest,
     FlowConfig,
+    ForgetReport,
     RevocationDrain,
     drain_revocations_flow,
     exchange_code_flow,
     flush_unsaved_flow,
+    forget_keys_flow,
+    forget_principal_flow,
     obtain_flow,
     revoke_flow,
     start_authorization_flow,
@@ -72,7 +77,7 @@ if TYPE_CHECKING:
     SyncClient = httpx2.Client | httpx.Client
     AsyncClient = httpx2.AsyncClient | httpx.AsyncClient
 
-__all__ = ["Broker", "RevocationDrain", "RevocationRetry"]
+__all__ = ["Broker", "ForgetReport", "RevocationDrain", "RevocationRetry"]
 
 log = logging.getLogger("oauth2_broker_mw")
 
@@ -408,6 +413,18 @@ class Broker:
     def _forget(self, key: StoreKey) -> None:
         with self._cache_lock:
             self._cache.pop(key.id, None)
+
+    def _forget_cached(self, tenant: TenantId, principal: PrincipalId | None = None) -> None:
+        """Drop every cached lease of ``tenant`` (and ``principal``): no I/O."""
+        with self._cache_lock:
+            gone = [
+                name
+                for name, entry in self._cache.items()
+                if entry.lease.key.tenant == tenant
+                and (principal is None or entry.lease.key.principal == principal)
+            ]
+            for name in gone:
+                self._cache.pop(name, None)
 
     # -- HTTP clients ---------------------------------------------------------------------------
     def _sync_client(self) -> Any:
@@ -805,6 +822,128 @@ class Broker:
         finally:
             self._forget(key)
         return revoked
+
+    # -- off-boarding ---------------------------------------------------------------------------
+    def _user_ids(self, tenant: str, principal: str | None) -> tuple[TenantId, PrincipalId | None]:
+        checked = TenantId(tenant)
+        if checked == REVOCATION_TENANT:
+            raise InvalidIdentifier(
+                f"tenant {REVOCATION_TENANT!r} is reserved for the revocation queue"
+            )
+        return checked, None if principal is None else PrincipalId(principal)
+
+    # unasync: generated from aforget_principal; edit that one, then run scripts/unasync.py
+    def forget_principal(self, tenant: str, principal: str) -> ForgetReport:
+        """Revoke every connection of ``principal`` in ``tenant`` with this provider at the
+        provider (RFC 7009, refresh token first), then delete them from the store.
+
+        A provider that is down (or answers 503/429) never stops the deletion: those keys are
+        reported in ``revocation_failed`` and their revocation is queued (delivered by
+        :meth:`drain_revocations`). Returns a :class:`ForgetReport` (keys and counts, no secret).
+        """
+        checked, who = self._user_ids(tenant, principal)
+        assert who is not None
+        try:
+            with self._telemetry.operation("forget_principal", self._provider.id):
+                report = self._sync.run(
+                    forget_principal_flow(self._config, checked, who, self._revocation_retry)
+                )
+        finally:
+            self._forget_cached(checked, who)
+        return report
+
+    async def aforget_principal(self, tenant: str, principal: str) -> ForgetReport:
+        """Revoke every connection of ``principal`` in ``tenant`` with this provider at the
+        provider (RFC 7009, refresh token first), then delete them from the store.
+
+        A provider that is down (or answers 503/429) never stops the deletion: those keys are
+        reported in ``revocation_failed`` and their revocation is queued (delivered by
+        :meth:`drain_revocations`). Returns a :class:`ForgetReport` (keys and counts, no secret).
+        """
+        checked, who = self._user_ids(tenant, principal)
+        assert who is not None
+        try:
+            with self._telemetry.operation("forget_principal", self._provider.id):
+                report = await self._async.run(
+                    forget_principal_flow(self._config, checked, who, self._revocation_retry)
+                )
+        finally:
+            self._forget_cached(checked, who)
+        return report
+
+    def _tenant_batches(self, keys: Iterable[StoreKey], batch: int) -> list[tuple[StoreKey, ...]]:
+        mine = [k for k in keys if k.provider == self._provider.id]
+        if batch < 1:
+            raise ConfigurationError("batch must be >= 1")
+        return [tuple(mine[i : i + batch]) for i in range(0, len(mine), batch)]
+
+    def forget_tenant(
+        self,
+        tenant: str,
+        *,
+        concurrency: int = 8,
+        batch: int = 200,
+        queue: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ForgetReport:
+        """Every connection of ``tenant`` with this provider: revoked at the provider, then
+        deleted, ``batch`` keys per bulk store deletion, ``concurrency`` batches at once.
+
+        ``progress(done, total)`` is called after each batch. With ``queue=False`` a
+        revocation the provider cannot take now is only reported, not queued (off-boarding a
+        tenant whose client registration goes away: nothing of it stays in the store).
+        """
+        checked, _ = self._user_ids(tenant, None)
+        batches = self._tenant_batches(self._store.list_keys(checked), batch)
+        total, done, report = sum(map(len, batches)), 0, ForgetReport()
+
+        def one(keys: tuple[StoreKey, ...]) -> ForgetReport:
+            flow = forget_keys_flow(self._config, keys, self._revocation_retry, queue=queue)
+            return self._sync.run(flow)
+
+        try:
+            with (
+                self._telemetry.operation("forget_tenant", self._provider.id),
+                ThreadPoolExecutor(max(1, concurrency), "o2bm-forget") as pool,
+            ):
+                for keys, part in zip(batches, pool.map(one, batches), strict=True):
+                    report, done = report + part, done + len(keys)
+                    if progress is not None:
+                        progress(min(done, total), total)
+        finally:
+            self._forget_cached(checked)
+        return report
+
+    async def aforget_tenant(
+        self,
+        tenant: str,
+        *,
+        concurrency: int = 8,
+        batch: int = 200,
+        queue: bool = True,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> ForgetReport:
+        """Async :meth:`forget_tenant`: ``concurrency`` batches run as tasks at once."""
+        checked, _ = self._user_ids(tenant, None)
+        batches = self._tenant_batches(await self._store.alist_keys(checked), batch)
+        total, done, report = sum(map(len, batches)), 0, ForgetReport()
+        gate = asyncio.Semaphore(max(1, concurrency))
+
+        async def one(keys: tuple[StoreKey, ...]) -> tuple[int, ForgetReport]:
+            async with gate:
+                flow = forget_keys_flow(self._config, keys, self._revocation_retry, queue=queue)
+                return len(keys), await self._async.run(flow)
+
+        try:
+            with self._telemetry.operation("forget_tenant", self._provider.id):
+                for part in asyncio.as_completed([one(keys) for keys in batches]):
+                    size, got = await part
+                    report, done = report + got, done + size
+                    if progress is not None:
+                        progress(min(done, total), total)
+        finally:
+            self._forget_cached(checked)
+        return report
 
     # unasync: generated from adrain_revocations; edit that one, then run scripts/unasync.py
     def drain_revocations(self, *, limit: int = 100) -> RevocationDrain:

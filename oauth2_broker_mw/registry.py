@@ -23,15 +23,16 @@ from typing import Any, TypeAlias
 import cachetools
 
 from ._core.errors import BrokerError, ConfigurationError, ProviderNotEnabled, UnknownTenant
-from ._core.model import Secret, TenantId
+from ._core.flows import ForgetReport
+from ._core.model import PrincipalId, Secret, StoreKey, TenantId
 from ._core.provider import ProviderDescriptor
 from ._driver import arun, run
 from .broker import Broker, SharedResources
 from .events import EventBus, EventHandler
-from .stores.base import TokenStore
+from .stores.base import TokenStore, bulk_deletion
 from .telemetry import Telemetry
 
-__all__ = ["Registration", "Registry", "Resolver"]
+__all__ = ["OffboardReport", "Registration", "Registry", "Resolver"]
 
 _HOST = re.compile(r"^(?=.{4,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?\.)+[a-z]{2,63}$")
 _GUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")
@@ -94,6 +95,23 @@ class Registration:
 
 Resolver: TypeAlias = Callable[[str, str], "Registration | Awaitable[Registration | None] | None"]
 TenantsArg: TypeAlias = Collection[str] | Callable[[str], bool] | None
+
+
+@dataclass(frozen=True, slots=True)
+class OffboardReport:
+    """What :meth:`Registry.offboard_tenant` did. No secret in it.
+
+    ``tokens``: every connection of the tenant, revoked at its provider (or reported in
+    ``tokens.revocation_failed`` / ``tokens.unrevocable``) and deleted. ``pending_deleted``:
+    logins in flight that were removed. ``registrations_removed``: the tenant's client
+    registrations this registry dropped. ``seconds``: how long it took.
+    """
+
+    tenant: str
+    tokens: ForgetReport
+    pending_deleted: int
+    registrations_removed: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,6 +182,7 @@ class Registry:
             maxsize=max_brokers, ttl=ttl, timer=clock
         )
         self._lock = threading.Lock()
+        self._offboarded: set[str] = set()
         self.brokers_made = 0
         """How many :class:`Broker` objects this registry has made (for capacity checks)."""
 
@@ -230,6 +249,8 @@ class Registry:
             checked = TenantId(tenant)
         except BrokerError:
             raise UnknownTenant(str(tenant)[:64], "not a valid tenant id") from None
+        if checked in self._offboarded:
+            raise UnknownTenant(checked, "the tenant was off-boarded")
         known = self._tenants
         if known is not None and not (known(checked) if callable(known) else checked in known):
             raise UnknownTenant(checked)
@@ -389,6 +410,151 @@ class Registry:
             for slot in slots:
                 self._cache.pop(slot, None)
         return len(slots)
+
+    # -- off-boarding ---------------------------------------------------------------------------
+    def _providers_of(self, tenant: TenantId, keys: Iterable[StoreKey]) -> list[str]:
+        """The tenant's providers: its static registrations and those its records name."""
+        found: set[str] = {k.provider for k in keys}
+        if self._static is not None:
+            found.update(p for t, p in self._static if t == tenant)
+        return sorted(found)
+
+    # unasync: generated from aforget_principal; edit that one, then run scripts/unasync.py
+    def forget_principal(self, tenant: str, principal: str) -> ForgetReport:
+        """:meth:`Broker.forget_principal` at every provider of the tenant: each connection is
+        revoked by the broker of its provider, then deleted. Records of a provider the tenant
+        has no registration for (any more) are deleted and reported ``unrevocable``."""
+        checked = self._tenant(tenant)
+        listed = self._store.list_keys(checked, PrincipalId(principal))
+        keys, report = list(listed), ForgetReport()
+        for provider in self._providers_of(checked, listed):
+            try:
+                broker = self.broker(tenant=checked, provider=provider)
+            except ProviderNotEnabled:
+                continue
+            report += broker.forget_principal(checked, principal)
+            keys = [k for k in keys if k.provider != provider]
+        if keys:
+            bulk = bulk_deletion(self._store)
+            report += ForgetReport(unrevocable=tuple(keys), deleted=bulk.delete_keys(keys))
+        return report
+
+    async def aforget_principal(self, tenant: str, principal: str) -> ForgetReport:
+        """:meth:`Broker.forget_principal` at every provider of the tenant: each connection is
+        revoked by the broker of its provider, then deleted. Records of a provider the tenant
+        has no registration for (any more) are deleted and reported ``unrevocable``."""
+        checked = self._tenant(tenant)
+        listed = await self._store.alist_keys(checked, PrincipalId(principal))
+        keys, report = list(listed), ForgetReport()
+        for provider in self._providers_of(checked, listed):
+            try:
+                broker = await self.abroker(tenant=checked, provider=provider)
+            except ProviderNotEnabled:
+                continue
+            report += await broker.aforget_principal(checked, principal)
+            keys = [k for k in keys if k.provider != provider]
+        if keys:
+            bulk = bulk_deletion(self._store)
+            report += ForgetReport(unrevocable=tuple(keys), deleted=await bulk.adelete_keys(keys))
+        return report
+
+    def _retire(self, tenant: TenantId) -> int:
+        """Refuse the tenant from now on; drop its static registrations and brokers."""
+        with self._lock:
+            self._offboarded.add(tenant)
+            removed = 0
+            if self._static is not None:
+                mine = [slot for slot in self._static if slot[0] == tenant]
+                for slot in mine:
+                    del self._static[slot]
+                removed = len(mine)
+        self.invalidate(tenant)
+        return removed
+
+    # unasync: generated from aoffboard_tenant; edit that one, then run scripts/unasync.py
+    def offboard_tenant(
+        self,
+        tenant: str,
+        *,
+        concurrency: int = 8,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> OffboardReport:
+        """Off-board ``tenant``: from now on it is an :class:`UnknownTenant` here; every
+        connection is revoked at its provider with the tenant's own registration (bounded
+        ``concurrency``), then deleted in bulk; its pending logins are deleted; its client
+        registrations are dropped from this registry.
+
+        A revocation a provider does not take is reported (``tokens.revocation_failed``), not
+        queued: the registration that could deliver it is going away, and nothing of the
+        tenant stays in the store. ``progress(done, total)`` is called per batch. A registry
+        fed by a ``resolver`` refuses the tenant in this process only: delete it from the
+        resolver's source too.
+        """
+        started = time.monotonic()
+        checked = self._tenant(tenant)
+        listed = self._store.list_keys(checked)
+        brokers: list[Broker] = []
+        for provider in self._providers_of(checked, listed):
+            try:
+                broker = self.broker(tenant=checked, provider=provider)
+            except ProviderNotEnabled:
+                continue
+            brokers.append(broker)
+        removed = self._retire(checked)  # no new login or lease of the tenant from here on
+        tokens = ForgetReport()
+        for broker in brokers:
+            tokens += broker.forget_tenant(
+                checked, concurrency=concurrency, queue=False, progress=progress
+            )
+        bulk = bulk_deletion(self._store)
+        rest = self._store.list_keys(checked)  # providers without a registration, late writes
+        if rest:
+            tokens += ForgetReport(unrevocable=tuple(rest), deleted=bulk.delete_keys(rest))
+        pending = bulk.delete_pending(checked)
+        return OffboardReport(checked, tokens, pending, removed, time.monotonic() - started)
+
+    async def aoffboard_tenant(
+        self,
+        tenant: str,
+        *,
+        concurrency: int = 8,
+        progress: Callable[[int, int], None] | None = None,
+    ) -> OffboardReport:
+        """Off-board ``tenant``: from now on it is an :class:`UnknownTenant` here; every
+        connection is revoked at its provider with the tenant's own registration (bounded
+        ``concurrency``), then deleted in bulk; its pending logins are deleted; its client
+        registrations are dropped from this registry.
+
+        A revocation a provider does not take is reported (``tokens.revocation_failed``), not
+        queued: the registration that could deliver it is going away, and nothing of the
+        tenant stays in the store. ``progress(done, total)`` is called per batch. A registry
+        fed by a ``resolver`` refuses the tenant in this process only: delete it from the
+        resolver's source too.
+        """
+        started = time.monotonic()
+        checked = self._tenant(tenant)
+        listed = await self._store.alist_keys(checked)
+        brokers: list[Broker] = []
+        for provider in self._providers_of(checked, listed):
+            try:
+                broker = await self.abroker(tenant=checked, provider=provider)
+            except ProviderNotEnabled:
+                continue
+            brokers.append(broker)
+        removed = self._retire(checked)  # no new login or lease of the tenant from here on
+        tokens = ForgetReport()
+        for broker in brokers:
+            tokens += await broker.aforget_tenant(
+                checked, concurrency=concurrency, queue=False, progress=progress
+            )
+        bulk = bulk_deletion(self._store)
+        rest = await self._store.alist_keys(
+            checked
+        )  # providers without a registration, late writes
+        if rest:
+            tokens += ForgetReport(unrevocable=tuple(rest), deleted=await bulk.adelete_keys(rest))
+        pending = await bulk.adelete_pending(checked)
+        return OffboardReport(checked, tokens, pending, removed, time.monotonic() - started)
 
     # -- lifecycle events -----------------------------------------------------------------------
     def subscribe(self, handler: EventHandler) -> Callable[[], None]:

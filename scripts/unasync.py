@@ -41,6 +41,7 @@ RULES: list[tuple[str, str]] = [
     (r"\bawait self\._flights\.ado\(", "self._flights.do("),
     (r"\bawait self\.(_*)a(\w+)\(", r"self.\1\2("),
     (r"\bawait self\._store\.a(\w+)\(", r"self._store.\1("),
+    (r"\bawait (broker|bulk)\.a(\w+)\(", r"\1.\2("),
 ]
 
 #: Pairs whose sync side is at most this many body lines count as a thin shell.
@@ -52,6 +53,7 @@ HAND_WRITTEN: dict[str, str] = {
     "_singleflight.py:SingleFlight.ado": "threading.Event against asyncio futures",
     "discovery.py:.adiscover": "fetches with a per-loop async client",
     "broker.py:SharedResources.async_client": "a per-event-loop client (PerLoop)",
+    "broker.py:Broker.aforget_tenant": "bounded concurrency: a thread pool against tasks",
     "broker.py:Broker.aclose": "closes every loop's client through PerLoop",
     "broker.py:SharedResources.aclose": "closes every loop's client through PerLoop",
     "refresher.py:Refresher.asweep": "the async sweep is the source; sync runs it on a loop",

@@ -20,6 +20,8 @@ __all__ = [
     "CompareAndSwap",
     "CountCalls",
     "Delete",
+    "DeleteKeys",
+    "DeletePending",
     "DropUnsaved",
     "Effect",
     "Emit",
@@ -155,6 +157,23 @@ class Delete(StoreOp):
     keywords: ClassVar[tuple[str, ...]] = ("expected_version",)
     key: StoreKey
     expected_version: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DeleteKeys(StoreOp):
+    """Delete the records at ``keys`` (in as few round trips as the store can); result
+    ``int``, how many were removed."""
+
+    op: ClassVar[str] = "delete_keys"
+    keys: tuple[StoreKey, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class DeletePending(StoreOp):
+    """Delete every pending login of ``tenant``; result ``int``, how many were removed."""
+
+    op: ClassVar[str] = "delete_pending"
+    tenant: TenantId
 
 
 @dataclass(frozen=True, slots=True)
@@ -308,6 +327,8 @@ def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
             | Put()
             | CompareAndSwap()
             | Delete()
+            | DeleteKeys()
+            | DeletePending()
             | ListKeys()
             | AcquireLock()
             | RenewLock()

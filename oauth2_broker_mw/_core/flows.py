@@ -29,6 +29,7 @@ from .effects import (
     AcquireLock,
     CompareAndSwap,
     Delete,
+    DeleteKeys,
     DropUnsaved,
     Emit,
     Flow,
@@ -100,10 +101,13 @@ from .ratelimit import (
 __all__ = [
     "AuthorizationRequest",
     "FlowConfig",
+    "ForgetReport",
     "RevocationDrain",
     "drain_revocations_flow",
     "exchange_code_flow",
     "flush_unsaved_flow",
+    "forget_keys_flow",
+    "forget_principal_flow",
     "obtain_flow",
     "revoke_flow",
     "start_authorization_flow",
@@ -1303,3 +1307,132 @@ def drain_revocations_flow(
         )
         retrying += 1
     return RevocationDrain(delivered, retrying, dropped, waiting)
+
+
+# -- off-boarding -------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class ForgetReport:
+    """What :meth:`Broker.forget_principal` (or an off-boarding) did. No secret in it.
+
+    ``revoked``: the provider took the revocation (RFC 7009, refresh token first).
+    ``revocation_failed``: the provider did not take it (down, 503/429, a redirect, an error
+    answer): the record is deleted all the same. ``queued`` (a subset of ``revocation_failed``):
+    failures the revocation queue retries (:meth:`Broker.drain_revocations`).
+    ``unrevocable``: the provider has no revocation endpoint (or no registration is known for
+    it, or the record was unreadable): deleted only. ``deleted``: records removed from the store.
+    """
+
+    revoked: tuple[StoreKey, ...] = ()
+    revocation_failed: tuple[StoreKey, ...] = ()
+    queued: tuple[StoreKey, ...] = ()
+    unrevocable: tuple[StoreKey, ...] = ()
+    deleted: int = 0
+
+    def __add__(self, other: ForgetReport) -> ForgetReport:
+        return ForgetReport(
+            self.revoked + other.revoked,
+            self.revocation_failed + other.revocation_failed,
+            self.queued + other.queued,
+            self.unrevocable + other.unrevocable,
+            self.deleted + other.deleted,
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Every token found was revoked at its provider (or the provider cannot revoke)."""
+        return not self.revocation_failed
+
+
+def _forget_key(
+    cfg: FlowConfig, key: StoreKey, retry: RevocationRetry, *, queue: bool
+) -> Flow[str]:
+    """Revoke ``key``'s tokens at the provider; the caller deletes the record.
+
+    Returns ``"absent"``, ``"revoked"``, ``"queued"``, ``"failed"`` or ``"unrevocable"``.
+    A failure never raises (the deletion goes ahead): a transient one is queued when ``queue``
+    (the revocation queue of :func:`revoke_flow`), any other one only reported.
+    """
+    record = yield from _read(key)
+    if record is None:
+        return "absent"
+    yield DropUnsaved(record)  # a rotation held unsaved is forgotten too: never written back
+    if not cfg.provider.revocation_endpoint:
+        now: float = yield Now()
+        yield Emit(ConnectionRevoked.for_key(key, now, record.version))
+        return "unrevocable"
+    failure: BrokerError | None
+    try:
+        left, failure = yield from _revoke_at_provider(cfg, key.provider, _targets(record))
+    except BrokerError as exc:  # a redirect: never followed, not a success
+        left, failure = _targets(record), exc
+    now = yield Now()
+    if failure is None:
+        yield Emit(ConnectionRevoked.for_key(key, now, record.version))
+        return "revoked"
+    error = type(failure).__name__
+    if queue and isinstance(failure, TransportError | TransientProviderError):
+        retry_at = now + retry.delay(1, _retry_after(failure))
+        entry = _queue_entry(
+            cfg, record, left, attempts=1, queued_at=now, retry_at=retry_at, original=key
+        )
+        yield CompareAndSwap(entry, None)
+        yield Emit(
+            RevocationQueued.for_key(
+                key, now, record.version, attempts=1, retry_at=retry_at, error=error
+            )
+        )
+        return "queued"
+    log.warning(
+        "revocation at provider=%s failed (%s) while forgetting a connection: deleted locally; "
+        "the token stays valid at the provider until it expires",
+        key.provider,
+        error,
+    )
+    yield Emit(RevocationDropped.for_key(key, now, record.version, attempts=1, error=error))
+    return "failed"
+
+
+def forget_keys_flow(
+    cfg: FlowConfig,
+    keys: tuple[StoreKey, ...],
+    retry: RevocationRetry | None = None,
+    *,
+    queue: bool = True,
+) -> Flow[ForgetReport]:
+    """Revoke every key's tokens at the provider (refresh token first), then delete the
+    records in one bulk store call (:class:`DeleteKeys`). Keys of other providers are not
+    revoked by this broker's client: only deleted, and reported ``unrevocable``."""
+    retry = retry or RevocationRetry()
+    found: dict[str, list[StoreKey]] = {
+        "revoked": [],
+        "queued": [],
+        "failed": [],
+        "unrevocable": [],
+        "absent": [],
+    }
+    for key in keys:
+        if key.provider != cfg.provider.id or key.tenant == REVOCATION_TENANT:
+            found["unrevocable"].append(key)
+            continue
+        outcome = yield from _forget_key(cfg, key, retry, queue=queue)
+        found[outcome].append(key)
+    deleted: int = (yield DeleteKeys(tuple(keys))) if keys else 0
+    return ForgetReport(
+        revoked=tuple(found["revoked"]),
+        revocation_failed=tuple(found["queued"] + found["failed"]),
+        queued=tuple(found["queued"]),
+        unrevocable=tuple(found["unrevocable"]),
+        deleted=deleted,
+    )
+
+
+def forget_principal_flow(
+    cfg: FlowConfig,
+    tenant: TenantId,
+    principal: PrincipalId,
+    retry: RevocationRetry | None = None,
+) -> Flow[ForgetReport]:
+    """Every connection of (tenant, principal) at this provider: revoked, then deleted."""
+    listed: list[StoreKey] = yield ListKeys(tenant, principal)
+    keys = tuple(k for k in listed if k.provider == cfg.provider.id)
+    return (yield from forget_keys_flow(cfg, keys, retry))

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import threading
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator
+from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar
 
 from .._core.errors import ConfigurationError, StoreUnavailable
@@ -165,6 +165,16 @@ class CommandStore(abc.ABC):
     @abc.abstractmethod
     def _op_delete(self, key: StoreKey, expected_version: int | None) -> Op[bool]: ...
 
+    def _op_delete_keys(self, keys: Sequence[StoreKey]) -> Op[int]:
+        """Bulk delete; this default is one delete per key (stores override it)."""
+        removed = 0
+        for key in keys:
+            removed += bool((yield from self._op_delete(key, None)))
+        return removed
+
+    @abc.abstractmethod
+    def _op_delete_pending(self, tenant: TenantId) -> Op[int]: ...
+
     @abc.abstractmethod
     def _op_list_keys(self, tenant: TenantId, principal: str | None) -> Op[list[StoreKey]]: ...
 
@@ -248,6 +258,12 @@ class CommandStore(abc.ABC):
     def delete(self, key: StoreKey, *, expected_version: int | None = None) -> bool:
         return self._run(self._op_delete(key, expected_version))
 
+    def delete_keys(self, keys: Sequence[StoreKey]) -> int:
+        return self._run(self._op_delete_keys(list(keys)))
+
+    def delete_pending(self, tenant: TenantId) -> int:
+        return self._run(self._op_delete_pending(TenantId(tenant)))
+
     def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
         return self._run(self._op_list_keys(TenantId(tenant), principal))
 
@@ -310,6 +326,12 @@ class CommandStore(abc.ABC):
 
     async def adelete(self, key: StoreKey, *, expected_version: int | None = None) -> bool:
         return await self._arun(self._op_delete(key, expected_version))
+
+    async def adelete_keys(self, keys: Sequence[StoreKey]) -> int:
+        return await self._arun(self._op_delete_keys(list(keys)))
+
+    async def adelete_pending(self, tenant: TenantId) -> int:
+        return await self._arun(self._op_delete_pending(TenantId(tenant)))
 
     async def alist_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
         return await self._arun(self._op_list_keys(TenantId(tenant), principal))

@@ -37,6 +37,15 @@ The refresh index (``RefreshIndex``, implemented by every built-in store, used b
   token issued (last used) before ``issued_before``, oldest first.
 * ``list_tenants()`` lists every tenant with a stored record.
 
+Off-boarding (``Offboarding``, implemented by every built-in store, used by
+:meth:`~oauth2_broker_mw.Broker.forget_principal` and ``Registry.offboard_tenant``; a store
+without it gets one ``delete`` per key):
+
+* ``delete_keys(keys)`` removes the records at ``keys`` in as few round trips as the store can
+  (one statement per 1,000 keys on PostgreSQL, one script per 500 keys on Redis) and returns
+  how many were removed.
+* ``delete_pending(tenant)`` removes every pending login of ``tenant`` and returns how many.
+
 The provider gate (``ProviderGate``, implemented by every built-in store, used before every
 token-endpoint request; see ``docs/operations.md``):
 
@@ -69,7 +78,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import math
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from typing import Final, ParamSpec, Protocol, TypeVar, runtime_checkable
@@ -86,11 +95,14 @@ from .._core.model import (
 
 __all__ = [
     "DueRecord",
+    "Offboarding",
+    "PerKeyDeletion",
     "ProviderGate",
     "RefreshIndex",
     "ThreadedAsyncMixin",
     "TokenStore",
     "acheck_store",
+    "bulk_deletion",
     "check_store",
     "check_window",
     "gcra",
@@ -246,6 +258,47 @@ class RefreshIndex(Protocol):
     ) -> list[DueRecord]: ...
 
     async def alist_tenants(self) -> list[TenantId]: ...
+
+
+@runtime_checkable
+class Offboarding(Protocol):
+    """Bulk deletion for off-boarding (see the module docstring)."""
+
+    def delete_keys(self, keys: Sequence[StoreKey]) -> int: ...
+
+    def delete_pending(self, tenant: TenantId) -> int: ...
+
+    async def adelete_keys(self, keys: Sequence[StoreKey]) -> int: ...
+
+    async def adelete_pending(self, tenant: TenantId) -> int: ...
+
+
+class PerKeyDeletion:
+    """:class:`Offboarding` for a store that has only ``delete``: one call per key. Such a
+    store cannot find pending logins by tenant: they are left to expire."""
+
+    def __init__(self, store: TokenStore) -> None:
+        self._store = store
+
+    def delete_keys(self, keys: Sequence[StoreKey]) -> int:
+        return sum(bool(self._store.delete(key)) for key in keys)
+
+    async def adelete_keys(self, keys: Sequence[StoreKey]) -> int:
+        removed = 0
+        for key in keys:
+            removed += bool(await self._store.adelete(key))
+        return removed
+
+    def delete_pending(self, tenant: TenantId) -> int:
+        return 0
+
+    async def adelete_pending(self, tenant: TenantId) -> int:
+        return 0
+
+
+def bulk_deletion(store: TokenStore) -> Offboarding:
+    """``store`` itself when it deletes in bulk, else a :class:`PerKeyDeletion` over it."""
+    return store if isinstance(store, Offboarding) else PerKeyDeletion(store)
 
 
 @runtime_checkable
@@ -410,6 +463,18 @@ class ThreadedAsyncMixin(abc.ABC):
 
     async def atake_pending(self, state_key: str) -> PendingAuthorization | None:
         return await self._call(self.take_pending, state_key)
+
+    @abc.abstractmethod
+    def delete_keys(self, keys: Sequence[StoreKey]) -> int: ...
+
+    @abc.abstractmethod
+    def delete_pending(self, tenant: TenantId) -> int: ...
+
+    async def adelete_keys(self, keys: Sequence[StoreKey]) -> int:
+        return await self._call(self.delete_keys, keys)
+
+    async def adelete_pending(self, tenant: TenantId) -> int:
+        return await self._call(self.delete_pending, tenant)
 
     async def aclose(self) -> None:
         await self._call(self.close)

@@ -36,7 +36,7 @@ import binascii
 import json
 import os
 import re
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
@@ -357,6 +357,16 @@ class EncryptedStore(CommandStore):
 
     def _op_delete(self, key: StoreKey, expected_version: int | None) -> Op[bool]:
         removed: bool = yield StoreCall("delete", (key,), {"expected_version": expected_version})
+        return removed
+
+    def _op_delete_keys(self, keys: Sequence[StoreKey]) -> Op[int]:
+        if not hasattr(self._inner, "delete_keys"):  # a store without bulk deletion
+            return (yield from super()._op_delete_keys(keys))
+        removed: int = yield StoreCall("delete_keys", (keys,))
+        return removed
+
+    def _op_delete_pending(self, tenant: TenantId) -> Op[int]:
+        removed: int = yield StoreCall("delete_pending", (tenant,))
         return removed
 
     def _op_list_keys(self, tenant: TenantId, principal: str | None) -> Op[list[StoreKey]]:

@@ -11,10 +11,11 @@ Must not import: httpx/httpx2, asyncio, any store driver.
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -107,6 +108,17 @@ class MemoryStore(ThreadedAsyncMixin):
                 return False
             del self._tokens[key.id]
             return True
+
+    def delete_keys(self, keys: Sequence[StoreKey]) -> int:
+        with self._mutex:
+            return sum(self._tokens.pop(key.id, None) is not None for key in keys)
+
+    def delete_pending(self, tenant: TenantId) -> int:
+        with self._mutex:
+            mine = [k for k, (data, _) in self._pending.items() if _tenant_of(data) == tenant]
+            for state_key in mine:
+                del self._pending[state_key]
+        return len(mine)
 
     def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
         with self._mutex:
@@ -250,6 +262,13 @@ class MemoryStore(ThreadedAsyncMixin):
 
     def close(self) -> None:
         """Nothing to release; the data stays until the store is garbage-collected."""
+
+
+def _tenant_of(data: str) -> object:
+    try:
+        return json.loads(data).get("tenant")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _check_ttl(ttl: float) -> None:

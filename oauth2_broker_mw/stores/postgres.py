@@ -33,7 +33,7 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeVar
 
@@ -55,6 +55,9 @@ from .base import DueRecord, recent_calls, refresh_index
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
 T = TypeVar("T")
+
+#: Keys per bulk statement (``delete_keys``).
+_BULK: Final = 1000
 
 _SCHEMA_RE: Final = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -634,6 +637,27 @@ class PostgresStore(CommandStore):
                 (key.id, int(expected_version)),
             )
         return bool(rows)
+
+    def _op_delete_keys(self, keys: Sequence[StoreKey]) -> Op[int]:
+        """One statement per :data:`_BULK` keys (not one round trip per row)."""
+        removed = 0
+        ids = [key.id for key in keys]
+        for start in range(0, len(ids), _BULK):
+            rows = yield Sql(
+                f"WITH gone AS (DELETE FROM {self._s}.tokens WHERE key_id = ANY(%s) "  # noqa: S608
+                "RETURNING 1) SELECT count(*) FROM gone",
+                (ids[start : start + _BULK],),
+            )
+            removed += int(rows[0][0])
+        return removed
+
+    def _op_delete_pending(self, tenant: TenantId) -> Op[int]:
+        rows = yield Sql(
+            f"WITH gone AS (DELETE FROM {self._s}.pending WHERE data->>'tenant' = %s "  # noqa: S608
+            "RETURNING 1) SELECT count(*) FROM gone",
+            (str(tenant),),
+        )
+        return int(rows[0][0])
 
     def _op_list_keys(self, tenant: TenantId, principal: str | None) -> Op[list[StoreKey]]:
         select = (

@@ -109,6 +109,27 @@ if redis.call('SCARD', KEYS[2]) == 0 then redis.call('SREM', KEYS[6], ARGV[4]) e
 return 1
 """
 
+# KEYS: tenant index, expiry zset, tenant set, then (record, principal index, idle zset) per
+# record, all of one tenant (one hash tag). ARGV: tenant, then (member, StoreKey.id) per record.
+_DELETE_MANY: Final = """
+local removed = 0
+local n = (#KEYS - 3) / 3
+for i = 0, n - 1 do
+  local rec, pidx, idle = KEYS[4 + 3 * i], KEYS[5 + 3 * i], KEYS[6 + 3 * i]
+  local member, id = ARGV[2 + 2 * i], ARGV[3 + 2 * i]
+  removed = removed + redis.call('DEL', rec)
+  redis.call('SREM', KEYS[1], member)
+  redis.call('SREM', pidx, member)
+  redis.call('ZREM', KEYS[2], id)
+  redis.call('ZREM', idle, id)
+end
+if redis.call('SCARD', KEYS[1]) == 0 then redis.call('SREM', KEYS[3], ARGV[1]) end
+return removed
+"""
+
+#: Records per ``delete_many`` script call (bulk deletion for off-boarding).
+_BULK: Final = 500
+
 # KEYS: a refresh-index zset. ARGV: exclusive upper score, limit, record key prefix.
 # Returns id, score, version triples (version "0": the record vanished meanwhile).
 _DUE: Final = """
@@ -200,6 +221,7 @@ _SHARDS: Final = 16
 _SCRIPTS: Final = {
     "write": _WRITE,
     "delete": _DELETE,
+    "delete_many": _DELETE_MANY,
     "acquire": _ACQUIRE,
     "renew": _RENEW,
     "release": _RELEASE,
@@ -567,6 +589,47 @@ class RedisStore(CommandStore):
         )
         return bool(removed)
 
+    def _op_delete_keys(self, keys: Sequence[StoreKey]) -> Op[int]:
+        """One script per :data:`_BULK` records of one tenant (not one round trip per row)."""
+        by_tenant: dict[str, list[StoreKey]] = {}
+        for key in keys:
+            by_tenant.setdefault(key.tenant, []).append(key)
+        removed = 0
+        for tenant, mine in by_tenant.items():
+            tag = self._tag(tenant)
+            for start in range(0, len(mine), _BULK):
+                chunk = mine[start : start + _BULK]
+                names = [self._tenant_index(tenant), self._expiry_index(tag), self._tenant_set(tag)]
+                args = [tenant]
+                for key in chunk:
+                    names += [
+                        self._record_key(key),
+                        self._principal_index(key.tenant, key.principal),
+                        self._idle_index(tag, key.provider),
+                    ]
+                    args += [_member(key), key.id]
+                count = yield RedisCall(
+                    "script", ("delete_many", names, args), {"replicated": True}
+                )
+                removed += int(count)
+        return removed
+
+    def _op_delete_pending(self, tenant: TenantId) -> Op[int]:
+        """Scan the pending logins (few, short-lived) and delete the tenant's."""
+        pattern = _glob_escape(f"{self._prefix}pend:") + "*"
+        removed = 0
+        cursor: int = 0
+        while True:
+            cursor, names = yield RedisCall("scan", (cursor,), {"match": pattern, "count": 1000})
+            if names:
+                values = yield RedisCall("mget", (list(names),))
+                mine = [n for n, v in zip(names, values, strict=True) if _tenant_of(v) == tenant]
+                if mine:
+                    removed += int((yield RedisCall("delete", tuple(mine))))
+            if int(cursor) == 0:
+                break
+        return removed
+
     def _op_due(
         self, index: Callable[[str], str], before: float, limit: int
     ) -> Op[list[DueRecord]]:
@@ -691,6 +754,13 @@ class RedisStore(CommandStore):
         if pending.expires_at <= self._clock():
             return None
         return pending
+
+
+def _tenant_of(value: object) -> object:
+    try:
+        return json.loads(_text(value) or "").get("tenant")
+    except (ValueError, AttributeError):
+        return None
 
 
 def _shard_tag(n: int) -> str:

@@ -27,7 +27,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, TypeGuard
 
@@ -386,6 +386,20 @@ class SQLiteStore(ThreadedAsyncMixin):
                     (key.id, expected_version),
                 )
             return cursor.rowcount > 0
+
+    def delete_keys(self, keys: Sequence[StoreKey]) -> int:
+        ids = [(key.id,) for key in keys]
+        with self._connection() as conn, _transaction(conn):
+            before = conn.total_changes
+            conn.executemany("DELETE FROM tokens WHERE key_id = ?", ids)
+            return conn.total_changes - before
+
+    def delete_pending(self, tenant: TenantId) -> int:
+        with self._connection() as conn:
+            cursor = conn.execute(
+                "DELETE FROM pending WHERE json_extract(data, '$.tenant') = ?", (str(tenant),)
+            )
+            return cursor.rowcount
 
     def list_keys(self, tenant: TenantId, principal: str | None = None) -> list[StoreKey]:
         query = "SELECT tenant, principal, provider, scope_fingerprint FROM tokens WHERE tenant = ?"

@@ -1,0 +1,245 @@
+"""Off-boarding a principal (SECURITY J8, GDPR Art. 17): revoke every connection at the
+provider (RFC 7009, refresh token first), then delete every record, on every store.
+
+A provider that is down never stops the deletion: the report says which keys it did not take
+and the revocation queue retries them. Real parts: MockProvider (in process and on a loopback
+port), SQLite files, Redis, PostgreSQL (through the encryption wrapper).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from _fakes import FakeClock, login
+from _services import (
+    postgres_drop_schema,
+    redis_cleanup,
+    require_postgres,
+    require_redis,
+    unique_name,
+)
+
+from oauth2_broker_mw import (
+    AuthorizationRequired,
+    Broker,
+    InvalidIdentifier,
+    MemoryStore,
+    Registration,
+    Registry,
+    SQLiteStore,
+    TokenStore,
+)
+from oauth2_broker_mw._core.model import REVOCATION_PRINCIPAL, REVOCATION_TENANT
+from oauth2_broker_mw.broker import ForgetReport, RevocationDrain
+from oauth2_broker_mw.stores.encrypted import EncryptedStore
+from oauth2_broker_mw.testing.mock_provider import MockProvider
+
+TENANT, USER = "acme", "alice"
+KEY = {"k1": b"k" * 32}
+
+
+@pytest.fixture
+def provider(clock: FakeClock) -> Iterator[MockProvider]:
+    mp = MockProvider(clock=clock)
+    yield mp
+    mp.close()
+
+
+@pytest.fixture(params=["memory", "sqlite", "redis", "postgres"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[TokenStore]:
+    if request.param == "memory":
+        yield MemoryStore()
+    elif request.param == "sqlite":
+        sqlite = SQLiteStore(str(tmp_path / "tokens.db"))
+        yield sqlite
+        sqlite.close()
+    elif request.param == "redis":
+        from oauth2_broker_mw.stores.redis import RedisStore
+
+        prefix = unique_name("off") + ":"
+        redis_store = RedisStore(require_redis(), prefix=prefix)
+        yield redis_store
+        redis_store.close()
+        redis_cleanup(prefix)
+    else:
+        from oauth2_broker_mw.stores.postgres import PostgresStore
+
+        schema = unique_name("off")
+        pg_store = PostgresStore(require_postgres(), schema=schema)
+        yield EncryptedStore(pg_store, KEY, "k1")
+        pg_store.close()
+        postgres_drop_schema(schema)
+
+
+def make_broker(provider: MockProvider, clock: FakeClock, store: TokenStore, **kw: Any) -> Broker:
+    descriptor = provider.descriptor(grants=["authorization_code", "refresh_token"])
+    if "revocation_endpoint" in kw:
+        descriptor = descriptor.replace(revocation_endpoint=kw.pop("revocation_endpoint"))
+    return Broker(
+        descriptor,
+        client_id="test-client",
+        client_secret="test-secret",
+        store=store,
+        http_client=provider.client(),
+        async_http_client=provider.async_client(),
+        clock=clock,
+        **kw,
+    )
+
+
+def active(provider: MockProvider, token: Any) -> bool:
+    info = provider.token_info(token.get_secret_value())
+    assert info is not None
+    return bool(info["active"])
+
+
+def revoked_hints(provider: MockProvider) -> list[str]:
+    return [r.form.get("token_type_hint", "") for r in provider.requests_to("revoke")]
+
+
+def test_forget_principal_revokes_every_connection_at_the_provider_then_deletes_it(
+    provider: MockProvider, clock: FakeClock, store: TokenStore, call: Callable[..., Any]
+) -> None:
+    broker = make_broker(provider, clock, store)
+    one = login(broker, provider, scopes=["openid"])
+    two = login(broker, provider, scopes=["openid", "email"])
+    bob = login(broker, provider, principal="bob", scopes=["openid"])
+    other_tenant = login(broker, provider, tenant="globex", scopes=["openid"])
+    call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid"])  # cached in process
+
+    report = call(broker, "forget_principal", tenant=TENANT, principal=USER)
+
+    assert isinstance(report, ForgetReport)
+    assert sorted(report.revoked, key=lambda k: k.id) == sorted(
+        [one.key, two.key], key=lambda k: k.id
+    )
+    assert (report.revocation_failed, report.queued, report.unrevocable) == ((), (), ())
+    assert report.deleted == 2 and report.complete
+    # at the provider: both grants dead, refresh token first for each (RFC 7009 §2.1)
+    assert revoked_hints(provider) == ["refresh_token", "access_token"] * 2
+    assert provider.counters["revoked"] == 4
+    for record in (one, two):
+        assert not active(provider, record.refresh_token)
+        assert not active(provider, record.access_token)
+    # in the store: alice's rows gone; bob's and the other tenant's untouched and live
+    assert store.list_keys(TENANT, USER) == []  # type: ignore[arg-type]
+    with pytest.raises(AuthorizationRequired):
+        call(broker, "lease", tenant=TENANT, principal=USER, scopes=["openid"])
+    for record in (bob, other_tenant):
+        assert store.get(record.key) is not None
+        assert active(provider, record.refresh_token)
+    # the report names keys and counts, never a token
+    text = repr(report)
+    for record in (one, two):
+        assert record.access_token.get_secret_value() not in text
+        assert record.refresh_token is not None
+        assert record.refresh_token.get_secret_value() not in text
+    broker.close()
+
+
+@pytest.mark.parametrize("status", [503, 429])
+def test_a_provider_that_cannot_revoke_now_does_not_stop_the_deletion(
+    provider: MockProvider,
+    clock: FakeClock,
+    store: TokenStore,
+    call: Callable[..., Any],
+    status: int,
+) -> None:
+    broker = make_broker(provider, clock, store)
+    record = login(broker, provider, scopes=["openid"])
+    provider.faults.add("revoke", "error", status=status)
+
+    report = call(broker, "forget_principal", tenant=TENANT, principal=USER)
+
+    assert report.revoked == () and not report.complete
+    assert report.revocation_failed == (record.key,) and report.queued == (record.key,)
+    assert report.deleted == 1
+    assert store.get(record.key) is None
+    assert store.list_keys(TENANT, USER) == []  # type: ignore[arg-type]
+    assert active(provider, record.refresh_token)  # not revoked yet...
+    provider.faults.clear()
+    clock.advance(3600)
+    assert call(broker, "drain_revocations") == RevocationDrain(delivered=1)
+    assert not active(provider, record.refresh_token)  # ...until the queue delivered it
+    assert store.list_keys(REVOCATION_TENANT, REVOCATION_PRINCIPAL) == []
+    broker.close()
+
+
+def test_a_provider_that_is_down_does_not_stop_the_deletion(clock: FakeClock) -> None:
+    provider = MockProvider(clock=clock)
+    store = MemoryStore()
+    with provider.serve():
+        broker = Broker(
+            provider.descriptor(grants=["authorization_code", "refresh_token"]),
+            client_id="test-client",
+            client_secret="test-secret",
+            store=store,
+            clock=clock,
+            timeout=2.0,
+        )
+        record = login(broker, provider, scopes=["openid"])
+    # the server is gone: connection refused
+    report = broker.forget_principal(TENANT, USER)
+    assert report.revocation_failed == (record.key,) and report.deleted == 1
+    assert store.get(record.key) is None
+    broker.close()
+    provider.close()
+
+
+def test_a_provider_without_a_revocation_endpoint_is_reported_and_deleted(
+    provider: MockProvider, clock: FakeClock, call: Callable[..., Any]
+) -> None:
+    store = MemoryStore()
+    broker = make_broker(provider, clock, store, revocation_endpoint=None)
+    record = login(broker, provider, scopes=["openid"])
+
+    report = call(broker, "forget_principal", tenant=TENANT, principal=USER)
+
+    assert report == ForgetReport(unrevocable=(record.key,), deleted=1)
+    assert provider.requests_to("revoke") == []
+    assert store.get(record.key) is None
+    broker.close()
+
+
+def test_forget_principal_refuses_the_revocation_queue_tenant(
+    provider: MockProvider, clock: FakeClock
+) -> None:
+    broker = make_broker(provider, clock, MemoryStore())
+    with pytest.raises(InvalidIdentifier):
+        broker.forget_principal(REVOCATION_TENANT, REVOCATION_PRINCIPAL)
+    broker.close()
+
+
+def test_registry_forget_principal_covers_every_provider_of_the_tenant(
+    clock: FakeClock, call: Callable[..., Any]
+) -> None:
+    a, b = MockProvider(clock=clock), MockProvider(clock=clock)
+    store = MemoryStore()
+    with a.serve(), b.serve():  # two providers on loopback ports, one registry client pool
+        registry = Registry(
+            store=store,
+            registrations={
+                (TENANT, p): Registration(p, m.descriptor(id=p), "test-client", "test-secret")
+                for p, m in (("mock-a", a), ("mock-b", b))
+            },
+            broker_options={"clock": clock},
+        )
+        ra = login(registry.broker(tenant=TENANT, provider="mock-a"), a, scopes=["openid"])
+        rb = login(registry.broker(tenant=TENANT, provider="mock-b"), b, scopes=["openid"])
+        kept = login(registry.broker(tenant=TENANT, provider="mock-a"), a, principal="bob")
+
+        report = call(registry, "forget_principal", tenant=TENANT, principal=USER)
+
+        assert sorted(report.revoked, key=lambda k: k.id) == sorted(
+            [ra.key, rb.key], key=lambda k: k.id
+        )
+        assert report.deleted == 2
+        assert a.counters["revoked"] == 2 and b.counters["revoked"] == 2
+        assert store.list_keys(TENANT, USER) == []  # type: ignore[arg-type]
+        assert store.get(kept.key) is not None
+        registry.close()
+    a.close()
+    b.close()
