@@ -398,6 +398,15 @@ def _plain_httpx(request: _HttpxLike) -> bool:
     return True
 
 
+def _plain_requests(request: requests.PreparedRequest) -> bool:
+    """:func:`_plain_httpx` for requests: its ``CaseInsensitiveDict`` keeps lowercased names
+    as the keys of ``_store`` (``in headers`` would raise and catch a KeyError every time)."""
+    if "access_token" in (request.url or ""):
+        return False
+    store = getattr(request.headers, "_store", None)
+    return store is not None and "authorization" not in store
+
+
 class _RequestsAdapter:
     """requests: one hop per response hook; redirects are resolved by the Session afterwards."""
 
@@ -895,7 +904,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if (
             not (self._https_anywhere and (r.url or "")[:8] == "https://")
             and not self._signs(_REQUESTS, r)
-        ) or not self._preflight(_REQUESTS, r):
+        ) or not (_plain_requests(r) or self._preflight(_REQUESTS, r)):
             return r
         lease = self._cached(self._key) or self._broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
