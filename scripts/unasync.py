@@ -71,7 +71,7 @@ HAND_WRITTEN: dict[str, str] = {
     "middleware/_core.py:BrokerContext.alease": "calls the broker's async twin",
     "auth.py:BrokerAuth.async_auth_flow": "httpx's Auth protocol: two generator kinds",
     "auth.py:LeaseSource.alease_for_key": "a Protocol stub",
-    "testing/_mock_login.py:.async_login": "drives the one step generator (_flow); the sync "
+    "testing/_mock_login.py:.async_login": "drives the one step generator (login_flow); the sync "
     "driver also speaks Flask's test client",
 }
 

@@ -189,6 +189,9 @@ class TransportError(BrokerError):
 class ProviderError(BrokerError):
     """The provider answered with an error (RFC 6749 §5.2)."""
 
+    #: what to do, appended to the message (names parameters, never a value)
+    hint: str = ""
+
     def __init__(
         self,
         error: str,
@@ -212,7 +215,8 @@ class ProviderError(BrokerError):
             parts.append(f": {error_description[:200]}")
         if retry_after is not None:
             parts.append(f"; retry after {retry_after:g}s")
-        super().__init__(" ".join(parts))
+        message = " ".join(parts)
+        super().__init__(f"{message}; {self.hint}" if self.hint else message)
 
 
 class InvalidGrant(ProviderError):
@@ -222,30 +226,11 @@ class InvalidGrant(ProviderError):
 class InvalidClient(ProviderError):
     """Client authentication failed."""
 
-    def __init__(
-        self,
-        error: str,
-        *,
-        error_description: str | None = None,
-        error_uri: str | None = None,
-        status_code: int | None = None,
-        retry_after: float | None = None,
-        body_preview: str | None = None,
-    ) -> None:
-        super().__init__(
-            error,
-            error_description=error_description,
-            error_uri=error_uri,
-            status_code=status_code,
-            retry_after=retry_after,
-            body_preview=body_preview,
-        )
-        # What to do: the message names the parameters, never a value.
-        self.args = (
-            f"{self.args[0]}; the provider did not accept this client: check the Broker's "
-            "client_id and client_secret (or private_key) against the provider's app "
-            "registration, and the descriptor's client_auth_method",
-        )
+    hint = (
+        "the provider did not accept this client: check the Broker's client_id and "
+        "client_secret (or private_key) against the provider's app registration, and the "
+        "descriptor's client_auth_method"
+    )
 
 
 class InvalidScopeError(ProviderError):

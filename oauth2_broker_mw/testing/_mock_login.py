@@ -26,7 +26,7 @@ from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 if TYPE_CHECKING:
     from .mock_provider import MockProvider
 
-__all__ = ["async_login", "sync_login"]
+__all__ = ["async_login", "login_flow", "sync_login"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +58,11 @@ def _fail(step: str, answer: _Answer) -> AssertionError:
     )
 
 
-def _flow(provider: MockProvider, user: str, name: str, prefix: str, return_to: str) -> _Flow:
+def login_flow(
+    provider: MockProvider, user: str | None, name: str, prefix: str, return_to: str
+) -> _Flow:
+    """The login's steps, as a generator of calls answered by a driver below."""
+    user = user or provider.default_subject
     start = yield _Call(
         "app",
         "GET",
@@ -104,49 +108,53 @@ def _is_werkzeug(client: Any) -> bool:
     return type(client).__module__.split(".")[0] in ("flask", "werkzeug")
 
 
-def sync_login(
-    provider: MockProvider,
-    client: Any,
-    user: str | None,
-    name: str,
-    prefix: str,
-    return_to: str,
-) -> Any:
-    flow = _flow(provider, user or provider.default_subject, name, prefix, return_to)
+def _provider_answer(response: Any) -> _Answer:
+    return _Answer(response.status_code, response.headers.get("location"), response.text, response)
+
+
+class _Steps:
+    """The flow's calls one by one: ``send(answer)`` gives the next call, or ``None`` at the
+    end, when ``result`` holds the flow's value."""
+
+    def __init__(self, flow: _Flow) -> None:
+        self._flow = flow
+        self._started = False
+        self.result: Any = None
+
+    def send(self, answer: _Answer | None) -> _Call | None:
+        try:
+            if not self._started:
+                self._started = True
+                return next(self._flow)
+            assert answer is not None
+            return self._flow.send(answer)
+        except StopIteration as stop:
+            self.result = stop.value
+            return None
+
+
+def sync_login(provider: MockProvider, client: Any, flow: _Flow) -> Any:
+    steps = _Steps(flow)
+    answer: _Answer | None = None
     with provider.client() as idp:
-        answer: _Answer | None = None
-        try:
-            while True:
-                call = flow.send(answer) if answer is not None else next(flow)
-                if call.to == "provider":
-                    r = idp.request(call.method, call.url, data=call.form)
-                    answer = _Answer(r.status_code, r.headers.get("location"), r.text, r)
-                elif _is_werkzeug(client):
-                    answer = _app_answer(client.get(call.url))
-                else:
-                    answer = _app_answer(client.get(call.url, follow_redirects=False))
-        except StopIteration as stop:
-            return stop.value
+        while (call := steps.send(answer)) is not None:
+            if call.to == "provider":
+                answer = _provider_answer(idp.request(call.method, call.url, data=call.form))
+            elif _is_werkzeug(client):
+                answer = _app_answer(client.get(call.url))
+            else:
+                answer = _app_answer(client.get(call.url, follow_redirects=False))
+    return steps.result
 
 
-async def async_login(
-    provider: MockProvider,
-    client: Any,
-    user: str | None,
-    name: str,
-    prefix: str,
-    return_to: str,
-) -> Any:
-    flow = _flow(provider, user or provider.default_subject, name, prefix, return_to)
+async def async_login(provider: MockProvider, client: Any, flow: _Flow) -> Any:
+    steps = _Steps(flow)
+    answer: _Answer | None = None
     async with provider.async_client() as idp:
-        answer: _Answer | None = None
-        try:
-            while True:
-                call = flow.send(answer) if answer is not None else next(flow)
-                if call.to == "provider":
-                    r = await idp.request(call.method, call.url, data=call.form)
-                    answer = _Answer(r.status_code, r.headers.get("location"), r.text, r)
-                else:
-                    answer = _app_answer(await client.get(call.url, follow_redirects=False))
-        except StopIteration as stop:
-            return stop.value
+        while (call := steps.send(answer)) is not None:
+            if call.to == "provider":
+                r = await idp.request(call.method, call.url, data=call.form)
+                answer = _provider_answer(r)
+            else:
+                answer = _app_answer(await client.get(call.url, follow_redirects=False))
+    return steps.result

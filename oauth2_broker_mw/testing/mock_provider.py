@@ -45,7 +45,7 @@ from joserfc.jwk import RSAKey
 
 from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
 from ._mock_dpop import DPOP_PROOF_ALGS, DPoPProofError, verify_proof
-from ._mock_login import async_login, sync_login
+from ._mock_login import async_login, login_flow, sync_login
 from ._mock_records import (
     ASYMMETRIC_ALGS,
     CHALLENGE_RE,
@@ -461,7 +461,7 @@ class MockProvider:
             mock_provider.login(client, user="alice")
             assert client.get("/me").json()["principal"] == "alice"
         """
-        return sync_login(self, client, user, provider, prefix, return_to)
+        return sync_login(self, client, login_flow(self, user, provider, prefix, return_to))
 
     async def alogin(
         self,
@@ -474,7 +474,8 @@ class MockProvider:
     ) -> Any:
         """:meth:`login` for an async client (``httpx.AsyncClient`` / ``httpx2.AsyncClient``
         over an ASGI transport)."""
-        return await async_login(self, client, user, provider, prefix, return_to)
+        flow = login_flow(self, user, provider, prefix, return_to)
+        return await async_login(self, client, flow)
 
     def expire_access_tokens(self) -> int:
         """Make every live access token expired now; returns how many."""

@@ -15,6 +15,7 @@ import logging
 import socket
 import threading
 from collections.abc import Iterator
+from typing import Any
 
 import httpx2
 import pytest
@@ -83,21 +84,27 @@ def test_uvicorn_access_log(redacting: RedactOAuthQuery, caplog: pytest.LogCaptu
     _assert_clean([formatter.format(r) for r in records])
 
 
-def test_werkzeug_dev_server_log(
-    redacting: RedactOAuthQuery, caplog: pytest.LogCaptureFixture
-) -> None:
-    from werkzeug.serving import make_server
-
-    server = make_server("127.0.0.1", 0, _wsgi_app)
+def _access_lines(server: Any, logger: str, caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Serve one request to QUERY with a socketserver-based WSGI server; its access lines."""
     thread = threading.Thread(target=server.serve_forever)
-    with caplog.at_level(logging.INFO, logger="werkzeug"):
+    with caplog.at_level(logging.INFO, logger=logger):
         thread.start()
         try:
             httpx2.get(f"http://127.0.0.1:{server.server_port}{QUERY}")
         finally:
             server.shutdown()
             thread.join(10)
-    _assert_clean([r.getMessage() for r in caplog.records if r.name == "werkzeug"])
+            server.server_close()
+    return [r.getMessage() for r in caplog.records if r.name == logger]
+
+
+def test_werkzeug_dev_server_log(
+    redacting: RedactOAuthQuery, caplog: pytest.LogCaptureFixture
+) -> None:
+    from werkzeug.serving import make_server
+
+    server = make_server("127.0.0.1", 0, _wsgi_app)
+    _assert_clean(_access_lines(server, "werkzeug", caplog))
 
 
 def test_django_runserver_log(
@@ -107,16 +114,7 @@ def test_django_runserver_log(
 
     server = WSGIServer(("127.0.0.1", 0), WSGIRequestHandler)
     server.set_app(_wsgi_app)
-    thread = threading.Thread(target=server.serve_forever)
-    with caplog.at_level(logging.INFO, logger="django.server"):
-        thread.start()
-        try:
-            httpx2.get(f"http://127.0.0.1:{server.server_port}{QUERY}")
-        finally:
-            server.shutdown()
-            thread.join(10)
-            server.server_close()
-    _assert_clean([r.getMessage() for r in caplog.records if r.name == "django.server"])
+    _assert_clean(_access_lines(server, "django.server", caplog))
 
 
 def test_dict_config_and_gunicorn_atoms() -> None:
