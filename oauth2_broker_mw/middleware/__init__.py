@@ -1,13 +1,14 @@
 """ASGI and WSGI middleware: login / callback / logout routes and a per-request broker context.
 
 ``BrokerMiddleware`` (pure ASGI: Starlette, FastAPI) and ``BrokerWSGIMiddleware`` (Flask,
-Django) share one implementation (``_core``); they differ only in how they call the broker
-(``await broker.a…()`` or ``broker.…()``).
+Django) share one implementation (``_core`` and the modules beside it); they differ only in how
+they call the broker (``await broker.a…()`` or ``broker.…()``).
 """
 
 from __future__ import annotations
 
-from ._core import BrokerContext, BrokerRequest, PrincipalResolver, TenantResolver
+from ._context import BrokerContext
+from ._http import BrokerRequest, PrincipalResolver, TenantResolver
 from ._logfilter import RedactOAuthQuery
 from ._redirects import safe_return_to
 from ._tenants import validate_tenant

@@ -18,13 +18,10 @@ from typing import TYPE_CHECKING, TypeAlias, cast
 
 from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageError, UnknownTenant
 from ..stores import acheck_store
-from ._core import (
-    CONTEXT_KEY,
-    BrokerRequest,
-    MiddlewareShell,
-    Response,
-    adrive,
-)
+from ._calls import adrive
+from ._config import CONTEXT_KEY
+from ._core import MiddlewareShell
+from ._http import BrokerRequest, Response
 
 if TYPE_CHECKING:
     pass

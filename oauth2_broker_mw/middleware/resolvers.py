@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterable
 from typing import Final
 
 from .._core.errors import ConfigurationError
-from ._core import BrokerRequest
+from ._http import BrokerRequest
 
 __all__ = ["header_tenant", "path_prefix_tenant", "subdomain_tenant"]
 

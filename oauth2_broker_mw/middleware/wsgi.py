@@ -20,14 +20,10 @@ from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageError, UnknownTenant
 from ..stores import check_store
-from ._core import (
-    CONTEXT_KEY,
-    BrokerRequest,
-    MiddlewareOptions,
-    MiddlewareShell,
-    Response,
-    drive,
-)
+from ._calls import drive
+from ._config import CONTEXT_KEY, MiddlewareOptions
+from ._core import MiddlewareShell
+from ._http import BrokerRequest, Response
 
 if TYPE_CHECKING:
     pass
