@@ -65,10 +65,9 @@ HAND_WRITTEN: dict[str, str] = {
     "stores/base.py:ThreadedAsyncMixin.aidle": "runs the sync call in a worker thread",
     "stores/base.py:ThreadedAsyncMixin.acompare_and_swap": "runs the sync call in a worker thread",
     "stores/_commands.py:CommandStore.aidle": "one command, awaited",
-    "middleware/_core.py:.adrive": "the middleware's executor for the one driver",
-    "middleware/_core.py:StartAuthorization.arun": "calls the broker's async twin",
-    "middleware/_core.py:ExchangeCode.arun": "calls the broker's async twin",
-    "middleware/_core.py:BrokerContext.alease": "calls the broker's async twin",
+    "middleware/_calls.py:StartAuthorization.arun": "calls the broker's async twin",
+    "middleware/_calls.py:ExchangeCode.arun": "calls the broker's async twin",
+    "middleware/_context.py:BrokerContext.alease": "calls the broker's async twin",
     "auth.py:BrokerAuth.async_auth_flow": "httpx's Auth protocol: two generator kinds",
     "auth.py:LeaseSource.alease_for_key": "a Protocol stub",
     "testing/_mock_login.py:.async_login": "drives the one step generator (login_flow); the sync "
