@@ -334,3 +334,27 @@ def test_the_pages_explain_each_state(
         page.wait_for_selector("#login")
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_the_store_down_page(
+    browser: Any, server: demo.DemoServer, tmp_path: Path, width: str
+) -> None:
+    """The token store stops answering after startup: the login says so, and what to do."""
+    context = browser.new_context(viewport={"width": WIDTHS[width], "height": 800})
+    context.set_default_timeout(20_000)
+    page = context.new_page()
+    try:
+        page.goto(server.url + "/")
+        server.store.close()  # as if the disk went away under the running app
+        page.click("#login")
+        page.wait_for_selector("#error-title")
+        assert page.title() == "The app cannot sign you in right now"
+        assert "cannot reach its token store" in page.inner_text("#error-todo")
+        assert page.inner_text("#error-code") == "store_unavailable"
+        assert str(tmp_path) not in page.content()  # the path is for the server log only
+        path = _shots_dir(tmp_path) / f"error-store-{width}.png"
+        page.screenshot(path=str(path), full_page=True)
+        assert page.evaluate("document.documentElement.scrollWidth") <= WIDTHS[width]
+    finally:
+        context.close()
