@@ -30,7 +30,7 @@ from ._core.events import RevocationQueued
 from ._core.model import JSONValue, StoreKey, TenantId, TokenRecord
 from ._core.provider import ProviderDescriptor
 from .stores import open_store
-from .stores.base import RefreshIndex, TokenStore
+from .stores.base import RefreshIndex, TokenStore, bulk_deletion
 
 __all__ = ["add_commands"]
 
@@ -299,30 +299,93 @@ def cmd_revoke(args: argparse.Namespace) -> int:
     return 0
 
 
+_DELETE_ONLY = (
+    "no client configured (--provider and --client-id): deleting only, nothing is revoked "
+    "at the provider; the tokens stay valid there until they expire"
+)
+
+
 def _delete_all(args: argparse.Namespace, keys: list[StoreKey], what: str) -> int:
+    """The delete-only path: bulk deletion (1,000 keys per call), no provider call."""
     store = _store(args)
+    bulk = bulk_deletion(store)
     progress = Progress(len(keys), "deleting", args.progress)
     removed = 0
-    for key in keys:
-        removed += bool(store.delete(key))
-        progress.step()
-    _emit(args, {"removed": removed, "found": len(keys)}, [f"{what}: {removed} record(s) removed"])
+    for start in range(0, len(keys), 1000):
+        chunk = keys[start : start + 1000]
+        removed += bulk.delete_keys(chunk)
+        progress.step(len(chunk))
+    pending = bulk.delete_pending(TenantId(args.tenant)) if args.principal is None else 0
+    if not args.json:
+        print(f"oauth2-broker: {_DELETE_ONLY}", file=sys.stderr)
+    data = {"removed": removed, "found": len(keys), "revoked": 0, "delete_only": True}
+    if args.principal is None:
+        data["pending_removed"] = pending
+    _emit(args, data, [f"{what}: {removed} record(s) removed (deleted only, not revoked)"])
     store.close()
     return 0
 
 
-def cmd_forget_principal(args: argparse.Namespace) -> int:
+def _forget_with_client(args: argparse.Namespace, what: str) -> int:
+    """Revoke at the provider through the broker, then delete; other providers' rows (no
+    client for them here) are deleted only, and reported."""
     store = _store(args)
-    keys = store.list_keys(TenantId(args.tenant), args.principal)
+    broker = _broker(args, store)
+    tenant = TenantId(args.tenant)
+    if args.principal is None:
+        progress = Progress(len(store.list_keys(tenant)), "revoking", args.progress)
+        report = broker.forget_tenant(
+            tenant, queue=False, progress=lambda done, total: progress.step(done - progress.done)
+        )
+    else:
+        report = broker.forget_principal(tenant, args.principal)
+    bulk = bulk_deletion(store)
+    others = store.list_keys(tenant, args.principal)
+    removed = report.deleted + (bulk.delete_keys(others) if others else 0)
+    data: dict[str, Any] = {
+        "found": len(report.revoked)
+        + len(report.revocation_failed)
+        + len(report.unrevocable)
+        + len(others),
+        "removed": removed,
+        "revoked": len(report.revoked),
+        "revocation_failed": len(report.revocation_failed),
+        "queued": len(report.queued),
+        "unrevocable": len(report.unrevocable) + len(others),
+        "delete_only": False,
+    }
+    if args.principal is None:
+        data["pending_removed"] = bulk.delete_pending(tenant)
+    lines = [
+        f"{what}: {removed} record(s) removed, {data['revoked']} revoked at the provider"
+        + (
+            f", {data['revocation_failed']} not taken by the provider"
+            * bool(data["revocation_failed"])
+        )
+        + (f", {data['unrevocable']} of other providers deleted only" * bool(data["unrevocable"]))
+    ]
+    _emit(args, data, lines)
+    broker.close()
     store.close()
-    return _delete_all(args, keys, f"forgot principal {args.principal!r}")
+    return 1 if report.revocation_failed else 0
+
+
+def _forget(args: argparse.Namespace, what: str) -> int:
+    if not getattr(args, "provider", None):
+        store = _store(args)
+        keys = store.list_keys(TenantId(args.tenant), args.principal)
+        store.close()
+        return _delete_all(args, keys, what)
+    return _forget_with_client(args, what)
+
+
+def cmd_forget_principal(args: argparse.Namespace) -> int:
+    return _forget(args, f"forgot principal {args.principal!r}")
 
 
 def cmd_offboard_tenant(args: argparse.Namespace) -> int:
-    store = _store(args)
-    keys = store.list_keys(TenantId(args.tenant))
-    store.close()
-    return _delete_all(args, keys, f"offboarded tenant {args.tenant!r}")
+    args.principal = None
+    return _forget(args, f"offboarded tenant {args.tenant!r}")
 
 
 def _reencrypt(args: argparse.Namespace, keys_path: str) -> int:
@@ -545,12 +608,23 @@ def add_commands(commands: Any) -> None:
     _common(p)
     _client(p)
     _which(p)
-    p = add("forget-principal", cmd_forget_principal, "delete every connection of a principal")
+    p = add(
+        "forget-principal",
+        cmd_forget_principal,
+        "revoke (with --provider/--client-id) and delete every connection of a principal",
+    )
     _common(p)
+    _client(p)
     p.add_argument("--tenant", required=True)
     p.add_argument("--principal", required=True)
-    p = add("offboard-tenant", cmd_offboard_tenant, "delete every connection of a tenant")
+    p = add(
+        "offboard-tenant",
+        cmd_offboard_tenant,
+        "revoke (with --provider/--client-id) and delete every connection and pending login "
+        "of a tenant",
+    )
     _common(p)
+    _client(p)
     p.add_argument("--tenant", required=True)
 
     keys = commands.add_parser("keys", help="encryption keys of an EncryptedStore")

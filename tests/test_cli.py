@@ -136,15 +136,64 @@ def test_forget_principal_and_offboard_tenant(
         "alice",
         "--json",
     )
-    assert (code, data) == (0, {"found": 2, "removed": 2})
+    # no client configured: deleted only, and the output says so
+    assert (code, data) == (0, {"found": 2, "removed": 2, "revoked": 0, "delete_only": True})
     assert [k.principal for k in store.list_keys("acme")] == ["bob", "bob"]  # type: ignore[arg-type]
-    code, data, _ = cli(
-        capsys, "offboard-tenant", "--store", store_url, "--tenant", "acme", "--json"
-    )
-    assert (code, data) == (0, {"found": 2, "removed": 2})
+    code, text, err = cli(capsys, "offboard-tenant", "--store", store_url, "--tenant", "acme")
+    assert code == 0 and "2 record(s) removed (deleted only, not revoked)" in text
+    assert "nothing is revoked at the provider" in err
     assert store.list_keys("acme") == []  # type: ignore[arg-type]
     assert len(store.list_keys("globex")) == 2  # type: ignore[arg-type]
     store.close()
+
+
+def test_forget_principal_and_offboard_tenant_revoke_at_the_provider_with_a_client(
+    store_url: str,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+) -> None:
+    mp = MockProvider(access_ttl=3600)
+    with mp.serve():
+        descriptor_file = tmp_path / "mock.json"
+        descriptor_file.write_text(json.dumps(mp.descriptor(id="mock").to_dict()))
+        monkeypatch.setenv("OAUTH2_BROKER_CLIENT_SECRET", mp.default_client.client_secret or "")
+        store = open_store(store_url)
+        alice = seed(store, mp, "acme", "alice")
+        seed(store, None, "acme", "alice", provider="other")  # no client for it here
+        bob = seed(store, mp, "acme", "bob")
+        carol = seed(store, mp, "globex", "carol")
+        client = [
+            "--store",
+            store_url,
+            "--provider",
+            str(descriptor_file),
+            "--client-id",
+            mp.default_client.client_id,
+            "--json",
+        ]
+        code, data, _ = cli(
+            capsys, "forget-principal", *client, "--tenant", "acme", "--principal", "alice"
+        )
+        assert code == 0
+        assert data == {
+            "found": 2,
+            "removed": 2,
+            "revoked": 1,
+            "revocation_failed": 0,
+            "queued": 0,
+            "unrevocable": 1,
+            "delete_only": False,
+        }
+        assert mp.token_info(alice.access_token.get_secret_value())["active"] is False  # type: ignore[index]
+        assert mp.counters["revoked"] == 2
+        code, data, _ = cli(capsys, "offboard-tenant", *client, "--tenant", "acme")
+        assert code == 0 and (data["revoked"], data["removed"]) == (1, 1)
+        assert mp.token_info(bob.access_token.get_secret_value())["active"] is False  # type: ignore[index]
+        assert store.list_keys("acme") == []  # type: ignore[arg-type]
+        assert mp.token_info(carol.access_token.get_secret_value())["active"] is True  # type: ignore[index]
+        assert store.get(carol.key) is not None
+        store.close()
 
 
 def test_refresh_and_revoke_go_through_the_broker(
