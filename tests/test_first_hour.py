@@ -427,3 +427,23 @@ def test_a_wsgi_app_with_an_unusable_store_fails_when_it_is_built(
     with pytest.raises(StoreUnavailable, match=r"does not exist: create it"):
         BrokerWSGIMiddleware(lambda e, s: [], **options)
     BrokerWSGIMiddleware(lambda e, s: [], check_stores=False, **options)  # the opt-out
+
+
+# -- items 5 and 6: the docs' home page starts a new user off, with signatures that work ---------
+def test_the_docs_show_no_positional_authorization_required() -> None:
+    import re
+
+    root = pathlib.Path(__file__).resolve().parent.parent
+    for path in [root / "README.md", *sorted((root / "docs").rglob("*.md"))]:
+        for call in re.findall(r"AuthorizationRequired\(([^)]*)\)", path.read_text()):
+            first = call.split(",")[0].strip()
+            assert not first or "=" in first, f"{path.name}: AuthorizationRequired({call})"
+
+
+def test_the_docs_home_page_opens_with_where_to_start() -> None:
+    root = pathlib.Path(__file__).resolve().parent.parent
+    text = (root / "docs" / "index.md").read_text()
+    start = text.index("## Start here")
+    assert start < text.index("## `lease()`")
+    for page in ("getting-started.md", "demo.md", "testing.md", "reference.md"):
+        assert f"]({page})" in text[start:]
