@@ -46,6 +46,9 @@ def test_the_site_builds_strict_with_snippets_diagrams_and_the_reference(
     assert how.count('class="mermaid"') == 4
     for title in ("A 401: one refresh, one retry", "One refresh shared by several hosts"):
         assert title in how
+    # long code lines wrap instead of scrolling off to the right (issue 12, item 5)
+    assert "white-space: pre-wrap" in (site / "stylesheets" / "extra.css").read_text()
+    assert "stylesheets/extra.css" in (site / "getting-started" / "index.html").read_text()
     reference = text("reference")
     for name in ("Broker", "BrokerAuth", "BrokerMiddleware", "Registry", "TokenStore"):
         assert name in reference
