@@ -9,6 +9,9 @@ noted in docs/multi-tenant.md.
 from __future__ import annotations
 
 import asyncio
+import logging
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -198,3 +201,33 @@ def test_offboard_tenant_with_10000_connections(
     )
     registry.close()
     done()
+
+
+def test_offboarding_logs_and_reports_name_no_other_tenant(
+    provider: MockProvider, clock: FakeClock, caplog: pytest.LogCaptureFixture
+) -> None:
+    """SECURITY J7: off-boarding globex while its provider refuses every revocation logs the
+    failures, and neither the logs nor the report carry acme's ids."""
+    store = MemoryStore()
+    registry = make_registry(store, provider, clock)
+    login(registry.broker(tenant="acme", provider="mock"), provider, tenant="acme")
+    login(registry.broker(tenant="globex", provider="mock"), provider, tenant="globex")
+    provider.faults.add("revoke", "error", status=503)
+    with caplog.at_level(logging.DEBUG, logger="oauth2_broker_mw"):
+        report = registry.offboard_tenant("globex")
+    assert len(report.tokens.revocation_failed) == 1 and report.tokens.deleted == 1
+    assert report.tokens.queued == ()  # the tenant's registration is going away: not queued
+    assert "revocation at provider=mock failed" in caplog.text
+    assert "acme" not in caplog.text and "alice" not in caplog.text
+    assert "acme" not in repr(report)
+    registry.close()
+
+
+def test_the_multi_tenant_example_runs() -> None:
+    example = Path(__file__).parent.parent / "examples" / "multi_tenant_app.py"
+    done = subprocess.run(
+        [sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert "forget alice: revoked 2, deleted 2" in done.stdout
+    assert "offboard globex: revoked 1, deleted 1, registrations removed 1" in done.stdout
+    assert "acme still has: ['bob']" in done.stdout
