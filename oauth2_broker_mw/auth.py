@@ -137,7 +137,10 @@ class _DPoPSigner(Protocol):
     ) -> str: ...
 
 
-_Signing: TypeAlias = "tuple[Lease | None, str, Callable[..., requests.Response] | None, bool]"
+#: (lease, its Authorization header, its requests hook, DPoP?, the header as httpx holds it)
+_Signing: TypeAlias = (
+    "tuple[Lease | None, str, Callable[..., requests.Response] | None, bool, bytes | None]"
+)
 """(lease, its Authorization value, its requests hook, is it a DPoP lease)."""
 
 
@@ -383,28 +386,39 @@ def _one_hop_proof(request: _HttpxLike, asynchronous: bool) -> None:
     request.extensions["trace"] = hook
 
 
-def _plain_httpx(request: _HttpxLike) -> bool:
+def _plain_httpx(request: _HttpxLike, ours: bytes | None) -> bool:
     """The per-request case of :meth:`BrokerAuth._preflight`, decided in a few instructions:
-    no ``access_token`` in the query and no ``Authorization`` header yet (httpx and httpx2
-    keep the lowercased raw header names in ``Headers._list``). ``False``: ask _preflight."""
-    if b"access_token" in request.url.query:
+    no ``access_token`` in the query, and no ``Authorization`` header yet or only ``ours``
+    (the header of the current lease: a request signed before and sent again). httpx and
+    httpx2 keep the lowercased raw header names and values in ``Headers._list``, so nothing
+    is decoded (the query is read as the parsed URL's text: ``in`` on ``url.query``'s bytes
+    costs five times more). ``False``: ask _preflight."""
+    parsed = getattr(request.url, "_uri_reference", None)
+    query = getattr(parsed, "query", "access_token")  # unknown layout: ask _preflight
+    if query is not None and "access_token" in query:
         return False
     items = getattr(request.headers, "_list", None)
     if items is None:
         return False
-    for _, name, _ in items:  # noqa: SIM110 (a generator in all() costs three times more)
+    seen = False
+    for _, name, value in items:
         if name == b"authorization":
-            return False
+            if seen or value != ours:
+                return False
+            seen = True
     return True
 
 
-def _plain_requests(request: requests.PreparedRequest) -> bool:
+def _plain_requests(request: requests.PreparedRequest, ours: str | None) -> bool:
     """:func:`_plain_httpx` for requests: its ``CaseInsensitiveDict`` keeps lowercased names
     as the keys of ``_store`` (``in headers`` would raise and catch a KeyError every time)."""
     if "access_token" in (request.url or ""):
         return False
     store = getattr(request.headers, "_store", None)
-    return store is not None and "authorization" not in store
+    if store is None:
+        return False
+    found = store.get("authorization")
+    return found is None or (ours is not None and found[1] == ours)
 
 
 class _RequestsAdapter:
@@ -575,7 +589,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self._memo: dict[Hashable, bool] = {}
         # (lease, its Authorization value, its requests hook), swapped as one tuple so threads
         # never see a header of one lease with the hook of another.
-        self._sign_cache: _Signing = (None, "", None, False)
+        self._sign_cache: _Signing = (None, "", None, False, None)
         self._on_insufficient_scope = on_insufficient_scope
         # DPoP (RFC 9449): the latest DPoP-Nonce each resource origin asked for.
         self._dpop_nonces = NonceCache()
@@ -688,7 +702,14 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if dpop and not callable(getattr(self._broker, "dpop_proof", None)):
             raise ConfigurationError("a DPoP token needs a broker that creates DPoP proofs")
         hook = self._on_dpop_response if dpop else self._on_response
-        fresh: _Signing = (lease, lease.authorization_header, functools.partial(hook, lease), dpop)
+        header = lease.authorization_header
+        fresh: _Signing = (
+            lease,
+            header,
+            functools.partial(hook, lease),
+            dpop,
+            header.encode("utf-8", "replace"),
+        )
         self._sign_cache = fresh
         return fresh
 
@@ -809,7 +830,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if (
             not (self._https_anywhere and request.url.scheme == "https")
             and not self._signs(_HTTPX, request)
-        ) or not (_plain_httpx(request) or self._preflight(_HTTPX, request)):
+        ) or not (_plain_httpx(request, self._sign_cache[4]) or self._preflight(_HTTPX, request)):
             yield request
             return
         broker = self._broker
@@ -854,7 +875,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if (
             not (self._https_anywhere and request.url.scheme == "https")
             and not self._signs(_HTTPX, request)
-        ) or not (_plain_httpx(request) or self._preflight(_HTTPX, request)):
+        ) or not (_plain_httpx(request, self._sign_cache[4]) or self._preflight(_HTTPX, request)):
             yield request
             return
         broker = self._broker
@@ -904,7 +925,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if (
             not (self._https_anywhere and (r.url or "")[:8] == "https://")
             and not self._signs(_REQUESTS, r)
-        ) or not (_plain_requests(r) or self._preflight(_REQUESTS, r)):
+        ) or not (_plain_requests(r, self._sign_cache[1] or None) or self._preflight(_REQUESTS, r)):
             return r
         lease = self._cached(self._key) or self._broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
