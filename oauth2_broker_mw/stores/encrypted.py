@@ -33,24 +33,65 @@ from __future__ import annotations
 
 import base64
 import binascii
+import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, Final, TypeVar
 
+import cachetools
+
 from .._core.errors import ConfigurationError, CorruptRecord
-from .._core.model import PendingAuthorization, Secret, StoreKey, TenantId, TokenRecord
+from .._core.model import (
+    PendingAuthorization,
+    PrincipalId,
+    ProviderId,
+    ScopeSet,
+    Secret,
+    StoreKey,
+    TenantId,
+    TokenRecord,
+)
 from ._commands import CommandStore, Op, adrive, drive
 from .base import SEALED_REFRESH_TOKEN, DueRecord, TokenStore, acheck_store, check_store
 
-__all__ = ["EncryptedStore", "KeyRing", "ReencryptReport"]
+__all__ = [
+    "TENANT_KEYS_TENANT",
+    "EncryptedStore",
+    "KeyRing",
+    "ReencryptReport",
+    "TenantKeyDeleted",
+]
 
 T = TypeVar("T")
 
 _MAGIC: Final = "o2bm-enc:1:"
 _KEY_ID_RE: Final = re.compile(r"^[A-Za-z0-9_.-]{1,64}$")
+
+#: Where ``EncryptedStore(tenant_keys=True)`` keeps each tenant's wrapped data key: one record
+#: per tenant, its scope fingerprint the SHA-256 of the tenant id (no tenant id in the key).
+TENANT_KEYS_TENANT: Final = TenantId("@tenant-keys")
+_DEK: Final = "@dek"
+
+
+class TenantKeyDeleted(CorruptRecord):
+    """The record's tenant data key was deleted (crypto-shredded): it can never be read again.
+    A :class:`~oauth2_broker_mw.CorruptRecord`, so the broker treats the record as absent."""
+
+
+def _dek_key(tenant: str) -> StoreKey:
+    digest = hashlib.sha256(tenant.encode("utf-8")).hexdigest()
+    return StoreKey(TENANT_KEYS_TENANT, PrincipalId(_DEK), ProviderId(_DEK), digest)
+
+
+def _dek_id(tenant: str) -> str:
+    """The key id written next to a ciphertext sealed with ``tenant``'s data key."""
+    return "tenant." + hashlib.sha256(tenant.encode("utf-8")).hexdigest()[:24]
+
+
 _NONCE_LEN: Final = 12
 
 
@@ -201,6 +242,14 @@ class EncryptedStore(CommandStore):
     ``allow_plaintext=True`` reads records written before encryption was enabled (migration
     only: such records are not bound to their slot); :meth:`reencrypt_all` seals them.
     Closing this store closes ``inner``.
+
+    ``tenant_keys=True`` (SECURITY J9): each tenant's records are sealed with a data key of
+    its own, made on the tenant's first write and kept in the inner store wrapped (sealed) by
+    the key ring. :meth:`delete_tenant_key` deletes it: that tenant's rows can never be
+    decrypted again (crypto-shredding; a read raises :class:`TenantKeyDeleted`, which the
+    broker treats as absent), other tenants are untouched. A data key is cached in process for
+    ``tenant_key_ttl`` seconds: other processes stop reading a shredded tenant within that.
+    Records written before ``tenant_keys`` was enabled stay readable under the key ring.
     """
 
     def __init__(
@@ -210,6 +259,8 @@ class EncryptedStore(CommandStore):
         current_key_id: str | None = None,
         *,
         allow_plaintext: bool = False,
+        tenant_keys: bool = False,
+        tenant_key_ttl: float = 30.0,
     ) -> None:
         if isinstance(keys, KeyRing):
             if current_key_id is not None and current_key_id != keys.current:
@@ -222,6 +273,9 @@ class EncryptedStore(CommandStore):
         self._inner = inner
         self._ring = ring
         self._allow_plaintext = allow_plaintext
+        self._tenant_keys = tenant_keys
+        self._deks: cachetools.TTLCache[str, KeyRing] = cachetools.TTLCache(4096, tenant_key_ttl)
+        self._deks_lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"EncryptedStore({self._inner!r}, {self._ring!r})"
@@ -270,19 +324,30 @@ class EncryptedStore(CommandStore):
         await acheck_store(self._inner)
 
     # -- sealing ----------------------------------------------------------------------------
-    def seal_record(self, record: TokenRecord) -> TokenRecord:
+    def seal_record(self, record: TokenRecord, ring: KeyRing | None = None) -> TokenRecord:
         """``record`` as it is stored: public fields as they are, secrets in an envelope."""
         plaintext = json.dumps(record.secrets_dict(), separators=(",", ":")).encode()
-        envelope = self._ring.seal(plaintext, _token_aad(record.key))
+        envelope = (ring or self._ring).seal(plaintext, _token_aad(record.key))
         # The refresh-token slot says only "there is one" (a constant, not a secret), so the
         # inner store's refresh index sees which records can be refreshed.
         marker = None if record.refresh_token is None else Secret(SEALED_REFRESH_TOKEN)
         return replace(record, access_token=Secret(envelope), refresh_token=marker, id_token=None)
 
-    def open_record(self, stored: TokenRecord) -> TokenRecord:
-        """Inverse of :meth:`seal_record`; :class:`CorruptRecord` if it cannot be opened."""
+    def open_record(self, stored: TokenRecord, ring: KeyRing | None = None) -> TokenRecord:
+        """Inverse of :meth:`seal_record`; :class:`CorruptRecord` if it cannot be opened.
+
+        ``ring``: the tenant's data key (``tenant_keys``); ``None`` when it was deleted.
+        """
         envelope = stored.access_token.get_secret_value()
-        if envelope_key_id(envelope) is None:
+        kid = envelope_key_id(envelope)
+        opener = self._ring
+        if kid is not None and kid not in self._ring.key_ids and kid == _dek_id(stored.key.tenant):
+            if not self._tenant_keys:
+                raise CorruptRecord("sealed with a tenant data key: open with tenant_keys=True")
+            if ring is None:
+                raise TenantKeyDeleted("the tenant's data key was deleted: the record is shredded")
+            opener = ring
+        if kid is None:
             if self._allow_plaintext:
                 return stored
             raise CorruptRecord("stored token record is not encrypted")
@@ -292,7 +357,7 @@ class EncryptedStore(CommandStore):
         ) or stored.id_token is not None:
             raise CorruptRecord("encrypted token record carries plaintext secrets")
         try:
-            secrets = json.loads(self._ring.open(envelope, _token_aad(stored.key)))
+            secrets = json.loads(opener.open(envelope, _token_aad(stored.key)))
             access = secrets["access_token"]
             if not isinstance(access, str) or not access:
                 raise ValueError("no access token")
@@ -339,14 +404,69 @@ class EncryptedStore(CommandStore):
             raise CorruptRecord("decrypted pending secrets are malformed") from None
 
     # -- operations (one source for sync and async) -----------------------------------------
+    # -- per-tenant data keys (tenant_keys=True) ---------------------------------------------
+    def _op_tenant_ring(self, tenant: str, *, create: bool) -> Op[KeyRing | None]:
+        """The tenant's data key as a one-key ring: cached, else read (and unwrapped), else
+        made and stored (``create``); ``None`` without one."""
+        if not self._tenant_keys or tenant == TENANT_KEYS_TENANT:
+            return None
+        with self._deks_lock:
+            cached = self._deks.get(tenant)
+        if cached is not None:
+            return cached
+        key = _dek_key(tenant)
+        stored: TokenRecord | None = yield StoreCall("get", (key,))
+        if stored is None and create:
+            wrapped = self._ring.seal(KeyRing.generate_key(), _token_aad(key))
+            record = TokenRecord(
+                key=key,
+                access_token=Secret(wrapped),
+                refresh_token=None,
+                issued_at=0.0,
+                expires_at=None,
+                scopes=ScopeSet(()),
+                requested_scopes=ScopeSet(()),
+            )
+            won = yield StoreCall("compare_and_swap", (record,), {"expected_version": None})
+            stored = record if won is not None else (yield StoreCall("get", (key,)))
+        if stored is None:
+            return None
+        raw = self._ring.open(stored.access_token.get_secret_value(), _token_aad(key))
+        ring = KeyRing({_dek_id(tenant): raw}, _dek_id(tenant))
+        with self._deks_lock:
+            self._deks[tenant] = ring
+        return ring
+
+    def _op_delete_tenant_key(self, tenant: str) -> Op[bool]:
+        with self._deks_lock:
+            self._deks.pop(tenant, None)
+        removed: bool = yield StoreCall("delete", (_dek_key(TenantId(tenant)),))
+        with self._deks_lock:
+            self._deks.pop(tenant, None)
+        return removed
+
+    def delete_tenant_key(self, tenant: str) -> bool:
+        """Crypto-shred ``tenant``: delete its data key, so none of its stored records can be
+        decrypted again (reads raise :class:`TenantKeyDeleted`). Returns whether one existed.
+        Other processes stop reading it within ``tenant_key_ttl``."""
+        return self._run(self._op_delete_tenant_key(tenant))
+
+    async def adelete_tenant_key(self, tenant: str) -> bool:
+        """Async :meth:`delete_tenant_key`."""
+        return await self._arun(self._op_delete_tenant_key(tenant))
+
     def _op_get(self, key: StoreKey) -> Op[TokenRecord | None]:
         stored = yield StoreCall("get", (key,))
-        return None if stored is None else self.open_record(stored)
+        if stored is None:
+            return None
+        ring = yield from self._op_tenant_ring(key.tenant, create=False)
+        return self.open_record(stored, ring)
 
     def _op_write(
         self, record: TokenRecord, expected_version: int | None, *, unconditional: bool
     ) -> Op[TokenRecord | None]:
-        sealed = self.seal_record(record)
+        ring = yield from self._op_tenant_ring(record.key.tenant, create=True)
+        sealed = self.seal_record(record, ring)
         if unconditional:
             stored = yield StoreCall("put", (sealed,))
         else:
@@ -444,18 +564,24 @@ class EncryptedStore(CommandStore):
                         break
                     if stored is None:
                         break
-                    if envelope_key_id(stored.access_token.get_secret_value()) == current:
-                        already += 1
+                    kid = envelope_key_id(stored.access_token.get_secret_value())
+                    if kid == current or kid == _dek_id(key.tenant):
+                        already += 1  # a tenant's rows: its data key is re-wrapped instead
                         break
                     try:
-                        record = self.open_record(stored)
+                        if key.tenant == TENANT_KEYS_TENANT:  # a data key: re-wrap it
+                            raw = self._ring.open(
+                                stored.access_token.get_secret_value(), _token_aad(key)
+                            )
+                            wrapped = Secret(self._ring.seal(raw, _token_aad(key)))
+                            sealed = replace(stored, access_token=wrapped)
+                        else:
+                            sealed = self.seal_record(self.open_record(stored))
                     except CorruptRecord:
                         unreadable.append(key)
                         break
                     swapped = yield StoreCall(
-                        "compare_and_swap",
-                        (self.seal_record(record),),
-                        {"expected_version": stored.version},
+                        "compare_and_swap", (sealed,), {"expected_version": stored.version}
                     )
                     if swapped is not None:
                         reencrypted += 1
