@@ -30,9 +30,8 @@ __all__ = [
     "FixedBrokers",
     "GetBroker",
     "Handler",
-    "IsRevoked",
-    "MarkRevoked",
     "Revoke",
+    "SessionRevocation",
     "StartAuthorization",
     "Step",
     "adrive",
@@ -114,33 +113,25 @@ _REVOKED: Final = "obm-revoked"
 
 
 @dataclass(frozen=True, slots=True)
-class MarkRevoked:
-    """Revoke a session id on every worker: a lock held in the shared store until it expires."""
+class SessionRevocation:
+    """A session id revoked on every worker: a lock held in the shared store until it expires.
+
+    ``mark=True`` revokes it (takes the lock); ``mark=False`` asks whether any worker did (the
+    lock is held: renewing it succeeds).
+    """
 
     store: TokenStore
     name: str
     ttl: float
+    mark: bool
 
     def run(self) -> object:
-        return self.store.acquire_lock(self.name, _REVOKED, self.ttl)
+        lock = self.store.acquire_lock if self.mark else self.store.renew_lock
+        return lock(self.name, _REVOKED, self.ttl)
 
     async def arun(self) -> object:
-        return await self.store.aacquire_lock(self.name, _REVOKED, self.ttl)
-
-
-@dataclass(frozen=True, slots=True)
-class IsRevoked:
-    """True when the session id was revoked by any worker (the revocation lock is held)."""
-
-    store: TokenStore
-    name: str
-    ttl: float
-
-    def run(self) -> object:
-        return self.store.renew_lock(self.name, _REVOKED, self.ttl)
-
-    async def arun(self) -> object:
-        return await self.store.arenew_lock(self.name, _REVOKED, self.ttl)
+        lock = self.store.aacquire_lock if self.mark else self.store.arenew_lock
+        return await lock(self.name, _REVOKED, self.ttl)
 
 
 class BrokerSource(Protocol):
@@ -189,9 +180,7 @@ class GetBroker:
         return await self.source.abroker(tenant=self.tenant, provider=self.provider)
 
 
-BrokerCall: TypeAlias = (
-    StartAuthorization | ExchangeCode | Revoke | MarkRevoked | IsRevoked | GetBroker
-)
+BrokerCall: TypeAlias = StartAuthorization | ExchangeCode | Revoke | SessionRevocation | GetBroker
 T = TypeVar("T")
 Step: TypeAlias = Generator[BrokerCall, object, T]
 Handler: TypeAlias = Step["Response"]

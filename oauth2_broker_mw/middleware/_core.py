@@ -288,26 +288,16 @@ class MiddlewareCore:
 
     # -- tenant and principal --------------------------------------------------------------
     def resolve_tenant(self, request: BrokerRequest) -> str | None:
+        """The request's tenant: ``default`` without a resolver; a bad one is a 400."""
         if self.tenant_resolver is None:
             return "default"
-        try:
-            value = self.tenant_resolver(request)
-            return None if value is None else validate_tenant(value)
-        except (ValueError, TypeError):
-            raise Reject(
-                400, "invalid_tenant", "The tenant of this request is not valid."
-            ) from None
+        return _resolve(self.tenant_resolver, request, validate_tenant, "tenant")
 
     def resolve_principal(self, request: BrokerRequest) -> str | None:
+        """The principal the app's resolver names, if any; a bad one is a 400."""
         if self.principal_resolver is None:
             return None
-        try:
-            value = self.principal_resolver(request)
-            return None if value is None else PrincipalId(value)
-        except (ValueError, TypeError):
-            raise Reject(
-                400, "invalid_principal", "The principal of this request is not valid."
-            ) from None
+        return _resolve(self.principal_resolver, request, PrincipalId, "principal")
 
     # -- pass-through requests -------------------------------------------------------------
     def prepare(self, request: BrokerRequest) -> Step[Prepared | Response]:
@@ -424,3 +414,17 @@ class MiddlewareCore:
     def error(self, request: BrokerRequest, reject: Reject) -> Response:
         """The error page (or JSON body) of a refusal, linking home and, maybe, to a retry."""
         return error_response(request, reject, home=self.base_path + "/")
+
+
+def _resolve(
+    resolver: Callable[[BrokerRequest], str | None],
+    request: BrokerRequest,
+    check: Callable[[str], str],
+    what: Literal["tenant", "principal"],
+) -> str | None:
+    """What the app's ``resolver`` says of ``request``, checked; not valid: a 400 refusal."""
+    try:
+        value = resolver(request)
+        return None if value is None else check(value)
+    except (ValueError, TypeError):
+        raise Reject(400, f"invalid_{what}", f"The {what} of this request is not valid.") from None

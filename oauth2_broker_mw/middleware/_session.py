@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._core.errors import StorageError
 from .._core.model import JSONValue
-from ._calls import IsRevoked, MarkRevoked, Step
+from ._calls import SessionRevocation, Step
 from ._cookies import CookieAttributes, CookieSealer
 from ._errors import reason, store_down
 
@@ -170,9 +170,7 @@ class Sessions:
         if self._checked.get(session.sid, 0.0) > now:  # the store said so within the interval
             return session
         try:
-            revoked = yield IsRevoked(
-                self.store, self._revoked_name(session.sid), self._remaining(session, now)
-            )
+            revoked = yield self._revocation(session, now, mark=False)
         except StorageError as exc:  # fail closed: a session we cannot check is refused
             log.warning("session check failed: %s", reason(exc))
             raise store_down() from None
@@ -229,9 +227,7 @@ class Sessions:
         """Revoke ``session`` here and, through the shared store, on every other worker."""
         self.remember_revoked(session.sid, now)
         try:
-            yield MarkRevoked(
-                self.store, self._revoked_name(session.sid), self._remaining(session, now)
-            )
+            yield self._revocation(session, now, mark=True)
         except StorageError as exc:
             log.warning("session revocation failed: %s", reason(exc))
             raise store_down() from None
@@ -242,11 +238,13 @@ class Sessions:
             bounded_put(self._logged_out, sid, True, DENYLIST_MAX)
             self._checked.pop(sid, None)
 
-    def _revoked_name(self, sid: str) -> str:
-        return "obm-session-revoked:" + self.sealer.tag("revoked", sid, 40)
+    def _revocation(self, session: Session, now: float, *, mark: bool) -> SessionRevocation:
+        """The shared store's revocation mark of ``session``; it need not outlive the session."""
+        name = "obm-session-revoked:" + self.sealer.tag("revoked", session.sid, 40)
+        return SessionRevocation(self.store, name, self._remaining(session, now), mark)
 
     def _remaining(self, session: Session, now: float) -> float:
-        """Seconds until ``session`` ends at the latest (its revocation need not outlive it)."""
+        """Seconds until ``session`` ends at the latest."""
         return max(1.0, self.absolute_timeout - (now - session.created_at))
 
 

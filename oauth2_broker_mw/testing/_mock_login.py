@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import parse_qsl, quote, urlencode, urlsplit, urlunsplit
 
+from .. import _driver
+
 if TYPE_CHECKING:
     from .mock_provider import MockProvider
 
@@ -112,49 +114,26 @@ def _provider_answer(response: Any) -> _Answer:
     return _Answer(response.status_code, response.headers.get("location"), response.text, response)
 
 
-class _Steps:
-    """The flow's calls one by one: ``send(answer)`` gives the next call, or ``None`` at the
-    end, when ``result`` holds the flow's value."""
-
-    def __init__(self, flow: _Flow) -> None:
-        self._flow = flow
-        self._started = False
-        self.result: Any = None
-
-    def send(self, answer: _Answer | None) -> _Call | None:
-        try:
-            if not self._started:
-                self._started = True
-                return next(self._flow)
-            assert answer is not None
-            return self._flow.send(answer)
-        except StopIteration as stop:
-            self.result = stop.value
-            return None
-
-
 def sync_login(provider: MockProvider, client: Any, flow: _Flow) -> Any:
-    steps = _Steps(flow)
-    answer: _Answer | None = None
+    """Run the login ``flow`` through the one driver (:func:`.._driver.run`)."""
     with provider.client() as idp:
-        while (call := steps.send(answer)) is not None:
+
+        def execute(call: _Call) -> _Answer:
             if call.to == "provider":
-                answer = _provider_answer(idp.request(call.method, call.url, data=call.form))
-            elif _is_werkzeug(client):
-                answer = _app_answer(client.get(call.url))
-            else:
-                answer = _app_answer(client.get(call.url, follow_redirects=False))
-    return steps.result
+                return _provider_answer(idp.request(call.method, call.url, data=call.form))
+            if _is_werkzeug(client):
+                return _app_answer(client.get(call.url))
+            return _app_answer(client.get(call.url, follow_redirects=False))
+
+        return _driver.run(flow, execute)
 
 
 async def async_login(provider: MockProvider, client: Any, flow: _Flow) -> Any:
-    steps = _Steps(flow)
-    answer: _Answer | None = None
     async with provider.async_client() as idp:
-        while (call := steps.send(answer)) is not None:
+
+        async def execute(call: _Call) -> _Answer:
             if call.to == "provider":
-                r = await idp.request(call.method, call.url, data=call.form)
-                answer = _provider_answer(r)
-            else:
-                answer = _app_answer(await client.get(call.url, follow_redirects=False))
-    return steps.result
+                return _provider_answer(await idp.request(call.method, call.url, data=call.form))
+            return _app_answer(await client.get(call.url, follow_redirects=False))
+
+        return await _driver.arun(flow, execute)
