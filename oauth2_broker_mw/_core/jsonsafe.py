@@ -21,6 +21,7 @@ from __future__ import annotations
 import decimal
 import json
 import math
+import re
 from typing import Any, Final
 
 __all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "JSONRejected", "check_tree", "loads"]
@@ -37,11 +38,13 @@ class JSONRejected(ValueError):
 
 
 def _pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in pairs:
-        if key in out:
-            raise JSONRejected(f"duplicate member {key[:40]!r}")
-        out[key] = value
+    out = dict(pairs)  # built in C; a repeated member makes it shorter than the pairs
+    if len(out) != len(pairs):
+        seen: set[str] = set()
+        for key, _ in pairs:
+            if key in seen:
+                raise JSONRejected(f"duplicate member {key[:40]!r}")
+            seen.add(key)
     return out
 
 
@@ -83,26 +86,68 @@ def _check_string(value: str) -> None:
             raise JSONRejected("string contains a lone surrogate") from None
 
 
-def check_tree(value: object, *, max_depth: int = MAX_DEPTH) -> None:
-    """Refuse a parsed tree (JSON or TOML) deeper than ``max_depth`` or with unstorable strings."""
-    stack: list[tuple[object, int]] = [(value, 0)]
+def check_tree(value: object, *, max_depth: int = MAX_DEPTH, strings: bool = True) -> None:
+    """Refuse a parsed tree (JSON or TOML) deeper than ``max_depth`` or with unstorable strings.
+
+    ``strings=False``: the caller knows no string can hold NUL or a lone surrogate (the text
+    had neither, nor an escape of one), so only depth and floats are checked: integers,
+    booleans and ``None`` are skipped without a look (a 1 MiB array of numbers is walked in
+    milliseconds, not a second).
+    """
+    if isinstance(value, str):
+        _check_string(value)
+        return
+    if isinstance(value, float) and not math.isfinite(value):
+        raise JSONRejected("number out of range")
+    if not isinstance(value, dict | list):
+        return
+    stack: list[tuple[dict[Any, Any] | list[Any], int]] = [(value, 0)]
     while stack:
         node, depth = stack.pop()
-        if isinstance(node, str):
-            _check_string(node)
-        elif isinstance(node, float):
-            if not math.isfinite(node):
-                raise JSONRejected("number out of range")
-        elif isinstance(node, dict | list):
-            if depth >= max_depth:
-                raise JSONRejected(f"nested deeper than {max_depth} levels")
-            if isinstance(node, dict):
-                for key, item in node.items():
+        if depth >= max_depth:
+            raise JSONRejected(f"nested deeper than {max_depth} levels")
+        if isinstance(node, dict):
+            if strings:
+                for key in node:
                     if isinstance(key, str):
                         _check_string(key)
-                    stack.append((item, depth + 1))
-            else:
-                stack.extend((item, depth + 1) for item in node)
+            items: Any = node.values()
+        else:
+            items = node
+        for item in items:
+            kind = type(item)
+            if kind is int or kind is bool or item is None:
+                continue
+            if kind is str:
+                if strings:
+                    _check_string(item)
+            elif kind is float:
+                if not math.isfinite(item):
+                    raise JSONRejected("number out of range")
+            elif isinstance(item, dict | list):
+                stack.append((item, depth + 1))
+            elif isinstance(item, str):
+                _check_string(item)
+
+
+#: Numbers the C parser may not read on its own: an exponent, or a run of 41+ digits (too many
+#: significant digits, 1e64 and beyond, below 1e-300, integers near Python's digit limit).
+#: A match inside a string only costs the slow, exact path.
+_STRICT_NUMBERS: Final = re.compile(r"[0-9](?:[eE]|[0-9]{40})")
+#: An escaped NUL or UTF-16 surrogate (paired or not): the strings must be looked at.
+_SUSPECT_ESCAPE: Final = re.compile(r"\\u(?:0000|[dD][89a-fA-F])")
+
+
+def _suspect_strings(text: str) -> bool:
+    if _SUSPECT_ESCAPE.search(text) is not None:
+        return True
+    if text.isascii():
+        return False
+    try:  # a str handed in directly may carry a lone surrogate without an escape
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
 
 
 def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -110,18 +155,21 @@ def loads(text: str | bytes, *, max_depth: int = MAX_DEPTH) -> Any:
     try:
         if isinstance(text, bytes | bytearray):
             text = bytes(text).decode("utf-8")
-        value = json.loads(
-            text,
-            object_pairs_hook=_pairs,
-            parse_constant=_constant,
-            parse_int=_int,
-            parse_float=_float,
-        )
+        if _STRICT_NUMBERS.search(text) is None:  # every number is one C can read exactly
+            value = json.loads(text, object_pairs_hook=_pairs, parse_constant=_constant)
+        else:
+            value = json.loads(
+                text,
+                object_pairs_hook=_pairs,
+                parse_constant=_constant,
+                parse_int=_int,
+                parse_float=_float,
+            )
     except JSONRejected:
         raise
     except RecursionError:
         raise JSONRejected(f"nested deeper than {max_depth} levels") from None
     except (ValueError, TypeError) as exc:  # JSONDecodeError, UnicodeDecodeError
         raise JSONRejected(f"not valid JSON: {type(exc).__name__}") from None
-    check_tree(value, max_depth=max_depth)
+    check_tree(value, max_depth=max_depth, strings=_suspect_strings(text))
     return value

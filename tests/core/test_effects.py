@@ -11,7 +11,7 @@ import pytest
 from oauth2_broker_mw._core import effects
 from oauth2_broker_mw._core.effects import CompareAndSwap, StoreOp, store_call
 from oauth2_broker_mw._core.model import TokenRecord
-from oauth2_broker_mw.stores.base import ProviderGate, TokenStore
+from oauth2_broker_mw.stores.base import Offboarding, ProviderGate, TokenStore
 
 STORE_EFFECTS = [
     cls
@@ -38,6 +38,8 @@ def test_there_is_one_class_per_store_operation() -> None:
             "set_backoff",
             "take_token",
             "count_calls",
+            "delete_keys",
+            "delete_pending",
         ]
     )
 
@@ -49,7 +51,7 @@ def test_each_effect_is_frozen_slotted_and_names_a_store_method_with_its_argumen
     assert dataclasses.is_dataclass(cls)
     assert cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
     assert "__slots__" in vars(cls)
-    owner = TokenStore if hasattr(TokenStore, cls.op) else ProviderGate
+    owner = next(p for p in (TokenStore, ProviderGate, Offboarding) if hasattr(p, cls.op))
     sync, async_ = getattr(owner, cls.op), getattr(owner, "a" + cls.op)
     assert inspect.iscoroutinefunction(async_)
     params = [
