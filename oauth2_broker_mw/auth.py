@@ -214,10 +214,6 @@ class _Adapter(Protocol[_Req, _RespIn]):
 
     def query(self, request: _Req) -> str: ...
 
-    def mentions_access_token(self, request: _Req) -> bool:
-        """Cheap pre-check: could the query carry ``access_token``? (then :meth:`query`)"""
-        ...
-
     def has_authorization(self, request: _Req) -> bool: ...
 
     def authorize(self, request: _Req, value: str) -> None: ...
@@ -334,9 +330,6 @@ class _HttpxAdapter:
     def query(self, request: _HttpxLike) -> str:
         return request.url.query.decode("ascii", "replace")
 
-    def mentions_access_token(self, request: _HttpxLike) -> bool:
-        return b"access_token" in request.url.query  # bytes: no decoding per request
-
     def has_authorization(self, request: _HttpxLike) -> bool:
         return "Authorization" in request.headers  # the hot path asks _plain_httpx first
 
@@ -395,8 +388,8 @@ def _plain_httpx(request: _HttpxLike, ours: bytes | None) -> bool:
     costs five times more). ``False``: ask _preflight."""
     parsed = getattr(request.url, "_uri_reference", None)
     query = getattr(parsed, "query", "access_token")  # unknown layout: ask _preflight
-    if query is not None and "access_token" in query:
-        return False
+    if query is not None and ("access_token" in query or "%" in query):
+        return False  # named, or maybe percent-encoded (access%5Ftoken): parse it
     items = getattr(request.headers, "_list", None)
     if items is None:
         return False
@@ -412,8 +405,9 @@ def _plain_httpx(request: _HttpxLike, ours: bytes | None) -> bool:
 def _plain_requests(request: requests.PreparedRequest, ours: str | None) -> bool:
     """:func:`_plain_httpx` for requests: its ``CaseInsensitiveDict`` keeps lowercased names
     as the keys of ``_store`` (``in headers`` would raise and catch a KeyError every time)."""
-    if "access_token" in (request.url or ""):
-        return False
+    url = request.url or ""
+    if "access_token" in url or "%" in url:
+        return False  # named, or maybe percent-encoded (access%5Ftoken): parse it
     store = getattr(request.headers, "_store", None)
     if store is None:
         return False
@@ -480,9 +474,6 @@ class _RequestsAdapter:
     def query(self, request: requests.PreparedRequest) -> str:
         url = (request.url or "").split("#", 1)[0]
         return url.split("?", 1)[1] if "?" in url else ""
-
-    def mentions_access_token(self, request: requests.PreparedRequest) -> bool:
-        return "access_token" in (request.url or "")
 
     def has_authorization(self, request: requests.PreparedRequest) -> bool:
         return "Authorization" in request.headers
@@ -661,7 +652,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
           token, no DPoP proof, no 401 handling): BrokerAuth never overwrites it silently.
           The header of our own current lease (a redirect re-sent by hand) is ours to renew.
         """
-        if a.mentions_access_token(request) and any(
+        if any(
             name == "access_token"
             for name, _ in parse_qsl(a.query(request), keep_blank_values=True)
         ):

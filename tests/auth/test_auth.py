@@ -283,6 +283,19 @@ class TestBehaviour:
         # A parameter that only contains the name is fine.
         assert (await d.send("GET", f"{w.a}/echo?my_access_token_hint=1")).status == 200
 
+    async def test_a_percent_encoded_access_token_parameter_is_refused_too(self, env: Env) -> None:
+        """``access%5Ftoken`` decodes to ``access_token`` at the server: the cheap per-request
+        pre-check must not let it through (it looked for the literal name only)."""
+        d = env.driver(env.auth())
+        w = env.world
+        for query in ("access%5Ftoken=leaked-value", "%61ccess_token=leaked-value"):
+            with pytest.raises(UnsafeRequest) as caught:
+                await d.send("GET", f"{w.a}/echo?page=2&{query}")
+            assert "leaked-value" not in str(caught.value)
+        assert w.rec_a.authorizations() == []
+        # A percent-encoded value of another parameter is fine.
+        assert (await d.send("GET", f"{w.a}/echo?q=a%20b")).status == 200
+
     async def test_401_from_another_origin_after_redirect_does_not_refresh(self, env: Env) -> None:
         d = env.driver(env.auth())
         w = env.world
