@@ -209,9 +209,7 @@ def _flush(
     key = record.key
     try:
         stored: TokenRecord | None = yield CompareAndSwap(record, expected_version)
-    except CorruptRecord:
-        stored = None
-    except StorageError as exc:
+    except StorageError as exc:  # CorruptRecord too (a custom store): never drop it for that
         log.warning(
             "store still refuses the rotated token for provider=%s (%s); serving it from "
             "this process",
@@ -251,9 +249,7 @@ def _store_rotation(
     while True:
         try:
             stored: TokenRecord | None = yield CompareAndSwap(merged, expected_version)
-        except CorruptRecord:
-            raise
-        except StorageError as exc:
+        except StorageError as exc:  # CorruptRecord too: the rotation is kept, never lost
             elapsed: float = yield Now(monotonic=True)
             started = elapsed if started is None else started
             if elapsed - started + delay > cfg.write_retry_for:
