@@ -28,7 +28,7 @@ import secrets
 import socket
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
@@ -346,6 +346,7 @@ def create_demo_app(
     *,
     data_dir: str | Path = ".oauth2-broker",
     secret_key: str | None = None,
+    clock: Callable[[], float] = time.time,
 ) -> Starlette:
     """Build the demo app served at ``base_url`` (``http://127.0.0.1:<port>``).
 
@@ -353,7 +354,8 @@ def create_demo_app(
     form (``auto_approve=False``); tokens go to ``SQLiteStore(data_dir / "tokens.db")``. The
     broker's token calls go over loopback HTTP to the same server with an async client, so the
     server answers them while the callback request waits (no deadlock). ``secret_key`` signs
-    the middleware's cookies; a fresh random key is used when not given.
+    the middleware's cookies; a fresh random key is used when not given. ``clock`` is the
+    middleware's wall clock (a test moves it on to show a login that took too long).
     """
     base = _check_base_url(base_url)
     directory = Path(data_dir)
@@ -453,6 +455,7 @@ def create_demo_app(
         secret_key=secret_key or secrets.token_urlsafe(32),
         base_url=base,
         prefix=PREFIX,
+        clock=clock,
     )
     app.add_middleware(_AccessLog)
     app.state.mock_provider = provider
@@ -501,6 +504,7 @@ def serve_demo(
     *,
     data_dir: str | Path = ".oauth2-broker",
     secret_key: str | None = None,
+    clock: Callable[[], float] = time.time,
     startup_timeout: float = 15.0,
 ) -> Iterator[DemoServer]:
     """Serve the demo with uvicorn on ``host:port`` (0: ephemeral) in a background thread."""
@@ -514,7 +518,7 @@ def serve_demo(
     url_host = f"[{bind_host}]" if ":" in bind_host else bind_host
     url = f"http://{url_host}:{bound_port}"
     try:
-        app = create_demo_app(url, data_dir=data_dir, secret_key=secret_key)
+        app = create_demo_app(url, data_dir=data_dir, secret_key=secret_key, clock=clock)
     except BaseException:
         sock.close()
         raise

@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx2
 import pytest
+from _fakes import FakeClock
 
 from oauth2_broker_mw import demo
 from oauth2_broker_mw._core.model import TenantId
@@ -356,5 +357,185 @@ def test_the_store_down_page(
         path = _shots_dir(tmp_path) / f"error-store-{width}.png"
         page.screenshot(path=str(path), full_page=True)
         assert page.evaluate("document.documentElement.scrollWidth") <= WIDTHS[width]
+    finally:
+        context.close()
+
+
+# -- every refusal page the demo can show, at desktop and phone widths (issue 12, item 7) -----
+@pytest.fixture
+def clocked_server(tmp_path: Path) -> Iterator[tuple[demo.DemoServer, FakeClock]]:
+    """The demo with a middleware clock the test moves on (real time plus an offset)."""
+    clock = FakeClock(ticking=True)
+    with demo.serve_demo(data_dir=tmp_path / "data", clock=clock) as srv:
+        yield srv, clock
+
+
+def _sized_page(browser: Any, width: str) -> tuple[Any, Any]:
+    context = browser.new_context(viewport={"width": WIDTHS[width], "height": 800})
+    context.set_default_timeout(20_000)
+    return context, context.new_page()
+
+
+def _error_shot(page: Any, tmp_path: Path, name: str, width: str) -> None:
+    path = _shots_dir(tmp_path) / f"{name}-{width}.png"
+    page.screenshot(path=str(path), full_page=True)
+    assert path.stat().st_size > 1000
+    assert page.evaluate("document.documentElement.scrollWidth") <= WIDTHS[width]
+
+
+def _error(page: Any) -> dict[str, str]:
+    """What an error page says, as the user reads it."""
+    page.wait_for_selector("#error-title")
+    found = {"title": page.title(), "badge": page.inner_text(".badge")}
+    for part in ("title", "description", "todo", "code"):
+        found[part if part != "title" else "heading"] = page.inner_text(f"#error-{part}")
+    found["home"] = page.get_attribute("#home", "href") or ""
+    found["retry"] = page.get_attribute("#retry", "href") if page.query_selector("#retry") else ""
+    return found
+
+
+def _not_found(page: Any, url: str, tmp_path: Path, width: str) -> dict[str, str]:
+    """A 404 page (an unknown provider or tenant): check the address, or go back; no retry.
+    Its screenshot is ``error-<code with dashes>-<width>.png``."""
+    response = page.goto(url)
+    assert response is not None and response.status == 404
+    shown = _error(page)
+    assert "Check the address, or go back to the app." in shown["todo"]
+    assert shown["retry"] == "" and shown["home"] == "/"
+    _error_shot(page, tmp_path, "error-" + shown["code"].replace("_", "-"), width)
+    return shown
+
+
+_CROSS_SITE_FORM = (
+    "<!doctype html><title>Another site</title>"
+    '<form method="post" action="{action}"><input type="hidden" name="return_to" value="/">'
+    '<button id="go">Win a prize</button></form>'
+)
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_the_refusal_pages_explain_each_state(
+    browser: Any,
+    clocked_server: tuple[demo.DemoServer, FakeClock],
+    tmp_path: Path,
+    width: str,
+) -> None:
+    """An expired login, a cross-site logout (403), a logout link fetched without asking for
+    a page (405) and an unknown provider (404): each page names what happened, why, what to
+    do, and links back to the app."""
+    server, clock = clocked_server
+    context, page = _sized_page(browser, width)
+    try:
+        # The login took longer than the flow cookie's 300 s: "This sign-in took too long".
+        _open_provider_form(page, server)
+        clock.advance(301)
+        with page.expect_response(lambda r: "/oauth2/mock/callback?" in r.url) as answer:
+            _sign_in(page)
+        assert answer.value.status == 400
+        shown = _error(page)
+        assert shown["title"] == shown["heading"] == "This sign-in took too long"
+        assert shown["badge"] == "400" and shown["code"] == "state_expired"
+        assert "This login took too long; start again." in shown["description"]
+        assert "must finish within a few minutes" in shown["todo"]
+        assert shown["retry"].startswith("/oauth2/mock/login") and shown["home"] == "/"
+        assert "code=" not in page.content() and "state=" not in page.content()
+        _error_shot(page, tmp_path, "error-expired", width)
+        page.click("#retry")  # a new login, in time, mends it
+        page.wait_for_url(f"{server.url}/idp/authorize?*")
+        _sign_in(page)
+        page.wait_for_selector("#logout")
+        assert page.inner_text("#principal") == demo.DEMO_USERNAME
+
+        # Another site's form posts to the logout route: refused, the user stays signed in.
+        action = server.url + "/oauth2/logout"
+        context.route(
+            "http://other.test/**",
+            lambda route: route.fulfill(
+                content_type="text/html", body=_CROSS_SITE_FORM.format(action=action)
+            ),
+        )
+        page.goto("http://other.test/")
+        with page.expect_response(action) as answer:
+            page.click("#go")
+        assert answer.value.status == 403
+        shown = _error(page)
+        assert shown["title"] == "Sign-out refused" and shown["code"] == "csrf_failed"
+        assert "You are still signed in" in shown["todo"] and "Log out button" in shown["todo"]
+        assert shown["retry"] == "" and shown["home"] == "/"
+        _error_shot(page, tmp_path, "error-csrf", width)
+        page.goto(server.url + "/")
+        assert page.inner_text("#principal") == demo.DEMO_USERNAME
+
+        # GET /oauth2/logout from something that does not ask for a page (a prefetcher, a
+        # script): a 405 titled after it, never "Sign-in failed"; browsers get the form.
+        page.route(
+            action,
+            lambda route: route.continue_(headers={**route.request.headers, "accept": "*/*"}),
+        )
+        response = page.goto(action)
+        assert response is not None and response.status == 405
+        assert response.headers["allow"] == "POST"
+        shown = _error(page)
+        assert shown["title"] == "This address does not take this kind of request"
+        assert shown["code"] == "method_not_allowed"
+        assert shown["description"] == "Log out with a POST request."
+        assert "Use the app's own buttons and links." in shown["todo"]
+        _error_shot(page, tmp_path, "error-method", width)
+        page.unroute(action)
+        page.click("#home")
+        page.wait_for_selector("#logout")
+        assert page.inner_text("#principal") == demo.DEMO_USERNAME  # still signed in
+
+        # A provider the app does not have.
+        shown = _not_found(page, server.url + "/oauth2/nosuch/login", tmp_path, width)
+        assert shown["title"] == "No such sign-in provider"
+        assert shown["code"] == "unknown_provider"
+    finally:
+        context.close()
+
+
+@pytest.fixture
+def tenant_app() -> Iterator[str]:
+    """A two-workspace app (``/t/<tenant>/...``, a Registry) served by uvicorn; yields its URL.
+    The demo has one tenant, so an unknown tenant's page is shown here."""
+    from starlette.applications import Starlette
+    from starlette.responses import PlainTextResponse
+    from starlette.routing import Route
+
+    from oauth2_broker_mw import MemoryStore, Registration, Registry
+    from oauth2_broker_mw.middleware import BrokerMiddleware, path_prefix_tenant
+    from oauth2_broker_mw.testing import MockProvider
+    from oauth2_broker_mw.testing._mock_transport import serve_app
+
+    provider = MockProvider()
+    descriptor = provider.descriptor(id="mock")
+    registry = Registry(
+        store=MemoryStore(),
+        registrations={
+            (t, "mock"): Registration("mock", descriptor, "test-client", "test-secret")
+            for t in ("acme", "globex")
+        },
+    )
+    app = Starlette(routes=[Route("/t/{tenant}/", lambda r: PlainTextResponse("home"))])
+    app.add_middleware(
+        BrokerMiddleware,
+        registry=registry,
+        tenant_resolver=path_prefix_tenant(),
+        secret_key="Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0FgXa",
+        base_url="http://127.0.0.1",
+    )
+    with serve_app(app) as (host, port):
+        yield f"http://{host}:{port}"
+
+
+@pytest.mark.parametrize("width", sorted(WIDTHS))
+def test_the_unknown_tenant_page(browser: Any, tenant_app: str, tmp_path: Path, width: str) -> None:
+    context, page = _sized_page(browser, width)
+    try:
+        shown = _not_found(
+            page, tenant_app + "/oauth2/mock/login?return_to=/t/initech/", tmp_path, width
+        )
+        assert shown["title"] == "No such workspace" and shown["code"] == "unknown_tenant"
+        assert shown["description"] == "No such tenant."
     finally:
         context.close()
