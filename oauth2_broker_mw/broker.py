@@ -218,6 +218,7 @@ class Broker:
         backoff: Backoff | None = None,
         write_retry_for: float = 5.0,
         revocation_retry: RevocationRetry | None = None,
+        _tenant: str | None = None,
     ) -> None:
         if store is None:
             from .stores.memory import MemoryStore
@@ -262,6 +263,7 @@ class Broker:
             dpop_nonces=NonceCache() if self._dpop_key is not None else None,
             backoff=backoff or Backoff(),
             rate_limit=rate_limit,
+            tenant=None if _tenant is None else TenantId(_tenant),
         )
         self._revocation_retry = revocation_retry or RevocationRetry()
         self._store = store
@@ -322,6 +324,14 @@ class Broker:
     @property
     def store(self) -> TokenStore:
         return self._store
+
+    @property
+    def tenant(self) -> TenantId | None:
+        """The one tenant this broker's registration serves (made by a
+        :class:`~oauth2_broker_mw.Registry`), or ``None``: a registration shared by every
+        tenant. A :class:`~oauth2_broker_mw.refresher.Refresher` refreshes, and a drain
+        delivers, only this tenant's records through it."""
+        return self._config.tenant
 
     @property
     def client_id(self) -> str:

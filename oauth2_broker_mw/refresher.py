@@ -111,14 +111,23 @@ class Refresher:
         on_sweep: Callable[[SweepReport], None] | None = None,
     ) -> None:
         by_provider: dict[str, Broker] = {}
+        by_tenant: dict[tuple[str, str], Broker] = {}
         for broker in brokers:
-            pid = broker.provider.id
+            pid, tenant = broker.provider.id, broker.tenant
+            if tenant is not None:  # a Registry broker: that tenant's records only
+                if (tenant, pid) in by_tenant:
+                    raise ConfigurationError(
+                        f"two brokers for tenant {tenant!r} provider {pid!r}; pass one each"
+                    )
+                by_tenant[(tenant, pid)] = broker
+                continue
             if pid in by_provider:
                 raise ConfigurationError(f"two brokers for provider {pid!r}; pass one each")
             by_provider[pid] = broker
-        if not by_provider:
+        every = [*by_provider.values(), *by_tenant.values()]
+        if not every:
             raise ConfigurationError("Refresher needs at least one Broker")
-        chosen = store if store is not None else next(iter(by_provider.values())).store
+        chosen = store if store is not None else every[0].store
         if not isinstance(chosen, RefreshIndex):
             raise ConfigurationError(
                 f"{type(chosen).__name__} has no refresh index (expiring/idle): "
@@ -133,6 +142,8 @@ class Refresher:
             if isinstance(count, bool) or not isinstance(count, int) or count < 1:
                 raise ConfigurationError(f"{name} must be a positive integer; got {count!r}")
         self._brokers = by_provider
+        self._tenant_brokers = by_tenant
+        self._every = every
         self._store = chosen
         self._window = float(window)
         self._idle_margin = float(idle_margin)
@@ -147,7 +158,8 @@ class Refresher:
 
     def __repr__(self) -> str:
         return (
-            f"Refresher(providers={sorted(self._brokers)!r}, window={self._window:g}, "
+            f"Refresher(providers={sorted({b.provider.id for b in self._every})!r}, "
+            f"window={self._window:g}, "
             f"concurrency={self._concurrency})"
         )
 
@@ -156,7 +168,8 @@ class Refresher:
         found: dict[str, DueRecord] = {}
         for due in await self._store.aexpiring(now + self._window, limit=self._batch):
             found[due.key.id] = due
-        for pid, broker in self._brokers.items():
+        by_provider = {b.provider.id: b for b in self._every}
+        for pid, broker in by_provider.items():
             limit = broker.provider.refresh_idle_limit
             if limit is None:
                 continue
@@ -174,12 +187,14 @@ class Refresher:
     async def _drain(self) -> Counter[str]:
         """Deliver the queued revocations that are due (never refreshed: they are revoked)."""
         counts: Counter[str] = Counter()
-        for pid, broker in self._brokers.items():
+        for broker in self._every:
             try:
                 drained = await broker.adrain_revocations(limit=self._batch)
             except BrokerError as exc:  # the store is down: the queue waits for a later sweep
                 log.warning(
-                    "draining revocations for provider=%s failed: %s", pid, type(exc).__name__
+                    "draining revocations for provider=%s failed: %s",
+                    broker.provider.id,
+                    type(exc).__name__,
                 )
                 continue
             counts["delivered"] += drained.delivered
@@ -191,22 +206,24 @@ class Refresher:
         """Write the rotations the store refused earlier, deliver the queued revocations that
         are due, then find what is due for a refresh and refresh it; returns what happened."""
         unsaved = 0
-        for broker in self._brokers.values():
+        for broker in self._every:
             unsaved += await broker.aflush_unsaved()
         revocations = await self._drain()
         due = await self._due(self._clock())
         outcomes: Counter[str] = Counter()
         errors: Counter[str] = Counter()
         gate = asyncio.Semaphore(self._concurrency)
-        limited: set[str] = set()
+        # A closed gate: the provider's back-off (every tenant), or one tenant's budget.
+        limited: set[tuple[str, str | None]] = set()
 
         async def one(item: DueRecord) -> None:
-            broker = self._brokers.get(item.key.provider)
-            if broker is None:
+            tenant, pid = item.key.tenant, item.key.provider
+            broker = self._tenant_brokers.get((tenant, pid)) or self._brokers.get(pid)
+            if broker is None:  # no broker for this provider, or not for this tenant
                 outcomes["unknown_provider"] += 1
                 return
             async with gate:
-                if item.key.provider in limited:  # its gate is closed: no attempt, no event
+                if {(pid, None), (pid, tenant)} & limited:  # closed: no attempt, no event
                     outcomes["rate_limited"] += 1
                     return
                 try:
@@ -215,13 +232,16 @@ class Refresher:
                     outcomes["reauthorization_required"] += 1
                 except RateLimited as exc:
                     outcomes["rate_limited"] += 1
-                    if item.key.provider not in limited:
-                        limited.add(item.key.provider)
+                    closed = (pid, tenant if exc.reason == "policy" else None)
+                    if closed not in limited:
+                        limited.add(closed)
                         log.warning(
-                            "provider=%s is rate limited for %.3gs: its due records wait for "
-                            "a later sweep",
-                            item.key.provider,
+                            "provider=%s is rate limited for %.3gs (%s): its due records%s "
+                            "wait for a later sweep",
+                            pid,
                             exc.retry_after or 0.0,
+                            exc.reason,
+                            " of this tenant" if closed[1] is not None else "",
                         )
                 except BrokerError as exc:
                     outcomes["failed"] += 1

@@ -400,6 +400,7 @@ class Registry:
             private_key_id=registration.private_key_id,
             store=self._store,
             _shared=self._shared,
+            _tenant=tenant,
             **options,
         )
 

@@ -200,3 +200,89 @@ def test_a_sweep_under_the_providers_backoff_tries_no_more_than_it_must(
     assert mp.counters["token"] == 0
     broker.events.flush()
     assert len(limited) <= 4  # only the attempts already under way when the gate was found
+
+
+def test_one_refresher_over_a_registry_refreshes_each_tenant_with_its_own_app() -> None:
+    """A Registry's brokers serve one tenant each: a Refresher takes one per tenant and
+    provider, refreshes each tenant's records with that tenant's own OAuth app, and leaves the
+    records of tenants it has no broker for alone (counted as ``unknown_provider``)."""
+    from oauth2_broker_mw import Registration, Registry
+
+    mp = MockProvider(access_ttl=3600)
+    for app in ("acme-app", "globex-app", "initech-app"):
+        mp.register_client(app, app + "-secret")
+    descriptor = mp.descriptor(grants=["authorization_code", "refresh_token"])
+    store = MemoryStore()
+    registry = Registry(
+        store=store,
+        registrations={
+            (t, "mock"): Registration("mock", descriptor, f"{t}-app", f"{t}-app-secret")
+            for t in ("acme", "globex", "initech")
+        },
+        http_client=mp.client(),
+        async_http_client=mp.async_client(),
+    )
+    now = time.time()
+    for tenant in ("acme", "globex", "initech"):
+        issued = mp.issue_tokens(f"{tenant}-app", subject="u", scopes=SCOPES)
+        store.put(
+            TokenRecord(
+                key=StoreKey.build(tenant, "u", "mock", SCOPES),
+                access_token=Secret(issued["access_token"]),
+                refresh_token=Secret(issued["refresh_token"]),
+                issued_at=now,
+                expires_at=now + 60,
+            )
+        )
+    brokers = [registry.broker(tenant=t, provider="mock") for t in ("acme", "globex")]
+    assert [b.tenant for b in brokers] == ["acme", "globex"]
+    with pytest.raises(ConfigurationError, match="two brokers for tenant 'acme' provider"):
+        Refresher([brokers[0], brokers[0]])
+    report = Refresher(brokers, window=300).sweep()
+    assert (report.due, report.refreshed, report.failed, report.unknown_provider) == (3, 2, 0, 1)
+    refreshed_by = sorted(
+        str(r.client_id)
+        for r in mp.requests
+        if r.endpoint == "token" and r.grant_type == "refresh_token"
+    )
+    assert refreshed_by == ["acme-app", "globex-app"]
+    initech = store.get(StoreKey.build("initech", "u", "mock", SCOPES))
+    assert initech is not None and initech.version == 1
+    registry.close()
+
+
+def test_one_tenants_spent_budget_does_not_hold_back_another_tenants_refreshes() -> None:
+    from oauth2_broker_mw._core.ratelimit import TokenBucket
+
+    mp = MockProvider(access_ttl=3600)
+    store = MemoryStore()
+    broker = Broker(
+        mp.descriptor(),
+        client_id=mp.default_client.client_id,
+        client_secret=mp.default_client.client_secret,
+        store=store,
+        http_client=mp.client(),
+        async_http_client=mp.async_client(),
+        rate_limit=TokenBucket(rate=1, per=3600.0),  # one token request an hour per tenant
+    )
+    now = time.time()
+    for tenant, principal, expires_in in (
+        ("acme", "a1", 10),
+        ("acme", "a2", 20),
+        ("globex", "g", 30),
+    ):
+        issued = mp.issue_tokens(subject=principal, scopes=SCOPES)
+        store.put(
+            TokenRecord(
+                key=StoreKey.build(tenant, principal, "mock", SCOPES),
+                access_token=Secret(issued["access_token"]),
+                refresh_token=Secret(issued["refresh_token"]),
+                issued_at=now,
+                expires_at=now + expires_in,
+            )
+        )
+    report = Refresher([broker], window=300, concurrency=1).sweep()
+    # acme's second record waits for acme's budget; globex's is refreshed all the same
+    assert (report.due, report.refreshed, report.rate_limited) == (3, 2, 1)
+    globex = store.get(StoreKey.build("globex", "g", "mock", SCOPES))
+    assert globex is not None and globex.version == 2

@@ -143,6 +143,10 @@ class FlowConfig:
     """The provider back-off shared through the store (429/503 with ``Retry-After``)."""
     rate_limit: RateLimitPolicy | None = None
     """Consulted before every token-endpoint request (``None``: no budget)."""
+    tenant: TenantId | None = None
+    """The one tenant this registration serves (a :class:`~oauth2_broker_mw.Registry`
+    broker), or ``None`` for a registration shared by every tenant. A tenant's broker delivers
+    only that tenant's queued revocations (SECURITY J7)."""
 
     def allows_client_credentials(self, key: StoreKey) -> bool:
         """The app's own token may be used for ``key``: never for a user principal."""
@@ -1156,6 +1160,8 @@ def _queued(cfg: FlowConfig, entry: TokenRecord | None) -> _Queued | None:
         key = StoreKey.from_dict(info["key"])  # type: ignore[arg-type]
         attempts, queued_at = info["attempts"], info["queued_at"]
     except (BrokerError, KeyError, TypeError):
+        return None
+    if cfg.tenant is not None and key.tenant != cfg.tenant:  # another tenant's, same client
         return None
     if isinstance(attempts, bool) or not isinstance(attempts, int):
         return None
