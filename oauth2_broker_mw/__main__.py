@@ -64,8 +64,8 @@ def _run_demo(args: argparse.Namespace) -> int:
         from . import demo
     except ImportError as exc:  # pragma: no cover - depends on the environment
         print(
-            f"oauth2-broker demo needs the starlette extra and uvicorn ({exc}); "
-            "pip install 'oauth2-broker-mw[starlette]' uvicorn",
+            f"oauth2-broker demo needs the demo extra ({exc}): "
+            "pip install 'oauth2-broker-mw[demo]'",
             file=sys.stderr,
         )
         return 2
