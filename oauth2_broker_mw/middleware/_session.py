@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hmac
 import logging
+import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -36,6 +37,8 @@ log = logging.getLogger("oauth2_broker_mw.middleware")
 
 _SESSION_COOKIE: Final = "obm_session"
 _FLOW_COOKIE: Final = "obm_flow_"
+#: what follows the prefix in the name of a flow cookie this middleware sets (``name()``)
+_FLOW_TAG: Final = re.compile(r"[0-9a-f]{16}")
 DENYLIST_MAX: Final = 10_000
 _OPENED_MAX: Final = 1024
 
@@ -295,7 +298,11 @@ class FlowCookies:
         flows: list[tuple[float, str]] = []
         stale: list[str] = []
         for name, value in cookies.items():
-            if not name.startswith(self.prefix):
+            # Only a name this middleware could have set: any other is not ours to delete,
+            # and its text (the request's) is never written back in a Set-Cookie header.
+            if not name.startswith(self.prefix) or not _FLOW_TAG.fullmatch(
+                name[len(self.prefix) :]
+            ):
                 continue
             data = self.sealer.open(name, value, now=now, max_age=self.ttl)
             iat = None if data is None else data.get("iat")

@@ -836,6 +836,25 @@ def test_flow_cookies_are_bounded(make_env: MakeEnv) -> None:
     assert browser.get(env.authorize(urls[-1])).status_code == 303
 
 
+def test_login_deletes_only_flow_cookies_it_could_have_set(env: Env) -> None:
+    """A cookie that merely starts with ``obm_flow_`` is not ours: its name, which the request
+    chose, is never written back in a ``Set-Cookie`` (found by tests/fuzz)."""
+    foreign = [
+        "obm_flow_",
+        "obm_flow_<b>x</b>",
+        "obm_flow_" + "x" * 3000,
+        "obm_flow_0123456789ABCDEF",
+    ]
+    ours = "obm_flow_0123456789abcdef"  # a well-formed name with a value that does not open
+    cookie = "; ".join([f"{name}=v1.junk" for name in [*foreign, ours]])
+    response = env.browser().get("/oauth2/acme/login", headers={"cookie": cookie})
+    assert response.status_code == 302
+    names = [line.split("=", 1)[0] for line in _set_cookies(response)]
+    assert ours in names  # a stale flow cookie of ours is still deleted
+    assert not set(foreign) & set(names)
+    assert all(len(name) == len(ours) for name in names if name.startswith("obm_flow_"))
+
+
 # -- non-OIDC providers: a per-browser principal ---------------------------------------------------
 def test_non_oidc_provider_gets_a_per_browser_principal(make_env: MakeEnv) -> None:
     env = make_env(scopes={"acme": ["email"]})
