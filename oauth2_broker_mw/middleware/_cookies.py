@@ -20,6 +20,7 @@ import hmac
 import json
 import math
 import os
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Final
@@ -43,8 +44,19 @@ def _b64e(data: bytes) -> str:
     return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
 
 
+_B64URL: Final = re.compile(r"[A-Za-z0-9_-]*")
+
+
 def _b64d(text: str) -> bytes:
-    return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    """The bytes of unpadded base64url ``text`` as :func:`_b64e` writes it, and only so:
+    another spelling of the same bytes (other characters, padding, other trailing bits) is a
+    ``ValueError``, so a sealed cookie opens under exactly one value."""
+    if not _B64URL.fullmatch(text):
+        raise ValueError("not unpadded base64url")
+    data = base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
+    if _b64e(data) != text:
+        raise ValueError("not the canonical spelling")
+    return data
 
 
 def _derive(secret: bytes, purpose: bytes) -> bytes:

@@ -52,6 +52,21 @@ def test_sealed_cookie_rejects_tampering_moving_age_and_other_keys() -> None:
         assert sealer.open("obm_flow_a", junk, now=NOW, max_age=60) is None
 
 
+def test_a_sealed_cookie_opens_only_as_it_was_written() -> None:
+    """Other spellings of the same bytes do not open: characters outside the base64url
+    alphabet, padding, the ``+``/``/`` alphabet, other trailing bits (found by tests/fuzz)."""
+    sealer = CookieSealer(KEY)
+    value = sealer.seal("obm_flow_a", {"s": "x"}, NOW)
+    body = value[3:]
+    last = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+    twins = [value + "!", value + "=", value + "==", value + "\x00", value[:10] + "*" + value[10:]]
+    twins.append("v1." + body.replace("-", "+").replace("_", "/"))
+    twins += ["v1." + body[:-1] + c for c in last if c != body[-1]]  # same bytes, other bits
+    assert sealer.open("obm_flow_a", value, now=NOW, max_age=60) is not None
+    opened = [t for t in twins if t != value and sealer.open("obm_flow_a", t, now=NOW, max_age=60)]
+    assert opened == []
+
+
 def test_key_rotation_opens_cookies_sealed_with_the_old_key() -> None:
     old, new = (
         "old-secret-" + "gF0cB5yJ3dN6wK1sH4pZ8tV2rL7x9mQ",
