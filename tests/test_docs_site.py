@@ -55,3 +55,20 @@ def test_the_site_builds_strict_with_snippets_diagrams_and_the_reference(
     assert "A valid access token for (tenant, principal, scopes)" in reference
     for framework in ("starlette", "fastapi", "flask", "django"):
         assert (site / "frameworks" / framework / "index.html").exists()
+    # the benchmark charts (SVG drawn from the recorded output by scripts/bench_charts.py,
+    # kept fresh by tests/test_benchmarks.py) are on the built pages, not only in the repo
+    charts = {
+        "benchmarks": ["bench-lease-warm.svg"],
+        "benchmarks-middleware": ["bench-middleware-asgi.svg", "bench-middleware-uvicorn.svg"],
+    }
+    for page, names in charts.items():
+        built = (site / page / "index.html").read_text()
+        for name in names:
+            assert f'src="../images/{name}"' in built, (page, name)
+            assert "<svg" in (site / "images" / name).read_text()
+    # the demo's screenshots, the error pages among them, are on the demo page
+    demo_page = (site / "demo" / "index.html").read_text()
+    for shot in ("demo-refreshed", "error-expired", "error-csrf", "error-unknown-tenant"):
+        for width in ("desktop", "phone"):
+            assert f'src="../images/{shot}-{width}.png"' in demo_page
+            assert (site / "images" / f"{shot}-{width}.png").stat().st_size > 1000
