@@ -17,7 +17,8 @@ from __future__ import annotations
 import hmac
 import logging
 import secrets
-from collections.abc import Mapping
+from collections import Counter
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Final, cast
 from urllib.parse import parse_qsl
 
@@ -40,8 +41,12 @@ __all__ = ["callback", "login", "logout"]
 
 log = logging.getLogger("oauth2_broker_mw.middleware")
 
-#: callback parameters that must not appear twice (a second value could smuggle a code)
-_SINGLE_PARAMS: Final = ("code", "state", "iss", "error")
+#: callback parameters that must not appear twice (RFC 6749 §3.1: a second value could
+#: smuggle a code, and "last one wins" lets a proxy and the broker read different values);
+#: the parameters a descriptor keeps (``callback_params``) are checked once its broker is known
+_SINGLE_PARAMS: Final = frozenset(
+    {"code", "state", "iss", "error", "error_description", "error_uri"}
+)
 
 
 def _call_refused(table: tuple[Refusal, ...], what: str, provider: str, exc: BrokerError) -> Reject:
@@ -130,17 +135,25 @@ def callback(core: MiddlewareCore, provider: str, request: BrokerRequest) -> Han
     return response
 
 
-def _callback_params(request: BrokerRequest) -> dict[str, str]:
-    pairs = request.query_pairs()
-    counts: dict[str, int] = {}
-    for key, _ in pairs:
-        counts[key] = counts.get(key, 0) + 1
-    for key in _SINGLE_PARAMS:
-        if counts.get(key, 0) > 1:
+class _Params(dict[str, str]):
+    """The callback's query parameters, and the names that appear more than once."""
+
+    repeated: frozenset[str]
+
+    def refuse_repeated(self, names: Iterable[str]) -> None:
+        """A 400 ``duplicate_parameter`` when one of ``names`` appears more than once."""
+        for key in sorted(self.repeated.intersection(names)):
             raise Reject(
                 400, "duplicate_parameter", f"The parameter {key!r} appears more than once."
             )
-    return dict(pairs)
+
+
+def _callback_params(request: BrokerRequest) -> _Params:
+    pairs = request.query_pairs()
+    params = _Params(pairs)
+    params.repeated = frozenset(k for k, n in Counter(k for k, _ in pairs).items() if n > 1)
+    params.refuse_repeated(_SINGLE_PARAMS)
+    return params
 
 
 def _check_flow(
@@ -186,12 +199,13 @@ def _check_issuer(broker: Broker, iss: str | None, issuer: str | None) -> str | 
 
 
 def _exchange(
-    broker: Broker, provider: str, state: str, iss: str | None, params: Mapping[str, str]
+    broker: Broker, provider: str, state: str, iss: str | None, params: _Params
 ) -> Step[TokenRecord]:
     code = params.get("code")
     if not code:
         raise Reject(400, "invalid_request", "The callback carries no code.")
     extra_names = set(broker.provider.callback_params)
+    params.refuse_repeated(extra_names)
     extra = {k: v for k, v in params.items() if k in extra_names}
     try:
         result = yield ExchangeCode(broker, Secret(state), Secret(code), iss, extra)

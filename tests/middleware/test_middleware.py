@@ -24,6 +24,7 @@ from fastapi import Request as FastAPIRequest
 
 from oauth2_broker_mw import AuthorizationRequired, Broker
 from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware
+from oauth2_broker_mw.testing import MockQuirks
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 BASE = "http://127.0.0.1"
@@ -522,6 +523,29 @@ def test_duplicate_parameters_are_rejected(make_env: MakeEnv, param: str) -> Non
     assert response.status_code == 400
     assert _error_code(response) == "duplicate_parameter"
     assert env.mp.counters["token"] == 0
+
+
+@pytest.mark.parametrize("param", ["error_description", "error_uri", "realmId"])
+def test_every_repeated_response_parameter_is_rejected(make_env: MakeEnv, param: str) -> None:
+    """RFC 6749 §3.1 names every parameter: a repeated ``error_description`` / ``error_uri``,
+    or a parameter the descriptor keeps (``callback_params``, QuickBooks' ``realmId``), is
+    refused too, not resolved by "last one wins" (issue 10)."""
+    env = make_env(
+        provider={"quirks": MockQuirks(redirect_extra_params={"realmId": "9130"})},
+        descriptor={"callback_params": ("realmId",)},
+    )
+    browser = env.browser()
+    callback_url = env.authorize(env.start(browser))
+    repeated = _with_query(callback_url, lambda q: [*q, (param, "one"), (param, "two")])
+    response = browser.get(repeated)
+    assert response.status_code == 400
+    assert _error_code(response) == "duplicate_parameter"
+    assert env.mp.counters["token"] == 0
+    if param != "realmId":  # refused before the state is read: nothing was spent
+        assert browser.get(callback_url).status_code == 303
+    else:  # refused once the broker is known (after the flow check): start again
+        assert env.login(browser).status_code == 303
+    assert env.mp.counters["token"] == 1
 
 
 # -- RFC 9207 (SECURITY B2) ------------------------------------------------------------------------
