@@ -1533,7 +1533,7 @@ def test_in_process_clients_honour_read_timeouts(mock_provider: MockProvider) ->
 
 
 def test_request_log_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
-    from oauth2_broker_mw.testing import mock_provider as module
+    from oauth2_broker_mw.testing import _mock_core as module
 
     monkeypatch.setattr(module, "_MAX_RECORDED", 3)
     with MockProvider() as provider, provider.client() as c:

@@ -1,0 +1,120 @@
+"""MockProvider's discovery documents and JWKS.
+
+Owns: ``/.well-known/openid-configuration``, ``/.well-known/oauth-authorization-server``
+(RFC 8414) and ``/jwks``.
+Must not import: the broker core, store drivers, or uvicorn.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+try:
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse, Response
+    from starlette.routing import Route
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
+        "pip install 'oauth2-broker-mw[starlette]'"
+    ) from exc
+
+
+from ._mock_dpop import DPOP_PROOF_ALGS
+from ._mock_records import (
+    ASYMMETRIC_ALGS,
+    GRANTS,
+)
+
+if TYPE_CHECKING:
+    pass
+
+from ._mock_resource import ResourceEndpoints
+
+
+class DiscoveryEndpoints(ResourceEndpoints):
+    """MockProvider's discovery documents and JWKS."""
+
+    def _routes(self) -> list[Route]:
+        return [
+            *super()._routes(),
+            Route("/jwks", self._jwks, methods=["GET"]),
+            Route("/.well-known/openid-configuration", self._openid_configuration),
+            Route("/.well-known/oauth-authorization-server", self._as_metadata),
+        ]
+
+    # ------------------------------------------------------------------ discovery, jwks
+
+    def metadata(self) -> dict[str, Any]:
+        """RFC 8414 / OIDC Discovery metadata for the current issuer."""
+        doc: dict[str, Any] = {
+            "issuer": self.issuer,
+            "authorization_endpoint": self.authorization_endpoint,
+            "token_endpoint": self.token_endpoint,
+            "revocation_endpoint": self.revocation_endpoint,
+            "introspection_endpoint": self.introspection_endpoint,
+            "jwks_uri": self.jwks_uri,
+            "response_types_supported": ["code"],
+            "response_modes_supported": ["query"],
+            "grant_types_supported": list(GRANTS),
+            "token_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "client_secret_jwt",
+                "private_key_jwt",
+                "none",
+            ],
+            "token_endpoint_auth_signing_alg_values_supported": [
+                "HS256",
+                *sorted(ASYMMETRIC_ALGS),
+            ],
+            "revocation_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+                "none",
+            ],
+            "introspection_endpoint_auth_methods_supported": [
+                "client_secret_basic",
+                "client_secret_post",
+            ],
+            "authorization_response_iss_parameter_supported": self.send_iss,
+        }
+        if self.pkce != "unsupported":
+            doc["code_challenge_methods_supported"] = ["S256"]
+        if self.dpop != "off":
+            doc["dpop_signing_alg_values_supported"] = list(DPOP_PROOF_ALGS)
+        if self.par != "off":
+            doc["pushed_authorization_request_endpoint"] = self.par_endpoint
+            doc["require_pushed_authorization_requests"] = self.par == "required"
+        if self.scopes_supported is not None:
+            doc["scopes_supported"] = list(self.scopes_supported)
+        if self.oidc:
+            doc.update(
+                {
+                    "userinfo_endpoint": self.userinfo_endpoint,
+                    "subject_types_supported": ["public"],
+                    "id_token_signing_alg_values_supported": ["RS256"],
+                    "claims_supported": ["sub", "iss", "aud", "exp", "iat", "nonce"],
+                }
+            )
+        return doc
+
+    async def _openid_configuration(self, request: Request) -> Response:
+        fault = await self._enter("discovery", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "discovery")
+        if not self.oidc:
+            return JSONResponse({"error": "not_found"}, status_code=404)
+        return JSONResponse(self.metadata())
+
+    async def _as_metadata(self, request: Request) -> Response:
+        fault = await self._enter("discovery", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "discovery")
+        return JSONResponse(self.metadata())
+
+    async def _jwks(self, request: Request) -> Response:
+        fault = await self._enter("jwks", request, {})
+        if fault is not None:
+            return self._fault_response(fault, "jwks")
+        return JSONResponse(self.public_jwks)
