@@ -1,8 +1,5 @@
-"""MockProvider's authorization endpoint and pushed authorization requests.
-
-Owns: ``/authorize`` (checks, consent, the login form, redirects with code or error) and
-``POST /par`` (RFC 9126).
-Must not import: the broker core, store drivers, or uvicorn.
+"""MockProvider layer: ``/authorize`` (checks, consent, the login form, the redirect back)
+and ``POST /par`` (RFC 9126).
 """
 
 from __future__ import annotations
@@ -10,19 +7,11 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 from urllib.parse import urlencode, urlsplit, urlunsplit
 
-try:
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, RedirectResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
-        "pip install 'oauth2-broker-mw[starlette]'"
-    ) from exc
-
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from ._mock_records import (
     CHALLENGE_RE,
@@ -36,10 +25,6 @@ from ._mock_records import (
     form_action,
     login_page,
 )
-
-if TYPE_CHECKING:
-    pass
-
 from ._mock_tokens import TokenEndpoint
 
 _CODE_SWEEP = 1_000  # sweep spent and expired codes when this many are held

@@ -1,8 +1,5 @@
-"""MockProvider client authentication at its endpoints.
-
-Owns: client_secret_basic / client_secret_post / none, and private_key_jwt and
-client_secret_jwt assertions (RFC 7523), with their replay check.
-Must not import: the broker core, store drivers, or uvicorn.
+"""MockProvider layer: client authentication (secret basic/post, none, and RFC 7523 JWT
+assertions with their replay check). The layers are described in ``_mock_core``.
 """
 
 from __future__ import annotations
@@ -11,21 +8,14 @@ import base64
 import hmac
 import json
 from collections.abc import Mapping
-from typing import TYPE_CHECKING
 from urllib.parse import unquote_plus
-
-try:
-    from starlette.requests import Request
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
-        "pip install 'oauth2-broker-mw[starlette]'"
-    ) from exc
 
 from joserfc import jws
 from joserfc.errors import JoseError
+from starlette.requests import Request
 
 from ._mock_config import MockClient
+from ._mock_core import MockCore
 from ._mock_records import (
     ASYMMETRIC_ALGS,
     JWT_BEARER,
@@ -33,11 +23,6 @@ from ._mock_records import (
     assertion_signature_ok,
     basic_challenge,
 )
-
-if TYPE_CHECKING:
-    pass
-
-from ._mock_core import MockCore
 
 
 class ClientAuth(MockCore):

@@ -14,30 +14,25 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
+import hmac
 import json
 import secrets
 import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 from urllib.parse import parse_qsl
-
-try:
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
-        "pip install 'oauth2-broker-mw[starlette]'"
-    ) from exc
 
 from joserfc import jwt
 from joserfc.jwk import RSAKey
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.routing import Route
 
 from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
+from ._mock_dpop import ProofClaims, verify_proof
 from ._mock_records import (
     FORM,
     NO_STORE,
@@ -48,10 +43,6 @@ from ._mock_records import (
     scope_token_ok,
     unsigned_jwt,
 )
-
-if TYPE_CHECKING:
-    pass
-
 
 _MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
 
@@ -203,6 +194,30 @@ class MockCore:
     def signing_key(self) -> RSAKey:
         """The private RSA key that signs ID tokens (to forge tokens in tests)."""
         return self._signing_key
+
+    def _dpop_proof(
+        self, request: Request, proof: str, endpoint: str, access_token: str | None = None
+    ) -> tuple[ProofClaims, str | None]:
+        """Verify one DPoP proof for ``request`` (RFC 9449 §4.3; its ``jti`` is recorded); return
+        its claims and, when this provider demands nonces and the proof lacks the current one for
+        ``endpoint`` (``"token"`` / ``"resource"``), the nonce to demand. Raises
+        ``DPoPProofError``."""
+        with self._lock:
+            claims = verify_proof(
+                proof,
+                htm=request.method,
+                htu=str(request.url),
+                now=self._clock(),
+                seen_jtis=self._dpop_jtis,
+                access_token=access_token,
+            )
+        if self.dpop_nonce:
+            expected = self._dpop_nonces[endpoint]
+            if claims.nonce is None or not hmac.compare_digest(claims.nonce, expected):
+                with self._lock:
+                    self._counters[f"dpop:nonce_demanded:{endpoint}"] += 1
+                return claims, expected
+        return claims, None
 
     # ------------------------------------------------------------------ state helpers (locked)
 

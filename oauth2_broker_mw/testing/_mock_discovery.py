@@ -1,34 +1,15 @@
-"""MockProvider's discovery documents and JWKS.
-
-Owns: ``/.well-known/openid-configuration``, ``/.well-known/oauth-authorization-server``
-(RFC 8414) and ``/jwks``.
-Must not import: the broker core, store drivers, or uvicorn.
-"""
+"""MockProvider layer: the discovery documents (OIDC and RFC 8414) and ``/jwks``."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-try:
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
-        "pip install 'oauth2-broker-mw[starlette]'"
-    ) from exc
-
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ._mock_dpop import DPOP_PROOF_ALGS
-from ._mock_records import (
-    ASYMMETRIC_ALGS,
-    GRANTS,
-)
-
-if TYPE_CHECKING:
-    pass
-
+from ._mock_records import ASYMMETRIC_ALGS, GRANTS
 from ._mock_resource import ResourceEndpoints
 
 

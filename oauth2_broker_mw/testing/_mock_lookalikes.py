@@ -1,19 +1,12 @@
-"""MockProvider look-alikes: ``MockProvider.like(name)`` settings for well-known providers.
-
-Owns: the names and the constructor arguments that reproduce each provider's quirks (numbers
-from docs/quirks.md).
-Must not import: the broker core, store drivers, or uvicorn.
+"""``MockProvider.like(name)``: the settings that reproduce a well-known provider's quirks
+(numbers from docs/quirks.md).
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ._mock_config import MockClient, MockQuirks
-
-if TYPE_CHECKING:
-    pass
-
 
 LIKE_NAMES: tuple[str, ...] = (
     "auth0",

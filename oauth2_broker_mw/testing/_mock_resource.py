@@ -1,37 +1,19 @@
-"""MockProvider's revocation, introspection, userinfo and protected resource.
-
-Owns: ``POST /revoke`` (RFC 7009), ``POST /introspect`` (RFC 7662), ``/userinfo`` and
-``/resource``, with Bearer and DPoP-bound access checks.
-Must not import: the broker core, store drivers, or uvicorn.
+"""MockProvider layer: ``POST /revoke`` (RFC 7009), ``POST /introspect`` (RFC 7662),
+``/userinfo`` and the protected ``/resource``, with Bearer and DPoP-bound access checks.
 """
 
 from __future__ import annotations
 
 import hmac
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-try:
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
-        "pip install 'oauth2-broker-mw[starlette]'"
-    ) from exc
-
-
-from ._mock_dpop import DPOP_PROOF_ALGS, DPoPProofError, verify_proof
-from ._mock_records import (
-    NO_STORE,
-    OAuthError,
-    TokenState,
-)
-
-if TYPE_CHECKING:
-    pass
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ._mock_authorize import AuthorizeEndpoint
+from ._mock_dpop import DPOP_PROOF_ALGS, DPoPProofError
+from ._mock_records import NO_STORE, OAuthError, TokenState
 
 
 class ResourceEndpoints(AuthorizeEndpoint):
@@ -154,31 +136,19 @@ class ResourceEndpoints(AuthorizeEndpoint):
         if len(proofs) != 1 or not value:
             return self._dpop_rejection("exactly one DPoP proof is required")
         try:
-            with self._lock:
-                proof = verify_proof(
-                    proofs[0],
-                    htm=request.method,
-                    htu=str(request.url),
-                    now=self._clock(),
-                    seen_jtis=self._dpop_jtis,
-                    access_token=value,
-                )
+            proof, demand = self._dpop_proof(request, proofs[0], "resource", access_token=value)
         except DPoPProofError as exc:
             return self._dpop_rejection(str(exc))
-        if self.dpop_nonce:
-            expected = self._dpop_nonces["resource"]
-            if proof.nonce is None or not hmac.compare_digest(proof.nonce, expected):
-                with self._lock:
-                    self._counters["dpop:nonce_demanded:resource"] += 1
-                return JSONResponse(
-                    {"error": "use_dpop_nonce"},
-                    status_code=401,
-                    headers={
-                        "WWW-Authenticate": 'DPoP error="use_dpop_nonce", '
-                        'error_description="Resource server requires nonce in DPoP proof"',
-                        "DPoP-Nonce": expected,
-                    },
-                )
+        if demand is not None:
+            return JSONResponse(
+                {"error": "use_dpop_nonce"},
+                status_code=401,
+                headers={
+                    "WWW-Authenticate": 'DPoP error="use_dpop_nonce", '
+                    'error_description="Resource server requires nonce in DPoP proof"',
+                    "DPoP-Nonce": demand,
+                },
+            )
         with self._lock:
             bound = self._alive_access(value)
         if bound is None:

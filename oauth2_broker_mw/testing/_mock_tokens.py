@@ -1,9 +1,6 @@
-"""MockProvider's token endpoint: the grants and the token responses.
-
-Owns: ``POST /token`` (and the ``/refresh`` look-alike), the authorization-code, refresh (rotation,
-reuse detection, grace period) and client-credentials grants, DPoP at the token endpoint, and
-the rendering of token and error responses with the provider quirks.
-Must not import: the broker core, store drivers, or uvicorn.
+"""MockProvider layer: ``POST /token`` and ``/refresh``, the code, refresh (rotation, reuse
+detection, grace period) and client-credentials grants, DPoP there, and the token and error
+responses in each provider's dialect.
 """
 
 from __future__ import annotations
@@ -12,34 +9,17 @@ import hmac
 import json
 import secrets
 from collections.abc import Mapping
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import urlencode
 
-try:
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        "oauth2_broker_mw.testing.MockProvider needs Starlette: "
-        "pip install 'oauth2-broker-mw[starlette]'"
-    ) from exc
-
-
-from ._mock_config import MockClient
-from ._mock_dpop import DPoPProofError, verify_proof
-from ._mock_records import (
-    GRANTS,
-    NO_STORE,
-    VERIFIER_RE,
-    OAuthError,
-    b64url_sha256,
-)
-
-if TYPE_CHECKING:
-    pass
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
 
 from ._mock_clientauth import ClientAuth
+from ._mock_config import MockClient
+from ._mock_dpop import DPoPProofError
+from ._mock_records import GRANTS, NO_STORE, VERIFIER_RE, OAuthError, b64url_sha256
 
 
 class TokenEndpoint(ClientAuth):
@@ -213,29 +193,18 @@ class TokenEndpoint(ClientAuth):
         if len(proofs) != 1:
             raise OAuthError("invalid_dpop_proof", "exactly one DPoP header is allowed")
         try:
-            with self._lock:
-                proof = verify_proof(
-                    proofs[0],
-                    htm=request.method,
-                    htu=str(request.url),
-                    now=self._clock(),
-                    seen_jtis=self._dpop_jtis,
-                )
+            proof, demand = self._dpop_proof(request, proofs[0], "token")
         except DPoPProofError as exc:
             with self._lock:
                 self._counters["dpop:invalid_proof"] += 1
             raise OAuthError("invalid_dpop_proof", str(exc)) from None
-        if self.dpop_nonce:
-            expected = self._dpop_nonces["token"]
-            if proof.nonce is None or not hmac.compare_digest(proof.nonce, expected):
-                with self._lock:
-                    self._counters["dpop:nonce_demanded:token"] += 1
-                raise OAuthError(
-                    "use_dpop_nonce",
-                    "Authorization server requires nonce in DPoP proof",
-                    400,
-                    {"DPoP-Nonce": expected},
-                )
+        if demand is not None:
+            raise OAuthError(
+                "use_dpop_nonce",
+                "Authorization server requires nonce in DPoP proof",
+                400,
+                {"DPoP-Nonce": demand},
+            )
         with self._lock:
             self._counters["dpop:proof_ok:token"] += 1
         return proof.jkt

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 try:
     import httpx2
+    import starlette  # noqa: F401  (every MockProvider layer needs it: refuse here, once)
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise ImportError(
         "oauth2_broker_mw.testing.MockProvider needs Starlette: "
