@@ -13,8 +13,11 @@ middleware benchmark.
 from __future__ import annotations
 
 import html
+import json
 import logging
+import os
 import re
+import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -211,7 +214,7 @@ def _login_through(app_client: httpx2.Client) -> httpx2.Response:
     return app_client.get("/api/profile")
 
 
-@pytest.mark.parametrize("example", ["fastapi_app", "flask_app"])
+@pytest.mark.parametrize("example", ["fastapi_app", "starlette_app", "flask_app"])
 def test_framework_examples_log_in_and_call_the_api(
     example: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -222,7 +225,7 @@ def test_framework_examples_log_in_and_call_the_api(
     monkeypatch.syspath_prepend(str(ROOT / "examples"))
     module = importlib.import_module(example)
     try:
-        if example == "fastapi_app":
+        if example in ("fastapi_app", "starlette_app"):
             from starlette.testclient import TestClient
 
             with TestClient(module.app, base_url=module.BASE_URL, follow_redirects=False) as client:
@@ -239,6 +242,38 @@ def test_framework_examples_log_in_and_call_the_api(
         module.broker.close()
         sys.modules.pop(example, None)
         sys.modules.pop("_provider", None)
+
+
+_DJANGO_LOGIN = """
+import sys, httpx2
+sys.path.insert(0, sys.argv[1])
+import django_app as example
+
+wsgi = httpx2.WSGITransport(app=example.application)
+with httpx2.Client(transport=wsgi, base_url=example.BASE_URL) as app, httpx2.Client() as idp:
+    login = app.get("/oauth2/acme/login", params={"return_to": "/api/profile"})
+    callback = idp.get(login.headers["location"]).headers["location"]  # auto-approved
+    done = app.get(callback)
+    assert done.status_code == 303, done.text
+    print(app.get(done.headers["location"]).text)
+example.broker.close()
+"""
+
+
+def test_the_django_example_logs_in_and_calls_the_api(tmp_path: Path) -> None:
+    """In its own interpreter: Django's settings are process-wide."""
+    done = subprocess.run(
+        [sys.executable, "-c", _DJANGO_LOGIN, str(ROOT / "examples")],
+        cwd=tmp_path,
+        env={**os.environ, "TOKENS_DB": str(tmp_path / "tokens.db")},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    body = json.loads(done.stdout)
+    assert body["status"] == 200 and body["body"]["sub"] == "user-1"
 
 
 def test_expired_access_token_is_refreshed_by_brokerauth(server: demo.DemoServer) -> None:

@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -61,8 +62,40 @@ def test_readme_blocks_run(
         reason = marker.removeprefix("skip:").strip()
         assert reason, f"{where}: a skipped block says why"
         compile(code, where, "exec")
+        # Pasted as it is, it must not name what it never defines (issue 12: `requests`,
+        # `url`, `state`, `code`, `iss`); a fragment names what it takes in its reason.
+        given = set(re.findall(r"`(\w+)`", reason))
+        undefined = set(_undefined_names(code)) - given
+        assert not undefined, f"{where}: undefined names {sorted(undefined)}"
         pytest.skip(f"{where}: {reason}")
     _run(code, where, tmp_path)
+
+
+def _undefined_names(code: str) -> list[str]:
+    """The names ``code`` uses and never defines, imports or gets from builtins (ruff F821)."""
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "ruff",
+            "check",
+            "--isolated",
+            "--select",
+            "F821",
+            "--output-format",
+            "json",
+            "--stdin-filename",
+            "block.py",
+            "-",
+        ],
+        input=code,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in (0, 1), done.stderr
+    return [re.findall(r"`(\w+)`", d["message"])[0] for d in json.loads(done.stdout)]
 
 
 @pytest.mark.parametrize(("where", "line", "marker", "code"), DOCS, ids=[b[0] for b in DOCS])

@@ -53,8 +53,13 @@ def test_the_site_builds_strict_with_snippets_diagrams_and_the_reference(
     for name in ("Broker", "BrokerAuth", "BrokerMiddleware", "Registry", "TokenStore"):
         assert name in reference
     assert "A valid access token for (tenant, principal, scopes)" in reference
+    # a page per framework, its code the example the suite runs (tests/test_demo.py), included
     for framework in ("starlette", "fastapi", "flask", "django"):
-        assert (site / "frameworks" / framework / "index.html").exists()
+        page = text(f"frameworks/{framework}").replace("&quot;", '"')
+        example = (ROOT / "examples" / f"{framework}_app.py").read_text()
+        assert 'config = provider_config("acme")' in example  # runs against a MockProvider
+        assert 'config = provider_config("acme")' in page, framework
+        assert example.splitlines()[0].strip('"') in page, framework  # its own docstring
     # the benchmark charts (SVG drawn from the recorded output by scripts/bench_charts.py,
     # kept fresh by tests/test_benchmarks.py) are on the built pages, not only in the repo
     charts = {

@@ -447,3 +447,62 @@ def test_the_docs_home_page_opens_with_where_to_start() -> None:
     assert start < text.index("## `lease()`")
     for page in ("getting-started.md", "demo.md", "testing.md", "reference.md"):
         assert f"]({page})" in text[start:]
+
+
+# -- items 3, 4, 11: what the README and the docs promise -------------------------------------
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+
+
+def test_the_readme_links_the_examples() -> None:
+    text = (ROOT / "README.md").read_text()
+    assert "](examples/)" in text
+    assert sorted(p.name for p in (ROOT / "examples").glob("*_app.py"))
+
+
+def test_the_readme_lists_the_core_dependencies_as_pyproject_does() -> None:
+    import re
+    import tomllib
+
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+    core = {re.split(r"[\[<>=~! ]", d)[0].lower() for d in project["dependencies"]}
+    (line,) = re.findall(
+        r"^pip install oauth2-broker-mw\s+# core: (.+)$", (ROOT / "README.md").read_text(), re.M
+    )
+    assert {n.strip().lower() for n in line.split(",")} == core
+    assert {"cryptography", "joserfc"} <= core  # why [crypto] installs nothing more
+
+
+def test_otel_and_broker_telemetry_are_documented() -> None:
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install 'oauth2-broker-mw[otel]'" in readme and "telemetry=" in readme
+    page = (ROOT / "docs" / "observability.md").read_text()
+    assert "[otel]" in page and "Broker(descriptor" in page and "telemetry=telemetry" in page
+    assert "observability.md" in (ROOT / "mkdocs.yml").read_text()
+
+
+def test_brokerauth_for_one_service_needs_no_tenant_or_principal(mp: MockProvider) -> None:
+    import httpx2
+
+    from oauth2_broker_mw import BrokerAuth
+
+    broker = Broker(
+        mp.descriptor(),
+        client_id="test-client",
+        client_secret="test-secret",
+        http_client=mp.client(),
+    )
+    for auth in (
+        BrokerAuth(broker, scopes=["email.read"]),
+        BrokerAuth.for_service(broker, ["email.read"]),
+    ):
+        with httpx2.Client(auth=auth, transport=mp.transport()) as client:
+            assert client.get(mp.resource_url).status_code == 200
+    assert mp.counters["token:client_credentials"] == 1  # one token, the app's, for both
+    broker.close()
+
+
+def test_the_auth_docs_show_the_one_line_form_beside_httpx_auth() -> None:
+    text = (ROOT / "docs" / "auth.md").read_text()
+    one_line = text.index("auth=BrokerAuth.for_service(broker, [")
+    theirs = text.index("auth=OAuth2ClientCredentials(")
+    assert 0 < theirs - one_line < 400  # in the same block, side by side
