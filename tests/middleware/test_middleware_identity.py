@@ -471,6 +471,7 @@ def test_two_tenants_in_one_browser_stay_connected_each_with_its_own_logout(
     assert world.providers["evil"].counters["revoke"] == 0  # tenant-b's grant untouched
 
 
+@pytest.mark.parametrize("store", REAL_STORES, indirect=True)
 def test_a_tenant_a_cookie_never_works_in_tenant_b(world: World) -> None:
     app = _tenant_worker(world)
     browser = world.browser(app)
@@ -499,6 +500,7 @@ def test_a_session_is_refused_when_the_resolved_tenant_differs(world: World) -> 
     assert (seen["tenant"], seen["principal"], seen["connections"]) == ("tenant-b", None, [])
 
 
+@pytest.mark.parametrize("store", REAL_STORES, indirect=True)
 def test_tenant_a_state_and_code_never_complete_in_tenant_b(world: World) -> None:
     app = world.worker(tenant_resolver=lambda request: request.header("x-tenant"))
     browser = world.browser(app)
