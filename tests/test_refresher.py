@@ -10,6 +10,7 @@ import pytest
 
 from oauth2_broker_mw._core.errors import ConfigurationError
 from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TokenRecord
+from oauth2_broker_mw._core.ratelimit import Backoff
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.refresher import Refresher
 from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
@@ -192,7 +193,9 @@ def test_a_sweep_under_the_providers_backoff_tries_no_more_than_it_must(
     broker.subscribe(lambda event: limited.append(event) if event.kind == "rate_limited" else None)
     gate = broker.store
     assert hasattr(gate, "set_backoff")
-    gate.set_backoff("backoff|mock", time.time() + 600, now=time.time())  # another host's 429
+    gate.set_backoff(  # another host's 429
+        Backoff.gate_name("mock", mp.issuer), time.time() + 600, now=time.time()
+    )
     refresher = Refresher([broker], window=300, concurrency=4)
     report = refresher.sweep()
     assert (report.due, report.refreshed, report.failed) == (40, 0, 0)

@@ -673,3 +673,32 @@ def test_a_drain_of_one_tenant_sharing_an_app_delivers_only_its_own_revocations(
         logging.getLogger("oauth2_broker_mw").removeHandler(handler)
         registry.close()
         mp.close()
+
+
+@pytest.mark.parametrize(("served", "other"), ROUNDS)
+def test_another_tenants_instance_backing_off_does_not_close_this_tenants_gate(
+    world: World, served: Party, other: Party
+) -> None:
+    """The provider back-off and circuit breaker are per authorization server: the other
+    tenant's own instance answering 429, or failing again and again, closes its own gate
+    only. (Tenants on one shared instance share its gate, as every caller does.)"""
+    w = world
+    theirs = w.broker(other)
+    w.mp(other).faults.add("token", "error", status=429, retry_after=300)
+    w.seed(other, "x0", expired=True)
+    w.expect(BrokerError, lambda: theirs.lease(tenant=other.tenant, principal="x0"))
+    w.mp(other).faults.add("token", "error", status=503, times=None)
+    w.clock.advance(301)
+    for i in range(1, 7):  # one failure too many: the breaker opens for the other instance
+        w.seed(other, f"x{i}", expired=True)
+        w.expect(BrokerError, lambda i=i: theirs.lease(tenant=other.tenant, principal=f"x{i}"))
+    w.seed(other, "x7", expired=True)
+    w.expect(BrokerError, lambda: theirs.lease(tenant=other.tenant, principal="x7"))
+    assert "circuit open" in "\n".join(w.log.lines)
+    w.start_serving()
+    mine = w.broker(served)
+    w.seed(served, served.principal, expired=True)
+    lease = mine.lease(tenant=served.tenant, principal=served.principal)
+    assert lease.access_token.get_secret_value()
+    assert w.mp(served).counters["token:refresh_token"] == 1
+    assert_silent_about(w.said(), other)

@@ -327,7 +327,10 @@ def _send_token_request(
     The gate (shared through the store): the provider's back-off, then the rate-limit policy;
     when closed, :class:`RateLimited` and no request. A 429/503 answer with ``Retry-After``
     closes it for every caller. ``who`` names the key (or the login) the request is for.
+    The gate is the provider's at that authorization server (the token endpoint's origin):
+    a tenant with an instance of its own has a gate of its own.
     """
+    server = _origin(request.url)
     yield from before_token_request(
         cfg.backoff,
         cfg.rate_limit,
@@ -337,15 +340,16 @@ def _send_token_request(
         grant=grant.value,
         now=now,
         scopes=who.scope_fingerprint if isinstance(who, StoreKey) else "",
+        server=server,
     )
     try:
         response = yield from _send_with_proof(cfg, request)
     except TransportError:
         now = yield Now()
-        yield from record_failure(cfg.backoff, cfg.provider.id, now)
+        yield from record_failure(cfg.backoff, cfg.provider.id, now, server)
         raise
     now = yield Now()
-    yield from after_token_response(cfg.backoff, cfg.provider.id, response, now)
+    yield from after_token_response(cfg.backoff, cfg.provider.id, response, now, server)
     return response, now
 
 

@@ -186,12 +186,14 @@ class Backoff:
             )
 
     @staticmethod
-    def gate_name(provider: str) -> str:
-        return f"backoff|{provider}"
+    def gate_name(provider: str, server: str | None = None) -> str:
+        """The gate of ``provider`` at the authorization server ``server`` (the token
+        endpoint's origin): tenants with an instance of their own have a gate of their own."""
+        return f"backoff|{provider}" if not server else f"backoff|{provider}|{server}"
 
     @staticmethod
-    def failures_name(provider: str) -> str:
-        return f"failures|{provider}"
+    def failures_name(provider: str, server: str | None = None) -> str:
+        return f"failures|{provider}" if not server else f"failures|{provider}|{server}"
 
     def seconds(self, response: HttpResponse, now: float) -> float | None:
         """How long ``response`` closes the gate (``None``: it does not)."""
@@ -220,12 +222,14 @@ def _refuse(call: RateLimitCall, scopes: str, retry_after: float, reason: str) -
     raise RateLimited(call.provider, retry_after, reason=reason)
 
 
-def _closed_for(backoff: Backoff, provider: str, now: float) -> Flow[float]:
+def _closed_for(
+    backoff: Backoff, provider: str, now: float, server: str | None = None
+) -> Flow[float]:
     """Seconds the provider's gate stays closed (``0.0``: open). A store failure opens it."""
     if not backoff.enabled:
         return 0.0
     try:
-        until: float = yield BackoffUntil(backoff.gate_name(provider))
+        until: float = yield BackoffUntil(backoff.gate_name(provider, server))
     except StorageError as exc:  # the back-off is a courtesy; the store's failure is not ours
         log.warning("could not read the back-off of provider=%s: %s", provider, exc)
         return 0.0
@@ -242,14 +246,16 @@ def before_token_request(
     grant: str,
     now: float,
     scopes: str = "",
+    server: str | None = None,
 ) -> Flow[None]:
     """Raise :class:`RateLimited` (and emit the event) unless a request may go out at ``now``.
 
-    First the provider's shared back-off, then the policy; after a ``Delay`` the back-off is
-    read again, since another caller may have been told to back off meanwhile.
+    First the provider's shared back-off (at ``server``, the token endpoint's origin), then
+    the policy; after a ``Delay`` the back-off is read again, since another caller may have
+    been told to back off meanwhile.
     """
     call = RateLimitCall(tenant, principal, provider, grant, now)
-    closed = yield from _closed_for(backoff, provider, now)
+    closed = yield from _closed_for(backoff, provider, now, server)
     if closed > 0:
         yield from _refuse(call, scopes, closed, "backoff")
     if policy is None:
@@ -264,7 +270,7 @@ def before_token_request(
         yield from _refuse(call, scopes, max(0.0, decision.retry_after), "policy")
     if isinstance(decision, Delay) and decision.seconds > 0:
         now = yield Sleep(decision.seconds)
-        closed = yield from _closed_for(backoff, provider, now)
+        closed = yield from _closed_for(backoff, provider, now, server)
         if closed > 0:
             yield from _refuse(
                 RateLimitCall(tenant, principal, provider, grant, now), scopes, closed, "backoff"
@@ -282,26 +288,33 @@ def _count(name: str, now: float, window: float) -> Flow[int]:
 
 
 def after_token_response(
-    backoff: Backoff, provider: str, response: HttpResponse, now: float
+    backoff: Backoff,
+    provider: str,
+    response: HttpResponse,
+    now: float,
+    server: str | None = None,
 ) -> Flow[None]:
-    """Close the provider's gate for everyone when ``response`` (received at ``now``) asks
-    to back off, or when it is one transient failure too many (the circuit breaker)."""
+    """Close the provider's gate (at ``server``) for everyone when ``response`` (received at
+    ``now``) asks to back off, or when it is one transient failure too many (the circuit
+    breaker)."""
     status = response.status_code
     if not backoff.enabled or not (status == 429 or status >= 500):
         return
     seconds = backoff.seconds(response, now)
     if seconds is not None:
-        yield from _close(backoff, provider, now, seconds, f"answered HTTP {status}")
-    yield from record_failure(backoff, provider, now)
+        yield from _close(backoff, provider, now, seconds, f"answered HTTP {status}", server)
+    yield from record_failure(backoff, provider, now, server)
 
 
-def record_failure(backoff: Backoff, provider: str, now: float) -> Flow[None]:
+def record_failure(
+    backoff: Backoff, provider: str, now: float, server: str | None = None
+) -> Flow[None]:
     """Count one transient failure in the store; one too many opens the circuit."""
     if not backoff.enabled or backoff.failures < 1 or backoff.open_for <= 0:
         return
     try:
         within, _ = yield TakeToken(
-            backoff.failures_name(provider),
+            backoff.failures_name(provider, server),
             now=now,
             interval=backoff.window / backoff.failures,
             burst=backoff.failures,
@@ -316,12 +329,20 @@ def record_failure(backoff: Backoff, provider: str, now: float) -> Flow[None]:
             now,
             backoff.open_for,
             f"failed more than {backoff.failures} times in {backoff.window:g}s (circuit open)",
+            server,
         )
 
 
-def _close(backoff: Backoff, provider: str, now: float, seconds: float, why: str) -> Flow[None]:
+def _close(
+    backoff: Backoff,
+    provider: str,
+    now: float,
+    seconds: float,
+    why: str,
+    server: str | None = None,
+) -> Flow[None]:
     try:
-        yield SetBackoff(backoff.gate_name(provider), now + seconds, now)
+        yield SetBackoff(backoff.gate_name(provider, server), now + seconds, now)
     except StorageError as exc:
         log.warning("could not record the back-off of provider=%s: %s", provider, exc)
         return

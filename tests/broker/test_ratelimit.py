@@ -426,7 +426,8 @@ def test_a_backed_off_refresh_serves_the_still_valid_token(provider: MockProvide
             requested_scopes=ScopeSet.of(["read"]),
         )
     )
-    store.set_backoff("backoff|mock", T0 + 20, now=T0)  # another process got a 429
+    # another process got a 429
+    store.set_backoff(Backoff.gate_name("mock", provider.issuer), T0 + 20, now=T0)
     lease = broker.lease(tenant="acme", principal="alice", scopes=["read"])
     assert lease.access_token.get_secret_value() == issued["access_token"]
     assert _token_calls(provider) == 0
@@ -459,7 +460,7 @@ def test_a_refused_refresh_is_one_rate_limited_event_not_a_refresh_failure(
             requested_scopes=ScopeSet.of(["read"]),
         )
     )
-    store.set_backoff("backoff|mock", T0 + 20, now=T0)
+    store.set_backoff(Backoff.gate_name("mock", provider.issuer), T0 + 20, now=T0)
     with pytest.raises(RateLimited) as refused:
         broker.lease(tenant="acme", principal="alice", scopes=["read"])
     assert refused.value.retry_after == pytest.approx(20.0)
