@@ -98,7 +98,8 @@ class Refusal:
 
     ``code`` ``None`` takes the code of the :class:`AuthorizationFlowError`; ``detail`` says
     what the log line names: the error's type and message (:func:`reason`), the provider's
-    ``error`` field, or ``None`` for no log line.
+    ``error`` field (with the error's hint of what to check, e.g. :class:`InvalidClient`), or
+    ``None`` for no log line.
     """
 
     errors: tuple[type[BrokerError], ...]
@@ -116,7 +117,8 @@ class Refusal:
 
     def describe(self, exc: BrokerError) -> str:
         if self.detail == "error" and isinstance(exc, ProviderError):
-            return exc.error
+            # the provider's error code and, where the broker knows one, what to check
+            return f"{exc.error} ({exc.hint})" if exc.hint else exc.error
         return reason(exc)
 
 

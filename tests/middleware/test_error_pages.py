@@ -41,7 +41,12 @@ def mp() -> Iterator[MockProvider]:
 
 
 def _app(
-    mp: MockProvider, store: SQLiteStore, clock: FakeClock | None = None, **extra: object
+    mp: MockProvider,
+    store: SQLiteStore,
+    clock: FakeClock | None = None,
+    *,
+    client_secret: str = "test-secret",
+    **extra: object,
 ) -> Starlette:
     async def whoami(request: Request) -> JSONResponse:
         ctx = request.state.oauth2_broker
@@ -50,7 +55,7 @@ def _app(
     broker = Broker(
         mp.descriptor(),
         client_id="test-client",
-        client_secret="test-secret",
+        client_secret=client_secret,
         store=store,
         http_client=mp.client(),
         async_http_client=mp.async_client(),
@@ -240,3 +245,26 @@ def test_a_provider_down_at_the_exchange_is_explained_and_logged_with_its_reason
     assert "code exchange for provider=mock failed" in logged
     assert "HTTP 503" in logged  # the reason, not only the class name
     assert params["code"] not in logged and "test-secret" not in logged
+
+
+def test_a_rejected_client_secret_at_the_exchange_logs_what_to_check(
+    mp: MockProvider, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Issue 12, item 1: the callback of a broker whose secret the provider refuses logs why
+    (the provider's error and what to check), never the secret or the code."""
+    import logging
+
+    store = SQLiteStore(tmp_path / "tokens.db")
+    app = _app(mp, store, client_secret="wrong-secret-42")
+    with TestClient(app, base_url=BASE, follow_redirects=False) as client:
+        params = _start(client, mp)
+        with caplog.at_level(logging.WARNING, logger="oauth2_broker_mw.middleware"):
+            response = client.get("/oauth2/mock/callback", params=params, headers=HTML)
+    store.close()
+    assert response.status_code == 400
+    body = _assert_safe_page(response, secrets=(params["code"], "wrong-secret-42"))
+    assert _title(body) == "The sign-in could not be completed"
+    logged = "\n".join(r.getMessage() for r in caplog.records)
+    assert "code exchange for provider=mock rejected: invalid_client" in logged
+    assert "client_secret" in logged and "client_auth_method" in logged  # what to check
+    assert "wrong-secret-42" not in logged and params["code"] not in logged
