@@ -218,6 +218,9 @@ class _Adapter(Protocol[_Req, _RespIn]):
 
     def authorize(self, request: _Req, value: str) -> None: ...
 
+    def proved(self, request: _Req) -> None:
+        """A DPoP proof was just added to ``request``."""
+
     def method(self, request: _Req) -> str: ...
 
 
@@ -292,7 +295,10 @@ class _HttpxResponseLike(Protocol):
 class _HttpxAdapter:
     """httpx and httpx2 (same shapes). The client follows redirects inside one flow step."""
 
-    __slots__ = ()
+    __slots__ = ("asynchronous",)
+
+    def __init__(self, asynchronous: bool) -> None:
+        self.asynchronous = asynchronous  # an AsyncClient's flow (the trace hook is awaited)
 
     def is_https(self, request: _HttpxLike) -> bool:
         return request.url.scheme == "https"
@@ -335,6 +341,9 @@ class _HttpxAdapter:
 
     def authorize(self, request: _HttpxLike, value: str) -> None:
         request.headers["Authorization"] = value
+
+    def proved(self, request: _HttpxLike) -> None:
+        _one_hop_proof(request, self.asynchronous)
 
     def method(self, request: _HttpxLike) -> str:
         return request.method
@@ -499,11 +508,15 @@ class _RequestsAdapter:
             request.headers = headers
         headers.bind(headers["Authorization"])
 
+    def proved(self, request: requests.PreparedRequest) -> None:
+        pass  # one hop per response hook: the Session's redirects are new requests
+
     def method(self, request: requests.PreparedRequest) -> str:
         return request.method or "GET"
 
 
-_HTTPX: Final = _HttpxAdapter()
+_HTTPX: Final = _HttpxAdapter(asynchronous=False)
+_AHTTPX: Final = _HttpxAdapter(asynchronous=True)
 _REQUESTS: Final = _RequestsAdapter()
 
 
@@ -717,6 +730,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             access_token=lease.access_token.get_secret_value(),
             nonce=nonce,
         )
+        a.proved(request)
 
     def _learn_nonce(self, a: _Adapter[_Req, _RespIn], request: _Req, response: _RespIn) -> None:
         nonce = response.headers.get("dpop-nonce")
@@ -804,6 +818,34 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if self._on_insufficient_scope is not None:
             self._on_insufficient_scope(event)
 
+    # -- the per-request steps every shell takes ---------------------------------------------
+    def _signs_httpx(self, request: _HttpxLike) -> bool:
+        """Does this httpx/httpx2 request get our token? (:meth:`_signs`, :meth:`_preflight`)"""
+        # `_https_anywhere and https` is _signs' own first test, inlined for speed.
+        return (
+            (self._https_anywhere and request.url.scheme == "https") or self._signs(_HTTPX, request)
+        ) and (_plain_httpx(request, self._sign_cache[4]) or self._preflight(_HTTPX, request))
+
+    def _sign(self, a: _Adapter[_Req, _RespIn], request: _Req, lease: Lease) -> _Signing:
+        """Put ``lease``'s Authorization header (and DPoP proof) on a request; its signing."""
+        signing = self._sign_cache  # _signing's own first test, inlined for speed
+        if signing[0] is not lease:
+            signing = self._signing(lease)
+        request.headers["Authorization"] = signing[1]
+        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
+            self._prove(a, request, lease)
+        return signing
+
+    def _answer(
+        self, a: _Adapter[_Req, _Resp], request: _Req, lease: Lease, mark: object, response: _Resp
+    ) -> Generator[_NeedReplacement, Lease, _Req | None] | None:
+        """What to do about the response to a signed request: ``None``, or the 401/403 flow."""
+        if lease.token_type == "DPoP":
+            self._learn_nonce(a, request, response)
+        if response.status_code != 401 and response.status_code != 403:
+            return None
+        return self._respond(a, request, lease, mark, response)
+
     # -- httpx / httpx2 shells -----------------------------------------------------------------
     @overload
     def sync_auth_flow(
@@ -817,38 +859,19 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
 
     def sync_auth_flow(self, request: _HttpxLike) -> Generator[_HttpxLike, Any, None]:
         """``Client``: broker calls run on the calling thread."""
-        # `_https_anywhere and https` is _signs' own first test, inlined for speed.
-        if (
-            not (self._https_anywhere and request.url.scheme == "https")
-            and not self._signs(_HTTPX, request)
-        ) or not (_plain_httpx(request, self._sign_cache[4]) or self._preflight(_HTTPX, request)):
+        if not self._signs_httpx(request):
             yield request
             return
-        broker = self._broker
-        lease = self._cached(self._key) or broker.lease_for_key(
+        lease = self._cached(self._key) or self._broker.lease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
-        mark = _HTTPX.body_mark(request)
-        signing = self._sign_cache
-        if signing[0] is not lease:
-            signing = self._signing(lease)
-        request.headers["Authorization"] = signing[1]
-        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
-            self._prove(_HTTPX, request, lease)
-            _one_hop_proof(request, False)
-            response = yield request
-            self._learn_nonce(_HTTPX, request, response)
-        else:
-            response = yield request
-        if response.status_code != 401 and response.status_code != 403:
-            return
-        retry = _driver.run(
-            self._respond(_HTTPX, request, lease, mark, response),
-            lambda step: broker.replace_lease(step.stale),
-        )
-        if retry is not None:
-            _one_hop_proof(retry, False)
-            yield retry
+        mark = _HTTPX.body_mark(request)  # judged before sending
+        self._sign(_HTTPX, request, lease)
+        respond = self._answer(_HTTPX, request, lease, mark, (yield request))
+        if respond is not None:
+            retry = _driver.run(respond, lambda step: self._broker.replace_lease(step.stale))
+            if retry is not None:
+                yield retry
 
     @overload
     def async_auth_flow(
@@ -862,38 +885,21 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
 
     async def async_auth_flow(self, request: _HttpxLike) -> AsyncGenerator[_HttpxLike, Any]:
         """``AsyncClient``: broker calls are awaited; the event loop is never blocked."""
-        # `_https_anywhere and https` is _signs' own first test, inlined for speed.
-        if (
-            not (self._https_anywhere and request.url.scheme == "https")
-            and not self._signs(_HTTPX, request)
-        ) or not (_plain_httpx(request, self._sign_cache[4]) or self._preflight(_HTTPX, request)):
+        if not self._signs_httpx(request):
             yield request
             return
-        broker = self._broker
-        lease = self._cached(self._key) or await broker.alease_for_key(
+        lease = self._cached(self._key) or await self._broker.alease_for_key(
             self._key, scopes=self._scopes, required_scopes=self._required
         )
-        mark = _HTTPX.body_mark(request)
-        signing = self._sign_cache
-        if signing[0] is not lease:
-            signing = self._signing(lease)
-        request.headers["Authorization"] = signing[1]
-        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
-            self._prove(_HTTPX, request, lease)
-            _one_hop_proof(request, True)
-            response = yield request
-            self._learn_nonce(_HTTPX, request, response)
-        else:
-            response = yield request
-        if response.status_code != 401 and response.status_code != 403:
-            return
-        retry = await _driver.arun(
-            self._respond(_HTTPX, request, lease, mark, response),
-            lambda step: broker.areplace_lease(step.stale),
-        )
-        if retry is not None:
-            _one_hop_proof(retry, True)
-            yield retry
+        mark = _AHTTPX.body_mark(request)  # judged before sending
+        self._sign(_AHTTPX, request, lease)
+        respond = self._answer(_AHTTPX, request, lease, mark, (yield request))
+        if respond is not None:
+            retry = await _driver.arun(
+                respond, lambda step: self._broker.areplace_lease(step.stale)
+            )
+            if retry is not None:
+                yield retry
 
     @overload
     def auth_flow(
@@ -923,13 +929,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         )
         if r.body is not None:
             r.__dict__[_MARK_ATTR] = _REQUESTS.body_mark(r)
-        signing = self._sign_cache
-        if signing[0] is not lease:
-            signing = self._signing(lease)
-        r.headers["Authorization"] = signing[1]
-        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
-            self._prove(_REQUESTS, r, lease)
-        r.hooks["response"].append(signing[2])
+        r.hooks["response"].append(self._sign(_REQUESTS, r, lease)[2])
         return r
 
     def _on_dpop_response(
