@@ -575,20 +575,8 @@ def revocation_request(
 
     ``now`` is only used to sign JWT client assertions (it defaults to the wall clock).
     """
-    if desc.revocation_endpoint is None:
-        raise ConfigurationError(f"provider {desc.id!r} has no revocation_endpoint")
-    _require_ready(desc, desc.revocation_endpoint, "revocation_endpoint")
-    body = {"token": token}
-    if token_type_hint:
-        body["token_type_hint"] = token_type_hint
-    return _authenticated_request(
-        desc,
-        client,
-        body,
-        url=desc.revocation_endpoint,
-        now=time.time() if now is None else now,
-        purpose="revocation",
-    )
+    url = desc.revocation_endpoint
+    return _about_token(desc, client, "revocation", url, token, token_type_hint, now)
 
 
 def introspection_request(
@@ -604,20 +592,30 @@ def introspection_request(
     Useful where responses carry no ``expires_in`` (Salesforce). ``now`` only signs JWT
     client assertions (default: the wall clock).
     """
-    if desc.introspection_endpoint is None:
-        raise ConfigurationError(f"provider {desc.id!r} has no introspection_endpoint")
-    _require_ready(desc, desc.introspection_endpoint, "introspection_endpoint")
+    url = desc.introspection_endpoint
+    return _about_token(desc, client, "introspection", url, token, token_type_hint, now)
+
+
+def _about_token(
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    purpose: str,
+    url: str | None,
+    token: str,
+    token_type_hint: str | None,
+    now: float | None,
+) -> HttpRequest:
+    """A request about one token to ``{purpose}_endpoint`` (``url``), authenticated like the
+    token endpoint: RFC 7009 revocation, RFC 7662 introspection."""
+    name = f"{purpose}_endpoint"
+    if url is None:
+        raise ConfigurationError(f"provider {desc.id!r} has no {name}")
+    _require_ready(desc, url, name)
     body = {"token": token}
     if token_type_hint:
         body["token_type_hint"] = token_type_hint
-    return _authenticated_request(
-        desc,
-        client,
-        body,
-        url=desc.introspection_endpoint,
-        now=time.time() if now is None else now,
-        purpose="introspection",
-    )
+    now = time.time() if now is None else now
+    return _authenticated_request(desc, client, body, url=url, now=now, purpose=purpose)
 
 
 # -- responses -------------------------------------------------------------------------------
