@@ -506,3 +506,12 @@ def test_the_auth_docs_show_the_one_line_form_beside_httpx_auth() -> None:
     one_line = text.index("auth=BrokerAuth.for_service(broker, [")
     theirs = text.index("auth=OAuth2ClientCredentials(")
     assert 0 < theirs - one_line < 400  # in the same block, side by side
+
+
+# -- item 10: the Flask and Django pages warn of the dev servers' access logs ----------------
+@pytest.mark.parametrize(("page", "logger"), [("flask", "werkzeug"), ("django", "django.server")])
+def test_the_framework_pages_say_the_dev_server_logs_code_and_state(page: str, logger: str) -> None:
+    text = (ROOT / "docs" / "frameworks" / f"{page}.md").read_text()
+    assert "logs the callback's `code` and `state`" in text
+    assert "oauth2_broker_mw.middleware" in text and "RedactOAuthQuery" in text
+    assert logger in text and "code=[redacted]&state=[redacted]" in text
