@@ -32,6 +32,10 @@ def test_the_site_builds_strict_with_snippets_diagrams_and_the_reference(
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]
+    # ... which is what `make docs` runs
+    makefile = (ROOT / "Makefile").read_text()
+    (rule,) = re.findall(r"^docs:.*\n((?:\t.*\n)+)", makefile, re.M)
+    assert "mkdocs build --strict" in rule and "'.[docs]'" in rule
 
     def text(page: str) -> str:
         return re.sub(r"<[^>]+>", "", (site / page / "index.html").read_text())
