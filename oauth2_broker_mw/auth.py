@@ -557,7 +557,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self,
         broker: LeaseSource,
         *,
-        tenant: str = DEFAULT_TENANT,
+        tenant: str | None = None,
         principal: str = SERVICE_PRINCIPAL,
         scopes: ScopeSet | str | Iterable[str] | None = None,
         required_scopes: Iterable[str] | None = None,
@@ -569,6 +569,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self._broker = broker
         self._cached = broker.cached_lease  # the hot path: bound once
         self._scopes = scopes
+        if tenant is None:  # a Registry broker's own tenant, else the documented default
+            tenant = getattr(broker, "tenant", None) or DEFAULT_TENANT
         self._key = broker.key(tenant=tenant, principal=principal, scopes=scopes)
         self._provider_id = str(broker.provider.id)
         self._required: frozenset[str] | None = (
@@ -604,7 +606,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         broker: LeaseSource,
         scopes: ScopeSet | str | Iterable[str] | None = None,
         *,
-        tenant: str = DEFAULT_TENANT,
+        tenant: str | None = None,
         **options: Any,
     ) -> BrokerAuth:
         """Sign as the application itself (client credentials), not as any user.

@@ -375,7 +375,19 @@ class Broker:
         return f"Broker(provider={self._provider.id!r}, client_id={self.client_id!r})"
 
     # -- keys and the in-process cache --------------------------------------------------------
+    def _serves(self, tenant: str) -> None:
+        """A :class:`~oauth2_broker_mw.Registry` broker holds one tenant's registration: it
+        never obtains, refreshes, revokes or logs in for another tenant (SECURITY J4, J7)."""
+        own = self._config.tenant
+        if own is not None and tenant != own:
+            raise ConfigurationError(
+                f"this broker holds another tenant's client registration; get tenant "
+                f"{str(tenant)[:64]!r}'s broker from the Registry "
+                "(registry.broker(tenant=..., provider=...))"
+            )
+
     def _build_key(self, tenant: str, principal: str, scopes: tuple[str, ...] | str) -> StoreKey:
+        self._serves(tenant)
         scope_set = ScopeSet.of(scopes, self._provider.scope_delimiter)
         if tenant == REVOCATION_TENANT:
             raise InvalidIdentifier(
@@ -453,6 +465,7 @@ class Broker:
         if_version: int | None = None,
     ) -> tuple[str, Callable[[], Flow[TokenRecord]]]:
         """The singleflight key and the flow that obtains a token for ``key``."""
+        self._serves(key.tenant)
         flow = functools.partial(
             obtain_flow,
             self._config,
@@ -606,7 +619,7 @@ class Broker:
         self,
         *,
         scopes: ScopesArg = None,
-        tenant: str = DEFAULT_TENANT,
+        tenant: str | None = None,
         required_scopes: Iterable[str] | None = None,
         force_refresh: bool = False,
     ) -> Lease:
@@ -614,13 +627,14 @@ class Broker:
 
         This is the one way to get the app's identity from a descriptor that also logs users
         in: :meth:`lease` for a user principal never falls back to client credentials. The
-        token is stored under ``tenant`` (default ``"default"``) and the reserved principal
+        token is stored under ``tenant`` (default: :attr:`tenant` for a registry broker, else
+        ``"default"``) and the reserved principal
         ``"@app"``, which no user principal can have. A public client, or a descriptor
         without the ``client_credentials`` grant, is a ``ConfigurationError`` saying which.
         """
         check_service_grant(self._provider, self._client_config)
         return self.lease(
-            tenant=tenant,
+            tenant=tenant or self._config.tenant or DEFAULT_TENANT,
             principal=SERVICE_PRINCIPAL,
             scopes=scopes,
             required_scopes=required_scopes,
@@ -631,7 +645,7 @@ class Broker:
         self,
         *,
         scopes: ScopesArg = None,
-        tenant: str = DEFAULT_TENANT,
+        tenant: str | None = None,
         required_scopes: Iterable[str] | None = None,
         force_refresh: bool = False,
     ) -> Lease:
@@ -639,13 +653,14 @@ class Broker:
 
         This is the one way to get the app's identity from a descriptor that also logs users
         in: :meth:`lease` for a user principal never falls back to client credentials. The
-        token is stored under ``tenant`` (default ``"default"``) and the reserved principal
+        token is stored under ``tenant`` (default: :attr:`tenant` for a registry broker, else
+        ``"default"``) and the reserved principal
         ``"@app"``, which no user principal can have. A public client, or a descriptor
         without the ``client_credentials`` grant, is a ``ConfigurationError`` saying which.
         """
         check_service_grant(self._provider, self._client_config)
         return await self.alease(
-            tenant=tenant,
+            tenant=tenant or self._config.tenant or DEFAULT_TENANT,
             principal=SERVICE_PRINCIPAL,
             scopes=scopes,
             required_scopes=required_scopes,
@@ -704,6 +719,7 @@ class Broker:
         redirect_uri: str,
         extra_params: Mapping[str, str] | None,
     ) -> Flow[AuthorizationRequest]:
+        self._serves(tenant)
         return start_authorization_flow(
             self._config,
             tenant=TenantId(tenant),
@@ -836,6 +852,7 @@ class Broker:
     # -- off-boarding ---------------------------------------------------------------------------
     def _user_ids(self, tenant: str, principal: str | None) -> tuple[TenantId, PrincipalId | None]:
         checked = TenantId(tenant)
+        self._serves(checked)
         if checked == REVOCATION_TENANT:
             raise InvalidIdentifier(
                 f"tenant {REVOCATION_TENANT!r} is reserved for the revocation queue"

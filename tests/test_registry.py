@@ -257,3 +257,62 @@ def test_from_toml_and_repr_hides_secrets(tmp_path: Path, provider: MockProvider
         registry.registration("globex", "mock")
     with pytest.raises(ConfigurationError, match="client_secret_ref"):
         Registry.from_toml(path, store=MemoryStore(), descriptors={"mock": provider.descriptor()})
+
+
+def test_a_registry_broker_serves_its_own_tenant_only(
+    provider: MockProvider, clock: FakeClock
+) -> None:
+    """J4: a tenant's broker holds that tenant's client registration: it obtains, refreshes,
+    revokes and logs in for that tenant only, and completes only that tenant's logins."""
+    from _fakes import login
+
+    from oauth2_broker_mw import BrokerAuth, StoreKey
+
+    store = MemoryStore()
+    provider.register_client("globex-app", "globex-secret")
+    registry = make_registry(
+        provider,
+        clock,
+        store=store,
+        registrations={
+            ("acme", "mock"): registration(provider),
+            ("globex", "mock"): registration(provider, "globex-app", "globex-secret"),
+        },
+    )
+    acme = registry.broker(tenant="acme", provider="mock")
+    globex = registry.broker(tenant="globex", provider="mock")
+    assert (acme.tenant, globex.tenant) == ("acme", "globex")
+    gina = login(globex, provider, tenant="globex", principal="gina")
+    provider.reset_counters()
+    refused = [
+        lambda: acme.lease(tenant="globex", principal="gina", scopes=["openid"]),
+        lambda: acme.lease_for_key(gina.key),
+        lambda: acme.refresh_key(gina.key),
+        lambda: acme.revoke(tenant="globex", principal="gina", scopes=["openid"]),
+        lambda: acme.forget_principal("globex", "gina"),
+        lambda: acme.forget_tenant("globex"),
+        lambda: acme.start_authorization(
+            tenant="globex", principal=None, redirect_uri="https://app.example/cb"
+        ),
+        lambda: asyncio.run(acme.alease(tenant="globex", principal="gina", scopes=["openid"])),
+    ]
+    for call in refused:
+        with pytest.raises(ConfigurationError, match="another tenant's client registration") as e:
+            call()
+        assert "acme" not in str(e.value)  # it names the tenant asked for, not its own
+    assert provider.requests == []
+    assert store.get(gina.key) == gina
+    # a login started for globex never completes at acme's broker (state spent, no exchange)
+    started = globex.start_authorization(
+        tenant="globex", principal=None, redirect_uri="https://app.example/cb"
+    )
+    with pytest.raises(BrokerError, match="another tenant"):
+        acme.exchange_code(state=started.state, code="any")
+    assert provider.counters["token"] == 0
+    # the app's own identity of a tenant's broker is that tenant's, by default
+    service = acme.service_lease(scopes=["email.read"])
+    assert service.key.tenant == "acme"
+    assert BrokerAuth(acme, scopes=["email.read"]).key == service.key
+    assert BrokerAuth.for_service(globex, ["x"]).key.tenant == "globex"
+    assert isinstance(service.key, StoreKey)
+    registry.close()

@@ -870,6 +870,8 @@ def exchange_code_flow(
         raise AuthorizationFlowError("state_expired", "the login took too long; start again")
     if pending.provider != cfg.provider.id:
         raise AuthorizationFlowError("state_unknown", "the state belongs to another provider")
+    if cfg.tenant is not None and pending.tenant != cfg.tenant:  # J4: its own registration
+        raise AuthorizationFlowError("tenant_mismatch", "the state belongs to another tenant")
     expected_issuer = pending.issuer
     if iss is not None:
         if expected_issuer is None or not hmac.compare_digest(
