@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Self
+from typing import TYPE_CHECKING, Any, Final, Self
 
 import cachetools
 import httpx2
@@ -84,10 +84,24 @@ log = logging.getLogger("oauth2_broker_mw")
 ScopesArg = ScopeSet | str | Iterable[str] | None
 
 
-@dataclass(frozen=True, slots=True)
+_UNCHECKED: Final = object()
+
+
+@dataclass(slots=True)
 class _Cached:
     lease: Lease
     refresh_at: float
+    #: the ``scopes`` argument (as :func:`_hashable_scopes` spells it) whose grant check this
+    #: lease last passed: a warm lease with the same argument pays a compare, not a check.
+    passed: object = _UNCHECKED
+
+
+def _hashable_scopes(scopes: ScopesArg, default: tuple[str, ...]) -> tuple[str, ...] | str:
+    if scopes is None:
+        return default
+    if isinstance(scopes, ScopeSet):
+        return scopes.scopes
+    return scopes if isinstance(scopes, str) else tuple(scopes)
 
 
 async def _close_async_client(client: httpx2.AsyncClient) -> None:
@@ -407,13 +421,7 @@ class Broker:
 
     def key(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> StoreKey:
         """The store key for (tenant, principal, this provider, scopes); validates the ids."""
-        if scopes is None:
-            hashable: tuple[str, ...] | str = self._default_scopes
-        elif isinstance(scopes, ScopeSet):
-            hashable = scopes.scopes
-        else:
-            hashable = scopes if isinstance(scopes, str) else tuple(scopes)
-        return self._key_for(tenant, principal, hashable)
+        return self._key_for(tenant, principal, _hashable_scopes(scopes, self._default_scopes))
 
     def cached_lease(self, key: StoreKey) -> Lease | None:
         """The fresh in-process lease for ``key``, or ``None``. No I/O and no lock."""
@@ -424,6 +432,25 @@ class Broker:
         if self._clock() < entry.refresh_at:
             return entry.lease
         return None
+
+    def _warm(
+        self, key: StoreKey, scopes: ScopesArg, required: Iterable[str] | None
+    ) -> Lease | None:
+        """The cached lease for ``key`` if it is fresh and carries what was asked for (else
+        :class:`InsufficientScope`); the default check runs once per ``scopes`` argument."""
+        try:
+            entry = self._cache[key.id]
+        except KeyError:
+            return None
+        if self._clock() >= entry.refresh_at:
+            return None
+        if required is not None:
+            return _check_required(entry.lease, required, self._provider, self._scopes(scopes))
+        hashable = _hashable_scopes(scopes, self._default_scopes)
+        if entry.passed != hashable:
+            _check_required(entry.lease, None, self._provider, self._scopes(scopes))
+            entry.passed = hashable
+        return entry.lease
 
     def _remember(self, record: TokenRecord) -> Lease:
         lease = Lease.from_record(record)
@@ -553,10 +580,12 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
-        cached = None if force_refresh or _stale is not None else self.cached_lease(key)
-        if cached is None:
-            cached = self._obtain(key, scopes, force_refresh, _stale)[1]
-        return _check_required(cached, required_scopes, self._provider, self._scopes(scopes))
+        if not force_refresh and _stale is None:
+            warm = self._warm(key, scopes, required_scopes)
+            if warm is not None:
+                return warm
+        lease = self._obtain(key, scopes, force_refresh, _stale)[1]
+        return _check_required(lease, required_scopes, self._provider, self._scopes(scopes))
 
     async def alease_for_key(
         self,
@@ -568,10 +597,12 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
-        cached = None if force_refresh or _stale is not None else self.cached_lease(key)
-        if cached is None:
-            cached = (await self._aobtain(key, scopes, force_refresh, _stale))[1]
-        return _check_required(cached, required_scopes, self._provider, self._scopes(scopes))
+        if not force_refresh and _stale is None:
+            warm = self._warm(key, scopes, required_scopes)
+            if warm is not None:
+                return warm
+        lease = (await self._aobtain(key, scopes, force_refresh, _stale))[1]
+        return _check_required(lease, required_scopes, self._provider, self._scopes(scopes))
 
     # unasync: generated from alease; edit that one, then run scripts/unasync.py
     def lease(

@@ -677,6 +677,38 @@ def test_warm_path_does_no_store_or_provider_io(provider: MockProvider, call: Ca
     assert provider.counters["token"] == requests
 
 
+def test_a_warm_lease_checks_its_grant_once_per_scopes_argument(
+    provider: MockProvider, call: Call, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The hot path: a warm lease does not rebuild and re-check its scopes every call (it
+    did: a ScopeSet and its SHA-256 per lease, 51 Python calls instead of 12), yet a grant
+    that lacks what was asked for is refused every time, warm or not."""
+    from oauth2_broker_mw import broker as broker_module
+
+    checks: list[object] = []
+    real = broker_module.oauth.missing_scopes
+
+    def counting(*args: Any) -> frozenset[str]:
+        checks.append(args)
+        return real(*args)
+
+    monkeypatch.setattr(broker_module.oauth, "missing_scopes", counting)
+    broker = make_broker(provider)
+    first = call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"])
+    assert len(checks) == 1
+    for _ in range(50):
+        assert call(broker, "lease", tenant=TENANT, principal="svc", scopes=["x"]) is first
+    assert len(checks) == 2  # when obtained, and when first served from the cache
+    assert call(broker, "lease", tenant=TENANT, principal="svc", scopes="x") is first
+    assert len(checks) == 3  # another spelling of the argument is checked once more
+
+    provider.quirks.narrow_scopes = frozenset({"admin"})
+    for _ in range(3):  # the first obtains and caches the narrower grant; then warm
+        with pytest.raises(InsufficientScope):
+            call(broker, "lease", tenant=TENANT, principal="svc", scopes=["read", "admin"])
+    assert provider.counters["token"] == 2
+
+
 def test_in_process_cache_stays_bounded(provider: MockProvider) -> None:
     broker = make_broker(provider, cache_size=8)
     for i in range(40):
