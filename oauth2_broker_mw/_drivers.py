@@ -41,7 +41,14 @@ from ._core.effects import (
     TakeToken,
     store_call,
 )
-from ._core.errors import BrokerError, ConfigurationError, StorageError, TransportError
+from ._core.errors import (
+    BrokerError,
+    ConfigurationError,
+    CorruptRecord,
+    StorageError,
+    TransportError,
+    sealed,
+)
 from ._core.model import StoreKey, TokenRecord
 from .stores.base import Offboarding, PerKeyDeletion, ProviderGate, TokenStore
 from .telemetry import Telemetry
@@ -347,6 +354,8 @@ class SyncDriver(_Driver):
             name, args, kwargs = store_call(effect)
             try:
                 return getattr(self._target(effect), name)(*args, **kwargs)
+            except CorruptRecord as exc:  # the store's frames held the row it could not read
+                raise sealed(exc) from None
             except BrokerError:
                 raise
             except Exception as exc:
@@ -449,6 +458,8 @@ class AsyncDriver(_Driver):
             name, args, kwargs = store_call(effect)
             try:
                 return await getattr(self._target(effect), "a" + name)(*args, **kwargs)
+            except CorruptRecord as exc:  # the store's frames held the row it could not read
+                raise sealed(exc) from None
             except BrokerError:
                 raise
             except Exception as exc:

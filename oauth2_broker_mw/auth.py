@@ -137,11 +137,17 @@ class _DPoPSigner(Protocol):
     ) -> str: ...
 
 
-#: (lease, its Authorization header, its requests hook, DPoP?, the header as httpx holds it)
-_Signing: TypeAlias = (
-    "tuple[Lease | None, str, Callable[..., requests.Response] | None, bool, bytes | None]"
-)
-"""(lease, its Authorization value, its requests hook, is it a DPoP lease)."""
+class _Signing(
+    tuple[Lease | None, str, "Callable[..., requests.Response] | None", bool, bytes | None]
+):
+    """(lease, its Authorization header, its requests hook, DPoP?, the header as httpx holds
+    it): a tuple, indexed on the hot path, whose ``repr`` hides the header (a frame holding
+    it is recorded by error reporters that keep traceback locals)."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return f"_Signing(lease={self[0]!r}, header='<redacted>', dpop={self[3]!r})"
 
 
 # -- the insufficient-scope report -----------------------------------------------------------
@@ -595,7 +601,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         self._memo: dict[Hashable, bool] = {}
         # (lease, its Authorization value, its requests hook), swapped as one tuple so threads
         # never see a header of one lease with the hook of another.
-        self._sign_cache: _Signing = (None, "", None, False, None)
+        self._sign_cache = _Signing((None, "", None, False, None))
         self._on_insufficient_scope = on_insufficient_scope
         # DPoP (RFC 9449): the latest DPoP-Nonce each resource origin asked for.
         self._dpop_nonces = NonceCache()
@@ -709,12 +715,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             raise ConfigurationError("a DPoP token needs a broker that creates DPoP proofs")
         hook = self._on_dpop_response if dpop else self._on_response
         header = lease.authorization_header
-        fresh: _Signing = (
-            lease,
-            header,
-            functools.partial(hook, lease),
-            dpop,
-            header.encode("utf-8", "replace"),
+        fresh = _Signing(
+            (lease, header, functools.partial(hook, lease), dpop, header.encode("utf-8", "replace"))
         )
         self._sign_cache = fresh
         return fresh

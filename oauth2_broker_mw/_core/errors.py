@@ -31,7 +31,9 @@ constructors take only non-secret fields, and provider error bodies are truncate
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import functools
+from collections.abc import Callable, Iterable
+from typing import ParamSpec, TypeVar
 
 __all__ = [
     "AuthorizationFlowError",
@@ -57,7 +59,13 @@ __all__ = [
     "UnknownTenant",
     "UnsafeRequest",
     "UnsupportedTokenType",
+    "sealed",
+    "seals_errors",
 ]
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+_E = TypeVar("_E", bound=BaseException)
 
 
 class BrokerError(Exception):
@@ -273,3 +281,31 @@ class RateLimited(TransientProviderError):
             f"no token request sent to provider {provider!r}: {why}; "
             f"retry after {retry_after:.3g}s",
         )
+
+
+def sealed(error: _E) -> _E:
+    """``error`` cut loose from what it was raised through: its traceback, ``__cause__`` and
+    ``__context__`` are dropped, so an error reporter that records frame locals or walks the
+    exception chain never reaches the raw token body, stored row or ID token that the frames
+    below held (a ``JSONDecodeError`` even keeps the whole document in ``.doc``). The message
+    still says what was wrong; it never quotes a value."""
+    error.__traceback__ = None
+    error.__cause__ = None
+    error.__context__ = None
+    error.__suppress_context__ = False
+    return error
+
+
+def seals_errors(function: Callable[_P, _R]) -> Callable[_P, _R]:
+    """For a function whose frames hold raw secrets (a token response being parsed): a
+    :class:`BrokerError` leaves it :func:`sealed`. Its own arguments must be safe to show
+    (``repr`` of an ``HttpResponse`` gives only its status and size)."""
+
+    @functools.wraps(function)
+    def sealing(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+        try:
+            return function(*args, **kwargs)
+        except BrokerError as exc:
+            raise sealed(exc) from None
+
+    return sealing

@@ -972,7 +972,7 @@ def _id_token_claims(
     except jsonsafe.JSONRejected:
         raise TransientProviderError("jwks_unavailable", status_code=200) from None
     return oauth.verify_id_token(
-        id_token.get_secret_value(),
+        id_token,
         jwks=jwks,
         issuer=issuer,
         client_id=cfg.client.client_id,

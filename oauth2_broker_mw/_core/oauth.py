@@ -36,6 +36,7 @@ from . import jsonsafe
 from .effects import HttpRequest, HttpResponse
 from .errors import (
     AuthorizationFlowError,
+    BrokerError,
     ConfigurationError,
     InvalidClient,
     InvalidGrant,
@@ -46,6 +47,8 @@ from .errors import (
     TransientProviderError,
     UnauthorizedClient,
     UnsupportedTokenType,
+    sealed,
+    seals_errors,
 )
 from .model import JSONValue, ScopeSet, Secret
 from .provider import (
@@ -337,6 +340,7 @@ def pushed_authorization_request(
     return _authenticated_request(desc, client, body, url=endpoint, now=now, purpose="par")
 
 
+@seals_errors
 def parse_par_response(response: HttpResponse, *, now: float) -> tuple[str, float]:
     """``(request_uri, expires_at)`` from a PAR response (RFC 9126 §2.2), or raise."""
     if not 200 <= response.status_code < 300:
@@ -940,6 +944,7 @@ def _public(data: Mapping[str, Any]) -> dict[str, JSONValue]:
     }
 
 
+@seals_errors
 def parse_token_response(
     desc: ProviderDescriptor, response: HttpResponse, *, now: float
 ) -> TokenResponse:
@@ -1083,6 +1088,7 @@ class Introspection:
     claims: dict[str, JSONValue] = field(default_factory=dict)
 
 
+@seals_errors
 def parse_introspection_response(
     desc: ProviderDescriptor, response: HttpResponse, *, now: float
 ) -> Introspection:
@@ -1252,7 +1258,7 @@ def _b64json(segment: str, part: str = "header", limit: int = _MAX_JOSE_HEADER) 
 
 
 def verify_id_token(
-    id_token: str,
+    id_token: str | Secret,
     *,
     jwks: Mapping[str, object],
     issuer: str,
@@ -1275,7 +1281,44 @@ def verify_id_token(
     given and the token has an ``at_hash`` claim, it must match (OIDC Core §3.1.3.8). Failures raise
     :class:`AuthorizationFlowError` with code ``id_token_invalid`` or ``nonce_mismatch``.
     An unknown ``kid`` also fails: the caller may refresh the JWKS (rate-limited) and retry.
+
+    The token is held as a :class:`Secret` here, and a failure leaves :func:`sealed`: no
+    frame or chained exception that an error reporter records holds it raw.
     """
+    if not isinstance(id_token, str | Secret):  # a caller's JSON value, not a token
+        raise _id_token_error("ID token is not a string")
+    id_token = Secret(id_token)
+    try:
+        return _verified_claims(
+            id_token,
+            jwks=jwks,
+            issuer=issuer,
+            client_id=client_id,
+            nonce=nonce,
+            now=now,
+            algorithms=algorithms,
+            leeway=leeway,
+            access_token=access_token,
+            trusted_audiences=trusted_audiences,
+        )
+    except BrokerError as exc:
+        raise sealed(exc) from None
+
+
+def _verified_claims(
+    secret: Secret,
+    *,
+    jwks: Mapping[str, object],
+    issuer: str,
+    client_id: str,
+    nonce: str | None,
+    now: float,
+    algorithms: Sequence[str],
+    leeway: float,
+    access_token: str | None,
+    trusted_audiences: Sequence[str],
+) -> dict[str, JSONValue]:
+    id_token = secret.get_secret_value()
     allowed = [a for a in algorithms if a != "none" and not a.upper().startswith("HS")]
     if not allowed:
         raise ConfigurationError("verify_id_token needs at least one asymmetric algorithm")
