@@ -250,9 +250,9 @@ def sweep(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> 
     caplog.set_level(logging.DEBUG, logger=OUR_MODULE)
     tagged = _TaggedSecrets(token_hex=secrets.token_hex, compare_digest=secrets.compare_digest)
     for module in list(sys.modules.values()):  # every layer of the MockProvider that mints
-        if getattr(module, "__name__", "").startswith(MOCK_MODULE):
-            if getattr(module, "secrets", None) is secrets:
-                monkeypatch.setattr(module, "secrets", tagged)
+        name = getattr(module, "__name__", "")
+        if name.startswith(MOCK_MODULE) and getattr(module, "secrets", None) is secrets:
+            monkeypatch.setattr(module, "secrets", tagged)
     monkeypatch.setattr(oauth, "new_state", lambda: f"STATE-{TAG}-{secrets.token_urlsafe(32)}")
     monkeypatch.setattr(oauth, "new_pkce_pair", _tagged_pkce_pair)
     found = Sweep(caplog)
