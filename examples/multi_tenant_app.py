@@ -1,5 +1,6 @@
-"""Multi-tenant: one Registry, two tenants, two providers, one tenant with its own OAuth app;
-then off-boarding one user and one whole tenant.
+"""Multi-tenant: one Registry, two tenants, two providers, one tenant with its own OAuth app,
+one tenant's users signing in on its own subdomain through the middleware; then off-boarding
+one user and one whole tenant.
 
 Runs as is, with no network: two MockProviders (in-memory OAuth 2.0 servers shipped for tests
 and demos) on loopback ports play the providers. Against real providers, build the
@@ -10,11 +11,20 @@ and demos) on loopback ports play the providers. Against real providers, build t
 
 from __future__ import annotations
 
+import secrets
 import tempfile
 import urllib.parse
 from pathlib import Path
 
+import httpx2
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.testclient import TestClient
+
 from oauth2_broker_mw import Broker, Registration, Registry, SQLiteStore
+from oauth2_broker_mw.middleware import BrokerMiddleware, subdomain_tenant
 from oauth2_broker_mw.testing import MockProvider
 
 
@@ -26,6 +36,27 @@ def login(broker: Broker, provider: MockProvider, tenant: str, principal: str) -
     location = provider.client().get(request.url).headers["location"]  # auto-approved
     query = dict(urllib.parse.parse_qsl(urllib.parse.urlsplit(location).query))
     broker.exchange_code(state=query["state"], code=query["code"], iss=query.get("iss"))
+
+
+def subdomain_app(registry: Registry) -> Starlette:
+    """An app where each tenant lives on its own host: ``globex.example.test`` is globex.
+    Each tenant's login and callback stay on its host (``tenant_base_url``)."""
+
+    async def whoami(request: Request) -> JSONResponse:
+        ctx = request.state.oauth2_broker
+        return JSONResponse({"tenant": ctx.tenant, "principal": ctx.principal})
+
+    app = Starlette(routes=[Route("/whoami", whoami)])
+    app.add_middleware(
+        BrokerMiddleware,
+        registry=registry,
+        scopes={"crm": ["openid"]},
+        secret_key=secrets.token_urlsafe(32),  # in production: one secret from your vault
+        base_url="https://example.test",
+        tenant_base_url="https://{tenant}.example.test",
+        tenant_resolver=subdomain_tenant("example.test"),
+    )
+    return app
 
 
 def main() -> None:
@@ -52,6 +83,15 @@ def main() -> None:
             tenant="acme", principal="alice", scopes=["openid"]
         )
         print("lease:", lease)  # the token is redacted in every repr
+
+        # globex's users sign in on globex's own subdomain, through the middleware.
+        host = "https://globex.example.test"
+        with TestClient(subdomain_app(registry), base_url=host, follow_redirects=False) as web:
+            start = web.get("/oauth2/crm/login", params={"return_to": "/whoami"})
+            approved = httpx2.get(start.headers["location"] + "&login_hint=gus")  # at the IdP
+            assert approved.headers["location"].startswith(host + "/oauth2/crm/callback")
+            web.get(approved.headers["location"])  # back on globex's host: signed in
+            print("globex.example.test:", web.get("/whoami").json())
 
         # Off-boarding one user (GDPR erasure): revoked at both providers, then deleted.
         report = registry.forget_principal("acme", "alice")

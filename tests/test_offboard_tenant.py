@@ -229,5 +229,6 @@ def test_the_multi_tenant_example_runs() -> None:
         [sys.executable, str(example)], capture_output=True, text=True, timeout=60, check=True
     )
     assert "forget alice: revoked 2, deleted 2" in done.stdout
-    assert "offboard globex: revoked 1, deleted 1, registrations removed 1" in done.stdout
+    assert "globex.example.test: {'tenant': 'globex', 'principal': 'gus'}" in done.stdout
+    assert "offboard globex: revoked 2, deleted 2, registrations removed 1" in done.stdout
     assert "acme still has: ['bob']" in done.stdout
