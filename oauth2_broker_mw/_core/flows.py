@@ -782,18 +782,18 @@ def start_authorization_flow(
     # The descriptor's default scopes (offline_access, ...) are always asked for; the store
     # key stays on what the caller requested.
     asked = oauth.effective_scopes(cfg.provider, scopes)
+    params = oauth.authorization_params(
+        cfg.provider,
+        cfg.client,
+        redirect_uri=redirect_uri,
+        scopes=asked,
+        state=state,
+        code_challenge=challenge,
+        nonce=nonce,
+        extra_params=extra_params,
+    )
     if cfg.provider.require_pushed_authorization_requests:
         # RFC 9126: push the parameters (authenticated), send the browser only a request_uri.
-        params = oauth.authorization_params(
-            cfg.provider,
-            cfg.client,
-            redirect_uri=redirect_uri,
-            scopes=asked,
-            state=state,
-            code_challenge=challenge,
-            nonce=nonce,
-            extra_params=extra_params,
-        )
         pushed_at: float = yield Now()
         response = yield oauth.pushed_authorization_request(
             cfg.provider, cfg.client, params, now=pushed_at
@@ -801,16 +801,7 @@ def start_authorization_flow(
         request_uri, _ = oauth.parse_par_response(response, now=pushed_at)
         url = oauth.par_authorization_url(cfg.provider, cfg.client, request_uri=request_uri)
     else:
-        url = oauth.authorization_url(
-            cfg.provider,
-            cfg.client,
-            redirect_uri=redirect_uri,
-            scopes=asked,
-            state=state,
-            code_challenge=challenge,
-            nonce=nonce,
-            extra_params=extra_params,
-        )
+        url = oauth.authorization_url_for(cfg.provider, params)
     now: float = yield Now()
     pending = PendingAuthorization(
         state=Secret(state),

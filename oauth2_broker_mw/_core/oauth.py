@@ -70,6 +70,7 @@ __all__ = [
     "authorization_code_params",
     "authorization_params",
     "authorization_url",
+    "authorization_url_for",
     "callback_metadata",
     "classify_error",
     "client_assertion",
@@ -318,6 +319,11 @@ def authorization_url(
         extra_params=extra_params,
     )
     return _with_query(endpoint, params)
+
+
+def authorization_url_for(desc: ProviderDescriptor, params: Mapping[str, str]) -> str:
+    """The authorization URL carrying ``params`` (from :func:`authorization_params`)."""
+    return _with_query(_authorize_endpoint(desc), params)
 
 
 def pushed_authorization_request(
