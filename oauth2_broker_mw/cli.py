@@ -258,11 +258,16 @@ def cmd_connections_show(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_refresh(args: argparse.Namespace) -> int:
+def _broker_and_key(args: argparse.Namespace) -> tuple[Any, StoreKey]:
+    """The broker of ``--provider`` and the one connection of it the arguments name."""
     store = _store(args)
     broker = _broker(args, store)
     args.provider_id = broker.provider.id
-    key = _one_key(args, store)
+    return broker, _one_key(args, store)
+
+
+def cmd_refresh(args: argparse.Namespace) -> int:
+    broker, key = _broker_and_key(args)
     record = broker.refresh_key(key)
     summary = record_summary(record, time.time())
     _emit(args, summary, [f"refreshed: version {record.version}, expires_at={record.expires_at}"])
@@ -271,10 +276,8 @@ def cmd_refresh(args: argparse.Namespace) -> int:
 
 
 def cmd_revoke(args: argparse.Namespace) -> int:
-    store = _store(args)
-    broker = _broker(args, store)
-    args.provider_id = broker.provider.id
-    key = _one_key(args, store)
+    broker, key = _broker_and_key(args)
+    store = broker.store
     record = store.get(key)
     scopes = None if record is None else list(record.requested_scopes.scopes)
     queued: list[RevocationQueued] = []

@@ -339,25 +339,24 @@ class Registry:
     def _broker_for(self, tenant: TenantId, registration: Registration) -> Broker:
         slot = (tenant, registration.provider)
         with self._lock:
-            entry = self._cache.get(slot)
-            if (
-                entry is not None
-                and entry.broker is not None
-                and entry.registration == registration
-            ):
-                return entry.broker
+            made = self._made(slot, registration)
+        if made is not None:
+            return made
         broker = self._make(tenant, registration)
         with self._lock:
-            entry = self._cache.get(slot)
-            if (
-                entry is not None
-                and entry.broker is not None
-                and entry.registration == registration
-            ):
-                return entry.broker
+            made = self._made(slot, registration)  # another thread made one meanwhile
+            if made is not None:
+                return made
             self._cache[slot] = _Entry(registration, broker)
             self.brokers_made += 1
         return broker
+
+    def _made(self, slot: tuple[str, str], registration: Registration) -> Broker | None:
+        """The cached broker of ``slot`` when it serves ``registration`` (under the lock)."""
+        entry = self._cache.get(slot)
+        if entry is not None and entry.registration == registration:
+            return entry.broker
+        return None
 
     def _descriptor(self, tenant: TenantId, registration: Registration) -> ProviderDescriptor:
         descriptor = registration.descriptor
@@ -583,10 +582,6 @@ class Registry:
         with self._lock:
             self._cache.clear()
         await self._shared.aclose()
-
-
-def _holds(entry: _Entry | None, registration: Registration) -> bool:
-    return entry is not None and entry.broker is not None and entry.registration == registration
 
 
 def _under(host: str, allowed: tuple[str, ...]) -> bool:
