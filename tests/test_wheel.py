@@ -124,6 +124,7 @@ def _disk_mb(directory: Path) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # pip fetches from an index; a cold CI cache takes longer
 def test_the_readme_runs_after_pip_install_of_the_wheel_with_the_starlette_extra(
     wheel: Path, tmp_path: Path
 ) -> None:
@@ -159,6 +160,7 @@ def test_the_readme_runs_after_pip_install_of_the_wheel_with_the_starlette_extra
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)  # pip fetches from an index; a cold CI cache takes longer
 def test_make_demo_installs_under_120_mb_and_the_demo_runs(tmp_path: Path) -> None:
     """``make demo``'s install rule (a venv, pip upgraded, ``-e '.[demo]'``), measured."""
     if shutil.which("make") is None:
