@@ -26,7 +26,6 @@ import logging
 import re
 import secrets
 import socket
-import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -45,6 +44,7 @@ from ._core.errors import AuthorizationRequired, BrokerError
 from .broker import Broker
 from .middleware import BrokerMiddleware
 from .stores import SQLiteStore, check_store
+from .testing._mock_transport import serve_in_thread
 from .testing.mock_provider import MockProvider
 
 __all__ = [
@@ -532,25 +532,9 @@ def serve_demo(
         loop="asyncio",
         timeout_graceful_shutdown=2,
     )
-    server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"oauth2-broker-demo-{bound_port}"
-    )
-    thread.daemon = True
-    thread.start()
-    deadline = time.monotonic() + startup_timeout
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            server.should_exit = True
-            sock.close()
-            raise RuntimeError("the demo server did not start")
-        time.sleep(0.01)
-    try:
+    name = f"oauth2-broker-demo-{bound_port}"
+    with serve_in_thread(config, sock, name=name, startup_timeout=startup_timeout, what="demo"):
         yield DemoServer(url=url, app=app)
-    finally:
-        server.should_exit = True
-        thread.join(timeout=10)
-        sock.close()
 
 
 # -- driving the login over HTTP (smoke mode and tests) ---------------------------------------

@@ -200,20 +200,36 @@ def serve_app(
         loop="asyncio",
         timeout_graceful_shutdown=2,
     )
+    with serve_in_thread(
+        config,
+        sock,
+        name=f"mock-provider-{port}",
+        startup_timeout=startup_timeout,
+        what="MockProvider",
+    ):
+        yield "127.0.0.1", port
+
+
+@contextmanager
+def serve_in_thread(
+    config: Any, sock: socket.socket, *, name: str, startup_timeout: float, what: str
+) -> Iterator[None]:
+    """Run a uvicorn server of ``config`` on the bound ``sock`` in a daemon thread named ``name``
+    while the block runs (it has started when the block begins); ``sock`` is closed after."""
+    import uvicorn
+
     server = uvicorn.Server(config)
-    thread = threading.Thread(
-        target=server.run, kwargs={"sockets": [sock]}, name=f"mock-provider-{port}", daemon=True
-    )
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name=name, daemon=True)
     thread.start()
     deadline = time.monotonic() + startup_timeout
     while not server.started:
         if not thread.is_alive() or time.monotonic() > deadline:
             server.should_exit = True
             sock.close()
-            raise RuntimeError("MockProvider server did not start")
+            raise RuntimeError(f"the {what} server did not start")
         time.sleep(0.005)
     try:
-        yield "127.0.0.1", port
+        yield
     finally:
         server.should_exit = True
         thread.join(timeout=15)
