@@ -65,6 +65,8 @@ HAND_WRITTEN: dict[str, str] = {
     "stores/base.py:ThreadedAsyncMixin.aidle": "runs the sync call in a worker thread",
     "stores/base.py:ThreadedAsyncMixin.acompare_and_swap": "runs the sync call in a worker thread",
     "stores/_commands.py:CommandStore.aidle": "one command, awaited",
+    "stores/_commands.py:.adrive": "the one driver's two forms (_driver.run against arun), "
+    "each sealing a CorruptRecord",
     "middleware/_calls.py:StartAuthorization.arun": "calls the broker's async twin",
     "middleware/_calls.py:ExchangeCode.arun": "calls the broker's async twin",
     "middleware/_context.py:BrokerContext.alease": "calls the broker's async twin",

@@ -49,11 +49,15 @@ from oauth2_broker_mw import (
     Broker,
     BrokerAuth,
     BrokerError,
+    CorruptRecord,
     MalformedResponse,
     ProviderError,
     RateLimited,
+    Secret,
     SQLiteStore,
+    StoreKey,
     StoreUnavailable,
+    TokenRecord,
     TokenStore,
     TransientProviderError,
     TransportError,
@@ -232,12 +236,14 @@ class Sweep:
 
 # -- the parts -------------------------------------------------------------------------------
 class _TaggedSecrets(SimpleNamespace):
-    """``secrets`` for the MockProvider: its codes and tokens (32 random bytes) carry the tag."""
+    """``secrets`` whose values of ``tagged_size`` random bytes carry the tag: the MockProvider's
+    codes and tokens (32), the middleware's session ids (24)."""
 
-    @staticmethod
-    def token_urlsafe(nbytes: int | None = None) -> str:
+    tagged_size = 32
+
+    def token_urlsafe(self, nbytes: int | None = None) -> str:
         value = secrets.token_urlsafe(nbytes)
-        return f"{TAG}-{value}" if nbytes == 32 else value
+        return f"{TAG}-{value}" if nbytes == self.tagged_size else value
 
 
 def _tagged_pkce_pair() -> tuple[str, str]:
@@ -253,6 +259,9 @@ def sweep(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> 
         name = getattr(module, "__name__", "")
         if name.startswith(MOCK_MODULE) and getattr(module, "secrets", None) is secrets:
             monkeypatch.setattr(module, "secrets", tagged)
+    from oauth2_broker_mw.middleware import _handlers
+
+    monkeypatch.setattr(_handlers, "secrets", _TaggedSecrets(tagged_size=24))  # session ids
     monkeypatch.setattr(oauth, "new_state", lambda: f"STATE-{TAG}-{secrets.token_urlsafe(32)}")
     monkeypatch.setattr(oauth, "new_pkce_pair", _tagged_pkce_pair)
     found = Sweep(caplog)
@@ -785,7 +794,7 @@ def test_a_queued_revocation_delivered_later(sweep: Sweep, tmp_path: Path) -> No
 def _corrupt_sqlite(rig: Rig, record: Any, path: Path) -> None:
     with sqlite3.connect(path) as db:
         (data,) = db.execute("SELECT data FROM tokens").fetchone()
-        db.execute("UPDATE tokens SET data = ?", (data[: len(data) // 2],))
+        db.execute("UPDATE tokens SET data = ?", (data[:-3],))
 
 
 def test_a_corrupt_sqlite_row(sweep: Sweep, tmp_path: Path) -> None:
@@ -808,7 +817,7 @@ def test_a_corrupt_pending_login_row(sweep: Sweep, tmp_path: Path) -> None:
     params = rig.callback()
     with sqlite3.connect(path) as db:
         (data,) = db.execute("SELECT data FROM pending").fetchone()
-        db.execute("UPDATE pending SET data = ?", (data[: len(data) // 2],))
+        db.execute("UPDATE pending SET data = ?", (data[:-3],))
     _fails(sweep, AuthorizationFlowError, lambda: rig.exchange("sync", params))
     sweep.assert_clean()
 
@@ -853,11 +862,11 @@ def test_a_corrupt_redis_row(sweep: Sweep, tmp_path: Path) -> None:
                 if client.type(name) == b"string":
                     value = client.get(name)
                     assert value is not None
-                    client.set(name, value[: len(value) // 2])
+                    client.set(name, value[:-3])
                 elif client.type(name) == b"hash":
                     for field, value in client.hgetall(name).items():
                         if len(value) > 40:
-                            client.hset(name, field, value[: len(value) // 2])
+                            client.hset(name, field, value[:-3])
         finally:
             client.close()
         rig.broker._forget(record.key)
@@ -869,6 +878,151 @@ def test_a_corrupt_redis_row(sweep: Sweep, tmp_path: Path) -> None:
         sweep.assert_clean()
     finally:
         redis_cleanup(prefix)
+
+
+# -- corrupt rows read from the store directly (an app's or the CLI's own call) ---------------
+def _record(principal: str = USER) -> TokenRecord:
+    return TokenRecord(
+        key=StoreKey.build(TENANT, principal, "mock", SCOPES),
+        access_token=Secret(marker("AT")),
+        refresh_token=Secret(marker("RT")),
+        id_token=Secret(marker("IDT")),
+        expires_at=2e9,
+    )
+
+
+_TRUNCATE = "UPDATE tokens SET data = substr(data, 1, length(data) - 3) WHERE key_id = :key"
+_OTHER_ROW = (
+    "UPDATE tokens SET data = (SELECT data FROM tokens WHERE key_id = :other) WHERE key_id = :key"
+)
+_NO_KEY = "UPDATE tokens SET data = json_remove(data, '$.key') WHERE key_id = :key"
+
+
+def _direct_store(kind: str, tmp_path: Path) -> tuple[TokenStore, Callable[[str], None]]:
+    """A store holding two tagged records, and what corrupts the first one's row."""
+    if kind.startswith("sqlite"):
+        store: TokenStore = SQLiteStore(tmp_path / "tokens.db")
+        sql = {"sqlite truncated": _TRUNCATE, "sqlite another key's row": _OTHER_ROW}.get(
+            kind, _NO_KEY
+        )
+
+        def corrupt(other: str) -> None:
+            with sqlite3.connect(tmp_path / "tokens.db") as db:
+                db.execute(sql, {"key": _record().key.id, "other": other})
+
+        return store, corrupt
+    if kind == "encrypted":
+        from oauth2_broker_mw.stores.encrypted import EncryptedStore
+
+        inner = SQLiteStore(tmp_path / "tokens.db")
+
+        def flip(other: str) -> None:
+            with sqlite3.connect(tmp_path / "tokens.db") as db:
+                (data,) = db.execute(
+                    "SELECT data FROM tokens WHERE key_id = ?", (_record().key.id,)
+                ).fetchone()
+                at = data.index('"access_token"') + 40
+                db.execute(
+                    "UPDATE tokens SET data = ? WHERE key_id = ?",
+                    (
+                        data[:at] + ("A" if data[at] != "A" else "B") + data[at + 1 :],
+                        _record().key.id,
+                    ),
+                )
+
+        return EncryptedStore(inner, {"k1": b"k" * 32}, "k1"), flip
+    if kind == "redis":
+        import redis
+        from _services import require_redis, unique_name
+
+        from oauth2_broker_mw.stores.redis import RedisStore
+
+        url = require_redis()
+        prefix = unique_name("leak") + ":"
+
+        def corrupt_redis(other: str) -> None:
+            client = redis.Redis.from_url(url)
+            try:
+                for name in client.scan_iter(match=f"{prefix}*{_record().key.id}"):
+                    if client.type(name) == b"hash":
+                        for field, value in client.hgetall(name).items():
+                            if len(value) > 40:
+                                client.hset(name, field, value[:-3])  # the tokens stay
+                    else:
+                        value = client.get(name)
+                        assert value is not None
+                        client.set(name, value[:-3])
+            finally:
+                client.close()
+
+        return RedisStore(url, prefix=prefix), corrupt_redis
+    from _services import require_postgres, unique_name
+
+    from oauth2_broker_mw.stores.postgres import PostgresStore
+
+    dsn = require_postgres()
+    schema = unique_name("leak")
+    store = PostgresStore(dsn, schema=schema)
+
+    def corrupt_postgres(other: str) -> None:
+        import psycopg
+
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(
+                f'UPDATE "{schema}".tokens SET data = (SELECT data FROM "{schema}".tokens '
+                "WHERE key_id = %s) WHERE key_id = %s",
+                (other, _record().key.id),
+            )
+
+    return store, corrupt_postgres
+
+
+DIRECT_STORES = [
+    "sqlite truncated",
+    "sqlite another key's row",
+    "sqlite record without its key",
+    "encrypted",
+    "redis",
+    "postgres",
+]
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("kind", DIRECT_STORES)
+def test_a_corrupt_row_read_from_the_store_directly(
+    sweep: Sweep, tmp_path: Path, kind: str, mode: str
+) -> None:
+    store, corrupt = _direct_store(kind, tmp_path)
+    try:
+        store.put(_record())
+        store.put(_record("bob"))
+        corrupt(_record("bob").key.id)
+        key = _record().key
+        if mode == "sync":
+            _fails(sweep, CorruptRecord, lambda: store.get(key))
+        else:
+            _fails(sweep, CorruptRecord, lambda: asyncio.run(store.aget(key)))
+        sweep.assert_clean()
+    finally:
+        if kind == "redis":
+            from _services import redis_cleanup
+
+            redis_cleanup(store._prefix)  # type: ignore[attr-defined]
+        elif kind == "postgres":
+            from _services import postgres_drop_schema
+
+            postgres_drop_schema(store._schema)  # type: ignore[attr-defined]
+        store.close()
+
+
+def test_a_corrupt_pending_row_taken_from_the_store_directly(sweep: Sweep, tmp_path: Path) -> None:
+    rig = Rig(sweep, tmp_path)
+    rig.callback()
+    with sqlite3.connect(tmp_path / "tokens.db") as db:
+        db.execute("UPDATE pending SET data = substr(data, 1, length(data) - 3)")
+        (state_key,) = db.execute("SELECT state_key FROM pending").fetchone()
+    _fails(sweep, CorruptRecord, lambda: rig.store.take_pending(state_key))
+    sweep.assert_clean()
 
 
 # -- BrokerAuth: a 401, one refresh that fails; a URL carrying a token -----------------------

@@ -60,6 +60,7 @@ __all__ = [
     "UnsafeRequest",
     "UnsupportedTokenType",
     "sealed",
+    "seals",
     "seals_errors",
 ]
 
@@ -296,16 +297,27 @@ def sealed(error: _E) -> _E:
     return error
 
 
+def seals(
+    *kinds: type[BrokerError],
+) -> Callable[[Callable[_P, _R]], Callable[_P, _R]]:
+    """For a function whose frames hold raw secrets (a token response being parsed, a stored
+    row being decoded): an error of ``kinds`` leaves it :func:`sealed`. The function's own
+    arguments must be safe to show (``repr`` of an ``HttpResponse`` gives only its status
+    and size; a ``StoreKey`` holds no secret)."""
+
+    def decorate(function: Callable[_P, _R]) -> Callable[_P, _R]:
+        @functools.wraps(function)
+        def sealing(*args: _P.args, **kwargs: _P.kwargs) -> _R:
+            try:
+                return function(*args, **kwargs)
+            except kinds as exc:
+                raise sealed(exc) from None
+
+        return sealing
+
+    return decorate
+
+
 def seals_errors(function: Callable[_P, _R]) -> Callable[_P, _R]:
-    """For a function whose frames hold raw secrets (a token response being parsed): a
-    :class:`BrokerError` leaves it :func:`sealed`. Its own arguments must be safe to show
-    (``repr`` of an ``HttpResponse`` gives only its status and size)."""
-
-    @functools.wraps(function)
-    def sealing(*args: _P.args, **kwargs: _P.kwargs) -> _R:
-        try:
-            return function(*args, **kwargs)
-        except BrokerError as exc:
-            raise sealed(exc) from None
-
-    return sealing
+    """:func:`seals` every :class:`BrokerError` of ``function``."""
+    return seals(BrokerError)(function)

@@ -29,10 +29,9 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from .._core.errors import ConfigurationError, StoreUnavailable
+from .._core.errors import ConfigurationError, CorruptRecord, StoreUnavailable, sealed
 from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
-from .._driver import arun as adrive  # the one generator driver (psycopg's waiting.py)
-from .._driver import run as drive
+from .._driver import arun, run
 from .base import PROBE_KEY, DueRecord, check_bucket, check_limit, check_window
 
 __all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url", "unreachable"]
@@ -42,6 +41,26 @@ C = TypeVar("C")
 
 #: An operation: yields commands, receives each command's result, returns the answer.
 Op: TypeAlias = Generator[Any, Any, T]
+
+
+def drive(op: Op[T], execute: Callable[[Any], object]) -> T:
+    """Run ``op`` with blocking ``execute`` (the one generator driver, psycopg's waiting.py).
+
+    A :class:`CorruptRecord` leaves :func:`sealed`: the frames below held the raw row it could
+    not read (the driver's last result, the operation's locals), tokens and all.
+    """
+    try:
+        return run(op, execute)
+    except CorruptRecord as exc:
+        raise sealed(exc) from None
+
+
+async def adrive(op: Op[T], execute: Callable[[Any], Awaitable[object]]) -> T:
+    """:func:`drive`, awaiting ``execute``."""
+    try:
+        return await arun(op, execute)
+    except CorruptRecord as exc:
+        raise sealed(exc) from None
 
 
 def redact_url(url: str) -> str:

@@ -46,10 +46,9 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "PostgresStore needs psycopg 3 and psycopg_pool: pip install 'oauth2-broker-mw[postgres]'"
     ) from exc
 
-from .. import _driver
 from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
 from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
-from ._commands import CommandStore, Op, PerLoop, unreachable
+from ._commands import CommandStore, Op, PerLoop, adrive, drive, unreachable
 from .base import DueRecord, recent_calls, refresh_index
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
@@ -249,7 +248,7 @@ _AsyncPool = psycopg_pool.AsyncConnectionPool[Any] | _LoopConnections
 
 
 class _Session:
-    """The connection of one operation, for the one driver (:func:`._driver.run`).
+    """The connection of one operation, for the one driver (:func:`._commands.drive`).
 
     The connection is taken at the first statement and released when the operation ends
     (``stack``: committed, or rolled back by the exception the driver threw through the
@@ -507,7 +506,7 @@ class PostgresStore(CommandStore):
 
     def _run_on(self, pool: psycopg_pool.ConnectionPool[Any], op: Op[T]) -> T:
         with contextlib.ExitStack() as stack:
-            return _driver.run(op, _Session(pool, stack).execute)
+            return drive(op, _Session(pool, stack).execute)
 
     async def _arun(self, op: Op[T]) -> T:
         if self._dsn is None and self._given_async_pool is None:
@@ -525,7 +524,7 @@ class PostgresStore(CommandStore):
 
     async def _arun_on(self, pool: _AsyncPool, op: Op[T]) -> T:
         async with contextlib.AsyncExitStack() as stack:
-            return await _driver.arun(op, _AsyncSession(pool, stack).execute)
+            return await adrive(op, _AsyncSession(pool, stack).execute)
 
     # -- schema -----------------------------------------------------------------------------
     def _op_migrate(self) -> Op[int]:

@@ -31,7 +31,13 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Final, TypeGuard
 
-from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
+from .._core.errors import (
+    ConfigurationError,
+    CorruptRecord,
+    StorageError,
+    StoreUnavailable,
+    seals,
+)
 from .._core.model import (
     PendingAuthorization,
     PrincipalId,
@@ -353,6 +359,7 @@ class SQLiteStore(ThreadedAsyncMixin):
             conn.close()
 
     # -- tokens -----------------------------------------------------------------------------
+    @seals(CorruptRecord)  # its frames hold the raw row
     def get(self, key: StoreKey) -> TokenRecord | None:
         with self._connection() as conn:
             row = conn.execute(
@@ -562,6 +569,7 @@ class SQLiteStore(ThreadedAsyncMixin):
                 (pending.state_key, data, pending.expires_at),
             )
 
+    @seals(CorruptRecord)  # its frames hold the raw row
     def take_pending(self, state_key: str) -> PendingAuthorization | None:
         with self._connection() as conn:
             if self._use_returning:
