@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self
+from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
 
 import cachetools
 import httpx2
@@ -85,6 +85,7 @@ ScopesArg = ScopeSet | str | Iterable[str] | None
 
 
 _UNCHECKED: Final = object()
+_D = TypeVar("_D", SyncDriver, AsyncDriver)
 
 
 @dataclass(slots=True)
@@ -300,28 +301,23 @@ class Broker:
         self._flights = _shared.flights
         self._events = _shared.events
         self._unsaved = UnsavedRotations()
-        self._sync = SyncDriver(
-            store,
-            self._sync_client,
-            clock=clock,
-            telemetry=self._telemetry,
-            provider=provider.id,
-            events=self._events,
-            max_response_bytes=max_response_bytes,
-            deadline=timeout,
-            unsaved=self._unsaved,
-        )
-        self._async = AsyncDriver(
-            store,
-            self._async_client,
-            clock=clock,
-            telemetry=self._telemetry,
-            provider=provider.id,
-            events=self._events,
-            max_response_bytes=max_response_bytes,
-            deadline=timeout,
-            unsaved=self._unsaved,
-        )
+
+        def driver(kind: type[_D], client: Callable[[], Any]) -> _D:
+            """The two drivers differ only in kind and client; they share the rest."""
+            return kind(
+                self._store,
+                client,
+                clock=clock,
+                telemetry=self._telemetry,
+                provider=provider.id,
+                events=self._events,
+                max_response_bytes=max_response_bytes,
+                deadline=timeout,
+                unsaved=self._unsaved,
+            )
+
+        self._sync = driver(SyncDriver, self._sync_client)
+        self._async = driver(AsyncDriver, self._async_client)
         self._key_for = functools.lru_cache(maxsize=4096)(self._build_key)
         self._default_scopes = tuple(provider.default_scopes)
 
