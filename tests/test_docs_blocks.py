@@ -4,7 +4,11 @@
   directory, unless the line before it is ``<!-- skip: <reason> -->`` (a block that needs a
   real provider or a running app); a skipped block must still compile as a module (no
   top-level ``await`` beside sync code).
-* docs/**/*.md: the blocks marked ``<!-- runnable -->`` run; the others must compile.
+* docs/**/*.md: the same rule, and a block must be marked: ``<!-- runnable -->`` (it runs) or
+  ``<!-- skip: <reason> -->``. A block that includes a file (``--8<-- "examples/x.py"``) shows a
+  program that a test runs (its name appears in tests/).
+* A skipped block must not use a name it never defines, unless its reason names it in
+  backticks (a fragment: "`broker` comes from the text above").
 """
 
 from __future__ import annotations
@@ -59,16 +63,20 @@ def test_readme_blocks_run(
     where: str, line: int, marker: str | None, code: str, tmp_path: Path
 ) -> None:
     if marker is not None and marker.startswith("skip:"):
-        reason = marker.removeprefix("skip:").strip()
-        assert reason, f"{where}: a skipped block says why"
-        compile(code, where, "exec")
-        # Pasted as it is, it must not name what it never defines (issue 12: `requests`,
-        # `url`, `state`, `code`, `iss`); a fragment names what it takes in its reason.
-        given = set(re.findall(r"`(\w+)`", reason))
-        undefined = set(_undefined_names(code)) - given
-        assert not undefined, f"{where}: undefined names {sorted(undefined)}"
-        pytest.skip(f"{where}: {reason}")
+        _check_skipped(where, marker, code)
     _run(code, where, tmp_path)
+
+
+def _check_skipped(where: str, marker: str, code: str) -> None:
+    reason = marker.removeprefix("skip:").strip()
+    assert reason, f"{where}: a skipped block says why"
+    compile(code, where, "exec")
+    # Pasted as it is, it must not name what it never defines (issue 12: `requests`,
+    # `url`, `state`, `code`, `iss`); a fragment names what it takes in its reason.
+    given = set(re.findall(r"`(\w+)`", reason))
+    undefined = set(_undefined_names(code)) - given
+    assert not undefined, f"{where}: undefined names {sorted(undefined)}"
+    pytest.skip(f"{where}: {reason}")
 
 
 def _undefined_names(code: str) -> list[str]:
@@ -99,9 +107,19 @@ def _undefined_names(code: str) -> list[str]:
 
 
 @pytest.mark.parametrize(("where", "line", "marker", "code"), DOCS, ids=[b[0] for b in DOCS])
-def test_docs_blocks_compile_and_marked_ones_run(
+def test_docs_blocks_run_or_say_why(
     where: str, line: int, marker: str | None, code: str, tmp_path: Path
 ) -> None:
-    compile(code, where, "exec")
-    if marker == "runnable":
-        _run(code, where, tmp_path)
+    included = re.fullmatch(r'--8<-- "([^":]+)(?::\w+)?"\n', code)
+    if included is not None:
+        path = ROOT / included[1]
+        assert path.is_file(), f"{where}: includes a missing file {included[1]}"
+        tests = (ROOT / "tests").rglob("test_*.py")
+        assert any(path.stem in t.read_text(encoding="utf-8") for t in tests), (
+            f"{where}: no test runs {included[1]}"
+        )
+        return
+    assert marker is not None, f"{where}: mark the block <!-- runnable --> or <!-- skip: why -->"
+    if marker.startswith("skip:"):
+        _check_skipped(where, marker, code)
+    _run(code, where, tmp_path)
