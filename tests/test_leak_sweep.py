@@ -277,8 +277,10 @@ class _AfterRefresh:
         self.inner = inner
         self.then = then
 
+    grant = b"grant_type=refresh_token"
+
     def _after(self, method: str, url: str, kwargs: dict[str, Any]) -> None:
-        if method == "POST" and b"refresh_token" in (kwargs.get("content") or b""):
+        if method == "POST" and self.grant in (kwargs.get("content") or b""):
             while self.then:
                 self.then.pop(0)()
 
@@ -313,8 +315,7 @@ class Rig:
         self.mp = MockProvider(
             clock=self.clock,
             clients=[MockClient(CLIENT_ID, client_secret=CLIENT_SECRET)],
-            par="off",
-            **(provider or {}),
+            **{"par": "off", **(provider or {})},
         )
         mint_id_token = self.mp._id_token
 
@@ -326,13 +327,15 @@ class Rig:
         self.mp._id_token = id_token  # type: ignore[method-assign]
         self.store = store if store is not None else SQLiteStore(tmp_path / "tokens.db")
         self.after_refresh: list[Callable[[], None]] = []
+        self.http = _AfterRefresh(self.mp.client(), self.after_refresh)
+        self.ahttp = _AsyncAfterRefresh(self.mp.async_client(), self.after_refresh)
         self.broker = Broker(
             self.mp.descriptor(**(descriptor or {})),
             client_id=CLIENT_ID,
             client_secret=CLIENT_SECRET,
             store=self.store,
-            http_client=_AfterRefresh(self.mp.client(), self.after_refresh),
-            async_http_client=_AsyncAfterRefresh(self.mp.async_client(), self.after_refresh),
+            http_client=self.http,
+            async_http_client=self.ahttp,
             clock=self.clock,
             telemetry=sweep.telemetry,
             **broker_options,
@@ -721,6 +724,114 @@ def test_code_exchange_failure(sweep: Sweep, tmp_path: Path, failure: str, mode:
     rig = Rig(sweep, tmp_path)
     params = EXCHANGE_FAILURES[failure](rig)
     _fails(sweep, (AuthorizationFlowError, ProviderError), lambda: rig.exchange(mode, params))
+    sweep.assert_clean()
+
+
+# -- starting a login: the store or the PAR endpoint fails ------------------------------------
+@pytest.mark.parametrize("mode", MODES)
+def test_start_authorization_with_the_store_locked(sweep: Sweep, tmp_path: Path, mode: str) -> None:
+    path = tmp_path / "tokens.db"
+    rig = Rig(sweep, tmp_path, store=SQLiteStore(path, timeout=0.2))
+    rig.callback()  # the schema exists
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    holder.execute("BEGIN IMMEDIATE")
+    options = {"tenant": TENANT, "principal": USER, "scopes": SCOPES, "redirect_uri": REDIRECT}
+    try:
+        if mode == "sync":
+            _fails(sweep, StoreUnavailable, lambda: rig.broker.start_authorization(**options))
+        else:
+            _fails(
+                sweep,
+                StoreUnavailable,
+                lambda: asyncio.run(rig.broker.astart_authorization(**options)),
+            )
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    sweep.assert_clean()
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_code_exchange_with_the_store_locked_after_the_provider_answered(
+    sweep: Sweep, tmp_path: Path, mode: str
+) -> None:
+    path = tmp_path / "tokens.db"
+    rig = Rig(sweep, tmp_path, store=SQLiteStore(path, timeout=0.2), write_retry_for=0.3)
+    params = rig.callback()
+    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    rig.http.grant = rig.ahttp.grant = b"grant_type=authorization_code"
+    rig.after_refresh.append(lambda: holder.execute("BEGIN IMMEDIATE"))
+    try:
+        _fails(sweep, StoreUnavailable, lambda: rig.exchange(mode, params))
+    finally:
+        holder.execute("COMMIT")
+        holder.close()
+    sweep.assert_clean()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("status", [400, 503])
+def test_start_authorization_with_the_par_endpoint_failing(
+    sweep: Sweep, tmp_path: Path, status: int, mode: str
+) -> None:
+    rig = Rig(
+        sweep,
+        tmp_path,
+        provider={"par": "required"},
+        descriptor={"require_pushed_authorization_requests": True},
+    )
+    rig.mp.faults.add("par", "error", status=status)
+    options = {"tenant": TENANT, "principal": USER, "scopes": SCOPES, "redirect_uri": REDIRECT}
+    if mode == "sync":
+        _fails(sweep, ProviderError, lambda: rig.broker.start_authorization(**options))
+    else:
+        _fails(
+            sweep, ProviderError, lambda: asyncio.run(rig.broker.astart_authorization(**options))
+        )
+    sweep.assert_clean()
+
+
+# -- the app's own token and the background refresher ---------------------------------------
+def test_service_lease_refused_with_the_secret_echoed(sweep: Sweep, tmp_path: Path) -> None:
+    rig = Rig(sweep, tmp_path)
+    rig.mp.faults.add(
+        "token",
+        "error",
+        status=401,
+        error="invalid_client",
+        error_description=f"client_secret={CLIENT_SECRET} does not match",
+        grant_type="client_credentials",
+    )
+    _fails(sweep, ProviderError, lambda: rig.broker.service_lease(tenant=TENANT, scopes=["x"]))
+    sweep.assert_clean()
+
+
+@pytest.mark.parametrize(
+    "fault",
+    [
+        {"kind": "error", "status": 503},
+        {"kind": "error", "status": 400, "error": "invalid_grant"},
+        {
+            "kind": "raw",
+            "status": 200,
+            "content_type": "application/json",
+            "body": _token_body(access_token=marker("AT"), token_type="mac"),
+        },
+    ],
+    ids=["503", "invalid_grant", "bad token_type"],
+)
+def test_the_refresher_sweep_meets_a_failing_refresh(
+    sweep: Sweep, tmp_path: Path, fault: dict[str, Any]
+) -> None:
+    from oauth2_broker_mw.refresher import Refresher
+
+    rig = Rig(sweep, tmp_path)
+    rig.login()
+    rig.clock.advance(3600 - 60)  # inside the refresh window
+    rig.mp.faults.add("token", grant_type="refresh_token", **fault)
+    report = Refresher([rig.broker], window=300, clock=rig.clock).sweep()
+    sweep.result("sweep report", report)
+    assert report.failed + report.reauthorization_required == 1, report
     sweep.assert_clean()
 
 

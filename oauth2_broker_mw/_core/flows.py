@@ -745,6 +745,14 @@ def _new_record(
 
 
 # -- authorization code -----------------------------------------------------------------------
+def _pkce_pair(provider: ProviderDescriptor) -> tuple[Secret | None, str | None]:
+    """A fresh ``(code_verifier, S256 challenge)`` for ``provider``, the verifier a Secret."""
+    if provider.pkce is PkceMode.UNSUPPORTED:
+        return None, None
+    verifier, challenge = oauth.new_pkce_pair()
+    return Secret(verifier), challenge
+
+
 def start_authorization_flow(
     cfg: FlowConfig,
     *,
@@ -773,45 +781,47 @@ def start_authorization_flow(
         raise ConfigurationError(
             "principal=None (take it from the ID token) needs an OpenID Connect provider"
         )
-    state = oauth.new_state()
-    verifier: str | None = None
-    challenge: str | None = None
-    if cfg.provider.pkce is not PkceMode.UNSUPPORTED:
-        verifier, challenge = oauth.new_pkce_pair()
-    nonce = oauth.new_nonce() if ("openid" in scopes or principal is None) else None
+    # The state, verifier, nonce and the URL carrying them are held as Secrets: when the PAR
+    # endpoint or the store fails at a yield below, this frame shows none of them.
+    state = Secret(oauth.new_state())
+    verifier, challenge = _pkce_pair(cfg.provider)
+    nonce = Secret(oauth.new_nonce()) if ("openid" in scopes or principal is None) else None
     # The descriptor's default scopes (offline_access, ...) are always asked for; the store
     # key stays on what the caller requested.
     asked = oauth.effective_scopes(cfg.provider, scopes)
-    params = oauth.authorization_params(
-        cfg.provider,
-        cfg.client,
-        redirect_uri=redirect_uri,
-        scopes=asked,
-        state=state,
-        code_challenge=challenge,
-        nonce=nonce,
-        extra_params=extra_params,
-    )
+
+    def params() -> dict[str, str]:
+        return oauth.authorization_params(
+            cfg.provider,
+            cfg.client,
+            redirect_uri=redirect_uri,
+            scopes=asked,
+            state=state.get_secret_value(),
+            code_challenge=challenge,
+            nonce=None if nonce is None else nonce.get_secret_value(),
+            extra_params=extra_params,
+        )
+
     if cfg.provider.require_pushed_authorization_requests:
         # RFC 9126: push the parameters (authenticated), send the browser only a request_uri.
         pushed_at: float = yield Now()
         response = yield oauth.pushed_authorization_request(
-            cfg.provider, cfg.client, params, now=pushed_at
+            cfg.provider, cfg.client, params(), now=pushed_at
         )
         request_uri, _ = oauth.parse_par_response(response, now=pushed_at)
-        url = oauth.par_authorization_url(cfg.provider, cfg.client, request_uri=request_uri)
+        url = Secret(oauth.par_authorization_url(cfg.provider, cfg.client, request_uri=request_uri))
     else:
-        url = oauth.authorization_url_for(cfg.provider, params)
+        url = Secret(oauth.authorization_url_for(cfg.provider, params()))
     now: float = yield Now()
     pending = PendingAuthorization(
-        state=Secret(state),
+        state=state,
         tenant=tenant,
         principal=principal if principal is not None else PrincipalId("-"),
         provider=cfg.provider.id,  # type: ignore[arg-type]
         scopes=scopes,
         redirect_uri=redirect_uri,
-        code_verifier=None if verifier is None else Secret(verifier),
-        nonce=None if nonce is None else Secret(nonce),
+        code_verifier=verifier,
+        nonce=nonce,
         created_at=now,
         expires_at=now + cfg.pending_ttl,
         issuer=cfg.provider.issuer,
@@ -819,8 +829,8 @@ def start_authorization_flow(
     )
     yield PutPending(pending)
     return AuthorizationRequest(
-        url=url,
-        state=state,
+        url=url.get_secret_value(),
+        state=state.get_secret_value(),
         expires_at=pending.expires_at,
         tenant=tenant,
         principal=principal,

@@ -558,7 +558,6 @@ class SQLiteStore(ThreadedAsyncMixin):
 
     # -- pending authorizations -------------------------------------------------------------
     def put_pending(self, pending: PendingAuthorization) -> None:
-        data = pending.to_json()
         now = self._clock()
         with self._connection() as conn, _transaction(conn):
             # Opportunistic purge (indexed), so abandoned logins and dead locks never pile up.
@@ -566,7 +565,8 @@ class SQLiteStore(ThreadedAsyncMixin):
             conn.execute("DELETE FROM locks WHERE expires_at <= ?", (now,))
             conn.execute(
                 "INSERT OR REPLACE INTO pending (state_key, data, expires_at) VALUES (?, ?, ?)",
-                (pending.state_key, data, pending.expires_at),
+                # serialized here, never a local: a failed write's frames show no verifier
+                (pending.state_key, pending.to_json(), pending.expires_at),
             )
 
     @seals(CorruptRecord)  # its frames hold the raw row
