@@ -1000,7 +1000,7 @@ class Broker:
         return report
 
     # unasync: generated from adrain_revocations; edit that one, then run scripts/unasync.py
-    def drain_revocations(self, *, limit: int = 100) -> RevocationDrain:
+    def drain_revocations(self, *, limit: int = 100, final: bool = False) -> RevocationDrain:
         """Deliver the queued revocations of this provider and client that are due.
 
         The queue is in the store, shared by every process: of several processes draining at
@@ -1008,13 +1008,19 @@ class Broker:
         (``revocation_retry``: exponential, never before the provider's ``Retry-After``) and
         is dropped with an error log and a ``RevocationDropped`` event after the last attempt.
         At most ``limit`` revocations are sent per call.
+
+        ``final=True`` (off-boarding) sends every queued revocation of this broker now, once,
+        and drops each one the provider does not take: nothing stays queued. A
+        :class:`~oauth2_broker_mw.Registry` broker holds only its own tenant's.
         """
         with self._telemetry.operation("drain_revocations", self._provider.id):
             return self._sync.run(
-                drain_revocations_flow(self._config, self._revocation_retry, limit=limit)
+                drain_revocations_flow(
+                    self._config, self._revocation_retry, limit=limit, final=final
+                )
             )
 
-    async def adrain_revocations(self, *, limit: int = 100) -> RevocationDrain:
+    async def adrain_revocations(self, *, limit: int = 100, final: bool = False) -> RevocationDrain:
         """Deliver the queued revocations of this provider and client that are due.
 
         The queue is in the store, shared by every process: of several processes draining at
@@ -1022,10 +1028,16 @@ class Broker:
         (``revocation_retry``: exponential, never before the provider's ``Retry-After``) and
         is dropped with an error log and a ``RevocationDropped`` event after the last attempt.
         At most ``limit`` revocations are sent per call.
+
+        ``final=True`` (off-boarding) sends every queued revocation of this broker now, once,
+        and drops each one the provider does not take: nothing stays queued. A
+        :class:`~oauth2_broker_mw.Registry` broker holds only its own tenant's.
         """
         with self._telemetry.operation("drain_revocations", self._provider.id):
             return await self._async.run(
-                drain_revocations_flow(self._config, self._revocation_retry, limit=limit)
+                drain_revocations_flow(
+                    self._config, self._revocation_retry, limit=limit, final=final
+                )
             )
 
     # unasync: generated from aconnections; edit that one, then run scripts/unasync.py

@@ -105,6 +105,8 @@ class OffboardReport:
     ``tokens.revocation_failed`` / ``tokens.unrevocable``) and deleted. ``pending_deleted``:
     logins in flight that were removed. ``registrations_removed``: the tenant's client
     registrations this registry dropped. ``seconds``: how long it took.
+    ``revocations_delivered`` / ``revocations_dropped``: the tenant's queued revocations, each
+    sent once more and removed.
     """
 
     tenant: str
@@ -112,6 +114,12 @@ class OffboardReport:
     pending_deleted: int
     registrations_removed: int
     seconds: float
+    revocations_delivered: int = 0
+    """Queued revocations of the tenant (logouts the provider could not take at the time)
+    that the provider took during the off-boarding."""
+    revocations_dropped: int = 0
+    """Queued revocations of the tenant the provider did not take: removed all the same
+    (their tokens stay valid at the provider until they expire)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -482,7 +490,8 @@ class Registry:
         """Off-board ``tenant``: from now on it is an :class:`UnknownTenant` here; every
         connection is revoked at its provider with the tenant's own registration (bounded
         ``concurrency``), then deleted in bulk; its pending logins are deleted; its client
-        registrations are dropped from this registry.
+        registrations are dropped from this registry. Its revocations still queued from
+        earlier logouts are sent once more and removed, taken or not.
 
         A revocation a provider does not take is reported (``tokens.revocation_failed``), not
         queued: the registration that could deliver it is going away, and nothing of the
@@ -501,17 +510,20 @@ class Registry:
                 continue
             brokers.append(broker)
         removed = self._retire(checked)  # no new login or lease of the tenant from here on
-        tokens = ForgetReport()
+        tokens, delivered, dropped = ForgetReport(), 0, 0
         for broker in brokers:
             tokens += broker.forget_tenant(
                 checked, concurrency=concurrency, queue=False, progress=progress
             )
+            drained = broker.drain_revocations(final=True)  # the queue keeps none of it
+            delivered, dropped = delivered + drained.delivered, dropped + drained.dropped
         bulk = bulk_deletion(self._store)
         rest = self._store.list_keys(checked)  # providers without a registration, late writes
         if rest:
             tokens += ForgetReport(unrevocable=tuple(rest), deleted=bulk.delete_keys(rest))
         pending = bulk.delete_pending(checked)
-        return OffboardReport(checked, tokens, pending, removed, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return OffboardReport(checked, tokens, pending, removed, seconds, delivered, dropped)
 
     async def aoffboard_tenant(
         self,
@@ -523,7 +535,8 @@ class Registry:
         """Off-board ``tenant``: from now on it is an :class:`UnknownTenant` here; every
         connection is revoked at its provider with the tenant's own registration (bounded
         ``concurrency``), then deleted in bulk; its pending logins are deleted; its client
-        registrations are dropped from this registry.
+        registrations are dropped from this registry. Its revocations still queued from
+        earlier logouts are sent once more and removed, taken or not.
 
         A revocation a provider does not take is reported (``tokens.revocation_failed``), not
         queued: the registration that could deliver it is going away, and nothing of the
@@ -542,11 +555,13 @@ class Registry:
                 continue
             brokers.append(broker)
         removed = self._retire(checked)  # no new login or lease of the tenant from here on
-        tokens = ForgetReport()
+        tokens, delivered, dropped = ForgetReport(), 0, 0
         for broker in brokers:
             tokens += await broker.aforget_tenant(
                 checked, concurrency=concurrency, queue=False, progress=progress
             )
+            drained = await broker.adrain_revocations(final=True)  # the queue keeps none of it
+            delivered, dropped = delivered + drained.delivered, dropped + drained.dropped
         bulk = bulk_deletion(self._store)
         rest = await self._store.alist_keys(
             checked
@@ -554,7 +569,8 @@ class Registry:
         if rest:
             tokens += ForgetReport(unrevocable=tuple(rest), deleted=await bulk.adelete_keys(rest))
         pending = await bulk.adelete_pending(checked)
-        return OffboardReport(checked, tokens, pending, removed, time.monotonic() - started)
+        seconds = time.monotonic() - started
+        return OffboardReport(checked, tokens, pending, removed, seconds, delivered, dropped)
 
     # -- lifecycle events -----------------------------------------------------------------------
     def subscribe(self, handler: EventHandler) -> Callable[[], None]:

@@ -232,3 +232,32 @@ def test_the_multi_tenant_example_runs() -> None:
     assert "globex.example.test: {'tenant': 'globex', 'principal': 'gus'}" in done.stdout
     assert "offboard globex: revoked 2, deleted 2, registrations removed 1" in done.stdout
     assert "acme still has: ['bob']" in done.stdout
+
+
+def test_offboarding_a_tenant_empties_its_queued_revocations(
+    provider: MockProvider, clock: FakeClock
+) -> None:
+    """A logout the provider could not take left the tenant's tokens in the revocation queue:
+    off-boarding sends each one once more and removes it whatever the answer, so nothing of
+    the tenant stays in the store; acme's queued revocation stays queued."""
+    from oauth2_broker_mw._core.model import REVOCATION_PRINCIPAL, REVOCATION_TENANT
+
+    store = MemoryStore()
+    registry = make_registry(store, provider, clock)
+    globex = registry.broker(tenant="globex", provider="mock")
+    acme = registry.broker(tenant="acme", provider="mock")
+    login(globex, provider, tenant="globex", principal="gina")
+    login(globex, provider, tenant="globex", principal="gus")
+    login(acme, provider, tenant="acme", principal="alice")
+    provider.faults.add("revoke", "error", status=503, times=3)
+    for broker, tenant, user in ((globex, "globex", "gina"), (globex, "globex", "gus")):
+        assert broker.revoke(tenant=tenant, principal=user, scopes=SCOPES)
+    acme.revoke(tenant="acme", principal="alice", scopes=SCOPES)
+    queue = lambda: store.list_keys(REVOCATION_TENANT, REVOCATION_PRINCIPAL)  # noqa: E731
+    assert len(queue()) == 3
+    provider.faults.add("revoke", "error", status=503, times=1)  # one fails again: dropped
+    report = registry.offboard_tenant("globex")
+    assert len(queue()) == 1  # acme's, untouched
+    assert (report.revocations_delivered, report.revocations_dropped) == (1, 1)
+    assert live(provider, "globex-app") == 2  # gina's pair stays valid until it expires
+    registry.close()

@@ -1233,7 +1233,7 @@ def revoke_flow(cfg: FlowConfig, key: StoreKey, retry: RevocationRetry | None = 
 
 
 def drain_revocations_flow(
-    cfg: FlowConfig, retry: RevocationRetry | None = None, *, limit: int = 100
+    cfg: FlowConfig, retry: RevocationRetry | None = None, *, limit: int = 100, final: bool = False
 ) -> Flow[RevocationDrain]:
     """Deliver the queued revocations of this provider and client that are due.
 
@@ -1243,6 +1243,9 @@ def drain_revocations_flow(
     due again after the back-off (never before ``Retry-After``), :class:`RevocationQueued`;
     after the last attempt (``retry.max_attempts`` / ``retry.max_age``) dropped, with an error
     log and :class:`RevocationDropped`. At most ``limit`` entries are attempted.
+
+    ``final`` (off-boarding): every entry is attempted now, due or not and without ``limit``,
+    and one that fails is dropped at once: the queue keeps nothing of it.
     """
     retry = retry or RevocationRetry()
     keys: list[StoreKey] = yield ListKeys(REVOCATION_TENANT, REVOCATION_PRINCIPAL)
@@ -1257,7 +1260,7 @@ def drain_revocations_flow(
     now: float = yield Now()
     delivered = retrying = dropped = waiting = attempted = 0
     for queued in found:
-        if (queued.entry.expires_at or 0.0) > now or attempted >= limit:
+        if not final and ((queued.entry.expires_at or 0.0) > now or attempted >= limit):
             waiting += 1
             continue
         claim = replace(queued.entry, expires_at=now + cfg.lock_ttl)
@@ -1282,7 +1285,7 @@ def drain_revocations_flow(
             continue
         attempts = queued.attempts + 1
         error = type(failure).__name__
-        if retry.gives_up(attempts, now - queued.queued_at):
+        if final or retry.gives_up(attempts, now - queued.queued_at):
             yield Delete(claimed.key, expected_version=claimed.version)
             log.error(
                 "revocation at provider=%s for tenant=%s dropped after %d attempts over %.0fs "
