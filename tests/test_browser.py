@@ -284,6 +284,7 @@ def test_the_pages_explain_each_state(
         page.click("#login")
         page.wait_for_selector("#message")
         assert "Invalid username or password" in page.inner_text("#message")
+        shot("provider-wrong-password")
 
         page.click("#deny")  # the user cancels at the provider
         page.wait_for_selector("#error-title")
@@ -325,6 +326,13 @@ def test_the_pages_explain_each_state(
         assert page.inner_text("#revoked") != "0"
         assert page.inner_text("#principal") == "(none)"
         shot("demo-signed-out")
+        # The logout link again, now signed out: nothing to sign out of, and the way back.
+        page.goto(server.url + "/oauth2/logout")
+        assert page.inner_text("#logout-title") == "You are not signed in"
+        assert "There is nothing to sign out of." in page.inner_text("body")
+        shot("logout-not-signed-in")
+        page.click("#home")
+        page.wait_for_selector("#login")
 
         response = page.goto(server.url + "/oauth2/mock/callback?state=forged&code=stolen")
         assert response is not None and response.status == 400
