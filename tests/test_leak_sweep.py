@@ -728,26 +728,44 @@ def test_code_exchange_failure(sweep: Sweep, tmp_path: Path, failure: str, mode:
 
 
 # -- starting a login: the store or the PAR endpoint fails ------------------------------------
+class _WriteLock:
+    """Another connection that holds SQLite's write lock from ``take()`` until the exit."""
+
+    def __init__(self, path: Path) -> None:
+        self.db = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+
+    def take(self) -> None:
+        self.db.execute("BEGIN IMMEDIATE")
+
+    def __enter__(self) -> _WriteLock:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.db.in_transaction:
+            self.db.execute("COMMIT")
+        self.db.close()
+
+
+def _locked_rig(sweep: Sweep, tmp_path: Path) -> tuple[Rig, _WriteLock]:
+    """A rig on SQLite whose writes give up fast, and the lock that makes them fail."""
+    path = tmp_path / "tokens.db"
+    rig = Rig(sweep, tmp_path, store=SQLiteStore(path, timeout=0.2), write_retry_for=0.3)
+    return rig, _WriteLock(path)
+
+
 @pytest.mark.parametrize("mode", MODES)
 def test_start_authorization_with_the_store_locked(sweep: Sweep, tmp_path: Path, mode: str) -> None:
-    path = tmp_path / "tokens.db"
-    rig = Rig(sweep, tmp_path, store=SQLiteStore(path, timeout=0.2))
+    rig, lock = _locked_rig(sweep, tmp_path)
     rig.callback()  # the schema exists
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-    holder.execute("BEGIN IMMEDIATE")
     options = {"tenant": TENANT, "principal": USER, "scopes": SCOPES, "redirect_uri": REDIRECT}
-    try:
-        if mode == "sync":
-            _fails(sweep, StoreUnavailable, lambda: rig.broker.start_authorization(**options))
-        else:
-            _fails(
-                sweep,
-                StoreUnavailable,
-                lambda: asyncio.run(rig.broker.astart_authorization(**options)),
-            )
-    finally:
-        holder.execute("COMMIT")
-        holder.close()
+    start = (
+        (lambda: rig.broker.start_authorization(**options))
+        if mode == "sync"
+        else (lambda: asyncio.run(rig.broker.astart_authorization(**options)))
+    )
+    with lock:
+        lock.take()
+        _fails(sweep, StoreUnavailable, start)
     sweep.assert_clean()
 
 
@@ -755,17 +773,12 @@ def test_start_authorization_with_the_store_locked(sweep: Sweep, tmp_path: Path,
 def test_code_exchange_with_the_store_locked_after_the_provider_answered(
     sweep: Sweep, tmp_path: Path, mode: str
 ) -> None:
-    path = tmp_path / "tokens.db"
-    rig = Rig(sweep, tmp_path, store=SQLiteStore(path, timeout=0.2), write_retry_for=0.3)
+    rig, lock = _locked_rig(sweep, tmp_path)
     params = rig.callback()
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
     rig.http.grant = rig.ahttp.grant = b"grant_type=authorization_code"
-    rig.after_refresh.append(lambda: holder.execute("BEGIN IMMEDIATE"))
-    try:
+    rig.after_refresh.append(lock.take)
+    with lock:
         _fails(sweep, StoreUnavailable, lambda: rig.exchange(mode, params))
-    finally:
-        holder.execute("COMMIT")
-        holder.close()
     sweep.assert_clean()
 
 
@@ -840,27 +853,17 @@ def test_the_refresher_sweep_meets_a_failing_refresh(
 def test_a_rotation_the_store_refused_is_held_then_flushed(
     sweep: Sweep, tmp_path: Path, mode: str
 ) -> None:
-    path = tmp_path / "tokens.db"
-    rig = Rig(sweep, tmp_path, store=SQLiteStore(path, timeout=0.2), write_retry_for=0.3)
+    rig, lock = _locked_rig(sweep, tmp_path)
     first = rig.login()
-    holder = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-
-    def lock() -> None:
-        holder.execute("BEGIN IMMEDIATE")
-
-    rig.after_refresh.append(lock)
-    try:
+    rig.after_refresh.append(lock.take)
+    with lock:
         rotated = rig.refresh(mode)
         sweep.result("rotated record", rotated)
         assert rotated.refresh_token != first.refresh_token
         assert rig.broker.unsaved_rotations == 1
-        lease = rig.broker.lease(tenant=TENANT, principal=USER, scopes=SCOPES)
-        sweep.result("lease", lease)
+        sweep.result("lease", rig.broker.lease(tenant=TENANT, principal=USER, scopes=SCOPES))
         # while the store is locked, the next refresh cannot take its lock
         _fails(sweep, StoreUnavailable, lambda: rig.refresh("sync"))
-    finally:
-        holder.execute("COMMIT")
-        holder.close()
     assert rig.broker.flush_unsaved() == 0
     rig.broker.events.flush()
     kinds = {type(e) for e in sweep.events}
