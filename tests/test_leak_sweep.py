@@ -34,6 +34,7 @@ import traceback
 import urllib.parse
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from types import SimpleNamespace, TracebackType
 from typing import Any
@@ -51,12 +52,18 @@ from oauth2_broker_mw import (
     BrokerError,
     CorruptRecord,
     MalformedResponse,
+    PendingAuthorization,
+    PrincipalId,
     ProviderError,
+    ProviderId,
     RateLimited,
+    ScopeSet,
     Secret,
     SQLiteStore,
+    StorageError,
     StoreKey,
     StoreUnavailable,
+    TenantId,
     TokenRecord,
     TokenStore,
     TransientProviderError,
@@ -1127,6 +1134,96 @@ def test_a_corrupt_row_read_from_the_store_directly(
 
             postgres_drop_schema(store._schema)  # type: ignore[attr-defined]
         store.close()
+
+
+def _closed_port() -> int:
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _unreachable_store(kind: str) -> TokenStore:
+    port = _closed_port()
+    if kind == "redis":
+        require_module("redis", "redis")
+        from oauth2_broker_mw.stores.redis import RedisStore
+
+        return RedisStore(f"redis://127.0.0.1:{port}/0", socket_timeout=1.0)
+    require_module("psycopg", "postgres")
+    from oauth2_broker_mw.stores.postgres import PostgresStore
+
+    return PostgresStore(f"postgresql://broker@127.0.0.1:{port}/test", timeout=1.0)
+
+
+def _pending() -> PendingAuthorization:
+    return PendingAuthorization(
+        state=Secret(marker("STATE")),
+        tenant=TenantId(TENANT),
+        principal=PrincipalId(USER),
+        provider=ProviderId("mock"),
+        scopes=ScopeSet.of(SCOPES),
+        redirect_uri=REDIRECT,
+        code_verifier=Secret(marker("PKCE")),
+        nonce=None,
+        created_at=0.0,
+        expires_at=2e9,
+    )
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("write", ["put", "put_pending"])
+@pytest.mark.parametrize("kind", ["redis", "postgres"])
+def test_a_write_the_store_cannot_take(sweep: Sweep, kind: str, write: str, mode: str) -> None:
+    """The server is down: the write's arguments (a record, a pending login) stay hidden."""
+    store = _unreachable_store(kind)
+    value: Any = _record() if write == "put" else _pending()
+    try:
+        if mode == "sync":
+            _fails(sweep, StoreUnavailable, lambda: getattr(store, write)(value))
+        else:
+            _fails(sweep, StoreUnavailable, lambda: asyncio.run(getattr(store, "a" + write)(value)))
+    finally:
+        store.close()
+    sweep.assert_clean()
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("write", ["put", "put_pending"])
+def test_a_postgres_write_cancelled_mid_statement(sweep: Sweep, write: str, mode: str) -> None:
+    """Another session holds the row: the write waits and its statement is cancelled."""
+    import psycopg
+    from _services import postgres_drop_schema, require_postgres, unique_name
+
+    from oauth2_broker_mw.stores.postgres import PostgresStore
+
+    dsn, schema = require_postgres(), unique_name("leak")
+    store = PostgresStore(dsn, schema=schema, statement_timeout=0.3)
+    value: Any = _record() if write == "put" else _pending()
+    getattr(store, write)(value)
+    table, column, key = (
+        ("tokens", "key_id", value.key.id)
+        if write == "put"
+        else ("pending", "state_key", value.state_key)
+    )
+    holder = psycopg.connect(dsn)
+    try:
+        holder.execute(
+            f'SELECT 1 FROM "{schema}".{table} WHERE {column} = %s FOR UPDATE',
+            (key,),
+        )
+        again: Any = _record() if write == "put" else replace(_pending(), state=value.state)
+        if mode == "sync":
+            _fails(sweep, StorageError, lambda: getattr(store, write)(again))
+        else:
+            _fails(sweep, StorageError, lambda: asyncio.run(getattr(store, "a" + write)(again)))
+    finally:
+        holder.rollback()
+        holder.close()
+        store.close()
+        postgres_drop_schema(schema)
+    sweep.assert_clean()
 
 
 def test_a_corrupt_pending_row_taken_from_the_store_directly(sweep: Sweep, tmp_path: Path) -> None:

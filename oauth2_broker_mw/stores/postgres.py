@@ -140,12 +140,20 @@ _MIGRATIONS: Final[tuple[tuple[int, str, tuple[str, ...]], ...]] = (
 SCHEMA_VERSION: Final = _MIGRATIONS[-1][0]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Sql:
-    """One statement for a runner; its result is the list of returned rows."""
+    """One statement for a runner; its result is the list of returned rows.
+
+    ``params`` may hold a serialized record or pending login (tokens, a PKCE verifier): the
+    repr shows the statement and the number of parameters only, since runner frames holding
+    a statement end up in the traceback of a failed one.
+    """
 
     query: str
     params: tuple[Any, ...] = ()
+
+    def __repr__(self) -> str:
+        return f"Sql({' '.join(self.query.split())[:80]!r}, {len(self.params)} params)"
 
 
 #: Yielded first by an operation that needs its statements in one transaction.
@@ -171,6 +179,22 @@ def redact_dsn(dsn: str) -> str:
 def _first_line(exc: BaseException) -> str:
     text = str(exc)
     return text.splitlines()[0][:200] if text else ""
+
+
+def _insert_params(record: TokenRecord) -> tuple[object, ...]:
+    """The parameters of a token row's INSERT, in column order."""
+    key = record.key
+    expires_at, idle_since = refresh_index(record)
+    return (
+        key.id,
+        key.tenant,
+        key.principal,
+        key.provider,
+        key.scope_fingerprint,
+        record.to_json(),
+        expires_at,
+        idle_since,
+    )
 
 
 def _convert(exc: BaseException) -> StorageError:
@@ -587,18 +611,9 @@ class PostgresStore(CommandStore):
     def _op_write(
         self, record: TokenRecord, expected_version: int | None, *, unconditional: bool
     ) -> Op[TokenRecord | None]:
-        s, key, data = self._s, record.key, record.to_json()
-        expires_at, idle_since = refresh_index(record)
-        columns = (
-            key.id,
-            key.tenant,
-            key.principal,
-            key.provider,
-            key.scope_fingerprint,
-            data,
-            expires_at,
-            idle_since,
-        )
+        # The serialized record goes straight into the statement, never into a local: a
+        # cancelled or dropped write's frames show no token (Sql's repr hides it too).
+        s = self._s
         insert = (
             f"INSERT INTO {s}.tokens AS t "  # noqa: S608
             "(key_id, tenant, principal, provider, scope_fingerprint, version, data, "
@@ -609,16 +624,19 @@ class PostgresStore(CommandStore):
                 insert + "ON CONFLICT (key_id) DO UPDATE SET data = EXCLUDED.data, "
                 "version = t.version + 1, updated_at = now(), expires_at = EXCLUDED.expires_at, "
                 "idle_since = EXCLUDED.idle_since RETURNING t.version",
-                columns,
+                _insert_params(record),
             )
         elif expected_version is None:
-            rows = yield Sql(insert + "ON CONFLICT (key_id) DO NOTHING RETURNING version", columns)
+            rows = yield Sql(
+                insert + "ON CONFLICT (key_id) DO NOTHING RETURNING version",
+                _insert_params(record),
+            )
         else:
             rows = yield Sql(
                 f"UPDATE {s}.tokens SET data = %s::jsonb, version = version + 1, "  # noqa: S608
                 "updated_at = now(), expires_at = %s, idle_since = %s "
                 "WHERE key_id = %s AND version = %s RETURNING version",
-                (data, expires_at, idle_since, key.id, int(expected_version)),
+                (record.to_json(), *refresh_index(record), record.key.id, int(expected_version)),
             )
         if not rows:
             return None

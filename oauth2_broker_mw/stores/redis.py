@@ -235,13 +235,22 @@ _SCRIPTS: Final = {
 log = logging.getLogger("oauth2_broker_mw")
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class RedisCall:
-    """One command for a runner: a redis-py client method, or ``"script"`` (name, keys, args)."""
+    """One command for a runner: a redis-py client method, or ``"script"`` (name, keys, args).
+
+    ``args`` may hold a serialized record or pending login (tokens, a PKCE verifier): the repr
+    names the method (and script) only, since runner frames holding a call end up in the
+    traceback of a failed command.
+    """
 
     method: str
     args: tuple[Any, ...] = ()
     kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __repr__(self) -> str:
+        script = f" {self.args[0]!r}" if self.method == "script" and self.args else ""
+        return f"RedisCall({self.method!r}{script}, {len(self.args)} args)"
 
 
 def _text(value: object) -> str | None:
@@ -427,15 +436,17 @@ class RedisStore(CommandStore):
         scripts = self._sync_scripts
 
         def execute(call: RedisCall) -> Any:
+            # call.args is read in place, never unpacked: a failed command's frame shows no
+            # record (RedisCall's repr hides it)
             if call.method == "script":
-                name, keys, args = call.args
+                script = scripts[call.args[0]]
                 if self._replicas and call.kwargs.get("replicated"):
                     pipe = client.pipeline(transaction=False)  # one connection: WAIT sees it
-                    scripts[name](keys=keys, args=args, client=pipe)
+                    script(keys=call.args[1], args=call.args[2], client=pipe)
                     pipe.wait(self._replicas, _ms(self._replica_timeout))
                     result, acked = pipe.execute()
-                    return self._replicated(result, acked, name)
-                return scripts[name](keys=keys, args=args, client=client)
+                    return self._replicated(result, acked, call.args[0])
+                return script(keys=call.args[1], args=call.args[2], client=client)
             return getattr(client, call.method)(*call.args, **call.kwargs)
 
         try:
@@ -450,15 +461,15 @@ class RedisStore(CommandStore):
             client, scripts = await self._async.get()
 
             async def execute(call: RedisCall) -> Any:
-                if call.method == "script":
-                    name, keys, args = call.args
+                if call.method == "script":  # call.args read in place, as in _run
+                    script = scripts[call.args[0]]
                     if self._replicas and call.kwargs.get("replicated"):
                         async with client.pipeline(transaction=False) as pipe:
-                            await scripts[name](keys=keys, args=args, client=pipe)
+                            await script(keys=call.args[1], args=call.args[2], client=pipe)
                             pipe.wait(self._replicas, _ms(self._replica_timeout))
                             result, acked = await pipe.execute()
-                        return self._replicated(result, acked, name)
-                    return await scripts[name](keys=keys, args=args)
+                        return self._replicated(result, acked, call.args[0])
+                    return await script(keys=call.args[1], args=call.args[2])
                 return await getattr(client, call.method)(*call.args, **call.kwargs)
 
             return await adrive(op, execute)
