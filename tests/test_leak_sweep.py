@@ -1172,6 +1172,16 @@ def _pending() -> PendingAuthorization:
     )
 
 
+def _write_fails(
+    sweep: Sweep, kind: type[BrokerError], store: TokenStore, write: str, value: Any, mode: str
+) -> None:
+    """``store.<write>(value)`` (or its async twin) raises ``kind``; the sweep sees it."""
+    if mode == "sync":
+        _fails(sweep, kind, lambda: getattr(store, write)(value))
+    else:
+        _fails(sweep, kind, lambda: asyncio.run(getattr(store, "a" + write)(value)))
+
+
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("write", ["put", "put_pending"])
 @pytest.mark.parametrize("kind", ["redis", "postgres"])
@@ -1180,10 +1190,7 @@ def test_a_write_the_store_cannot_take(sweep: Sweep, kind: str, write: str, mode
     store = _unreachable_store(kind)
     value: Any = _record() if write == "put" else _pending()
     try:
-        if mode == "sync":
-            _fails(sweep, StoreUnavailable, lambda: getattr(store, write)(value))
-        else:
-            _fails(sweep, StoreUnavailable, lambda: asyncio.run(getattr(store, "a" + write)(value)))
+        _write_fails(sweep, StoreUnavailable, store, write, value, mode)
     finally:
         store.close()
     sweep.assert_clean()
@@ -1214,10 +1221,7 @@ def test_a_postgres_write_cancelled_mid_statement(sweep: Sweep, write: str, mode
             (key,),
         )
         again: Any = _record() if write == "put" else replace(_pending(), state=value.state)
-        if mode == "sync":
-            _fails(sweep, StorageError, lambda: getattr(store, write)(again))
-        else:
-            _fails(sweep, StorageError, lambda: asyncio.run(getattr(store, "a" + write)(again)))
+        _write_fails(sweep, StorageError, store, write, again, mode)
     finally:
         holder.rollback()
         holder.close()
