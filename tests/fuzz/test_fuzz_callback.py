@@ -31,6 +31,7 @@ import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
 
@@ -39,7 +40,7 @@ from _fuzzkit import FUZZ, MARKER_CODE, MARKER_STATE
 from hypothesis import event, given
 from hypothesis import strategies as st
 
-from oauth2_broker_mw import Broker
+from oauth2_broker_mw import Broker, middleware
 from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware, subdomain_tenant
 from oauth2_broker_mw.stores.memory import MemoryStore
 from oauth2_broker_mw.testing import MockQuirks
@@ -72,8 +73,15 @@ REFUSAL_CODES = frozenset(
         "tenant_required",
     }
 )
-#: Text a page or a redirect may show whatever the request held (not an echo).
-PUBLIC = ("https://mock-idp.test/authorize", f"https://{HOST_A}", f"https://{HOST_B}")
+#: Text a page or a redirect may show whatever the request held (not an echo): the provider's
+#: and the app's URLs, and anything the middleware's source spells out (hypothesis draws
+#: string constants from the code under test: "content-l" is no echo of a state).
+PUBLIC = (
+    "https://mock-idp.test/authorize",
+    f"https://{HOST_A}",
+    f"https://{HOST_B}",
+    "\n".join(p.read_text() for p in Path(middleware.__file__).parent.glob("*.py")),
+)
 #: The names of the middleware's own cookies (https: ``__Host-``).
 OWN_COOKIE = re.compile(r"__Host-obm_(?:session(?:_[0-9a-f]{16})?|flow_[0-9a-f]{16})")
 
@@ -710,15 +718,15 @@ def test_fuzzed_cookies_never_sign_in_and_never_fail_the_request(
     env.finish(genuine.pending)
 
 
-# -- 4. the login and logout routes -----------------------------------------------------------
+# -- 4. the login and logout routes, and a page of the app -------------------------------------
 @FUZZ
 @given(
-    route=st.sampled_from(["login", "logout_page", "logout"]),
+    route=st.sampled_from(["login", "logout_page", "logout", "page"]),
     query=hostile_query(),
     host=HOSTS,
     json_client=st.booleans(),
 )
-def test_fuzzed_login_and_logout_requests_never_fail(
+def test_fuzzed_login_logout_and_app_requests_never_fail(
     env: Env, route: str, query: tuple[bytes, list[str]], host: bytes | None, json_client: bool
 ) -> None:
     raw, secrets = query
@@ -728,6 +736,8 @@ def test_fuzzed_login_and_logout_requests_never_fail(
         answer = env.request("GET", LOGIN, host=host, query=raw, accept=accept)
     elif route == "logout_page":
         answer = env.request("GET", "/oauth2/logout", host=host, query=raw, accept=b"text/html")
+    elif route == "page":  # a request the app answers: the tenant comes from the Host
+        answer = env.request("GET", "/whoami", host=host, query=raw, accept=accept)
     else:
         form = (b"content-type", b"application/x-www-form-urlencoded")
         answer = env.request(
@@ -741,5 +751,7 @@ def test_fuzzed_login_and_logout_requests_never_fail(
         assert (answer.header("location") or "").startswith(env.mp.authorization_endpoint + "?")
     else:
         assert_clean(answer, secrets)
-        assert answer.status == (200 if route == "logout_page" else 303), answer
+        assert answer.status == (303 if route == "logout" else 200), answer
+        if route == "page":
+            assert json.loads(answer.body)["principal"] is None, answer
     assert env.counts() == (tokens, taken, writes)
