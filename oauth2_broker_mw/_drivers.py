@@ -15,7 +15,7 @@ import logging
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeVar
 
 from . import _driver
 from ._core.effects import (
@@ -289,8 +289,15 @@ class _Driver:
         return self._store
 
     @staticmethod
-    def _store_failure(effect: StoreOp, exc: Exception) -> BrokerError:
-        return StorageError(f"store {effect.op} failed: {type(exc).__name__}")
+    def _store_error(effect: StoreOp, exc: Exception) -> NoReturn:
+        """Raise what a store's exception becomes at the driver's boundary: a BrokerError as
+        it is, but a CorruptRecord sealed (the store's frames held the row it could not read);
+        anything else a StorageError caused by it."""
+        if isinstance(exc, CorruptRecord):
+            raise sealed(exc) from None
+        if isinstance(exc, BrokerError):
+            raise exc
+        raise StorageError(f"store {effect.op} failed: {type(exc).__name__}") from exc
 
     @staticmethod
     def _held(held: dict[str, str], effect: Effect, result: Any) -> Any:
@@ -354,12 +361,8 @@ class SyncDriver(_Driver):
             name, args, kwargs = store_call(effect)
             try:
                 return getattr(self._target(effect), name)(*args, **kwargs)
-            except CorruptRecord as exc:  # the store's frames held the row it could not read
-                raise sealed(exc) from None
-            except BrokerError:
-                raise
             except Exception as exc:
-                raise self._store_failure(effect, exc) from exc
+                self._store_error(effect, exc)
         if isinstance(effect, HttpRequest):
             with (
                 self._telemetry.provider_request(
@@ -458,12 +461,8 @@ class AsyncDriver(_Driver):
             name, args, kwargs = store_call(effect)
             try:
                 return await getattr(self._target(effect), "a" + name)(*args, **kwargs)
-            except CorruptRecord as exc:  # the store's frames held the row it could not read
-                raise sealed(exc) from None
-            except BrokerError:
-                raise
             except Exception as exc:
-                raise self._store_failure(effect, exc) from exc
+                self._store_error(effect, exc)
         if isinstance(effect, HttpRequest):
             with self._telemetry.provider_request(
                 effect.purpose, self._provider, effect.method
