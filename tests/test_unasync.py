@@ -38,8 +38,8 @@ def test_an_edited_async_source_makes_the_check_fail_until_regenerated(project: 
     broker = project / "oauth2_broker_mw" / "broker.py"
     text = broker.read_text()
     edited = text.replace(
-        "cached = (await self._aobtain(key, scopes, force_refresh, _stale))[1]",
-        "cached = (await self._aobtain(key, scopes, True, _stale))[1]",
+        "lease = (await self._aobtain(key, scopes, force_refresh, _stale))[1]",
+        "lease = (await self._aobtain(key, scopes, True, _stale))[1]",
     )
     assert edited != text
     broker.write_text(edited)
@@ -50,7 +50,7 @@ def test_an_edited_async_source_makes_the_check_fail_until_regenerated(project: 
 
     assert unasync(project).returncode == 0
     regenerated = broker.read_text()
-    assert "cached = self._obtain(key, scopes, True, _stale)[1]" in regenerated
+    assert "lease = self._obtain(key, scopes, True, _stale)[1]" in regenerated
     assert unasync(project, "--check").returncode == 0
 
 
