@@ -25,6 +25,7 @@ import httpx2
 __all__ = ["SHARED_LOOP", "AsyncASGITransport", "LoopThread", "SyncASGITransport", "serve_app"]
 
 _T = TypeVar("_T")
+KEEP_ALIVE = 75  # seconds an idle connection stays open at the served MockProvider
 _HOP_BY_HOP = frozenset({"transfer-encoding", "connection", "keep-alive"})
 
 
@@ -199,6 +200,10 @@ def serve_app(
         ws="none",
         loop="asyncio",
         timeout_graceful_shutdown=2,
+        # Longer than the HTTP clients' own idle expiry (httpx/httpx2: 5 s), as real providers
+        # do (nginx: 75 s): with uvicorn's default of 5 s, a request sent on a pooled connection
+        # as the server closes it failed with "Server disconnected without sending a response".
+        timeout_keep_alive=KEEP_ALIVE,
     )
     with serve_in_thread(
         config,

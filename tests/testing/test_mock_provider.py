@@ -14,6 +14,7 @@ import secrets
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -1733,6 +1734,42 @@ def test_serve_on_a_chosen_port(mock_provider: MockProvider) -> None:
     with mock_provider.serve(port=port) as url:
         assert url == f"http://127.0.0.1:{port}"
         assert httpx2.get(f"{url}/jwks").status_code == 200
+
+
+def test_a_served_provider_keeps_idle_connections_longer_than_http_clients_do(
+    mock_provider: MockProvider,
+) -> None:
+    """httpx/httpx2 drop an idle pooled connection after 5 s (keepalive_expiry). A server that
+    closes at the same 5 s races the client: a request sent on the closing connection fails with
+    "Server disconnected without sending a response" (seen as a TransportError in the 4-process
+    refresh test). Like real providers (nginx: 75 s), the served MockProvider keeps it longer."""
+    import socket
+
+    assert httpx2.Limits().keepalive_expiry == 5.0
+    with mock_provider.serve() as url:
+        port = int(url.rsplit(":", 1)[1])
+        request = b"GET /jwks HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+            for attempt in range(2):
+                sock.sendall(request)
+                answer = b""
+                while b"\r\n\r\n" not in answer:
+                    chunk = sock.recv(65536)
+                    assert chunk, f"the server closed the connection (request {attempt + 1})"
+                    answer += chunk
+                assert answer.startswith(b"HTTP/1.1 200")
+                head, _, body = answer.partition(b"\r\n\r\n")
+                length = int(
+                    next(
+                        line.split(b":", 1)[1]
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    )
+                )
+                while len(body) < length:
+                    body += sock.recv(65536)
+                if attempt == 0:
+                    time.sleep(5.5)  # past the clients' expiry: a 5 s server has closed by now
 
 
 # ---------------------------------------------------------------- like()
