@@ -111,7 +111,7 @@ def main() -> None:
                     leases["sync"] += 1
             except Exception as exc:
                 with lock:
-                    errors[type(exc).__name__] += 1
+                    errors[f"{type(exc).__name__}: {exc}"] += 1
             time.sleep(0.002)
 
     async def task_main(seed: int) -> None:
@@ -125,7 +125,7 @@ def main() -> None:
                 leases["async"] += 1
             except Exception as exc:
                 with lock:
-                    errors[type(exc).__name__] += 1
+                    errors[f"{type(exc).__name__}: {exc}"] += 1
             await asyncio.sleep(0.002)
 
     async def run_tasks() -> None:
