@@ -251,11 +251,13 @@ class MiddlewareCore:
             f"{quote(provider, safe='')}/login?return_to={quote(target, safe='/')}"
         )
 
-    def retry_url(self, provider: str, code: str) -> str | None:
-        """A relative login URL (on the host the user is on) when a new login can help."""
+    def retry_url(self, provider: str, code: str, return_to: str = "/") -> str | None:
+        """A relative login URL (on the host the user is on) when a new login can help; it
+        returns to ``return_to``, the failed login's own, so a path tenant stays named."""
         if code not in RETRYABLE:
             return None
-        return f"{self.base_path}{self.prefix}/{quote(provider, safe='')}/login?return_to=/"
+        target = quote(safe_return_to(return_to, base_url=self.base_url), safe="/")
+        return f"{self.base_path}{self.prefix}/{quote(provider, safe='')}/login?return_to={target}"
 
     # -- routes ----------------------------------------------------------------------------
     def match(self, path: str) -> Route | None:

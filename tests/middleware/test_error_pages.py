@@ -268,3 +268,36 @@ def test_a_rejected_client_secret_at_the_exchange_logs_what_to_check(
     assert "code exchange for provider=mock rejected: invalid_client" in logged
     assert "client_secret" in logged and "client_auth_method" in logged  # what to check
     assert "wrong-secret-42" not in logged and params["code"] not in logged
+
+
+def test_the_retry_link_keeps_the_path_tenant_of_the_login(
+    mp: MockProvider, tmp_path: Path
+) -> None:
+    """Under path tenants the retry link of a refused callback goes back to the login's own
+    ``return_to``, so it signs in to the same tenant and lands where the user was (issue 9:
+    login links keep the current path). A link with ``return_to=/`` names no tenant: 400
+    ``tenant_required``."""
+    from oauth2_broker_mw.middleware import path_prefix_tenant
+
+    store = SQLiteStore(tmp_path / "tokens.db")
+    app = _app(mp, store, tenant_resolver=path_prefix_tenant("/t"))
+    with TestClient(app, base_url=BASE, follow_redirects=False) as client:
+        back = "/t/acme/reports?x=1"
+        start = client.get("/oauth2/mock/login", params={"return_to": back}, headers=HTML)
+        assert start.status_code == 302
+        mp.faults.add("authorize", "error")  # the user cancels at the provider
+        denied = mp.client().get(start.headers["location"]).headers["location"]
+        params = dict(parse_qsl(urlsplit(denied).query))
+        assert params["error"] == "access_denied"
+        page = client.get("/oauth2/mock/callback", params=params, headers=HTML)
+        assert page.status_code == 400
+        body = _assert_safe_page(page)
+        retry = 'id="retry" href="/oauth2/mock/login?return_to=/t/acme/reports%3Fx%3D1"'
+        assert retry in body
+        assert client.get("/oauth2/mock/login?return_to=/").status_code == 400  # no tenant
+        again = client.get("/oauth2/mock/login?return_to=/t/acme/reports%3Fx%3D1", headers=HTML)
+        assert again.status_code == 302, again.text
+        approved = mp.client().get(again.headers["location"]).headers["location"]
+        done = client.get(approved, headers=HTML)
+        assert (done.status_code, done.headers["location"]) == (303, back)
+    store.close()
