@@ -65,8 +65,10 @@ def subdomain_tenant(base_domain: str) -> Resolver:
     """Tenant from the leftmost label of ``<tenant>.<base_domain>`` in the ``Host`` header.
 
     The bare ``base_domain`` has no tenant (``None``); any other host (another domain, nested
-    labels, a look-alike) raises ``ValueError``. Note that the login and callback run on
-    ``base_url``'s host, so session cookies are set there (host-only ``__Host-`` cookies).
+    labels, a look-alike) raises ``ValueError``. Give the middleware ``tenant_base_url`` too,
+    so that each tenant's login, callback and session cookie are on its own host; without it
+    they run on ``base_url``'s host (host-only ``__Host-`` cookies), where a login started on
+    a tenant host cannot finish.
     """
     base = base_domain.strip().lower().strip(".")
     if not base or "/" in base or ":" in base:

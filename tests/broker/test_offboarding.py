@@ -8,10 +8,13 @@ port), SQLite files, Redis, PostgreSQL (through the encryption wrapper).
 
 from __future__ import annotations
 
+import asyncio
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import httpx2
 import pytest
 from _fakes import FakeClock, login
 from _services import (
@@ -243,3 +246,82 @@ def test_registry_forget_principal_covers_every_provider_of_the_tenant(
         registry.close()
     a.close()
     b.close()
+
+
+class _InFlight:
+    """The requests in flight at once, and the most seen together."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.now = self.most = 0
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self.now += 1
+            self.most = max(self.most, self.now)
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self.now -= 1
+
+
+class _Counting(httpx2.BaseTransport):
+    def __init__(self, inner: httpx2.BaseTransport, seen: _InFlight) -> None:
+        self.inner, self.seen = inner, seen
+
+    def handle_request(self, request: httpx2.Request) -> httpx2.Response:
+        with self.seen:
+            return self.inner.handle_request(request)
+
+
+class _AsyncCounting(httpx2.AsyncBaseTransport):
+    def __init__(self, inner: httpx2.AsyncBaseTransport, seen: _InFlight) -> None:
+        self.inner, self.seen = inner, seen
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        with self.seen:
+            return await self.inner.handle_async_request(request)
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_forget_tenant_revokes_with_bounded_concurrency_and_reports_progress(
+    provider: MockProvider, clock: FakeClock, mode: str
+) -> None:
+    """Issue 9 Deliver: a tenant's connections are revoked ``concurrency`` batches at once
+    (threads for the sync broker, tasks for the async one), never more, with a progress call
+    per batch; every connection is revoked and deleted."""
+    seen = _InFlight()
+    broker = Broker(
+        provider.descriptor(grants=["authorization_code", "refresh_token"]),
+        client_id="test-client",
+        client_secret="test-secret",
+        store=MemoryStore(),
+        http_client=httpx2.Client(
+            transport=_Counting(provider.transport(), seen), base_url=provider.issuer
+        ),
+        async_http_client=httpx2.AsyncClient(
+            transport=_AsyncCounting(provider.async_transport(), seen), base_url=provider.issuer
+        ),
+        clock=clock,
+    )
+    for i in range(12):
+        login(broker, provider, tenant=TENANT, principal=f"user{i}")
+    seen.most = 0
+    provider.latency["revoke"] = 0.02  # each revocation takes a while: batches overlap
+    progress: list[tuple[int, int]] = []
+    options: dict[str, Any] = {
+        "concurrency": 3,
+        "batch": 2,
+        "progress": lambda done, total: progress.append((done, total)),
+    }
+    if mode == "sync":
+        report = broker.forget_tenant(TENANT, **options)
+    else:
+        report = asyncio.run(broker.aforget_tenant(TENANT, **options))
+    assert 2 <= seen.most <= 3  # concurrent, and bounded by concurrency=3
+    assert len(report.revoked) == 12 and report.deleted == 12
+    assert provider.counters["revoke"] == 24  # refresh and access token of each
+    assert broker.store.list_keys(TENANT) == []  # type: ignore[arg-type]
+    assert [t for _, t in progress] == [12] * 6  # one call per batch of 2
+    assert [d for d, _ in progress] == sorted(d for d, _ in progress) and progress[-1] == (12, 12)
+    broker.close()

@@ -586,7 +586,9 @@ def registry_app(world: World) -> tuple[Any, _CountingStore]:
     return _registry_app(world)
 
 
-def _registry_app(world: World, **options: Any) -> tuple[Any, _CountingStore]:
+def _registry_app(
+    world: World, extra: tuple[tuple[str, str], ...] = (), **options: Any
+) -> tuple[Any, _CountingStore]:
     from oauth2_broker_mw import Registration, Registry
     from oauth2_broker_mw.middleware import path_prefix_tenant
 
@@ -602,6 +604,14 @@ def _registry_app(world: World, **options: Any) -> tuple[Any, _CountingStore]:
         )
         for tenant in ("tenant-a", "tenant-b")
     }
+    for tenant, provider_id in extra:  # another provider id on the same MockProvider
+        registrations[(tenant, provider_id)] = Registration(
+            provider=provider_id,
+            descriptor=mp.descriptor(id=provider_id),
+            client_id="test-client",
+            client_secret="test-secret",
+            scopes=("openid", "email"),
+        )
     registry = Registry(
         store=store,
         registrations=registrations,
@@ -653,6 +663,21 @@ def test_unknown_tenants_and_providers_are_404_with_no_store_write(
     assert "location" not in response.headers
     assert store.writes == 0
     assert world.providers["honest"].counters["token"] == 0
+
+
+def test_a_provider_enabled_for_another_tenant_only_is_404_here(world: World) -> None:
+    """J3: tenant-b has the provider ``second``, tenant-a does not. Tenant-a's login with it
+    is a 404 before any redirect or store write; tenant-b's starts."""
+    app, store = _registry_app(world, extra=(("tenant-b", "second"),))
+    browser = world.browser(app)
+    refused = browser.get("/oauth2/second/login", params={"return_to": "/t/tenant-a/whoami"})
+    assert refused.status_code == 404
+    assert "unknown_provider" in refused.text
+    assert "location" not in refused.headers
+    assert store.writes == 0
+    started = browser.get("/oauth2/second/login", params={"return_to": "/t/tenant-b/whoami"})
+    assert started.status_code == 302, started.text
+    assert store.writes > 0  # its pending login
 
 
 # -- subdomain tenants end to end: each tenant's callback on its own host -----------------------
