@@ -240,10 +240,6 @@ class BackoffUntil(StoreOp):
     op: ClassVar[str] = "backoff_until"
     name: str
 
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.name,)
-
 
 @dataclass(frozen=True, slots=True)
 class SetBackoff(StoreOp):
@@ -251,17 +247,10 @@ class SetBackoff(StoreOp):
     result the stored ``float``. ``now`` bounds how long the store keeps the entry."""
 
     op: ClassVar[str] = "set_backoff"
+    keywords: ClassVar[tuple[str, ...]] = ("now",)
     name: str
     until: float
     now: float
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.name, self.until)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return {"now": self.now}
 
 
 @dataclass(frozen=True, slots=True)
@@ -275,24 +264,12 @@ class TakeToken(StoreOp):
     """
 
     op: ClassVar[str] = "take_token"
+    keywords: ClassVar[tuple[str, ...]] = ("now", "interval", "burst", "max_wait")
     name: str
     now: float
     interval: float
     burst: int
     max_wait: float = 0.0
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.name,)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return {
-            "now": self.now,
-            "interval": self.interval,
-            "burst": self.burst,
-            "max_wait": self.max_wait,
-        }
 
 
 @dataclass(frozen=True, slots=True)
@@ -302,17 +279,10 @@ class CountCalls(StoreOp):
     one (a sliding estimate over two fixed windows of ``window`` seconds)."""
 
     op: ClassVar[str] = "count_calls"
+    keywords: ClassVar[tuple[str, ...]] = ("now", "window")
     name: str
     now: float
     window: float
-
-    @property
-    def args(self) -> tuple[Any, ...]:
-        return (self.name,)
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return {"now": self.now, "window": self.window}
 
 
 def store_call(effect: StoreOp) -> tuple[str, tuple[Any, ...], dict[str, Any]]:
