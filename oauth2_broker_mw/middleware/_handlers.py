@@ -117,7 +117,8 @@ def callback(core: MiddlewareCore, provider: str, request: BrokerRequest) -> Han
     flow = core.flows.open(state, cookies, now)
     if flow is None:
         raise Reject(400, "state_mismatch", "This login was not started in this browser.")
-    back = flow.get("r")  # the login's own return_to, for the retry link
+    back = flow.get("r")
+    back = back if isinstance(back, str) else "/"  # the login's own return_to, for a retry
     try:
         tenant, return_to, issuer = _check_flow(core, flow, provider, request, now)
         _check_provider_error(params)
@@ -130,8 +131,7 @@ def callback(core: MiddlewareCore, provider: str, request: BrokerRequest) -> Han
         response = redirect(return_to, 303)
         response.headers.append(core.sessions.set_cookie(session, now))
     except Reject as reject:
-        again = back if isinstance(back, str) else "/"
-        reject.retry = core.retry_url(provider, reject.code, again)
+        reject.retry = core.retry_url(provider, reject.code, back)
         response = core.error(request, reject)
     response.headers.append(core.flows.consume(state))
     return response
