@@ -572,6 +572,11 @@ class Registry:
         seconds = time.monotonic() - started
         return OffboardReport(checked, tokens, pending, removed, seconds, delivered, dropped)
 
+    #: The issue's and the docs' short name: ``registry.offboard("globex")`` is
+    #: :meth:`offboard_tenant`, ``await registry.aoffboard("globex")`` is :meth:`aoffboard_tenant`.
+    offboard = offboard_tenant
+    aoffboard = aoffboard_tenant
+
     # -- lifecycle events -----------------------------------------------------------------------
     def subscribe(self, handler: EventHandler) -> Callable[[], None]:
         """Call ``handler(event)`` for the lifecycle events of every broker of this registry.

@@ -261,3 +261,27 @@ def test_offboarding_a_tenant_empties_its_queued_revocations(
     assert (report.revocations_delivered, report.revocations_dropped) == (1, 1)
     assert live(provider, "globex-app") == 2  # gina's pair stays valid until it expires
     registry.close()
+
+
+def test_offboard_and_aoffboard_are_the_short_names_of_offboard_tenant(
+    provider: MockProvider, clock: FakeClock, tmp_path: Path
+) -> None:
+    """``Registry.offboard(tenant)`` (the name the docs and issue 9 use) and its async twin
+    off-board exactly like ``offboard_tenant``: revoked, deleted, and refused from then on."""
+    store, done = open_shared("sqlite", tmp_path)
+    registry = make_registry(store, provider, clock)
+    seed(store, provider, "globex", "globex-app", 3)
+    seed(store, provider, "acme", "test-client", 2)
+
+    sync_report = registry.offboard("globex")
+    async_report = asyncio.run(registry.aoffboard("acme"))
+
+    assert (sync_report.tenant, async_report.tenant) == ("globex", "acme")
+    assert (sync_report.tokens.deleted, async_report.tokens.deleted) == (3, 2)
+    assert live(provider, "globex-app") == 0 and live(provider, "test-client") == 0
+    for tenant in ("globex", "acme"):
+        assert store.list_keys(tenant) == []  # type: ignore[arg-type]
+        with pytest.raises(UnknownTenant):
+            registry.broker(tenant=tenant, provider="mock")
+    registry.close()
+    done()
