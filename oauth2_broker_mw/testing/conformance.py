@@ -40,8 +40,6 @@ from .._core.errors import ConfigurationError
 from .._core.model import (
     JSONValue,
     PendingAuthorization,
-    PrincipalId,
-    ProviderId,
     ScopeSet,
     Secret,
     StoreKey,
@@ -77,11 +75,12 @@ def make_pending(
 ) -> PendingAuthorization:
     """A pending login whose ``expires_at`` is ``expires_in`` seconds from now."""
     now = time.time()
+    owner = _key()  # the suite's one tenant, principal and provider
     values: dict[str, Any] = {
         "state": Secret(state or f"state-{uuid.uuid4().hex}"),
-        "tenant": TenantId("tenant-a"),
-        "principal": PrincipalId("alice"),
-        "provider": ProviderId("example"),
+        "tenant": owner.tenant,
+        "principal": owner.principal,
+        "provider": owner.provider,
         "scopes": ScopeSet.of("openid email"),
         "redirect_uri": "https://app.example/callback",
         "code_verifier": Secret("verifier-" + "v" * 40),
@@ -284,6 +283,21 @@ def _key(tenant: str = "tenant-a", principal: str = "alice", scopes: str = "read
     return StoreKey.build(tenant, principal, "example", scopes)
 
 
+def _assert_one_winner(
+    results: Sequence[TokenRecord | None],
+    loaded: TokenRecord | None,
+    *,
+    version: int,
+    won: str = "won",
+) -> None:
+    """Exactly one racer's write went in, and the store now holds it at ``version``."""
+    winners = [r for r in results if r is not None]
+    assert len(winners) == 1, f"{len(winners)} of {RACERS} racers {won}"
+    assert loaded is not None
+    assert loaded.version == version
+    assert loaded.access_token == winners[0].access_token
+
+
 class StoreConformance:
     """Subclass in a ``Test*`` class and define a ``store`` fixture returning an empty store."""
 
@@ -439,12 +453,7 @@ class StoreConformance:
             for i in range(RACERS)
         ]
         results = api.concurrently(api.store.compare_and_swap, api.store.acompare_and_swap, calls)
-        winners = [r for r in results if r is not None]
-        assert len(winners) == 1, f"{len(winners)} of {RACERS} racers won"
-        loaded = api.get(key)
-        assert loaded is not None
-        assert loaded.version == base.version + 1
-        assert loaded.access_token == winners[0].access_token
+        _assert_one_winner(results, api.get(key), version=base.version + 1)
 
     def test_cas_race_on_absent_key_has_exactly_one_creator(self, api: StoreRunner) -> None:
         key = _key()
@@ -453,12 +462,7 @@ class StoreConformance:
             for i in range(RACERS)
         ]
         results = api.concurrently(api.store.compare_and_swap, api.store.acompare_and_swap, calls)
-        winners = [r for r in results if r is not None]
-        assert len(winners) == 1, f"{len(winners)} of {RACERS} racers created the record"
-        loaded = api.get(key)
-        assert loaded is not None
-        assert loaded.version == 1
-        assert loaded.access_token == winners[0].access_token
+        _assert_one_winner(results, api.get(key), version=1, won="created the record")
 
     def test_cas_race_between_threads_and_tasks_has_one_winner(self, store: TokenStore) -> None:
         # One store serves sync and async callers of one process at the same time.
@@ -490,12 +494,7 @@ class StoreConformance:
             threaded = [pool.submit(in_thread, i) for i in range(half)]
             tasked = _run_on_own_loop(in_tasks())
             results = [f.result(timeout=30) for f in threaded] + tasked
-        winners = [r for r in results if r is not None]
-        assert len(winners) == 1, f"{len(winners)} of {RACERS} racers won"
-        loaded = store.get(key)
-        assert loaded is not None
-        assert loaded.version == base.version + 1
-        assert loaded.access_token == winners[0].access_token
+        _assert_one_winner(results, store.get(key), version=base.version + 1)
 
     def test_async_twins_work_under_asyncio_run_on_successive_loops(
         self, store: TokenStore
