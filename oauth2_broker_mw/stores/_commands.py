@@ -29,10 +29,10 @@ import urllib.parse
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Sequence
 from typing import Any, Generic, TypeAlias, TypeVar
 
-from .._core.errors import ConfigurationError, CorruptRecord, StoreUnavailable, sealed
+from .._core.errors import CorruptRecord, StoreUnavailable, sealed
 from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
 from .._driver import arun, run
-from .base import PROBE_KEY, DueRecord, check_bucket, check_limit, check_window
+from .base import PROBE_KEY, DueRecord, check_bucket, check_limit, check_ttl, check_window
 
 __all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url", "unreachable"]
 
@@ -149,13 +149,6 @@ class PerLoop(Generic[C]):
             with contextlib.suppress(StopAsyncIteration):
                 await guard.__anext__()
             await self._closer(item)
-
-
-def check_ttl(ttl: float) -> float:
-    ttl = float(ttl)
-    if not ttl > 0:
-        raise ConfigurationError("lock ttl must be a positive number of seconds")
-    return ttl
 
 
 class CommandStore(abc.ABC):

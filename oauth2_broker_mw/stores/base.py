@@ -83,7 +83,7 @@ from dataclasses import dataclass
 from functools import partial
 from typing import Final, ParamSpec, Protocol, TypeVar, runtime_checkable
 
-from .._core.errors import ConfigurationError
+from .._core.errors import ConfigurationError, CorruptRecord
 from .._core.model import (
     PendingAuthorization,
     PrincipalId,
@@ -201,6 +201,32 @@ async def acheck_store(store: TokenStore) -> None:
         store.aget, PROBE_KEY
     )
     await acheck()
+
+
+def decode_record(key: StoreKey, data: str | bytes) -> TokenRecord:
+    """The token record stored as ``data`` under ``key``: :class:`CorruptRecord` if it does
+    not decode or belongs to another key (a row copied into the wrong slot)."""
+    record = TokenRecord.from_json(data)
+    if record.key != key:
+        raise CorruptRecord("stored token record belongs to another key")
+    return record
+
+
+def decode_pending(state_key: str, data: str | bytes) -> PendingAuthorization:
+    """The pending authorization stored as ``data`` under ``state_key``: :class:`CorruptRecord`
+    if it does not decode or belongs to another state."""
+    pending = PendingAuthorization.from_json(data)
+    if pending.state_key != state_key:
+        raise CorruptRecord("stored pending authorization belongs to another state")
+    return pending
+
+
+def check_ttl(ttl: float) -> float:
+    """A validated lock ttl: positive seconds."""
+    ttl = float(ttl)
+    if not ttl > 0:
+        raise ConfigurationError("lock ttl must be a positive number of seconds")
+    return ttl
 
 
 @dataclass(frozen=True, slots=True)

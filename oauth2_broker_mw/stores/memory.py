@@ -19,14 +19,15 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .._core.errors import ConfigurationError, CorruptRecord
 from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
 from .base import (
     DueRecord,
     ThreadedAsyncMixin,
     check_bucket,
     check_limit,
+    check_ttl,
     check_window,
+    decode_record,
     gcra,
     recent_calls,
     refresh_index,
@@ -84,7 +85,7 @@ class MemoryStore(ThreadedAsyncMixin):
             row = self._tokens.get(key.id)
         if row is None:
             return None
-        return _decode(row, key)
+        return decode_record(key, row.data).with_version(row.version)
 
     def put(self, record: TokenRecord) -> TokenRecord:
         with self._mutex:
@@ -171,7 +172,7 @@ class MemoryStore(ThreadedAsyncMixin):
 
     # -- lease locks ------------------------------------------------------------------------
     def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         now = self._clock()
         with self._mutex:
             held = self._locks.get(name)
@@ -182,7 +183,7 @@ class MemoryStore(ThreadedAsyncMixin):
             return True
 
     def renew_lock(self, name: str, owner: str, ttl: float) -> bool:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         now = self._clock()
         with self._mutex:
             held = self._locks.get(name)
@@ -269,15 +270,3 @@ def _tenant_of(data: str) -> object:
         return json.loads(data).get("tenant")
     except (ValueError, AttributeError):
         return None
-
-
-def _check_ttl(ttl: float) -> None:
-    if not ttl > 0:
-        raise ConfigurationError("lock ttl must be a positive number of seconds")
-
-
-def _decode(row: _Row, key: StoreKey) -> TokenRecord:
-    record = TokenRecord.from_json(row.data)
-    if record.key != key:
-        raise CorruptRecord("stored token record belongs to another key")
-    return record.with_version(row.version)

@@ -46,10 +46,10 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "PostgresStore needs psycopg 3 and psycopg_pool: pip install 'oauth2-broker-mw[postgres]'"
     ) from exc
 
-from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
+from .._core.errors import ConfigurationError, StorageError, StoreUnavailable
 from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
 from ._commands import CommandStore, Op, PerLoop, adrive, drive, unreachable
-from .base import DueRecord, recent_calls, refresh_index
+from .base import DueRecord, decode_pending, decode_record, recent_calls, refresh_index
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 
@@ -603,10 +603,7 @@ class PostgresStore(CommandStore):
         if not rows:
             return None
         version, data = rows[0]
-        record = TokenRecord.from_json(data)
-        if record.key != key:
-            raise CorruptRecord("stored token record belongs to another key")
-        return record.with_version(int(version))
+        return decode_record(key, data).with_version(int(version))
 
     def _op_write(
         self, record: TokenRecord, expected_version: int | None, *, unconditional: bool
@@ -818,7 +815,4 @@ class PostgresStore(CommandStore):
         )
         if not rows or not rows[0][1]:
             return None
-        pending = PendingAuthorization.from_json(rows[0][0])
-        if pending.state_key != state_key:
-            raise CorruptRecord("stored pending authorization belongs to another state")
-        return pending
+        return decode_pending(state_key, rows[0][0])

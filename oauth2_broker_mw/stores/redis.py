@@ -65,7 +65,7 @@ from .._core.model import (
     TokenRecord,
 )
 from ._commands import CommandStore, Op, PerLoop, adrive, drive, redact_url, unreachable
-from .base import DueRecord, recent_calls, refresh_index
+from .base import DueRecord, decode_pending, decode_record, recent_calls, refresh_index
 
 __all__ = ["RedisStore"]
 
@@ -553,9 +553,7 @@ class RedisStore(CommandStore):
         text = _text(data)
         if text is None:
             return None
-        record = TokenRecord.from_json(text)
-        if record.key != key:
-            raise CorruptRecord("stored token record belongs to another key")
+        record = decode_record(key, text)
         try:
             return record.with_version(int(_text(version) or ""))
         except ValueError:
@@ -759,9 +757,7 @@ class RedisStore(CommandStore):
         text = _text(data)
         if text is None:
             return None
-        pending = PendingAuthorization.from_json(text)
-        if pending.state_key != state_key:
-            raise CorruptRecord("stored pending authorization belongs to another state")
+        pending = decode_pending(state_key, text)
         if pending.expires_at <= self._clock():
             return None
         return pending

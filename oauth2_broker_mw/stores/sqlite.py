@@ -51,7 +51,10 @@ from .base import (
     ThreadedAsyncMixin,
     check_bucket,
     check_limit,
+    check_ttl,
     check_window,
+    decode_pending,
+    decode_record,
     gcra,
     recent_calls,
     refresh_index,
@@ -481,14 +484,14 @@ class SQLiteStore(ThreadedAsyncMixin):
 
     # -- lease locks ------------------------------------------------------------------------
     def acquire_lock(self, name: str, owner: str, ttl: float) -> bool:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         now = self._clock()
         with self._connection() as conn:
             cursor = conn.execute(_ACQUIRE_LOCK, (name, owner, now + ttl, now))
             return cursor.rowcount > 0
 
     def renew_lock(self, name: str, owner: str, ttl: float) -> bool:
-        _check_ttl(ttl)
+        check_ttl(ttl)
         now = self._clock()
         with self._connection() as conn:
             cursor = conn.execute(
@@ -590,10 +593,7 @@ class SQLiteStore(ThreadedAsyncMixin):
             return None
         if not isinstance(data, (str, bytes)):
             raise CorruptRecord("pending authorization is not stored as text")
-        pending = PendingAuthorization.from_json(data)
-        if pending.state_key != state_key:
-            raise CorruptRecord("pending authorization is stored under another state")
-        return pending
+        return decode_pending(state_key, data)
 
 
 # Stores alive in this process, so a forked child (gunicorn --preload, multiprocessing
@@ -651,15 +651,7 @@ def _decode_record(key: StoreKey, version: object, data: object) -> TokenRecord:
         raise CorruptRecord("stored token record is not stored as text")
     if not _valid_version(version) or version == 0:
         raise CorruptRecord("stored token record has no valid version")
-    record = TokenRecord.from_json(data)
-    if record.key != key:
-        raise CorruptRecord("stored token record belongs to another key")
-    return record.with_version(version)
-
-
-def _check_ttl(ttl: float) -> None:
-    if not ttl > 0:
-        raise ConfigurationError("lock ttl must be a positive number of seconds")
+    return decode_record(key, data).with_version(version)
 
 
 def _cannot_create(path: str, exc: OSError) -> str:
