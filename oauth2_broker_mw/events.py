@@ -30,40 +30,13 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeAlias
 
+from ._core import events as _events
 from ._core.errors import ConfigurationError
-from ._core.events import (
-    ConnectionRevoked,
-    Event,
-    LockContended,
-    RateLimited,
-    ReauthorizationRequired,
-    RefreshFailed,
-    RevocationDropped,
-    RevocationQueued,
-    RotationFlushed,
-    RotationUnsaved,
-    TokenIssued,
-    TokenRefreshed,
-)
+from ._core.events import *  # noqa: F403  (the event types are public here, as they are there)
+from ._core.events import Event
 
-__all__ = [
-    "ConnectionRevoked",
-    "Delivery",
-    "Event",
-    "EventBus",
-    "EventHandler",
-    "LockContended",
-    "RateLimited",
-    "ReauthorizationRequired",
-    "RefreshFailed",
-    "RevocationDropped",
-    "RevocationQueued",
-    "RotationFlushed",
-    "RotationUnsaved",
-    "TokenIssued",
-    "TokenRefreshed",
-    "WebhookSink",
-]
+__all__ = ["Delivery", "EventBus", "EventHandler", "WebhookSink"]
+__all__ += _events.__all__
 
 log = logging.getLogger("oauth2_broker_mw.events")
 

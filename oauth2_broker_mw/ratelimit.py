@@ -8,26 +8,9 @@ how a 429/503 answer closes the provider's gate for every caller. See ``docs/ope
 
 from __future__ import annotations
 
+from ._core import ratelimit as _ratelimit
 from ._core.errors import RateLimited
-from ._core.ratelimit import (
-    Allow,
-    Backoff,
-    Decision,
-    Delay,
-    Deny,
-    RateLimitCall,
-    RateLimitPolicy,
-    TokenBucket,
-)
+from ._core.ratelimit import *  # noqa: F403  (the public names of the rate-limit gate)
 
-__all__ = [
-    "Allow",
-    "Backoff",
-    "Decision",
-    "Delay",
-    "Deny",
-    "RateLimitCall",
-    "RateLimitPolicy",
-    "RateLimited",
-    "TokenBucket",
-]
+__all__ = ["RateLimited"]
+__all__ += _ratelimit.__all__

@@ -27,6 +27,9 @@ from .effects import (
 from .errors import ConfigurationError, RateLimited, StorageError
 from .events import RateLimited as RateLimitedEvent
 
+#: The public names, which :mod:`oauth2_broker_mw.ratelimit` re-exports; the flow steps
+#: (``before_token_request``, ``after_token_response``, ``record_failure``) are the grant
+#: flows' own, imported by name.
 __all__ = [
     "Allow",
     "Backoff",
@@ -36,9 +39,6 @@ __all__ = [
     "RateLimitCall",
     "RateLimitPolicy",
     "TokenBucket",
-    "after_token_response",
-    "before_token_request",
-    "record_failure",
 ]
 
 log = logging.getLogger("oauth2_broker_mw")
