@@ -221,15 +221,10 @@ class AuthorizeEndpoint(TokenEndpoint):
     async def _par_endpoint(self, request: Request) -> Response:
         if self.par == "off":
             return JSONResponse({"error": "not_found"}, status_code=404)
-        try:
-            form = await self._read_form(request)
-            client, method = self._authenticate_client(request, form)
-        except OAuthError as err:
-            await self._enter("par", request, {})
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        fault = await self._enter(
-            "par", request, form, client_id=client.client_id, auth_method=method
-        )
+        entered = await self._enter_as_client("par", request)
+        if isinstance(entered, Response):
+            return entered
+        form, client, fault = entered
         if fault is not None:
             return self._fault_response(fault, "par")
         params = self._standard_names(

@@ -13,8 +13,9 @@ from urllib.parse import unquote_plus
 from joserfc import jws
 from joserfc.errors import JoseError
 from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
 
-from ._mock_config import MockClient
+from ._mock_config import Fault, MockClient
 from ._mock_core import MockCore
 from ._mock_records import (
     ASYMMETRIC_ALGS,
@@ -27,6 +28,27 @@ from ._mock_records import (
 
 class ClientAuth(MockCore):
     """MockProvider client authentication at its endpoints."""
+
+    async def _enter_as_client(
+        self, endpoint: str, request: Request, *, refuse_public: str | None = None
+    ) -> tuple[dict[str, str], MockClient, Fault | None] | Response:
+        """Read the form of a request to a client-authenticated endpoint (revocation,
+        introspection, PAR), authenticate its client and count it with that client (``_enter``);
+        return the form, the client and the fault to apply. A request that fails is counted
+        with no form and answered with the JSON error, the ``Response`` returned.
+        ``refuse_public``: the description to refuse a public client (method ``none``) with."""
+        try:
+            form = await self._read_form(request)
+            client, method = self._authenticate_client(request, form)
+            if refuse_public is not None and method == "none":
+                raise OAuthError("invalid_client", refuse_public, 401)
+        except OAuthError as err:
+            await self._enter(endpoint, request, {})
+            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
+        fault = await self._enter(
+            endpoint, request, form, client_id=client.client_id, auth_method=method
+        )
+        return form, client, fault
 
     def _authenticate_client(
         self, request: Request, form: Mapping[str, str]

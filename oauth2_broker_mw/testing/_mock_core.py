@@ -411,6 +411,12 @@ class MockCore:
             return None
         return fault
 
+    async def _enter_or_fault(self, endpoint: str, request: Request) -> Response | None:
+        """Count a request whose form is not read (``_enter``); the response of the fault it
+        draws, or ``None`` to go on."""
+        fault = await self._enter(endpoint, request, {})
+        return None if fault is None else self._fault_response(fault, endpoint)
+
     def _fault_response(self, fault: Fault, endpoint: str) -> Response:
         headers: dict[str, str] = {}
         if fault.retry_after is not None:

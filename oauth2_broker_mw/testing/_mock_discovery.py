@@ -81,21 +81,18 @@ class DiscoveryEndpoints(ResourceEndpoints):
         return doc
 
     async def _openid_configuration(self, request: Request) -> Response:
-        fault = await self._enter("discovery", request, {})
-        if fault is not None:
-            return self._fault_response(fault, "discovery")
+        if (faulted := await self._enter_or_fault("discovery", request)) is not None:
+            return faulted
         if not self.oidc:
             return JSONResponse({"error": "not_found"}, status_code=404)
         return JSONResponse(self.metadata())
 
     async def _as_metadata(self, request: Request) -> Response:
-        fault = await self._enter("discovery", request, {})
-        if fault is not None:
-            return self._fault_response(fault, "discovery")
+        if (faulted := await self._enter_or_fault("discovery", request)) is not None:
+            return faulted
         return JSONResponse(self.metadata())
 
     async def _jwks(self, request: Request) -> Response:
-        fault = await self._enter("jwks", request, {})
-        if fault is not None:
-            return self._fault_response(fault, "jwks")
+        if (faulted := await self._enter_or_fault("jwks", request)) is not None:
+            return faulted
         return JSONResponse(self.public_jwks)

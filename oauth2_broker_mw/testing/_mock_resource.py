@@ -13,7 +13,7 @@ from starlette.routing import Route
 
 from ._mock_authorize import AuthorizeEndpoint
 from ._mock_dpop import DPOP_PROOF_ALGS, DPoPProofError
-from ._mock_records import NO_STORE, OAuthError, TokenState
+from ._mock_records import NO_STORE, TokenState
 
 
 class ResourceEndpoints(AuthorizeEndpoint):
@@ -31,15 +31,10 @@ class ResourceEndpoints(AuthorizeEndpoint):
     # ------------------------------------------------------------------ /revoke, /introspect
 
     async def _revoke(self, request: Request) -> Response:
-        try:
-            form = await self._read_form(request)
-            client, method = self._authenticate_client(request, form)
-        except OAuthError as err:
-            await self._enter("revoke", request, {})
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        fault = await self._enter(
-            "revoke", request, form, client_id=client.client_id, auth_method=method
-        )
+        entered = await self._enter_as_client("revoke", request)
+        if isinstance(entered, Response):
+            return entered
+        form, client, fault = entered
         if fault is not None and fault.kind != "lost_response":
             return self._fault_response(fault, "revoke")
         value = form.get("token")
@@ -59,17 +54,12 @@ class ResourceEndpoints(AuthorizeEndpoint):
         return Response(status_code=200, headers=NO_STORE)
 
     async def _introspect(self, request: Request) -> Response:
-        try:
-            form = await self._read_form(request)
-            client, method = self._authenticate_client(request, form)
-            if method == "none":  # RFC 7662 §2.1: the caller must be authorized
-                raise OAuthError("invalid_client", "introspection needs client authentication", 401)
-        except OAuthError as err:
-            await self._enter("introspect", request, {})
-            return JSONResponse(err.body(), status_code=err.status, headers=err.headers)
-        fault = await self._enter(
-            "introspect", request, form, client_id=client.client_id, auth_method=method
-        )
+        # RFC 7662 §2.1: the caller must be authorized, so a public client is refused.
+        refusal = "introspection needs client authentication"
+        entered = await self._enter_as_client("introspect", request, refuse_public=refusal)
+        if isinstance(entered, Response):
+            return entered
+        form, _, fault = entered
         if fault is not None:
             return self._fault_response(fault, "introspect")
         value = form.get("token")
@@ -159,6 +149,11 @@ class ResourceEndpoints(AuthorizeEndpoint):
             self._counters["dpop:resource:ok"] += 1
         return bound
 
+    async def _enter_with_access(self, endpoint: str, request: Request) -> TokenState | Response:
+        """Count a request to a protected endpoint; answer its fault, else check its access."""
+        faulted = await self._enter_or_fault(endpoint, request)
+        return faulted if faulted is not None else self._check_access(request)
+
     def _check_bearer(self, request: Request) -> TokenState | Response:
         value = self._bearer(request)
         if value is None:
@@ -182,10 +177,7 @@ class ResourceEndpoints(AuthorizeEndpoint):
 
     async def _resource(self, request: Request) -> Response:
         body = await request.body()
-        fault = await self._enter("resource", request, {})
-        if fault is not None:
-            return self._fault_response(fault, "resource")
-        rec = self._check_access(request)
+        rec = await self._enter_with_access("resource", request)
         if isinstance(rec, Response):
             return rec
         required: list[str] = []
@@ -214,10 +206,7 @@ class ResourceEndpoints(AuthorizeEndpoint):
         )
 
     async def _userinfo(self, request: Request) -> Response:
-        fault = await self._enter("userinfo", request, {})
-        if fault is not None:
-            return self._fault_response(fault, "userinfo")
-        rec = self._check_access(request)
+        rec = await self._enter_with_access("userinfo", request)
         if isinstance(rec, Response):
             return rec
         if "openid" not in rec.scopes:
