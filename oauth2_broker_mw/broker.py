@@ -430,10 +430,15 @@ class Broker:
         return None
 
     def _warm(
-        self, key: StoreKey, scopes: ScopesArg, required: Iterable[str] | None
+        self,
+        key: StoreKey,
+        scopes: ScopesArg,
+        required: Iterable[str] | None,
+        hashable: tuple[str, ...] | str,
     ) -> Lease | None:
         """The cached lease for ``key`` if it is fresh and carries what was asked for (else
-        :class:`InsufficientScope`); the default check runs once per ``scopes`` argument."""
+        :class:`InsufficientScope`); the default check runs once per ``scopes`` argument
+        (``hashable``: its cache form, as :meth:`key` computes it)."""
         try:
             entry = self._cache[key.id]
         except KeyError:
@@ -442,7 +447,6 @@ class Broker:
             return None
         if required is not None:
             return _check_required(entry.lease, required, self._provider, self._scopes(scopes))
-        hashable = _hashable_scopes(scopes, self._default_scopes)
         if entry.passed != hashable:
             _check_required(entry.lease, None, self._provider, self._scopes(scopes))
             entry.passed = hashable
@@ -577,7 +581,8 @@ class Broker:
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
         if not force_refresh and _stale is None:
-            warm = self._warm(key, scopes, required_scopes)
+            hashable = _hashable_scopes(scopes, self._default_scopes)
+            warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
                 return warm
         lease = self._obtain(key, scopes, force_refresh, _stale)[1]
@@ -594,7 +599,8 @@ class Broker:
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
         if not force_refresh and _stale is None:
-            warm = self._warm(key, scopes, required_scopes)
+            hashable = _hashable_scopes(scopes, self._default_scopes)
+            warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
                 return warm
         lease = (await self._aobtain(key, scopes, force_refresh, _stale))[1]
@@ -616,7 +622,12 @@ class Broker:
         have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
         (``()`` accepts any grant).
         """
-        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        hashable = _hashable_scopes(scopes, self._default_scopes)
+        key = self._key_for(tenant, principal, hashable)
+        if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
+            warm = self._warm(key, scopes, required_scopes, hashable)
+            if warm is not None:
+                return warm
         return self.lease_for_key(
             key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
         )
@@ -636,7 +647,12 @@ class Broker:
         have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
         (``()`` accepts any grant).
         """
-        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        hashable = _hashable_scopes(scopes, self._default_scopes)
+        key = self._key_for(tenant, principal, hashable)
+        if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
+            warm = self._warm(key, scopes, required_scopes, hashable)
+            if warm is not None:
+                return warm
         return await self.alease_for_key(
             key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
         )
