@@ -29,7 +29,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 from ._core.errors import (
     AuthorizationRequired,
@@ -71,19 +71,10 @@ class SweepReport:
     """Queued revocations given up in this sweep after their last attempt (alert on it)."""
 
     def to_dict(self) -> dict[str, object]:
-        return {
-            "due": self.due,
-            "refreshed": self.refreshed,
-            "reauthorization_required": self.reauthorization_required,
-            "failed": self.failed,
-            "unknown_provider": self.unknown_provider,
-            "errors": dict(self.errors),
-            "rate_limited": self.rate_limited,
-            "unsaved": self.unsaved,
-            "revocations_delivered": self.revocations_delivered,
-            "revocations_pending": self.revocations_pending,
-            "revocations_dropped": self.revocations_dropped,
-        }
+        """Every field by its name, in field order (``errors`` as a plain dict)."""
+        out: dict[str, object] = {f.name: getattr(self, f.name) for f in fields(self)}
+        out["errors"] = dict(self.errors)
+        return out
 
 
 class Refresher:

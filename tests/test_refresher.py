@@ -12,7 +12,7 @@ from oauth2_broker_mw._core.errors import ConfigurationError
 from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TokenRecord
 from oauth2_broker_mw._core.ratelimit import Backoff
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.refresher import Refresher
+from oauth2_broker_mw.refresher import Refresher, SweepReport
 from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
 from oauth2_broker_mw.stores.base import TokenStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
@@ -289,3 +289,25 @@ def test_one_tenants_spent_budget_does_not_hold_back_another_tenants_refreshes()
     assert (report.due, report.refreshed, report.rate_limited) == (3, 2, 1)
     globex = store.get(StoreKey.build("globex", "g", "mock", SCOPES))
     assert globex is not None and globex.version == 2
+
+
+def test_sweep_report_to_dict_names_every_field_in_order() -> None:
+    errors = {"RateLimited": 2}
+    report = SweepReport(1, 2, 3, 4, 5, errors, 6, 7, 8, 9, 10)
+    out = report.to_dict()
+    expected = {
+        "due": 1,
+        "refreshed": 2,
+        "reauthorization_required": 3,
+        "failed": 4,
+        "unknown_provider": 5,
+        "errors": {"RateLimited": 2},
+        "rate_limited": 6,
+        "unsaved": 7,
+        "revocations_delivered": 8,
+        "revocations_pending": 9,
+        "revocations_dropped": 10,
+    }
+    assert out == expected
+    assert list(out) == list(expected)  # in field order
+    assert type(out["errors"]) is dict and out["errors"] is not errors
