@@ -22,6 +22,14 @@ from ._mock_dpop import DPoPProofError
 from ._mock_records import GRANTS, NO_STORE, VERIFIER_RE, OAuthError, b64url_sha256
 
 
+def _required(form: Mapping[str, str], name: str) -> str:
+    """The grant's parameter ``name``; ``invalid_request`` when it is missing or empty."""
+    value = form.get(name)
+    if not value:
+        raise OAuthError("invalid_request", f"missing {name}")
+    return value
+
+
 class TokenEndpoint(ClientAuth):
     """MockProvider's token endpoint: the grants and the token responses."""
 
@@ -243,9 +251,7 @@ class TokenEndpoint(ClientAuth):
     def _grant_code(
         self, request: Request, client: MockClient, form: Mapping[str, str], jkt: str | None = None
     ) -> Response:
-        code_value = form.get("code")
-        if not code_value:
-            raise OAuthError("invalid_request", "missing code")
+        code_value = _required(form, "code")
         verifier = form.get("code_verifier")
         with self._lock:
             code = self._codes.get(code_value)
@@ -289,9 +295,7 @@ class TokenEndpoint(ClientAuth):
     def _grant_refresh(
         self, request: Request, client: MockClient, form: Mapping[str, str], jkt: str | None = None
     ) -> Response:
-        presented = form.get("refresh_token")
-        if not presented:
-            raise OAuthError("invalid_request", "missing refresh_token")
+        presented = _required(form, "refresh_token")
         if self.quirks.require_scope_on_refresh and not form.get("scope"):
             raise OAuthError(
                 "invalid_request",
