@@ -210,6 +210,49 @@ def _pending_aad(state_key: str) -> Callable[[str], bytes]:
     return lambda key_id: f"o2bm-enc:1|pend|{key_id}|{state_key}".encode()
 
 
+S = TypeVar("S")
+
+
+def _unsealed(
+    ring: KeyRing,
+    envelope: str,
+    aad_for: Callable[[str], bytes],
+    what: str,
+    stored: S,
+    restore: Callable[[S, Any], S],
+) -> S:
+    """``stored`` with the secrets sealed in ``envelope`` put back by ``restore``; anything
+    but the expected JSON object is :class:`CorruptRecord` (the ring's own errors pass)."""
+    try:
+        return restore(stored, json.loads(ring.open(envelope, aad_for)))
+    except CorruptRecord:
+        raise
+    except (ValueError, TypeError, KeyError):
+        raise CorruptRecord(f"decrypted {what} secrets are malformed") from None
+
+
+def _with_token_secrets(stored: TokenRecord, secrets: Any) -> TokenRecord:
+    access = secrets["access_token"]
+    if not isinstance(access, str) or not access:
+        raise ValueError("no access token")
+    refresh, id_token = secrets.get("refresh_token"), secrets.get("id_token")
+    return replace(
+        stored,
+        access_token=Secret(access),
+        refresh_token=None if refresh is None else Secret(refresh),
+        id_token=None if id_token is None else Secret(id_token),
+    )
+
+
+def _with_pending_secrets(stored: PendingAuthorization, secrets: Any) -> PendingAuthorization:
+    verifier, nonce = secrets["code_verifier"], secrets["nonce"]
+    return replace(
+        stored,
+        code_verifier=None if verifier is None else Secret(verifier),
+        nonce=None if nonce is None else Secret(nonce),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class StoreCall:
     """One call on the inner store: ``method`` (sync name; the async runner adds ``a``)."""
@@ -356,22 +399,8 @@ class EncryptedStore(CommandStore):
             sealed_refresh is not None and sealed_refresh.get_secret_value() != SEALED_REFRESH_TOKEN
         ) or stored.id_token is not None:
             raise CorruptRecord("encrypted token record carries plaintext secrets")
-        try:
-            secrets = json.loads(opener.open(envelope, _token_aad(stored.key)))
-            access = secrets["access_token"]
-            if not isinstance(access, str) or not access:
-                raise ValueError("no access token")
-            refresh, id_token = secrets.get("refresh_token"), secrets.get("id_token")
-            return replace(
-                stored,
-                access_token=Secret(access),
-                refresh_token=None if refresh is None else Secret(refresh),
-                id_token=None if id_token is None else Secret(id_token),
-            )
-        except CorruptRecord:
-            raise
-        except (ValueError, TypeError, KeyError):
-            raise CorruptRecord("decrypted token secrets are malformed") from None
+        aad = _token_aad(stored.key)
+        return _unsealed(opener, envelope, aad, "token", stored, _with_token_secrets)
 
     def _seal_pending(self, pending: PendingAuthorization) -> PendingAuthorization:
         secrets = {
@@ -390,18 +419,8 @@ class EncryptedStore(CommandStore):
             if self._allow_plaintext:
                 return stored
             raise CorruptRecord("stored pending authorization is not encrypted")
-        try:
-            secrets = json.loads(self._ring.open(envelope, _pending_aad(stored.state_key)))
-            verifier, nonce = secrets["code_verifier"], secrets["nonce"]
-            return replace(
-                stored,
-                code_verifier=None if verifier is None else Secret(verifier),
-                nonce=None if nonce is None else Secret(nonce),
-            )
-        except CorruptRecord:
-            raise
-        except (ValueError, TypeError, KeyError):
-            raise CorruptRecord("decrypted pending secrets are malformed") from None
+        aad = _pending_aad(stored.state_key)
+        return _unsealed(self._ring, envelope, aad, "pending", stored, _with_pending_secrets)
 
     # -- operations (one source for sync and async) -----------------------------------------
     # -- per-tenant data keys (tenant_keys=True) ---------------------------------------------

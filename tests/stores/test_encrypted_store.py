@@ -22,7 +22,7 @@ from oauth2_broker_mw._core.errors import CorruptRecord
 from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId, TokenRecord
 from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
 from oauth2_broker_mw.stores.base import SEALED_REFRESH_TOKEN
-from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing
+from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing, _pending_aad, _token_aad
 from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
 
 KEY_1 = bytes(range(32))
@@ -212,6 +212,25 @@ def test_pending_is_bound_to_its_state() -> None:
     inner.put_pending(replace(mine, code_verifier=raw.code_verifier, nonce=None))
     with pytest.raises(CorruptRecord):
         store.take_pending(mine.state_key)
+
+
+@pytest.mark.parametrize(
+    "plaintext", [b"[]", b"{}", b'{"access_token": ""}', b'{"access_token": 7}', b"not json"]
+)
+def test_sealed_but_malformed_secrets_fail_closed(plaintext: bytes) -> None:
+    inner = MemoryStore()
+    ring = _ring()
+    store = EncryptedStore(inner, ring)
+    key = _key()
+    sealed = replace(make_record(key), access_token=Secret(ring.seal(plaintext, _token_aad(key))))
+    inner.put(replace(sealed, refresh_token=None, id_token=None))
+    with pytest.raises(CorruptRecord, match="decrypted token secrets are malformed"):
+        store.get(key)
+    pending = make_pending()
+    envelope = ring.seal(plaintext, _pending_aad(pending.state_key))
+    inner.put_pending(replace(pending, code_verifier=Secret(envelope), nonce=None))
+    with pytest.raises(CorruptRecord, match="decrypted pending secrets are malformed"):
+        store.take_pending(pending.state_key)
 
 
 def test_unknown_key_id_fails_closed() -> None:
