@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import ast
+from pathlib import Path
+
 import oauth2_broker_mw
 
 EXPECTED = [
@@ -75,3 +78,22 @@ def test_every_error_derives_from_broker_error() -> None:
         member = getattr(oauth2_broker_mw, name)
         if isinstance(member, type) and issubclass(member, Exception):
             assert issubclass(member, oauth2_broker_mw.BrokerError), name
+
+
+def test_type_checking_imports_lazy_table_and_all_name_the_same_members() -> None:
+    """``__init__`` states each public name three times, for three readers (type checkers,
+    the lazy ``__getattr__``, ``import *``): they must agree, module included."""
+    tree = ast.parse(Path(oauth2_broker_mw.__file__).read_text())
+    (block,) = (
+        node
+        for node in tree.body
+        if isinstance(node, ast.If) and ast.unparse(node.test) == "TYPE_CHECKING"
+    )
+    static = {
+        alias.name: "." * node.level + (node.module or "")
+        for node in block.body
+        if isinstance(node, ast.ImportFrom)
+        for alias in node.names
+    }
+    assert static == oauth2_broker_mw._LAZY
+    assert sorted([*oauth2_broker_mw._LAZY, "__version__"]) == oauth2_broker_mw.__all__
