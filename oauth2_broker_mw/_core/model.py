@@ -13,7 +13,7 @@ import hmac
 import json
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
-from typing import Any, Final, TypeAlias
+from typing import Any, ClassVar, Final, Self, TypeAlias
 
 from . import jsonsafe
 from .errors import CorruptRecord, InvalidIdentifier
@@ -274,6 +274,10 @@ def _utf8(value: str) -> bytes:
     return value.encode("utf-8", "surrogatepass")
 
 
+def _revealed(secret: Secret | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+
+
 def _secret_or_none(value: object) -> Secret | None:
     if value is None:
         return None
@@ -301,14 +305,37 @@ def _json_object(text: str | bytes, what: str) -> Mapping[str, Any]:
     return data
 
 
+class _Stored:
+    """The JSON form every store keeps of a record: ``to_json`` / ``from_json`` around the
+    subclass's ``to_dict`` / ``from_dict`` (whose defects are named after ``_stored_as``)."""
+
+    __slots__ = ()
+    _stored_as: ClassVar[str]
+
+    def to_dict(self) -> dict[str, JSONValue]:
+        raise NotImplementedError
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
+        raise NotImplementedError
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> Self:
+        return cls.from_dict(_json_object(text, cls._stored_as))
+
+
 @dataclass(frozen=True, slots=True, repr=False)
-class TokenRecord:
+class TokenRecord(_Stored):
     """A stored grant. Secrets are :class:`Secret`; ``metadata`` keeps extra response fields.
 
     ``expires_at`` is ``None`` when the provider did not say (expiry unknown).
     ``version`` is the compare-and-swap fence; stores set it, starting at 1.
     """
 
+    _stored_as: ClassVar[str] = "stored token record"
     key: StoreKey
     access_token: Secret
     token_type: str = "Bearer"
@@ -350,10 +377,8 @@ class TokenRecord:
         """The secret fields, plaintext, for a store (or an encryption wrapper) to persist."""
         return {
             "access_token": self.access_token.get_secret_value(),
-            "refresh_token": None
-            if self.refresh_token is None
-            else self.refresh_token.get_secret_value(),
-            "id_token": None if self.id_token is None else self.id_token.get_secret_value(),
+            "refresh_token": _revealed(self.refresh_token),
+            "id_token": _revealed(self.id_token),
         }
 
     def public_dict(self) -> dict[str, JSONValue]:
@@ -378,11 +403,8 @@ class TokenRecord:
         data["secrets"] = dict(self.secrets_dict())
         return data
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> TokenRecord:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         """Inverse of :meth:`to_dict`. Any defect raises :class:`CorruptRecord`."""
         try:
             if data.get("format") != RECORD_FORMAT:
@@ -417,20 +439,17 @@ class TokenRecord:
                 revoked_at=opt_float("revoked_at"),
             )
         except _DECODE_ERRORS as exc:
-            raise _undecodable("stored token record", exc) from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> TokenRecord:
-        return cls.from_dict(_json_object(text, "stored token record"))
+            raise _undecodable(cls._stored_as, exc) from None
 
 
 @dataclass(frozen=True, slots=True, repr=False)
-class PendingAuthorization:
+class PendingAuthorization(_Stored):
     """A started login: what the callback needs to finish it. Keyed by ``state_key``.
 
     ``state_key`` is SHA-256(state): stores never hold the raw state as a key.
     """
 
+    _stored_as: ClassVar[str] = "pending authorization"
     state: Secret
     tenant: TenantId
     principal: PrincipalId
@@ -473,18 +492,13 @@ class PendingAuthorization:
             "extra": dict(self.extra),
             "secrets": {
                 "state": self.state.get_secret_value(),
-                "code_verifier": None
-                if self.code_verifier is None
-                else self.code_verifier.get_secret_value(),
-                "nonce": None if self.nonce is None else self.nonce.get_secret_value(),
+                "code_verifier": _revealed(self.code_verifier),
+                "nonce": _revealed(self.nonce),
             },
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), separators=(",", ":"), sort_keys=True)
-
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> PendingAuthorization:
+    def from_dict(cls, data: Mapping[str, Any]) -> Self:
         try:
             if data.get("format") != RECORD_FORMAT:
                 raise ValueError("unknown format")
@@ -507,11 +521,7 @@ class PendingAuthorization:
                 extra=extra,
             )
         except _DECODE_ERRORS as exc:
-            raise _undecodable("pending authorization", exc) from None
-
-    @classmethod
-    def from_json(cls, text: str | bytes) -> PendingAuthorization:
-        return cls.from_dict(_json_object(text, "pending authorization"))
+            raise _undecodable(cls._stored_as, exc) from None
 
 
 @dataclass(frozen=True, slots=True, repr=False)
