@@ -101,26 +101,31 @@ def _validate_identifier(kind: str, value: object) -> str:
     return value
 
 
-class TenantId(str):
+class _Identifier(str):
+    """An identifier checked by :func:`_validate_identifier` once: constructing one from an
+    instance of the same class returns it as is."""
+
+    __slots__ = ()
+    _kind: ClassVar[str]
+
+    def __new__(cls, value: str) -> Self:
+        if type(value) is cls:
+            return value
+        return super().__new__(cls, _validate_identifier(cls._kind, value))
+
+
+class TenantId(_Identifier):
     """A validated tenant identifier (non-empty, ≤ 128 characters, no whitespace/control)."""
 
     __slots__ = ()
-
-    def __new__(cls, value: str) -> TenantId:
-        if type(value) is cls:
-            return value
-        return super().__new__(cls, _validate_identifier("tenant", value))
+    _kind = "tenant"
 
 
-class PrincipalId(str):
+class PrincipalId(_Identifier):
     """A validated principal identifier (a user, a service account, a browser session)."""
 
     __slots__ = ()
-
-    def __new__(cls, value: str) -> PrincipalId:
-        if type(value) is cls:
-            return value
-        return super().__new__(cls, _validate_identifier("principal", value))
+    _kind = "principal"
 
 
 #: The tenant of a single-service app that has no tenants (``service_lease``, ``BrokerAuth``).
@@ -137,15 +142,11 @@ REVOCATION_TENANT: Final = TenantId("@revocations")
 REVOCATION_PRINCIPAL: Final = PrincipalId("@revoke")
 
 
-class ProviderId(str):
+class ProviderId(_Identifier):
     """A validated provider identifier."""
 
     __slots__ = ()
-
-    def __new__(cls, value: str) -> ProviderId:
-        if type(value) is cls:
-            return value
-        return super().__new__(cls, _validate_identifier("provider", value))
+    _kind = "provider"
 
 
 def _valid_scope_token(scope: str) -> bool:
