@@ -747,6 +747,30 @@ def _field_names() -> frozenset[str]:
     return _FIELD_NAMES
 
 
+#: The discovery members we use, by the type each must have: (names, type, what it must be).
+_METADATA_MEMBERS: Final[tuple[tuple[tuple[str, ...], type, str], ...]] = (
+    (("issuer", *_METADATA_ENDPOINTS), str, "a string"),
+    (
+        (
+            "grant_types_supported",
+            "code_challenge_methods_supported",
+            "token_endpoint_auth_methods_supported",
+            "token_endpoint_auth_signing_alg_values_supported",
+            "scopes_supported",
+            "response_types_supported",
+            "id_token_signing_alg_values_supported",
+        ),
+        list,
+        "a list",
+    ),
+    (
+        ("authorization_response_iss_parameter_supported", "require_pushed_authorization_requests"),
+        bool,
+        "a boolean",
+    ),
+)
+
+
 def parse_metadata(document: bytes | str | Mapping[str, object]) -> dict[str, JSONValue]:
     """Parse an RFC 8414 / OIDC discovery document and type-check the members we use.
 
@@ -763,29 +787,11 @@ def parse_metadata(document: bytes | str | Mapping[str, object]) -> dict[str, JS
     if not isinstance(data, Mapping):
         raise ConfigurationError("discovery document must be a JSON object")
     out: dict[str, JSONValue] = {str(k): v for k, v in data.items()}
-    for name in ("issuer", *_METADATA_ENDPOINTS):
-        value = out.get(name)
-        if value is not None and not isinstance(value, str):
-            raise ConfigurationError(f"discovery document member {name} must be a string")
-    for name in (
-        "grant_types_supported",
-        "code_challenge_methods_supported",
-        "token_endpoint_auth_methods_supported",
-        "token_endpoint_auth_signing_alg_values_supported",
-        "scopes_supported",
-        "response_types_supported",
-        "id_token_signing_alg_values_supported",
-    ):
-        value = out.get(name)
-        if value is not None and not isinstance(value, list):
-            raise ConfigurationError(f"discovery document member {name} must be a list")
-    for name in (
-        "authorization_response_iss_parameter_supported",
-        "require_pushed_authorization_requests",
-    ):
-        value = out.get(name)
-        if value is not None and not isinstance(value, bool):
-            raise ConfigurationError(f"discovery document member {name} must be a boolean")
+    for names, kind, what in _METADATA_MEMBERS:
+        for name in names:
+            value = out.get(name)
+            if value is not None and not isinstance(value, kind):
+                raise ConfigurationError(f"discovery document member {name} must be {what}")
     return out
 
 
