@@ -696,6 +696,31 @@ def _decode_body(response: HttpResponse, *, strict: bool = False) -> dict[str, A
     return form
 
 
+def _success_body(
+    desc: ProviderDescriptor,
+    response: HttpResponse,
+    now: float,
+    what: str,
+    *,
+    preview: bool = False,
+) -> dict[str, Any]:
+    """The body of a 2xx answer, decoded strictly. A non-2xx answer raises what
+    :func:`classify_error` makes of it; a body that is no object raises
+    :class:`MalformedResponse` saying ``what`` (with a redacted preview if ``preview``)."""
+    if not 200 <= response.status_code < 300:
+        raise classify_error(response, now=now, aliases=desc.error_aliases)
+    data = _decode_body(response, strict=True)
+    if data is None:
+        body = redact_preview(response.body.decode("utf-8", "replace")) if preview else None
+        raise MalformedResponse(
+            "malformed_response",
+            error_description=what,
+            status_code=response.status_code,
+            body_preview=body,
+        )
+    return data
+
+
 def redact_preview(text: str, limit: int = _PREVIEW_LEN) -> str:
     """Collapse whitespace, hide token-looking runs and ``secret=value`` pairs, truncate."""
     text = " ".join(text.split())
@@ -952,16 +977,9 @@ def parse_token_response(
     :class:`MalformedResponse`; an unknown ``token_type`` raises
     :class:`~oauth2_broker_mw.UnsupportedTokenType` (SECURITY C4).
     """
-    if not 200 <= response.status_code < 300:
-        raise classify_error(response, now=now, aliases=desc.error_aliases)
-    data = _decode_body(response, strict=True)
-    if data is None:
-        raise MalformedResponse(
-            "malformed_response",
-            error_description="token response is neither a JSON object nor a form body",
-            status_code=response.status_code,
-            body_preview=redact_preview(response.body.decode("utf-8", "replace")),
-        )
+    data = _success_body(
+        desc, response, now, "token response is neither a JSON object nor a form body", preview=True
+    )
     if desc.errors_with_200 or "access_token" not in data:
         failure = _error_from_data(
             data, response, parse_retry_after(response, now=now), desc.error_aliases
@@ -1087,15 +1105,7 @@ def parse_introspection_response(
     desc: ProviderDescriptor, response: HttpResponse, *, now: float
 ) -> Introspection:
     """Read an RFC 7662 response; ``active`` must be the JSON ``true`` to count as active."""
-    if not 200 <= response.status_code < 300:
-        raise classify_error(response, now=now, aliases=desc.error_aliases)
-    data = _decode_body(response, strict=True)
-    if data is None:
-        raise MalformedResponse(
-            "malformed_response",
-            error_description="introspection response is not a JSON object",
-            status_code=response.status_code,
-        )
+    data = _success_body(desc, response, now, "introspection response is not a JSON object")
     failure = _error_from_data(data, response, None, desc.error_aliases)
     if failure is not None:
         raise failure
