@@ -87,6 +87,7 @@ from .model import (
     StoreKey,
     TenantId,
     TokenRecord,
+    revealed,
 )
 from .policy import RefreshPolicy, RevocationRetry
 from .provider import ClientConfig, GrantType, PkceMode, ProviderDescriptor
@@ -798,7 +799,7 @@ def start_authorization_flow(
             scopes=asked,
             state=state.get_secret_value(),
             code_challenge=challenge,
-            nonce=None if nonce is None else nonce.get_secret_value(),
+            nonce=revealed(nonce),
             extra_params=extra_params,
         )
 
@@ -909,7 +910,7 @@ def exchange_code_flow(
         claims = yield from _id_token_claims(
             cfg,
             parsed.id_token,
-            nonce=None if pending.nonce is None else pending.nonce.get_secret_value(),
+            nonce=revealed(pending.nonce),
             now=now,
         )
         extra["id_token_claims"] = claims

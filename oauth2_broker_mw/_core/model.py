@@ -34,6 +34,7 @@ __all__ = [
     "TenantId",
     "TokenRecord",
     "TokenStatus",
+    "revealed",
 ]
 
 JSONValue: TypeAlias = "str | int | float | bool | list[JSONValue] | dict[str, JSONValue] | None"
@@ -275,7 +276,8 @@ def _utf8(value: str) -> bytes:
     return value.encode("utf-8", "surrogatepass")
 
 
-def _revealed(secret: Secret | None) -> str | None:
+def revealed(secret: Secret | None) -> str | None:
+    """The value of an optional secret (``None`` stays ``None``)."""
     return None if secret is None else secret.get_secret_value()
 
 
@@ -378,8 +380,8 @@ class TokenRecord(_Stored):
         """The secret fields, plaintext, for a store (or an encryption wrapper) to persist."""
         return {
             "access_token": self.access_token.get_secret_value(),
-            "refresh_token": _revealed(self.refresh_token),
-            "id_token": _revealed(self.id_token),
+            "refresh_token": revealed(self.refresh_token),
+            "id_token": revealed(self.id_token),
         }
 
     def public_dict(self) -> dict[str, JSONValue]:
@@ -493,8 +495,8 @@ class PendingAuthorization(_Stored):
             "extra": dict(self.extra),
             "secrets": {
                 "state": self.state.get_secret_value(),
-                "code_verifier": _revealed(self.code_verifier),
-                "nonce": _revealed(self.nonce),
+                "code_verifier": revealed(self.code_verifier),
+                "nonce": revealed(self.nonce),
             },
         }
 
