@@ -185,6 +185,17 @@ class MockCore:
     def resource_url(self) -> str:
         return self.url("/resource")
 
+    def _endpoint_urls(self) -> dict[str, str]:
+        """The endpoints every document of this server names (discovery metadata, the
+        descriptor), by their RFC 8414 / ``ProviderDescriptor`` field names."""
+        return {
+            "authorization_endpoint": self.authorization_endpoint,
+            "token_endpoint": self.token_endpoint,
+            "revocation_endpoint": self.revocation_endpoint,
+            "introspection_endpoint": self.introspection_endpoint,
+            "jwks_uri": self.jwks_uri,
+        }
+
     @property
     def public_jwks(self) -> dict[str, Any]:
         """The JWK set served at ``/jwks`` (public key only)."""

@@ -30,11 +30,7 @@ class DiscoveryEndpoints(ResourceEndpoints):
         """RFC 8414 / OIDC Discovery metadata for the current issuer."""
         doc: dict[str, Any] = {
             "issuer": self.issuer,
-            "authorization_endpoint": self.authorization_endpoint,
-            "token_endpoint": self.token_endpoint,
-            "revocation_endpoint": self.revocation_endpoint,
-            "introspection_endpoint": self.introspection_endpoint,
-            "jwks_uri": self.jwks_uri,
+            **self._endpoint_urls(),
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": list(GRANTS),

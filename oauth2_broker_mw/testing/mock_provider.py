@@ -371,12 +371,8 @@ class MockProvider(DiscoveryEndpoints):
         fields: dict[str, Any] = {
             "id": "mock",
             "issuer": self.issuer,
-            "authorization_endpoint": self.authorization_endpoint,
-            "token_endpoint": self.token_endpoint,
-            "revocation_endpoint": self.revocation_endpoint,
-            "introspection_endpoint": self.introspection_endpoint,
+            **self._endpoint_urls(),
             "userinfo_endpoint": self.userinfo_endpoint,
-            "jwks_uri": self.jwks_uri,
             "grants": list(GRANTS),
             "client_auth_method": "client_secret_basic",
             "scope_delimiter": self.quirks.scope_delimiter,
@@ -428,25 +424,16 @@ class MockProvider(DiscoveryEndpoints):
         may send tokens to this server.
         """
 
-        def ours(current: str | None, url: str) -> str | None:
-            return url if current else None
-
-        changes: dict[str, Any] = {
-            "token_endpoint": self.token_endpoint,
-            "authorization_endpoint": ours(
-                descriptor.authorization_endpoint, self.authorization_endpoint
-            ),
-            "revocation_endpoint": ours(descriptor.revocation_endpoint, self.revocation_endpoint),
-            "introspection_endpoint": ours(
-                descriptor.introspection_endpoint, self.introspection_endpoint
-            ),
-            "userinfo_endpoint": ours(descriptor.userinfo_endpoint, self.userinfo_endpoint),
-            "issuer": ours(descriptor.issuer, self.issuer),
-            "jwks_uri": ours(descriptor.jwks_uri, self.jwks_uri),
-            "refresh_endpoint": ours(descriptor.refresh_endpoint, self.url("/refresh")),
-            "pushed_authorization_request_endpoint": ours(
-                descriptor.pushed_authorization_request_endpoint, self.par_endpoint
-            ),
-            "allowed_origins": (),
+        ours: dict[str, str] = {
+            **self._endpoint_urls(),
+            "userinfo_endpoint": self.userinfo_endpoint,
+            "issuer": self.issuer,
+            "refresh_endpoint": self.url("/refresh"),
+            "pushed_authorization_request_endpoint": self.par_endpoint,
         }
+        changes: dict[str, Any] = {
+            name: url if getattr(descriptor, name) else None for name, url in ours.items()
+        }
+        changes["token_endpoint"] = self.token_endpoint  # every descriptor has one
+        changes["allowed_origins"] = ()
         return descriptor.replace(**changes)
