@@ -254,11 +254,8 @@ def _without_query(url: str) -> str:
     return url.split("#", 1)[0].split("?", 1)[0]
 
 
-class _HttpxLike(Protocol):
+class _HttpxLike(_Message, Protocol):
     """httpx.Request and httpx2.Request, as far as the adapter reads them."""
-
-    @property
-    def headers(self) -> MutableMapping[str, str]: ...
 
     @property
     def method(self) -> str: ...
@@ -287,13 +284,7 @@ class _HttpxURL(Protocol):
     def query(self) -> bytes: ...
 
 
-class _HttpxResponseLike(Protocol):
-    @property
-    def status_code(self) -> int: ...
-
-    @property
-    def headers(self) -> MutableMapping[str, str]: ...
-
+class _HttpxResponseLike(_Response, Protocol):
     @property
     def request(self) -> _HttpxLike: ...
 
