@@ -283,6 +283,16 @@ def _key(tenant: str = "tenant-a", principal: str = "alice", scopes: str = "read
     return StoreKey.build(tenant, principal, "example", scopes)
 
 
+def _assert_holds(
+    loaded: TokenRecord | None, access_token: str, *, version: int | None = None
+) -> None:
+    """The store gave back a record with ``access_token`` (at ``version``, when given)."""
+    assert loaded is not None
+    assert loaded.access_token == Secret(access_token)
+    if version is not None:
+        assert loaded.version == version
+
+
 def _assert_one_winner(
     results: Sequence[TokenRecord | None],
     loaded: TokenRecord | None,
@@ -377,10 +387,7 @@ class StoreConformance:
         second = api.put(make_record(key, "at-2"))
         third = api.put(make_record(key, "at-3"))
         assert (first.version, second.version, third.version) == (1, 2, 3)
-        loaded = api.get(key)
-        assert loaded is not None
-        assert loaded.version == 3
-        assert loaded.access_token == Secret("at-3")
+        _assert_holds(api.get(key), "at-3", version=3)
 
     def test_stored_record_is_a_copy(self, api: StoreRunner) -> None:
         key = _key()
@@ -395,11 +402,8 @@ class StoreConformance:
         read, write = _key(scopes="read"), _key(scopes="write")
         api.put(make_record(read, "at-read"))
         api.put(make_record(write, "at-write"))
-        loaded_read, loaded_write = api.get(read), api.get(write)
-        assert loaded_read is not None
-        assert loaded_write is not None
-        assert loaded_read.access_token == Secret("at-read")
-        assert loaded_write.access_token == Secret("at-write")
+        _assert_holds(api.get(read), "at-read")
+        _assert_holds(api.get(write), "at-write")
 
     # -- compare-and-swap -------------------------------------------------------------------
     def test_cas_with_none_creates_only_when_absent(self, api: StoreRunner) -> None:
@@ -409,10 +413,7 @@ class StoreConformance:
         assert created.version == 1
         assert created.access_token == Secret("at-1")
         assert api.compare_and_swap(make_record(key, "at-2"), expected_version=None) is None
-        loaded = api.get(key)
-        assert loaded is not None
-        assert loaded.access_token == Secret("at-1")
-        assert loaded.version == 1
+        _assert_holds(api.get(key), "at-1", version=1)
 
     def test_cas_at_current_version_writes_next_version(self, api: StoreRunner) -> None:
         key = _key()
@@ -435,10 +436,7 @@ class StoreConformance:
         assert (
             api.compare_and_swap(make_record(key, "at-3"), expected_version=stale.version) is None
         )
-        loaded = api.get(key)
-        assert loaded is not None
-        assert loaded.access_token == Secret("at-2")
-        assert loaded.version == 2
+        _assert_holds(api.get(key), "at-2", version=2)
 
     def test_cas_with_version_on_absent_key_conflicts(self, api: StoreRunner) -> None:
         key = _key()
@@ -556,9 +554,7 @@ class StoreConformance:
         api.put(make_record(key, "at-1"))
         api.delete(key)
         assert api.compare_and_swap(make_record(key, "at-2"), expected_version=None) is not None
-        loaded = api.get(key)
-        assert loaded is not None
-        assert loaded.access_token == Secret("at-2")
+        _assert_holds(api.get(key), "at-2")
 
     # -- list_keys --------------------------------------------------------------------------
     def test_list_keys_by_tenant_and_principal(self, api: StoreRunner) -> None:
@@ -594,9 +590,7 @@ class StoreConformance:
             assert set(api.list_keys(key.tenant)) == {k for k in keys if k.tenant == key.tenant}
             assert set(api.list_keys(key.tenant, key.principal)) == {key}
         for i, key in enumerate(keys):
-            loaded = api.get(key)
-            assert loaded is not None
-            assert loaded.access_token == Secret(f"at-{i}")
+            _assert_holds(api.get(key), f"at-{i}")
 
     # -- the refresh index ------------------------------------------------------------------
     def test_expiring_lists_renewable_records_soonest_first(self, api: StoreRunner) -> None:
