@@ -209,10 +209,7 @@ class AuthorizeEndpoint(TokenEndpoint):
                 )
             return self._approve(checked, username)
         except RedirectError as err:
-            values = {"error": err.error}
-            if err.description:
-                values["error_description"] = err.description
-            return self._redirect(err.params, values)
+            return self._redirect(err.params, err.body())
         except OAuthError as err:
             return error_page(err.error, err.description or "", 400)
 
@@ -236,11 +233,8 @@ class AuthorizeEndpoint(TokenEndpoint):
             if params.setdefault("client_id", client.client_id) != client.client_id:
                 raise OAuthError("invalid_request", "client_id does not match the client")
             self._check_authorize(params)
-        except OAuthError as err:
+        except OAuthError as err:  # a RedirectError too: PAR answers every error in its body
             return JSONResponse(err.body(), status_code=400, headers=NO_STORE)
-        except RedirectError as err:
-            body = OAuthError(err.error, err.description).body()
-            return JSONResponse(body, status_code=400, headers=NO_STORE)
         request_uri = "urn:ietf:params:oauth:request_uri:" + secrets.token_urlsafe(32)
         with self._lock:
             now = self.now()

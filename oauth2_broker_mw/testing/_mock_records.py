@@ -157,12 +157,12 @@ class AuthorizeParams:
     raw: Mapping[str, str]
 
 
-class RedirectError(Exception):
+class RedirectError(OAuthError):
+    """An :class:`OAuthError` that goes back to the client's redirect URI (RFC 6749 §4.1.2.1)."""
+
     def __init__(self, params: AuthorizeParams, error: str, description: str) -> None:
-        super().__init__(error)
+        super().__init__(error, description)
         self.params = params
-        self.error = error
-        self.description = description
 
 
 def assertion_signature_ok(assertion: str, alg: str, client: MockClient) -> bool:
