@@ -12,7 +12,6 @@ discovery); ``MockProvider`` is the last and adds the public API.
 from __future__ import annotations
 
 import asyncio
-import base64
 import hashlib
 import hmac
 import json
@@ -40,6 +39,7 @@ from ._mock_records import (
     Family,
     OAuthError,
     TokenState,
+    b64url,
     scope_token_ok,
     unsigned_jwt,
 )
@@ -310,7 +310,7 @@ class MockCore:
             claims["nonce"] = family.nonce
         if access_token is not None:
             digest = hashlib.sha256(access_token.encode("ascii")).digest()
-            claims["at_hash"] = base64.urlsafe_b64encode(digest[:16]).rstrip(b"=").decode()
+            claims["at_hash"] = b64url(digest[:16])  # OIDC Core §3.1.3.6: the left half
         claims.update(self.user_claims.get(family.subject, {}))
         for name, value in self.id_token_overrides.items():
             if value is None:

@@ -7,14 +7,14 @@ token is bound to. Raises :class:`DPoPProofError` with a short reason (never the
 
 from __future__ import annotations
 
-import base64
-import hashlib
 import hmac
 from typing import Any, Final
 
 from joserfc import jws, jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
+
+from ._mock_records import b64url_sha256
 
 __all__ = ["DPOP_PROOF_ALGS", "DPoPProofError", "ProofClaims", "verify_proof"]
 
@@ -44,11 +44,6 @@ class ProofClaims:
     def __init__(self, jkt: str, nonce: str | None) -> None:
         self.jkt = jkt
         self.nonce = nonce
-
-
-def _ath(token: str) -> str:
-    digest = hashlib.sha256(token.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
 
 
 def _plain_url(url: str) -> str:
@@ -97,7 +92,7 @@ def verify_proof(
         raise DPoPProofError("iat is missing or outside the acceptance window")
     if access_token is not None:
         ath = claims.get("ath")
-        if not isinstance(ath, str) or not hmac.compare_digest(ath, _ath(access_token)):
+        if not isinstance(ath, str) or not hmac.compare_digest(ath, b64url_sha256(access_token)):
             raise DPoPProofError("ath does not match the access token")
     for old, seen_at in list(seen_jtis.items()):
         if now - seen_at > 2 * IAT_WINDOW:

@@ -44,6 +44,7 @@ __all__ = [
     "RedirectError",
     "TokenState",
     "assertion_signature_ok",
+    "b64url",
     "b64url_json",
     "b64url_sha256",
     "basic_challenge",
@@ -72,9 +73,14 @@ def scope_token_ok(scope: str) -> bool:
     )
 
 
+def b64url(data: bytes) -> str:
+    """base64url without padding (RFC 7515 §2), as every JOSE and PKCE value is written."""
+    return base64.urlsafe_b64encode(data).rstrip(b"=").decode("ascii")
+
+
 def b64url_sha256(value: str) -> str:
-    digest = hashlib.sha256(value.encode("ascii")).digest()
-    return base64.urlsafe_b64encode(digest).rstrip(b"=").decode("ascii")
+    """base64url(SHA-256(ASCII ``value``)): a PKCE S256 challenge, a DPoP ``ath``."""
+    return b64url(hashlib.sha256(value.encode("ascii")).digest())
 
 
 class OAuthError(Exception):
@@ -171,8 +177,7 @@ def assertion_signature_ok(assertion: str, alg: str, client: MockClient) -> bool
         signing_input, _, signature = assertion.rpartition(".")
         secret = (client.client_secret or "").encode()
         mac = hmac.new(secret, signing_input.encode("ascii"), hashlib.sha256).digest()
-        expected = base64.urlsafe_b64encode(mac).rstrip(b"=").decode("ascii")
-        return hmac.compare_digest(expected, signature)
+        return hmac.compare_digest(b64url(mac), signature)
     try:
         keys = KeySet.import_key_set(dict(client.jwks or {}))  # type: ignore[arg-type]
         jwt.decode(assertion, keys, algorithms=[alg])
@@ -182,8 +187,7 @@ def assertion_signature_ok(assertion: str, alg: str, client: MockClient) -> bool
 
 
 def b64url_json(value: Mapping[str, Any]) -> str:
-    raw = json.dumps(value, separators=(",", ":")).encode()
-    return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
+    return b64url(json.dumps(value, separators=(",", ":")).encode())
 
 
 def unsigned_jwt(claims: Mapping[str, Any]) -> str:
