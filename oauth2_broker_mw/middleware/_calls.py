@@ -10,9 +10,9 @@ Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi``
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
+from collections.abc import Coroutine, Generator, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Final, Protocol, TypeAlias, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar
 
 from .. import _driver
 from .._core.errors import ProviderNotEnabled
@@ -191,10 +191,11 @@ def drive(handler: Step[T]) -> T:
     return _driver.run(handler, lambda call: call.run())
 
 
-async def adrive(handler: Step[T]) -> T:
-    """Run a handler with the broker's async methods."""
+async def _aexecute(call: BrokerCall) -> object:
+    return await call.arun()
 
-    async def execute(call: BrokerCall) -> object:
-        return await call.arun()
 
-    return await _driver.arun(handler, execute)
+def adrive(handler: Step[T]) -> Coroutine[Any, Any, T]:
+    """Run a handler with the broker's async methods (await the result). A plain function
+    returning the driver's coroutine: no frame of its own on the per-request path."""
+    return _driver.arun(handler, _aexecute)

@@ -308,46 +308,45 @@ class MiddlewareCore:
         A generator like the handlers: drive it with :func:`drive` / :func:`adrive`.
         """
         try:
-            return (yield from self._prepare(request))
+            tenant = self.resolve_tenant(request)
+            principal = self.resolve_principal(request)
+            session = None
+            set_cookies: list[tuple[str, str]] = []
+            cookie_header = request.cookie
+            if tenant is not None and cookie_header and self.sessions.cookie in cookie_header:
+                now = self.now()
+                cookies = parse_cookie_header(cookie_header)
+                session = yield from self.sessions.open(cookies, now, tenant)
+                if session is not None and now - session.seen_at > self.sessions.refresh_after:
+                    session = session.seen(now)
+                    set_cookies.append(self.sessions.set_cookie(session, now))
+            connections: tuple[str, ...] = ()
+            resolved = principal is not None
+            issuer = None
+            # J2: a session made in another tenant gives this request no principal.
+            if session is not None and session.tenant == tenant:
+                if principal is None:
+                    principal = session.principal
+                if session.principal == principal:
+                    connections = tuple(
+                        c
+                        for c in session.connections
+                        if self.registry is not None or c in self.brokers
+                    )
+                    issuer = session.issuer
+            context = BrokerContext(
+                self,
+                tenant=tenant,
+                principal=principal,
+                connections=connections,
+                session_id=None if session is None else session.sid,
+                issuer=issuer,
+                resolved=resolved,
+                path=request.path,
+            )
+            return Prepared(context, set_cookies)
         except Reject as reject:
             return self.error(request, reject)
-
-    def _prepare(self, request: BrokerRequest) -> Step[Prepared | Response]:
-        tenant = self.resolve_tenant(request)
-        principal = self.resolve_principal(request)
-        session = None
-        set_cookies: list[tuple[str, str]] = []
-        cookie_header = request.cookie
-        if tenant is not None and cookie_header and self.sessions.cookie in cookie_header:
-            now = self.now()
-            cookies = parse_cookie_header(cookie_header)
-            session = yield from self.sessions.open(cookies, now, tenant)
-            if session is not None and now - session.seen_at > self.sessions.refresh_after:
-                session = session.seen(now)
-                set_cookies.append(self.sessions.set_cookie(session, now))
-        connections: tuple[str, ...] = ()
-        resolved = principal is not None
-        issuer = None
-        # J2: a session made in another tenant gives this request no principal.
-        if session is not None and session.tenant == tenant:
-            if principal is None:
-                principal = session.principal
-            if session.principal == principal:
-                connections = tuple(
-                    c for c in session.connections if self.registry is not None or c in self.brokers
-                )
-                issuer = session.issuer
-        context = BrokerContext(
-            self,
-            tenant=tenant,
-            principal=principal,
-            connections=connections,
-            session_id=None if session is None else session.sid,
-            issuer=issuer,
-            resolved=resolved,
-            path=request.path,
-        )
-        return Prepared(context, set_cookies)
 
     def authorization_required(
         self, request: BrokerRequest, exc: AuthorizationRequired
