@@ -581,7 +581,8 @@ class Broker:
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
         if not force_refresh and _stale is None:
-            hashable = _hashable_scopes(scopes, self._default_scopes)
+            default = self._default_scopes
+            hashable = default if scopes is None else _hashable_scopes(scopes, default)
             warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
                 return warm
@@ -599,7 +600,8 @@ class Broker:
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
         if not force_refresh and _stale is None:
-            hashable = _hashable_scopes(scopes, self._default_scopes)
+            default = self._default_scopes
+            hashable = default if scopes is None else _hashable_scopes(scopes, default)
             warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
                 return warm
