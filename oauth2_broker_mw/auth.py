@@ -392,13 +392,15 @@ def _plain_httpx(request: _HttpxLike, ours: bytes | None) -> bool:
     httpx2 keep the lowercased raw header names and values in ``Headers._list``, so nothing
     is decoded (the query is read as the parsed URL's text: ``in`` on ``url.query``'s bytes
     costs five times more). ``False``: ask _preflight."""
-    parsed = getattr(request.url, "_uri_reference", None)
-    query = getattr(parsed, "query", "access_token")  # unknown layout: ask _preflight
+    url: Any = request.url
+    headers: Any = request.headers
+    try:
+        query = url._uri_reference.query
+        items = headers._list
+    except AttributeError:  # an unknown layout: ask _preflight
+        return False
     if query is not None and ("access_token" in query or "%" in query):
         return False  # named, or maybe percent-encoded (access%5Ftoken): parse it
-    items = getattr(request.headers, "_list", None)
-    if items is None:
-        return False
     seen = False
     for _, name, value in items:
         if name == b"authorization":
@@ -414,10 +416,11 @@ def _plain_requests(request: requests.PreparedRequest, ours: str | None) -> bool
     url = request.url or ""
     if "access_token" in url or "%" in url:
         return False  # named, or maybe percent-encoded (access%5Ftoken): parse it
-    store = getattr(request.headers, "_store", None)
-    if store is None:
+    headers: Any = request.headers
+    try:
+        found = headers._store.get("authorization")
+    except AttributeError:  # an unknown layout: ask _preflight
         return False
-    found = store.get("authorization")
     return found is None or (ours is not None and found[1] == ours)
 
 
