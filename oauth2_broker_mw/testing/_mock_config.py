@@ -16,6 +16,7 @@ from typing import Any, Literal, TypeAlias
 
 __all__ = [
     "AUTH_METHODS",
+    "AUTH_METHOD_ORDER",
     "ENDPOINTS",
     "Fault",
     "FaultKind",
@@ -53,9 +54,15 @@ ENDPOINTS: frozenset[str] = frozenset(
         "resource",
     }
 )
-AUTH_METHODS: frozenset[str] = frozenset(
-    {"client_secret_basic", "client_secret_post", "client_secret_jwt", "private_key_jwt", "none"}
+#: the client authentication methods the provider implements, in the order its metadata lists them
+AUTH_METHOD_ORDER: tuple[str, ...] = (
+    "client_secret_basic",
+    "client_secret_post",
+    "client_secret_jwt",
+    "private_key_jwt",
+    "none",
 )
+AUTH_METHODS: frozenset[str] = frozenset(AUTH_METHOD_ORDER)
 _ALL_GRANTS = frozenset({"authorization_code", "refresh_token", "client_credentials"})
 _SECRET_FIELDS = frozenset(
     {

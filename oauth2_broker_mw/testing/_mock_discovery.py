@@ -8,6 +8,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._mock_config import AUTH_METHOD_ORDER
 from ._mock_dpop import DPOP_PROOF_ALGS
 from ._mock_records import ASYMMETRIC_ALGS, GRANTS
 from ._mock_resource import ResourceEndpoints
@@ -34,13 +35,7 @@ class DiscoveryEndpoints(ResourceEndpoints):
             "response_types_supported": ["code"],
             "response_modes_supported": ["query"],
             "grant_types_supported": list(GRANTS),
-            "token_endpoint_auth_methods_supported": [
-                "client_secret_basic",
-                "client_secret_post",
-                "client_secret_jwt",
-                "private_key_jwt",
-                "none",
-            ],
+            "token_endpoint_auth_methods_supported": list(AUTH_METHOD_ORDER),
             "token_endpoint_auth_signing_alg_values_supported": [
                 "HS256",
                 *sorted(ASYMMETRIC_ALGS),
