@@ -243,10 +243,28 @@ class AuthorizationArgs(TypedDict):
     extra_params: NotRequired[Mapping[str, str] | None]
 
 
+#: The keywords of :class:`AuthorizationArgs` (``typing`` cannot tell ``NotRequired`` under
+#: postponed annotations, so the optional one is named here).
+_AUTHORIZATION_KEYWORDS = frozenset(AuthorizationArgs.__annotations__)
+_OPTIONAL_AUTHORIZATION_KEYWORDS = frozenset({"extra_params"})
+
+
+def _check_keywords(args: Mapping[str, object]) -> None:
+    """A misspelt or missing keyword is a ``TypeError``, as with a spelled-out signature
+    (``Unpack`` is checked by type checkers only): never silently dropped."""
+    unknown = args.keys() - _AUTHORIZATION_KEYWORDS
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
+    missing = _AUTHORIZATION_KEYWORDS - _OPTIONAL_AUTHORIZATION_KEYWORDS - args.keys()
+    if missing:
+        raise TypeError(f"missing keyword argument(s): {', '.join(sorted(missing))}")
+
+
 def authorization_params(
     desc: ProviderDescriptor, client: ClientConfig, **args: Unpack[AuthorizationArgs]
 ) -> dict[str, str]:
     """The authorization-request parameters, renames applied (for a URL or a PAR body)."""
+    _check_keywords(args)
     redirect_uri, scopes, state = args["redirect_uri"], args["scopes"], args["state"]
     if not redirect_uri or "#" in redirect_uri:
         raise ConfigurationError("redirect_uri must be an absolute URI without a fragment")
