@@ -580,9 +580,11 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
+        default = self._default_scopes
+        hashable = default if scopes is None else _hashable_scopes(scopes, default)
+        if scopes is not None:
+            scopes = hashable  # the caller's iterable is read once (a generator has no second)
         if not force_refresh and _stale is None:
-            default = self._default_scopes
-            hashable = default if scopes is None else _hashable_scopes(scopes, default)
             warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
                 return warm
@@ -599,9 +601,11 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
+        default = self._default_scopes
+        hashable = default if scopes is None else _hashable_scopes(scopes, default)
+        if scopes is not None:
+            scopes = hashable  # the caller's iterable is read once (a generator has no second)
         if not force_refresh and _stale is None:
-            default = self._default_scopes
-            hashable = default if scopes is None else _hashable_scopes(scopes, default)
             warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
                 return warm
@@ -625,6 +629,8 @@ class Broker:
         (``()`` accepts any grant).
         """
         hashable = _hashable_scopes(scopes, self._default_scopes)
+        if scopes is not None:
+            scopes = hashable  # the caller's iterable is read once (a generator has no second)
         key = self._key_for(tenant, principal, hashable)
         if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
             warm = self._warm(key, scopes, required_scopes, hashable)
@@ -650,6 +656,8 @@ class Broker:
         (``()`` accepts any grant).
         """
         hashable = _hashable_scopes(scopes, self._default_scopes)
+        if scopes is not None:
+            scopes = hashable  # the caller's iterable is read once (a generator has no second)
         key = self._key_for(tenant, principal, hashable)
         if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
             warm = self._warm(key, scopes, required_scopes, hashable)

@@ -719,3 +719,49 @@ def test_in_process_cache_stays_bounded(provider: MockProvider) -> None:
     before = provider.counters["token"]
     broker.lease(tenant=TENANT, principal="svc-0", scopes=["x"])
     assert provider.counters["token"] == before
+
+
+@pytest.mark.parametrize("mode", ["sync", "async"])
+def test_scopes_given_as_a_generator_get_the_same_answer_as_a_list(mode: str) -> None:
+    """A one-shot iterable of scopes is read once: the warm path's scope check, the record it
+    marks as checked and the cold path's token request all see every scope (a generator read
+    twice would pass an empty set and hand out a narrower grant)."""
+    import time
+
+    from oauth2_broker_mw import ProviderDescriptor, ScopeSet, Secret, TokenRecord
+
+    descriptor = ProviderDescriptor(
+        id="p",
+        token_endpoint="https://idp.invalid/token",
+        authorization_endpoint="https://idp.invalid/authorize",
+        default_scopes=("a",),
+    )
+    broker = Broker(descriptor, client_id="c", client_secret="s", store=MemoryStore())
+    key = broker.key(tenant="t", principal="u", scopes=["a", "b"])
+    now = time.time()
+    granted_a = TokenRecord(
+        key=key,
+        access_token=Secret("at-only-a"),
+        scopes=ScopeSet.of(("a",)),
+        issued_at=now,
+        expires_at=now + 3600,
+    )
+    broker.store.put(granted_a)
+
+    def lease(**kw: Any) -> Any:
+        if mode == "sync":
+            return broker.lease(tenant="t", principal="u", **kw)
+        return asyncio.run(broker.alease(tenant="t", principal="u", **kw))
+
+    def lease_for_key(**kw: Any) -> Any:
+        if mode == "sync":
+            return broker.lease_for_key(key, **kw)
+        return asyncio.run(broker.alease_for_key(key, **kw))
+
+    assert lease(scopes=["a", "b"], required_scopes=()).scopes.scopes == ("a",)  # now cached
+    with pytest.raises(InsufficientScope):
+        lease(scopes=(s for s in ["a", "b"]))
+    with pytest.raises(InsufficientScope):  # the generator did not mark ("a", "b") as checked
+        lease(scopes=["a", "b"])
+    with pytest.raises(InsufficientScope):
+        lease_for_key(scopes=iter(["a", "b"]))
