@@ -137,9 +137,9 @@ def test_a_misspelt_or_missing_authorization_keyword_is_a_type_error() -> None:
         "code_challenge": "ch",
         "nonce": None,
     }
-    with pytest.raises(TypeError, match="unexpected keyword argument.*extra_param"):
+    with pytest.raises(TypeError, match=r"unexpected keyword argument.*extra_param"):
         authorization_url(desc(), CLIENT, **args, extra_param={"login_hint": "a@b.c"})
-    with pytest.raises(TypeError, match="missing keyword argument.*nonce"):
+    with pytest.raises(TypeError, match=r"missing keyword argument.*nonce"):
         authorization_url(desc(), CLIENT, **{k: v for k, v in args.items() if k != "nonce"})
     assert "login_hint=a%40b.c" in authorization_url(
         desc(), CLIENT, **args, extra_params={"login_hint": "a@b.c"}
