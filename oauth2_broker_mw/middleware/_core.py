@@ -73,7 +73,7 @@ from ._http import (
     redirect,
 )
 from ._redirects import safe_return_to
-from ._session import DENYLIST_MAX, FlowCookies, Sessions
+from ._session import DENYLIST_MAX, FlowCookies, Session, Sessions
 from ._tenants import validate_tenant
 
 if TYPE_CHECKING:
@@ -302,51 +302,68 @@ class MiddlewareCore:
         return _resolve(self.principal_resolver, request, PrincipalId, "principal")
 
     # -- pass-through requests -------------------------------------------------------------
-    def prepare(self, request: BrokerRequest) -> Step[Prepared | Response]:
+    def prepare(self, request: BrokerRequest) -> Prepared | Response | Step[Prepared | Response]:
         """The context for a request the app will answer, or an error response (fail closed).
 
-        A generator like the handlers: drive it with :func:`drive` / :func:`adrive`.
+        Without a session cookie of this middleware the answer needs no I/O and is returned
+        at once; with one, a generator (the session may have to be checked in the store, in
+        case it was revoked on another worker): drive it with :func:`drive` / :func:`adrive`.
         """
         try:
             tenant = self.resolve_tenant(request)
             principal = self.resolve_principal(request)
-            session = None
-            set_cookies: list[tuple[str, str]] = []
-            cookie_header = request.cookie
-            if tenant is not None and cookie_header and self.sessions.cookie in cookie_header:
-                now = self.now()
-                cookies = parse_cookie_header(cookie_header)
-                session = yield from self.sessions.open(cookies, now, tenant)
-                if session is not None and now - session.seen_at > self.sessions.refresh_after:
-                    session = session.seen(now)
-                    set_cookies.append(self.sessions.set_cookie(session, now))
-            connections: tuple[str, ...] = ()
-            resolved = principal is not None
-            issuer = None
-            # J2: a session made in another tenant gives this request no principal.
-            if session is not None and session.tenant == tenant:
-                if principal is None:
-                    principal = session.principal
-                if session.principal == principal:
-                    connections = tuple(
-                        c
-                        for c in session.connections
-                        if self.registry is not None or c in self.brokers
-                    )
-                    issuer = session.issuer
-            context = BrokerContext(
-                self,
-                tenant=tenant,
-                principal=principal,
-                connections=connections,
-                session_id=None if session is None else session.sid,
-                issuer=issuer,
-                resolved=resolved,
-                path=request.path,
-            )
-            return Prepared(context, set_cookies)
         except Reject as reject:
             return self.error(request, reject)
+        cookie_header = request.cookie
+        if tenant is not None and cookie_header and self.sessions.cookie in cookie_header:
+            return self._prepare_session(request, tenant, principal, cookie_header)
+        return self._prepared(request, tenant, principal, None, [])
+
+    def _prepare_session(
+        self, request: BrokerRequest, tenant: str, principal: str | None, cookie_header: str
+    ) -> Step[Prepared | Response]:
+        try:
+            now = self.now()
+            session = yield from self.sessions.open(parse_cookie_header(cookie_header), now, tenant)
+            set_cookies: list[tuple[str, str]] = []
+            if session is not None and now - session.seen_at > self.sessions.refresh_after:
+                session = session.seen(now)
+                set_cookies.append(self.sessions.set_cookie(session, now))
+        except Reject as reject:
+            return self.error(request, reject)
+        return self._prepared(request, tenant, principal, session, set_cookies)
+
+    def _prepared(
+        self,
+        request: BrokerRequest,
+        tenant: str | None,
+        principal: str | None,
+        session: Session | None,
+        set_cookies: list[tuple[str, str]],
+    ) -> Prepared:
+        connections: tuple[str, ...] = ()
+        resolved = principal is not None
+        issuer = None
+        # J2: a session made in another tenant gives this request no principal.
+        if session is not None and session.tenant == tenant:
+            if principal is None:
+                principal = session.principal
+            if session.principal == principal:
+                connections = tuple(
+                    c for c in session.connections if self.registry is not None or c in self.brokers
+                )
+                issuer = session.issuer
+        context = BrokerContext(
+            self,
+            tenant=tenant,
+            principal=principal,
+            connections=connections,
+            session_id=None if session is None else session.sid,
+            issuer=issuer,
+            resolved=resolved,
+            path=request.path,
+        )
+        return Prepared(context, set_cookies)
 
     def authorization_required(
         self, request: BrokerRequest, exc: AuthorizationRequired

@@ -20,6 +20,7 @@ from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageErr
 from ..stores import acheck_store
 from ._calls import adrive
 from ._config import CONTEXT_KEY
+from ._context import Prepared
 from ._core import MiddlewareShell
 from ._http import BrokerRequest, Response
 
@@ -117,7 +118,9 @@ class BrokerMiddleware(MiddlewareShell[ASGIApp]):
             response = await adrive(core.handle(route, request, body))
             await _send_response(response, send, head=request.method == "HEAD")
             return
-        prepared = await adrive(core.prepare(request))
+        prepared = core.prepare(request)
+        if not isinstance(prepared, (Prepared, Response)):  # a session to check: run the flow
+            prepared = await adrive(prepared)
         if isinstance(prepared, Response):
             await _send_response(prepared, send, head=request.method == "HEAD")
             return

@@ -22,6 +22,7 @@ from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageErr
 from ..stores import check_store
 from ._calls import drive
 from ._config import CONTEXT_KEY, MiddlewareOptions
+from ._context import Prepared
 from ._core import MiddlewareShell
 from ._http import BrokerRequest, Response
 
@@ -154,7 +155,9 @@ class BrokerWSGIMiddleware(MiddlewareShell[WSGIApp]):
                 else b""
             )
             return _respond(drive(core.handle(route, request, body)), start_response, head)
-        prepared = drive(core.prepare(request))
+        prepared = core.prepare(request)
+        if not isinstance(prepared, (Prepared, Response)):  # a session to check: run the flow
+            prepared = drive(prepared)
         if isinstance(prepared, Response):
             return _respond(prepared, start_response, head)
         context = prepared.context
