@@ -25,7 +25,7 @@ import string
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Final, NotRequired, TypedDict, Unpack
+from typing import Any, Final
 from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
 
 from joserfc import jwt
@@ -65,7 +65,6 @@ from .provider import (
 
 __all__ = [
     "UNECHOED_SCOPES",
-    "AuthorizationArgs",
     "Introspection",
     "TokenResponse",
     "authorization_code_params",
@@ -231,41 +230,18 @@ def missing_scopes(
     )
 
 
-class AuthorizationArgs(TypedDict):
-    """What one authorization request asks for: the keywords of :func:`authorization_params`
-    and :func:`authorization_url`."""
-
-    redirect_uri: str
-    scopes: ScopeSet
-    state: str
-    code_challenge: str | None
-    nonce: str | None
-    extra_params: NotRequired[Mapping[str, str] | None]
-
-
-#: The keywords of :class:`AuthorizationArgs` (``typing`` cannot tell ``NotRequired`` under
-#: postponed annotations, so the optional one is named here).
-_AUTHORIZATION_KEYWORDS = frozenset(AuthorizationArgs.__annotations__)
-_OPTIONAL_AUTHORIZATION_KEYWORDS = frozenset({"extra_params"})
-
-
-def _check_keywords(args: Mapping[str, object]) -> None:
-    """A misspelt or missing keyword is a ``TypeError``, as with a spelled-out signature
-    (``Unpack`` is checked by type checkers only): never silently dropped."""
-    unknown = args.keys() - _AUTHORIZATION_KEYWORDS
-    if unknown:
-        raise TypeError(f"unexpected keyword argument(s): {', '.join(sorted(unknown))}")
-    missing = _AUTHORIZATION_KEYWORDS - _OPTIONAL_AUTHORIZATION_KEYWORDS - args.keys()
-    if missing:
-        raise TypeError(f"missing keyword argument(s): {', '.join(sorted(missing))}")
-
-
 def authorization_params(
-    desc: ProviderDescriptor, client: ClientConfig, **args: Unpack[AuthorizationArgs]
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    *,
+    redirect_uri: str,
+    scopes: ScopeSet,
+    state: str,
+    code_challenge: str | None,
+    nonce: str | None,
+    extra_params: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
     """The authorization-request parameters, renames applied (for a URL or a PAR body)."""
-    _check_keywords(args)
-    redirect_uri, scopes, state = args["redirect_uri"], args["scopes"], args["state"]
     if not redirect_uri or "#" in redirect_uri:
         raise ConfigurationError("redirect_uri must be an absolute URI without a fragment")
     if not state:
@@ -279,15 +255,15 @@ def authorization_params(
         params["scope"] = scopes.join(desc.scope_delimiter)
     params["state"] = state
     if desc.pkce is not PkceMode.UNSUPPORTED:
-        if code_challenge := args["code_challenge"]:
+        if code_challenge:
             params["code_challenge"] = code_challenge
             params["code_challenge_method"] = "S256"
         elif desc.pkce is PkceMode.REQUIRED:
             raise ConfigurationError(f"provider {desc.id!r} requires PKCE: pass code_challenge")
-    if nonce := args["nonce"]:
+    if nonce:
         params["nonce"] = nonce
     params.update(desc.authorize_params)
-    if extra_params := args.get("extra_params"):
+    if extra_params:
         params.update(extra_params)
     return _renamed(desc, params)
 
@@ -309,7 +285,15 @@ def _with_query(endpoint: str, params: Mapping[str, str]) -> str:
 
 
 def authorization_url(
-    desc: ProviderDescriptor, client: ClientConfig, **args: Unpack[AuthorizationArgs]
+    desc: ProviderDescriptor,
+    client: ClientConfig,
+    *,
+    redirect_uri: str,
+    scopes: ScopeSet,
+    state: str,
+    code_challenge: str | None,
+    nonce: str | None,
+    extra_params: Mapping[str, str] | None = None,
 ) -> str:
     """The URL to send the user agent to (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC nonce).
 
@@ -324,7 +308,17 @@ def authorization_url(
         raise ConfigurationError(
             f"provider {desc.id!r} requires pushed authorization requests (RFC 9126)"
         )
-    return _with_query(endpoint, authorization_params(desc, client, **args))
+    params = authorization_params(
+        desc,
+        client,
+        redirect_uri=redirect_uri,
+        scopes=scopes,
+        state=state,
+        code_challenge=code_challenge,
+        nonce=nonce,
+        extra_params=extra_params,
+    )
+    return _with_query(endpoint, params)
 
 
 def authorization_url_for(desc: ProviderDescriptor, params: Mapping[str, str]) -> str:
