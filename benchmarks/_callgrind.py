@@ -46,28 +46,22 @@ def _load(root: str, name: str) -> ModuleType:
     assert spec is not None
     assert spec.loader is not None
     module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 
 
-def _warm_broker() -> Any:
-    """A broker with a valid token cached for acme/svc-router (a stored grant, refreshed)."""
-    from oauth2_broker_mw import Broker, ScopeSet, Secret, TokenRecord
+def _warm_broker(root: str) -> Any:
+    """``benchmarks/lease.py``'s broker, with a valid token cached for acme/svc-router (a
+    stored grant: a user principal never falls back to client credentials)."""
+    from oauth2_broker_mw import ScopeSet, Secret, TokenRecord
     from oauth2_broker_mw.testing import MockProvider
 
-    provider = MockProvider()
-    broker = Broker(
-        provider.descriptor(),
-        client_id="test-client",
-        client_secret="test-secret",
-        http_client=provider.client(),
-        async_http_client=provider.async_client(),
-    )
-    key = broker.key(tenant="acme", principal="svc-router", scopes=SCOPES)
+    broker = _load(root, "lease").make_broker(MockProvider())
     now = time.time()
     broker.store.put(
         TokenRecord(
-            key=key,
+            key=broker.key(tenant="acme", principal="svc-router", scopes=SCOPES),
             access_token=Secret("a" * 20),
             refresh_token=Secret("r" * 20),
             issued_at=now,
@@ -85,7 +79,7 @@ def child(root: str, op: str, n: int) -> None:
     sys.path.insert(0, root)
     mark, end = os.getppid, lambda: os._exit(0)
     if op in ("lease", "alease", "lease_for_key"):
-        broker = _warm_broker()
+        broker = _warm_broker(root)
         key = broker.key(tenant="acme", principal="svc-router", scopes=SCOPES)
         if op == "lease":
             mark()
