@@ -580,10 +580,10 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
-        default = self._default_scopes
-        hashable = default if scopes is None else _hashable_scopes(scopes, default)
-        if scopes is not None:
-            scopes = hashable  # the caller's iterable is read once (a generator has no second)
+        if scopes is None:
+            hashable: tuple[str, ...] | str = self._default_scopes
+        else:  # the caller's iterable is read once here (a generator has no second reading)
+            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
         if not force_refresh and _stale is None:
             warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
@@ -601,10 +601,10 @@ class Broker:
         _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
-        default = self._default_scopes
-        hashable = default if scopes is None else _hashable_scopes(scopes, default)
-        if scopes is not None:
-            scopes = hashable  # the caller's iterable is read once (a generator has no second)
+        if scopes is None:
+            hashable: tuple[str, ...] | str = self._default_scopes
+        else:  # the caller's iterable is read once here (a generator has no second reading)
+            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
         if not force_refresh and _stale is None:
             warm = self._warm(key, scopes, required_scopes, hashable)
             if warm is not None:
@@ -628,9 +628,10 @@ class Broker:
         have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
         (``()`` accepts any grant).
         """
-        hashable = _hashable_scopes(scopes, self._default_scopes)
-        if scopes is not None:
-            scopes = hashable  # the caller's iterable is read once (a generator has no second)
+        if scopes is None:
+            hashable: tuple[str, ...] | str = self._default_scopes
+        else:  # the caller's iterable is read once here (a generator has no second reading)
+            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
         key = self._key_for(tenant, principal, hashable)
         if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
             warm = self._warm(key, scopes, required_scopes, hashable)
@@ -655,9 +656,10 @@ class Broker:
         have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
         (``()`` accepts any grant).
         """
-        hashable = _hashable_scopes(scopes, self._default_scopes)
-        if scopes is not None:
-            scopes = hashable  # the caller's iterable is read once (a generator has no second)
+        if scopes is None:
+            hashable: tuple[str, ...] | str = self._default_scopes
+        else:  # the caller's iterable is read once here (a generator has no second reading)
+            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
         key = self._key_for(tenant, principal, hashable)
         if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
             warm = self._warm(key, scopes, required_scopes, hashable)
