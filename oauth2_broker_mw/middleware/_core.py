@@ -243,21 +243,21 @@ class MiddlewareCore:
     def redirect_uri(self, provider: str, tenant: str | None = None) -> str:
         return f"{self.origin_for(tenant)}{self.base_path}{self.prefix}/{provider}/callback"
 
+    def _login_path(self, provider: str, return_to: str) -> str:
+        """The login route of ``provider``, returning to ``return_to`` (made safe)."""
+        target = quote(safe_return_to(return_to, base_url=self.base_url), safe="/")
+        return f"{self.base_path}{self.prefix}/{quote(provider, safe='')}/login?return_to={target}"
+
     def login_url(self, provider: str, return_to: str = "/", tenant: str | None = None) -> str:
         self.check_provider(provider)
-        target = safe_return_to(return_to, base_url=self.base_url)
-        return (
-            f"{self.origin_for(tenant)}{self.base_path}{self.prefix}/"
-            f"{quote(provider, safe='')}/login?return_to={quote(target, safe='/')}"
-        )
+        return self.origin_for(tenant) + self._login_path(provider, return_to)
 
     def retry_url(self, provider: str, code: str, return_to: str = "/") -> str | None:
         """A relative login URL (on the host the user is on) when a new login can help; it
         returns to ``return_to``, the failed login's own, so a path tenant stays named."""
         if code not in RETRYABLE:
             return None
-        target = quote(safe_return_to(return_to, base_url=self.base_url), safe="/")
-        return f"{self.base_path}{self.prefix}/{quote(provider, safe='')}/login?return_to={target}"
+        return self._login_path(provider, return_to)
 
     # -- routes ----------------------------------------------------------------------------
     def match(self, path: str) -> Route | None:
