@@ -26,17 +26,19 @@ R = TypeVar("R")
 Flow: TypeAlias = Generator[E, Any, R]
 
 
-def run(flow: Generator[E, Any, R], execute: Callable[[E], object]) -> R:
-    """Run ``flow`` to completion, executing each yielded effect with blocking ``execute``.
+async def arun(flow: Generator[E, Any, R], execute: Callable[[E], Awaitable[object]]) -> R:
+    """Run ``flow`` to completion, awaiting ``execute`` for each yielded effect.
 
-    An exception from ``execute`` is thrown into the flow; if the flow does not handle it,
-    it propagates out of :func:`run` unchanged (same object, no extra chaining).
+    An exception from ``execute`` is thrown into the flow; if the flow does not handle it, it
+    propagates out unchanged (same object, no extra chaining). A cancelled task has its
+    ``CancelledError`` thrown into the flow like any other exception, so the flow can yield
+    the effects that release its lock before it re-raises.
     """
     try:
         effect = next(flow)
         while True:
             try:
-                result = execute(effect)
+                result = await execute(effect)
             except BaseException as exc:  # the flow decides, and releases what it holds
                 effect = flow.throw(exc)
             else:
@@ -48,23 +50,22 @@ def run(flow: Generator[E, Any, R], execute: Callable[[E], object]) -> R:
         flow.close()
 
 
-async def arun(flow: Generator[E, Any, R], execute: Callable[[E], Awaitable[object]]) -> R:
-    """Run ``flow`` to completion, awaiting ``execute`` for each yielded effect.
+def run(flow: Generator[E, Any, R], execute: Callable[[E], object]) -> R:
+    """Run ``flow`` to completion, executing each yielded effect with blocking ``execute``.
 
-    A cancelled task has its ``CancelledError`` thrown into the flow like any other
-    exception, so the flow can yield the effects that release its lock before it re-raises.
+    This is :func:`arun` itself, not a copy of its loop: ``execute`` is wrapped in a
+    coroutine that never suspends, so the :func:`arun` coroutine runs to its end in one
+    ``send`` with no event loop, and every rule above holds for both colours by
+    construction (a ``KeyboardInterrupt`` from ``execute`` is thrown into the flow too).
     """
+
+    async def ready(effect: E) -> object:
+        return execute(effect)
+
+    steps = arun(flow, ready)
     try:
-        effect = next(flow)
-        while True:
-            try:
-                result = await execute(effect)
-            except BaseException as exc:
-                effect = flow.throw(exc)
-            else:
-                effect = flow.send(result)
+        steps.send(None)
     except StopIteration as stop:
         answer: R = stop.value
         return answer
-    finally:
-        flow.close()
+    raise AssertionError("unreachable: ready() never suspends")  # pragma: no cover

@@ -49,7 +49,7 @@ THIN = 3
 
 #: Pairs that differ by more than the rules can say, with the reason. Key: "path:Class.name".
 HAND_WRITTEN: dict[str, str] = {
-    "_driver.py:.arun": "the driver itself: the one place where awaiting differs from calling",
+    "_driver.py:.arun": "run drives the arun coroutine itself (no loop): one loop, not a copy",
     "_singleflight.py:SingleFlight.ado": "threading.Event against asyncio futures",
     "discovery.py:.adiscover": "fetches with a per-loop async client",
     "broker.py:SharedResources.async_client": "a per-event-loop client (PerLoop)",
