@@ -186,12 +186,9 @@ class _Message(Protocol):
     def headers(self) -> MutableMapping[str, str]: ...
 
 
-class _Response(Protocol):
+class _Response(_Message, Protocol):
     @property
     def status_code(self) -> int: ...
-
-    @property
-    def headers(self) -> MutableMapping[str, str]: ...
 
 
 _Req = TypeVar("_Req", bound=_Message)
