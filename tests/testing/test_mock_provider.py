@@ -1236,6 +1236,18 @@ def test_plugin_names_the_extra_when_starlette_is_missing(
         pytest_plugin._import_provider()
 
 
+def test_mock_provider_exports_what_the_testing_package_exports() -> None:
+    # The package cannot take its __all__ from mock_provider (``import oauth2_broker_mw.testing``
+    # would then import Starlette), nor mock_provider compute its own (mypy reads only a literal
+    # __all__ and would stop seeing the re-exports): the two lists are pinned here instead.
+    import oauth2_broker_mw.testing as testing
+    from oauth2_broker_mw.testing import mock_provider
+
+    assert sorted(mock_provider.__all__) == sorted([*testing.__all__, "LIKE_NAMES"])
+    for name in testing.__all__:
+        assert getattr(mock_provider, name) is getattr(testing, name), name
+
+
 def test_custom_clients_replace_the_default() -> None:
     provider = MockProvider(clients=[MockClient("a", "b", redirect_uris=(REDIRECT,))])
     assert set(provider.clients) == {"a"}
