@@ -7,6 +7,7 @@ The cross-process proofs (4 OS processes on SQLite, PostgreSQL and Redis) are in
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,10 +15,19 @@ import pytest
 from _fakes import FakeClock
 
 from oauth2_broker_mw import Broker, RateLimited, TransientProviderError, TransportError
-from oauth2_broker_mw._core.effects import BackoffUntil, Emit, Sleep, TakeToken
+from oauth2_broker_mw._core.effects import (
+    BackoffUntil,
+    CountCalls,
+    Emit,
+    HttpResponse,
+    SetBackoff,
+    Sleep,
+    TakeToken,
+)
+from oauth2_broker_mw._core.errors import StoreUnavailable
 from oauth2_broker_mw._core.events import Event
 from oauth2_broker_mw._core.events import RateLimited as RateLimitedEvent
-from oauth2_broker_mw._core.ratelimit import before_token_request
+from oauth2_broker_mw._core.ratelimit import after_token_response, before_token_request
 from oauth2_broker_mw.ratelimit import Allow, Backoff, Delay, Deny, RateLimitCall, TokenBucket
 from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
@@ -177,7 +187,8 @@ def test_a_store_without_a_gate_gets_the_in_process_one(provider: MockProvider) 
 
 # -- the gate flow itself: Delay sleeps, then re-reads the back-off ------------------------------
 def _drive(flow: Any, answers: dict[type, Any]) -> list[Any]:
-    """Run ``flow`` answering each effect from ``answers`` (by type); the effects it yielded."""
+    """Run ``flow`` answering each effect from ``answers`` (by type); the effects it yielded.
+    An exception as the answer is thrown into the flow, as a driver does when the store fails."""
     seen: list[Any] = []
     result: Any = None
     try:
@@ -185,6 +196,9 @@ def _drive(flow: Any, answers: dict[type, Any]) -> list[Any]:
         while True:
             seen.append(effect)
             answer = answers[type(effect)]
+            if isinstance(answer, BaseException):
+                effect = flow.throw(answer)
+                continue
             result = answer(effect) if callable(answer) else answer
             effect = flow.send(result)
     except StopIteration:
@@ -295,6 +309,63 @@ def test_a_policy_sees_the_recent_calls_of_every_broker_on_the_store(
     assert seen[-1] == ("acme", 0, 0)
     for broker in brokers:
         broker.close()
+
+
+def test_a_store_that_fails_every_gate_operation_lets_the_request_go_out(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The gate is a courtesy: a store failure reading the back-off or counting calls is
+    logged and the request goes out, the policy seeing no recent calls."""
+    seen: list[RateLimitCall] = []
+
+    class Counting:
+        recent_window = 60.0
+
+        def check(self, call: RateLimitCall) -> Any:
+            seen.append(call)
+            return Allow()
+            yield  # a generator, like every flow
+
+    down = StoreUnavailable("the store is down")
+    with caplog.at_level(logging.WARNING, logger="oauth2_broker_mw"):
+        effects = _drive(_gate(Counting()), {BackoffUntil: down, CountCalls: down})
+    assert [type(e) for e in effects] == [BackoffUntil, CountCalls, CountCalls]
+    assert [(c.recent, c.recent_provider) for c in seen] == [(0, 0)]
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not read the back-off of provider=example: the store is down",
+        "could not count a token-endpoint call (example): the store is down",
+        "could not count a token-endpoint call (example): the store is down",
+    ]
+
+
+def test_a_store_that_fails_to_record_a_back_off_or_a_failure_only_logs_it(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 429 whose back-off the store cannot record, nor the failure count: logged, nothing
+    raised, and no claim that the gate was closed."""
+    down = StoreUnavailable("the store is down")
+    answer = HttpResponse(429, {"retry-after": "30"})
+    flow = after_token_response(Backoff(), "example", answer, T0)
+    with caplog.at_level(logging.WARNING, logger="oauth2_broker_mw"):
+        effects = _drive(flow, {SetBackoff: down, TakeToken: down})
+    assert [type(e) for e in effects] == [SetBackoff, TakeToken]
+    assert effects[0] == SetBackoff("backoff|example", T0 + 30, T0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "could not record the back-off of provider=example: the store is down",
+        "could not count a failure of provider=example: the store is down",
+    ]
+
+
+def test_a_recorded_back_off_is_logged_with_its_reason(caplog: pytest.LogCaptureFixture) -> None:
+    flow = after_token_response(Backoff(), "example", HttpResponse(503), T0)
+    with caplog.at_level(logging.WARNING, logger="oauth2_broker_mw"):
+        effects = _drive(flow, {TakeToken: (False, 1.0), SetBackoff: T0 + 10})
+    assert [type(e) for e in effects] == [TakeToken, SetBackoff]  # no Retry-After: the breaker
+    assert effects[1] == SetBackoff("backoff|example", T0 + 10, T0)
+    assert [r.getMessage() for r in caplog.records] == [
+        "provider=example failed more than 5 times in 10s (circuit open): no token request "
+        "for 10s (shared through the store)"
+    ]
 
 
 # -- the circuit breaker: failures counted in the store open the gate ---------------------------
