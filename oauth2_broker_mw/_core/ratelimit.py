@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, replace
-from typing import NoReturn, Protocol, TypeAlias, runtime_checkable
+from typing import NoReturn, Protocol, TypeAlias, TypeVar, runtime_checkable
 
 from . import oauth
 from .effects import (
@@ -22,6 +22,7 @@ from .effects import (
     HttpResponse,
     SetBackoff,
     Sleep,
+    StoreOp,
     TakeToken,
 )
 from .errors import ConfigurationError, RateLimited, StorageError
@@ -222,17 +223,29 @@ def _refuse(call: RateLimitCall, scopes: str, retry_after: float, reason: str) -
     raise RateLimited(call.provider, retry_after, reason=reason)
 
 
+T = TypeVar("T")
+
+
+def _fail_open(effect: StoreOp, fallback: T, what: str, subject: str) -> Flow[T]:
+    """``effect``'s result, or ``fallback`` when the store fails: the gate is a courtesy, and
+    a store that cannot keep it must not stop the request. The failure is logged as
+    ``could not <what>: <error>`` (``what`` formats ``subject``)."""
+    try:
+        result: T = yield effect
+    except StorageError as exc:
+        log.warning(f"could not {what}: %s", subject, exc)
+        return fallback
+    return result
+
+
 def _closed_for(
     backoff: Backoff, provider: str, now: float, server: str | None = None
 ) -> Flow[float]:
     """Seconds the provider's gate stays closed (``0.0``: open). A store failure opens it."""
     if not backoff.enabled:
         return 0.0
-    try:
-        until: float = yield BackoffUntil(backoff.gate_name(provider, server))
-    except StorageError as exc:  # the back-off is a courtesy; the store's failure is not ours
-        log.warning("could not read the back-off of provider=%s: %s", provider, exc)
-        return 0.0
+    gate = BackoffUntil(backoff.gate_name(provider, server))
+    until = yield from _fail_open(gate, 0.0, "read the back-off of provider=%s", provider)
     return max(0.0, until - now)
 
 
@@ -279,12 +292,9 @@ def before_token_request(
 
 def _count(name: str, now: float, window: float) -> Flow[int]:
     """Count this call in the store; a store failure is logged and counts as nothing recent."""
-    try:
-        recent: int = yield CountCalls(name, now=now, window=window)
-    except StorageError as exc:
-        log.warning("could not count a token-endpoint call (%s): %s", name.split("|")[-1], exc)
-        return 0
-    return recent
+    count = CountCalls(name, now=now, window=window)
+    what = "count a token-endpoint call (%s)"
+    return (yield from _fail_open(count, 0, what, name.split("|")[-1]))
 
 
 def after_token_response(
@@ -312,16 +322,14 @@ def record_failure(
     """Count one transient failure in the store; one too many opens the circuit."""
     if not backoff.enabled or backoff.failures < 1 or backoff.open_for <= 0:
         return
-    try:
-        within, _ = yield TakeToken(
-            backoff.failures_name(provider, server),
-            now=now,
-            interval=backoff.window / backoff.failures,
-            burst=backoff.failures,
-        )
-    except StorageError as exc:
-        log.warning("could not count a failure of provider=%s: %s", provider, exc)
-        return
+    take = TakeToken(
+        backoff.failures_name(provider, server),
+        now=now,
+        interval=backoff.window / backoff.failures,
+        burst=backoff.failures,
+    )
+    # not counted (the store failed): within the budget, the circuit stays as it is
+    within, _ = yield from _fail_open(take, (True, 0.0), "count a failure of provider=%s", provider)
     if not within:
         yield from _close(
             backoff,
@@ -341,10 +349,12 @@ def _close(
     why: str,
     server: str | None = None,
 ) -> Flow[None]:
-    try:
-        yield SetBackoff(backoff.gate_name(provider, server), now + seconds, now)
-    except StorageError as exc:
-        log.warning("could not record the back-off of provider=%s: %s", provider, exc)
+    gate = SetBackoff(backoff.gate_name(provider, server), now + seconds, now)
+    not_recorded: float | None = None
+    stored = yield from _fail_open(
+        gate, not_recorded, "record the back-off of provider=%s", provider
+    )
+    if stored is None:
         return
     log.warning(
         "provider=%s %s: no token request for %.3gs (shared through the store)",
