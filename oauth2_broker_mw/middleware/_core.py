@@ -305,9 +305,10 @@ class MiddlewareCore:
     def prepare(self, request: BrokerRequest) -> Prepared | Response | Step[Prepared | Response]:
         """The context for a request the app will answer, or an error response (fail closed).
 
-        Without a session cookie of this middleware the answer needs no I/O and is returned
-        at once; with one, a generator (the session may have to be checked in the store, in
-        case it was revoked on another worker): drive it with :func:`drive` / :func:`adrive`.
+        The answer is returned at once when it needs no I/O: no session cookie of this
+        middleware, or a session the shared store vouched for within ``session_check_interval``.
+        Otherwise it is a generator (the store is asked whether the session was revoked on
+        another worker, J10): drive it with :func:`drive` / :func:`adrive`.
         """
         try:
             tenant = self.resolve_tenant(request)
@@ -315,23 +316,27 @@ class MiddlewareCore:
         except Reject as reject:
             return self.error(request, reject)
         cookie_header = request.cookie
-        if tenant is not None and cookie_header and self.sessions.cookie in cookie_header:
-            return self._prepare_session(request, tenant, principal, cookie_header)
-        return self._prepared(request, tenant, principal, None, [])
+        if tenant is None or not cookie_header or self.sessions.cookie not in cookie_header:
+            return self._prepared(request, tenant, principal, None, 0.0)
+        now = self.now()
+        session = self.sessions.read(parse_cookie_header(cookie_header), now, tenant)
+        if session is not None and not self.sessions.known_live(session, now):
+            return self._check_session(request, tenant, principal, session, now)
+        return self._prepared(request, tenant, principal, session, now)
 
-    def _prepare_session(
-        self, request: BrokerRequest, tenant: str, principal: str | None, cookie_header: str
+    def _check_session(
+        self,
+        request: BrokerRequest,
+        tenant: str,
+        principal: str | None,
+        session: Session,
+        now: float,
     ) -> Step[Prepared | Response]:
         try:
-            now = self.now()
-            session = yield from self.sessions.open(parse_cookie_header(cookie_header), now, tenant)
-            set_cookies: list[tuple[str, str]] = []
-            if session is not None and now - session.seen_at > self.sessions.refresh_after:
-                session = session.seen(now)
-                set_cookies.append(self.sessions.set_cookie(session, now))
+            live = yield from self.sessions.check(session, now)
         except Reject as reject:
             return self.error(request, reject)
-        return self._prepared(request, tenant, principal, session, set_cookies)
+        return self._prepared(request, tenant, principal, live, now)
 
     def _prepared(
         self,
@@ -339,8 +344,12 @@ class MiddlewareCore:
         tenant: str | None,
         principal: str | None,
         session: Session | None,
-        set_cookies: list[tuple[str, str]],
+        now: float,
     ) -> Prepared:
+        set_cookies: list[tuple[str, str]] = []
+        if session is not None and now - session.seen_at > self.sessions.refresh_after:
+            session = session.seen(now)  # sliding idle timeout: a fresh cookie
+            set_cookies.append(self.sessions.set_cookie(session, now))
         connections: tuple[str, ...] = ()
         resolved = principal is not None
         issuer = None
@@ -349,8 +358,10 @@ class MiddlewareCore:
             if principal is None:
                 principal = session.principal
             if session.principal == principal:
-                connections = tuple(
-                    c for c in session.connections if self.registry is not None or c in self.brokers
+                connections = (
+                    session.connections
+                    if self.registry is not None
+                    else tuple(filter(self.brokers.__contains__, session.connections))
                 )
                 issuer = session.issuer
         context = BrokerContext(

@@ -168,10 +168,17 @@ class Sessions:
     def open(self, cookies: Mapping[str, str], now: float, tenant: str) -> Step[Session | None]:
         """``tenant``'s live session: sealed, in time, of that tenant, not revoked anywhere."""
         session = self.read(cookies, now, tenant)
-        if session is None:
-            return None
-        if self._checked.get(session.sid, 0.0) > now:  # the store said so within the interval
+        if session is None or self.known_live(session, now):
             return session
+        return (yield from self.check(session, now))
+
+    def known_live(self, session: Session, now: float) -> bool:
+        """The shared store said ``session`` was not revoked, within the check interval (the
+        request needs no store read)."""
+        return self._checked.get(session.sid, 0.0) > now
+
+    def check(self, session: Session, now: float) -> Step[Session | None]:
+        """``session``, unless the shared store says a worker revoked it (J10; fail closed)."""
         try:
             revoked = yield self._revocation(session, now, mark=False)
         except StorageError as exc:  # fail closed: a session we cannot check is refused
