@@ -80,8 +80,11 @@ class _ASGIRequest(BrokerRequest):
     def cookie(self) -> str | None:
         if self._headers is not None:
             return self._headers.get("cookie")
-        values = [v for k, v in _raw_headers(self._scope) if k == b"cookie"]
-        return b"; ".join(values).decode("latin-1") if values else None
+        found: bytes | None = None  # one pass, no list: this runs on every request
+        for name, value in _raw_headers(self._scope):
+            if name == b"cookie":
+                found = value if found is None else found + b"; " + value
+        return None if found is None else found.decode("latin-1")
 
 
 async def _send_response(response: Response, send: Send, *, head: bool = False) -> None:
@@ -119,18 +122,23 @@ class BrokerMiddleware(MiddlewareShell[ASGIApp]):
             await _send_response(response, send, head=request.method == "HEAD")
             return
         prepared = core.prepare(request)
-        if not isinstance(prepared, (Prepared, Response)):  # a session to check: run the flow
-            prepared = await adrive(prepared)
-        if isinstance(prepared, Response):
-            await _send_response(prepared, send, head=request.method == "HEAD")
-            return
+        if not isinstance(prepared, Prepared):
+            if not isinstance(prepared, Response):  # a session to check in the store: run it
+                prepared = await adrive(prepared)
+            if isinstance(prepared, Response):
+                await _send_response(prepared, send, head=request.method == "HEAD")
+                return
         context = prepared.context
         scope[CONTEXT_KEY] = context
         state = scope.get("state")
         scope["state"] = (
             {**state, CONTEXT_KEY: context} if isinstance(state, dict) else {CONTEXT_KEY: context}
         )
-        extra = [(k.encode("latin-1"), v.encode("latin-1")) for k, v in prepared.set_cookies]
+        extra = (
+            [(k.encode("latin-1"), v.encode("latin-1")) for k, v in prepared.set_cookies]
+            if prepared.set_cookies
+            else None
+        )
         started = False
 
         async def send_wrapper(message: Message) -> None:
