@@ -58,7 +58,6 @@ class BrokerContext:
     def __init__(
         self,
         core: MiddlewareCore,
-        *,
         tenant: str | None,
         principal: str | None,
         connections: tuple[str, ...],

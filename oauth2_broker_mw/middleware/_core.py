@@ -364,15 +364,16 @@ class MiddlewareCore:
                     else tuple(filter(self.brokers.__contains__, session.connections))
                 )
                 issuer = session.issuer
+        # Positional: a class called with keywords builds a dict of them on every request.
         context = BrokerContext(
             self,
-            tenant=tenant,
-            principal=principal,
-            connections=connections,
-            session_id=None if session is None else session.sid,
-            issuer=issuer,
-            resolved=resolved,
-            path=request.path,
+            tenant,
+            principal,
+            connections,
+            None if session is None else session.sid,
+            issuer,
+            resolved,
+            request.path,
         )
         return Prepared(context, set_cookies)
 
