@@ -14,13 +14,15 @@ Must not import: httpx/httpx2, starlette, requests, any store driver, the broker
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator
-from typing import Any, TypeAlias, TypeVar
+from collections.abc import Awaitable, Callable, Generator, Mapping
+from dataclasses import dataclass
+from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar
 
-__all__ = ["Flow", "arun", "run"]
+__all__ = ["Call", "Calls", "Flow", "arun", "arun_calls", "call", "run", "run_calls"]
 
 E = TypeVar("E")
 R = TypeVar("R")
+P = ParamSpec("P")
 
 #: A flow: yields effects of type ``E``, receives each effect's result, returns an ``R``.
 Flow: TypeAlias = Generator[E, Any, R]
@@ -69,3 +71,55 @@ def run(flow: Generator[E, Any, R], execute: Callable[[E], object]) -> R:
         answer: R = stop.value
         return answer
     raise AssertionError("unreachable: ready() never suspends")  # pragma: no cover
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class Call(Generic[R]):
+    """An effect that is one call with a blocking and an awaitable form (same arguments).
+
+    Orchestration that only chains such calls (off-boarding: list the keys, get each
+    provider's broker, forget, delete) is written once as a flow of :class:`Call` effects
+    and run by :func:`run_calls` or :func:`arun_calls`, instead of as two hand-kept bodies.
+    Build one with :func:`call`. The repr names the function, never the arguments (they may
+    be secrets).
+    """
+
+    sync: Callable[..., R]
+    async_: Callable[..., Awaitable[R]]
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+
+    def run(self) -> R:
+        return self.sync(*self.args, **self.kwargs)
+
+    async def arun(self) -> R:
+        return await self.async_(*self.args, **self.kwargs)
+
+    def __repr__(self) -> str:
+        return f"Call({getattr(self.sync, '__qualname__', type(self.sync).__name__)})"
+
+
+#: A flow of :class:`Call` effects that returns an ``R``.
+Calls: TypeAlias = Generator[Call[Any], Any, R]
+
+
+def call(
+    sync: Callable[P, R], async_: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+) -> Calls[R]:
+    """``result = yield from call(store.list_keys, store.alist_keys, tenant)``.
+
+    Typed: the result is an ``R``, and mypy checks that both forms take these arguments. An
+    exception from the call is raised at the ``yield from``, like any effect's.
+    """
+    result: R = yield Call(sync, async_, args, kwargs)
+    return result
+
+
+def run_calls(flow: Calls[R]) -> R:
+    """Run a flow of :class:`Call` effects with their blocking forms."""
+    return run(flow, Call.run)
+
+
+async def arun_calls(flow: Calls[R]) -> R:
+    """Run a flow of :class:`Call` effects, awaiting their async forms."""
+    return await arun(flow, Call.arun)

@@ -26,7 +26,7 @@ from ._core.errors import BrokerError, ConfigurationError, ProviderNotEnabled, U
 from ._core.flows import ForgetReport
 from ._core.model import PrincipalId, Secret, StoreKey, TenantId
 from ._core.provider import ProviderDescriptor
-from ._driver import arun, run
+from ._driver import Calls, arun, arun_calls, call, run, run_calls
 from .broker import Broker, SharedResources
 from .events import EventBus, EventHandler
 from .stores.base import TokenStore, bulk_deletion
@@ -427,44 +427,37 @@ class Registry:
             found.update(p for t, p in self._static if t == tenant)
         return sorted(found)
 
-    # unasync: generated from aforget_principal; edit that one, then run scripts/unasync.py
+    def _forget_principal(self, tenant: str, principal: str) -> Calls[ForgetReport]:
+        checked = self._tenant(tenant)
+        store, who = self._store, PrincipalId(principal)
+        listed = yield from call(store.list_keys, store.alist_keys, checked, who)
+        keys, report = list(listed), ForgetReport()
+        for provider in self._providers_of(checked, listed):
+            try:
+                broker = yield from call(
+                    self.broker, self.abroker, tenant=checked, provider=provider
+                )
+            except ProviderNotEnabled:
+                continue
+            report += yield from call(
+                broker.forget_principal, broker.aforget_principal, checked, principal
+            )
+            keys = [k for k in keys if k.provider != provider]
+        if keys:
+            bulk = bulk_deletion(store)
+            deleted = yield from call(bulk.delete_keys, bulk.adelete_keys, keys)
+            report += ForgetReport(unrevocable=tuple(keys), deleted=deleted)
+        return report
+
     def forget_principal(self, tenant: str, principal: str) -> ForgetReport:
         """:meth:`Broker.forget_principal` at every provider of the tenant: each connection is
         revoked by the broker of its provider, then deleted. Records of a provider the tenant
         has no registration for (any more) are deleted and reported ``unrevocable``."""
-        checked = self._tenant(tenant)
-        listed = self._store.list_keys(checked, PrincipalId(principal))
-        keys, report = list(listed), ForgetReport()
-        for provider in self._providers_of(checked, listed):
-            try:
-                broker = self.broker(tenant=checked, provider=provider)
-            except ProviderNotEnabled:
-                continue
-            report += broker.forget_principal(checked, principal)
-            keys = [k for k in keys if k.provider != provider]
-        if keys:
-            bulk = bulk_deletion(self._store)
-            report += ForgetReport(unrevocable=tuple(keys), deleted=bulk.delete_keys(keys))
-        return report
+        return run_calls(self._forget_principal(tenant, principal))
 
     async def aforget_principal(self, tenant: str, principal: str) -> ForgetReport:
-        """:meth:`Broker.forget_principal` at every provider of the tenant: each connection is
-        revoked by the broker of its provider, then deleted. Records of a provider the tenant
-        has no registration for (any more) are deleted and reported ``unrevocable``."""
-        checked = self._tenant(tenant)
-        listed = await self._store.alist_keys(checked, PrincipalId(principal))
-        keys, report = list(listed), ForgetReport()
-        for provider in self._providers_of(checked, listed):
-            try:
-                broker = await self.abroker(tenant=checked, provider=provider)
-            except ProviderNotEnabled:
-                continue
-            report += await broker.aforget_principal(checked, principal)
-            keys = [k for k in keys if k.provider != provider]
-        if keys:
-            bulk = bulk_deletion(self._store)
-            report += ForgetReport(unrevocable=tuple(keys), deleted=await bulk.adelete_keys(keys))
-        return report
+        """Async :meth:`forget_principal`."""
+        return await arun_calls(self._forget_principal(tenant, principal))
 
     def _retire(self, tenant: TenantId) -> int:
         """Refuse the tenant from now on; drop its static registrations and brokers."""
@@ -479,7 +472,47 @@ class Registry:
         self.invalidate(tenant)
         return removed
 
-    # unasync: generated from aoffboard_tenant; edit that one, then run scripts/unasync.py
+    def _offboard(
+        self, tenant: str, concurrency: int, progress: Callable[[int, int], None] | None
+    ) -> Calls[OffboardReport]:
+        started = time.monotonic()
+        checked, store = self._tenant(tenant), self._store
+        listed = yield from call(store.list_keys, store.alist_keys, checked)
+        brokers: list[Broker] = []
+        for provider in self._providers_of(checked, listed):
+            try:
+                broker = yield from call(
+                    self.broker, self.abroker, tenant=checked, provider=provider
+                )
+            except ProviderNotEnabled:
+                continue
+            brokers.append(broker)
+        removed = self._retire(checked)  # no new login or lease of the tenant from here on
+        tokens, delivered, dropped = ForgetReport(), 0, 0
+        for broker in brokers:
+            tokens += yield from call(
+                broker.forget_tenant,
+                broker.aforget_tenant,
+                checked,
+                concurrency=concurrency,
+                queue=False,
+                progress=progress,
+            )
+            # final=True: the queue keeps none of it, delivered or not
+            drained = yield from call(
+                broker.drain_revocations, broker.adrain_revocations, final=True
+            )
+            delivered, dropped = delivered + drained.delivered, dropped + drained.dropped
+        bulk = bulk_deletion(store)
+        # what is left: providers without a registration, writes that came in meanwhile
+        rest = yield from call(store.list_keys, store.alist_keys, checked)
+        if rest:
+            deleted = yield from call(bulk.delete_keys, bulk.adelete_keys, rest)
+            tokens += ForgetReport(unrevocable=tuple(rest), deleted=deleted)
+        pending = yield from call(bulk.delete_pending, bulk.adelete_pending, checked)
+        seconds = time.monotonic() - started
+        return OffboardReport(checked, tokens, pending, removed, seconds, delivered, dropped)
+
     def offboard_tenant(
         self,
         tenant: str,
@@ -499,31 +532,7 @@ class Registry:
         fed by a ``resolver`` refuses the tenant in this process only: delete it from the
         resolver's source too.
         """
-        started = time.monotonic()
-        checked = self._tenant(tenant)
-        listed = self._store.list_keys(checked)
-        brokers: list[Broker] = []
-        for provider in self._providers_of(checked, listed):
-            try:
-                broker = self.broker(tenant=checked, provider=provider)
-            except ProviderNotEnabled:
-                continue
-            brokers.append(broker)
-        removed = self._retire(checked)  # no new login or lease of the tenant from here on
-        tokens, delivered, dropped = ForgetReport(), 0, 0
-        for broker in brokers:
-            tokens += broker.forget_tenant(
-                checked, concurrency=concurrency, queue=False, progress=progress
-            )
-            drained = broker.drain_revocations(final=True)  # the queue keeps none of it
-            delivered, dropped = delivered + drained.delivered, dropped + drained.dropped
-        bulk = bulk_deletion(self._store)
-        rest = self._store.list_keys(checked)  # providers without a registration, late writes
-        if rest:
-            tokens += ForgetReport(unrevocable=tuple(rest), deleted=bulk.delete_keys(rest))
-        pending = bulk.delete_pending(checked)
-        seconds = time.monotonic() - started
-        return OffboardReport(checked, tokens, pending, removed, seconds, delivered, dropped)
+        return run_calls(self._offboard(tenant, concurrency, progress))
 
     async def aoffboard_tenant(
         self,
@@ -532,45 +541,8 @@ class Registry:
         concurrency: int = 8,
         progress: Callable[[int, int], None] | None = None,
     ) -> OffboardReport:
-        """Off-board ``tenant``: from now on it is an :class:`UnknownTenant` here; every
-        connection is revoked at its provider with the tenant's own registration (bounded
-        ``concurrency``), then deleted in bulk; its pending logins are deleted; its client
-        registrations are dropped from this registry. Its revocations still queued from
-        earlier logouts are sent once more and removed, taken or not.
-
-        A revocation a provider does not take is reported (``tokens.revocation_failed``), not
-        queued: the registration that could deliver it is going away, and nothing of the
-        tenant stays in the store. ``progress(done, total)`` is called per batch. A registry
-        fed by a ``resolver`` refuses the tenant in this process only: delete it from the
-        resolver's source too.
-        """
-        started = time.monotonic()
-        checked = self._tenant(tenant)
-        listed = await self._store.alist_keys(checked)
-        brokers: list[Broker] = []
-        for provider in self._providers_of(checked, listed):
-            try:
-                broker = await self.abroker(tenant=checked, provider=provider)
-            except ProviderNotEnabled:
-                continue
-            brokers.append(broker)
-        removed = self._retire(checked)  # no new login or lease of the tenant from here on
-        tokens, delivered, dropped = ForgetReport(), 0, 0
-        for broker in brokers:
-            tokens += await broker.aforget_tenant(
-                checked, concurrency=concurrency, queue=False, progress=progress
-            )
-            drained = await broker.adrain_revocations(final=True)  # the queue keeps none of it
-            delivered, dropped = delivered + drained.delivered, dropped + drained.dropped
-        bulk = bulk_deletion(self._store)
-        rest = await self._store.alist_keys(
-            checked
-        )  # providers without a registration, late writes
-        if rest:
-            tokens += ForgetReport(unrevocable=tuple(rest), deleted=await bulk.adelete_keys(rest))
-        pending = await bulk.adelete_pending(checked)
-        seconds = time.monotonic() - started
-        return OffboardReport(checked, tokens, pending, removed, seconds, delivered, dropped)
+        """Async :meth:`offboard_tenant` (the batches of one provider run as tasks)."""
+        return await arun_calls(self._offboard(tenant, concurrency, progress))
 
     #: The issue's and the docs' short name: ``registry.offboard("globex")`` is
     #: :meth:`offboard_tenant`, ``await registry.aoffboard("globex")`` is :meth:`aoffboard_tenant`.

@@ -41,7 +41,6 @@ RULES: list[tuple[str, str]] = [
     (r"\bawait self\._flights\.ado\(", "self._flights.do("),
     (r"\bawait self\.(_*)a(\w+)\(", r"self.\1\2("),
     (r"\bawait self\._store\.a(\w+)\(", r"self._store.\1("),
-    (r"\bawait (broker|bulk)\.a(\w+)\(", r"\1.\2("),
 ]
 
 #: Pairs whose sync side is at most this many body lines count as a thin shell.
