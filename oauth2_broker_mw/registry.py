@@ -420,29 +420,32 @@ class Registry:
         return len(slots)
 
     # -- off-boarding ---------------------------------------------------------------------------
-    def _providers_of(self, tenant: TenantId, keys: Iterable[StoreKey]) -> list[str]:
-        """The tenant's providers: its static registrations and those its records name."""
-        found: set[str] = {k.provider for k in keys}
+    def _brokers_of(self, tenant: TenantId, keys: Iterable[StoreKey]) -> Calls[list[Broker]]:
+        """The brokers of the tenant's providers (its static registrations and those its
+        records ``keys`` name) that it still has a registration for."""
+        providers: set[str] = {k.provider for k in keys}
         if self._static is not None:
-            found.update(p for t, p in self._static if t == tenant)
-        return sorted(found)
+            providers.update(p for t, p in self._static if t == tenant)
+        brokers = []
+        for provider in sorted(providers):
+            try:
+                brokers.append(
+                    (yield from call(self.broker, self.abroker, tenant=tenant, provider=provider))
+                )
+            except ProviderNotEnabled:
+                continue
+        return brokers
 
     def _forget_principal(self, tenant: str, principal: str) -> Calls[ForgetReport]:
         checked = self._tenant(tenant)
         store, who = self._store, PrincipalId(principal)
         listed = yield from call(store.list_keys, store.alist_keys, checked, who)
         keys, report = list(listed), ForgetReport()
-        for provider in self._providers_of(checked, listed):
-            try:
-                broker = yield from call(
-                    self.broker, self.abroker, tenant=checked, provider=provider
-                )
-            except ProviderNotEnabled:
-                continue
+        for broker in (yield from self._brokers_of(checked, listed)):
             report += yield from call(
                 broker.forget_principal, broker.aforget_principal, checked, principal
             )
-            keys = [k for k in keys if k.provider != provider]
+            keys = [k for k in keys if k.provider != broker.provider.id]
         if keys:
             bulk = bulk_deletion(store)
             deleted = yield from call(bulk.delete_keys, bulk.adelete_keys, keys)
@@ -478,15 +481,7 @@ class Registry:
         started = time.monotonic()
         checked, store = self._tenant(tenant), self._store
         listed = yield from call(store.list_keys, store.alist_keys, checked)
-        brokers: list[Broker] = []
-        for provider in self._providers_of(checked, listed):
-            try:
-                broker = yield from call(
-                    self.broker, self.abroker, tenant=checked, provider=provider
-                )
-            except ProviderNotEnabled:
-                continue
-            brokers.append(broker)
+        brokers = yield from self._brokers_of(checked, listed)
         removed = self._retire(checked)  # no new login or lease of the tenant from here on
         tokens, delivered, dropped = ForgetReport(), 0, 0
         for broker in brokers:
