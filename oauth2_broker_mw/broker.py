@@ -19,7 +19,7 @@ from collections.abc import Callable, Collection, Iterable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias, TypeVar
 
 import cachetools
 import httpx2
@@ -64,6 +64,7 @@ from ._core.model import (
 from ._core.policy import RefreshPolicy, RevocationRetry
 from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth, check_service_grant
 from ._core.ratelimit import Backoff, RateLimitPolicy
+from ._driver import Call, Calls, arun_calls, call, run_calls
 from ._drivers import MAX_RESPONSE_BYTES, AsyncDriver, SyncDriver, UnsavedRotations
 from ._singleflight import SingleFlight
 from .events import EventBus, EventHandler
@@ -86,6 +87,9 @@ ScopesArg = ScopeSet | str | Iterable[str] | None
 
 _UNCHECKED: Final = object()
 _D = TypeVar("_D", SyncDriver, AsyncDriver)
+R = TypeVar("R")
+#: What one obtain flight gives every caller: the stored record and its lease.
+Obtained: TypeAlias = tuple[TokenRecord, Lease]
 
 
 @dataclass(slots=True)
@@ -524,7 +528,17 @@ class Broker:
         error.__cause__ = exc
         return error
 
-    # unasync: generated from _aobtain; edit that one, then run scripts/unasync.py
+    def _run(self, flow: Flow[R]) -> Calls[R]:
+        """``result = yield from self._run(flow)``: the flow through the sync or async driver."""
+        result: R = yield Call(self._sync.run, self._async.run, (flow,), {})
+        return result
+
+    def _in_flight(self, flight: str, work: Callable[[], Calls[Obtained]]) -> Obtained:
+        return self._flights.do(flight, lambda: run_calls(work()))
+
+    async def _ain_flight(self, flight: str, work: Callable[[], Calls[Obtained]]) -> Obtained:
+        return await self._flights.ado(flight, lambda: arun_calls(work()))
+
     def _obtain(
         self,
         key: StoreKey,
@@ -532,42 +546,56 @@ class Broker:
         force: bool,
         stale: Secret | None,
         if_version: int | None = None,
-    ) -> tuple[TokenRecord, Lease]:
+    ) -> Calls[Obtained]:
         """Run the obtain flow once for all concurrent callers of this key."""
         flight, flow = self._flight(key, scopes, force, stale, if_version)
 
-        def work() -> tuple[TokenRecord, Lease]:
+        def work() -> Calls[Obtained]:
             with self._telemetry.operation("lease", self._provider.id):
-                record = self._sync.run(flow())
+                record = yield from self._run(flow())
             return record, self._remember(record)
 
         try:
             with self._telemetry.lease_wait(self._provider.id):
-                return self._flights.do(flight, work)
+                return (yield from call(self._in_flight, self._ain_flight, flight, work))
         except InvalidGrant as exc:
             raise self._auth_required(key, exc) from exc
 
-    async def _aobtain(
+    def _cold(
         self,
         key: StoreKey,
         scopes: ScopesArg,
-        force: bool,
+        required_scopes: Iterable[str] | None,
+        force_refresh: bool,
         stale: Secret | None,
-        if_version: int | None = None,
-    ) -> tuple[TokenRecord, Lease]:
-        """Run the obtain flow once for all concurrent callers of this key."""
-        flight, flow = self._flight(key, scopes, force, stale, if_version)
+    ) -> Calls[Lease]:
+        lease = (yield from self._obtain(key, scopes, force_refresh, stale))[1]
+        return _check_required(lease, required_scopes, self._provider, self._scopes(scopes))
 
-        async def work() -> tuple[TokenRecord, Lease]:
-            with self._telemetry.operation("lease", self._provider.id):
-                record = await self._async.run(flow())
-            return record, self._remember(record)
-
-        try:
-            with self._telemetry.lease_wait(self._provider.id):
-                return await self._flights.ado(flight, work)
-        except InvalidGrant as exc:
-            raise self._auth_required(key, exc) from exc
+    def _lease_of_key(
+        self,
+        key: StoreKey | None,
+        tenant: str,
+        principal: str,
+        scopes: ScopesArg,
+        required_scopes: Iterable[str] | None,
+        force_refresh: bool,
+        stale: Secret | None = None,
+    ) -> Lease | Calls[Lease]:
+        """The warm lease of ``key`` (or of the key of ``tenant`` and ``principal``) with no
+        I/O, else the flow that obtains one. The scopes are read once, in their cache form
+        (a generator has no second reading); the warm path makes no second scope form."""
+        if scopes is None:
+            hashable: tuple[str, ...] | str = self._default_scopes
+        else:
+            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
+        if key is None:
+            key = self._key_for(tenant, principal, hashable)
+        if not force_refresh and stale is None:
+            warm = self._warm(key, scopes, required_scopes, hashable)
+            if warm is not None:
+                return warm
+        return self._cold(key, scopes, required_scopes, force_refresh, stale)
 
     # unasync: generated from alease_for_key; edit that one, then run scripts/unasync.py
     def lease_for_key(
@@ -577,19 +605,10 @@ class Broker:
         scopes: ScopesArg = None,
         required_scopes: Iterable[str] | None = None,
         force_refresh: bool = False,
-        _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
-        if scopes is None:
-            hashable: tuple[str, ...] | str = self._default_scopes
-        else:  # the caller's iterable is read once here (a generator has no second reading)
-            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
-        if not force_refresh and _stale is None:
-            warm = self._warm(key, scopes, required_scopes, hashable)
-            if warm is not None:
-                return warm
-        lease = self._obtain(key, scopes, force_refresh, _stale)[1]
-        return _check_required(lease, required_scopes, self._provider, self._scopes(scopes))
+        got = self._lease_of_key(key, "", "", scopes, required_scopes, force_refresh)
+        return got if isinstance(got, Lease) else run_calls(got)
 
     async def alease_for_key(
         self,
@@ -598,19 +617,10 @@ class Broker:
         scopes: ScopesArg = None,
         required_scopes: Iterable[str] | None = None,
         force_refresh: bool = False,
-        _stale: Secret | None = None,
     ) -> Lease:
         """:meth:`lease` for a key built with :meth:`key`."""
-        if scopes is None:
-            hashable: tuple[str, ...] | str = self._default_scopes
-        else:  # the caller's iterable is read once here (a generator has no second reading)
-            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
-        if not force_refresh and _stale is None:
-            warm = self._warm(key, scopes, required_scopes, hashable)
-            if warm is not None:
-                return warm
-        lease = (await self._aobtain(key, scopes, force_refresh, _stale))[1]
-        return _check_required(lease, required_scopes, self._provider, self._scopes(scopes))
+        got = self._lease_of_key(key, "", "", scopes, required_scopes, force_refresh)
+        return got if isinstance(got, Lease) else await arun_calls(got)
 
     # unasync: generated from alease; edit that one, then run scripts/unasync.py
     def lease(
@@ -628,18 +638,8 @@ class Broker:
         have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
         (``()`` accepts any grant).
         """
-        if scopes is None:
-            hashable: tuple[str, ...] | str = self._default_scopes
-        else:  # the caller's iterable is read once here (a generator has no second reading)
-            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
-        key = self._key_for(tenant, principal, hashable)
-        if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
-            warm = self._warm(key, scopes, required_scopes, hashable)
-            if warm is not None:
-                return warm
-        return self.lease_for_key(
-            key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
-        )
+        got = self._lease_of_key(None, tenant, principal, scopes, required_scopes, force_refresh)
+        return got if isinstance(got, Lease) else run_calls(got)
 
     async def alease(
         self,
@@ -656,17 +656,20 @@ class Broker:
         have been granted, else :class:`InsufficientScope`; ``required_scopes`` narrows that
         (``()`` accepts any grant).
         """
-        if scopes is None:
-            hashable: tuple[str, ...] | str = self._default_scopes
-        else:  # the caller's iterable is read once here (a generator has no second reading)
-            scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
-        key = self._key_for(tenant, principal, hashable)
-        if not force_refresh:  # the warm path: no second scope form, no lease_for_key frame
-            warm = self._warm(key, scopes, required_scopes, hashable)
-            if warm is not None:
-                return warm
-        return await self.alease_for_key(
-            key, scopes=scopes, required_scopes=required_scopes, force_refresh=force_refresh
+        got = self._lease_of_key(None, tenant, principal, scopes, required_scopes, force_refresh)
+        return got if isinstance(got, Lease) else await arun_calls(got)
+
+    def _service_lease(
+        self,
+        scopes: ScopesArg,
+        tenant: str | None,
+        required_scopes: Iterable[str] | None,
+        force_refresh: bool,
+    ) -> Lease | Calls[Lease]:
+        check_service_grant(self._provider, self._client_config)
+        tenant = tenant or self._config.tenant or DEFAULT_TENANT
+        return self._lease_of_key(
+            None, tenant, SERVICE_PRINCIPAL, scopes, required_scopes, force_refresh
         )
 
     # unasync: generated from aservice_lease; edit that one, then run scripts/unasync.py
@@ -687,14 +690,8 @@ class Broker:
         ``"@app"``, which no user principal can have. A public client, or a descriptor
         without the ``client_credentials`` grant, is a ``ConfigurationError`` saying which.
         """
-        check_service_grant(self._provider, self._client_config)
-        return self.lease(
-            tenant=tenant or self._config.tenant or DEFAULT_TENANT,
-            principal=SERVICE_PRINCIPAL,
-            scopes=scopes,
-            required_scopes=required_scopes,
-            force_refresh=force_refresh,
-        )
+        got = self._service_lease(scopes, tenant, required_scopes, force_refresh)
+        return got if isinstance(got, Lease) else run_calls(got)
 
     async def aservice_lease(
         self,
@@ -713,38 +710,40 @@ class Broker:
         ``"@app"``, which no user principal can have. A public client, or a descriptor
         without the ``client_credentials`` grant, is a ``ConfigurationError`` saying which.
         """
-        check_service_grant(self._provider, self._client_config)
-        return await self.alease(
-            tenant=tenant or self._config.tenant or DEFAULT_TENANT,
-            principal=SERVICE_PRINCIPAL,
-            scopes=scopes,
-            required_scopes=required_scopes,
-            force_refresh=force_refresh,
-        )
+        got = self._service_lease(scopes, tenant, required_scopes, force_refresh)
+        return got if isinstance(got, Lease) else await arun_calls(got)
 
-    # unasync: generated from areplace_lease; edit that one, then run scripts/unasync.py
+    def _replace(self, stale: Lease) -> Lease | Calls[Lease]:
+        key, token = stale.key, stale.access_token
+        return self._lease_of_key(key, "", "", stale.scopes, None, False, token)
+
     def replace_lease(self, stale: Lease) -> Lease:
         """The token in ``stale`` was rejected: return a newer one (at most one refresh)."""
-        return self.lease_for_key(stale.key, scopes=stale.scopes, _stale=stale.access_token)
+        got = self._replace(stale)
+        return got if isinstance(got, Lease) else run_calls(got)
 
     async def areplace_lease(self, stale: Lease) -> Lease:
-        """The token in ``stale`` was rejected: return a newer one (at most one refresh)."""
-        return await self.alease_for_key(stale.key, scopes=stale.scopes, _stale=stale.access_token)
+        """Async :meth:`replace_lease`."""
+        got = self._replace(stale)
+        return got if isinstance(got, Lease) else await arun_calls(got)
 
-    # unasync: generated from arefresh; edit that one, then run scripts/unasync.py
+    def _refresh(self, tenant: str, principal: str, scopes: ScopesArg) -> Calls[TokenRecord]:
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        return (yield from self._obtain(key, scopes, True, None))[0]
+
     def refresh(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> TokenRecord:
         """Force one refresh (shared with concurrent callers) and return the stored record."""
-        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
-        return self._obtain(key, scopes, True, None)[0]
+        return run_calls(self._refresh(tenant, principal, scopes))
 
     async def arefresh(
         self, *, tenant: str, principal: str, scopes: ScopesArg = None
     ) -> TokenRecord:
-        """Force one refresh (shared with concurrent callers) and return the stored record."""
-        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
-        return (await self._aobtain(key, scopes, True, None))[0]
+        """Async :meth:`refresh`."""
+        return await arun_calls(self._refresh(tenant, principal, scopes))
 
-    # unasync: generated from arefresh_key; edit that one, then run scripts/unasync.py
+    def _refresh_key(self, key: StoreKey, if_version: int | None) -> Calls[TokenRecord]:
+        return (yield from self._obtain(key, None, True, None, if_version))[0]
+
     def refresh_key(self, key: StoreKey, *, if_version: int | None = None) -> TokenRecord:
         """Refresh ``key`` once and return the stored record.
 
@@ -753,29 +752,23 @@ class Broker:
         token request is made. This is how proactive refreshers on several hosts avoid
         refreshing one grant twice.
         """
-        return self._obtain(key, None, True, None, if_version)[0]
+        return run_calls(self._refresh_key(key, if_version))
 
     async def arefresh_key(self, key: StoreKey, *, if_version: int | None = None) -> TokenRecord:
-        """Refresh ``key`` once and return the stored record.
-
-        With ``if_version``, only while the stored record is still at that version: when
-        another process (another refresher) already renewed it, its record is returned and no
-        token request is made. This is how proactive refreshers on several hosts avoid
-        refreshing one grant twice.
-        """
-        return (await self._aobtain(key, None, True, None, if_version))[0]
+        """Async :meth:`refresh_key`."""
+        return await arun_calls(self._refresh_key(key, if_version))
 
     # -- authorization code -------------------------------------------------------------------
-    def _start_flow(
+    def _start(
         self,
         tenant: str,
         principal: str | None,
         scopes: ScopesArg,
         redirect_uri: str,
         extra_params: Mapping[str, str] | None,
-    ) -> Flow[AuthorizationRequest]:
+    ) -> Calls[AuthorizationRequest]:
         self._serves(tenant)
-        return start_authorization_flow(
+        flow = start_authorization_flow(
             self._config,
             tenant=TenantId(tenant),
             principal=None if principal is None else PrincipalId(principal),
@@ -783,6 +776,8 @@ class Broker:
             redirect_uri=redirect_uri,
             extra_params=extra_params,
         )
+        with self._telemetry.operation("start_authorization", self._provider.id):
+            return (yield from self._run(flow))
 
     # unasync: generated from astart_authorization; edit that one, then run scripts/unasync.py
     def start_authorization(
@@ -795,10 +790,7 @@ class Broker:
         extra_params: Mapping[str, str] | None = None,
     ) -> AuthorizationRequest:
         """Begin a login: returns the provider URL; state, PKCE verifier and nonce are kept."""
-        flow = self._start_flow(tenant, principal, scopes, redirect_uri, extra_params)
-        with self._telemetry.operation("start_authorization", self._provider.id):
-            result = self._sync.run(flow)
-        return result
+        return run_calls(self._start(tenant, principal, scopes, redirect_uri, extra_params))
 
     async def astart_authorization(
         self,
@@ -810,10 +802,22 @@ class Broker:
         extra_params: Mapping[str, str] | None = None,
     ) -> AuthorizationRequest:
         """Begin a login: returns the provider URL; state, PKCE verifier and nonce are kept."""
-        flow = self._start_flow(tenant, principal, scopes, redirect_uri, extra_params)
-        with self._telemetry.operation("start_authorization", self._provider.id):
-            result = await self._async.run(flow)
-        return result
+        return await arun_calls(self._start(tenant, principal, scopes, redirect_uri, extra_params))
+
+    def _exchange(
+        self,
+        state: Secret,
+        code: Secret,
+        iss: str | None,
+        callback_params: Mapping[str, str] | None,
+    ) -> Calls[TokenRecord]:
+        flow = exchange_code_flow(
+            self._config, state=state, code=code, iss=iss, callback_params=callback_params
+        )
+        with self._telemetry.operation("exchange_code", self._provider.id):
+            record = yield from self._run(flow)
+        self._remember(record)
+        return record
 
     # unasync: generated from aexchange_code; edit that one, then run scripts/unasync.py
     def exchange_code(
@@ -830,14 +834,7 @@ class Broker:
         them raw (error reporters that record traceback locals never see them).
         """
         state, code = Secret(state), Secret(code)
-        with self._telemetry.operation("exchange_code", self._provider.id):
-            record = self._sync.run(
-                exchange_code_flow(
-                    self._config, state=state, code=code, iss=iss, callback_params=callback_params
-                )
-            )
-        self._remember(record)
-        return record
+        return run_calls(self._exchange(state, code, iss, callback_params))
 
     async def aexchange_code(
         self,
@@ -853,17 +850,20 @@ class Broker:
         them raw (error reporters that record traceback locals never see them).
         """
         state, code = Secret(state), Secret(code)
-        with self._telemetry.operation("exchange_code", self._provider.id):
-            record = await self._async.run(
-                exchange_code_flow(
-                    self._config, state=state, code=code, iss=iss, callback_params=callback_params
-                )
-            )
-        self._remember(record)
-        return record
+        return await arun_calls(self._exchange(state, code, iss, callback_params))
 
     # -- revocation and listing ---------------------------------------------------------------
-    # unasync: generated from arevoke; edit that one, then run scripts/unasync.py
+    def _revoke(self, tenant: str, principal: str, scopes: ScopesArg) -> Calls[bool]:
+        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
+        self._forget(key)
+        try:
+            with self._telemetry.operation("revoke", self._provider.id):
+                return (
+                    yield from self._run(revoke_flow(self._config, key, self._revocation_retry))
+                )
+        finally:
+            self._forget(key)
+
     def revoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
         """Revoke at the provider (RFC 7009) when it can, then forget locally.
 
@@ -874,35 +874,11 @@ class Broker:
         ``RevocationQueued`` event. A redirect from the revocation endpoint raises
         :class:`ProviderError` and keeps the connection.
         """
-        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
-        self._forget(key)
-        try:
-            with self._telemetry.operation("revoke", self._provider.id):
-                revoked = self._sync.run(revoke_flow(self._config, key, self._revocation_retry))
-        finally:
-            self._forget(key)
-        return revoked
+        return run_calls(self._revoke(tenant, principal, scopes))
 
     async def arevoke(self, *, tenant: str, principal: str, scopes: ScopesArg = None) -> bool:
-        """Revoke at the provider (RFC 7009) when it can, then forget locally.
-
-        Returns whether a connection was forgotten. When the provider cannot take the
-        revocation now (503, 429, a network error), the connection is forgotten all the same
-        and the revocation is queued in the store, to be delivered with back-off by
-        :meth:`drain_revocations` (every :class:`Refresher` sweep calls it), with a
-        ``RevocationQueued`` event. A redirect from the revocation endpoint raises
-        :class:`ProviderError` and keeps the connection.
-        """
-        key = self.key(tenant=tenant, principal=principal, scopes=scopes)
-        self._forget(key)
-        try:
-            with self._telemetry.operation("revoke", self._provider.id):
-                revoked = await self._async.run(
-                    revoke_flow(self._config, key, self._revocation_retry)
-                )
-        finally:
-            self._forget(key)
-        return revoked
+        """Async :meth:`revoke`."""
+        return await arun_calls(self._revoke(tenant, principal, scopes))
 
     # -- off-boarding ---------------------------------------------------------------------------
     def _user_ids(self, tenant: str, principal: str | None) -> tuple[TenantId, PrincipalId | None]:
@@ -914,7 +890,16 @@ class Broker:
             )
         return checked, None if principal is None else PrincipalId(principal)
 
-    # unasync: generated from aforget_principal; edit that one, then run scripts/unasync.py
+    def _forget_principal(self, tenant: str, principal: str) -> Calls[ForgetReport]:
+        checked, who = self._user_ids(tenant, principal)
+        assert who is not None
+        flow = forget_principal_flow(self._config, checked, who, self._revocation_retry)
+        try:
+            with self._telemetry.operation("forget_principal", self._provider.id):
+                return (yield from self._run(flow))
+        finally:
+            self._forget_cached(checked, who)
+
     def forget_principal(self, tenant: str, principal: str) -> ForgetReport:
         """Revoke every connection of ``principal`` in ``tenant`` with this provider at the
         provider (RFC 7009, refresh token first), then delete them from the store.
@@ -923,35 +908,11 @@ class Broker:
         reported in ``revocation_failed`` and their revocation is queued (delivered by
         :meth:`drain_revocations`). Returns a :class:`ForgetReport` (keys and counts, no secret).
         """
-        checked, who = self._user_ids(tenant, principal)
-        assert who is not None
-        try:
-            with self._telemetry.operation("forget_principal", self._provider.id):
-                report = self._sync.run(
-                    forget_principal_flow(self._config, checked, who, self._revocation_retry)
-                )
-        finally:
-            self._forget_cached(checked, who)
-        return report
+        return run_calls(self._forget_principal(tenant, principal))
 
     async def aforget_principal(self, tenant: str, principal: str) -> ForgetReport:
-        """Revoke every connection of ``principal`` in ``tenant`` with this provider at the
-        provider (RFC 7009, refresh token first), then delete them from the store.
-
-        A provider that is down (or answers 503/429) never stops the deletion: those keys are
-        reported in ``revocation_failed`` and their revocation is queued (delivered by
-        :meth:`drain_revocations`). Returns a :class:`ForgetReport` (keys and counts, no secret).
-        """
-        checked, who = self._user_ids(tenant, principal)
-        assert who is not None
-        try:
-            with self._telemetry.operation("forget_principal", self._provider.id):
-                report = await self._async.run(
-                    forget_principal_flow(self._config, checked, who, self._revocation_retry)
-                )
-        finally:
-            self._forget_cached(checked, who)
-        return report
+        """Async :meth:`forget_principal`."""
+        return await arun_calls(self._forget_principal(tenant, principal))
 
     def _tenant_batches(self, keys: Iterable[StoreKey], batch: int) -> list[tuple[StoreKey, ...]]:
         mine = [k for k in keys if k.provider == self._provider.id]
@@ -1027,7 +988,13 @@ class Broker:
             self._forget_cached(checked)
         return report
 
-    # unasync: generated from adrain_revocations; edit that one, then run scripts/unasync.py
+    def _drain(self, limit: int, final: bool) -> Calls[RevocationDrain]:
+        flow = drain_revocations_flow(
+            self._config, self._revocation_retry, limit=limit, final=final
+        )
+        with self._telemetry.operation("drain_revocations", self._provider.id):
+            return (yield from self._run(flow))
+
     def drain_revocations(self, *, limit: int = 100, final: bool = False) -> RevocationDrain:
         """Deliver the queued revocations of this provider and client that are due.
 
@@ -1041,43 +1008,24 @@ class Broker:
         and drops each one the provider does not take: nothing stays queued. A
         :class:`~oauth2_broker_mw.Registry` broker holds only its own tenant's.
         """
-        with self._telemetry.operation("drain_revocations", self._provider.id):
-            return self._sync.run(
-                drain_revocations_flow(
-                    self._config, self._revocation_retry, limit=limit, final=final
-                )
-            )
+        return run_calls(self._drain(limit, final))
 
     async def adrain_revocations(self, *, limit: int = 100, final: bool = False) -> RevocationDrain:
-        """Deliver the queued revocations of this provider and client that are due.
+        """Async :meth:`drain_revocations`."""
+        return await arun_calls(self._drain(limit, final))
 
-        The queue is in the store, shared by every process: of several processes draining at
-        once, one sends each revocation. A revocation that fails again waits longer
-        (``revocation_retry``: exponential, never before the provider's ``Retry-After``) and
-        is dropped with an error log and a ``RevocationDropped`` event after the last attempt.
-        At most ``limit`` revocations are sent per call.
+    def _connections(self, tenant: str, principal: str) -> Calls[list[StoreKey]]:
+        store, who = self._store, (TenantId(tenant), PrincipalId(principal))
+        keys = yield from call(store.list_keys, store.alist_keys, *who)
+        return [k for k in keys if k.provider == self._provider.id]
 
-        ``final=True`` (off-boarding) sends every queued revocation of this broker now, once,
-        and drops each one the provider does not take: nothing stays queued. A
-        :class:`~oauth2_broker_mw.Registry` broker holds only its own tenant's.
-        """
-        with self._telemetry.operation("drain_revocations", self._provider.id):
-            return await self._async.run(
-                drain_revocations_flow(
-                    self._config, self._revocation_retry, limit=limit, final=final
-                )
-            )
-
-    # unasync: generated from aconnections; edit that one, then run scripts/unasync.py
     def connections(self, *, tenant: str, principal: str) -> list[StoreKey]:
         """Keys stored for this principal with this provider."""
-        keys = self._store.list_keys(TenantId(tenant), PrincipalId(principal))
-        return [k for k in keys if k.provider == self._provider.id]
+        return run_calls(self._connections(tenant, principal))
 
     async def aconnections(self, *, tenant: str, principal: str) -> list[StoreKey]:
-        """Keys stored for this principal with this provider."""
-        keys = await self._store.alist_keys(TenantId(tenant), PrincipalId(principal))
-        return [k for k in keys if k.provider == self._provider.id]
+        """Async :meth:`connections`."""
+        return await arun_calls(self._connections(tenant, principal))
 
     # -- rotations the store refused ----------------------------------------------------------
     @property
@@ -1085,7 +1033,12 @@ class Broker:
         """How many rotated records this process holds because the store refused them."""
         return len(self._unsaved)
 
-    # unasync: generated from aflush_unsaved; edit that one, then run scripts/unasync.py
+    def _flush(self) -> Calls[int]:
+        for key in self._unsaved.held_keys():
+            with self._telemetry.operation("flush", self._provider.id):
+                yield from self._run(flush_unsaved_flow(key))
+        return len(self._unsaved)
+
     def flush_unsaved(self) -> int:
         """Write the rotations this process holds because the store refused them.
 
@@ -1094,23 +1047,11 @@ class Broker:
         A lease of such a key also writes it first; the :class:`Refresher` calls this on
         every sweep, and :meth:`close` once more.
         """
-        for key in self._unsaved.held_keys():
-            with self._telemetry.operation("flush", self._provider.id):
-                self._sync.run(flush_unsaved_flow(key))
-        return len(self._unsaved)
+        return run_calls(self._flush())
 
     async def aflush_unsaved(self) -> int:
-        """Write the rotations this process holds because the store refused them.
-
-        Each is written with compare-and-swap at the version it replaces (a record stored
-        meanwhile wins). Returns how many are still held: ``0`` once the store took them all.
-        A lease of such a key also writes it first; the :class:`Refresher` calls this on
-        every sweep, and :meth:`close` once more.
-        """
-        for key in self._unsaved.held_keys():
-            with self._telemetry.operation("flush", self._provider.id):
-                await self._async.run(flush_unsaved_flow(key))
-        return len(self._unsaved)
+        """Async :meth:`flush_unsaved`."""
+        return await arun_calls(self._flush())
 
     def _lost_on_close(self, left: int) -> None:
         if left:
@@ -1142,11 +1083,9 @@ class Broker:
         if self._owns_pool:
             await self._pool.aclose()
 
-    # unasync: generated from __aenter__; edit that one, then run scripts/unasync.py
     def __enter__(self) -> Self:
         return self
 
-    # unasync: generated from __aexit__; edit that one, then run scripts/unasync.py
     def __exit__(
         self,
         exc_type: type[BaseException] | None,

@@ -33,14 +33,8 @@ MARKER_RE = re.compile(r"^\s*# unasync: generated from (\w+)")
 
 #: (pattern, replacement), applied in order to the async source of a generated twin.
 RULES: list[tuple[str, str]] = [
-    (r"\basync def (_*)a(enter|exit)__", r"def \1\2__"),
     (r"\basync def (_*)a(\w+)\((\s*)self\b", r"def \1\2(\3self"),
-    (r"\basync def\b", "def"),
-    (r"\(await ([\w.]+\([^()]*\))\)", r"await \1"),
-    (r"\bawait self\._async\.run\(", "self._sync.run("),
-    (r"\bawait self\._flights\.ado\(", "self._flights.do("),
-    (r"\bawait self\.(_*)a(\w+)\(", r"self.\1\2("),
-    (r"\bawait self\._store\.a(\w+)\(", r"self._store.\1("),
+    (r"\bawait arun_calls\(", "run_calls("),
 ]
 
 #: Pairs whose sync side is at most this many body lines count as a thin shell.

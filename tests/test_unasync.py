@@ -38,8 +38,8 @@ def test_an_edited_async_source_makes_the_check_fail_until_regenerated(project: 
     broker = project / "oauth2_broker_mw" / "broker.py"
     text = broker.read_text()
     edited = text.replace(
-        "lease = (await self._aobtain(key, scopes, force_refresh, _stale))[1]",
-        "lease = (await self._aobtain(key, scopes, True, _stale))[1]",
+        "return await arun_calls(self._exchange(state, code, iss, callback_params))",
+        "return await arun_calls(self._exchange(state, code, None, callback_params))",
     )
     assert edited != text
     broker.write_text(edited)
@@ -50,7 +50,7 @@ def test_an_edited_async_source_makes_the_check_fail_until_regenerated(project: 
 
     assert unasync(project).returncode == 0
     regenerated = broker.read_text()
-    assert "lease = self._obtain(key, scopes, True, _stale)[1]" in regenerated
+    assert "return run_calls(self._exchange(state, code, None, callback_params))" in regenerated
     assert unasync(project, "--check").returncode == 0
 
 
@@ -58,8 +58,8 @@ def test_a_hand_edit_of_a_generated_twin_is_stale(project: Path) -> None:
     broker = project / "oauth2_broker_mw" / "broker.py"
     text = broker.read_text()
     edited = text.replace(
-        "return self._obtain(key, scopes, True, None)[0]",
-        "return self._obtain(key, scopes, False, None)[0]",
+        "        return run_calls(self._exchange(state, code, iss, callback_params))",
+        "        return run_calls(self._exchange(state, code, iss, None))",
     )
     assert edited != text
     broker.write_text(edited)
