@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias, TypeVar
 
-import cachetools
 import httpx2
 
 from ._core import oauth
@@ -300,7 +299,13 @@ class Broker:
                 telemetry=self._telemetry,
             )
         self._pool = _shared
-        self._cache: cachetools.FIFOCache[str, _Cached] = cachetools.FIFOCache(cache_size)
+        if cache_size < 1:
+            raise ConfigurationError(f"cache_size must be >= 1, got {cache_size!r}")
+        # A plain dict read with no lock (one C-level lookup on every lease), written under
+        # _cache_lock, first in first out past cache_size: cachetools' FIFOCache costs a
+        # Python-level __getitem__ frame per read on the hot path.
+        self._cache: dict[str, _Cached] = {}
+        self._cache_size = cache_size
         self._cache_lock = threading.Lock()
         self._flights = _shared.flights
         self._events = _shared.events
@@ -433,34 +438,15 @@ class Broker:
             return entry.lease
         return None
 
-    def _warm(
-        self,
-        key: StoreKey,
-        scopes: ScopesArg,
-        required: Iterable[str] | None,
-        hashable: tuple[str, ...] | str,
-    ) -> Lease | None:
-        """The cached lease for ``key`` if it is fresh and carries what was asked for (else
-        :class:`InsufficientScope`); the default check runs once per ``scopes`` argument
-        (``hashable``: its cache form, as :meth:`key` computes it)."""
-        try:
-            entry = self._cache[key.id]
-        except KeyError:
-            return None
-        if self._clock() >= entry.refresh_at:
-            return None
-        if required is not None:
-            return _check_required(entry.lease, required, self._provider, self._scopes(scopes))
-        if entry.passed != hashable:
-            _check_required(entry.lease, None, self._provider, self._scopes(scopes))
-            entry.passed = hashable
-        return entry.lease
-
     def _remember(self, record: TokenRecord) -> Lease:
         lease = Lease.from_record(record)
         entry = _Cached(lease, self._policy.refresh_at(record))
         with self._cache_lock:
-            self._cache[record.key.id] = entry
+            cache = self._cache
+            cache.pop(record.key.id, None)  # a replaced entry is the newest
+            cache[record.key.id] = entry
+            if len(cache) > self._cache_size:
+                del cache[next(iter(cache))]
         return lease
 
     def _forget(self, key: StoreKey) -> None:
@@ -582,20 +568,33 @@ class Broker:
         force_refresh: bool,
         stale: Secret | None = None,
     ) -> Lease | Calls[Lease]:
-        """The warm lease of ``key`` (or of the key of ``tenant`` and ``principal``) with no
-        I/O, else the flow that obtains one. The scopes are read once, in their cache form
-        (a generator has no second reading); the warm path makes no second scope form."""
+        """The cached lease of ``key`` (or of the key of ``tenant`` and ``principal``) while it
+        is fresh, with no I/O and no lock, else the flow that obtains one. The per-call path of
+        every lease method: the scopes are read once, in their cache form (a generator has no
+        second reading), and nothing else is computed while the cached lease will do."""
         if scopes is None:
             hashable: tuple[str, ...] | str = self._default_scopes
         else:
             scopes = hashable = _hashable_scopes(scopes, self._default_scopes)
         if key is None:
             key = self._key_for(tenant, principal, hashable)
-        if not force_refresh and stale is None:
-            warm = self._warm(key, scopes, required_scopes, hashable)
-            if warm is not None:
-                return warm
-        return self._cold(key, scopes, required_scopes, force_refresh, stale)
+        if force_refresh or stale is not None:
+            return self._cold(key, scopes, required_scopes, force_refresh, stale)
+        try:
+            entry = self._cache[key.id]
+        except KeyError:
+            return self._cold(key, scopes, required_scopes, False, None)
+        if self._clock() >= entry.refresh_at:
+            return self._cold(key, scopes, required_scopes, False, None)
+        # Fresh, so it must carry what was asked for (else InsufficientScope). The default
+        # check runs once per ``scopes`` argument (``hashable``: its cache form).
+        if required_scopes is not None:
+            asked = self._scopes(scopes)
+            return _check_required(entry.lease, required_scopes, self._provider, asked)
+        if entry.passed != hashable:
+            _check_required(entry.lease, None, self._provider, self._scopes(scopes))
+            entry.passed = hashable
+        return entry.lease
 
     # unasync: generated from alease_for_key; edit that one, then run scripts/unasync.py
     def lease_for_key(

@@ -21,6 +21,7 @@ from _fakes import FakeClock as Clock  # the suite-wide fake clock
 from oauth2_broker_mw import (
     AuthorizationRequired,
     Broker,
+    ConfigurationError,
     InsufficientScope,
     InvalidClient,
     MalformedResponse,
@@ -707,6 +708,24 @@ def test_a_warm_lease_checks_its_grant_once_per_scopes_argument(
         with pytest.raises(InsufficientScope):
             call(broker, "lease", tenant=TENANT, principal="svc", scopes=["read", "admin"])
     assert provider.counters["token"] == 2
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_a_cache_size_below_one_is_a_configuration_error(provider: MockProvider, size: int) -> None:
+    with pytest.raises(ConfigurationError, match="cache_size must be >= 1"):
+        make_broker(provider, cache_size=size)
+
+
+def test_the_in_process_cache_evicts_the_oldest_and_a_refreshed_entry_is_newest(
+    provider: MockProvider,
+) -> None:
+    broker = make_broker(provider, cache_size=2)
+    leases = [broker.lease(tenant=TENANT, principal=p, scopes=["x"]) for p in ("svc-a", "svc-b")]
+    # a new token for "svc-a" makes it the newest entry
+    broker.lease(tenant=TENANT, principal="svc-a", scopes=["x"], force_refresh=True)
+    broker.lease(tenant=TENANT, principal="svc-c", scopes=["x"])  # evicts "svc-b", the oldest
+    assert broker.cached_lease(leases[0].key) is not None
+    assert broker.cached_lease(leases[1].key) is None
 
 
 def test_in_process_cache_stays_bounded(provider: MockProvider) -> None:
