@@ -60,8 +60,6 @@ HAND_WRITTEN: dict[str, str] = {
     "stores/_commands.py:CommandStore.aidle": "one command, awaited",
     "stores/_commands.py:.adrive": "the one driver's two forms (_driver.run against arun), "
     "each sealing a CorruptRecord",
-    "middleware/_calls.py:StartAuthorization.arun": "calls the broker's async twin",
-    "middleware/_calls.py:ExchangeCode.arun": "calls the broker's async twin",
     "middleware/_context.py:BrokerContext.alease": "calls the broker's async twin",
     "auth.py:BrokerAuth.async_auth_flow": "httpx's Auth protocol: two generator kinds",
     "auth.py:LeaseSource.alease_for_key": "a Protocol stub",

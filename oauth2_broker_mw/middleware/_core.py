@@ -35,20 +35,9 @@ from .._core.errors import (
     UnknownTenant,
 )
 from .._core.model import JSONValue, PrincipalId, ProviderId, Secret
+from .._driver import call
 from . import _handlers
-from ._calls import (
-    BrokerCall,
-    BrokerSource,
-    ExchangeCode,
-    FixedBrokers,
-    GetBroker,
-    Handler,
-    Revoke,
-    StartAuthorization,
-    Step,
-    adrive,
-    drive,
-)
+from ._calls import BrokerSource, FixedBrokers, Handler, Step, adrive, drive
 from ._config import (
     CONTEXT_KEY,
     MAX_FORM_BYTES,
@@ -84,19 +73,15 @@ if TYPE_CHECKING:
 __all__ = [
     "CONTEXT_KEY",
     "DENYLIST_MAX",
-    "BrokerCall",
     "BrokerContext",
     "BrokerRequest",
-    "ExchangeCode",
     "MiddlewareCore",
     "MiddlewareOptions",
     "MiddlewareShell",
     "Prepared",
     "PrincipalResolver",
     "Response",
-    "Revoke",
     "Route",
-    "StartAuthorization",
     "TenantResolver",
     "adrive",
     "drive",
@@ -202,7 +187,8 @@ class MiddlewareCore:
 
     def broker_step(self, tenant: str, provider: str) -> Step[Broker]:
         """The broker of (tenant, provider), as a step (a registry may await a resolver)."""
-        return cast("Broker", (yield GetBroker(self._source, tenant, provider)))
+        source = self._source
+        return (yield from call(source.broker, source.abroker, tenant=tenant, provider=provider))
 
     def route_broker(self, tenant: str, provider: str) -> Step[Broker]:
         """A route's broker: an unknown tenant or provider is a 404, before any I/O (J3)."""

@@ -124,7 +124,7 @@ class Refusal:
 
 _TRANSPORT: Final = (TransportError, TransientProviderError)
 
-#: A login (``StartAuthorization``); a broker error no row names propagates.
+#: A login (``Broker.start_authorization``); a broker error no row names propagates.
 LOGIN_REFUSALS: Final = (
     Refusal(_TRANSPORT, 502, "provider_unavailable", _UNREACHABLE),
     Refusal((StorageError,), 503, "store_unavailable", _STORE_DOWN),

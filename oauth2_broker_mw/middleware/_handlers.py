@@ -19,13 +19,13 @@ import logging
 import secrets
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final
 from urllib.parse import parse_qsl
 
 from .._core.errors import BrokerError
-from .._core.flows import AuthorizationRequest
 from .._core.model import JSONValue, Secret, TokenRecord
-from ._calls import ExchangeCode, Handler, Revoke, StartAuthorization, Step
+from .._driver import call
+from ._calls import Handler, Step
 from ._cookies import parse_cookie_header
 from ._errors import EXCHANGE_REFUSALS, LOGIN_REFUSALS, Refusal, Reject, denied, reason, refuse
 from ._http import SECURITY_HEADERS, BrokerRequest, Response, redirect
@@ -77,8 +77,9 @@ def login(core: MiddlewareCore, provider: str, request: BrokerRequest) -> Handle
         # planted session must not receive the victim's token under the attacker's name).
         principal = "browser-" + secrets.token_urlsafe(18)
     try:
-        result = yield StartAuthorization(
-            broker,
+        auth_request = yield from call(
+            broker.start_authorization,
+            broker.astart_authorization,
             tenant=tenant,
             principal=principal,
             scopes=core.scopes_of(provider, broker),
@@ -86,7 +87,6 @@ def login(core: MiddlewareCore, provider: str, request: BrokerRequest) -> Handle
         )
     except BrokerError as exc:
         raise _call_refused(LOGIN_REFUSALS, "login", provider, exc) from None
-    auth_request = cast(AuthorizationRequest, result)
     issuer = auth_request.issuer
     if issuer is None:
         issuer = broker.provider.issuer
@@ -210,10 +210,18 @@ def _exchange(
     params.refuse_repeated(extra_names)
     extra = {k: v for k, v in params.items() if k in extra_names}
     try:
-        result = yield ExchangeCode(broker, Secret(state), Secret(code), iss, extra)
+        return (
+            yield from call(
+                broker.exchange_code,
+                broker.aexchange_code,
+                state=Secret(state),
+                code=Secret(code),
+                iss=iss,
+                callback_params=extra,
+            )
+        )
     except BrokerError as exc:
         raise _call_refused(EXCHANGE_REFUSALS, "code exchange", provider, exc) from None
-    return cast(TokenRecord, result)
 
 
 def _new_session(
@@ -324,8 +332,9 @@ def _revoke_connections(
     for provider in session.connections:
         try:
             broker = yield from core.broker_step(tenant, provider)
-            yield Revoke(
-                broker,
+            yield from call(
+                broker.revoke,
+                broker.arevoke,
                 tenant=tenant,
                 principal=principal,
                 scopes=core.scopes_of(provider, broker),

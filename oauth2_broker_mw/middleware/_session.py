@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, Final, cast
 
 from .._core.errors import StorageError
 from .._core.model import JSONValue
-from ._calls import SessionRevocation, Step
+from ._calls import Step, session_revocation
 from ._cookies import CookieAttributes, CookieSealer
 from ._errors import reason, store_down
 
@@ -180,7 +180,7 @@ class Sessions:
     def check(self, session: Session, now: float) -> Step[Session | None]:
         """``session``, unless the shared store says a worker revoked it (J10; fail closed)."""
         try:
-            revoked = yield self._revocation(session, now, mark=False)
+            revoked = yield from self._revocation(session, now, mark=False)
         except StorageError as exc:  # fail closed: a session we cannot check is refused
             log.warning("session check failed: %s", reason(exc))
             raise store_down() from None
@@ -237,7 +237,7 @@ class Sessions:
         """Revoke ``session`` here and, through the shared store, on every other worker."""
         self.remember_revoked(session.sid, now)
         try:
-            yield self._revocation(session, now, mark=True)
+            yield from self._revocation(session, now, mark=True)
         except StorageError as exc:
             log.warning("session revocation failed: %s", reason(exc))
             raise store_down() from None
@@ -248,10 +248,10 @@ class Sessions:
             bounded_put(self._logged_out, sid, True, DENYLIST_MAX)
             self._checked.pop(sid, None)
 
-    def _revocation(self, session: Session, now: float, *, mark: bool) -> SessionRevocation:
+    def _revocation(self, session: Session, now: float, *, mark: bool) -> Step[bool]:
         """The shared store's revocation mark of ``session``; it need not outlive the session."""
         name = "obm-session-revoked:" + self.sealer.tag("revoked", session.sid, 40)
-        return SessionRevocation(self.store, name, self._remaining(session, now), mark)
+        return session_revocation(self.store, name, self._remaining(session, now), mark=mark)
 
     def _remaining(self, session: Session, now: float) -> float:
         """Seconds until ``session`` ends at the latest."""
