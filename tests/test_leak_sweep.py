@@ -41,6 +41,7 @@ from typing import Any
 
 import httpx2
 import pytest
+import requests
 from _fakes import FakeClock
 from _services import require_module
 
@@ -1284,6 +1285,22 @@ def test_broker_auth_refuses_a_url_with_a_token(sweep: Sweep, tmp_path: Path, qu
         )
         sweep.exempt.add(id(request))
         _fails(sweep, UnsafeRequest, lambda: client.send(request))
+    sweep.assert_clean()
+
+
+@pytest.mark.parametrize("query", ["access_token", "access%5Ftoken"])
+def test_broker_auth_refuses_a_url_with_a_token_requests(
+    sweep: Sweep, tmp_path: Path, query: str
+) -> None:
+    rig = Rig(sweep, tmp_path)
+    rig.login()
+    auth = BrokerAuth(rig.broker, tenant=TENANT, principal=USER, scopes=SCOPES)
+    auth(requests.Request("GET", rig.mp.resource_url).prepare())  # our header, built and sent
+    # As above: the caller's prepared request shows its URL and headers; nothing else may.
+    prepared = requests.Request("GET", f"{rig.mp.resource_url}?page=2&{query}={marker('AT')}")
+    request = prepared.prepare()
+    sweep.exempt.add(id(request))
+    _fails(sweep, UnsafeRequest, lambda: auth(request))
     sweep.assert_clean()
 
 
