@@ -137,17 +137,34 @@ class _DPoPSigner(Protocol):
     ) -> str: ...
 
 
-class _Signing(
-    tuple[Lease | None, str, "Callable[..., requests.Response] | None", bool, bytes | None]
-):
-    """(lease, its Authorization header, its requests hook, DPoP?, the header as httpx holds
-    it): a tuple, indexed on the hot path, whose ``repr`` hides the header (a frame holding
-    it is recorded by error reporters that keep traceback locals)."""
+_HttpxItem: TypeAlias = tuple[bytes, bytes, bytes]
+"""A header as ``httpx.Headers._list`` holds it: (name, lower-case name, value)."""
 
-    __slots__ = ()
+_RequestsItem: TypeAlias = tuple[str, str]
+"""A header as requests' ``CaseInsensitiveDict._store`` holds it: (name, value)."""
+
+
+@dataclass(frozen=True, slots=True, repr=False)
+class _Signing:
+    """What signing with one lease puts on a request, built once per lease and swapped as one
+    object, so threads never see a header of one lease with the hook of another. Its ``repr``
+    hides the header (a frame holding it is recorded by error reporters that keep traceback
+    locals)."""
+
+    lease: Lease | None
+    header: str
+    """The Authorization header."""
+    hook: Callable[..., requests.Response] | None
+    """The requests response hook of a request signed with ``lease``."""
+    dpop: bool
+    httpx_item: _HttpxItem | None
+    """``header`` as ``Headers.__setitem__`` stores it (in any ASCII-compatible header
+    encoding); ``None`` when it is not ASCII."""
+    requests_item: _RequestsItem
+    """``header`` as ``CaseInsensitiveDict.__setitem__`` stores it."""
 
     def __repr__(self) -> str:
-        return f"_Signing(lease={self[0]!r}, header='<redacted>', dpop={self[3]!r})"
+        return f"_Signing(lease={self.lease!r}, header='<redacted>', dpop={self.dpop!r})"
 
 
 # -- the insufficient-scope report -----------------------------------------------------------
@@ -331,7 +348,7 @@ class _HttpxAdapter:
         return request.url.query.decode("ascii", "replace")
 
     def has_authorization(self, request: _HttpxLike) -> bool:
-        return "Authorization" in request.headers  # the hot path asks _plain_httpx first
+        return "Authorization" in request.headers
 
     def authorize(self, request: _HttpxLike, value: str) -> None:
         request.headers["Authorization"] = value
@@ -382,13 +399,19 @@ def _one_hop_proof(request: _HttpxLike, asynchronous: bool) -> None:
     request.extensions["trace"] = hook
 
 
-def _plain_httpx(request: _HttpxLike, ours: bytes | None) -> bool:
-    """The per-request case of :meth:`BrokerAuth._preflight`, decided in a few instructions:
-    no ``access_token`` in the query, and no ``Authorization`` header yet or only ``ours``
-    (the header of the current lease: a request signed before and sent again). httpx and
-    httpx2 keep the lowercased raw header names and values in ``Headers._list``, so nothing
-    is decoded (the query is read as the parsed URL's text: ``in`` on ``url.query``'s bytes
-    costs five times more). ``False``: ask _preflight."""
+def _plain_httpx(request: _HttpxLike, signing: _Signing) -> bool:
+    """The per-request case of :meth:`BrokerAuth._preflight`, decided and signed in a few
+    instructions: no ``access_token`` in the query and no ``Authorization`` header yet (the
+    current signing's header is appended, as ``Headers.__setitem__`` would store it) or only
+    that one (a request signed before and sent again: left as it is). ``False``: ask
+    _preflight.
+
+    httpx and httpx2 keep the lowercased raw header names and values in ``Headers._list``, so
+    nothing is encoded or decoded (the query is read as the parsed URL's text: ``in`` on
+    ``url.query``'s bytes costs five times more). A function of its own: its frame, which
+    holds the URL and the headers, is gone before anything that may raise runs (error
+    reporters record traceback locals).
+    """
     url: Any = request.url
     headers: Any = request.headers
     try:
@@ -396,29 +419,36 @@ def _plain_httpx(request: _HttpxLike, ours: bytes | None) -> bool:
         items = headers._list
     except AttributeError:  # an unknown layout: ask _preflight
         return False
-    if query is not None and ("access_token" in query or "%" in query):
-        return False  # named, or maybe percent-encoded (access%5Ftoken): parse it
-    seen = False
-    for _, name, value in items:
-        if name == b"authorization":
-            if seen or value != ours:
-                return False
-            seen = True
-    return True
+    item = signing.httpx_item
+    if item is None or (query is not None and ("%" in query or "access_token" in query)):
+        return False  # not ASCII; or a token named, maybe percent-encoded (access%5Ftoken)
+    mine = True  # no Authorization header, or only ours
+    present = False
+    for entry in items:  # (name, lower-case name, value)
+        if entry[1] == b"authorization":
+            mine = not present and entry == item
+            present = True
+    if mine and not present:
+        items.append(item)
+    return mine
 
 
-def _plain_requests(request: requests.PreparedRequest, ours: str | None) -> bool:
-    """:func:`_plain_httpx` for requests: its ``CaseInsensitiveDict`` keeps lowercased names
-    as the keys of ``_store`` (``in headers`` would raise and catch a KeyError every time)."""
+def _plain_requests(request: requests.PreparedRequest, signing: _Signing) -> bool:
+    """:func:`_plain_httpx` for requests: its ``CaseInsensitiveDict`` keeps (name, value)
+    under the lowercased name in ``_store`` (``in headers`` would raise and catch a KeyError
+    every time). The URL test is on the whole URL."""
     url = request.url or ""
-    if "access_token" in url or "%" in url:
+    if "%" in url or "access_token" in url:
         return False  # named, or maybe percent-encoded (access%5Ftoken): parse it
     headers: Any = request.headers
     try:
-        found = headers._store.get("authorization")
+        store: dict[str, _RequestsItem] = headers._store
     except AttributeError:  # an unknown layout: ask _preflight
         return False
-    return found is None or (ours is not None and found[1] == ours)
+    if "authorization" not in store:
+        store["authorization"] = signing.requests_item
+        return True
+    return store["authorization"] == signing.requests_item
 
 
 class _RequestsAdapter:
@@ -590,9 +620,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         # from _should_sign, so a stale or racing entry is still a correct answer.
         self._https_anywhere = self._origins is None
         self._memo: dict[Hashable, bool] = {}
-        # (lease, its Authorization value, its requests hook), swapped as one tuple so threads
-        # never see a header of one lease with the hook of another.
-        self._sign_cache = _Signing((None, "", None, False, None))
+        # The current lease's signing (none yet: the per-request case needs a lease first).
+        self._sign_cache = _Signing(None, "", None, False, None, ("Authorization", ""))
         self._on_insufficient_scope = on_insufficient_scope
         # DPoP (RFC 9449): the latest DPoP-Nonce each resource origin asked for.
         self._dpop_nonces = NonceCache()
@@ -676,7 +705,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         if not a.has_authorization(request):  # the per-request case: one membership test
             return True
         existing = request.headers.get("Authorization")
-        if self._sign_cache[0] is not None and existing == self._sign_cache[1]:
+        signing = self._sign_cache
+        if signing.lease is not None and existing == signing.header:
             return True
         logger.debug(
             "request to %s already has an Authorization header: kept, not signed "
@@ -695,7 +725,7 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         cache may have been fetched by another caller that required less.
         """
         cached = self._sign_cache
-        if cached[0] is lease:
+        if cached.lease is lease:
             return cached
         if self._required is not None:
             missing = lease.scopes.missing(self._required)
@@ -707,7 +737,12 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
         hook = self._on_dpop_response if dpop else self._on_response
         header = lease.authorization_header
         fresh = _Signing(
-            (lease, header, functools.partial(hook, lease), dpop, header.encode("utf-8", "replace"))
+            lease,
+            header,
+            functools.partial(hook, lease),
+            dpop,
+            (b"Authorization", b"authorization", header.encode()) if header.isascii() else None,
+            ("Authorization", header),
         )
         self._sign_cache = fresh
         return fresh
@@ -788,8 +823,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             return None
         retry = a.retry_request(request, response, mark)
         signing = self._signing(fresh)
-        a.authorize(retry, signing[1])
-        if signing[3]:
+        a.authorize(retry, signing.header)
+        if signing.dpop:
             self._prove(a, retry, fresh)
         return retry  # its answer is final: one refresh and one retry per request, never a loop
 
@@ -814,20 +849,37 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             self._on_insufficient_scope(event)
 
     # -- the per-request steps every shell takes ---------------------------------------------
-    def _signs_httpx(self, request: _HttpxLike) -> bool:
-        """Does this httpx/httpx2 request get our token? (:meth:`_signs`, :meth:`_preflight`)"""
+    def _sign_httpx(self, a: _HttpxAdapter, request: _HttpxLike) -> Lease | bool:
+        """Both httpx flows' first step: sign ``request`` with the cached lease if it gets one.
+
+        ``False``: not ours to sign (:meth:`_signs`, :meth:`_preflight`); a Lease: signed with
+        it; ``True``: ours, but no lease is cached (the flow asks the broker, then
+        :meth:`_sign`). The per-request case (the cached lease is the current signing and
+        :func:`_plain_httpx` put its header on) takes no further check.
+        """
         # `_https_anywhere and https` is _signs' own first test, inlined for speed.
-        return (
-            (self._https_anywhere and request.url.scheme == "https") or self._signs(_HTTPX, request)
-        ) and (_plain_httpx(request, self._sign_cache[4]) or self._preflight(_HTTPX, request))
+        if not (self._https_anywhere and request.url.scheme == "https") and not self._signs(
+            a, request
+        ):
+            return False
+        lease = self._cached(self._key)
+        signing = self._sign_cache
+        if lease is not None and signing.lease is lease and _plain_httpx(request, signing):
+            if signing.dpop:
+                self._prove(a, request, lease)
+            return lease
+        if not self._preflight(a, request):
+            return False
+        if lease is None:
+            return True
+        self._sign(a, request, lease)
+        return lease
 
     def _sign(self, a: _Adapter[_Req, _RespIn], request: _Req, lease: Lease) -> _Signing:
         """Put ``lease``'s Authorization header (and DPoP proof) on a request; its signing."""
-        signing = self._sign_cache  # _signing's own first test, inlined for speed
-        if signing[0] is not lease:
-            signing = self._signing(lease)
-        request.headers["Authorization"] = signing[1]
-        if signing[3]:  # DPoP: the only branch a Bearer request takes for it
+        signing = self._signing(lease)
+        request.headers["Authorization"] = signing.header
+        if signing.dpop:
             self._prove(a, request, lease)
         return signing
 
@@ -854,14 +906,16 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
 
     def sync_auth_flow(self, request: _HttpxLike) -> Generator[_HttpxLike, Any, None]:
         """``Client``: broker calls run on the calling thread."""
-        if not self._signs_httpx(request):
+        lease = self._sign_httpx(_HTTPX, request)
+        if lease is False:
             yield request
             return
-        lease = self._cached(self._key) or self._broker.lease_for_key(
-            self._key, scopes=self._scopes, required_scopes=self._required
-        )
+        if lease is True:
+            lease = self._broker.lease_for_key(
+                self._key, scopes=self._scopes, required_scopes=self._required
+            )
+            self._sign(_HTTPX, request, lease)
         mark = _HTTPX.body_mark(request)  # judged before sending
-        self._sign(_HTTPX, request, lease)
         respond = self._answer(_HTTPX, request, lease, mark, (yield request))
         if respond is not None:
             retry = _driver.run(respond, lambda step: self._broker.replace_lease(step.stale))
@@ -880,14 +934,16 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
 
     async def async_auth_flow(self, request: _HttpxLike) -> AsyncGenerator[_HttpxLike, Any]:
         """``AsyncClient``: broker calls are awaited; the event loop is never blocked."""
-        if not self._signs_httpx(request):
+        lease = self._sign_httpx(_AHTTPX, request)
+        if lease is False:
             yield request
             return
-        lease = self._cached(self._key) or await self._broker.alease_for_key(
-            self._key, scopes=self._scopes, required_scopes=self._required
-        )
+        if lease is True:
+            lease = await self._broker.alease_for_key(
+                self._key, scopes=self._scopes, required_scopes=self._required
+            )
+            self._sign(_AHTTPX, request, lease)
         mark = _AHTTPX.body_mark(request)  # judged before sending
-        self._sign(_AHTTPX, request, lease)
         respond = self._answer(_AHTTPX, request, lease, mark, (yield request))
         if respond is not None:
             retry = await _driver.arun(
@@ -914,17 +970,26 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:
         """Sign a prepared request; its response hook handles 401 and redirects."""
         # `_https_anywhere and https://` is _signs' own first test, inlined for speed.
-        if (
-            not (self._https_anywhere and (r.url or "")[:8] == "https://")
-            and not self._signs(_REQUESTS, r)
-        ) or not (_plain_requests(r, self._sign_cache[1] or None) or self._preflight(_REQUESTS, r)):
+        if not (self._https_anywhere and (r.url or "")[:8] == "https://") and not self._signs(
+            _REQUESTS, r
+        ):
             return r
-        lease = self._cached(self._key) or self._broker.lease_for_key(
-            self._key, scopes=self._scopes, required_scopes=self._required
-        )
+        lease = self._cached(self._key)
+        signing = self._sign_cache
+        if lease is not None and signing.lease is lease and _plain_requests(r, signing):
+            if signing.dpop:
+                self._prove(_REQUESTS, r, lease)
+        elif self._preflight(_REQUESTS, r):
+            if lease is None:
+                lease = self._broker.lease_for_key(
+                    self._key, scopes=self._scopes, required_scopes=self._required
+                )
+            signing = self._sign(_REQUESTS, r, lease)
+        else:
+            return r
         if r.body is not None:
             r.__dict__[_MARK_ATTR] = _REQUESTS.body_mark(r)
-        r.hooks["response"].append(self._sign(_REQUESTS, r, lease)[2])
+        r.hooks["response"].append(signing.hook)
         return r
 
     def _on_dpop_response(

@@ -454,7 +454,7 @@ async def test_bearer_is_unchanged_by_the_dpop_machinery(loop: LoopThread) -> No
         assert result.status == 200
         lease = broker.cached_lease(auth.key)
         assert lease is not None and lease.token_type == "Bearer"
-        assert auth._sign_cache[3] is False
+        assert auth._sign_cache.dpop is False
         assert broker.dpop_thumbprint is None
         await broker.aclose()
 
