@@ -54,7 +54,9 @@ def _load(root: str, name: str) -> ModuleType:
 def _warm_broker(root: str) -> Any:
     """``benchmarks/lease.py``'s broker, with a valid token cached for acme/svc-router (a
     stored grant: a user principal never falls back to client credentials)."""
-    from oauth2_broker_mw import ScopeSet, Secret, TokenRecord
+    from oauth2_broker_mw import ScopeSet
+    from oauth2_broker_mw import Secret
+    from oauth2_broker_mw import TokenRecord
     from oauth2_broker_mw.testing import MockProvider
 
     broker = _load(root, "lease").make_broker(MockProvider())

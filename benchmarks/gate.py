@@ -22,7 +22,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import SQLiteStore
 
 QUICK = "--quick" in sys.argv
 MARKDOWN = "--markdown" in sys.argv

@@ -18,7 +18,8 @@ import time
 from typing import Any
 
 from oauth2_broker_mw._core.errors import TransportError
-from oauth2_broker_mw._core.provider import GrantType, ProviderDescriptor
+from oauth2_broker_mw._core.provider import GrantType
+from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 
 QUICK = "--quick" in sys.argv

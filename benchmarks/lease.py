@@ -36,21 +36,21 @@ import tempfile
 import threading
 import time
 import timeit
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Callable
+from collections.abc import Coroutine
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from oauth2_broker_mw import (
-    Broker,
-    MemoryStore,
-    ScopeSet,
-    Secret,
-    SQLiteStore,
-    StoreKey,
-    TokenRecord,
-    TokenStore,
-)
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import ScopeSet
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import StoreKey
+from oauth2_broker_mw import TokenRecord
+from oauth2_broker_mw import TokenStore
 from oauth2_broker_mw.testing import MockProvider
 
 TENANT, PRINCIPAL = "acme", "svc-router"

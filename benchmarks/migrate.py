@@ -27,11 +27,14 @@ import uuid
 from dataclasses import replace
 from pathlib import Path
 
-from stores import POSTGRES_DSN, record_of, sqlite_bench
+from stores import POSTGRES_DSN
+from stores import record_of
+from stores import sqlite_bench
 
 from oauth2_broker_mw.__main__ import main as cli
 from oauth2_broker_mw.stores import open_store
-from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing
+from oauth2_broker_mw.stores.encrypted import EncryptedStore
+from oauth2_broker_mw.stores.encrypted import KeyRing
 
 
 def keyfile(path: Path, key_id: str) -> tuple[Path, KeyRing]:

@@ -27,11 +27,18 @@ import sys
 import tempfile
 import time
 import timeit
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 
-from stores import Bench, key_of, memory_bench, postgres_bench, record_of, redis_bench, sqlite_bench
+from stores import Bench
+from stores import key_of
+from stores import memory_bench
+from stores import postgres_bench
+from stores import record_of
+from stores import redis_bench
+from stores import sqlite_bench
 
 from oauth2_broker_mw._core.model import TokenRecord
 from oauth2_broker_mw.stores.base import RefreshIndex

@@ -31,17 +31,25 @@ import tempfile
 import time
 import timeit
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TokenRecord
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TokenRecord
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
-from oauth2_broker_mw.stores.base import TokenStore, refresh_index
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import SQLiteStore
+from oauth2_broker_mw.stores.base import TokenStore
+from oauth2_broker_mw.stores.base import refresh_index
 
 REDIS_URL = os.environ.get("OAUTH2_BROKER_BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
 POSTGRES_DSN = os.environ.get(
@@ -217,7 +225,8 @@ def postgres_bench() -> Bench | None:
 
 
 def encrypt(bench: Bench) -> Bench:
-    from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing
+    from oauth2_broker_mw.stores.encrypted import EncryptedStore
+    from oauth2_broker_mw.stores.encrypted import KeyRing
 
     store = EncryptedStore(bench.store, KeyRing({"bench": os.urandom(32)}, "bench"))
     inner_load = bench.load

@@ -18,10 +18,12 @@ import django
 import httpx2
 from django.conf import settings
 from django.core.wsgi import get_wsgi_application
-from django.http import HttpRequest, JsonResponse
+from django.http import HttpRequest
+from django.http import JsonResponse
 from django.urls import path
 
-from oauth2_broker_mw import Broker, SQLiteStore
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import SQLiteStore
 from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
 
 try:

@@ -17,10 +17,12 @@ from html import escape
 from typing import Any
 
 import httpx2
-from fastapi import FastAPI, Request
+from fastapi import FastAPI
+from fastapi import Request
 from fastapi.responses import HTMLResponse
 
-from oauth2_broker_mw import Broker, SQLiteStore
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import SQLiteStore
 from oauth2_broker_mw.middleware import BrokerMiddleware
 
 try:

@@ -14,9 +14,11 @@ from html import escape
 from typing import Any
 
 import httpx2
-from flask import Flask, request
+from flask import Flask
+from flask import request
 
-from oauth2_broker_mw import Broker, SQLiteStore
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import SQLiteStore
 from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
 
 try:

@@ -23,8 +23,12 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from oauth2_broker_mw import Broker, Registration, Registry, SQLiteStore
-from oauth2_broker_mw.middleware import BrokerMiddleware, subdomain_tenant
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import Registration
+from oauth2_broker_mw import Registry
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw.middleware import BrokerMiddleware
+from oauth2_broker_mw.middleware import subdomain_tenant
 from oauth2_broker_mw.testing import MockProvider
 
 

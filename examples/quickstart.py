@@ -15,7 +15,9 @@ from pathlib import Path
 
 import httpx2
 
-from oauth2_broker_mw import Broker, BrokerAuth, SQLiteStore
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import BrokerAuth
+from oauth2_broker_mw import SQLiteStore
 from oauth2_broker_mw.testing import MockProvider
 
 

@@ -20,7 +20,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
-from oauth2_broker_mw import Broker, SQLiteStore
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import SQLiteStore
 from oauth2_broker_mw.middleware import BrokerMiddleware
 
 try:

@@ -11,56 +11,55 @@ import importlib
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from ._core.errors import (
-        AuthorizationFlowError,
-        AuthorizationRequired,
-        BrokerError,
-        ConfigurationError,
-        CorruptRecord,
-        InsufficientScope,
-        InvalidClient,
-        InvalidGrant,
-        InvalidIdentifier,
-        InvalidScopeError,
-        MalformedResponse,
-        ProviderError,
-        ProviderNotEnabled,
-        RateLimited,
-        RefreshTimeout,
-        StorageError,
-        StoreUnavailable,
-        TransientProviderError,
-        TransportError,
-        UnauthorizedClient,
-        UnknownTenant,
-        UnsupportedTokenType,
-    )
+    from ._core.errors import AuthorizationFlowError
+    from ._core.errors import AuthorizationRequired
+    from ._core.errors import BrokerError
+    from ._core.errors import ConfigurationError
+    from ._core.errors import CorruptRecord
+    from ._core.errors import InsufficientScope
+    from ._core.errors import InvalidClient
+    from ._core.errors import InvalidGrant
+    from ._core.errors import InvalidIdentifier
+    from ._core.errors import InvalidScopeError
+    from ._core.errors import MalformedResponse
+    from ._core.errors import ProviderError
+    from ._core.errors import ProviderNotEnabled
+    from ._core.errors import RateLimited
+    from ._core.errors import RefreshTimeout
+    from ._core.errors import StorageError
+    from ._core.errors import StoreUnavailable
+    from ._core.errors import TransientProviderError
+    from ._core.errors import TransportError
+    from ._core.errors import UnauthorizedClient
+    from ._core.errors import UnknownTenant
+    from ._core.errors import UnsupportedTokenType
     from ._core.flows import AuthorizationRequest
-    from ._core.model import (
-        Lease,
-        PendingAuthorization,
-        PrincipalId,
-        ProviderId,
-        ScopeSet,
-        Secret,
-        StoreKey,
-        TenantId,
-        TokenRecord,
-        TokenStatus,
-    )
-    from ._core.provider import (
-        BodyFormat,
-        ClientAuthMethod,
-        ExpiryPolicy,
-        GrantType,
-        PkceMode,
-        ProviderDescriptor,
-    )
-    from .auth import BrokerAuth, InsufficientScopeEvent
+    from ._core.model import Lease
+    from ._core.model import PendingAuthorization
+    from ._core.model import PrincipalId
+    from ._core.model import ProviderId
+    from ._core.model import ScopeSet
+    from ._core.model import Secret
+    from ._core.model import StoreKey
+    from ._core.model import TenantId
+    from ._core.model import TokenRecord
+    from ._core.model import TokenStatus
+    from ._core.provider import BodyFormat
+    from ._core.provider import ClientAuthMethod
+    from ._core.provider import ExpiryPolicy
+    from ._core.provider import GrantType
+    from ._core.provider import PkceMode
+    from ._core.provider import ProviderDescriptor
+    from .auth import BrokerAuth
+    from .auth import InsufficientScopeEvent
     from .broker import Broker
-    from .discovery import adiscover, discover
-    from .registry import Registration, Registry
-    from .stores import MemoryStore, SQLiteStore, TokenStore
+    from .discovery import adiscover
+    from .discovery import discover
+    from .registry import Registration
+    from .registry import Registry
+    from .stores import MemoryStore
+    from .stores import SQLiteStore
+    from .stores import TokenStore
 
 _LAZY: dict[str, str] = {
     "AuthorizationFlowError": "._core.errors",

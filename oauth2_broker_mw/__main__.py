@@ -13,7 +13,8 @@ import logging
 import sys
 import threading
 from collections.abc import Sequence
-from typing import Any, TextIO
+from typing import Any
+from typing import TextIO
 
 __all__ = ["main"]
 
@@ -130,10 +131,14 @@ def _print_traces(stream: TextIO) -> None:
     """
     from opentelemetry import trace
     from opentelemetry.instrumentation.httpx import HTTPX2ClientInstrumentor
-    from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-    from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+    from opentelemetry.sdk.trace import ReadableSpan
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export import SpanExporter
+    from opentelemetry.sdk.trace.export import SpanExportResult
 
-    from .telemetry import scrub_span, scrub_span_async
+    from .telemetry import scrub_span
+    from .telemetry import scrub_span_async
 
     class TreePrinter(SpanExporter):
         """Buffer the spans of each trace; print the tree when its root span ends."""

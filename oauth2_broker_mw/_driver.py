@@ -14,9 +14,16 @@ Must not import: httpx/httpx2, starlette, requests, any store driver, the broker
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Generator
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Generic, ParamSpec, TypeAlias, TypeVar
+from typing import Any
+from typing import Generic
+from typing import ParamSpec
+from typing import TypeAlias
+from typing import TypeVar
 
 __all__ = ["Call", "Calls", "Flow", "arun", "arun_calls", "call", "run", "run_calls"]
 

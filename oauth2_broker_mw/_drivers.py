@@ -14,43 +14,51 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator
-from typing import TYPE_CHECKING, Any, Final, NoReturn, TypeAlias, TypeVar
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Final
+from typing import NoReturn
+from typing import TypeAlias
+from typing import TypeVar
 
 from . import _driver
-from ._core.effects import (
-    AcquireLock,
-    BackoffUntil,
-    CountCalls,
-    DeleteKeys,
-    DeletePending,
-    DropUnsaved,
-    Effect,
-    Emit,
-    Flow,
-    HttpRequest,
-    HttpResponse,
-    KeepUnsaved,
-    LockHold,
-    Now,
-    PeekUnsaved,
-    ReleaseLock,
-    SetBackoff,
-    Sleep,
-    StoreOp,
-    TakeToken,
-    store_call,
-)
-from ._core.errors import (
-    BrokerError,
-    ConfigurationError,
-    CorruptRecord,
-    StorageError,
-    TransportError,
-    sealed,
-)
-from ._core.model import StoreKey, TokenRecord
-from .stores.base import Offboarding, PerKeyDeletion, ProviderGate, TokenStore
+from ._core.effects import AcquireLock
+from ._core.effects import BackoffUntil
+from ._core.effects import CountCalls
+from ._core.effects import DeleteKeys
+from ._core.effects import DeletePending
+from ._core.effects import DropUnsaved
+from ._core.effects import Effect
+from ._core.effects import Emit
+from ._core.effects import Flow
+from ._core.effects import HttpRequest
+from ._core.effects import HttpResponse
+from ._core.effects import KeepUnsaved
+from ._core.effects import LockHold
+from ._core.effects import Now
+from ._core.effects import PeekUnsaved
+from ._core.effects import ReleaseLock
+from ._core.effects import SetBackoff
+from ._core.effects import Sleep
+from ._core.effects import StoreOp
+from ._core.effects import TakeToken
+from ._core.effects import store_call
+from ._core.errors import BrokerError
+from ._core.errors import ConfigurationError
+from ._core.errors import CorruptRecord
+from ._core.errors import StorageError
+from ._core.errors import TransportError
+from ._core.errors import sealed
+from ._core.model import StoreKey
+from ._core.model import TokenRecord
+from .stores.base import Offboarding
+from .stores.base import PerKeyDeletion
+from .stores.base import ProviderGate
+from .stores.base import TokenStore
 from .telemetry import Telemetry
 
 if TYPE_CHECKING:

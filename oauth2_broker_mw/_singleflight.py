@@ -12,8 +12,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import threading
-from collections.abc import Awaitable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Awaitable
+from collections.abc import Callable
+from typing import Generic
+from typing import TypeVar
 
 from ._core.errors import RefreshTimeout
 

@@ -23,24 +23,37 @@ from __future__ import annotations
 import functools
 import importlib
 import logging
-from collections.abc import (
-    AsyncGenerator,
-    Callable,
-    Generator,
-    Hashable,
-    Iterable,
-    MutableMapping,
-)
+from collections.abc import AsyncGenerator
+from collections.abc import Callable
+from collections.abc import Generator
+from collections.abc import Hashable
+from collections.abc import Iterable
+from collections.abc import MutableMapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar, cast, overload
-from urllib.parse import parse_qsl, urljoin, urlsplit
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Final
+from typing import Protocol
+from typing import TypeAlias
+from typing import TypeVar
+from typing import cast
+from typing import overload
+from urllib.parse import parse_qsl
+from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
 import httpx2
 
 from . import _driver
 from ._core.dpop import NonceCache
-from ._core.errors import ConfigurationError, InsufficientScope, UnsafeRequest
-from ._core.model import DEFAULT_TENANT, SERVICE_PRINCIPAL, Lease, ScopeSet, StoreKey
+from ._core.errors import ConfigurationError
+from ._core.errors import InsufficientScope
+from ._core.errors import UnsafeRequest
+from ._core.model import DEFAULT_TENANT
+from ._core.model import SERVICE_PRINCIPAL
+from ._core.model import Lease
+from ._core.model import ScopeSet
+from ._core.model import StoreKey
 from ._core.oauth import parse_www_authenticate
 from ._core.provider import is_allowed_endpoint
 

@@ -15,58 +15,75 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Iterable, Mapping
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Iterable
+from collections.abc import Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, Final, Self, TypeAlias, TypeVar
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Final
+from typing import Self
+from typing import TypeAlias
+from typing import TypeVar
 
 import httpx2
 
 from ._core import oauth
-from ._core.dpop import DPoPKey, NonceCache, make_proof
+from ._core.dpop import DPoPKey
+from ._core.dpop import NonceCache
+from ._core.dpop import make_proof
 from ._core.effects import Flow
-from ._core.errors import (
-    AuthorizationRequired,
-    ConfigurationError,
-    InsufficientScope,
-    InvalidGrant,
-    InvalidIdentifier,
-)
-from ._core.flows import (
-    AuthorizationRequest,
-    FlowConfig,
-    ForgetReport,
-    RevocationDrain,
-    drain_revocations_flow,
-    exchange_code_flow,
-    flush_unsaved_flow,
-    forget_keys_flow,
-    forget_principal_flow,
-    obtain_flow,
-    revoke_flow,
-    start_authorization_flow,
-)
-from ._core.model import (
-    DEFAULT_TENANT,
-    REVOCATION_TENANT,
-    SERVICE_PRINCIPAL,
-    Lease,
-    PrincipalId,
-    ProviderId,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
-from ._core.policy import RefreshPolicy, RevocationRetry
-from ._core.provider import ClientConfig, ProviderDescriptor, check_client_auth, check_service_grant
-from ._core.ratelimit import Backoff, RateLimitPolicy
-from ._driver import Call, Calls, arun_calls, call, run_calls
-from ._drivers import MAX_RESPONSE_BYTES, AsyncDriver, SyncDriver, UnsavedRotations
+from ._core.errors import AuthorizationRequired
+from ._core.errors import ConfigurationError
+from ._core.errors import InsufficientScope
+from ._core.errors import InvalidGrant
+from ._core.errors import InvalidIdentifier
+from ._core.flows import AuthorizationRequest
+from ._core.flows import FlowConfig
+from ._core.flows import ForgetReport
+from ._core.flows import RevocationDrain
+from ._core.flows import drain_revocations_flow
+from ._core.flows import exchange_code_flow
+from ._core.flows import flush_unsaved_flow
+from ._core.flows import forget_keys_flow
+from ._core.flows import forget_principal_flow
+from ._core.flows import obtain_flow
+from ._core.flows import revoke_flow
+from ._core.flows import start_authorization_flow
+from ._core.model import DEFAULT_TENANT
+from ._core.model import REVOCATION_TENANT
+from ._core.model import SERVICE_PRINCIPAL
+from ._core.model import Lease
+from ._core.model import PrincipalId
+from ._core.model import ProviderId
+from ._core.model import ScopeSet
+from ._core.model import Secret
+from ._core.model import StoreKey
+from ._core.model import TenantId
+from ._core.model import TokenRecord
+from ._core.policy import RefreshPolicy
+from ._core.policy import RevocationRetry
+from ._core.provider import ClientConfig
+from ._core.provider import ProviderDescriptor
+from ._core.provider import check_client_auth
+from ._core.provider import check_service_grant
+from ._core.ratelimit import Backoff
+from ._core.ratelimit import RateLimitPolicy
+from ._driver import Call
+from ._driver import Calls
+from ._driver import arun_calls
+from ._driver import call
+from ._driver import run_calls
+from ._drivers import MAX_RESPONSE_BYTES
+from ._drivers import AsyncDriver
+from ._drivers import SyncDriver
+from ._drivers import UnsavedRotations
 from ._singleflight import SingleFlight
-from .events import EventBus, EventHandler
+from .events import EventBus
+from .events import EventHandler
 from .stores._commands import PerLoop
 from .stores.base import TokenStore
 from .telemetry import Telemetry

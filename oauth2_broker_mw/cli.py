@@ -20,17 +20,26 @@ import os
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, TextIO
+from typing import Any
+from typing import TextIO
 
-from ._core.errors import BrokerError, ConfigurationError, CorruptRecord
+from ._core.errors import BrokerError
+from ._core.errors import ConfigurationError
+from ._core.errors import CorruptRecord
 from ._core.events import RevocationQueued
-from ._core.model import JSONValue, StoreKey, TenantId, TokenRecord
+from ._core.model import JSONValue
+from ._core.model import StoreKey
+from ._core.model import TenantId
+from ._core.model import TokenRecord
 from ._core.provider import ProviderDescriptor
 from .stores import open_store
-from .stores.base import RefreshIndex, TokenStore, bulk_deletion
+from .stores.base import RefreshIndex
+from .stores.base import TokenStore
+from .stores.base import bulk_deletion
 
 __all__ = ["add_commands"]
 
@@ -514,7 +523,8 @@ def cmd_providers_check(args: argparse.Namespace) -> int:
 
 
 def cmd_refresher(args: argparse.Namespace) -> int:
-    from .refresher import Refresher, SweepReport
+    from .refresher import Refresher
+    from .refresher import SweepReport
 
     store = _store(args)
     broker = _broker(args, store)

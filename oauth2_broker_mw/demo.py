@@ -27,23 +27,39 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Final
-from urllib.parse import parse_qsl, urljoin, urlsplit
+from typing import Any
+from typing import Final
+from urllib.parse import parse_qsl
+from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
 import httpx2
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
-from starlette.routing import Mount, Route
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.responses import HTMLResponse
+from starlette.responses import JSONResponse
+from starlette.responses import RedirectResponse
+from starlette.responses import Response
+from starlette.routing import Mount
+from starlette.routing import Route
+from starlette.types import ASGIApp
+from starlette.types import Message
+from starlette.types import Receive
+from starlette.types import Scope
+from starlette.types import Send
 
-from ._core.errors import AuthorizationRequired, BrokerError
+from ._core.errors import AuthorizationRequired
+from ._core.errors import BrokerError
 from .broker import Broker
 from .middleware import BrokerMiddleware
-from .stores import SQLiteStore, check_store
+from .stores import SQLiteStore
+from .stores import check_store
 from .testing._mock_transport import serve_in_thread
 from .testing.mock_provider import MockProvider
 

@@ -10,15 +10,18 @@ the same drivers as every broker flow. Must not import: starlette, requests, sto
 from __future__ import annotations
 
 from collections.abc import Generator
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
 import httpx2
 
 from ._core import oauth
-from ._core.effects import Effect, HttpResponse
+from ._core.effects import Effect
+from ._core.effects import HttpResponse
 from ._core.errors import ConfigurationError
 from ._core.provider import ProviderDescriptor
-from ._drivers import AsyncDriver, SyncDriver
+from ._drivers import AsyncDriver
+from ._drivers import SyncDriver
 from .stores.memory import MemoryStore
 
 if TYPE_CHECKING:

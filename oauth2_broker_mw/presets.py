@@ -18,11 +18,13 @@ from __future__ import annotations
 import importlib.resources
 import inspect
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Literal
+from typing import Any
+from typing import Literal
 
 from ._core.errors import ConfigurationError
 from ._core.provider import ProviderDescriptor

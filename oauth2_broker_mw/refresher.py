@@ -28,17 +28,20 @@ import secrets
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import fields
 
-from ._core.errors import (
-    AuthorizationRequired,
-    BrokerError,
-    ConfigurationError,
-    RateLimited,
-)
+from ._core.errors import AuthorizationRequired
+from ._core.errors import BrokerError
+from ._core.errors import ConfigurationError
+from ._core.errors import RateLimited
 from .broker import Broker
-from .stores.base import DueRecord, RefreshIndex
+from .stores.base import DueRecord
+from .stores.base import RefreshIndex
 
 __all__ = ["Refresher", "SweepReport"]
 

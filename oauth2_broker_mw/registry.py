@@ -15,21 +15,42 @@ import re
 import threading
 import time
 import tomllib
-from collections.abc import Awaitable, Callable, Collection, Generator, Iterable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Collection
+from collections.abc import Generator
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import Any
+from typing import TypeAlias
 
 import cachetools
 
-from ._core.errors import BrokerError, ConfigurationError, ProviderNotEnabled, UnknownTenant
+from ._core.errors import BrokerError
+from ._core.errors import ConfigurationError
+from ._core.errors import ProviderNotEnabled
+from ._core.errors import UnknownTenant
 from ._core.flows import ForgetReport
-from ._core.model import PrincipalId, Secret, StoreKey, TenantId
+from ._core.model import PrincipalId
+from ._core.model import Secret
+from ._core.model import StoreKey
+from ._core.model import TenantId
 from ._core.provider import ProviderDescriptor
-from ._driver import Calls, arun, arun_calls, call, run, run_calls
-from .broker import Broker, SharedResources
-from .events import EventBus, EventHandler
-from .stores.base import TokenStore, bulk_deletion
+from ._driver import Calls
+from ._driver import arun
+from ._driver import arun_calls
+from ._driver import call
+from ._driver import run
+from ._driver import run_calls
+from .broker import Broker
+from .broker import SharedResources
+from .events import EventBus
+from .events import EventHandler
+from .stores.base import TokenStore
+from .stores.base import bulk_deletion
 from .telemetry import Telemetry
 
 __all__ = ["OffboardReport", "Registration", "Registry", "Resolver"]

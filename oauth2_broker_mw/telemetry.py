@@ -20,7 +20,8 @@ import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 __all__ = ["Telemetry"]
 
@@ -93,7 +94,8 @@ class Telemetry:
 
     def __init__(self, tracer_provider: Any = None, meter_provider: Any = None) -> None:
         try:
-            from opentelemetry import metrics, trace
+            from opentelemetry import metrics
+            from opentelemetry import trace
         except ImportError:  # the otel extra is not installed: everything is a no-op
             self._tracer: Any = None
             return
@@ -128,7 +130,9 @@ class Telemetry:
         """Record the metrics a lifecycle event stands for (called as the flow emits it)."""
         if self._tracer is None:
             return
-        from ._core.events import RateLimited, RefreshFailed, TokenRefreshed
+        from ._core.events import RateLimited
+        from ._core.events import RefreshFailed
+        from ._core.events import TokenRefreshed
 
         provider = {"oauth2_broker.provider": getattr(event, "provider", "")}
         if isinstance(event, TokenRefreshed) and event.age is not None:
@@ -270,7 +274,8 @@ def _ignore(status: int) -> None:
 
 
 def _set_error(span: Any) -> None:
-    from opentelemetry.trace import Status, StatusCode
+    from opentelemetry.trace import Status
+    from opentelemetry.trace import StatusCode
 
     # The description is the class name only: exception messages stay out of spans.
     span.set_status(Status(StatusCode.ERROR))

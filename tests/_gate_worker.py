@@ -24,7 +24,8 @@ from typing import Any
 
 from _scaleout_worker import build_store
 
-from oauth2_broker_mw import Broker, BrokerError
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import BrokerError
 
 
 def _outcome(

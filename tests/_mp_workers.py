@@ -16,9 +16,14 @@ import time
 import traceback
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import Any
+from typing import Literal
+from typing import Protocol
 
-from oauth2_broker_mw import Broker, Lease, ProviderDescriptor, SQLiteStore
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import Lease
+from oauth2_broker_mw import ProviderDescriptor
+from oauth2_broker_mw import SQLiteStore
 
 Mode = Literal["lease", "mixed", "replace", "force"]
 

@@ -20,7 +20,8 @@ from typing import Any
 from _scaleout_worker import build_store
 
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.refresher import Refresher, SweepReport
+from oauth2_broker_mw.refresher import Refresher
+from oauth2_broker_mw.refresher import SweepReport
 
 
 def main() -> None:

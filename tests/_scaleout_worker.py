@@ -26,7 +26,8 @@ from oauth2_broker_mw.stores.base import TokenStore
 def build_store(spec: dict[str, Any]) -> TokenStore:
     kind = spec["kind"]
     if "encryption_key" in spec:  # EncryptedStore around the store the rest of spec names
-        from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing
+        from oauth2_broker_mw.stores.encrypted import EncryptedStore
+        from oauth2_broker_mw.stores.encrypted import KeyRing
 
         inner = build_store({k: v for k, v in spec.items() if k != "encryption_key"})
         return EncryptedStore(inner, KeyRing.from_base64({"k1": spec["encryption_key"]}, "k1"))

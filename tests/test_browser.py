@@ -510,8 +510,11 @@ def tenant_app() -> Iterator[str]:
     from starlette.responses import PlainTextResponse
     from starlette.routing import Route
 
-    from oauth2_broker_mw import MemoryStore, Registration, Registry
-    from oauth2_broker_mw.middleware import BrokerMiddleware, path_prefix_tenant
+    from oauth2_broker_mw import MemoryStore
+    from oauth2_broker_mw import Registration
+    from oauth2_broker_mw import Registry
+    from oauth2_broker_mw.middleware import BrokerMiddleware
+    from oauth2_broker_mw.middleware import path_prefix_tenant
     from oauth2_broker_mw.testing import MockProvider
     from oauth2_broker_mw.testing._mock_transport import serve_app
 

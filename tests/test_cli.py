@@ -11,19 +11,24 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _services import (
-    postgres_drop_schema,
-    redis_cleanup,
-    require_postgres,
-    require_redis,
-    unique_name,
-)
+from _services import postgres_drop_schema
+from _services import redis_cleanup
+from _services import require_postgres
+from _services import require_redis
+from _services import unique_name
 
 from oauth2_broker_mw.__main__ import main
 from oauth2_broker_mw._core.errors import ConfigurationError
-from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TokenRecord
-from oauth2_broker_mw.stores import MemoryStore, SQLiteStore, StoreURLError, open_store
-from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TokenRecord
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import SQLiteStore
+from oauth2_broker_mw.stores import StoreURLError
+from oauth2_broker_mw.stores import open_store
+from oauth2_broker_mw.stores.encrypted import EncryptedStore
+from oauth2_broker_mw.stores.encrypted import KeyRing
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 SCOPES = ("read",)

@@ -13,14 +13,12 @@ from typing import Any
 
 import pytest
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    Broker,
-    ConfigurationError,
-    InvalidClient,
-    StorageError,
-    StoreUnavailable,
-)
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import ConfigurationError
+from oauth2_broker_mw import InvalidClient
+from oauth2_broker_mw import StorageError
+from oauth2_broker_mw import StoreUnavailable
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 
@@ -139,7 +137,8 @@ def test_brokers_as_a_list_says_it_must_be_a_mapping(mp: MockProvider) -> None:
 
 # -- item 2: store problems show at boot, with the path or address and what to do ----------
 def test_sqlite_check_names_a_missing_directory(tmp_path: pathlib.Path) -> None:
-    from oauth2_broker_mw.stores import SQLiteStore, check_store
+    from oauth2_broker_mw.stores import SQLiteStore
+    from oauth2_broker_mw.stores import check_store
 
     path = tmp_path / "no-such-dir" / "tokens.db"
     store = SQLiteStore(path)
@@ -180,7 +179,10 @@ def test_sqlite_check_names_a_file_that_is_not_a_database(tmp_path: pathlib.Path
 
 
 def test_every_store_passes_check_when_healthy(tmp_path: pathlib.Path) -> None:
-    from oauth2_broker_mw.stores import MemoryStore, SQLiteStore, acheck_store, check_store
+    from oauth2_broker_mw.stores import MemoryStore
+    from oauth2_broker_mw.stores import SQLiteStore
+    from oauth2_broker_mw.stores import acheck_store
+    from oauth2_broker_mw.stores import check_store
 
     for store in (MemoryStore(), SQLiteStore(tmp_path / "ok.db")):
         check_store(store)
@@ -238,7 +240,8 @@ def test_server_store_check_names_host_and_port_never_the_password(
 
 def test_encrypted_store_checks_its_inner_store(tmp_path: pathlib.Path) -> None:
     pytest.importorskip("cryptography")
-    from oauth2_broker_mw.stores import SQLiteStore, check_store
+    from oauth2_broker_mw.stores import SQLiteStore
+    from oauth2_broker_mw.stores import check_store
     from oauth2_broker_mw.stores.encrypted import EncryptedStore
 
     inner = SQLiteStore(tmp_path / "missing" / "t.db")

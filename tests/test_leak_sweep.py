@@ -33,10 +33,12 @@ import sys
 import traceback
 import urllib.parse
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
-from types import SimpleNamespace, TracebackType
+from types import SimpleNamespace
+from types import TracebackType
 from typing import Any
 
 import httpx2
@@ -45,52 +47,47 @@ import requests
 from _fakes import FakeClock
 from _services import require_module
 
-from oauth2_broker_mw import (
-    AuthorizationFlowError,
-    AuthorizationRequired,
-    Broker,
-    BrokerAuth,
-    BrokerError,
-    CorruptRecord,
-    MalformedResponse,
-    PendingAuthorization,
-    PrincipalId,
-    ProviderError,
-    ProviderId,
-    RateLimited,
-    ScopeSet,
-    Secret,
-    SQLiteStore,
-    StorageError,
-    StoreKey,
-    StoreUnavailable,
-    TenantId,
-    TokenRecord,
-    TokenStore,
-    TransientProviderError,
-    TransportError,
-    UnsupportedTokenType,
-)
+from oauth2_broker_mw import AuthorizationFlowError
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import BrokerAuth
+from oauth2_broker_mw import BrokerError
+from oauth2_broker_mw import CorruptRecord
+from oauth2_broker_mw import MalformedResponse
+from oauth2_broker_mw import PendingAuthorization
+from oauth2_broker_mw import PrincipalId
+from oauth2_broker_mw import ProviderError
+from oauth2_broker_mw import ProviderId
+from oauth2_broker_mw import RateLimited
+from oauth2_broker_mw import ScopeSet
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import StorageError
+from oauth2_broker_mw import StoreKey
+from oauth2_broker_mw import StoreUnavailable
+from oauth2_broker_mw import TenantId
+from oauth2_broker_mw import TokenRecord
+from oauth2_broker_mw import TokenStore
+from oauth2_broker_mw import TransientProviderError
+from oauth2_broker_mw import TransportError
+from oauth2_broker_mw import UnsupportedTokenType
 from oauth2_broker_mw._core import oauth
 from oauth2_broker_mw._core.errors import UnsafeRequest
 from oauth2_broker_mw.broker import RevocationRetry
-from oauth2_broker_mw.events import (
-    Event,
-    RevocationDropped,
-    RevocationQueued,
-    RotationFlushed,
-    RotationUnsaved,
-)
+from oauth2_broker_mw.events import Event
+from oauth2_broker_mw.events import RevocationDropped
+from oauth2_broker_mw.events import RevocationQueued
+from oauth2_broker_mw.events import RotationFlushed
+from oauth2_broker_mw.events import RotationUnsaved
 from oauth2_broker_mw.telemetry import Telemetry
-from oauth2_broker_mw.testing.mock_provider import MockClient, MockProvider
+from oauth2_broker_mw.testing.mock_provider import MockClient
+from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 sdk_trace = require_module("opentelemetry.sdk.trace", "otel")
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
-    InMemorySpanExporter,
-)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 TAG = "LEAK" + uuid.uuid4().hex[:10]
 TENANT, USER, SCOPES = "acme", "alice", ["openid", "email"]
@@ -966,7 +963,9 @@ def test_a_tampered_encrypted_row(sweep: Sweep, tmp_path: Path) -> None:
 
 
 def test_a_corrupt_redis_row(sweep: Sweep, tmp_path: Path) -> None:
-    from _services import redis_cleanup, require_redis, unique_name
+    from _services import redis_cleanup
+    from _services import require_redis
+    from _services import unique_name
 
     url = require_redis()
     import redis
@@ -1055,7 +1054,8 @@ def _direct_store(kind: str, tmp_path: Path) -> tuple[TokenStore, Callable[[str]
         return EncryptedStore(inner, {"k1": b"k" * 32}, "k1"), flip
     if kind == "redis":
         import redis
-        from _services import require_redis, unique_name
+        from _services import require_redis
+        from _services import unique_name
 
         from oauth2_broker_mw.stores.redis import RedisStore
 
@@ -1078,7 +1078,8 @@ def _direct_store(kind: str, tmp_path: Path) -> tuple[TokenStore, Callable[[str]
                 client.close()
 
         return RedisStore(url, prefix=prefix), corrupt_redis
-    from _services import require_postgres, unique_name
+    from _services import require_postgres
+    from _services import unique_name
 
     from oauth2_broker_mw.stores.postgres import PostgresStore
 
@@ -1202,7 +1203,9 @@ def test_a_write_the_store_cannot_take(sweep: Sweep, kind: str, write: str, mode
 def test_a_postgres_write_cancelled_mid_statement(sweep: Sweep, write: str, mode: str) -> None:
     """Another session holds the row: the write waits and its statement is cancelled."""
     import psycopg
-    from _services import postgres_drop_schema, require_postgres, unique_name
+    from _services import postgres_drop_schema
+    from _services import require_postgres
+    from _services import unique_name
 
     from oauth2_broker_mw.stores.postgres import PostgresStore
 

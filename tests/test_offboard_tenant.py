@@ -18,26 +18,23 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _fakes import FakeClock, login
-from _services import (
-    postgres_drop_schema,
-    redis_cleanup,
-    require_postgres,
-    require_redis,
-    unique_name,
-)
+from _fakes import FakeClock
+from _fakes import login
+from _services import postgres_drop_schema
+from _services import redis_cleanup
+from _services import require_postgres
+from _services import require_redis
+from _services import unique_name
 
-from oauth2_broker_mw import (
-    MemoryStore,
-    Registration,
-    Registry,
-    Secret,
-    SQLiteStore,
-    StoreKey,
-    TokenRecord,
-    TokenStore,
-    UnknownTenant,
-)
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import Registration
+from oauth2_broker_mw import Registry
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import StoreKey
+from oauth2_broker_mw import TokenRecord
+from oauth2_broker_mw import TokenStore
+from oauth2_broker_mw import UnknownTenant
 from oauth2_broker_mw._core.model import ScopeSet
 from oauth2_broker_mw.registry import OffboardReport
 from oauth2_broker_mw.testing.mock_provider import MockProvider
@@ -240,7 +237,8 @@ def test_offboarding_a_tenant_empties_its_queued_revocations(
     """A logout the provider could not take left the tenant's tokens in the revocation queue:
     off-boarding sends each one once more and removes it whatever the answer, so nothing of
     the tenant stays in the store; acme's queued revocation stays queued."""
-    from oauth2_broker_mw._core.model import REVOCATION_PRINCIPAL, REVOCATION_TENANT
+    from oauth2_broker_mw._core.model import REVOCATION_PRINCIPAL
+    from oauth2_broker_mw._core.model import REVOCATION_TENANT
 
     store = MemoryStore()
     registry = make_registry(store, provider, clock)

@@ -6,37 +6,35 @@ import base64
 import json
 import urllib.parse
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
 
 import pytest
 
-from oauth2_broker_mw import Broker, presets
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import presets
 from oauth2_broker_mw._core.effects import HttpResponse
-from oauth2_broker_mw._core.errors import (
-    AuthorizationRequired,
-    ConfigurationError,
-    InvalidGrant,
-    ProviderError,
-)
-from oauth2_broker_mw._core.model import ScopeSet, TokenRecord
-from oauth2_broker_mw._core.oauth import (
-    authorization_url,
-    callback_metadata,
-    parse_token_response,
-    refresh_params,
-    token_request,
-)
-from oauth2_broker_mw._core.provider import (
-    BodyFormat,
-    ClientAuthMethod,
-    ClientConfig,
-    ExpiryPolicy,
-    GrantType,
-    PkceMode,
-    ProviderDescriptor,
-    is_allowed_endpoint,
-)
-from oauth2_broker_mw.testing.mock_provider import MockProvider, MockQuirks
+from oauth2_broker_mw._core.errors import AuthorizationRequired
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import InvalidGrant
+from oauth2_broker_mw._core.errors import ProviderError
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import TokenRecord
+from oauth2_broker_mw._core.oauth import authorization_url
+from oauth2_broker_mw._core.oauth import callback_metadata
+from oauth2_broker_mw._core.oauth import parse_token_response
+from oauth2_broker_mw._core.oauth import refresh_params
+from oauth2_broker_mw._core.oauth import token_request
+from oauth2_broker_mw._core.provider import BodyFormat
+from oauth2_broker_mw._core.provider import ClientAuthMethod
+from oauth2_broker_mw._core.provider import ClientConfig
+from oauth2_broker_mw._core.provider import ExpiryPolicy
+from oauth2_broker_mw._core.provider import GrantType
+from oauth2_broker_mw._core.provider import PkceMode
+from oauth2_broker_mw._core.provider import ProviderDescriptor
+from oauth2_broker_mw._core.provider import is_allowed_endpoint
+from oauth2_broker_mw.testing.mock_provider import MockProvider
+from oauth2_broker_mw.testing.mock_provider import MockQuirks
 
 NOW = 1_700_000_000.0
 CLIENT = ClientConfig.create("cid", "csecret")

@@ -8,9 +8,12 @@ from pathlib import Path
 import pytest
 
 from oauth2_broker_mw import presets
-from oauth2_broker_mw._core.errors import BrokerError, ConfigurationError
+from oauth2_broker_mw._core.errors import BrokerError
+from oauth2_broker_mw._core.errors import ConfigurationError
 from oauth2_broker_mw._core.provider import ProviderDescriptor
-from oauth2_broker_mw.presets import PresetDataError, UnknownPreset, load_presets
+from oauth2_broker_mw.presets import PresetDataError
+from oauth2_broker_mw.presets import UnknownPreset
+from oauth2_broker_mw.presets import load_presets
 
 GOOD = """
 [acme]

@@ -19,13 +19,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _services import (
-    postgres_drop_schema,
-    redis_cleanup,
-    require_postgres,
-    require_redis,
-    unique_name,
-)
+from _services import postgres_drop_schema
+from _services import redis_cleanup
+from _services import require_postgres
+from _services import require_redis
+from _services import unique_name
 
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 

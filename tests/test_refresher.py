@@ -9,11 +9,16 @@ from pathlib import Path
 import pytest
 
 from oauth2_broker_mw._core.errors import ConfigurationError
-from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TokenRecord
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TokenRecord
 from oauth2_broker_mw._core.ratelimit import Backoff
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.refresher import Refresher, SweepReport
-from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
+from oauth2_broker_mw.refresher import Refresher
+from oauth2_broker_mw.refresher import SweepReport
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import SQLiteStore
 from oauth2_broker_mw.stores.base import TokenStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
@@ -209,7 +214,8 @@ def test_one_refresher_over_a_registry_refreshes_each_tenant_with_its_own_app() 
     """A Registry's brokers serve one tenant each: a Refresher takes one per tenant and
     provider, refreshes each tenant's records with that tenant's own OAuth app, and leaves the
     records of tenants it has no broker for alone (counted as ``unknown_provider``)."""
-    from oauth2_broker_mw import Registration, Registry
+    from oauth2_broker_mw import Registration
+    from oauth2_broker_mw import Registry
 
     mp = MockProvider(access_ttl=3600)
     for app in ("acme-app", "globex-app", "initech-app"):

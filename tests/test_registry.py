@@ -11,18 +11,17 @@ from pathlib import Path
 import pytest
 from _fakes import FakeClock
 
-from oauth2_broker_mw import (
-    BrokerError,
-    ConfigurationError,
-    InvalidClient,
-    MemoryStore,
-    ProviderNotEnabled,
-    Registration,
-    Registry,
-    SQLiteStore,
-    UnknownTenant,
-)
-from oauth2_broker_mw.presets import okta, shopify
+from oauth2_broker_mw import BrokerError
+from oauth2_broker_mw import ConfigurationError
+from oauth2_broker_mw import InvalidClient
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import ProviderNotEnabled
+from oauth2_broker_mw import Registration
+from oauth2_broker_mw import Registry
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import UnknownTenant
+from oauth2_broker_mw.presets import okta
+from oauth2_broker_mw.presets import shopify
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 SERVICE = {"client_credentials_principals": {"svc"}}
@@ -266,7 +265,8 @@ def test_a_registry_broker_serves_its_own_tenant_only(
     revokes and logs in for that tenant only, and completes only that tenant's logins."""
     from _fakes import login
 
-    from oauth2_broker_mw import BrokerAuth, StoreKey
+    from oauth2_broker_mw import BrokerAuth
+    from oauth2_broker_mw import StoreKey
 
     store = MemoryStore()
     provider.register_client("globex-app", "globex-secret")

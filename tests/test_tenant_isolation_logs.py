@@ -24,8 +24,10 @@ import json
 import logging
 import traceback
 import urllib.parse
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import httpx2
@@ -33,19 +35,17 @@ import pytest
 from _fakes import FakeClock
 from _services import require_module
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    BrokerError,
-    MemoryStore,
-    ProviderNotEnabled,
-    Registration,
-    Registry,
-    Secret,
-    StoreKey,
-    StoreUnavailable,
-    TokenRecord,
-    UnknownTenant,
-)
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import BrokerError
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import ProviderNotEnabled
+from oauth2_broker_mw import Registration
+from oauth2_broker_mw import Registry
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw import StoreKey
+from oauth2_broker_mw import StoreUnavailable
+from oauth2_broker_mw import TokenRecord
+from oauth2_broker_mw import UnknownTenant
 from oauth2_broker_mw._core.model import ScopeSet
 from oauth2_broker_mw._core.ratelimit import TokenBucket
 from oauth2_broker_mw.refresher import Refresher
@@ -56,9 +56,7 @@ sdk_trace = require_module("opentelemetry.sdk.trace", "otel")
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
-    InMemorySpanExporter,
-)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 SCOPES = ("openid", "email")
 BASE = "http://127.0.0.1"
@@ -474,11 +472,9 @@ def test_a_refresher_sweep_and_offboarding_of_one_tenant_name_no_other(
 def _app(framework: str, w: World) -> Any:
     """A tiny app over the registry (tenant from the path): ``whoami`` and ``lease``; a broker
     error the middleware does not answer itself is kept (with its chain) and shown as a 500."""
-    from oauth2_broker_mw.middleware import (
-        BrokerMiddleware,
-        BrokerWSGIMiddleware,
-        path_prefix_tenant,
-    )
+    from oauth2_broker_mw.middleware import BrokerMiddleware
+    from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
+    from oauth2_broker_mw.middleware import path_prefix_tenant
 
     options: dict[str, Any] = {
         "registry": w.registry,
@@ -515,7 +511,9 @@ def _app(framework: str, w: World) -> Any:
         app = Starlette(routes=routes)
         app.add_middleware(BrokerMiddleware, **options)
         return app
-    from flask import Flask, jsonify, request
+    from flask import Flask
+    from flask import jsonify
+    from flask import request
 
     flask_app = Flask("obm_isolation_test")
 

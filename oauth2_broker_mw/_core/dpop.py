@@ -18,7 +18,9 @@ from typing import Final
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, OKPKey, RSAKey
+from joserfc.jwk import ECKey
+from joserfc.jwk import OKPKey
+from joserfc.jwk import RSAKey
 
 from .errors import ConfigurationError
 

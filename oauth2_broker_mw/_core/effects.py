@@ -7,12 +7,22 @@ thrown into it). Must not import: httpx/httpx2, asyncio, threading, store driver
 
 from __future__ import annotations
 
-from collections.abc import Generator, Mapping
-from dataclasses import dataclass, field, fields
-from typing import Any, ClassVar, TypeAlias, TypeVar
+from collections.abc import Generator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import fields
+from typing import Any
+from typing import ClassVar
+from typing import TypeAlias
+from typing import TypeVar
 
 from .events import Event
-from .model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
+from .model import PendingAuthorization
+from .model import PrincipalId
+from .model import StoreKey
+from .model import TenantId
+from .model import TokenRecord
 
 __all__ = [
     "AcquireLock",

@@ -32,8 +32,10 @@ constructors take only non-secret fields, and provider error bodies are truncate
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Iterable
-from typing import ParamSpec, TypeVar
+from collections.abc import Callable
+from collections.abc import Iterable
+from typing import ParamSpec
+from typing import TypeVar
 
 __all__ = [
     "AuthorizationFlowError",

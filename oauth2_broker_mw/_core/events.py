@@ -8,8 +8,11 @@ Must not import: anything outside ``_core``.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
-from typing import Any, ClassVar, Self
+from dataclasses import asdict
+from dataclasses import dataclass
+from typing import Any
+from typing import ClassVar
+from typing import Self
 
 from .model import StoreKey
 

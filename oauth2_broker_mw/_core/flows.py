@@ -18,86 +18,88 @@ import hashlib
 import hmac
 import logging
 import secrets
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Final, TypeAlias, TypeGuard
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
+from typing import Final
+from typing import TypeAlias
+from typing import TypeGuard
 from urllib.parse import urlsplit
 
-from . import jsonsafe, oauth
-from .dpop import DPoPKey, NonceCache, make_proof
-from .effects import (
-    AcquireLock,
-    CompareAndSwap,
-    Delete,
-    DeleteKeys,
-    DropUnsaved,
-    Emit,
-    Flow,
-    HttpRequest,
-    HttpResponse,
-    KeepUnsaved,
-    ListKeys,
-    Load,
-    LockHold,
-    Now,
-    PeekUnsaved,
-    Put,
-    PutPending,
-    ReleaseLock,
-    RenewLock,
-    Sleep,
-    TakePending,
-)
-from .errors import (
-    AuthorizationFlowError,
-    AuthorizationRequired,
-    BrokerError,
-    ConfigurationError,
-    CorruptRecord,
-    InvalidGrant,
-    InvalidIdentifier,
-    ProviderError,
-    RateLimited,
-    RefreshTimeout,
-    StorageError,
-    TransientProviderError,
-    TransportError,
-)
-from .events import (
-    ConnectionRevoked,
-    LockContended,
-    ReauthorizationRequired,
-    RefreshFailed,
-    RevocationDropped,
-    RevocationQueued,
-    RotationFlushed,
-    RotationUnsaved,
-    TokenIssued,
-    TokenRefreshed,
-)
-from .model import (
-    REVOCATION_PRINCIPAL,
-    REVOCATION_TENANT,
-    SERVICE_PRINCIPAL,
-    JSONValue,
-    PendingAuthorization,
-    PrincipalId,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-    revealed,
-)
-from .policy import RefreshPolicy, RevocationRetry
-from .provider import ClientConfig, GrantType, PkceMode, ProviderDescriptor
-from .ratelimit import (
-    Backoff,
-    RateLimitPolicy,
-    after_token_response,
-    before_token_request,
-    record_failure,
-)
+from . import jsonsafe
+from . import oauth
+from .dpop import DPoPKey
+from .dpop import NonceCache
+from .dpop import make_proof
+from .effects import AcquireLock
+from .effects import CompareAndSwap
+from .effects import Delete
+from .effects import DeleteKeys
+from .effects import DropUnsaved
+from .effects import Emit
+from .effects import Flow
+from .effects import HttpRequest
+from .effects import HttpResponse
+from .effects import KeepUnsaved
+from .effects import ListKeys
+from .effects import Load
+from .effects import LockHold
+from .effects import Now
+from .effects import PeekUnsaved
+from .effects import Put
+from .effects import PutPending
+from .effects import ReleaseLock
+from .effects import RenewLock
+from .effects import Sleep
+from .effects import TakePending
+from .errors import AuthorizationFlowError
+from .errors import AuthorizationRequired
+from .errors import BrokerError
+from .errors import ConfigurationError
+from .errors import CorruptRecord
+from .errors import InvalidGrant
+from .errors import InvalidIdentifier
+from .errors import ProviderError
+from .errors import RateLimited
+from .errors import RefreshTimeout
+from .errors import StorageError
+from .errors import TransientProviderError
+from .errors import TransportError
+from .events import ConnectionRevoked
+from .events import LockContended
+from .events import ReauthorizationRequired
+from .events import RefreshFailed
+from .events import RevocationDropped
+from .events import RevocationQueued
+from .events import RotationFlushed
+from .events import RotationUnsaved
+from .events import TokenIssued
+from .events import TokenRefreshed
+from .model import REVOCATION_PRINCIPAL
+from .model import REVOCATION_TENANT
+from .model import SERVICE_PRINCIPAL
+from .model import JSONValue
+from .model import PendingAuthorization
+from .model import PrincipalId
+from .model import ScopeSet
+from .model import Secret
+from .model import StoreKey
+from .model import TenantId
+from .model import TokenRecord
+from .model import revealed
+from .policy import RefreshPolicy
+from .policy import RevocationRetry
+from .provider import ClientConfig
+from .provider import GrantType
+from .provider import PkceMode
+from .provider import ProviderDescriptor
+from .ratelimit import Backoff
+from .ratelimit import RateLimitPolicy
+from .ratelimit import after_token_response
+from .ratelimit import before_token_request
+from .ratelimit import record_failure
 
 __all__ = [
     "AuthorizationRequest",

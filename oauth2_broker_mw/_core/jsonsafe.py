@@ -22,7 +22,8 @@ import decimal
 import json
 import math
 import re
-from typing import Any, Final
+from typing import Any
+from typing import Final
 
 __all__ = ["MAX_DEPTH", "MAX_INT_DIGITS", "JSONRejected", "check_tree", "loads"]
 

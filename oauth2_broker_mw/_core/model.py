@@ -11,12 +11,20 @@ import enum
 import hashlib
 import hmac
 import json
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field, replace
-from typing import Any, ClassVar, Final, Self, TypeAlias
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
+from typing import Any
+from typing import ClassVar
+from typing import Final
+from typing import Self
+from typing import TypeAlias
 
 from . import jsonsafe
-from .errors import CorruptRecord, InvalidIdentifier
+from .errors import CorruptRecord
+from .errors import InvalidIdentifier
 
 __all__ = [
     "DEFAULT_TENANT",

@@ -23,45 +23,55 @@ import re
 import secrets
 import string
 import time
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final
-from urllib.parse import parse_qsl, quote, quote_plus, urlencode, urlsplit, urlunsplit
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Final
+from urllib.parse import parse_qsl
+from urllib.parse import quote
+from urllib.parse import quote_plus
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
+from joserfc.jwk import ECKey
+from joserfc.jwk import KeySet
+from joserfc.jwk import OctKey
+from joserfc.jwk import RSAKey
 
 from . import jsonsafe
-from .effects import HttpRequest, HttpResponse
-from .errors import (
-    AuthorizationFlowError,
-    BrokerError,
-    ConfigurationError,
-    InvalidClient,
-    InvalidGrant,
-    InvalidIdentifier,
-    InvalidScopeError,
-    MalformedResponse,
-    ProviderError,
-    TransientProviderError,
-    UnauthorizedClient,
-    UnsupportedTokenType,
-    sealed,
-    seals_errors,
-)
-from .model import JSONValue, ScopeSet, Secret
-from .provider import (
-    BodyFormat,
-    ClientAuthMethod,
-    ClientConfig,
-    ExpiryPolicy,
-    GrantType,
-    PkceMode,
-    ProviderDescriptor,
-    is_allowed_endpoint,
-    parse_metadata,
-)
+from .effects import HttpRequest
+from .effects import HttpResponse
+from .errors import AuthorizationFlowError
+from .errors import BrokerError
+from .errors import ConfigurationError
+from .errors import InvalidClient
+from .errors import InvalidGrant
+from .errors import InvalidIdentifier
+from .errors import InvalidScopeError
+from .errors import MalformedResponse
+from .errors import ProviderError
+from .errors import TransientProviderError
+from .errors import UnauthorizedClient
+from .errors import UnsupportedTokenType
+from .errors import sealed
+from .errors import seals_errors
+from .model import JSONValue
+from .model import ScopeSet
+from .model import Secret
+from .provider import BodyFormat
+from .provider import ClientAuthMethod
+from .provider import ClientConfig
+from .provider import ExpiryPolicy
+from .provider import GrantType
+from .provider import PkceMode
+from .provider import ProviderDescriptor
+from .provider import is_allowed_endpoint
+from .provider import parse_metadata
 
 __all__ = [
     "UNECHOED_SCOPES",

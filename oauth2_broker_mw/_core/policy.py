@@ -12,7 +12,8 @@ import math
 from dataclasses import dataclass
 
 from .errors import ConfigurationError
-from .model import StoreKey, TokenRecord
+from .model import StoreKey
+from .model import TokenRecord
 
 __all__ = ["RefreshPolicy", "RevocationRetry"]
 

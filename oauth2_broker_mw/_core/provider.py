@@ -16,15 +16,22 @@ import ipaddress
 import math
 import re
 import tomllib
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
-from typing import Any, Final
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Final
 from urllib.parse import urlsplit
 
 from . import jsonsafe
 from .dpop import DPOP_ALGS
-from .errors import ConfigurationError, InvalidIdentifier
-from .model import JSONValue, ProviderId, ScopeSet, Secret
+from .errors import ConfigurationError
+from .errors import InvalidIdentifier
+from .model import JSONValue
+from .model import ProviderId
+from .model import ScopeSet
+from .model import Secret
 
 __all__ = [
     "BodyFormat",

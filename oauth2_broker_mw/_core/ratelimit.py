@@ -10,22 +10,27 @@ Must not import: httpx/httpx2, asyncio, threading, store drivers; no clock (``No
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, replace
-from typing import NoReturn, Protocol, TypeAlias, TypeVar, runtime_checkable
+from dataclasses import dataclass
+from dataclasses import replace
+from typing import NoReturn
+from typing import Protocol
+from typing import TypeAlias
+from typing import TypeVar
+from typing import runtime_checkable
 
 from . import oauth
-from .effects import (
-    BackoffUntil,
-    CountCalls,
-    Emit,
-    Flow,
-    HttpResponse,
-    SetBackoff,
-    Sleep,
-    StoreOp,
-    TakeToken,
-)
-from .errors import ConfigurationError, RateLimited, StorageError
+from .effects import BackoffUntil
+from .effects import CountCalls
+from .effects import Emit
+from .effects import Flow
+from .effects import HttpResponse
+from .effects import SetBackoff
+from .effects import Sleep
+from .effects import StoreOp
+from .effects import TakeToken
+from .errors import ConfigurationError
+from .errors import RateLimited
+from .errors import StorageError
 from .events import RateLimited as RateLimitedEvent
 
 #: The public names, which :mod:`oauth2_broker_mw.ratelimit` re-exports; the flow steps

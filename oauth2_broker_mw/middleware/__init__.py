@@ -8,12 +8,16 @@ they call the broker (``await broker.a…()`` or ``broker.…()``).
 from __future__ import annotations
 
 from ._context import BrokerContext
-from ._http import BrokerRequest, PrincipalResolver, TenantResolver
+from ._http import BrokerRequest
+from ._http import PrincipalResolver
+from ._http import TenantResolver
 from ._logfilter import RedactOAuthQuery
 from ._redirects import safe_return_to
 from ._tenants import validate_tenant
 from .asgi import BrokerMiddleware
-from .resolvers import header_tenant, path_prefix_tenant, subdomain_tenant
+from .resolvers import header_tenant
+from .resolvers import path_prefix_tenant
+from .resolvers import subdomain_tenant
 from .wsgi import BrokerWSGIMiddleware
 
 __all__ = [

@@ -12,11 +12,21 @@ Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi``
 
 from __future__ import annotations
 
-from collections.abc import Coroutine, Mapping
-from typing import TYPE_CHECKING, Any, Final, Protocol, TypeAlias, TypeVar
+from collections.abc import Coroutine
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Final
+from typing import Protocol
+from typing import TypeAlias
+from typing import TypeVar
 
 from .._core.errors import ProviderNotEnabled
-from .._driver import Call, Calls, arun, call, run_calls
+from .._driver import Call
+from .._driver import Calls
+from .._driver import arun
+from .._driver import call
+from .._driver import run_calls
 
 if TYPE_CHECKING:
     from ..broker import Broker

@@ -11,18 +11,26 @@ Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi``
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Final, Required, TypedDict
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Final
+from typing import Required
+from typing import TypedDict
 from urllib.parse import urlsplit
 
 from .._core.errors import ConfigurationError
-from .._core.model import ProviderId, Secret
+from .._core.model import ProviderId
+from .._core.model import Secret
 
 if TYPE_CHECKING:
     from ..broker import Broker
     from ..registry import Registry
     from ..stores.base import TokenStore
-    from ._http import PrincipalResolver, TenantResolver
+    from ._http import PrincipalResolver
+    from ._http import TenantResolver
 
 __all__ = [
     "CONTEXT_KEY",

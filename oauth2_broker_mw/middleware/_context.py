@@ -14,16 +14,23 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, cast
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import cast
 from urllib.parse import quote
 
-from .._core.errors import AuthorizationRequired, ProviderNotEnabled, UnknownTenant
+from .._core.errors import AuthorizationRequired
+from .._core.errors import ProviderNotEnabled
+from .._core.errors import UnknownTenant
 from .._core.model import Lease
-from ._calls import Step, adrive, drive
+from ._calls import Step
+from ._calls import adrive
+from ._calls import drive
 from ._redirects import safe_return_to
 
 if TYPE_CHECKING:
-    from ..auth import BrokerAuth, LeaseSource
+    from ..auth import BrokerAuth
+    from ..auth import LeaseSource
     from ..broker import Broker
     from ._core import MiddlewareCore
 

@@ -21,7 +21,8 @@ import json
 import math
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
@@ -31,7 +32,8 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from .._core.errors import ConfigurationError
-from .._core.model import JSONValue, Secret
+from .._core.model import JSONValue
+from .._core.model import Secret
 
 __all__ = ["CookieAttributes", "CookieSealer", "parse_cookie_header"]
 

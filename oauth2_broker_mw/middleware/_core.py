@@ -23,46 +23,65 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING, Generic, Literal, TypeVar, Unpack, cast
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from typing import TYPE_CHECKING
+from typing import Generic
+from typing import Literal
+from typing import TypeVar
+from typing import Unpack
+from typing import cast
 from urllib.parse import quote
 
-from .._core.errors import (
-    AuthorizationRequired,
-    BrokerError,
-    ConfigurationError,
-    ProviderNotEnabled,
-    UnknownTenant,
-)
-from .._core.model import JSONValue, PrincipalId, ProviderId, Secret
+from .._core.errors import AuthorizationRequired
+from .._core.errors import BrokerError
+from .._core.errors import ConfigurationError
+from .._core.errors import ProviderNotEnabled
+from .._core.errors import UnknownTenant
+from .._core.model import JSONValue
+from .._core.model import PrincipalId
+from .._core.model import ProviderId
+from .._core.model import Secret
 from .._driver import call
 from . import _handlers
-from ._calls import BrokerSource, FixedBrokers, Handler, Step, adrive, drive
-from ._config import (
-    CONTEXT_KEY,
-    MAX_FORM_BYTES,
-    MiddlewareOptions,
-    check_base_url,
-    check_brokers,
-    check_prefix,
-    check_scopes,
-    check_tenant_base_url,
-    check_timeouts,
-)
-from ._context import BrokerContext, Prepared
-from ._cookies import CookieAttributes, CookieSealer, parse_cookie_header
-from ._errors import RETRYABLE, Reject, error_response, not_found
-from ._http import (
-    SECURITY_HEADERS,
-    BrokerRequest,
-    PrincipalResolver,
-    Response,
-    Route,
-    TenantResolver,
-    redirect,
-)
+from ._calls import BrokerSource
+from ._calls import FixedBrokers
+from ._calls import Handler
+from ._calls import Step
+from ._calls import adrive
+from ._calls import drive
+from ._config import CONTEXT_KEY
+from ._config import MAX_FORM_BYTES
+from ._config import MiddlewareOptions
+from ._config import check_base_url
+from ._config import check_brokers
+from ._config import check_prefix
+from ._config import check_scopes
+from ._config import check_tenant_base_url
+from ._config import check_timeouts
+from ._context import BrokerContext
+from ._context import Prepared
+from ._cookies import CookieAttributes
+from ._cookies import CookieSealer
+from ._cookies import parse_cookie_header
+from ._errors import RETRYABLE
+from ._errors import Reject
+from ._errors import error_response
+from ._errors import not_found
+from ._http import SECURITY_HEADERS
+from ._http import BrokerRequest
+from ._http import PrincipalResolver
+from ._http import Response
+from ._http import Route
+from ._http import TenantResolver
+from ._http import redirect
 from ._redirects import safe_return_to
-from ._session import DENYLIST_MAX, FlowCookies, Session, Sessions
+from ._session import DENYLIST_MAX
+from ._session import FlowCookies
+from ._session import Session
+from ._session import Sessions
 from ._tenants import validate_tenant
 
 if TYPE_CHECKING:

@@ -16,20 +16,22 @@ from __future__ import annotations
 import json
 import logging
 from dataclasses import dataclass
-from typing import Final, Literal
+from typing import Final
+from typing import Literal
 
-from .._core.errors import (
-    AuthorizationFlowError,
-    BrokerError,
-    ProviderError,
-    ProviderNotEnabled,
-    StorageError,
-    TransientProviderError,
-    TransportError,
-    UnknownTenant,
-)
-from ._http import SECURITY_HEADERS, BrokerRequest, Response
-from ._pages import PAGE_HEADERS, error_page
+from .._core.errors import AuthorizationFlowError
+from .._core.errors import BrokerError
+from .._core.errors import ProviderError
+from .._core.errors import ProviderNotEnabled
+from .._core.errors import StorageError
+from .._core.errors import TransientProviderError
+from .._core.errors import TransportError
+from .._core.errors import UnknownTenant
+from ._http import SECURITY_HEADERS
+from ._http import BrokerRequest
+from ._http import Response
+from ._pages import PAGE_HEADERS
+from ._pages import error_page
 
 __all__ = [
     "EXCHANGE_REFUSALS",

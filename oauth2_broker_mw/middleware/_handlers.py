@@ -18,18 +18,33 @@ import hmac
 import logging
 import secrets
 from collections import Counter
-from collections.abc import Iterable, Mapping
-from typing import TYPE_CHECKING, Final
+from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import TYPE_CHECKING
+from typing import Final
 from urllib.parse import parse_qsl
 
 from .._core.errors import BrokerError
-from .._core.model import JSONValue, Secret, TokenRecord
+from .._core.model import JSONValue
+from .._core.model import Secret
+from .._core.model import TokenRecord
 from .._driver import call
-from ._calls import Handler, Step
+from ._calls import Handler
+from ._calls import Step
 from ._cookies import parse_cookie_header
-from ._errors import EXCHANGE_REFUSALS, LOGIN_REFUSALS, Refusal, Reject, denied, reason, refuse
-from ._http import SECURITY_HEADERS, BrokerRequest, Response, redirect
-from ._pages import PAGE_HEADERS, logout_page
+from ._errors import EXCHANGE_REFUSALS
+from ._errors import LOGIN_REFUSALS
+from ._errors import Refusal
+from ._errors import Reject
+from ._errors import denied
+from ._errors import reason
+from ._errors import refuse
+from ._http import SECURITY_HEADERS
+from ._http import BrokerRequest
+from ._http import Response
+from ._http import redirect
+from ._pages import PAGE_HEADERS
+from ._pages import logout_page
 from ._redirects import safe_return_to
 from ._session import Session
 

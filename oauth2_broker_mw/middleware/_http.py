@@ -10,9 +10,13 @@ Never puts a cookie value or the provider URL (it carries ``state``) in a repr.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
-from typing import Final, Literal, TypeAlias
+from collections.abc import Callable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Final
+from typing import Literal
+from typing import TypeAlias
 from urllib.parse import parse_qsl
 
 __all__ = [

@@ -20,13 +20,19 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Final, cast
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Final
+from typing import cast
 
 from .._core.errors import StorageError
 from .._core.model import JSONValue
-from ._calls import Step, session_revocation
-from ._cookies import CookieAttributes, CookieSealer
-from ._errors import reason, store_down
+from ._calls import Step
+from ._calls import session_revocation
+from ._cookies import CookieAttributes
+from ._cookies import CookieSealer
+from ._errors import reason
+from ._errors import store_down
 
 if TYPE_CHECKING:
     from ..stores.base import TokenStore

@@ -13,16 +13,25 @@ Must not import: starlette (pure ASGI, no ``BaseHTTPMiddleware``), httpx, the WS
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Iterable, MutableMapping
-from typing import TYPE_CHECKING, TypeAlias, cast
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import MutableMapping
+from typing import TYPE_CHECKING
+from typing import TypeAlias
+from typing import cast
 
-from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageError, UnknownTenant
+from .._core.errors import AuthorizationRequired
+from .._core.errors import ProviderNotEnabled
+from .._core.errors import StorageError
+from .._core.errors import UnknownTenant
 from ..stores import acheck_store
 from ._calls import adrive
 from ._config import CONTEXT_KEY
 from ._context import Prepared
 from ._core import MiddlewareShell
-from ._http import BrokerRequest, Response
+from ._http import BrokerRequest
+from ._http import Response
 
 if TYPE_CHECKING:
     pass

@@ -13,18 +13,28 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from collections.abc import Iterable
 from types import TracebackType
-from typing import TYPE_CHECKING, TypeAlias, Unpack
-from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
+from typing import TYPE_CHECKING
+from typing import TypeAlias
+from typing import Unpack
+from wsgiref.types import StartResponse
+from wsgiref.types import WSGIApplication
+from wsgiref.types import WSGIEnvironment
 
-from .._core.errors import AuthorizationRequired, ProviderNotEnabled, StorageError, UnknownTenant
+from .._core.errors import AuthorizationRequired
+from .._core.errors import ProviderNotEnabled
+from .._core.errors import StorageError
+from .._core.errors import UnknownTenant
 from ..stores import check_store
 from ._calls import drive
-from ._config import CONTEXT_KEY, MiddlewareOptions
+from ._config import CONTEXT_KEY
+from ._config import MiddlewareOptions
 from ._context import Prepared
 from ._core import MiddlewareShell
-from ._http import BrokerRequest, Response
+from ._http import BrokerRequest
+from ._http import Response
 
 if TYPE_CHECKING:
     pass

@@ -8,15 +8,14 @@ Must not import: redis, psycopg, cryptography.
 
 from __future__ import annotations
 
-from ._url import StoreURLError, open_store
-from .base import (
-    DueRecord,
-    RefreshIndex,
-    ThreadedAsyncMixin,
-    TokenStore,
-    acheck_store,
-    check_store,
-)
+from ._url import StoreURLError
+from ._url import open_store
+from .base import DueRecord
+from .base import RefreshIndex
+from .base import ThreadedAsyncMixin
+from .base import TokenStore
+from .base import acheck_store
+from .base import check_store
 from .memory import MemoryStore
 from .sqlite import SQLiteStore
 

@@ -26,13 +26,33 @@ import asyncio
 import contextlib
 import threading
 import urllib.parse
-from collections.abc import AsyncGenerator, Awaitable, Callable, Generator, Iterator, Sequence
-from typing import Any, Generic, TypeAlias, TypeVar
+from collections.abc import AsyncGenerator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Generator
+from collections.abc import Iterator
+from collections.abc import Sequence
+from typing import Any
+from typing import Generic
+from typing import TypeAlias
+from typing import TypeVar
 
-from .._core.errors import CorruptRecord, StoreUnavailable, sealed
-from .._core.model import PendingAuthorization, ProviderId, StoreKey, TenantId, TokenRecord
-from .._driver import arun, run
-from .base import PROBE_KEY, DueRecord, check_bucket, check_limit, check_ttl, check_window
+from .._core.errors import CorruptRecord
+from .._core.errors import StoreUnavailable
+from .._core.errors import sealed
+from .._core.model import PendingAuthorization
+from .._core.model import ProviderId
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
+from .._driver import arun
+from .._driver import run
+from .base import PROBE_KEY
+from .base import DueRecord
+from .base import check_bucket
+from .base import check_limit
+from .base import check_ttl
+from .base import check_window
 
 __all__ = ["CommandStore", "Op", "PerLoop", "adrive", "drive", "redact_url", "unreachable"]
 

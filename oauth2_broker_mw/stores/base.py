@@ -78,20 +78,25 @@ from __future__ import annotations
 import abc
 import asyncio
 import math
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import partial
-from typing import Final, ParamSpec, Protocol, TypeVar, runtime_checkable
+from typing import Final
+from typing import ParamSpec
+from typing import Protocol
+from typing import TypeVar
+from typing import runtime_checkable
 
-from .._core.errors import ConfigurationError, CorruptRecord
-from .._core.model import (
-    PendingAuthorization,
-    PrincipalId,
-    ProviderId,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
+from .._core.errors import ConfigurationError
+from .._core.errors import CorruptRecord
+from .._core.model import PendingAuthorization
+from .._core.model import PrincipalId
+from .._core.model import ProviderId
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
 
 __all__ = [
     "DueRecord",

@@ -38,25 +38,39 @@ import json
 import os
 import re
 import threading
-from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field, replace
-from typing import Any, Final, TypeVar
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from dataclasses import replace
+from typing import Any
+from typing import Final
+from typing import TypeVar
 
 import cachetools
 
-from .._core.errors import ConfigurationError, CorruptRecord
-from .._core.model import (
-    PendingAuthorization,
-    PrincipalId,
-    ProviderId,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
-from ._commands import CommandStore, Op, adrive, drive
-from .base import SEALED_REFRESH_TOKEN, DueRecord, TokenStore, acheck_store, check_store
+from .._core.errors import ConfigurationError
+from .._core.errors import CorruptRecord
+from .._core.model import PendingAuthorization
+from .._core.model import PrincipalId
+from .._core.model import ProviderId
+from .._core.model import ScopeSet
+from .._core.model import Secret
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
+from ._commands import CommandStore
+from ._commands import Op
+from ._commands import adrive
+from ._commands import drive
+from .base import SEALED_REFRESH_TOKEN
+from .base import DueRecord
+from .base import TokenStore
+from .base import acheck_store
+from .base import check_store
 
 __all__ = [
     "TENANT_KEYS_TENANT",

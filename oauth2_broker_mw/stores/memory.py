@@ -15,23 +15,25 @@ import json
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final
 
-from .._core.model import PendingAuthorization, StoreKey, TenantId, TokenRecord
-from .base import (
-    DueRecord,
-    ThreadedAsyncMixin,
-    check_bucket,
-    check_limit,
-    check_ttl,
-    check_window,
-    decode_record,
-    gcra,
-    recent_calls,
-    refresh_index,
-)
+from .._core.model import PendingAuthorization
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
+from .base import DueRecord
+from .base import ThreadedAsyncMixin
+from .base import check_bucket
+from .base import check_limit
+from .base import check_ttl
+from .base import check_window
+from .base import decode_record
+from .base import gcra
+from .base import recent_calls
+from .base import refresh_index
 
 __all__ = ["MemoryStore"]
 

@@ -33,9 +33,14 @@ import math
 import re
 import threading
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, Final, TypeVar
+from typing import Any
+from typing import Final
+from typing import TypeVar
 
 try:
     import psycopg
@@ -46,10 +51,25 @@ except ImportError as exc:  # pragma: no cover - exercised only without the extr
         "PostgresStore needs psycopg 3 and psycopg_pool: pip install 'oauth2-broker-mw[postgres]'"
     ) from exc
 
-from .._core.errors import ConfigurationError, StorageError, StoreUnavailable
-from .._core.model import PendingAuthorization, PrincipalId, StoreKey, TenantId, TokenRecord
-from ._commands import CommandStore, Op, PerLoop, adrive, drive, unreachable
-from .base import DueRecord, decode_pending, decode_record, recent_calls, refresh_index
+from .._core.errors import ConfigurationError
+from .._core.errors import StorageError
+from .._core.errors import StoreUnavailable
+from .._core.model import PendingAuthorization
+from .._core.model import PrincipalId
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
+from ._commands import CommandStore
+from ._commands import Op
+from ._commands import PerLoop
+from ._commands import adrive
+from ._commands import drive
+from ._commands import unreachable
+from .base import DueRecord
+from .base import decode_pending
+from .base import decode_record
+from .base import recent_calls
+from .base import refresh_index
 
 __all__ = ["SCHEMA_VERSION", "PostgresStore"]
 

@@ -43,9 +43,13 @@ import math
 import time
 import urllib.parse
 import zlib
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
-from typing import Any, Final, TypeVar
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+from typing import Final
+from typing import TypeVar
 
 try:
     import redis
@@ -55,17 +59,28 @@ try:
 except ImportError as exc:  # pragma: no cover - exercised only without the extra
     raise ImportError("RedisStore needs redis-py: pip install 'oauth2-broker-mw[redis]'") from exc
 
-from .._core.errors import ConfigurationError, CorruptRecord, StorageError, StoreUnavailable
-from .._core.model import (
-    PendingAuthorization,
-    PrincipalId,
-    ProviderId,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
-from ._commands import CommandStore, Op, PerLoop, adrive, drive, redact_url, unreachable
-from .base import DueRecord, decode_pending, decode_record, recent_calls, refresh_index
+from .._core.errors import ConfigurationError
+from .._core.errors import CorruptRecord
+from .._core.errors import StorageError
+from .._core.errors import StoreUnavailable
+from .._core.model import PendingAuthorization
+from .._core.model import PrincipalId
+from .._core.model import ProviderId
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
+from ._commands import CommandStore
+from ._commands import Op
+from ._commands import PerLoop
+from ._commands import adrive
+from ._commands import drive
+from ._commands import redact_url
+from ._commands import unreachable
+from .base import DueRecord
+from .base import decode_pending
+from .base import decode_record
+from .base import recent_calls
+from .base import refresh_index
 
 __all__ = ["RedisStore"]
 

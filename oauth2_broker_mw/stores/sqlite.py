@@ -27,38 +27,35 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 from contextlib import contextmanager
-from typing import Final, TypeGuard
+from typing import Final
+from typing import TypeGuard
 
-from .._core.errors import (
-    ConfigurationError,
-    CorruptRecord,
-    StorageError,
-    StoreUnavailable,
-    seals,
-)
-from .._core.model import (
-    PendingAuthorization,
-    PrincipalId,
-    ProviderId,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
-from .base import (
-    DueRecord,
-    ThreadedAsyncMixin,
-    check_bucket,
-    check_limit,
-    check_ttl,
-    check_window,
-    decode_pending,
-    decode_record,
-    gcra,
-    recent_calls,
-    refresh_index,
-)
+from .._core.errors import ConfigurationError
+from .._core.errors import CorruptRecord
+from .._core.errors import StorageError
+from .._core.errors import StoreUnavailable
+from .._core.errors import seals
+from .._core.model import PendingAuthorization
+from .._core.model import PrincipalId
+from .._core.model import ProviderId
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
+from .base import DueRecord
+from .base import ThreadedAsyncMixin
+from .base import check_bucket
+from .base import check_limit
+from .base import check_ttl
+from .base import check_window
+from .base import decode_pending
+from .base import decode_record
+from .base import gcra
+from .base import recent_calls
+from .base import refresh_index
 
 __all__ = ["SQLiteStore"]
 

@@ -6,9 +6,14 @@ lazily so that ``import oauth2_broker_mw.testing`` stays cheap.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+from typing import Any
 
-from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
+from ._mock_config import Fault
+from ._mock_config import FaultQueue
+from ._mock_config import MockClient
+from ._mock_config import MockQuirks
+from ._mock_config import RecordedRequest
 
 if TYPE_CHECKING:
     from .mock_provider import MockProvider

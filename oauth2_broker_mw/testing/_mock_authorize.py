@@ -7,24 +7,26 @@ from __future__ import annotations
 import hmac
 import secrets
 from collections.abc import Mapping
-from urllib.parse import urlencode, urlsplit, urlunsplit
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse
+from starlette.responses import RedirectResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from ._mock_records import (
-    CHALLENGE_RE,
-    CLIENT_AUTH_PARAMS,
-    NO_STORE,
-    AuthorizeParams,
-    CodeGrant,
-    OAuthError,
-    RedirectError,
-    error_page,
-    form_action,
-    login_page,
-)
+from ._mock_records import CHALLENGE_RE
+from ._mock_records import CLIENT_AUTH_PARAMS
+from ._mock_records import NO_STORE
+from ._mock_records import AuthorizeParams
+from ._mock_records import CodeGrant
+from ._mock_records import OAuthError
+from ._mock_records import RedirectError
+from ._mock_records import error_page
+from ._mock_records import form_action
+from ._mock_records import login_page
 from ._mock_tokens import TokenEndpoint
 
 _CODE_SWEEP = 1_000  # sweep spent and expired codes when this many are held

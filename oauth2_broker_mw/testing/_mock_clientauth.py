@@ -13,17 +13,17 @@ from urllib.parse import unquote_plus
 from joserfc import jws
 from joserfc.errors import JoseError
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
+from starlette.responses import Response
 
-from ._mock_config import Fault, MockClient
+from ._mock_config import Fault
+from ._mock_config import MockClient
 from ._mock_core import MockCore
-from ._mock_records import (
-    ASYMMETRIC_ALGS,
-    JWT_BEARER,
-    OAuthError,
-    assertion_signature_ok,
-    basic_challenge,
-)
+from ._mock_records import ASYMMETRIC_ALGS
+from ._mock_records import JWT_BEARER
+from ._mock_records import OAuthError
+from ._mock_records import assertion_signature_ok
+from ._mock_records import basic_challenge
 
 
 class ClientAuth(MockCore):

@@ -18,31 +18,41 @@ import json
 import secrets
 import threading
 import time
-from collections import Counter, deque
-from collections.abc import Callable, Iterable, Mapping
-from typing import Any, Literal
+from collections import Counter
+from collections import deque
+from collections.abc import Callable
+from collections.abc import Iterable
+from collections.abc import Mapping
+from typing import Any
+from typing import Literal
 from urllib.parse import parse_qsl
 
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, JSONResponse, RedirectResponse, Response
+from starlette.responses import HTMLResponse
+from starlette.responses import JSONResponse
+from starlette.responses import RedirectResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
-from ._mock_dpop import ProofClaims, verify_proof
-from ._mock_records import (
-    FORM,
-    NO_STORE,
-    CodeGrant,
-    Family,
-    OAuthError,
-    TokenState,
-    b64url,
-    scope_token_ok,
-    unsigned_jwt,
-)
+from ._mock_config import Fault
+from ._mock_config import FaultQueue
+from ._mock_config import MockClient
+from ._mock_config import MockQuirks
+from ._mock_config import RecordedRequest
+from ._mock_dpop import ProofClaims
+from ._mock_dpop import verify_proof
+from ._mock_records import FORM
+from ._mock_records import NO_STORE
+from ._mock_records import CodeGrant
+from ._mock_records import Family
+from ._mock_records import OAuthError
+from ._mock_records import TokenState
+from ._mock_records import b64url
+from ._mock_records import scope_token_ok
+from ._mock_records import unsigned_jwt
 
 _MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ._mock_config import AUTH_METHOD_ORDER
 from ._mock_dpop import DPOP_PROOF_ALGS
-from ._mock_records import ASYMMETRIC_ALGS, GRANTS
+from ._mock_records import ASYMMETRIC_ALGS
+from ._mock_records import GRANTS
 from ._mock_resource import ResourceEndpoints
 
 

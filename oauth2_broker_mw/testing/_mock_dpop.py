@@ -8,9 +8,11 @@ token is bound to. Raises :class:`DPoPProofError` with a short reason (never the
 from __future__ import annotations
 
 import hmac
-from typing import Any, Final
+from typing import Any
+from typing import Final
 
-from joserfc import jws, jwt
+from joserfc import jws
+from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
 

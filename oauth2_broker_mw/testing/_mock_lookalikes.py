@@ -6,7 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ._mock_config import MockClient, MockQuirks
+from ._mock_config import MockClient
+from ._mock_config import MockQuirks
 
 LIKE_NAMES: tuple[str, ...] = (
     "auth0",

@@ -8,12 +8,15 @@ import hmac
 from typing import Any
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ._mock_authorize import AuthorizeEndpoint
-from ._mock_dpop import DPOP_PROOF_ALGS, DPoPProofError
-from ._mock_records import NO_STORE, TokenState
+from ._mock_dpop import DPOP_PROOF_ALGS
+from ._mock_dpop import DPoPProofError
+from ._mock_records import NO_STORE
+from ._mock_records import TokenState
 
 
 class ResourceEndpoints(AuthorizeEndpoint):

@@ -13,13 +13,18 @@ from typing import Any
 from urllib.parse import urlencode
 
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
 from ._mock_clientauth import ClientAuth
 from ._mock_config import MockClient
 from ._mock_dpop import DPoPProofError
-from ._mock_records import GRANTS, NO_STORE, VERIFIER_RE, OAuthError, b64url_sha256
+from ._mock_records import GRANTS
+from ._mock_records import NO_STORE
+from ._mock_records import VERIFIER_RE
+from ._mock_records import OAuthError
+from ._mock_records import b64url_sha256
 
 
 def _required(form: Mapping[str, str], name: str) -> str:

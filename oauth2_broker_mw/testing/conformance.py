@@ -30,23 +30,32 @@ import functools
 import threading
 import time
 import uuid
-from collections.abc import Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Final, Literal, ParamSpec, TypeAlias, TypeVar
+from typing import Any
+from typing import Final
+from typing import Literal
+from typing import ParamSpec
+from typing import TypeAlias
+from typing import TypeVar
 
 import pytest
 
 from .._core.errors import ConfigurationError
-from .._core.model import (
-    JSONValue,
-    PendingAuthorization,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
-from ..stores.base import DueRecord, ProviderGate, RefreshIndex, TokenStore
+from .._core.model import JSONValue
+from .._core.model import PendingAuthorization
+from .._core.model import ScopeSet
+from .._core.model import Secret
+from .._core.model import StoreKey
+from .._core.model import TenantId
+from .._core.model import TokenRecord
+from ..stores.base import DueRecord
+from ..stores.base import ProviderGate
+from ..stores.base import RefreshIndex
+from ..stores.base import TokenStore
 
 __all__ = ["StoreConformance", "StoreRunner", "make_pending", "make_record"]
 

@@ -14,9 +14,13 @@ message or a repr.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable
+from collections.abc import Iterator
+from collections.abc import Mapping
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING
+from typing import Any
+from typing import Literal
 
 try:
     import httpx2
@@ -28,12 +32,22 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 
-from ._mock_config import Fault, FaultQueue, MockClient, MockQuirks, RecordedRequest
+from ._mock_config import Fault
+from ._mock_config import FaultQueue
+from ._mock_config import MockClient
+from ._mock_config import MockQuirks
+from ._mock_config import RecordedRequest
 from ._mock_discovery import DiscoveryEndpoints
-from ._mock_login import async_login, login_flow, sync_login
-from ._mock_lookalikes import LIKE_NAMES, _like_settings
+from ._mock_login import async_login
+from ._mock_login import login_flow
+from ._mock_login import sync_login
+from ._mock_lookalikes import LIKE_NAMES
+from ._mock_lookalikes import _like_settings
 from ._mock_records import GRANTS
-from ._mock_transport import SHARED_LOOP, AsyncASGITransport, SyncASGITransport, serve_app
+from ._mock_transport import SHARED_LOOP
+from ._mock_transport import AsyncASGITransport
+from ._mock_transport import SyncASGITransport
+from ._mock_transport import serve_app
 
 if TYPE_CHECKING:
     from oauth2_broker_mw._core.provider import ProviderDescriptor

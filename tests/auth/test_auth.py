@@ -11,8 +11,10 @@ import asyncio
 import logging
 import threading
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass, field
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import httpx
@@ -20,17 +22,20 @@ import httpx2
 import pytest
 import requests
 from _fakes import FakeClock
-from test_auth_support import CLIENTS, Driver, Recorder, host_router
+from test_auth_support import CLIENTS
+from test_auth_support import Driver
+from test_auth_support import Recorder
+from test_auth_support import host_router
 
-from oauth2_broker_mw._core.errors import (
-    AuthorizationRequired,
-    ConfigurationError,
-    InsufficientScope,
-    UnsafeRequest,
-)
-from oauth2_broker_mw.auth import BrokerAuth, InsufficientScopeEvent
+from oauth2_broker_mw._core.errors import AuthorizationRequired
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import InsufficientScope
+from oauth2_broker_mw._core.errors import UnsafeRequest
+from oauth2_broker_mw.auth import BrokerAuth
+from oauth2_broker_mw.auth import InsufficientScopeEvent
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.testing._mock_transport import LoopThread, serve_app
+from oauth2_broker_mw.testing._mock_transport import LoopThread
+from oauth2_broker_mw.testing._mock_transport import serve_app
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 CLIENT_ID, CLIENT_SECRET = "test-client", "test-secret"
@@ -424,7 +429,8 @@ def tls_world(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[tuple[str, str, Recorder, str]]:
     """Recorder on https://127.0.0.1:<p1> and http://127.0.0.1:<p2>: (https, http, rec, ca)."""
-    from test_auth_support import make_loopback_cert, serve_tls
+    from test_auth_support import make_loopback_cert
+    from test_auth_support import serve_tls
 
     cert, key = make_loopback_cert(tmp_path_factory.mktemp("tls"))
     rec = Recorder()

@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Awaitable
+from collections.abc import Callable
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 import httpx
@@ -23,10 +27,13 @@ import requests.adapters
 import urllib3
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, RedirectResponse, Response
+from starlette.responses import JSONResponse
+from starlette.responses import RedirectResponse
+from starlette.responses import Response
 from starlette.routing import Route
 
-from oauth2_broker_mw.testing._mock_transport import LoopThread, SyncASGITransport
+from oauth2_broker_mw.testing._mock_transport import LoopThread
+from oauth2_broker_mw.testing._mock_transport import SyncASGITransport
 
 CLIENTS = ("httpx2", "httpx2-async", "httpx", "httpx-async", "requests")
 ASGIApp = Callable[[dict[str, Any], Any, Any], Awaitable[None]]
@@ -315,7 +322,8 @@ def make_loopback_cert(directory: Any) -> tuple[str, str]:
     import ipaddress
 
     from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives import serialization
     from cryptography.hazmat.primitives.asymmetric import ec
     from cryptography.x509.oid import NameOID
 

@@ -13,14 +13,17 @@ import asyncio
 import socket
 import ssl
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import httpx2
 import pytest
 import requests
-from test_auth_support import Recorder, make_loopback_cert, serve_tls
+from test_auth_support import Recorder
+from test_auth_support import make_loopback_cert
+from test_auth_support import serve_tls
 
 from oauth2_broker_mw._core.errors import TransportError
 from oauth2_broker_mw.auth import BrokerAuth

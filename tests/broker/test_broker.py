@@ -11,28 +11,29 @@ import logging
 import sqlite3
 import threading
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _fakes import FakeClock as Clock  # the suite-wide fake clock
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    Broker,
-    ConfigurationError,
-    InsufficientScope,
-    InvalidClient,
-    MalformedResponse,
-    MemoryStore,
-    ProviderError,
-    RateLimited,
-    SQLiteStore,
-    TransientProviderError,
-    TransportError,
-)
-from oauth2_broker_mw.testing.mock_provider import MockClient, MockProvider, MockQuirks
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import ConfigurationError
+from oauth2_broker_mw import InsufficientScope
+from oauth2_broker_mw import InvalidClient
+from oauth2_broker_mw import MalformedResponse
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import ProviderError
+from oauth2_broker_mw import RateLimited
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import TransientProviderError
+from oauth2_broker_mw import TransportError
+from oauth2_broker_mw.testing.mock_provider import MockClient
+from oauth2_broker_mw.testing.mock_provider import MockProvider
+from oauth2_broker_mw.testing.mock_provider import MockQuirks
 
 TENANT, USER = "acme", "alice"
 
@@ -747,7 +748,10 @@ def test_scopes_given_as_a_generator_get_the_same_answer_as_a_list(mode: str) ->
     twice would pass an empty set and hand out a narrower grant)."""
     import time
 
-    from oauth2_broker_mw import ProviderDescriptor, ScopeSet, Secret, TokenRecord
+    from oauth2_broker_mw import ProviderDescriptor
+    from oauth2_broker_mw import ScopeSet
+    from oauth2_broker_mw import Secret
+    from oauth2_broker_mw import TokenRecord
 
     descriptor = ProviderDescriptor(
         id="p",

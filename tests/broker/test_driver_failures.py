@@ -17,7 +17,9 @@ from typing import Any
 import pytest
 from _fakes import FakeClock as Clock
 
-from oauth2_broker_mw import Broker, MemoryStore, ProviderError
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import ProviderError
 from oauth2_broker_mw._singleflight import SingleFlight
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 

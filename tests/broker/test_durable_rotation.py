@@ -15,18 +15,27 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _fakes import FakeClock, login
-from _own_services import ServerProcess, own_postgres, own_redis, postgres_dsn
+from _fakes import FakeClock
+from _fakes import login
+from _own_services import ServerProcess
+from _own_services import own_postgres
+from _own_services import own_redis
+from _own_services import postgres_dsn
 from _services import require_module
 
-from oauth2_broker_mw import Broker, SQLiteStore, StoreUnavailable
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import StoreUnavailable
 from oauth2_broker_mw._core.model import TokenRecord
-from oauth2_broker_mw.events import Event, RotationFlushed, RotationUnsaved
+from oauth2_broker_mw.events import Event
+from oauth2_broker_mw.events import RotationFlushed
+from oauth2_broker_mw.events import RotationUnsaved
 from oauth2_broker_mw.refresher import Refresher
 from oauth2_broker_mw.stores.base import TokenStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider

@@ -12,11 +12,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import pytest
-from _fakes import FakeClock, login
+from _fakes import FakeClock
+from _fakes import login
 from _services import require_module
 
 from oauth2_broker_mw import Broker
-from oauth2_broker_mw.telemetry import Telemetry, scrub_span
+from oauth2_broker_mw.telemetry import Telemetry
+from oauth2_broker_mw.telemetry import scrub_span
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 sdk_trace = require_module("opentelemetry.sdk.trace", "otel")
@@ -24,9 +26,7 @@ require_module("opentelemetry.instrumentation.httpx", "otel")
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
-    InMemorySpanExporter,
-)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 TENANT, USER = "acme", "alice"
 
@@ -217,7 +217,9 @@ def test_scrub_strips_the_query_and_redacts_credential_headers() -> None:
 def test_the_refresher_reports_refresh_tokens_nearing_idle_expiry(otel: Otel) -> None:
     import time
 
-    from oauth2_broker_mw._core.model import ScopeSet, Secret, TokenRecord
+    from oauth2_broker_mw._core.model import ScopeSet
+    from oauth2_broker_mw._core.model import Secret
+    from oauth2_broker_mw._core.model import TokenRecord
     from oauth2_broker_mw.refresher import Refresher
     from oauth2_broker_mw.stores import MemoryStore
 

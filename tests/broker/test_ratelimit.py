@@ -14,22 +14,30 @@ from typing import Any
 import pytest
 from _fakes import FakeClock
 
-from oauth2_broker_mw import Broker, RateLimited, TransientProviderError, TransportError
-from oauth2_broker_mw._core.effects import (
-    BackoffUntil,
-    CountCalls,
-    Emit,
-    HttpResponse,
-    SetBackoff,
-    Sleep,
-    TakeToken,
-)
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import RateLimited
+from oauth2_broker_mw import TransientProviderError
+from oauth2_broker_mw import TransportError
+from oauth2_broker_mw._core.effects import BackoffUntil
+from oauth2_broker_mw._core.effects import CountCalls
+from oauth2_broker_mw._core.effects import Emit
+from oauth2_broker_mw._core.effects import HttpResponse
+from oauth2_broker_mw._core.effects import SetBackoff
+from oauth2_broker_mw._core.effects import Sleep
+from oauth2_broker_mw._core.effects import TakeToken
 from oauth2_broker_mw._core.errors import StoreUnavailable
 from oauth2_broker_mw._core.events import Event
 from oauth2_broker_mw._core.events import RateLimited as RateLimitedEvent
-from oauth2_broker_mw._core.ratelimit import after_token_response, before_token_request
-from oauth2_broker_mw.ratelimit import Allow, Backoff, Delay, Deny, RateLimitCall, TokenBucket
-from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
+from oauth2_broker_mw._core.ratelimit import after_token_response
+from oauth2_broker_mw._core.ratelimit import before_token_request
+from oauth2_broker_mw.ratelimit import Allow
+from oauth2_broker_mw.ratelimit import Backoff
+from oauth2_broker_mw.ratelimit import Delay
+from oauth2_broker_mw.ratelimit import Deny
+from oauth2_broker_mw.ratelimit import RateLimitCall
+from oauth2_broker_mw.ratelimit import TokenBucket
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import SQLiteStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 T0 = 1_900_000_000.0
@@ -433,7 +441,8 @@ def test_failures_zero_turns_the_breaker_off(provider: MockProvider) -> None:
 def test_a_registry_shares_the_backoff_and_keeps_a_budget_per_tenant(
     provider: MockProvider,
 ) -> None:
-    from oauth2_broker_mw import Registration, Registry
+    from oauth2_broker_mw import Registration
+    from oauth2_broker_mw import Registry
 
     clock = FakeClock(T0)
     registrations = {
@@ -479,7 +488,9 @@ def test_a_registry_shares_the_backoff_and_keeps_a_budget_per_tenant(
 
 
 def test_a_backed_off_refresh_serves_the_still_valid_token(provider: MockProvider) -> None:
-    from oauth2_broker_mw import ScopeSet, Secret, TokenRecord
+    from oauth2_broker_mw import ScopeSet
+    from oauth2_broker_mw import Secret
+    from oauth2_broker_mw import TokenRecord
 
     clock = FakeClock(T0)
     store = MemoryStore(clock=clock)
@@ -511,7 +522,9 @@ def test_a_backed_off_refresh_serves_the_still_valid_token(provider: MockProvide
 def test_a_refused_refresh_is_one_rate_limited_event_not_a_refresh_failure(
     provider: MockProvider,
 ) -> None:
-    from oauth2_broker_mw import ScopeSet, Secret, TokenRecord
+    from oauth2_broker_mw import ScopeSet
+    from oauth2_broker_mw import Secret
+    from oauth2_broker_mw import TokenRecord
     from oauth2_broker_mw._core.events import RefreshFailed
 
     clock = FakeClock(T0)

@@ -7,9 +7,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from _fakes import FakeClock, login
+from _fakes import FakeClock
+from _fakes import login
 
-from oauth2_broker_mw import AuthorizationRequired, Broker, ProviderError
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import ProviderError
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 TENANT, USER, SCOPES = "acme", "alice", ["openid"]

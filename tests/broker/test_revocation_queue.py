@@ -12,37 +12,35 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _fakes import FakeClock, login
-from _services import (
-    postgres_drop_schema,
-    redis_cleanup,
-    require_postgres,
-    require_redis,
-    unique_name,
-)
+from _fakes import FakeClock
+from _fakes import login
+from _services import postgres_drop_schema
+from _services import redis_cleanup
+from _services import require_postgres
+from _services import require_redis
+from _services import unique_name
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    Broker,
-    InvalidIdentifier,
-    MemoryStore,
-    SQLiteStore,
-    TokenRecord,
-    TokenStore,
-)
-from oauth2_broker_mw._core.model import REVOCATION_PRINCIPAL, REVOCATION_TENANT
-from oauth2_broker_mw.broker import RevocationDrain, RevocationRetry
-from oauth2_broker_mw.events import (
-    ConnectionRevoked,
-    Event,
-    RevocationDropped,
-    RevocationQueued,
-)
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import InvalidIdentifier
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import TokenRecord
+from oauth2_broker_mw import TokenStore
+from oauth2_broker_mw._core.model import REVOCATION_PRINCIPAL
+from oauth2_broker_mw._core.model import REVOCATION_TENANT
+from oauth2_broker_mw.broker import RevocationDrain
+from oauth2_broker_mw.broker import RevocationRetry
+from oauth2_broker_mw.events import ConnectionRevoked
+from oauth2_broker_mw.events import Event
+from oauth2_broker_mw.events import RevocationDropped
+from oauth2_broker_mw.events import RevocationQueued
 from oauth2_broker_mw.refresher import Refresher
 from oauth2_broker_mw.stores.encrypted import EncryptedStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider

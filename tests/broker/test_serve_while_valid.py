@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _fakes import FakeClock, login
+from _fakes import FakeClock
+from _fakes import login
 
-from oauth2_broker_mw import Broker, TransientProviderError
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import TransientProviderError
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 TENANT, USER, SCOPES = "acme", "alice", ["openid", "email"]

@@ -10,22 +10,21 @@ from __future__ import annotations
 
 import sqlite3
 import urllib.parse
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from _fakes import FakeClock
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    Broker,
-    BrokerAuth,
-    ConfigurationError,
-    CorruptRecord,
-    MemoryStore,
-    SQLiteStore,
-)
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import BrokerAuth
+from oauth2_broker_mw import ConfigurationError
+from oauth2_broker_mw import CorruptRecord
+from oauth2_broker_mw import MemoryStore
+from oauth2_broker_mw import SQLiteStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 TENANT, USER, SCOPES = "acme", "alice", ["openid", "email"]

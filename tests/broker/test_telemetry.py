@@ -7,7 +7,8 @@ import json
 import pytest
 from _services import require_module
 
-from oauth2_broker_mw import AuthorizationRequired, Broker
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
 from oauth2_broker_mw.telemetry import Telemetry
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
@@ -15,9 +16,7 @@ sdk_trace = require_module("opentelemetry.sdk.trace", "otel")
 from opentelemetry.sdk.metrics import MeterProvider  # noqa: E402
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader  # noqa: E402
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor  # noqa: E402
-from opentelemetry.sdk.trace.export.in_memory_span_exporter import (  # noqa: E402
-    InMemorySpanExporter,
-)
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter  # noqa: E402
 
 
 def test_spans_and_counters_carry_no_secrets() -> None:

@@ -12,12 +12,14 @@ import asyncio
 import threading
 import time
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler
+from http.server import ThreadingHTTPServer
 from typing import Any
 
 import pytest
 
-from oauth2_broker_mw._core.errors import ConfigurationError, TransportError
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import TransportError
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw._drivers import SyncDriver
 from oauth2_broker_mw.broker import Broker

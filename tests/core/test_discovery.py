@@ -7,7 +7,9 @@ from typing import Any
 
 import pytest
 
-from oauth2_broker_mw import Broker, ConfigurationError, discover
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import ConfigurationError
+from oauth2_broker_mw import discover
 from oauth2_broker_mw.discovery import adiscover
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 

@@ -14,23 +14,34 @@ import json
 import logging
 import time
 import urllib.parse
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import httpx2
 import pytest
 import requests
-from auth.test_auth_support import CLIENTS, Driver, Recorder
-from joserfc import jws, jwt
-from joserfc.jwk import ECKey, JWKRegistry
+from auth.test_auth_support import CLIENTS
+from auth.test_auth_support import Driver
+from auth.test_auth_support import Recorder
+from joserfc import jws
+from joserfc import jwt
+from joserfc.jwk import ECKey
+from joserfc.jwk import JWKRegistry
 
-from oauth2_broker_mw._core.dpop import DPoPKey, htu, make_proof, thumbprint
-from oauth2_broker_mw._core.errors import ConfigurationError, UnsupportedTokenType
+from oauth2_broker_mw._core.dpop import DPoPKey
+from oauth2_broker_mw._core.dpop import htu
+from oauth2_broker_mw._core.dpop import make_proof
+from oauth2_broker_mw._core.dpop import thumbprint
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import UnsupportedTokenType
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.auth import BrokerAuth
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.testing._mock_transport import LoopThread, serve_app
+from oauth2_broker_mw.testing._mock_transport import LoopThread
+from oauth2_broker_mw.testing._mock_transport import serve_app
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 CLIENT_ID, CLIENT_SECRET = "test-client", "test-secret"

@@ -7,7 +7,11 @@ import asyncio
 import pytest
 
 from oauth2_broker_mw._core.model import Secret
-from oauth2_broker_mw._driver import Call, Calls, arun_calls, call, run_calls
+from oauth2_broker_mw._driver import Call
+from oauth2_broker_mw._driver import Calls
+from oauth2_broker_mw._driver import arun_calls
+from oauth2_broker_mw._driver import call
+from oauth2_broker_mw._driver import run_calls
 
 
 class Lookup:

@@ -9,9 +9,13 @@ from typing import cast
 import pytest
 
 from oauth2_broker_mw._core import effects
-from oauth2_broker_mw._core.effects import CompareAndSwap, StoreOp, store_call
+from oauth2_broker_mw._core.effects import CompareAndSwap
+from oauth2_broker_mw._core.effects import StoreOp
+from oauth2_broker_mw._core.effects import store_call
 from oauth2_broker_mw._core.model import TokenRecord
-from oauth2_broker_mw.stores.base import Offboarding, ProviderGate, TokenStore
+from oauth2_broker_mw.stores.base import Offboarding
+from oauth2_broker_mw.stores.base import ProviderGate
+from oauth2_broker_mw.stores.base import TokenStore
 
 STORE_EFFECTS = [
     cls

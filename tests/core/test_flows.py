@@ -14,40 +14,36 @@ from typing import Any
 
 import pytest
 
-from oauth2_broker_mw import (
-    AuthorizationFlowError,
-    AuthorizationRequired,
-    InvalidGrant,
-    ProviderDescriptor,
-    RefreshTimeout,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TokenRecord,
-)
-from oauth2_broker_mw._core.effects import (
-    BackoffUntil,
-    DropUnsaved,
-    Emit,
-    HttpRequest,
-    HttpResponse,
-    Now,
-    PeekUnsaved,
-    SetBackoff,
-    Sleep,
-    StoreOp,
-    TakeToken,
-)
-from oauth2_broker_mw._core.flows import (
-    FlowConfig,
-    RevocationDrain,
-    drain_revocations_flow,
-    exchange_code_flow,
-    obtain_flow,
-    revoke_flow,
-    start_authorization_flow,
-)
-from oauth2_broker_mw._core.model import PendingAuthorization, PrincipalId, TenantId
+from oauth2_broker_mw import AuthorizationFlowError
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import InvalidGrant
+from oauth2_broker_mw import ProviderDescriptor
+from oauth2_broker_mw import RefreshTimeout
+from oauth2_broker_mw import ScopeSet
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw import StoreKey
+from oauth2_broker_mw import TokenRecord
+from oauth2_broker_mw._core.effects import BackoffUntil
+from oauth2_broker_mw._core.effects import DropUnsaved
+from oauth2_broker_mw._core.effects import Emit
+from oauth2_broker_mw._core.effects import HttpRequest
+from oauth2_broker_mw._core.effects import HttpResponse
+from oauth2_broker_mw._core.effects import Now
+from oauth2_broker_mw._core.effects import PeekUnsaved
+from oauth2_broker_mw._core.effects import SetBackoff
+from oauth2_broker_mw._core.effects import Sleep
+from oauth2_broker_mw._core.effects import StoreOp
+from oauth2_broker_mw._core.effects import TakeToken
+from oauth2_broker_mw._core.flows import FlowConfig
+from oauth2_broker_mw._core.flows import RevocationDrain
+from oauth2_broker_mw._core.flows import drain_revocations_flow
+from oauth2_broker_mw._core.flows import exchange_code_flow
+from oauth2_broker_mw._core.flows import obtain_flow
+from oauth2_broker_mw._core.flows import revoke_flow
+from oauth2_broker_mw._core.flows import start_authorization_flow
+from oauth2_broker_mw._core.model import PendingAuthorization
+from oauth2_broker_mw._core.model import PrincipalId
+from oauth2_broker_mw._core.model import TenantId
 from oauth2_broker_mw._core.policy import RefreshPolicy
 from oauth2_broker_mw._core.provider import ClientConfig
 

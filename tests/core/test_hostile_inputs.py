@@ -10,22 +10,21 @@ import pytest
 
 from oauth2_broker_mw._core import jsonsafe
 from oauth2_broker_mw._core.effects import HttpResponse
-from oauth2_broker_mw._core.errors import (
-    AuthorizationFlowError,
-    BrokerError,
-    ConfigurationError,
-    CorruptRecord,
-    MalformedResponse,
-    TransientProviderError,
-)
-from oauth2_broker_mw._core.model import PendingAuthorization, Secret, TokenRecord
-from oauth2_broker_mw._core.oauth import (
-    classify_error,
-    parse_retry_after,
-    parse_token_response,
-    verify_id_token,
-)
-from oauth2_broker_mw._core.provider import ProviderDescriptor, parse_metadata
+from oauth2_broker_mw._core.errors import AuthorizationFlowError
+from oauth2_broker_mw._core.errors import BrokerError
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import CorruptRecord
+from oauth2_broker_mw._core.errors import MalformedResponse
+from oauth2_broker_mw._core.errors import TransientProviderError
+from oauth2_broker_mw._core.model import PendingAuthorization
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import TokenRecord
+from oauth2_broker_mw._core.oauth import classify_error
+from oauth2_broker_mw._core.oauth import parse_retry_after
+from oauth2_broker_mw._core.oauth import parse_token_response
+from oauth2_broker_mw._core.oauth import verify_id_token
+from oauth2_broker_mw._core.provider import ProviderDescriptor
+from oauth2_broker_mw._core.provider import parse_metadata
 
 DESC = ProviderDescriptor(
     id="idp",

@@ -9,67 +9,69 @@ import json
 import re
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import parse_qs, parse_qsl, unquote_plus, urlsplit
+from urllib.parse import parse_qs
+from urllib.parse import parse_qsl
+from urllib.parse import unquote_plus
+from urllib.parse import urlsplit
 
 import pytest
 from joserfc import jwt
 from joserfc.errors import JoseError
-from joserfc.jwk import ECKey, KeySet, OctKey, RSAKey
+from joserfc.jwk import ECKey
+from joserfc.jwk import KeySet
+from joserfc.jwk import OctKey
+from joserfc.jwk import RSAKey
 
-from oauth2_broker_mw._core.effects import HttpRequest, HttpResponse
-from oauth2_broker_mw._core.errors import (
-    AuthorizationFlowError,
-    BrokerError,
-    ConfigurationError,
-    InvalidClient,
-    InvalidGrant,
-    InvalidScopeError,
-    MalformedResponse,
-    ProviderError,
-    TransientProviderError,
-    UnauthorizedClient,
-    UnsupportedTokenType,
-)
-from oauth2_broker_mw._core.model import ScopeSet, Secret
-from oauth2_broker_mw._core.oauth import (
-    CLIENT_ASSERTION_TYPE,
-    MAX_TTL,
-    Introspection,
-    TokenResponse,
-    authorization_code_params,
-    authorization_params,
-    authorization_url,
-    callback_metadata,
-    classify_error,
-    client_credentials_params,
-    discovery_request,
-    effective_scopes,
-    introspection_request,
-    metadata_urls,
-    new_nonce,
-    new_pkce_pair,
-    new_state,
-    par_authorization_url,
-    parse_introspection_response,
-    parse_par_response,
-    parse_token_response,
-    parse_www_authenticate,
-    pushed_authorization_request,
-    refresh_params,
-    revocation_request,
-    s256_challenge,
-    token_request,
-    verify_id_token,
-)
-from oauth2_broker_mw._core.provider import (
-    BodyFormat,
-    ClientAuthMethod,
-    ClientConfig,
-    ExpiryPolicy,
-    GrantType,
-    PkceMode,
-    ProviderDescriptor,
-)
+from oauth2_broker_mw._core.effects import HttpRequest
+from oauth2_broker_mw._core.effects import HttpResponse
+from oauth2_broker_mw._core.errors import AuthorizationFlowError
+from oauth2_broker_mw._core.errors import BrokerError
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import InvalidClient
+from oauth2_broker_mw._core.errors import InvalidGrant
+from oauth2_broker_mw._core.errors import InvalidScopeError
+from oauth2_broker_mw._core.errors import MalformedResponse
+from oauth2_broker_mw._core.errors import ProviderError
+from oauth2_broker_mw._core.errors import TransientProviderError
+from oauth2_broker_mw._core.errors import UnauthorizedClient
+from oauth2_broker_mw._core.errors import UnsupportedTokenType
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.oauth import CLIENT_ASSERTION_TYPE
+from oauth2_broker_mw._core.oauth import MAX_TTL
+from oauth2_broker_mw._core.oauth import Introspection
+from oauth2_broker_mw._core.oauth import TokenResponse
+from oauth2_broker_mw._core.oauth import authorization_code_params
+from oauth2_broker_mw._core.oauth import authorization_params
+from oauth2_broker_mw._core.oauth import authorization_url
+from oauth2_broker_mw._core.oauth import callback_metadata
+from oauth2_broker_mw._core.oauth import classify_error
+from oauth2_broker_mw._core.oauth import client_credentials_params
+from oauth2_broker_mw._core.oauth import discovery_request
+from oauth2_broker_mw._core.oauth import effective_scopes
+from oauth2_broker_mw._core.oauth import introspection_request
+from oauth2_broker_mw._core.oauth import metadata_urls
+from oauth2_broker_mw._core.oauth import new_nonce
+from oauth2_broker_mw._core.oauth import new_pkce_pair
+from oauth2_broker_mw._core.oauth import new_state
+from oauth2_broker_mw._core.oauth import par_authorization_url
+from oauth2_broker_mw._core.oauth import parse_introspection_response
+from oauth2_broker_mw._core.oauth import parse_par_response
+from oauth2_broker_mw._core.oauth import parse_token_response
+from oauth2_broker_mw._core.oauth import parse_www_authenticate
+from oauth2_broker_mw._core.oauth import pushed_authorization_request
+from oauth2_broker_mw._core.oauth import refresh_params
+from oauth2_broker_mw._core.oauth import revocation_request
+from oauth2_broker_mw._core.oauth import s256_challenge
+from oauth2_broker_mw._core.oauth import token_request
+from oauth2_broker_mw._core.oauth import verify_id_token
+from oauth2_broker_mw._core.provider import BodyFormat
+from oauth2_broker_mw._core.provider import ClientAuthMethod
+from oauth2_broker_mw._core.provider import ClientConfig
+from oauth2_broker_mw._core.provider import ExpiryPolicy
+from oauth2_broker_mw._core.provider import GrantType
+from oauth2_broker_mw._core.provider import PkceMode
+from oauth2_broker_mw._core.provider import ProviderDescriptor
 
 NOW = 1_700_000_000.0
 TOKEN_URL = "https://idp.example/oauth/token"

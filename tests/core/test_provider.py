@@ -11,17 +11,15 @@ import pytest
 
 from oauth2_broker_mw._core.errors import ConfigurationError
 from oauth2_broker_mw._core.model import Secret
-from oauth2_broker_mw._core.provider import (
-    BodyFormat,
-    ClientAuthMethod,
-    ClientConfig,
-    ExpiryPolicy,
-    GrantType,
-    PkceMode,
-    ProviderDescriptor,
-    is_allowed_endpoint,
-    parse_metadata,
-)
+from oauth2_broker_mw._core.provider import BodyFormat
+from oauth2_broker_mw._core.provider import ClientAuthMethod
+from oauth2_broker_mw._core.provider import ClientConfig
+from oauth2_broker_mw._core.provider import ExpiryPolicy
+from oauth2_broker_mw._core.provider import GrantType
+from oauth2_broker_mw._core.provider import PkceMode
+from oauth2_broker_mw._core.provider import ProviderDescriptor
+from oauth2_broker_mw._core.provider import is_allowed_endpoint
+from oauth2_broker_mw._core.provider import parse_metadata
 
 BASE: dict[str, Any] = {
     "id": "acme-idp",

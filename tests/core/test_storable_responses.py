@@ -12,7 +12,10 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _services import postgres_drop_schema, require_module, require_postgres, unique_name
+from _services import postgres_drop_schema
+from _services import require_module
+from _services import require_postgres
+from _services import unique_name
 
 from oauth2_broker_mw._core import jsonsafe
 from oauth2_broker_mw._core.effects import HttpResponse

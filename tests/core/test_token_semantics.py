@@ -12,19 +12,22 @@ import asyncio
 import json
 import logging
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs
+from urllib.parse import urlsplit
 
 import pytest
 
 from oauth2_broker_mw._core.effects import HttpResponse
-from oauth2_broker_mw._core.errors import (
-    AuthorizationFlowError,
-    MalformedResponse,
-    UnsupportedTokenType,
-)
-from oauth2_broker_mw._core.model import ScopeSet, Secret
-from oauth2_broker_mw._core.oauth import authorization_url, parse_token_response
-from oauth2_broker_mw._core.provider import ClientConfig, PkceMode, ProviderDescriptor
+from oauth2_broker_mw._core.errors import AuthorizationFlowError
+from oauth2_broker_mw._core.errors import MalformedResponse
+from oauth2_broker_mw._core.errors import UnsupportedTokenType
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.oauth import authorization_url
+from oauth2_broker_mw._core.oauth import parse_token_response
+from oauth2_broker_mw._core.provider import ClientConfig
+from oauth2_broker_mw._core.provider import PkceMode
+from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.presets import preset
 from oauth2_broker_mw.testing.mock_provider import MockProvider
@@ -318,7 +321,8 @@ def test_duplicate_members_in_metadata_are_a_configuration_error() -> None:
 
 # -- 4. scope: a narrower grant is an error for lease(scopes=...), a broader one a warning ------
 def test_narrower_grant_than_asked_is_insufficient_scope(lease: Any) -> None:
-    from oauth2_broker_mw._core.errors import BrokerError, InsufficientScope
+    from oauth2_broker_mw._core.errors import BrokerError
+    from oauth2_broker_mw._core.errors import InsufficientScope
 
     with MockProvider() as provider:
         provider.quirks.narrow_scopes = frozenset({"write"})

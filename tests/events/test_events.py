@@ -20,24 +20,20 @@ from typing import Any
 import pytest
 from _fakes import FakeClock
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    Broker,
-    ConfigurationError,
-    SQLiteStore,
-    TransientProviderError,
-)
-from oauth2_broker_mw.events import (
-    ConnectionRevoked,
-    Event,
-    EventBus,
-    LockContended,
-    ReauthorizationRequired,
-    RefreshFailed,
-    TokenIssued,
-    TokenRefreshed,
-    WebhookSink,
-)
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import ConfigurationError
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import TransientProviderError
+from oauth2_broker_mw.events import ConnectionRevoked
+from oauth2_broker_mw.events import Event
+from oauth2_broker_mw.events import EventBus
+from oauth2_broker_mw.events import LockContended
+from oauth2_broker_mw.events import ReauthorizationRequired
+from oauth2_broker_mw.events import RefreshFailed
+from oauth2_broker_mw.events import TokenIssued
+from oauth2_broker_mw.events import TokenRefreshed
+from oauth2_broker_mw.events import WebhookSink
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 TENANT, USER = "acme", "alice"
@@ -333,7 +329,9 @@ def test_webhook_gives_up_after_retries(clock: FakeClock) -> None:
 def test_registry_subscribe_sees_every_tenants_events(
     provider: MockProvider, clock: FakeClock
 ) -> None:
-    from oauth2_broker_mw import MemoryStore, Registration, Registry
+    from oauth2_broker_mw import MemoryStore
+    from oauth2_broker_mw import Registration
+    from oauth2_broker_mw import Registry
 
     def registration() -> Registration:
         return Registration(

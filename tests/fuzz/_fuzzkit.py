@@ -16,10 +16,12 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck
+from hypothesis import settings
 from hypothesis import strategies as st
 
-from oauth2_broker_mw._core.errors import BrokerError, ProviderError
+from oauth2_broker_mw._core.errors import BrokerError
+from oauth2_broker_mw._core.errors import ProviderError
 
 # Tokens look like tokens: long runs of the token alphabet (what redaction must recognise).
 MARKER_AT = "mkrAT-7Qx2Lp9Vb4Nc8Zd1Wf6Hj3Ks5Ty0Ug"

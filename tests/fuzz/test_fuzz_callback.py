@@ -30,18 +30,28 @@ import io
 import json
 import re
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qsl, quote, quote_plus, urlsplit
+from urllib.parse import parse_qsl
+from urllib.parse import quote
+from urllib.parse import quote_plus
+from urllib.parse import urlsplit
 
 import pytest
-from _fuzzkit import FUZZ, MARKER_CODE, MARKER_STATE
-from hypothesis import event, given
+from _fuzzkit import FUZZ
+from _fuzzkit import MARKER_CODE
+from _fuzzkit import MARKER_STATE
+from hypothesis import event
+from hypothesis import given
 from hypothesis import strategies as st
 
-from oauth2_broker_mw import Broker, middleware
-from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware, subdomain_tenant
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import middleware
+from oauth2_broker_mw.middleware import BrokerMiddleware
+from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
+from oauth2_broker_mw.middleware import subdomain_tenant
 from oauth2_broker_mw.stores.memory import MemoryStore
 from oauth2_broker_mw.testing import MockQuirks
 from oauth2_broker_mw.testing.mock_provider import MockProvider

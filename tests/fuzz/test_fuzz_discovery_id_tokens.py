@@ -11,14 +11,20 @@ import base64
 import json
 from typing import Any
 
-from _fuzzkit import FUZZ, MARKER_AT, MARKER_ID, check, dumps, hostile_value
+from _fuzzkit import FUZZ
+from _fuzzkit import MARKER_AT
+from _fuzzkit import MARKER_ID
+from _fuzzkit import check
+from _fuzzkit import dumps
+from _fuzzkit import hostile_value
 from hypothesis import given
 from hypothesis import strategies as st
 from joserfc import jwt
 from joserfc.jwk import RSAKey
 
 from oauth2_broker_mw._core.oauth import verify_id_token
-from oauth2_broker_mw._core.provider import ProviderDescriptor, parse_metadata
+from oauth2_broker_mw._core.provider import ProviderDescriptor
+from oauth2_broker_mw._core.provider import parse_metadata
 
 NOW = 1_700_000_000.0
 ISSUER = "https://idp.example"

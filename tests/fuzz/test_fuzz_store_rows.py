@@ -14,31 +14,29 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from _fuzzkit import (
-    FUZZ,
-    MARKER_AT,
-    MARKER_CS,
-    MARKER_RT,
-    MARKER_STATE,
-    check,
-    dumps,
-    hostile_value,
-)
+from _fuzzkit import FUZZ
+from _fuzzkit import MARKER_AT
+from _fuzzkit import MARKER_CS
+from _fuzzkit import MARKER_RT
+from _fuzzkit import MARKER_STATE
+from _fuzzkit import check
+from _fuzzkit import dumps
+from _fuzzkit import hostile_value
 from hypothesis import given
 from hypothesis import strategies as st
 
-from oauth2_broker_mw import Broker, SQLiteStore
-from oauth2_broker_mw._core.errors import AuthorizationRequired, CorruptRecord
-from oauth2_broker_mw._core.model import (
-    PendingAuthorization,
-    PrincipalId,
-    ProviderId,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw._core.errors import AuthorizationRequired
+from oauth2_broker_mw._core.errors import CorruptRecord
+from oauth2_broker_mw._core.model import PendingAuthorization
+from oauth2_broker_mw._core.model import PrincipalId
+from oauth2_broker_mw._core.model import ProviderId
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TenantId
+from oauth2_broker_mw._core.model import TokenRecord
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 
 NOW = 1_700_000_000.0

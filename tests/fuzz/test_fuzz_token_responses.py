@@ -12,21 +12,27 @@ from __future__ import annotations
 import math
 
 import pytest
-from _fuzzkit import FUZZ, HEADERS, STATUS, body_bytes, check, leaked, token_members
+from _fuzzkit import FUZZ
+from _fuzzkit import HEADERS
+from _fuzzkit import STATUS
+from _fuzzkit import body_bytes
+from _fuzzkit import check
+from _fuzzkit import leaked
+from _fuzzkit import token_members
 from hypothesis import given
 from hypothesis import strategies as st
 
 from oauth2_broker_mw._core import jsonsafe
 from oauth2_broker_mw._core.effects import HttpResponse
-from oauth2_broker_mw._core.model import ScopeSet, StoreKey, TokenRecord
-from oauth2_broker_mw._core.oauth import (
-    MAX_TTL,
-    TokenResponse,
-    classify_error,
-    parse_introspection_response,
-    parse_par_response,
-    parse_token_response,
-)
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TokenRecord
+from oauth2_broker_mw._core.oauth import MAX_TTL
+from oauth2_broker_mw._core.oauth import TokenResponse
+from oauth2_broker_mw._core.oauth import classify_error
+from oauth2_broker_mw._core.oauth import parse_introspection_response
+from oauth2_broker_mw._core.oauth import parse_par_response
+from oauth2_broker_mw._core.oauth import parse_token_response
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 
 NOW = 1_700_000_000.0

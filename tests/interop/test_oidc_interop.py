@@ -26,11 +26,14 @@ import secrets
 import shutil
 import subprocess
 import threading
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-from urllib.parse import parse_qs, urljoin, urlsplit
+from urllib.parse import parse_qs
+from urllib.parse import urljoin
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
@@ -448,7 +451,8 @@ def test_login_and_call_through_the_wsgi_middleware(
     broker: Broker, oidc_provider: OIDCProvider
 ) -> None:
     """The sync path end to end (Flask, BrokerWSGIMiddleware) against the real provider."""
-    from flask import Flask, request
+    from flask import Flask
+    from flask import request
 
     from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
 

@@ -14,7 +14,8 @@ from __future__ import annotations
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl
+from urllib.parse import urlsplit
 
 import pytest
 from _fakes import FakeClock
@@ -24,7 +25,8 @@ from starlette.responses import JSONResponse
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from oauth2_broker_mw import Broker, SQLiteStore
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import SQLiteStore
 from oauth2_broker_mw.middleware import BrokerMiddleware
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 

@@ -110,7 +110,8 @@ def test_werkzeug_dev_server_log(
 def test_django_runserver_log(
     redacting: RedactOAuthQuery, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from django.core.servers.basehttp import WSGIRequestHandler, WSGIServer
+    from django.core.servers.basehttp import WSGIRequestHandler
+    from django.core.servers.basehttp import WSGIServer
 
     server = WSGIServer(("127.0.0.1", 0), WSGIRequestHandler)
     server.set_app(_wsgi_app)

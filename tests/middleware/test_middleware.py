@@ -12,18 +12,25 @@ import logging
 import sys
 import time
 import types
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
-from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+from urllib.parse import parse_qsl
+from urllib.parse import urlencode
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 import httpx2
 import pytest
 from _fakes import FakeClock
 from fastapi import Request as FastAPIRequest
 
-from oauth2_broker_mw import AuthorizationRequired, Broker
-from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw.middleware import BrokerMiddleware
+from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
 from oauth2_broker_mw.testing import MockQuirks
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
@@ -116,7 +123,9 @@ def _fastapi_app(options: dict[str, Any], mp: MockProvider) -> Any:
 
 
 def _flask_app(options: dict[str, Any], mp: MockProvider) -> Any:
-    from flask import Flask, jsonify, request
+    from flask import Flask
+    from flask import jsonify
+    from flask import request
 
     app = Flask("obm_test_flask")
 

@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import PlainTextResponse, StreamingResponse
-from starlette.routing import Route, WebSocketRoute
+from starlette.responses import PlainTextResponse
+from starlette.responses import StreamingResponse
+from starlette.routing import Route
+from starlette.routing import WebSocketRoute
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocket
 
-from oauth2_broker_mw import AuthorizationRequired, Broker
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
 from oauth2_broker_mw.middleware import BrokerMiddleware
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 

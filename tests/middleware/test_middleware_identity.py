@@ -10,8 +10,10 @@ two workers share only the store.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Iterator
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
@@ -19,17 +21,18 @@ from urllib.parse import urlencode
 import httpx2
 import pytest
 from _fakes import FakeClock
-from _services import (
-    postgres_drop_schema,
-    redis_cleanup,
-    require_module,
-    require_postgres,
-    require_redis,
-    unique_name,
-)
+from _services import postgres_drop_schema
+from _services import redis_cleanup
+from _services import require_module
+from _services import require_postgres
+from _services import require_redis
+from _services import unique_name
 
-from oauth2_broker_mw import Broker, StorageError, TenantId
-from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import StorageError
+from oauth2_broker_mw import TenantId
+from oauth2_broker_mw.middleware import BrokerMiddleware
+from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
 from oauth2_broker_mw.stores.base import TokenStore
 from oauth2_broker_mw.stores.memory import MemoryStore
 from oauth2_broker_mw.testing.mock_provider import MockProvider
@@ -84,7 +87,9 @@ def _starlette_app(options: dict[str, Any]) -> Any:
 
 
 def _flask_app(options: dict[str, Any]) -> Any:
-    from flask import Flask, jsonify, request
+    from flask import Flask
+    from flask import jsonify
+    from flask import request
 
     app = Flask("obm_identity_test")
 
@@ -589,7 +594,8 @@ def registry_app(world: World) -> tuple[Any, _CountingStore]:
 def _registry_app(
     world: World, extra: tuple[tuple[str, str], ...] = (), **options: Any
 ) -> tuple[Any, _CountingStore]:
-    from oauth2_broker_mw import Registration, Registry
+    from oauth2_broker_mw import Registration
+    from oauth2_broker_mw import Registry
     from oauth2_broker_mw.middleware import path_prefix_tenant
 
     mp = world.providers["honest"]

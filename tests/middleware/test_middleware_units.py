@@ -7,16 +7,17 @@ from typing import Any
 
 import pytest
 
-from oauth2_broker_mw import Broker, ConfigurationError, Secret
-from oauth2_broker_mw.middleware import (
-    BrokerMiddleware,
-    BrokerRequest,
-    BrokerWSGIMiddleware,
-    header_tenant,
-    path_prefix_tenant,
-    subdomain_tenant,
-)
-from oauth2_broker_mw.middleware._cookies import CookieSealer, parse_cookie_header
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import ConfigurationError
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw.middleware import BrokerMiddleware
+from oauth2_broker_mw.middleware import BrokerRequest
+from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
+from oauth2_broker_mw.middleware import header_tenant
+from oauth2_broker_mw.middleware import path_prefix_tenant
+from oauth2_broker_mw.middleware import subdomain_tenant
+from oauth2_broker_mw.middleware._cookies import CookieSealer
+from oauth2_broker_mw.middleware._cookies import parse_cookie_header
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 KEY = "unit-test-secret-" + "Qm9x7Lr2Vt8Zp4Hs1Kw6Nd3Jy5Bc0Fg"
@@ -196,7 +197,8 @@ def test_middleware_repr_shows_no_secret(broker: Broker) -> None:
 
 
 def test_reprs_of_internal_responses_hide_cookies_and_state(broker: Broker) -> None:
-    from oauth2_broker_mw.middleware._core import Response, drive
+    from oauth2_broker_mw.middleware._core import Response
+    from oauth2_broker_mw.middleware._core import drive
 
     middleware = BrokerMiddleware(
         lambda *a: None, brokers={"acme": broker}, secret_key=KEY, base_url="https://a.example"
@@ -245,7 +247,8 @@ def test_public_names_of_the_middleware_package() -> None:
 
 
 def test_providers_without_configured_scopes_use_the_descriptors_defaults() -> None:
-    from oauth2_broker_mw.middleware._core import Response, drive
+    from oauth2_broker_mw.middleware._core import Response
+    from oauth2_broker_mw.middleware._core import drive
 
     mp = MockProvider()
     broker = Broker(

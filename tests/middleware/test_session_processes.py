@@ -21,7 +21,9 @@ from typing import Any
 
 import httpx2
 import pytest
-from _services import redis_cleanup, require_redis, unique_name
+from _services import redis_cleanup
+from _services import require_redis
+from _services import unique_name
 from _session_worker import build_app
 
 from oauth2_broker_mw.testing.mock_provider import MockProvider

@@ -10,20 +10,27 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
-from _services import (
-    postgres_drop_schema,
-    redis_cleanup,
-    require_postgres,
-    require_redis,
-    unique_name,
-)
+from _services import postgres_drop_schema
+from _services import redis_cleanup
+from _services import require_postgres
+from _services import require_redis
+from _services import unique_name
 
 from oauth2_broker_mw._core.errors import CorruptRecord
-from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId, TokenRecord
-from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TenantId
+from oauth2_broker_mw._core.model import TokenRecord
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import SQLiteStore
 from oauth2_broker_mw.stores.base import SEALED_REFRESH_TOKEN
-from oauth2_broker_mw.stores.encrypted import EncryptedStore, KeyRing, _pending_aad, _token_aad
-from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
+from oauth2_broker_mw.stores.encrypted import EncryptedStore
+from oauth2_broker_mw.stores.encrypted import KeyRing
+from oauth2_broker_mw.stores.encrypted import _pending_aad
+from oauth2_broker_mw.stores.encrypted import _token_aad
+from oauth2_broker_mw.testing.conformance import StoreConformance
+from oauth2_broker_mw.testing.conformance import make_pending
+from oauth2_broker_mw.testing.conformance import make_record
 
 KEY_1 = bytes(range(32))
 KEY_2 = bytes(range(100, 132))

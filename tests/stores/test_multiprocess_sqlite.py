@@ -18,23 +18,26 @@ import sqlite3
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from _mp_workers import CallerSpec, CallResult, SharedFloat, lease_once, run_callers
+from _mp_workers import CallerSpec
+from _mp_workers import CallResult
+from _mp_workers import SharedFloat
+from _mp_workers import lease_once
+from _mp_workers import run_callers
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    Broker,
-    ProviderDescriptor,
-    ScopeSet,
-    Secret,
-    SQLiteStore,
-    StoreKey,
-    TokenRecord,
-)
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import ProviderDescriptor
+from oauth2_broker_mw import ScopeSet
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import StoreKey
+from oauth2_broker_mw import TokenRecord
 from oauth2_broker_mw.testing import MockProvider
 
 CTX = multiprocessing.get_context("spawn")

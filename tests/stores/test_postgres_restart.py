@@ -11,10 +11,15 @@ import threading
 from collections.abc import Iterator
 
 import pytest
-from _own_services import ServerProcess, own_postgres, postgres_dsn
+from _own_services import ServerProcess
+from _own_services import own_postgres
+from _own_services import postgres_dsn
 from _services import require_module
 
-from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TokenRecord
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TokenRecord
 
 require_module("psycopg", "postgres")
 

@@ -8,28 +8,36 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
 
 import pytest
-from _services import (
-    POSTGRES_DSN,
-    TcpProxy,
-    postgres_drop_schema,
-    require_module,
-    require_postgres,
-    unique_name,
-)
+from _services import POSTGRES_DSN
+from _services import TcpProxy
+from _services import postgres_drop_schema
+from _services import require_module
+from _services import require_postgres
+from _services import unique_name
 
-from oauth2_broker_mw._core.errors import CorruptRecord, StorageError, StoreUnavailable
-from oauth2_broker_mw._core.model import Lease, ScopeSet, Secret, StoreKey, TenantId
+from oauth2_broker_mw._core.errors import CorruptRecord
+from oauth2_broker_mw._core.errors import StorageError
+from oauth2_broker_mw._core.errors import StoreUnavailable
+from oauth2_broker_mw._core.model import Lease
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TenantId
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
+from oauth2_broker_mw.testing.conformance import StoreConformance
+from oauth2_broker_mw.testing.conformance import make_pending
+from oauth2_broker_mw.testing.conformance import make_record
 
 psycopg = require_module("psycopg", "postgres")
 psycopg_pool = require_module("psycopg_pool", "postgres")
 
-from oauth2_broker_mw.stores.postgres import SCHEMA_VERSION, PostgresStore  # noqa: E402
+from oauth2_broker_mw.stores.postgres import SCHEMA_VERSION  # noqa: E402
+from oauth2_broker_mw.stores.postgres import PostgresStore  # noqa: E402
 
 pytestmark = pytest.mark.postgres
 

@@ -13,7 +13,8 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from _services import require_module, unique_name
+from _services import require_module
+from _services import unique_name
 
 from oauth2_broker_mw.stores import open_store
 from oauth2_broker_mw.stores.base import TokenStore
@@ -131,9 +132,11 @@ class TestRedisClusterStore(StoreConformance):
 
 
 def test_every_key_of_a_tenant_is_in_one_slot(cluster_url: str) -> None:
-    from redis.cluster import RedisCluster, key_slot
+    from redis.cluster import RedisCluster
+    from redis.cluster import key_slot
 
-    from oauth2_broker_mw._core.model import Secret, StoreKey
+    from oauth2_broker_mw._core.model import Secret
+    from oauth2_broker_mw._core.model import StoreKey
     from oauth2_broker_mw.testing.conformance import make_record
 
     prefix = unique_name("cl") + ":"
@@ -161,9 +164,7 @@ def test_every_key_of_a_tenant_is_in_one_slot(cluster_url: str) -> None:
 def test_the_cross_process_rotation_race_on_the_cluster(cluster_url: str) -> None:
     """The scale-out race (4 processes x 8 threads + 8 tasks, 25 rotating keys, 1 s tokens):
     one token request per key per expiry window, no reuse, no lost rotation."""
-    from test_scaleout_processes import (
-        test_one_token_request_per_key_per_expiry_window as race,
-    )
+    from test_scaleout_processes import test_one_token_request_per_key_per_expiry_window as race
 
     race(
         {

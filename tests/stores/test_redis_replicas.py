@@ -14,18 +14,18 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _services import require_module, require_redis, unique_name
+from _services import require_module
+from _services import require_redis
+from _services import unique_name
 
 from oauth2_broker_mw._core.errors import ConfigurationError
-from oauth2_broker_mw._core.model import (
-    PrincipalId,
-    ProviderId,
-    ScopeSet,
-    Secret,
-    StoreKey,
-    TenantId,
-    TokenRecord,
-)
+from oauth2_broker_mw._core.model import PrincipalId
+from oauth2_broker_mw._core.model import ProviderId
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TenantId
+from oauth2_broker_mw._core.model import TokenRecord
 
 require_module("redis", "redis")
 import redis  # noqa: E402

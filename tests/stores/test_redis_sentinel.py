@@ -15,14 +15,18 @@ import subprocess
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _services import require_module, unique_name
+from _services import require_module
+from _services import unique_name
 
 from oauth2_broker_mw._core.errors import BrokerError
-from oauth2_broker_mw._core.model import ScopeSet, Secret, TokenRecord
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import TokenRecord
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 

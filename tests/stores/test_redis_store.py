@@ -4,18 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from urllib.parse import urlsplit
 
 import pytest
-from _services import TcpProxy, redis_cleanup, require_module, require_redis, unique_name
+from _services import TcpProxy
+from _services import redis_cleanup
+from _services import require_module
+from _services import require_redis
+from _services import unique_name
 
 from oauth2_broker_mw._core.errors import StoreUnavailable
-from oauth2_broker_mw._core.model import ScopeSet, Secret, StoreKey, TenantId
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TenantId
 from oauth2_broker_mw._core.provider import ProviderDescriptor
 from oauth2_broker_mw.broker import Broker
-from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
+from oauth2_broker_mw.testing.conformance import StoreConformance
+from oauth2_broker_mw.testing.conformance import make_pending
+from oauth2_broker_mw.testing.conformance import make_record
 
 redis = require_module("redis", "redis")
 

@@ -34,16 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from _services import (
-    postgres_drop_schema,
-    redis_cleanup,
-    require_module,
-    require_postgres,
-    require_redis,
-    unique_name,
-)
+from _services import postgres_drop_schema
+from _services import redis_cleanup
+from _services import require_module
+from _services import require_postgres
+from _services import require_redis
+from _services import unique_name
 
-from oauth2_broker_mw._core.model import ScopeSet, Secret, TokenRecord
+from oauth2_broker_mw._core.model import ScopeSet
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import TokenRecord
 from oauth2_broker_mw.broker import Broker
 from oauth2_broker_mw.stores.base import TokenStore
 

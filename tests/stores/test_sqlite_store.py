@@ -9,21 +9,24 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
 
-from oauth2_broker_mw._core.errors import (
-    ConfigurationError,
-    CorruptRecord,
-    StorageError,
-    StoreUnavailable,
-)
-from oauth2_broker_mw._core.model import Secret, StoreKey, TenantId, TokenRecord
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import CorruptRecord
+from oauth2_broker_mw._core.errors import StorageError
+from oauth2_broker_mw._core.errors import StoreUnavailable
+from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.model import StoreKey
+from oauth2_broker_mw._core.model import TenantId
+from oauth2_broker_mw._core.model import TokenRecord
 from oauth2_broker_mw.stores import sqlite as sqlite_module
 from oauth2_broker_mw.stores.sqlite import SQLiteStore
-from oauth2_broker_mw.testing.conformance import make_pending, make_record
+from oauth2_broker_mw.testing.conformance import make_pending
+from oauth2_broker_mw.testing.conformance import make_record
 
 ACCESS = "at-SECRET-sqlite-5d2e"
 

@@ -9,10 +9,14 @@ from pathlib import Path
 import pytest
 from _fakes import FakeClock
 
-from oauth2_broker_mw._core.errors import ConfigurationError, CorruptRecord
+from oauth2_broker_mw._core.errors import ConfigurationError
+from oauth2_broker_mw._core.errors import CorruptRecord
 from oauth2_broker_mw._core.model import StoreKey
-from oauth2_broker_mw.stores import MemoryStore, SQLiteStore
-from oauth2_broker_mw.testing.conformance import StoreConformance, make_pending, make_record
+from oauth2_broker_mw.stores import MemoryStore
+from oauth2_broker_mw.stores import SQLiteStore
+from oauth2_broker_mw.testing.conformance import StoreConformance
+from oauth2_broker_mw.testing.conformance import make_pending
+from oauth2_broker_mw.testing.conformance import make_record
 
 
 class TestMemoryStore(StoreConformance):

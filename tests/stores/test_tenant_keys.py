@@ -11,25 +11,23 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from _services import postgres_drop_schema, require_postgres, unique_name
+from _services import postgres_drop_schema
+from _services import require_postgres
+from _services import unique_name
 
-from oauth2_broker_mw import (
-    AuthorizationRequired,
-    Broker,
-    CorruptRecord,
-    Secret,
-    SQLiteStore,
-    StoreKey,
-    TokenRecord,
-    TokenStore,
-)
+from oauth2_broker_mw import AuthorizationRequired
+from oauth2_broker_mw import Broker
+from oauth2_broker_mw import CorruptRecord
+from oauth2_broker_mw import Secret
+from oauth2_broker_mw import SQLiteStore
+from oauth2_broker_mw import StoreKey
+from oauth2_broker_mw import TokenRecord
+from oauth2_broker_mw import TokenStore
 from oauth2_broker_mw._core.model import ScopeSet
-from oauth2_broker_mw.stores.encrypted import (
-    EncryptedStore,
-    KeyRing,
-    TenantKeyDeleted,
-    envelope_key_id,
-)
+from oauth2_broker_mw.stores.encrypted import EncryptedStore
+from oauth2_broker_mw.stores.encrypted import KeyRing
+from oauth2_broker_mw.stores.encrypted import TenantKeyDeleted
+from oauth2_broker_mw.stores.encrypted import envelope_key_id
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
 RING = {"k1": b"k" * 32}

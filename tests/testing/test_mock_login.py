@@ -18,7 +18,8 @@ import httpx2
 import pytest
 
 from oauth2_broker_mw import Broker
-from oauth2_broker_mw.middleware import BrokerMiddleware, BrokerWSGIMiddleware
+from oauth2_broker_mw.middleware import BrokerMiddleware
+from oauth2_broker_mw.middleware import BrokerWSGIMiddleware
 from oauth2_broker_mw.testing import MockProvider
 
 BASE = "http://127.0.0.1"
@@ -63,7 +64,9 @@ def _starlette(mp: MockProvider) -> Any:
 
 
 def _flask(mp: MockProvider) -> Any:
-    from flask import Flask, jsonify, request
+    from flask import Flask
+    from flask import jsonify
+    from flask import request
 
     app = Flask("obm_test_login")
 

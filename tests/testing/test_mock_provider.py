@@ -18,14 +18,18 @@ import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
-from urllib.parse import parse_qs, quote_plus, urlsplit
+from urllib.parse import parse_qs
+from urllib.parse import quote_plus
+from urllib.parse import urlsplit
 
 import httpx2
 import pytest
 from joserfc import jwt
 from joserfc.jwk import KeySet
 
-from oauth2_broker_mw.testing import MockClient, MockProvider, MockQuirks
+from oauth2_broker_mw.testing import MockClient
+from oauth2_broker_mw.testing import MockProvider
+from oauth2_broker_mw.testing import MockQuirks
 
 REDIRECT = "http://localhost:8000/callback"
 AUTH = ("test-client", "test-secret")
@@ -1824,7 +1828,8 @@ def test_like_accepts_overrides_and_rejects_unknown_names() -> None:
 
 
 def test_retarget_a_preset_and_log_in_with_the_broker() -> None:
-    from oauth2_broker_mw import Broker, presets
+    from oauth2_broker_mw import Broker
+    from oauth2_broker_mw import presets
 
     with MockProvider.like("github") as provider:
         desc = provider.retarget(presets.github())
@@ -1925,7 +1930,10 @@ _PRESET_CASES: dict[str, tuple[str, dict[str, Any], list[str]]] = {
 
 @pytest.mark.parametrize("name", sorted(_PRESET_CASES))
 def test_presets_log_in_and_refresh_against_look_alikes(name: str) -> None:
-    from oauth2_broker_mw import AuthorizationRequired, Broker, InvalidGrant, presets
+    from oauth2_broker_mw import AuthorizationRequired
+    from oauth2_broker_mw import Broker
+    from oauth2_broker_mw import InvalidGrant
+    from oauth2_broker_mw import presets
 
     preset_name, preset_kwargs, scopes = _PRESET_CASES[name]
     with MockProvider.like(name) as provider:
