@@ -96,8 +96,14 @@ def main() -> None:
         return
     deadline = time.time() + config.get("duration", 0.0)
     iterations: int | None = config.get("iterations")  # else: until the deadline
+    stopped = threading.Event()
+    if config.get("until_stopped"):  # run until the parent writes "stop", however slow we are
+        deadline = float("inf")
+        threading.Thread(target=lambda: (sys.stdin.readline(), stopped.set()), daemon=True).start()
 
     def more(done: int) -> bool:
+        if stopped.is_set():
+            return False
         return done < iterations if iterations is not None else time.time() < deadline
 
     def thread_main(seed: int) -> None:
