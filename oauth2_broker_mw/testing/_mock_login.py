@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Literal
+from typing import TypedDict
 from urllib.parse import parse_qsl
 from urllib.parse import quote
 from urllib.parse import urlencode
@@ -34,7 +35,7 @@ from .. import _driver
 if TYPE_CHECKING:
     from .mock_provider import MockProvider
 
-__all__ = ["async_login", "login_flow", "sync_login"]
+__all__ = ["LoginOptions", "async_login", "login_flow", "sync_login"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,29 +67,47 @@ def _fail(step: str, answer: _Answer) -> AssertionError:
     )
 
 
+class LoginOptions(TypedDict, total=False):
+    """The keywords of :meth:`MockProvider.login` and :meth:`MockProvider.alogin`, written once:
+    the names and types of :func:`login_flow`'s keyword parameters (mypy checks that they
+    agree), whose defaults are there. Both methods pass them straight to ``login_flow``, so a
+    misspelt keyword is Python's own ``TypeError`` naming it."""
+
+    user: str | None
+    provider: str
+    prefix: str
+    return_to: str
+
+
 def login_flow(
-    provider: MockProvider, user: str | None, name: str, prefix: str, return_to: str
+    mock: MockProvider,
+    *,
+    user: str | None = None,
+    provider: str = "mock",
+    prefix: str = "/oauth2",
+    return_to: str = "/",
 ) -> _Flow:
-    """The login's steps, as a generator of calls answered by a driver below."""
-    user = user or provider.default_subject
+    """The login's steps, as a generator of calls answered by a driver below. ``provider`` is
+    the middleware's name for ``mock`` (its ``brokers=`` key)."""
+    user = user or mock.default_subject
     start = yield _Call(
         "app",
         "GET",
-        f"{prefix}/{quote(name, safe='')}/login?return_to={quote(return_to, safe='/')}",
+        f"{prefix}/{quote(provider, safe='')}/login?return_to={quote(return_to, safe='/')}",
     )
     if start.status not in (302, 303) or start.location is None:
-        raise _fail(f"the app's login route {prefix}/{name}/login", start)
+        raise _fail(f"the app's login route {prefix}/{provider}/login", start)
     authorize = start.location
-    if provider.auto_approve:
+    if mock.auto_approve:
         parts = urlsplit(authorize)
         query = urlencode([*parse_qsl(parts.query), ("login_hint", user)])
         answer = yield _Call("provider", "GET", urlunsplit(parts._replace(query=query)))
     else:
-        if provider.users is not None and user not in provider.users:
+        if mock.users is not None and user not in mock.users:
             raise AssertionError(
-                f"mock login: the provider has no user {user!r} (users: {sorted(provider.users)})"
+                f"mock login: the provider has no user {user!r} (users: {sorted(mock.users)})"
             )
-        password = "x" if provider.users is None else provider.users[user]
+        password = "x" if mock.users is None else mock.users[user]
         page = yield _Call("provider", "GET", authorize)
         hidden = {html.unescape(k): html.unescape(v) for k, v in _HIDDEN.findall(page.text)}
         form = {**hidden, "username": user, "password": password, "action": "approve"}

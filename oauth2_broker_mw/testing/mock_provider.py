@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Literal
+from typing import Unpack
 
 try:
     import httpx2
@@ -38,6 +39,7 @@ from ._mock_config import MockClient
 from ._mock_config import MockQuirks
 from ._mock_config import RecordedRequest
 from ._mock_discovery import DiscoveryEndpoints
+from ._mock_login import LoginOptions
 from ._mock_login import async_login
 from ._mock_login import login_flow
 from ._mock_login import sync_login
@@ -266,45 +268,29 @@ class MockProvider(DiscoveryEndpoints):
                 family.revoked = True
             return len(families)
 
-    def login(
-        self,
-        client: Any,
-        *,
-        user: str | None = None,
-        provider: str = "mock",
-        prefix: str = "/oauth2",
-        return_to: str = "/",
-    ) -> Any:
+    def login(self, client: Any, **options: Unpack[LoginOptions]) -> Any:
         """Log ``client`` in to your app as ``user``, as a browser would; returns the callback's
         ``303`` response (the client then holds the session cookie).
 
         ``client`` is your app's test client: Starlette's ``TestClient``, an ``httpx`` /
         ``httpx2`` client over an ASGI or WSGI transport, or Flask's ``app.test_client()``.
-        ``provider`` is the middleware's name for this provider (the ``brokers=`` key) and
-        ``prefix`` its route prefix. With ``auto_approve`` (the default) the provider approves
-        at once with ``user`` as the subject (``default_subject`` when not given); otherwise
-        its login form is filled in with ``user``'s password from ``users``. The broker must
-        reach this provider through :meth:`client` / :meth:`async_client`. Raises
+        Keywords (:class:`LoginOptions`, all optional): ``user=None``; ``provider="mock"``,
+        the middleware's name for this provider (the ``brokers=`` key); ``prefix="/oauth2"``,
+        its route prefix; ``return_to="/"``. With ``auto_approve`` (the default) the provider
+        approves at once with ``user`` as the subject (``default_subject`` when not given);
+        otherwise its login form is filled in with ``user``'s password from ``users``. The
+        broker must reach this provider through :meth:`client` / :meth:`async_client`. Raises
         ``AssertionError`` naming the step and the error code when a step does not redirect::
 
             mock_provider.login(client, user="alice")
             assert client.get("/me").json()["principal"] == "alice"
         """
-        return sync_login(self, client, login_flow(self, user, provider, prefix, return_to))
+        return sync_login(self, client, login_flow(self, **options))
 
-    async def alogin(
-        self,
-        client: Any,
-        *,
-        user: str | None = None,
-        provider: str = "mock",
-        prefix: str = "/oauth2",
-        return_to: str = "/",
-    ) -> Any:
+    async def alogin(self, client: Any, **options: Unpack[LoginOptions]) -> Any:
         """:meth:`login` for an async client (``httpx.AsyncClient`` / ``httpx2.AsyncClient``
         over an ASGI transport)."""
-        flow = login_flow(self, user, provider, prefix, return_to)
-        return await async_login(self, client, flow)
+        return await async_login(self, client, login_flow(self, **options))
 
     def expire_access_tokens(self) -> int:
         """Make every live access token expired now; returns how many."""

@@ -168,3 +168,15 @@ def test_a_failed_step_names_the_step_and_the_code(mock_provider: MockProvider) 
         mock_provider.faults.add("token", status=400, error="invalid_grant")
         with pytest.raises(AssertionError, match=r"callback .* answered 400 \(exchange_failed\)"):
             mock_provider.login(client, user="alice")
+
+
+async def test_a_misspelt_keyword_is_a_type_error_naming_it(mock_provider: MockProvider) -> None:
+    # login / alogin take their keywords as ``**options: Unpack[LoginOptions]`` (one list for
+    # both); Python still refuses an unknown one, before any request is made.
+    with pytest.raises(TypeError, match="unexpected keyword argument 'usr'"):
+        mock_provider.login(object(), usr="alice")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="unexpected keyword argument 'retrun_to'"):
+        await mock_provider.alogin(object(), retrun_to="/")  # type: ignore[call-arg]
+    with pytest.raises(TypeError, match="positional"):
+        mock_provider.login(object(), "alice")  # type: ignore[call-arg]
+    assert mock_provider.requests == []
