@@ -3,6 +3,9 @@
 Owns: checking one proof JWT (signature with the embedded public key, ``typ``, ``alg``,
 ``htm``/``htu``, ``iat`` window, ``jti`` replay, ``ath``, ``nonce``) and the thumbprint the
 token is bound to. Raises :class:`DPoPProofError` with a short reason (never the proof).
+It checks the proof on its own (it is the other side of the client's DPoP tests) and takes
+only two plain RFC 9449 definitions from the core, each pinned by the core's own tests: the
+asymmetric algorithm names and the ``htu`` normalisation (no query, no fragment).
 """
 
 from __future__ import annotations
@@ -16,22 +19,14 @@ from joserfc import jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import JWKRegistry
 
+from .._core.dpop import DPOP_ALGS
+from .._core.dpop import htu as plain_htu
 from ._mock_records import b64url_sha256
 
 __all__ = ["DPOP_PROOF_ALGS", "DPoPProofError", "ProofClaims", "verify_proof"]
 
-DPOP_PROOF_ALGS: Final = (
-    "ES256",
-    "ES384",
-    "ES512",
-    "RS256",
-    "RS384",
-    "RS512",
-    "PS256",
-    "PS384",
-    "PS512",
-    "EdDSA",
-)
+DPOP_PROOF_ALGS: Final = tuple(sorted(DPOP_ALGS))
+"""The algorithms a proof may use, in the order the discovery document lists them."""
 _PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 IAT_WINDOW: Final = 60.0
 
@@ -46,10 +41,6 @@ class ProofClaims:
     def __init__(self, jkt: str, nonce: str | None) -> None:
         self.jkt = jkt
         self.nonce = nonce
-
-
-def _plain_url(url: str) -> str:
-    return url.split("#", 1)[0].split("?", 1)[0]
 
 
 def verify_proof(
@@ -87,7 +78,7 @@ def verify_proof(
         raise DPoPProofError("jti is missing or too short")
     if claims.get("htm") != htm.upper():
         raise DPoPProofError("htm does not match the request method")
-    if claims.get("htu") != _plain_url(htu):
+    if claims.get("htu") != plain_htu(htu):
         raise DPoPProofError("htu does not match the request URL")
     iat = claims.get("iat")
     if not isinstance(iat, int | float) or isinstance(iat, bool) or abs(now - iat) > IAT_WINDOW:

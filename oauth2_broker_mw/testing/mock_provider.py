@@ -4,8 +4,9 @@ Owns: the in-memory authorization server (codes, token families, rotation and re
 revocation, introspection, discovery, JWKS, userinfo, a protected resource), its counters and
 request log, fault injection and provider quirks, and the clients that reach it in-process or
 over loopback.
-Must not import: the broker core at module level (``descriptor()`` imports it lazily), store
-drivers, or uvicorn (imported by ``serve()`` only). Needs the ``starlette`` extra.
+Must not import: the broker core at module level (``descriptor()`` imports it lazily; the DPoP
+checker takes only ``_core.dpop``'s algorithm names and ``htu``), store drivers, or uvicorn
+(imported by ``serve()`` only). Needs the ``starlette`` extra.
 
 Tokens are random (``secrets.token_urlsafe``), never logged, and never put in an exception
 message or a repr.
