@@ -20,6 +20,7 @@ from oauth2_broker_mw._core.errors import InvalidGrant
 from oauth2_broker_mw._core.errors import ProviderError
 from oauth2_broker_mw._core.model import ScopeSet
 from oauth2_broker_mw._core.model import TokenRecord
+from oauth2_broker_mw._core.oauth import authorization_params
 from oauth2_broker_mw._core.oauth import authorization_url
 from oauth2_broker_mw._core.oauth import callback_metadata
 from oauth2_broker_mw._core.oauth import parse_token_response
@@ -86,7 +87,7 @@ EXPECTED = {
 
 
 def auth_url(d: ProviderDescriptor, scopes: str = "a b") -> dict[str, str]:
-    url = authorization_url(
+    params = authorization_params(
         d,
         CLIENT,
         redirect_uri="https://app.example/cb",
@@ -95,6 +96,7 @@ def auth_url(d: ProviderDescriptor, scopes: str = "a b") -> dict[str, str]:
         code_challenge="ch",
         nonce=None,
     )
+    url = authorization_url(d, params)
     return {k: v[0] for k, v in parse_qs(urlsplit(url).query).items()}
 
 
@@ -281,7 +283,7 @@ def test_x_requires_pkce_and_basic_auth() -> None:
     d = presets.x()
     assert d.pkce is PkceMode.REQUIRED
     with pytest.raises(ConfigurationError, match="PKCE"):
-        authorization_url(
+        authorization_params(
             d,
             CLIENT,
             redirect_uri="https://a/cb",

@@ -814,7 +814,7 @@ def start_authorization_flow(
         request_uri, _ = oauth.parse_par_response(response, now=pushed_at)
         url = Secret(oauth.par_authorization_url(cfg.provider, cfg.client, request_uri=request_uri))
     else:
-        url = Secret(oauth.authorization_url_for(cfg.provider, params()))
+        url = Secret(oauth.authorization_url(cfg.provider, params()))
     now: float = yield Now()
     pending = PendingAuthorization(
         state=state,

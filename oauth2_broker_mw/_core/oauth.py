@@ -80,7 +80,6 @@ __all__ = [
     "authorization_code_params",
     "authorization_params",
     "authorization_url",
-    "authorization_url_for",
     "callback_metadata",
     "classify_error",
     "client_assertion",
@@ -251,7 +250,12 @@ def authorization_params(
     nonce: str | None,
     extra_params: Mapping[str, str] | None = None,
 ) -> dict[str, str]:
-    """The authorization-request parameters, renames applied (for a URL or a PAR body)."""
+    """The authorization-request parameters (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC nonce),
+    renames applied, for :func:`authorization_url` or a PAR body.
+
+    ``code_challenge`` is sent with ``code_challenge_method=S256`` unless the provider's PKCE
+    mode is ``unsupported``; a provider that requires PKCE refuses a missing challenge.
+    """
     if not redirect_uri or "#" in redirect_uri:
         raise ConfigurationError("redirect_uri must be an absolute URI without a fragment")
     if not state:
@@ -294,46 +298,20 @@ def _with_query(endpoint: str, params: Mapping[str, str]) -> str:
     return urlunsplit((parts.scheme, parts.netloc, parts.path, query, ""))
 
 
-def authorization_url(
-    desc: ProviderDescriptor,
-    client: ClientConfig,
-    *,
-    redirect_uri: str,
-    scopes: ScopeSet,
-    state: str,
-    code_challenge: str | None,
-    nonce: str | None,
-    extra_params: Mapping[str, str] | None = None,
-) -> str:
-    """The URL to send the user agent to (RFC 6749 §4.1.1, RFC 7636 §4.3, OIDC nonce).
+def authorization_url(desc: ProviderDescriptor, params: Mapping[str, str]) -> str:
+    """The URL to send the user agent to (RFC 6749 §4.1.1), carrying ``params`` (from
+    :func:`authorization_params`).
 
-    Query parameters already in the authorization endpoint are kept (unless we set the same
-    name). ``code_challenge`` is sent with ``code_challenge_method=S256`` unless the provider's
-    PKCE mode is ``unsupported``; a provider that requires PKCE refuses a missing challenge.
-    A provider that requires PAR (``require_pushed_authorization_requests``) refuses this:
-    use :func:`pushed_authorization_request` and :func:`par_authorization_url`.
+    Query parameters already in the authorization endpoint are kept (unless ``params`` sets
+    the same name). A provider that requires PAR (``require_pushed_authorization_requests``)
+    refuses this: use :func:`pushed_authorization_request` and :func:`par_authorization_url`.
     """
     endpoint = _authorize_endpoint(desc)
     if desc.require_pushed_authorization_requests:
         raise ConfigurationError(
             f"provider {desc.id!r} requires pushed authorization requests (RFC 9126)"
         )
-    params = authorization_params(
-        desc,
-        client,
-        redirect_uri=redirect_uri,
-        scopes=scopes,
-        state=state,
-        code_challenge=code_challenge,
-        nonce=nonce,
-        extra_params=extra_params,
-    )
     return _with_query(endpoint, params)
-
-
-def authorization_url_for(desc: ProviderDescriptor, params: Mapping[str, str]) -> str:
-    """The authorization URL carrying ``params`` (from :func:`authorization_params`)."""
-    return _with_query(_authorize_endpoint(desc), params)
 
 
 def pushed_authorization_request(

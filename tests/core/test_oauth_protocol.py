@@ -129,6 +129,11 @@ def test_state_and_nonce_are_long_and_unique() -> None:
 
 
 # -- authorization URL -----------------------------------------------------------------------
+def auth_url(d: ProviderDescriptor, client: ClientConfig, **kwargs: Any) -> str:
+    """The URL as the login flow builds it: the parameters, then the URL carrying them."""
+    return authorization_url(d, authorization_params(d, client, **kwargs))
+
+
 def test_a_misspelt_or_missing_authorization_keyword_is_a_type_error() -> None:
     """A typo must fail loudly instead of dropping the parameter (a login without its
     login_hint): the keywords are spelled out in the signature, which Python checks."""
@@ -140,16 +145,16 @@ def test_a_misspelt_or_missing_authorization_keyword_is_a_type_error() -> None:
         "nonce": None,
     }
     with pytest.raises(TypeError, match="unexpected keyword argument 'extra_param'"):
-        authorization_url(desc(), CLIENT, **args, extra_param={"login_hint": "a@b.c"})
+        authorization_params(desc(), CLIENT, **args, extra_param={"login_hint": "a@b.c"})
     with pytest.raises(TypeError, match="missing 1 required keyword-only argument: 'nonce'"):
-        authorization_url(desc(), CLIENT, **{k: v for k, v in args.items() if k != "nonce"})
-    assert "login_hint=a%40b.c" in authorization_url(
+        authorization_params(desc(), CLIENT, **{k: v for k, v in args.items() if k != "nonce"})
+    assert "login_hint=a%40b.c" in auth_url(
         desc(), CLIENT, **args, extra_params={"login_hint": "a@b.c"}
     )
 
 
 def test_authorization_url_carries_every_parameter() -> None:
-    url = authorization_url(
+    url = auth_url(
         desc(authorize_params={"access_type": "offline", "prompt": "consent"}),
         CLIENT,
         redirect_uri="https://app.example/cb",
@@ -184,7 +189,7 @@ def test_authorization_url_keeps_existing_query_and_applies_delimiter_and_rename
         scope_delimiter=",",
         param_renames={"client_id": "client_key"},
     )
-    url = authorization_url(
+    url = auth_url(
         d,
         CLIENT,
         redirect_uri="https://app.example/cb",
@@ -209,22 +214,22 @@ def test_authorization_url_pkce_modes() -> None:
         "state": "s",
         "nonce": None,
     }
-    no_pkce = authorization_url(desc(pkce="unsupported"), CLIENT, code_challenge="c", **kwargs)
+    no_pkce = auth_url(desc(pkce="unsupported"), CLIENT, code_challenge="c", **kwargs)
     assert "code_challenge" not in no_pkce
     assert "scope=" not in no_pkce  # empty scope set => no scope parameter
-    optional = authorization_url(desc(pkce=PkceMode.OPTIONAL), CLIENT, code_challenge="c", **kwargs)
+    optional = auth_url(desc(pkce=PkceMode.OPTIONAL), CLIENT, code_challenge="c", **kwargs)
     assert "code_challenge_method=S256" in optional
     with pytest.raises(ConfigurationError, match="requires PKCE"):
-        authorization_url(desc(pkce="required"), CLIENT, code_challenge=None, **kwargs)
+        authorization_params(desc(pkce="required"), CLIENT, code_challenge=None, **kwargs)
 
 
 def test_authorization_url_refuses_unfilled_template_and_fragment_redirect() -> None:
     d = desc(authorization_endpoint="https://{tenant}.idp.example/authorize")
     kwargs: dict[str, Any] = {"scopes": ScopeSet(), "state": "s", "code_challenge": None}
     with pytest.raises(ConfigurationError, match="with_template"):
-        authorization_url(d, CLIENT, redirect_uri="https://a/cb", nonce=None, **kwargs)
+        auth_url(d, CLIENT, redirect_uri="https://a/cb", nonce=None, **kwargs)
     with pytest.raises(ConfigurationError, match="fragment"):
-        authorization_url(desc(), CLIENT, redirect_uri="https://a/cb#x", nonce=None, **kwargs)
+        authorization_params(desc(), CLIENT, redirect_uri="https://a/cb#x", nonce=None, **kwargs)
 
 
 def test_effective_scopes_and_callback_metadata() -> None:
@@ -1021,9 +1026,9 @@ def test_pushed_authorization_request_round_trip() -> None:
         "code_challenge": "ch",
         "nonce": "n",
     }
-    with pytest.raises(ConfigurationError, match="pushed authorization"):
-        authorization_url(d, CLIENT, **kwargs)
     params = authorization_params(d, CLIENT, **kwargs)
+    with pytest.raises(ConfigurationError, match="pushed authorization"):
+        authorization_url(d, params)
     request = pushed_authorization_request(d, CLIENT, params, now=NOW)
     assert request.url == "https://idp.example/par"
     assert request.purpose == "par"

@@ -23,6 +23,7 @@ from oauth2_broker_mw._core.errors import MalformedResponse
 from oauth2_broker_mw._core.errors import UnsupportedTokenType
 from oauth2_broker_mw._core.model import ScopeSet
 from oauth2_broker_mw._core.model import Secret
+from oauth2_broker_mw._core.oauth import authorization_params
 from oauth2_broker_mw._core.oauth import authorization_url
 from oauth2_broker_mw._core.oauth import parse_token_response
 from oauth2_broker_mw._core.provider import ClientConfig
@@ -78,7 +79,7 @@ def lease(request: pytest.FixtureRequest) -> Any:
 def test_metadata_without_s256_still_sends_s256(methods: list[str]) -> None:
     doc = {**METADATA, "code_challenge_methods_supported": methods}
     desc = ProviderDescriptor.from_metadata("idp", doc, expected_issuer=ISSUER)
-    url = authorization_url(
+    params = authorization_params(
         desc,
         ClientConfig.create("client-1", "s3cret"),
         redirect_uri="https://app.example/cb",
@@ -87,6 +88,7 @@ def test_metadata_without_s256_still_sends_s256(methods: list[str]) -> None:
         code_challenge="challenge",
         nonce=None,
     )
+    url = authorization_url(desc, params)
     query = parse_qs(urlsplit(url).query)
     assert query["code_challenge"] == ["challenge"]
     assert query["code_challenge_method"] == ["S256"]
