@@ -34,10 +34,12 @@ from ._core.errors import ConfigurationError
 from ._core.errors import ProviderNotEnabled
 from ._core.errors import UnknownTenant
 from ._core.flows import ForgetReport
+from ._core.model import PRESENCE_ONLY
 from ._core.model import PrincipalId
 from ._core.model import Secret
 from ._core.model import StoreKey
 from ._core.model import TenantId
+from ._core.model import redacted_repr
 from ._core.provider import ProviderDescriptor
 from ._driver import Calls
 from ._driver import arun
@@ -80,20 +82,15 @@ class Registration:
     """
 
     provider: str
-    descriptor: ProviderDescriptor
+    descriptor: ProviderDescriptor = field(repr=False)
     client_id: str
-    client_secret: str | Secret | None = None
-    private_key: Mapping[str, object] | str | None = None
+    client_secret: str | Secret | None = field(default=None, metadata=PRESENCE_ONLY)
+    private_key: Mapping[str, object] | str | None = field(default=None, metadata=PRESENCE_ONLY)
     scopes: tuple[str, ...] = ()
     template: Mapping[str, str] = field(default_factory=dict)
     private_key_id: str | None = None
 
-    def __repr__(self) -> str:
-        return (
-            f"Registration(provider={self.provider!r}, client_id={self.client_id!r}, "
-            f"secret={'set' if self.client_secret is not None else 'none'}, "
-            f"private_key={'set' if self.private_key is not None else 'none'})"
-        )
+    __repr__ = redacted_repr
 
     def fingerprint(self) -> tuple[object, ...]:
         """What makes two registrations the same client (a rotated secret changes it)."""

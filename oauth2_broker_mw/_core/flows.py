@@ -88,6 +88,7 @@ from .model import Secret
 from .model import StoreKey
 from .model import TenantId
 from .model import TokenRecord
+from .model import redacted_repr
 from .model import revealed
 from .policy import RefreshPolicy
 from .policy import RevocationRetry
@@ -171,8 +172,8 @@ class FlowConfig:
 class AuthorizationRequest:
     """A started login: send the user agent to ``url``; the broker keeps the rest."""
 
-    url: str
-    state: str
+    url: str = field(repr=False)  # carries the state
+    state: str = field(repr=False)
     expires_at: float
     tenant: TenantId
     principal: PrincipalId | None
@@ -180,12 +181,7 @@ class AuthorizationRequest:
     issuer: str | None
     scopes: ScopeSet
 
-    def __repr__(self) -> str:
-        return (
-            f"AuthorizationRequest(provider={self.provider!r}, tenant={self.tenant!r}, "
-            f"principal={self.principal!r}, scopes={self.scopes.scopes!r}, "
-            f"expires_at={self.expires_at!r})"
-        )
+    __repr__ = redacted_repr
 
 
 # -- store helpers ----------------------------------------------------------------------------

@@ -15,7 +15,10 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
+from dataclasses import fields
 from dataclasses import replace
+from types import MappingProxyType
+from typing import TYPE_CHECKING
 from typing import Any
 from typing import ClassVar
 from typing import Final
@@ -26,8 +29,12 @@ from . import jsonsafe
 from .errors import CorruptRecord
 from .errors import InvalidIdentifier
 
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
 __all__ = [
     "DEFAULT_TENANT",
+    "PRESENCE_ONLY",
     "REVOCATION_PRINCIPAL",
     "REVOCATION_TENANT",
     "SERVICE_PRINCIPAL",
@@ -42,6 +49,7 @@ __all__ = [
     "TenantId",
     "TokenRecord",
     "TokenStatus",
+    "redacted_repr",
     "revealed",
 ]
 
@@ -93,6 +101,34 @@ class Secret:
 
     def __reduce__(self) -> tuple[type[Secret], tuple[str]]:
         return (Secret, (self._value,))
+
+
+#: ``field(metadata=PRESENCE_ONLY)``: :func:`redacted_repr` shows only whether the field is
+#: set (``<set>`` or ``None``), for a credential that may be a plain string or a key.
+PRESENCE_ONLY: Final = MappingProxyType({"redacted_repr": "presence"})
+
+
+def redacted_repr(self: DataclassInstance) -> str:
+    """A dataclass's repr that shows no secret, for ``__repr__ = redacted_repr``.
+
+    The fields with ``repr=True``, in order: a :class:`Secret` shows itself redacted, a
+    :class:`ScopeSet` its scopes, a mapping its sorted keys only (``metadata_keys=[...]``), a
+    field marked :data:`PRESENCE_ONLY` ``<set>`` or ``None``; any other value its own repr.
+    """
+    parts = []
+    for f in fields(self):
+        if not f.repr:
+            continue
+        value = getattr(self, f.name)
+        if f.metadata.get("redacted_repr") == "presence":
+            parts.append(f"{f.name}={'<set>' if value is not None else None}")
+        elif isinstance(value, ScopeSet):
+            parts.append(f"{f.name}={value.scopes!r}")
+        elif isinstance(value, Mapping):
+            parts.append(f"{f.name}_keys={sorted(value)!r}")
+        else:
+            parts.append(f"{f.name}={value!r}")
+    return f"{type(self).__name__}({', '.join(parts)})"
 
 
 def _validate_identifier(kind: str, value: object) -> str:
@@ -362,16 +398,7 @@ class TokenRecord(_Stored):
     version: int = 0
     revoked_at: float | None = None
 
-    def __repr__(self) -> str:
-        return (
-            f"TokenRecord(key={self.key!r}, access_token={self.access_token!r}, "
-            f"token_type={self.token_type!r}, refresh_token="
-            f"{None if self.refresh_token is None else self.refresh_token!r}, "
-            f"issued_at={self.issued_at!r}, expires_at={self.expires_at!r}, "
-            f"scopes={self.scopes.scopes!r}, grant={self.grant!r}, "
-            f"metadata_keys={sorted(self.metadata)!r}, version={self.version!r}, "
-            f"revoked_at={self.revoked_at!r})"
-        )
+    __repr__ = redacted_repr
 
     def status(self, now: float) -> TokenStatus:
         if self.revoked_at is not None:
@@ -482,12 +509,7 @@ class PendingAuthorization(_Stored):
     def state_key(self) -> str:
         return self.key_for(self.state.get_secret_value())
 
-    def __repr__(self) -> str:
-        return (
-            f"PendingAuthorization(tenant={self.tenant!r}, principal={self.principal!r}, "
-            f"provider={self.provider!r}, scopes={self.scopes.scopes!r}, "
-            f"redirect_uri={self.redirect_uri!r}, expires_at={self.expires_at!r})"
-        )
+    __repr__ = redacted_repr
 
     def to_dict(self) -> dict[str, JSONValue]:
         return {
@@ -564,9 +586,4 @@ class Lease:
         """``"<Type> <token>"`` for the ``Authorization`` header (contains the secret)."""
         return f"{self.token_type} {self.access_token.get_secret_value()}"
 
-    def __repr__(self) -> str:
-        return (
-            f"Lease(access_token={self.access_token!r}, token_type={self.token_type!r}, "
-            f"expires_at={self.expires_at!r}, scopes={self.scopes.scopes!r}, "
-            f"key={self.key!r}, version={self.version!r})"
-        )
+    __repr__ = redacted_repr

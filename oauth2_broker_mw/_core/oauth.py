@@ -63,6 +63,7 @@ from .errors import seals_errors
 from .model import JSONValue
 from .model import ScopeSet
 from .model import Secret
+from .model import redacted_repr
 from .provider import BodyFormat
 from .provider import ClientAuthMethod
 from .provider import ClientConfig
@@ -630,16 +631,7 @@ class TokenResponse:
     scopes: ScopeSet | None
     metadata: dict[str, JSONValue] = field(default_factory=dict)
 
-    def __repr__(self) -> str:
-        return (
-            f"TokenResponse(access_token={self.access_token!r}, token_type={self.token_type!r}, "
-            f"refresh_token={'<set>' if self.refresh_token is not None else None}, "
-            f"id_token={'<set>' if self.id_token is not None else None}, "
-            f"expires_at={self.expires_at!r}, "
-            f"refresh_token_expires_at={self.refresh_token_expires_at!r}, "
-            f"scopes={None if self.scopes is None else self.scopes.scopes!r}, "
-            f"metadata_keys={sorted(self.metadata)!r})"
-        )
+    __repr__ = redacted_repr
 
 
 def _decode_body(response: HttpResponse, *, strict: bool = False) -> dict[str, Any] | None:

@@ -28,10 +28,12 @@ from . import jsonsafe
 from .dpop import DPOP_ALGS
 from .errors import ConfigurationError
 from .errors import InvalidIdentifier
+from .model import PRESENCE_ONLY
 from .model import JSONValue
 from .model import ProviderId
 from .model import ScopeSet
 from .model import Secret
+from .model import redacted_repr
 
 __all__ = [
     "BodyFormat",
@@ -810,8 +812,8 @@ class ClientConfig:
     """
 
     client_id: str
-    client_secret: Secret | None = None
-    private_key: Mapping[str, object] | str | None = None
+    client_secret: Secret | None = field(default=None, metadata=PRESENCE_ONLY)
+    private_key: Mapping[str, object] | str | None = field(default=None, metadata=PRESENCE_ONLY)
     private_key_id: str | None = None
 
     def __post_init__(self) -> None:
@@ -849,13 +851,7 @@ class ClientConfig:
             private_key_id=private_key_id,
         )
 
-    def __repr__(self) -> str:
-        return (
-            f"ClientConfig(client_id={self.client_id!r}, "
-            f"client_secret={'<set>' if self.client_secret is not None else None}, "
-            f"private_key={'<set>' if self.private_key is not None else None}, "
-            f"private_key_id={self.private_key_id!r})"
-        )
+    __repr__ = redacted_repr
 
     def __hash__(self) -> int:
         return hash((self.client_id, self.client_secret, self.private_key_id))
