@@ -34,10 +34,11 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 
-from ._mock_config import Fault
-from ._mock_config import FaultQueue
+from . import __all__ as __all__
+from ._mock_config import Fault as Fault
+from ._mock_config import FaultQueue as FaultQueue
 from ._mock_config import MockClient
-from ._mock_config import MockQuirks
+from ._mock_config import MockQuirks as MockQuirks
 from ._mock_config import RecordedRequest
 from ._mock_discovery import DiscoveryEndpoints
 from ._mock_login import LoginOptions
@@ -55,17 +56,11 @@ from ._mock_transport import serve_app
 if TYPE_CHECKING:
     from oauth2_broker_mw._core.provider import ProviderDescriptor
 
-# MockClient, MockQuirks, Fault and RecordedRequest are re-exported for
-# ``from oauth2_broker_mw.testing.mock_provider import ...``.
-__all__ = [
-    "LIKE_NAMES",
-    "Fault",
-    "FaultQueue",
-    "MockClient",
-    "MockProvider",
-    "MockQuirks",
-    "RecordedRequest",
-]
+# The testing package's names (MockProvider, MockClient, MockQuirks, Fault, ...), listed once in
+# its __init__, are re-exported for ``from oauth2_broker_mw.testing.mock_provider import ...``.
+# ``from . import __all__ as __all__`` is the form mypy reads as "export that module's names";
+# the new list keeps the package's own list as it is.
+__all__ = [*__all__, "LIKE_NAMES"]
 
 
 class MockProvider(DiscoveryEndpoints):

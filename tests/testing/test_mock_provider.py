@@ -1241,9 +1241,10 @@ def test_plugin_names_the_extra_when_starlette_is_missing(
 
 
 def test_mock_provider_exports_what_the_testing_package_exports() -> None:
-    # The package cannot take its __all__ from mock_provider (``import oauth2_broker_mw.testing``
-    # would then import Starlette), nor mock_provider compute its own (mypy reads only a literal
-    # __all__ and would stop seeing the re-exports): the two lists are pinned here instead.
+    # The package's __all__ is the one list (it cannot take it from mock_provider: ``import
+    # oauth2_broker_mw.testing`` would then import Starlette); mock_provider takes it with
+    # ``from . import __all__ as __all__``, which mypy reads as re-exports, and adds LIKE_NAMES
+    # without changing the package's list.
     import oauth2_broker_mw.testing as testing
     from oauth2_broker_mw.testing import mock_provider
 
