@@ -942,6 +942,32 @@ def test_fault_rejects_unknown_endpoint(mock_provider: MockProvider) -> None:
 # ---------------------------------------------------------------- quirks
 
 
+@pytest.mark.parametrize("name", ["github", "slack", "google", "entra", "salesforce"])
+def test_a_quirk_preset_is_a_fresh_mock_quirks_each_call(name: str) -> None:
+    # The presets are data in MockQuirks' class body, read as classmethods; mypy no longer
+    # checks their keywords against the fields, so building each one here is that check.
+    make = getattr(MockQuirks, name)
+    first, second = make(), make()
+    assert isinstance(first, MockQuirks) and first == second and first != MockQuirks()
+    assert first.extra_token_fields is not second.extra_token_fields
+    assert (make.__name__, make.__qualname__) == (name, f"MockQuirks.{name}") and make.__doc__
+    assert MockQuirks().github() == MockQuirks.github()  # on an instance too, as a classmethod
+
+
+def test_a_preset_with_a_misspelt_quirk_fails_when_the_class_is_made() -> None:
+    from oauth2_broker_mw.testing._mock_config import _Preset
+
+    # Python 3.11 wraps an error of __set_name__ in a RuntimeError; 3.12 raises it as it is.
+    with pytest.raises((TypeError, RuntimeError)) as raised:
+
+        class Quirks:
+            scope_echo: str = "space"
+            comma = _Preset("doc", scope_ecco="comma")
+
+    error = raised.value if isinstance(raised.value, TypeError) else raised.value.__cause__
+    assert "Quirks.comma: no such quirks ['scope_ecco']" in str(error)
+
+
 def test_github_form_unless_accept_json(mock_provider: MockProvider, client: httpx2.Client) -> None:
     mock_provider.quirks = MockQuirks.github()
     form = _cc(client)
