@@ -25,6 +25,8 @@ from collections.abc import Iterable
 from collections.abc import Mapping
 from typing import Any
 from typing import Literal
+from typing import Never
+from typing import overload
 from urllib.parse import parse_qsl
 
 from joserfc import jwt
@@ -55,6 +57,30 @@ from ._mock_records import scope_token_ok
 from ._mock_records import unsigned_jwt
 
 _MAX_RECORDED = 10_000  # requests kept for ``provider.requests`` (a long-lived demo stays small)
+
+
+class _Endpoint:
+    """A read-only attribute of a :class:`MockCore`: the URL of ``path`` under its issuer at the
+    time it is read (``provider.token_endpoint`` is ``provider.url("/token")``)."""
+
+    __slots__ = ("name", "path")
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self.name = ""
+
+    def __set_name__(self, owner: type[MockCore], name: str) -> None:
+        self.name = name
+
+    @overload
+    def __get__(self, obj: None, owner: type[MockCore]) -> _Endpoint: ...
+    @overload
+    def __get__(self, obj: MockCore, owner: type[MockCore]) -> str: ...
+    def __get__(self, obj: MockCore | None, owner: type[MockCore]) -> str | _Endpoint:
+        return self if obj is None else obj.url(self.path)
+
+    def __set__(self, obj: MockCore, value: Never) -> None:  # mypy: no value fits
+        raise AttributeError(f"{self.name} is read-only: it follows the issuer")
 
 
 class MockCore:
@@ -163,37 +189,15 @@ class MockCore:
         """``path`` under the current issuer (``/token`` -> ``<issuer>/token``)."""
         return self.issuer.rstrip("/") + path
 
-    @property
-    def token_endpoint(self) -> str:
-        return self.url("/token")
-
-    @property
-    def authorization_endpoint(self) -> str:
-        return self.url("/authorize")
-
-    @property
-    def par_endpoint(self) -> str:
-        return self.url("/par")
-
-    @property
-    def revocation_endpoint(self) -> str:
-        return self.url("/revoke")
-
-    @property
-    def introspection_endpoint(self) -> str:
-        return self.url("/introspect")
-
-    @property
-    def userinfo_endpoint(self) -> str:
-        return self.url("/userinfo")
-
-    @property
-    def jwks_uri(self) -> str:
-        return self.url("/jwks")
-
-    @property
-    def resource_url(self) -> str:
-        return self.url("/resource")
+    # Where each endpoint is, under the current issuer (so they follow ``serve()``).
+    token_endpoint = _Endpoint("/token")
+    authorization_endpoint = _Endpoint("/authorize")
+    par_endpoint = _Endpoint("/par")
+    revocation_endpoint = _Endpoint("/revoke")
+    introspection_endpoint = _Endpoint("/introspect")
+    userinfo_endpoint = _Endpoint("/userinfo")
+    jwks_uri = _Endpoint("/jwks")
+    resource_url = _Endpoint("/resource")
 
     def _endpoint_urls(self) -> dict[str, str]:
         """The endpoints every document of this server names (discovery metadata, the

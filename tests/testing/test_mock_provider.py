@@ -1279,6 +1279,19 @@ def test_mock_provider_exports_what_the_testing_package_exports() -> None:
         assert getattr(mock_provider, name) is getattr(testing, name), name
 
 
+def test_the_endpoint_urls_follow_the_issuer_and_are_read_only() -> None:
+    provider = MockProvider(issuer="https://idp.test/base/")
+    assert provider.token_endpoint == "https://idp.test/base/token"
+    provider.issuer = "http://127.0.0.1:8080"
+    assert (provider.jwks_uri, provider.resource_url) == (
+        "http://127.0.0.1:8080/jwks",
+        "http://127.0.0.1:8080/resource",
+    )
+    with pytest.raises(AttributeError, match="par_endpoint is read-only"):
+        provider.par_endpoint = "https://elsewhere.test/par"  # type: ignore[assignment]
+    assert provider.par_endpoint == "http://127.0.0.1:8080/par"
+
+
 def test_custom_clients_replace_the_default() -> None:
     provider = MockProvider(clients=[MockClient("a", "b", redirect_uris=(REDIRECT,))])
     assert set(provider.clients) == {"a"}
