@@ -350,6 +350,7 @@ class Broker:
     # -- properties ---------------------------------------------------------------------------
     @property
     def provider(self) -> ProviderDescriptor:
+        """The provider descriptor this broker was built with (endpoints, quirks, origins)."""
         return self._provider
 
     @property
@@ -359,6 +360,7 @@ class Broker:
 
     @property
     def store(self) -> TokenStore:
+        """Where this broker keeps its records and locks (a ``MemoryStore`` when none was given)."""
         return self._store
 
     @property
@@ -371,6 +373,7 @@ class Broker:
 
     @property
     def client_id(self) -> str:
+        """The OAuth ``client_id`` of this broker's registration at the provider."""
         return self._client_config.client_id
 
     @property

@@ -339,10 +339,12 @@ class EncryptedStore(CommandStore):
 
     @property
     def inner(self) -> TokenStore:
+        """The wrapped store, which holds the sealed records (closed with this one)."""
         return self._inner
 
     @property
     def keyring(self) -> KeyRing:
+        """The key ring records are sealed with (its current key) and opened with (any key)."""
         return self._ring
 
     # -- drivers ----------------------------------------------------------------------------
