@@ -965,19 +965,8 @@ class BrokerAuth(httpx2.Auth, _HttpxAuth, _RequestsAuthBase):
             if retry is not None:
                 yield retry
 
-    @overload
-    def auth_flow(
-        self, request: httpx2.Request
-    ) -> Generator[httpx2.Request, httpx2.Response, None]: ...
-
-    @overload
-    def auth_flow(
-        self, request: httpx.Request
-    ) -> Generator[httpx.Request, httpx.Response, None]: ...
-
-    def auth_flow(self, request: _HttpxLike) -> Generator[_HttpxLike, Any, None]:
-        """Same as :meth:`sync_auth_flow` (clients call the sync or async variant directly)."""
-        return self.sync_auth_flow(request)  # type: ignore[call-overload, no-any-return]
+    auth_flow = sync_auth_flow
+    """Same as :meth:`sync_auth_flow` (clients call the sync or async variant directly)."""
 
     # -- requests shell ------------------------------------------------------------------------
     def __call__(self, r: requests.PreparedRequest) -> requests.PreparedRequest:

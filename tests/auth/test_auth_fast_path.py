@@ -111,3 +111,13 @@ def test_a_token_in_the_url_is_refused_on_the_fast_path(auth: BrokerAuth, kind: 
     # a parameter that only contains the name is signed
     signed = _sign(auth, _new(kind, url="https://api.fast.test/v1?my_access_token_hint=1"))
     assert len(_authorizations(signed)) == 1
+
+
+@pytest.mark.parametrize("kind", ["httpx", "httpx2"])
+def test_auth_flow_is_the_sync_flow(auth: BrokerAuth, kind: str) -> None:
+    # httpx's Auth.auth_flow, for callers that drive it by hand: the same generator function.
+    assert BrokerAuth.auth_flow is BrokerAuth.sync_auth_flow
+    flow = auth.auth_flow(_new(kind))
+    sent = next(flow)
+    flow.close()
+    assert _authorizations(sent)[0].startswith("Bearer fast-access-token-")
