@@ -44,6 +44,7 @@ def hits(found: set[str], banned: set[str]) -> list[str]:
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
+SHELL_FILES = {"__init__.py", "asgi.py", "wsgi.py"}
 
 
 def ids(path: Path) -> str:
@@ -67,6 +68,18 @@ def test_the_stores_import_no_broker_auth_or_middleware(path: Path) -> None:
 def test_the_broker_imports_no_auth_or_middleware(name: str) -> None:
     banned = {"oauth2_broker_mw.auth", "oauth2_broker_mw.middleware", "oauth2_broker_mw.cli"}
     assert not hits(imports(PACKAGE / name), banned)
+
+
+WEB = {"starlette", "fastapi", "flask", "werkzeug", "django", "quart", "aiohttp", "litestar"}
+SHELLS = {"oauth2_broker_mw.middleware.asgi", "oauth2_broker_mw.middleware.wsgi"}
+SHARED = [p for p in MODULES if p.parent.name == "middleware" and p.name not in SHELL_FILES]
+
+
+@pytest.mark.parametrize("path", SHARED, ids=ids)
+def test_the_shared_middleware_imports_no_event_loop_client_framework_or_shell(path: Path) -> None:
+    # Both middlewares run this code: the shells alone know asyncio, ASGI or WSGI.
+    banned = {"asyncio", "httpx", "httpx2"} | WEB | SHELLS
+    assert not hits(imports(path), banned), f"{module_name(path)} is shared by both shells"
 
 
 def test_the_driver_does_no_io() -> None:

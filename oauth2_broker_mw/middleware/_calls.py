@@ -6,8 +6,6 @@ revoked session id), where a handler's broker comes from (:class:`BrokerSource`)
 (:mod:`.._driver`) — the only difference between the two middlewares. A handler yields
 :class:`.._driver.Call` effects (``yield from call(broker.revoke, broker.arevoke, ...)``),
 typed, each with its sync and its async form.
-
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
 """
 
 from __future__ import annotations

@@ -5,8 +5,6 @@ Owns: :class:`MiddlewareOptions` (the names and types both middlewares take), th
 plain http on a loopback host only; a tenant host differs from ``base_url`` in its host only),
 of the route prefix and of the timeouts. Every mistake is a :class:`ConfigurationError` raised
 when the middleware is built, never on a request.
-
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
 """
 
 from __future__ import annotations

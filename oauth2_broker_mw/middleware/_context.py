@@ -5,8 +5,7 @@ tenant, the principal, the providers this session connected, ``lease`` / ``aleas
 for them, the login and logout URLs, the CSRF token), the rule of which provider a context may
 lease for (SECURITY J1), and :class:`Prepared` (a pass-through request's context and cookies).
 
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
-(``BrokerAuth`` is imported lazily, by ``auth()``.)
+``BrokerAuth`` is imported lazily, by ``auth()`` (``auth.py`` loads httpx2).
 """
 
 from __future__ import annotations

@@ -14,9 +14,8 @@ a 401 problem document, a 404). The parts live beside it:
 
 The names this module has always exported are still importable from here.
 
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells. (The
-``Broker`` type is imported for type checking only.) Never puts a token, code, state, verifier,
-CSRF token or cookie value in a page, a log line, a repr or an exception message.
+The ``Broker`` type is imported for type checking only. Never puts a token, code, state,
+verifier, CSRF token or cookie value in a page, a log line, a repr or an exception message.
 """
 
 from __future__ import annotations

@@ -6,7 +6,6 @@ tenant or provider), the refusals a new login mends (their page links back to th
 route), the log line for each mapped error, and the error response itself (an HTML page for
 browsers, a JSON body for API clients).
 
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
 Never puts a token, code, state, cookie value or an untrusted description unfiltered in a page,
 a log line or an exception message (provider descriptions pass through :func:`denied`).
 """

@@ -7,7 +7,6 @@ B8), and the logout's CSRF defence (G3: POST with an Origin check or a CSRF toke
 only asks). Each handler yields :mod:`._calls` and is run by ``drive`` / ``adrive``; a refusal
 is a :class:`~._errors.Reject`, turned into a page by :meth:`MiddlewareCore.handle`.
 
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
 Never puts a token, code, state, verifier, CSRF token or cookie value in a page, a log line, a
 repr or an exception message.
 """

@@ -4,7 +4,6 @@ Owns: :class:`BrokerRequest` (the shells subclass it and read the scope / enviro
 :class:`Response` (an early response of the middleware, never the app's), :class:`Route` (which
 broker route a path is), the resolver types, and the security headers of every early response.
 
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
 Never puts a cookie value or the provider URL (it carries ``state``) in a repr.
 """
 

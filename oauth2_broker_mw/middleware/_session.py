@@ -8,7 +8,6 @@ one lock, safe for the threads of a WSGI server), the CSRF token of a session, a
 cookies of logins in progress (one per login, keyed by a hash of ``state``, at most
 ``max_flows``).
 
-Must not import: asyncio, httpx/httpx2, any web framework, the ``asgi``/``wsgi`` shells.
 Never logs or shows a cookie value, a session id or ``state``.
 """
 
