@@ -13,6 +13,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Iterable
 from dataclasses import dataclass
+from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import cast
@@ -36,6 +37,7 @@ if TYPE_CHECKING:
 __all__ = ["BrokerContext", "Prepared"]
 
 
+@dataclass(slots=True, eq=False, repr=False, match_args=False)
 class BrokerContext:
     """Per-request broker context: ``scope["oauth2_broker"]`` / ``environ["oauth2_broker"]``.
 
@@ -48,44 +50,20 @@ class BrokerContext:
     ``issuer`` is the issuer whose ID token named the principal (``None`` otherwise).
     """
 
-    __slots__ = (
-        "_core",
-        "_path",
-        "_resolved",
-        "_sid",
-        "authorization_required",
-        "connections",
-        "issuer",
-        "not_found",
-        "principal",
-        "tenant",
-    )
-
-    def __init__(
-        self,
-        core: MiddlewareCore,
-        tenant: str | None,
-        principal: str | None,
-        connections: tuple[str, ...],
-        session_id: str | None,
-        issuer: str | None = None,
-        resolved: bool = False,
-        path: str = "/",
-    ) -> None:
-        self._core = core
-        self._path = path
-        self.tenant = tenant
-        self.principal = principal
-        self.connections = connections
-        self.issuer = issuer
-        self._resolved = resolved
-        self._sid = session_id
-        #: the last AuthorizationRequired raised through lease()/alease() (WSGI uses it to turn
-        #: a framework's 500 page back into a login redirect).
-        self.authorization_required: AuthorizationRequired | None = None
-        #: the last UnknownTenant / ProviderNotEnabled raised through lease()/auth(): the
-        #: middleware answers 404 for it (WSGI: in place of the framework's 500 page).
-        self.not_found: UnknownTenant | ProviderNotEnabled | None = None
+    _core: MiddlewareCore
+    tenant: str | None
+    principal: str | None
+    connections: tuple[str, ...]
+    _sid: str | None
+    issuer: str | None = None
+    _resolved: bool = False
+    _path: str = "/"
+    #: the last AuthorizationRequired raised through lease()/alease() (WSGI uses it to turn
+    #: a framework's 500 page back into a login redirect).
+    authorization_required: AuthorizationRequired | None = field(default=None, init=False)
+    #: the last UnknownTenant / ProviderNotEnabled raised through lease()/auth(): the
+    #: middleware answers 404 for it (WSGI: in place of the framework's 500 page).
+    not_found: UnknownTenant | ProviderNotEnabled | None = field(default=None, init=False)
 
     def __repr__(self) -> str:
         return (

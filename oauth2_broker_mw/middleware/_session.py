@@ -19,6 +19,7 @@ import re
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
+from dataclasses import field
 from typing import TYPE_CHECKING
 from typing import Any
 from typing import Final
@@ -119,40 +120,36 @@ def parse_session(data: Mapping[str, JSONValue]) -> Session | None:
     )
 
 
+@dataclass(kw_only=True, eq=False, repr=False)
 class Sessions:
     """The session cookies of every tenant, and this worker's caches of what they hold."""
 
-    def __init__(
-        self,
-        *,
-        sealer: CookieSealer,
-        cookies: CookieAttributes,
-        store: TokenStore,
-        idle_timeout: float,
-        absolute_timeout: float,
-        check_interval: float,
-    ) -> None:
-        self.sealer = sealer
-        self.cookies = cookies
-        #: where revoked session ids are kept, shared by every worker (J10)
-        self.store = store
-        self.idle_timeout = idle_timeout
-        self.absolute_timeout = absolute_timeout
-        #: a session seen longer ago than this gets a fresh cookie (sliding idle timeout)
-        self.refresh_after = min(idle_timeout / 12, 3600.0)
-        #: the session cookie of the tenant ``default``; other tenants' names start with it
-        self.cookie = cookies.name_prefix + _SESSION_COOKIE
-        # Per-worker caches, shared by the threads of a WSGI server: bounded dicts changed
-        # only under one lock, the oldest entry evicted first, so every change is O(1)
-        # however full they are (a revoked id evicted here is still refused by the store).
-        self._lock = threading.Lock()
-        self._check_interval = check_interval
-        #: session ids revoked (seen here, or reported by the shared store)
-        self._logged_out: dict[str, bool] = {}
-        #: session id -> until when the shared store's "not revoked" answer is trusted
-        self._checked: dict[str, float] = {}
-        self._opened: dict[str, Session] = {}
-        self._cookie_names: dict[str, str] = {}
+    sealer: CookieSealer
+    cookies: CookieAttributes
+    #: where revoked session ids are kept, shared by every worker (J10)
+    store: TokenStore
+    idle_timeout: float
+    absolute_timeout: float
+    #: how long the shared store's "not revoked" answer is trusted (0: asked on every request)
+    check_interval: float
+    #: a session seen longer ago than this gets a fresh cookie (sliding idle timeout)
+    refresh_after: float = field(init=False)
+    #: the session cookie of the tenant ``default``; other tenants' names start with it
+    cookie: str = field(init=False)
+    # Per-worker caches, shared by the threads of a WSGI server: bounded dicts changed
+    # only under one lock, the oldest entry evicted first, so every change is O(1)
+    # however full they are (a revoked id evicted here is still refused by the store).
+    _lock: threading.Lock = field(init=False, default_factory=threading.Lock)
+    #: session ids revoked (seen here, or reported by the shared store)
+    _logged_out: dict[str, bool] = field(init=False, default_factory=dict)
+    #: session id -> until when the shared store's "not revoked" answer is trusted
+    _checked: dict[str, float] = field(init=False, default_factory=dict)
+    _opened: dict[str, Session] = field(init=False, default_factory=dict)
+    _cookie_names: dict[str, str] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.refresh_after = min(self.idle_timeout / 12, 3600.0)
+        self.cookie = self.cookies.name_prefix + _SESSION_COOKIE
 
     def cookie_name(self, tenant: str) -> str:
         """The session cookie of ``tenant``: one per tenant, so one browser holds several (J2).
@@ -192,9 +189,9 @@ class Sessions:
         if revoked is True:
             self.remember_revoked(session.sid, now)
             return None
-        if self._check_interval > 0:
+        if self.check_interval > 0:
             with self._lock:
-                bounded_put(self._checked, session.sid, now + self._check_interval, DENYLIST_MAX)
+                bounded_put(self._checked, session.sid, now + self.check_interval, DENYLIST_MAX)
         return session
 
     def read(self, cookies: Mapping[str, str], now: float, tenant: str) -> Session | None:
