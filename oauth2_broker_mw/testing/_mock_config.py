@@ -137,32 +137,32 @@ class _Preset:
     """A :class:`MockQuirks` preset, declared as data in the class body and read as a
     classmethod: ``MockQuirks.github()`` returns a new ``MockQuirks(**settings)`` (the
     settings deep-copied, so two calls never share a dict). The settings' names are checked
-    against the fields when the class is made; their values by the presets' tests."""
+    against the fields when the class is made; their values by the presets' tests.
 
-    __slots__ = ("doc", "name", "settings")
+    Reading it gives what a classmethod gives, a method bound to the class, made from one
+    function per preset: ``MockQuirks.github == MockQuirks.github`` and it pickles."""
+
+    __slots__ = ("method", "settings")
 
     def __init__(self, doc: str, **settings: Any) -> None:
-        self.doc = doc
-        self.name = ""
         self.settings = settings
+
+        def preset(cls: type[MockQuirks]) -> MockQuirks:
+            return cls(**copy.deepcopy(settings))
+
+        preset.__doc__ = doc
+        self.method = classmethod(preset)
 
     def __set_name__(self, owner: type[MockQuirks], name: str) -> None:
         # As the class is made: a misspelt quirk fails at import, not at the preset's first use.
         unknown = sorted(self.settings.keys() - owner.__annotations__.keys())
         if unknown:
             raise TypeError(f"{owner.__name__}.{name}: no such quirks {unknown}")
-        self.name = name
+        self.method.__func__.__name__ = name
+        self.method.__func__.__qualname__ = f"{owner.__qualname__}.{name}"
 
-    def __get__(self, obj: object, owner: type[MockQuirks]) -> Callable[[], MockQuirks]:
-        settings = self.settings
-
-        def preset() -> MockQuirks:
-            return owner(**copy.deepcopy(settings))
-
-        preset.__name__ = self.name
-        preset.__qualname__ = f"{owner.__qualname__}.{self.name}"
-        preset.__doc__ = self.doc
-        return preset
+    def __get__(self, obj: MockQuirks | None, owner: type[MockQuirks]) -> Callable[[], MockQuirks]:
+        return self.method.__get__(obj, owner)
 
 
 @dataclass(slots=True)

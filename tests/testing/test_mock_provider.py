@@ -10,6 +10,7 @@ import asyncio
 import base64
 import hashlib
 import json
+import pickle
 import secrets
 import subprocess
 import sys
@@ -952,6 +953,17 @@ def test_a_quirk_preset_is_a_fresh_mock_quirks_each_call(name: str) -> None:
     assert first.extra_token_fields is not second.extra_token_fields
     assert (make.__name__, make.__qualname__) == (name, f"MockQuirks.{name}") and make.__doc__
     assert MockQuirks().github() == MockQuirks.github()  # on an instance too, as a classmethod
+
+
+@pytest.mark.parametrize("name", ["github", "slack", "google", "entra", "salesforce"])
+def test_a_quirk_preset_reads_as_a_classmethod_equal_hashable_and_picklable(name: str) -> None:
+    # What a classmethod gives: a method bound to the class, the same function each read, so a
+    # table keyed by presets finds them and a preset can cross a process boundary.
+    make = getattr(MockQuirks, name)
+    assert make == getattr(MockQuirks, name) == getattr(MockQuirks(), name)
+    assert {make: name}[getattr(MockQuirks, name)] == name
+    assert make.__self__ is MockQuirks
+    assert pickle.loads(pickle.dumps(make))() == make()
 
 
 def test_a_preset_with_a_misspelt_quirk_fails_when_the_class_is_made() -> None:
