@@ -4,9 +4,9 @@
 Django) share one implementation (``_core`` and the modules beside it); they differ only in how
 they call the broker (``await broker.a…()`` or ``broker.…()``).
 
-Every module here but the two shells (``asgi``, ``wsgi``) is shared by both, and must not
-import asyncio, httpx/httpx2, any web framework or the shells (docs/architecture.md's layer
-table; tests/test_layering.py checks it).
+Every module here but the two shells (``asgi``, ``wsgi``) and this one, which exports them, is
+shared by both, and must not import asyncio, httpx/httpx2, any web framework or the shells
+(docs/architecture.md's layer table; tests/test_layering.py checks it).
 """
 
 from __future__ import annotations
