@@ -26,7 +26,8 @@ from ._mock_records import b64url_sha256
 __all__ = ["DPOP_PROOF_ALGS", "DPoPProofError", "ProofClaims", "verify_proof"]
 
 DPOP_PROOF_ALGS: Final = tuple(sorted(DPOP_ALGS))
-"""The algorithms a proof may use, in the order the discovery document lists them."""
+"""The algorithms a proof may use (the core's asymmetric set), sorted by name: the order of
+``dpop_signing_alg_values_supported`` in discovery and of ``algs=`` in ``WWW-Authenticate``."""
 _PRIVATE_MEMBERS: Final = frozenset({"d", "p", "q", "dp", "dq", "qi", "oth", "k"})
 IAT_WINDOW: Final = 60.0
 
