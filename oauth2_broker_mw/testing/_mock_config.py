@@ -9,9 +9,7 @@ so that the pytest plugin and users' conftest files can build them cheaply.
 
 from __future__ import annotations
 
-import copy
 import threading
-from collections.abc import Callable
 from collections.abc import Mapping
 from dataclasses import dataclass
 from dataclasses import field
@@ -133,38 +131,6 @@ class MockClient:
         return self.client_secret is None and "private_key_jwt" not in self.auth_methods
 
 
-class _Preset:
-    """A :class:`MockQuirks` preset, declared as data in the class body and read as a
-    classmethod: ``MockQuirks.github()`` returns a new ``MockQuirks(**settings)`` (the
-    settings deep-copied, so two calls never share a dict). The settings' names are checked
-    against the fields when the class is made; their values by the presets' tests.
-
-    Reading it gives what a classmethod gives, a method bound to the class, made from one
-    function per preset: ``MockQuirks.github == MockQuirks.github`` and it pickles."""
-
-    __slots__ = ("method", "settings")
-
-    def __init__(self, doc: str, **settings: Any) -> None:
-        self.settings = settings
-
-        def preset(cls: type[MockQuirks]) -> MockQuirks:
-            return cls(**copy.deepcopy(settings))
-
-        preset.__doc__ = doc
-        self.method = classmethod(preset)
-
-    def __set_name__(self, owner: type[MockQuirks], name: str) -> None:
-        # As the class is made: a misspelt quirk fails at import, not at the preset's first use.
-        unknown = sorted(self.settings.keys() - owner.__annotations__.keys())
-        if unknown:
-            raise TypeError(f"{owner.__name__}.{name}: no such quirks {unknown}")
-        self.method.__func__.__name__ = name
-        self.method.__func__.__qualname__ = f"{owner.__qualname__}.{name}"
-
-    def __get__(self, obj: MockQuirks | None, owner: type[MockQuirks]) -> Callable[[], MockQuirks]:
-        return self.method.__get__(obj, owner)
-
-
 @dataclass(slots=True)
 class MockQuirks:
     """Ways the token endpoint (and the redirect) bend the RFCs, as real providers do.
@@ -241,39 +207,47 @@ class MockQuirks:
         if not self.scope_delimiter:
             raise ValueError("scope_delimiter must not be empty")
 
-    # The presets: each is the quirk settings one provider needs, as data; ``_Preset`` makes
-    # it read as a classmethod (``MockQuirks.github()`` is a new MockQuirks with them).
-    github = _Preset(
-        "GitHub OAuth apps: form unless Accept JSON, errors with 200, comma scope, no expiry.",
-        form_unless_accept_json=True,
-        errors_with_200="github",
-        scope_echo="comma",
-        scope_delimiter=",",
-        expires_in="omit",
-        token_type="bearer",
-    )
-    slack = _Preset(
-        "Slack v2: ``ok`` envelope, token under ``authed_user``, comma scopes, errors 200.",
-        errors_with_200="slack",
-        response_shape="slack",
-        scope_echo="comma",
-        scope_delimiter=",",
-    )
-    google = _Preset(
-        "Google: no refresh token in refresh responses.",
-        refresh_token_in_refresh_response=False,
-    )
-    entra = _Preset(
-        "Microsoft Entra ID: ``scope`` required on refresh.",
-        require_scope_on_refresh=True,
-    )
-    salesforce = _Preset(
-        "Salesforce: no ``expires_in``, ``instance_url`` metadata, no scope echo.",
-        expires_in="omit",
-        scope_echo="omit",
-        refresh_token_in_refresh_response=False,
-        extra_token_fields={"instance_url": "https://na1.salesforce.test"},
-    )
+    @classmethod
+    def github(cls) -> MockQuirks:
+        """GitHub OAuth apps: form unless Accept JSON, errors with 200, comma scope, no expiry."""
+        return cls(
+            form_unless_accept_json=True,
+            errors_with_200="github",
+            scope_echo="comma",
+            scope_delimiter=",",
+            expires_in="omit",
+            token_type="bearer",
+        )
+
+    @classmethod
+    def slack(cls) -> MockQuirks:
+        """Slack v2: ``ok`` envelope, token under ``authed_user``, comma scopes, errors 200."""
+        return cls(
+            errors_with_200="slack",
+            response_shape="slack",
+            scope_echo="comma",
+            scope_delimiter=",",
+        )
+
+    @classmethod
+    def google(cls) -> MockQuirks:
+        """Google: no refresh token in refresh responses."""
+        return cls(refresh_token_in_refresh_response=False)
+
+    @classmethod
+    def entra(cls) -> MockQuirks:
+        """Microsoft Entra ID: ``scope`` required on refresh."""
+        return cls(require_scope_on_refresh=True)
+
+    @classmethod
+    def salesforce(cls) -> MockQuirks:
+        """Salesforce: no ``expires_in``, ``instance_url`` metadata, no scope echo."""
+        return cls(
+            expires_in="omit",
+            scope_echo="omit",
+            refresh_token_in_refresh_response=False,
+            extra_token_fields={"instance_url": "https://na1.salesforce.test"},
+        )
 
 
 @dataclass(slots=True)
