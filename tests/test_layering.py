@@ -86,6 +86,32 @@ def test_the_driver_does_no_io() -> None:
     assert not hits(imports(PACKAGE / "_driver.py"), IO | UPPER)
 
 
+#: objects whose ``send`` sends HTTP (an httpx client, a requests connection), not a generator's
+HTTP_SENDERS = {"client", "connection"}
+
+
+def advances(path: Path) -> list[str]:
+    """Where ``path`` advances a generator itself: ``x.throw/athrow/asend(...)``, or
+    ``name.send(...)`` on a plain name that is not an HTTP client."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            method, target = node.func.attr, node.func.value
+            generator_only = method in {"throw", "athrow", "asend"}
+            if generator_only or (
+                method == "send" and isinstance(target, ast.Name) and target.id not in HTTP_SENDERS
+            ):
+                found.append(f"{module_name(path)}:{node.lineno} .{method}()")
+    return found
+
+
+def test_one_module_drives_the_flows() -> None:
+    # Five drivers once disagreed on what they threw back in and whether they closed the flow.
+    driving = [hit for path in MODULES if path.name != "_driver.py" for hit in advances(path)]
+    assert not driving, f"only _driver.run/arun advance a flow; found {driving}"
+    assert advances(PACKAGE / "_driver.py"), "the scan finds the one driver's own calls"
+
+
 @pytest.mark.parametrize("name", ["flows.py", "effects.py", "events.py"])
 def test_the_flows_read_time_only_through_the_now_effect(name: str) -> None:
     found = imports(PACKAGE / "_core" / name)
