@@ -354,11 +354,16 @@ class SyncDriver(_Driver):
 
     _default_sleep = staticmethod(time.sleep)
 
+    # unasync: generated from run; edit that one, then run scripts/unasync.py
     def run(self, flow: Flow[R]) -> R:
-        """Run ``flow`` through :func:`._driver.run`; release any lock it leaves held."""
+        """Run ``flow`` through the one driver; release any lock it leaves held."""
         held: dict[str, str] = {}
+
+        def execute(effect: Effect) -> Any:
+            return self._held(held, effect, self._execute(effect))
+
         try:
-            return _driver.run(flow, lambda effect: self._held(held, effect, self._execute(effect)))
+            return _driver.run(flow, execute)
         finally:
             for name, owner in held.items():  # a flow closed while holding its lock
                 with contextlib.suppress(Exception):
@@ -451,7 +456,7 @@ class AsyncDriver(_Driver):
     _default_sleep = staticmethod(asyncio.sleep)
 
     async def run(self, flow: Flow[R]) -> R:
-        """Run ``flow`` through :func:`._driver.arun`; release any lock it leaves held."""
+        """Run ``flow`` through the one driver; release any lock it leaves held."""
         held: dict[str, str] = {}
 
         async def execute(effect: Effect) -> Any:
@@ -460,7 +465,7 @@ class AsyncDriver(_Driver):
         try:
             return await _driver.arun(flow, execute)
         finally:
-            for name, owner in held.items():
+            for name, owner in held.items():  # a flow closed while holding its lock
                 with contextlib.suppress(Exception):
                     await self._store.arelease_lock(name, owner)
 

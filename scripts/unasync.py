@@ -1,8 +1,9 @@
 """Generate the sync twin of every async method that has one, and check that they are current.
 
 The async code is the one source (as in httpcore's ``scripts/unasync.py``). A sync twin is a
-function ``lease`` next to an ``async def alease`` in the same class or module. For each such
-pair this script either
+function ``lease`` next to an ``async def alease`` in the same class or module, or a method of
+the same name in the sibling class of an async one (``SyncDriver`` or ``Driver`` beside
+``AsyncDriver``, ``_Session`` beside ``_AsyncSession``). For each such pair this script either
 
 * **generates** the sync twin: when the twin is preceded by the marker comment
   ``# unasync: generated from <async name>``, its text is the async function's text with the
@@ -35,6 +36,13 @@ MARKER_RE = re.compile(r"^\s*# unasync: generated from (\w+)")
 RULES: list[tuple[str, str]] = [
     (r"\basync def (_*)a(\w+)\((\s*)self\b", r"def \1\2(\3self"),
     (r"\bawait arun_calls\(", "run_calls("),
+    (r"\basync def ", "def "),  # a sibling class's method keeps its name
+    (r"\bawait ", ""),
+    (r"\benter_async_context\(", "enter_context("),
+    (r"\.aclose\(\)", ".close()"),
+    (r"\bAsync(ExitStack|Connection|Cursor)\b", r"\1"),
+    (r"\b_driver\.arun\(", "_driver.run("),
+    (r"\.arelease_lock\(", ".release_lock("),
 ]
 
 #: Pairs whose sync side is at most this many body lines count as a thin shell.
@@ -43,6 +51,11 @@ THIN = 3
 #: Pairs that differ by more than the rules can say, with the reason. Key: "path:Class.name".
 HAND_WRITTEN: dict[str, str] = {
     "_driver.py:.arun": "run drives the arun coroutine itself (no loop): one loop, not a copy",
+    "_drivers.py:AsyncDriver._execute": "the provider-call deadline: asyncio.timeout around "
+    "the fetch against a check after each chunk read",
+    "_drivers.py:AsyncDriver._fetch": "aiter_bytes under asyncio.timeout against iter_bytes "
+    "with the deadline tightened per chunk",
+    "_drivers.py:AsyncDriver._renewing": "the lock renewal runs as a task against a thread",
     "_singleflight.py:SingleFlight.ado": "threading.Event against asyncio futures",
     "discovery.py:.adiscover": "fetches with a per-loop async client",
     "broker.py:SharedResources.async_client": "a per-event-loop client (PerLoop)",
@@ -98,18 +111,34 @@ def _body_lines(node: ast.FunctionDef) -> int:
     return (body[-1].end_lineno or body[-1].lineno) - body[0].lineno + 1
 
 
+def sibling_names(name: str) -> list[str]:
+    """The names a sync sibling of class ``name`` may have: ``AsyncX`` -> ``SyncX``, ``X``."""
+    match = re.fullmatch(r"(_*)Async(\w+)", name)
+    if match is None:
+        return []
+    under, rest = match.groups()
+    return [f"{under}Sync{rest}", under + rest]
+
+
 def pairs(package: Path, path: Path, lines: list[str]) -> list[Pair]:
     tree = ast.parse("\n".join(lines))
     rel = path.relative_to(package).as_posix()
+    classes = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
     scopes: list[tuple[str, list[ast.stmt]]] = [("", tree.body)]
-    scopes += [(n.name, n.body) for n in ast.walk(tree) if isinstance(n, ast.ClassDef)]
+    scopes += [(name, node.body) for name, node in classes.items()]
     found = []
     for owner, body in scopes:
         syncs = {n.name: n for n in body if isinstance(n, ast.FunctionDef)}
+        sibling = next((classes[n] for n in sibling_names(owner) if n in classes), None)
+        same_name = (
+            {}
+            if sibling is None
+            else {n.name: n for n in sibling.body if isinstance(n, ast.FunctionDef)}
+        )
         for node in body:
             if not isinstance(node, ast.AsyncFunctionDef):
                 continue
-            twin = syncs.get(sync_name(node.name) or "")
+            twin = syncs.get(sync_name(node.name) or "") or same_name.get(node.name)
             if twin is None:
                 continue
             start = _start(twin)

@@ -68,17 +68,23 @@ def test_a_hand_edit_of_a_generated_twin_is_stale(project: Path) -> None:
     assert "stale" in check.stderr
 
 
-def test_a_new_hand_copied_pair_is_refused(project: Path) -> None:
-    module = project / "oauth2_broker_mw" / "twins.py"
-    body = "    x = 1\n    y = x + 1\n    z = y + 1\n    return z\n"
-    module.write_text(
-        "async def await_me() -> int:\n    return 1\n\n\n"
-        f"def thing() -> int:\n{body}\n\nasync def athing() -> int:\n{body}"
-    )
+def refused(project: Path, module_text: str) -> str:
+    """What ``--check`` says of the package with a module ``twins.py`` added; it must fail."""
+    (project / "oauth2_broker_mw" / "twins.py").write_text(module_text)
     check = unasync(project, "--check")
     assert check.returncode == 1
-    assert "twins.py:.athing: a hand-copied sync/async pair" in check.stderr
-    assert "await_me" not in check.stderr
+    return check.stderr
+
+
+def test_a_new_hand_copied_pair_is_refused(project: Path) -> None:
+    body = "    x = 1\n    y = x + 1\n    z = y + 1\n    return z\n"
+    said = refused(
+        project,
+        "async def await_me() -> int:\n    return 1\n\n\n"
+        f"def thing() -> int:\n{body}\n\nasync def athing() -> int:\n{body}",
+    )
+    assert "twins.py:.athing: a hand-copied sync/async pair" in said
+    assert "await_me" not in said
 
 
 def test_a_rule_no_twin_uses_is_an_error(project: Path) -> None:
@@ -88,3 +94,33 @@ def test_a_rule_no_twin_uses_is_an_error(project: Path) -> None:
     check = unasync(project, "--check")
     assert check.returncode == 1
     assert "is never used: remove it" in check.stderr
+
+
+SIBLINGS = """
+class AsyncThing:
+    async def go(self) -> int:
+{body}
+
+class {sync}:
+{marker}    def go(self) -> int:
+{body}
+"""
+BODY = "        x = 1\n        y = x + 1\n        z = y + 1\n        return z\n"
+
+
+@pytest.mark.parametrize("sync", ["SyncThing", "Thing"])
+def test_a_hand_copied_pair_in_sibling_classes_is_refused(project: Path, sync: str) -> None:
+    said = refused(project, SIBLINGS.format(body=BODY, sync=sync, marker=""))
+    assert "twins.py:AsyncThing.go: a hand-copied sync/async pair" in said
+
+
+def test_a_sibling_class_twin_is_generated_with_its_name(project: Path) -> None:
+    module = project / "oauth2_broker_mw" / "twins.py"
+    marker = "    # unasync: generated from go; edit that one, then run scripts/unasync.py\n"
+    source = BODY.replace("x = 1", "x = await one()")
+    module.write_text(SIBLINGS.format(body=source, sync="SyncThing", marker=marker))
+    assert unasync(project, "--check").returncode == 1  # the twin is stale
+    assert unasync(project).returncode == 0
+    text = module.read_text()
+    assert "    def go(self) -> int:\n        x = one()\n" in text
+    assert unasync(project, "--check").returncode == 0

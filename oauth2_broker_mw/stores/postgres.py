@@ -281,6 +281,9 @@ class _LoopConnections:
         else:
             self._idle.append(conn)
 
+    async def check(self) -> None:
+        """Nothing to do: a broken connection given back already dropped every idle one."""
+
     async def close(self) -> None:
         idle, self._idle = self._idle, []
         for conn in idle:
@@ -309,13 +312,17 @@ class _Session:
         self._cur: psycopg.Cursor[Any] | None = None
         self._started = False
 
+    # unasync: generated from _take; edit that one, then run scripts/unasync.py
     def _take(self) -> tuple[psycopg.Connection[Any], psycopg.Cursor[Any]]:
         if self._conn is None or self._cur is None or self._held is None:
-            self._held = self._stack.enter_context(contextlib.ExitStack())
-            self._conn = self._held.enter_context(self._pool.connection())
-            self._cur = self._held.enter_context(self._conn.cursor())
+            held = self._stack.enter_context(contextlib.ExitStack())
+            conn: psycopg.Connection[Any] = held.enter_context(self._pool.connection())
+            cur = held.enter_context(conn.cursor())
+            self._held, self._conn, self._cur = held, conn, cur
+            return conn, cur
         return self._conn, self._cur
 
+    # unasync: generated from execute; edit that one, then run scripts/unasync.py
     def execute(self, command: Sql) -> list[Any]:
         for attempt in (1, 2):
             conn, cur = self._take()
@@ -341,8 +348,8 @@ class _Session:
 
 
 class _AsyncSession:
-    """:class:`_Session` for the async pools (the free list drops every idle connection
-    with a broken one, so there is nothing to check before the retry)."""
+    """:class:`_Session` for the async pools: the source its methods are generated from
+    (``scripts/unasync.py``)."""
 
     def __init__(self, pool: _AsyncPool, stack: contextlib.AsyncExitStack) -> None:
         self._pool, self._stack = pool, stack
@@ -377,8 +384,9 @@ class _AsyncSession:
                 if attempt == 2 or self._started or not conn.broken:
                     raise
                 assert self._held is not None
-                await self._held.aclose()
+                await self._held.aclose()  # the pool discards the broken connection
                 self._conn = self._cur = None
+                await self._pool.check()
                 continue
             self._started = True
             return rows

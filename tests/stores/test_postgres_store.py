@@ -370,6 +370,27 @@ async def test_async_pool_given_by_the_app(dsn: str, schema: str) -> None:
         await pool.close()
 
 
+async def test_an_app_async_pool_is_checked_after_a_dead_connection(
+    named: tuple[str, str], schema: str
+) -> None:
+    # Every idle connection of the app's pool dies (a restart, pg_terminate_backend): the
+    # first operation meets a dead one, has the pool check the rest, and succeeds on a fresh
+    # one, as the sync store does (the async one used to retry on the next dead connection).
+    dsn, name = named
+    pool = psycopg_pool.AsyncConnectionPool(dsn, min_size=3, max_size=3, open=False)
+    await pool.open(wait=True)
+    store = PostgresStore(async_pool=pool, schema=schema)
+    try:
+        await store.aput(make_record(_key(), "at-before"))
+        assert await asyncio.to_thread(_terminate, name) == 3
+        await store.aput(make_record(_key(), "at-after"))  # no StoreUnavailable
+        loaded = await store.aget(_key())
+        assert loaded is not None and loaded.access_token == Secret("at-after")
+    finally:
+        await store.aclose()
+        await pool.close()
+
+
 def _lease_eventually(broker: Broker, principal: str) -> Lease:
     """A caller retrying a retryable error (the pool reconnects with a backoff)."""
     for _ in range(40):
