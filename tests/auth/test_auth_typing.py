@@ -7,17 +7,12 @@ responses), ``auth_flow`` included, and a request or response of the wrong kind 
 
 from __future__ import annotations
 
-import os
-import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from _typecheck import mypy_errors
 
 pytest.importorskip("mypy")
-
-ROOT = Path(__file__).resolve().parents[2]
 
 PROGRAM = """\
 from collections.abc import AsyncGenerator, Generator
@@ -57,21 +52,5 @@ def check(broker: Broker, old: httpx.Request, new: httpx2.Request) -> None:
 
 
 def test_a_users_type_checker_sees_each_librarys_flow(tmp_path: Path) -> None:
-    program = tmp_path / "usage.py"
-    program.write_text(PROGRAM)
-    env = {**os.environ, "MYPYPATH": str(ROOT)}  # this checkout's package, not an installed one
-    command = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary"]
-    command += ["--cache-dir", str(tmp_path / "cache"), "--config-file", "", str(program)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
-    found = {
-        (int(line), code)
-        for line, code in re.findall(
-            r"usage\.py:(\d+): error: .*\[([a-z-]+)\]$", result.stdout, re.M
-        )
-    }
-    expected = {
-        (number, code)
-        for number, text in enumerate(PROGRAM.splitlines(), 1)
-        for code in re.findall(r"# error: ([a-z-]+)", text)
-    }
-    assert found == expected, result.stdout + result.stderr
+    found, expected, output = mypy_errors(PROGRAM, tmp_path)
+    assert found == expected, output
