@@ -7,12 +7,15 @@ rotation race revokes nothing.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import urllib.parse
 from collections.abc import Generator
 from typing import Any
 
 import pytest
+from joserfc import jwt
+from joserfc.jwk import OctKey
 
 from oauth2_broker_mw import AuthorizationFlowError
 from oauth2_broker_mw import AuthorizationRequired
@@ -493,6 +496,23 @@ def test_revoke_sends_refresh_token_first_then_deletes() -> None:
     # The one event: the connection is gone (no secret in it).
     assert [type(e).__name__ for e in s.events] == ["ConnectionRevoked"]
     assert s.events[0].version == 3
+
+
+def test_revoke_signs_its_client_assertions_at_the_brokers_clock() -> None:
+    # The first wave signed them at the wall clock: a broker on a fake or skewed clock sent
+    # assertions from another time.
+    secret = "a-long-shared-secret-of-at-least-32-bytes!!"
+    cfg = dataclasses.replace(
+        config(client_auth_method="client_secret_jwt"),
+        client=ClientConfig.create("client-1", client_secret=secret),
+    )
+    s = Script(revoke_flow(cfg, KEY))
+    s.expect(StoreOp, "get")
+    s.send(record())
+    s.answer_now(NOW + 12_345)
+    body = dict(urllib.parse.parse_qsl((s.expect(HttpRequest).body or b"").decode()))
+    claims = jwt.decode(body["client_assertion"], OctKey.import_key(secret.encode())).claims
+    assert claims["iat"] == int(NOW + 12_345)
 
 
 def test_revoke_queues_what_is_left_then_deletes_when_the_provider_says_503() -> None:
