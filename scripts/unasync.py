@@ -179,7 +179,15 @@ def process(package: Path, path: Path, used: set[int], errors: list[str]) -> str
     changed = False
     for pair in sorted(found, key=lambda p: p.start, reverse=True):
         if pair.generated:
-            out[pair.start - 2 : pair.twin.end_lineno] = generate(pair, lines, used)
+            twin = generate(pair, lines, used)
+            named = re.search(r"^\s*def (\w+)\(", "\n".join(twin), re.M)
+            if named is None or named.group(1) != pair.twin.name:
+                errors.append(
+                    f"{pair.label}: the rules make 'def {named and named.group(1)}' of its "
+                    f"twin '{pair.twin.name}': add a rule, or rename one of the pair"
+                )
+                continue
+            out[pair.start - 2 : pair.twin.end_lineno] = twin
             changed = True
         elif pair.label in HAND_WRITTEN or _body_lines(pair.twin) <= THIN:
             continue

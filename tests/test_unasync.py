@@ -124,3 +124,17 @@ def test_a_sibling_class_twin_is_generated_with_its_name(project: Path) -> None:
     text = module.read_text()
     assert "    def go(self) -> int:\n        x = one()\n" in text
     assert unasync(project, "--check").returncode == 0
+
+
+def test_a_generated_twin_keeps_its_name(project: Path) -> None:
+    # The rule "async def alease(self" -> "def lease(self" must not rename a sibling class's
+    # same-named method: AsyncThing.acquire's twin is Thing.acquire, not Thing.cquire.
+    source = BODY.replace("x = 1", "x = await one()")
+    marker = "    # unasync: generated from acquire; edit that one, then run scripts/unasync.py\n"
+    text = SIBLINGS.format(body=source, sync="Thing", marker=marker).replace(" go(", " acquire(")
+    module = project / "oauth2_broker_mw" / "twins.py"
+    module.write_text(text)
+    done = unasync(project)
+    assert done.returncode == 1
+    assert "twins.py:AsyncThing.acquire: the rules make 'def cquire'" in done.stderr
+    assert module.read_text() == text  # nothing rewritten
