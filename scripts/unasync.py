@@ -25,6 +25,7 @@ import ast
 import re
 import subprocess
 import sys
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,7 +35,7 @@ MARKER_RE = re.compile(r"^\s*# unasync: generated from (\w+)")
 
 #: (pattern, replacement), applied in order to the async source of a generated twin.
 RULES: list[tuple[str, str]] = [
-    (r"\basync def (_*)a(\w+)\((\s*)self\b", r"def \1\2(\3self"),
+    (r"\basync def (_*)a(\w+)\(", r"def \1\2("),
     (r"\bawait arun_calls\(", "run_calls("),
     (r"\basync def ", "def "),  # a sibling class's method keeps its name
     (r"\bawait ", ""),
@@ -60,22 +61,16 @@ HAND_WRITTEN: dict[str, str] = {
     "discovery.py:.adiscover": "fetches with a per-loop async client",
     "broker.py:SharedResources.async_client": "a per-event-loop client (PerLoop)",
     "broker.py:Broker.aforget_tenant": "bounded concurrency: a thread pool against tasks",
-    "broker.py:Broker.aclose": "closes every loop's client through PerLoop",
-    "broker.py:SharedResources.aclose": "closes every loop's client through PerLoop",
-    "refresher.py:Refresher.asweep": "the async sweep is the source; sync runs it on a loop",
+    "broker.py:Broker.aclose": "flushes unsaved rotations on this loop, then closes its pool",
+    "broker.py:SharedResources.aclose": "closes this loop's client (PerLoop; another loop's "
+    "closes when that loop ends)",
     "stores/postgres.py:PostgresStore._arun": "psycopg ConnectionPool against AsyncConnectionPool",
-    "stores/postgres.py:PostgresStore._arun_on": "psycopg's Connection against AsyncConnection",
     "stores/redis.py:RedisStore._arun": "redis.Redis against redis.asyncio.Redis pipelines",
     "stores/encrypted.py:EncryptedStore._arun": "awaits the inner store's async methods",
-    "stores/encrypted.py:EncryptedStore.areencrypt_all": "iterates the async key listing",
-    "stores/base.py:ThreadedAsyncMixin.aidle": "runs the sync call in a worker thread",
-    "stores/base.py:ThreadedAsyncMixin.acompare_and_swap": "runs the sync call in a worker thread",
-    "stores/_commands.py:CommandStore.aidle": "one command, awaited",
     "stores/_commands.py:.adrive": "the one driver's two forms (_driver.run against arun), "
     "each sealing a CorruptRecord",
     "middleware/_context.py:BrokerContext.alease": "calls the broker's async twin",
     "auth.py:BrokerAuth.async_auth_flow": "httpx's Auth protocol: two generator kinds",
-    "auth.py:LeaseSource.alease_for_key": "a Protocol stub",
     "testing/_mock_login.py:.async_login": "drives the one step generator (login_flow); the sync "
     "driver also speaks Flask's test client",
 }
@@ -120,22 +115,56 @@ def sibling_names(name: str) -> list[str]:
     return [f"{under}Sync{rest}", under + rest]
 
 
+def _defs(body: list[ast.stmt]) -> list[ast.FunctionDef | ast.AsyncFunctionDef]:
+    """The functions defined in ``body``, also under ``if``/``try``/``with``/loops, not inside
+    another function or class."""
+    found: list[ast.FunctionDef | ast.AsyncFunctionDef] = []
+    for node in body:
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+            found.append(node)
+        elif not isinstance(node, ast.ClassDef):
+            for field in ("body", "orelse", "finalbody"):
+                found += _defs(getattr(node, field, None) or [])
+            for part in [*getattr(node, "handlers", []), *getattr(node, "cases", [])]:
+                found += _defs(part.body)
+    return found
+
+
+def _closure_scopes(tree: ast.Module) -> list[tuple[str, list[ast.stmt]]]:
+    """Function bodies, for twins nested in them, named ``Class.method`` / ``.function``."""
+    found: list[tuple[str, list[ast.stmt]]] = []
+
+    def visit(owner: str, body: list[ast.stmt]) -> None:
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.name, node.body)
+        for node in _defs(body):
+            name = f"{owner}.{node.name}"
+            found.append((name, node.body))
+            visit(name, node.body)
+
+    visit("", tree.body)
+    return found
+
+
 def pairs(package: Path, path: Path, lines: list[str]) -> list[Pair]:
     tree = ast.parse("\n".join(lines))
     rel = path.relative_to(package).as_posix()
     classes = {n.name: n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)}
     scopes: list[tuple[str, list[ast.stmt]]] = [("", tree.body)]
     scopes += [(name, node.body) for name, node in classes.items()]
+    scopes += _closure_scopes(tree)
     found = []
     for owner, body in scopes:
-        syncs = {n.name: n for n in body if isinstance(n, ast.FunctionDef)}
+        defs = _defs(body)
+        syncs = {n.name: n for n in defs if isinstance(n, ast.FunctionDef)}
         sibling = next((classes[n] for n in sibling_names(owner) if n in classes), None)
         same_name = (
             {}
             if sibling is None
             else {n.name: n for n in sibling.body if isinstance(n, ast.FunctionDef)}
         )
-        for node in body:
+        for node in defs:
             if not isinstance(node, ast.AsyncFunctionDef):
                 continue
             twin = syncs.get(sync_name(node.name) or "") or same_name.get(node.name)
@@ -156,6 +185,7 @@ def generate(pair: Pair, lines: list[str], used: set[int]) -> list[str]:
         if count:
             used.add(index)
     indent = re.match(r"\s*", lines[pair.twin.lineno - 1]).group(0)  # type: ignore[union-attr]
+    source = textwrap.indent(textwrap.dedent(source), indent)  # a closure may sit deeper
     return [indent + MARKER.format(name=pair.source.name), *source.split("\n")]
 
 
@@ -177,19 +207,35 @@ def process(package: Path, path: Path, used: set[int], errors: list[str]) -> str
     found = pairs(package, path, lines)
     out = list(lines)
     changed = False
+    rel = path.relative_to(package).as_posix()
+    markers = {i + 1 for i, line in enumerate(lines) if MARKER_RE.match(line)}
+    markers -= {pair.start - 1 for pair in found if pair.generated}
+    errors += [
+        f"{rel}:{n}: a marker that no pair uses (a wrong name, or its pair is gone): fix it"
+        for n in sorted(markers)
+    ]
     for pair in sorted(found, key=lambda p: p.start, reverse=True):
+        thin = _body_lines(pair.twin) <= THIN
+        if pair.label in HAND_WRITTEN and (pair.generated or thin):
+            why = "generated" if pair.generated else "a thin shell"
+            errors.append(f"HAND_WRITTEN names {pair.label}, which is {why}: remove it")
         if pair.generated:
             twin = generate(pair, lines, used)
-            named = re.search(r"^\s*def (\w+)\(", "\n".join(twin), re.M)
+            text = "\n".join(twin)
+            named = re.search(r"^\s*def (\w+)\(", text, re.M)
+            left = re.search(r"\basync (with|for)\b", text)
             if named is None or named.group(1) != pair.twin.name:
                 errors.append(
                     f"{pair.label}: the rules make 'def {named and named.group(1)}' of its "
                     f"twin '{pair.twin.name}': add a rule, or rename one of the pair"
                 )
                 continue
+            if left is not None:
+                errors.append(f"{pair.label}: the rules leave '{left.group(0)}': add a rule")
+                continue
             out[pair.start - 2 : pair.twin.end_lineno] = twin
             changed = True
-        elif pair.label in HAND_WRITTEN or _body_lines(pair.twin) <= THIN:
+        elif pair.label in HAND_WRITTEN or thin:
             continue
         else:
             errors.append(

@@ -24,7 +24,9 @@ def mypy_errors(
     env = {**os.environ, "MYPYPATH": str(ROOT)}  # this checkout's package, not an installed one
     command = [sys.executable, "-m", "mypy", "--strict", "--no-error-summary"]
     command += ["--cache-dir", str(tmp_path / "cache"), "--config-file", "", str(path)]
-    result = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    result = subprocess.run(
+        command, capture_output=True, text=True, env=env, check=False, timeout=600
+    )
     found = {
         (int(line), code)
         for line, code in re.findall(

@@ -138,3 +138,30 @@ def test_a_generated_twin_keeps_its_name(project: Path) -> None:
     assert done.returncode == 1
     assert "twins.py:AsyncThing.acquire: the rules make 'def cquire'" in done.stderr
     assert module.read_text() == text  # nothing rewritten
+
+
+def test_a_hand_copied_pair_of_closures_is_refused(project: Path) -> None:
+    inner = BODY.replace("        ", "            ")
+    said = refused(
+        project,
+        "def outer(flag: bool) -> object:\n"
+        f"    if flag:\n\n        async def arun() -> int:\n{inner}"
+        f"\n        return arun\n\n    def run() -> int:\n{BODY}\n    return run\n",
+    )
+    assert "twins.py:.outer.arun: a hand-copied sync/async pair" in said
+
+
+def test_a_marker_no_pair_uses_is_an_error(project: Path) -> None:
+    marker = "    # unasync: generated from gone; edit that one, then run scripts/unasync.py\n"
+    text = SIBLINGS.format(body=BODY, sync="Thing", marker=marker)
+    line = text.split("\n").index(marker.rstrip("\n")) + 1
+    assert f"twins.py:{line}: a marker that no pair uses" in refused(project, text)
+
+
+def test_a_rule_gap_is_an_error_not_a_silent_twin(project: Path) -> None:
+    marker = "    # unasync: generated from go; edit that one, then run scripts/unasync.py\n"
+    source = BODY.replace("x = 1", "async with lock():\n            x = 1")
+    text = SIBLINGS.format(body=source, sync="Thing", marker=marker)
+    said = refused(project, text)
+    assert "twins.py:AsyncThing.go: the rules leave 'async with': add a rule" in said
+    assert (project / "oauth2_broker_mw" / "twins.py").read_text() == text

@@ -186,6 +186,7 @@ class _Recorder:
 
             return arecorded
 
+        # unasync: generated from arecorded; edit that one, then run scripts/unasync.py
         def recorded(*args: Any, **kwargs: Any) -> Any:
             try:
                 return value(*args, **kwargs)
