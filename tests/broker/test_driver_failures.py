@@ -12,6 +12,7 @@ import asyncio
 import subprocess
 import sys
 import textwrap
+from collections.abc import Generator
 from typing import Any
 
 import pytest
@@ -20,6 +21,9 @@ from _fakes import FakeClock as Clock
 from oauth2_broker_mw import Broker
 from oauth2_broker_mw import MemoryStore
 from oauth2_broker_mw import ProviderError
+from oauth2_broker_mw._core.effects import Sleep
+from oauth2_broker_mw._drivers import AsyncDriver
+from oauth2_broker_mw._drivers import SyncDriver
 from oauth2_broker_mw._singleflight import SingleFlight
 from oauth2_broker_mw.testing.mock_provider import MockProvider
 
@@ -280,3 +284,21 @@ def test_a_backwards_wall_clock_does_not_stretch_the_lock_wait(mp: MockProvider)
     thread.join(30)  # was: still polling after the test's patience (singleflight's 120 s)
     assert not thread.is_alive(), "the waiter kept polling past lock_wait"
     assert len(outcome) == 1 and isinstance(outcome[0], RefreshTimeout)
+
+
+def _napping() -> Generator[Sleep, float, float]:
+    return (yield Sleep(2.5))
+
+
+def test_both_drivers_sleep_with_the_sleep_they_are_given() -> None:
+    # The first wave's async driver took no ``sleep``: a test could not skip its waits.
+    slept: list[float] = []
+
+    async def asleep(seconds: float) -> None:
+        slept.append(-seconds)
+
+    store, clock = MemoryStore(), lambda: 42.0
+    assert SyncDriver(store, lambda: None, clock=clock, sleep=slept.append).run(_napping()) == 42
+    driver = AsyncDriver(store, lambda: None, clock=clock, sleep=asleep)
+    assert asyncio.run(driver.run(_napping())) == 42
+    assert slept == [2.5, -2.5]
